@@ -1,0 +1,330 @@
+/// Why a frame (or one copy of it) was not delivered. Every drop is counted on a port under one
+/// of these reasons: ingress reasons on the port the frame came from, transmit reasons on the
+/// port it was going to.
+public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
+    /// Shorter than an Ethernet header (14 bytes).
+    case runt
+    /// Longer than `Bridge.Configuration.maximumFrameLength`.
+    case oversized
+    /// A VLAN tag protocol announced a tag the frame is too short to hold.
+    case truncatedTag
+    /// Multicast, broadcast or all-zero source address.
+    case invalidSource
+    /// IEEE 802.1D link-local control frame (01:80:c2:00:00:0X), not forwarded by bridges.
+    case linkLocalControl
+    /// Tagged with the reserved VLAN ID 4095.
+    case invalidVLAN
+    /// Tagged with a VLAN the ingress port is not a member of.
+    case vlanNotAllowed
+    /// Untagged on a trunk port without a native VLAN.
+    case untaggedNotAllowed
+    /// The destination was learned on the ingress port: the frame needs no bridge.
+    case sameSegment
+    /// Known destination whose port does not carry the frame's VLAN or does not exist any more.
+    case egressFiltered
+    /// Flooded, but no other port carries the frame's VLAN.
+    case noEgressPort
+    /// Transmit: the port's link is down (EIO on a TAP).
+    case linkDown
+    /// Transmit: the port's queue was full (EAGAIN, ENOBUFS).
+    case transmitQueueFull
+    /// Transmit: the frame does not fit the port (larger than its MTU or a datagram).
+    case frameTooLarge
+    /// Transmit: any other error from the device.
+    case transmitError
+
+    /// A stable snake_case name for logs, JSON and metrics.
+    public var description: String {
+        switch self {
+        case .runt: "runt"
+        case .oversized: "oversized"
+        case .truncatedTag: "truncated_tag"
+        case .invalidSource: "invalid_source"
+        case .linkLocalControl: "link_local_control"
+        case .invalidVLAN: "invalid_vlan"
+        case .vlanNotAllowed: "vlan_not_allowed"
+        case .untaggedNotAllowed: "untagged_not_allowed"
+        case .sameSegment: "same_segment"
+        case .egressFiltered: "egress_filtered"
+        case .noEgressPort: "no_egress_port"
+        case .linkDown: "link_down"
+        case .transmitQueueFull: "transmit_queue_full"
+        case .frameTooLarge: "frame_too_large"
+        case .transmitError: "transmit_error"
+        }
+    }
+}
+
+/// What the bridge decided for one frame.
+public enum ForwardingDecision: Equatable, Sendable {
+    /// Send to exactly this port, in `vlan`.
+    case unicast(PortID, vlan: VLANID)
+    /// Send to every port carrying `vlan` that accepts flooding, except the ingress port.
+    case flood(vlan: VLANID)
+    /// Deliver nowhere (already counted).
+    case drop(DropReason)
+}
+
+/// How a frame must leave a port.
+public enum EgressTagging: Equatable, Sendable {
+    /// Without a VLAN tag (access port, or a trunk's native VLAN).
+    case untagged
+    /// With a tag for the frame's VLAN.
+    case tagged
+}
+
+/// Per-port settings.
+public struct PortConfiguration: Sendable, Equatable {
+    /// VLAN membership; default access port in VLAN 1.
+    public var vlanMode: VLANMode = .access(.default)
+    /// Learn source MACs seen on this port (default on).
+    public var learning = true
+    /// Accept flooded frames: unknown unicast, broadcast, multicast (default on).
+    public var flooding = true
+
+    public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true) {
+        self.vlanMode = vlanMode
+        self.learning = learning
+        self.flooding = flooding
+    }
+}
+
+/// Counters of one port. Bytes are whole Ethernet frames without FCS.
+public struct PortCounters: Equatable, Sendable {
+    public var receivedFrames: UInt64 = 0
+    public var receivedBytes: UInt64 = 0
+    public var transmittedFrames: UInt64 = 0
+    public var transmittedBytes: UInt64 = 0
+    /// Drops by `DropReason.rawValue`.
+    public var drops: [UInt64] = Array(repeating: 0, count: DropReason.allCases.count)
+
+    public init() {}
+    /// Drops for one reason.
+    public subscript(reason: DropReason) -> UInt64 { drops[reason.rawValue] }
+    /// Drops for all reasons.
+    public var totalDrops: UInt64 { drops.reduce(0, &+) }
+}
+
+/// The learning switch: validates each frame, learns its source, decides where it goes.
+///
+/// `decide` follows the Linux bridge's order (`br_handle_frame`, `br_handle_frame_finish`):
+/// ```
+///  frame ─► size ─► header ─► source valid? ─► link-local? ─► VLAN ingress ─► learn
+///              │        │           │               │           filter          │
+///            runt/   truncated   invalid        link-local   vlan/untagged      ▼
+///           oversized   tag      source          control     not allowed   hub? ─► flood
+///                                                                              │
+///                       multicast/broadcast ─► flood ◄── unknown ◄── lookup ◄──┘
+///                                                                   │      │
+///                                              same port ─► drop ◄──┘      └─► unicast
+/// ```
+/// The bridge imports nothing and reads no clock: `now` is an argument.
+public final class Bridge {
+    /// Bridge-wide settings.
+    public struct Configuration: Sendable, Equatable {
+        /// The forwarding database's ageing time and limits.
+        public var table = ForwardingTable.Configuration()
+        /// Flood every frame and learn nothing (a hub), for debugging. VLANs, validity checks and
+        /// port flooding flags still apply.
+        public var isHub = false
+        /// Forward IEEE link-local control frames (01:80:c2:00:00:0X) like multicast.
+        public var forwardsLinkLocal = false
+        /// The tag protocol that carries VLANs: 0x8100 (802.1Q, default) or 0x88a8 (802.1ad).
+        /// Frames tagged with the other protocol are treated as untagged.
+        public var vlanProtocol: UInt16 = VLANTag.customerTagProtocol
+        /// Longest frame accepted, in bytes without FCS. Default 65,557: the largest IPv4 packet
+        /// a GSO/TSO TAP can hand over (65,535) plus an Ethernet header with two tags (22).
+        public var maximumFrameLength = 65_557
+
+        public init(
+            table: ForwardingTable.Configuration = .init(), isHub: Bool = false, forwardsLinkLocal: Bool = false,
+            vlanProtocol: UInt16 = VLANTag.customerTagProtocol, maximumFrameLength: Int = 65_557
+        ) {
+            self.table = table
+            self.isHub = isHub
+            self.forwardsLinkLocal = forwardsLinkLocal
+            self.vlanProtocol = vlanProtocol
+            self.maximumFrameLength = maximumFrameLength
+        }
+    }
+
+    struct PortState {
+        var isActive = false
+        var configuration = PortConfiguration()
+        var members = VLANSet()
+        var untaggedVLAN: VLANID? = nil
+        var counters = PortCounters()
+    }
+
+    public let configuration: Configuration
+    // The bridge is used from one thread (the event loop); dynamic exclusivity checks on these
+    // two properties cost ~30 % of a decision, so they are off (`@exclusivity(unchecked)`).
+    /// The forwarding database.
+    @exclusivity(unchecked) public private(set) var table: ForwardingTable
+    @exclusivity(unchecked) var ports: [PortState] = []
+    /// Active ports in ascending order: the flood list.
+    public private(set) var activePorts: [PortID] = []
+
+    public init(configuration: Configuration = Configuration()) {
+        self.configuration = configuration
+        table = ForwardingTable(configuration: configuration.table)
+    }
+
+    // MARK: Ports
+
+    /// Adds a port and returns its ID (the lowest free one).
+    @discardableResult
+    public func addPort(_ configuration: PortConfiguration = PortConfiguration()) -> PortID {
+        let slot = ports.firstIndex { !$0.isActive } ?? ports.count
+        if slot == ports.count { ports.append(PortState()) }
+        precondition(slot <= Int(UInt16.max), "too many ports")
+        let id = PortID(UInt16(slot))
+        ports[slot] = PortState(isActive: true)
+        activePorts.append(id)
+        activePorts.sort()
+        reconfigure(id, configuration)
+        return id
+    }
+
+    /// Removes a port and every FDB entry pointing to it, static ones included.
+    public func removePort(_ port: PortID) {
+        guard isActive(port) else { return }
+        ports[port.index].isActive = false
+        activePorts.removeAll { $0 == port }
+        table.flush(port: port, includingStatic: true)
+    }
+
+    /// Changes a port's settings. Learned entries stay; those in VLANs the port left are flushed.
+    public func reconfigure(_ port: PortID, _ configuration: PortConfiguration) {
+        guard isActive(port) else { return }
+        let old = ports[port.index].members
+        ports[port.index].configuration = configuration
+        ports[port.index].members = configuration.vlanMode.members
+        ports[port.index].untaggedVLAN = configuration.vlanMode.untaggedVLAN
+        for v in old where !configuration.vlanMode.members.contains(v) {
+            table.flush(port: port, vlan: v, includingStatic: true)
+        }
+        if !configuration.learning { table.flush(port: port) }
+    }
+
+    /// Whether `port` exists.
+    public func isActive(_ port: PortID) -> Bool { port.index < ports.count && ports[port.index].isActive }
+
+    /// A port's settings.
+    public func configuration(of port: PortID) -> PortConfiguration? {
+        isActive(port) ? ports[port.index].configuration : nil
+    }
+
+    /// A port's counters (kept until the port is removed).
+    public func counters(of port: PortID) -> PortCounters {
+        port.index < ports.count ? ports[port.index].counters : PortCounters()
+    }
+
+    // MARK: Table access
+
+    /// Pins `mac` to `port` in `vlan` (never ages, never moves). `false` if the port does not
+    /// exist, is not a member of the VLAN, or the table is full of static entries.
+    @discardableResult
+    public func addStaticEntry(_ mac: MACAddress, on port: PortID, vlan: VLANID = .default) -> Bool {
+        guard isActive(port), ports[port.index].members.contains(vlan), !mac.isMulticast else { return false }
+        return table.addStatic(mac, on: port, vlan: vlan)
+    }
+
+    /// Removes an entry, static or learned.
+    @discardableResult
+    public func removeEntry(_ mac: MACAddress, vlan: VLANID = .default) -> Bool { table.remove(mac, vlan: vlan) }
+
+    /// Flushes learned entries (and static ones if asked) matching the criteria; returns how many.
+    @discardableResult
+    public func flush(port: PortID? = nil, vlan: VLANID? = nil, includingStatic: Bool = false) -> Int {
+        table.flush(port: port, vlan: vlan, includingStatic: includingStatic)
+    }
+
+    /// Removes aged-out entries; call when `nextDeadline` has passed.
+    @discardableResult
+    public func expire(at now: Instant) -> Int { table.expire(at: now) }
+
+    /// When `expire(at:)` next has work to do, or `nil`.
+    public var nextDeadline: Instant? { table.nextExpiry }
+
+    // MARK: The decision
+
+    /// Decides where `frame`, received on `ingress` at `now`, goes; learns its source and counts
+    /// it (received bytes, or the drop reason) on `ingress`.
+    public func decide(_ frame: UnsafeRawBufferPointer, from ingress: PortID, at now: Instant) -> ForwardingDecision {
+        let p = ingress.index
+        guard p < ports.count, ports[p].isActive else { return .drop(.egressFiltered) }
+        ports[p].counters.receivedFrames &+= 1
+        ports[p].counters.receivedBytes &+= UInt64(frame.count)
+        let decision = classify(frame, ingress, now)
+        if case .drop(let reason) = decision { ports[p].counters.drops[reason.rawValue] &+= 1 }
+        return decision
+    }
+
+    @inline(__always)
+    func classify(_ frame: UnsafeRawBufferPointer, _ ingress: PortID, _ now: Instant) -> ForwardingDecision {
+        guard let header = EthernetHeader(frame) else { return .drop(.runt) }
+        if frame.count > configuration.maximumFrameLength { return .drop(.oversized) }
+        if header.isTruncated { return .drop(.truncatedTag) }
+        if !header.source.isValidSource { return .drop(.invalidSource) }
+        if header.destination.isLinkLocalControl, !configuration.forwardsLinkLocal {
+            return .drop(.linkLocalControl)
+        }
+        let p = ingress.index
+        let vlan: VLANID
+        if let tag = header.outerTag, tag.tagProtocol == configuration.vlanProtocol, tag.vlan.rawValue != 0 {
+            if tag.vlan.rawValue == 0xFFF { return .drop(.invalidVLAN) }
+            guard ports[p].members.contains(tag.vlan) else { return .drop(.vlanNotAllowed) }
+            vlan = tag.vlan
+        } else {
+            guard let untagged = ports[p].untaggedVLAN else { return .drop(.untaggedNotAllowed) }
+            vlan = untagged
+        }
+        if configuration.isHub { return .flood(vlan: vlan) }
+        if ports[p].configuration.learning {
+            table.learn(header.source, on: ingress, vlan: vlan, at: now)
+        }
+        if header.destination.isMulticast { return .flood(vlan: vlan) }
+        guard let egress = table.lookup(header.destination, vlan: vlan, at: now) else { return .flood(vlan: vlan) }
+        if egress == ingress { return .drop(.sameSegment) }
+        return .unicast(egress, vlan: vlan)
+    }
+
+    // MARK: Egress
+
+    /// How a frame in `vlan` leaves `port`: `nil` if the port does not exist or does not carry it.
+    @inline(__always)
+    public func egressTagging(of port: PortID, vlan: VLANID) -> EgressTagging? {
+        guard port.index < ports.count else { return nil }
+        guard ports[port.index].isActive, ports[port.index].members.contains(vlan) else { return nil }
+        return ports[port.index].untaggedVLAN == vlan ? .untagged : .tagged
+    }
+
+    /// Calls `body` for every port a flooded frame in `vlan` from `ingress` goes to, in ascending
+    /// order. Returns how many ports that was.
+    @inline(__always) @discardableResult
+    public func forEachFloodPort(vlan: VLANID, excluding ingress: PortID, _ body: (PortID, EgressTagging) -> Void) -> Int {
+        var n = 0
+        for port in activePorts where port != ingress {
+            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan) else { continue }
+            body(port, ports[port.index].untaggedVLAN == vlan ? .untagged : .tagged)
+            n += 1
+        }
+        return n
+    }
+
+    /// Counts a frame delivered to `port`.
+    @inline(__always)
+    public func countTransmit(on port: PortID, bytes: Int) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.transmittedFrames &+= 1
+        ports[port.index].counters.transmittedBytes &+= UInt64(bytes)
+    }
+
+    /// Counts a drop for `reason` on `port`.
+    @inline(__always)
+    public func countDrop(on port: PortID, _ reason: DropReason) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.drops[reason.rawValue] &+= 1
+    }
+}

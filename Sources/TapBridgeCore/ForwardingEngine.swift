@@ -1,0 +1,185 @@
+/// Moves frames: drains a device in batches, asks the bridge, transmits.
+///
+/// ```
+///   device.receive(into: batch) ──► for each frame: bridge.decide ──► unicast: tag/untag, transmit
+///        (up to batch.capacity)                                  └──► flood: the same buffer to
+///                                                                     every egress port, tagged
+///                                                                     ones first or last so the
+///                                                                     frame is rewritten once
+/// ```
+/// The engine owns no file descriptors and never blocks: the event loop (or a test) calls
+/// `service(_:at:)` for each device that is ready, and `expire(at:)` at `nextDeadline`.
+public final class ForwardingEngine {
+    /// The switch.
+    public let bridge: Bridge
+    /// The receive batch, reused for every device.
+    public let batch: FrameBatch
+    /// Most frames `service` handles from one device per call, so that a busy device cannot
+    /// starve the others.
+    public var budgetPerService: Int
+
+    @exclusivity(unchecked) var devices: [(any PortDevice)?] = []
+    var names: [String] = []
+
+    /// Creates an engine around `bridge` with one receive batch.
+    public init(bridge: Bridge, batch: FrameBatch = FrameBatch(), budgetPerService: Int = 256) {
+        self.bridge = bridge
+        self.batch = batch
+        self.budgetPerService = budgetPerService
+    }
+
+    // MARK: Ports
+
+    /// Adds a logical port carried by `device`, tells the device its ID, and returns it.
+    @discardableResult
+    public func addPort(named name: String, configuration: PortConfiguration = PortConfiguration(), on device: any PortDevice) -> PortID {
+        let id = bridge.addPort(configuration)
+        if id.index >= devices.count {
+            devices.append(contentsOf: repeatElement(nil, count: id.index + 1 - devices.count))
+            names.append(contentsOf: repeatElement("", count: id.index + 1 - names.count))
+        }
+        devices[id.index] = device
+        names[id.index] = name
+        device.didAddPort(id, name: name)
+        return id
+    }
+
+    /// Removes a port: its FDB entries go, its device is told.
+    public func removePort(_ port: PortID) {
+        guard port.index < devices.count, let device = devices[port.index] else { return }
+        bridge.removePort(port)
+        devices[port.index] = nil
+        device.didRemovePort(port)
+    }
+
+    /// Removes every port `device` carries; returns their IDs.
+    @discardableResult
+    public func removeDevice(_ device: any PortDevice) -> [PortID] {
+        let gone = ports(of: device)
+        for port in gone { removePort(port) }
+        return gone
+    }
+
+    /// The ports `device` carries.
+    public func ports(of device: any PortDevice) -> [PortID] {
+        devices.indices.compactMap { devices[$0] === device ? PortID(UInt16($0)) : nil }
+    }
+
+    /// The device carrying `port`.
+    public func device(of port: PortID) -> (any PortDevice)? { port.index < devices.count ? devices[port.index] : nil }
+
+    /// The name given to `port` (empty if unknown).
+    public func name(of port: PortID) -> String { port.index < names.count && devices[port.index] != nil ? names[port.index] : "" }
+
+    /// The port named `name`.
+    public func port(named name: String) -> PortID? {
+        names.indices.first { names[$0] == name && devices[$0] != nil }.map { PortID(UInt16($0)) }
+    }
+
+    /// Every device with at least one port, each once.
+    public var allDevices: [any PortDevice] {
+        var seen: [ObjectIdentifier] = []
+        var out: [any PortDevice] = []
+        for case let d? in devices where !seen.contains(ObjectIdentifier(d)) {
+            seen.append(ObjectIdentifier(d))
+            out.append(d)
+        }
+        return out
+    }
+
+    // MARK: Timers
+
+    /// When `expire(at:)` next has work.
+    public var nextDeadline: Instant? { bridge.nextDeadline }
+
+    /// Runs the timers due at `now` (FDB ageing sweep).
+    public func expire(at now: Instant) { bridge.expire(at: now) }
+
+    // MARK: Forwarding
+
+    /// Drains `device` until it has nothing ready or `budgetPerService` frames were handled,
+    /// forwarding each frame. Returns the number of frames handled.
+    @discardableResult
+    public func service(_ device: any PortDevice, at now: Instant) throws(PortError) -> Int {
+        var handled = 0
+        while handled < budgetPerService {
+            batch.reset()
+            let n = try device.receive(into: batch)
+            if n == 0 { break }
+            for i in 0..<batch.count { forward(i, at: now) }
+            handled += n
+        }
+        return handled
+    }
+
+    @inline(__always)
+    func forward(_ i: Int, at now: Instant) {
+        let ingress = batch.ingressPort(i)
+        switch bridge.decide(batch.frame(i), from: ingress, at: now) {
+        case .drop:
+            return
+        case .unicast(let port, let vlan):
+            guard let tagging = bridge.egressTagging(of: port, vlan: vlan), let device = devices[port.index] else {
+                bridge.countDrop(on: ingress, .egressFiltered)
+                return
+            }
+            let tagged = normalizeTag(i, vlan: vlan)
+            if tagging == .tagged, !tagged, !batch.insertTag(i, tagProtocol: bridge.configuration.vlanProtocol, controlInformation: vlan.rawValue) {
+                bridge.countDrop(on: port, .frameTooLarge)
+                return
+            }
+            if tagging == .untagged, tagged { batch.removeTag(i) }
+            transmit(i, via: device, to: port)
+        case .flood(let vlan):
+            let tagged = normalizeTag(i, vlan: vlan)
+            let first: EgressTagging = tagged ? .tagged : .untagged
+            var others = false
+            var sent = bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
+                if tagging == first {
+                    transmit(i, via: devices[port.index], to: port)
+                } else {
+                    others = true
+                }
+            }
+            if others {
+                sent = 0
+                if tagged {
+                    batch.removeTag(i)
+                } else if !batch.insertTag(i, tagProtocol: bridge.configuration.vlanProtocol, controlInformation: vlan.rawValue) {
+                    return
+                }
+                bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
+                    if tagging != first { transmit(i, via: devices[port.index], to: port) }
+                    sent += 1
+                }
+            }
+            if sent == 0 { bridge.countDrop(on: ingress, .noEgressPort) }
+        }
+    }
+
+    /// Whether frame `i` carries a bridge VLAN tag; if it does, its VLAN ID is set to `vlan`
+    /// (a priority-tagged frame, VLAN 0, gets its real VLAN; the priority bits stay).
+    @inline(__always)
+    func normalizeTag(_ i: Int, vlan: VLANID) -> Bool {
+        let frame = batch.frame(i)
+        guard frame.count >= 18,
+            UInt16(bigEndian: frame.loadUnaligned(fromByteOffset: 12, as: UInt16.self)) == bridge.configuration.vlanProtocol
+        else { return false }
+        let tci = UInt16(bigEndian: frame.loadUnaligned(fromByteOffset: 14, as: UInt16.self))
+        if tci & 0x0FFF != vlan.rawValue { batch.rewriteTag(i, controlInformation: tci & 0xF000 | vlan.rawValue) }
+        return true
+    }
+
+    @inline(__always)
+    func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID) {
+        guard let device else { return }
+        let frame = batch.frame(i)
+        switch device.transmit(frame, to: port) {
+        case .sent: bridge.countTransmit(on: port, bytes: frame.count)
+        case .wouldBlock: bridge.countDrop(on: port, .transmitQueueFull)
+        case .linkDown: bridge.countDrop(on: port, .linkDown)
+        case .tooLarge: bridge.countDrop(on: port, .frameTooLarge)
+        case .failed: bridge.countDrop(on: port, .transmitError)
+        }
+    }
+}

@@ -1,0 +1,181 @@
+/// What happened to one frame handed to `PortDevice.transmit`.
+public enum TransmitOutcome: Equatable, Sendable {
+    /// Handed to the device.
+    case sent
+    /// The device's queue is full (EAGAIN, ENOBUFS); the frame is dropped, the port stays.
+    case wouldBlock
+    /// The link is down (EIO on a TAP whose interface is down); the frame is dropped.
+    case linkDown
+    /// The frame does not fit the device (MTU, datagram size).
+    case tooLarge
+    /// Any other error; the frame is dropped.
+    case failed
+}
+
+/// A device failure on receive that the forwarding engine cannot handle by itself.
+public struct PortError: Error, Equatable, Sendable, CustomStringConvertible {
+    public enum Kind: Equatable, Sendable {
+        /// The underlying interface is gone (deleted, or the fd reports EBADFD/ENODEV): remove
+        /// the device's ports and keep serving the others.
+        case deviceRemoved
+        /// An unexpected error; the device is unusable.
+        case failed
+    }
+    public var kind: Kind
+    /// The errno value, if any (0 otherwise).
+    public var code: Int32
+    /// What the device was doing, for the log line.
+    public var operation: String
+
+    public init(_ kind: Kind, code: Int32 = 0, operation: String) {
+        self.kind = kind
+        self.code = code
+        self.operation = operation
+    }
+
+    public var description: String { "\(operation) failed (\(kind == .deviceRemoved ? "device removed" : "error"), errno \(code))" }
+}
+
+/// The I/O seam between the bridge and the outside world.
+///
+/// Real devices (a TAP, a packet socket, a UDP socket) and virtual ones implement it. A device
+/// may carry several logical ports: it tags each received frame with the `PortID` it came from
+/// and is asked to transmit to one of its ports. Neither method may block or allocate per frame.
+public protocol PortDevice: AnyObject {
+    /// A file descriptor the event loop polls for readability, or `nil` for in-memory devices.
+    var pollDescriptor: Int32? { get }
+
+    /// Reads as many frames as are ready and fit into `batch` (appending with
+    /// `FrameBatch.nextSlot`/`commit`), without blocking. Returns the number read; 0 means
+    /// nothing is ready ("would block"), which is not an error.
+    func receive(into batch: FrameBatch) throws(PortError) -> Int
+
+    /// Sends one frame out of `port`. Must not keep or modify `frame` after returning: the engine
+    /// writes the same buffer to every egress port of a flood.
+    func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome
+
+    /// Called when the engine assigns a logical port of this device.
+    func didAddPort(_ port: PortID, name: String)
+
+    /// Called when the engine removes a logical port of this device.
+    func didRemovePort(_ port: PortID)
+}
+
+extension PortDevice {
+    public func didAddPort(_ port: PortID, name: String) {}
+    public func didRemovePort(_ port: PortID) {}
+}
+
+/// A reusable batch of frame buffers, allocated once.
+///
+/// One slab holds `capacity` slots. Each slot has `headroom` bytes in front of the frame (room
+/// to insert a VLAN tag or an encapsulation header without copying the payload) and
+/// `frameCapacity` bytes for the frame itself.
+/// ```
+///  slot i: [ headroom | frame bytes ........................ ]
+///           ^ base     ^ base + headroom (a frame starts here when received)
+/// ```
+public final class FrameBatch {
+    /// Slots in the batch.
+    public let capacity: Int
+    /// Bytes reserved in front of each frame.
+    public let headroom: Int
+    /// Largest frame a slot holds.
+    public let frameCapacity: Int
+    /// Frames received so far.
+    @exclusivity(unchecked) public private(set) var count = 0
+
+    let stride: Int
+    let base: UnsafeMutableRawPointer
+    let starts: UnsafeMutablePointer<Int>
+    let lengths: UnsafeMutablePointer<Int>
+    let ingress: UnsafeMutablePointer<PortID>
+
+    /// Allocates `capacity` slots of `frameCapacity` bytes with `headroom` bytes in front.
+    public init(capacity: Int = 64, frameCapacity: Int = 65_557, headroom: Int = 64) {
+        precondition(capacity > 0 && frameCapacity > 0 && headroom >= 0)
+        self.capacity = capacity
+        self.headroom = headroom
+        self.frameCapacity = frameCapacity
+        stride = (headroom + frameCapacity + 63) & ~63
+        base = .allocate(byteCount: stride * capacity, alignment: 64)
+        starts = .allocate(capacity: capacity)
+        lengths = .allocate(capacity: capacity)
+        ingress = .allocate(capacity: capacity)
+        starts.initialize(repeating: 0, count: capacity)
+        lengths.initialize(repeating: 0, count: capacity)
+        ingress.initialize(repeating: PortID(0), count: capacity)
+    }
+
+    deinit {
+        base.deallocate()
+        starts.deallocate()
+        lengths.deallocate()
+        ingress.deallocate()
+    }
+
+    /// Forgets all frames (the memory stays).
+    @inline(__always) public func reset() { count = 0 }
+
+    /// No slot is free.
+    @inline(__always) public var isFull: Bool { count == capacity }
+
+    /// Free slots left.
+    @inline(__always) public var remaining: Int { capacity - count }
+
+    /// The buffer of the `k`-th free slot (0 = the next one), `frameCapacity` bytes, for devices
+    /// that fill several slots in one system call (recvmmsg). Requires `k < remaining`.
+    @inline(__always) public func freeSlot(_ k: Int = 0) -> UnsafeMutableRawBufferPointer {
+        precondition(k >= 0 && count + k < capacity, "no free slot")
+        return UnsafeMutableRawBufferPointer(start: base + (count + k) * stride + headroom, count: frameCapacity)
+    }
+
+    /// The buffer of the next free slot. Requires `!isFull`.
+    @inline(__always) public func nextSlot() -> UnsafeMutableRawBufferPointer { freeSlot(0) }
+
+    /// Records that the next free slot now holds a frame of `length` bytes from `port`.
+    @inline(__always) public func commit(length: Int, from port: PortID) {
+        precondition(count < capacity && length >= 0 && length <= frameCapacity)
+        starts[count] = headroom
+        lengths[count] = length
+        ingress[count] = port
+        count += 1
+    }
+
+    /// The `i`-th received frame.
+    @inline(__always) public func frame(_ i: Int) -> UnsafeRawBufferPointer {
+        UnsafeRawBufferPointer(start: base + i * stride + starts[i], count: lengths[i])
+    }
+
+    /// The port the `i`-th frame came from.
+    @inline(__always) public func ingressPort(_ i: Int) -> PortID { ingress[i] }
+
+    // MARK: In-place VLAN rewriting (used by the engine on egress)
+
+    /// Replaces the 4-byte tag after the MAC addresses with `tci` (the frame must be tagged).
+    @inline(__always) func rewriteTag(_ i: Int, controlInformation tci: UInt16) {
+        let p = base + i * stride + starts[i]
+        p.storeBytes(of: tci.bigEndian, toByteOffset: 14, as: UInt16.self)
+    }
+
+    /// Inserts a tag after the MAC addresses, using 4 bytes of headroom. Returns `false`
+    /// (frame unchanged) without headroom.
+    @inline(__always) func insertTag(_ i: Int, tagProtocol: UInt16, controlInformation tci: UInt16) -> Bool {
+        guard starts[i] >= 4 else { return false }
+        let old = base + i * stride + starts[i]
+        (old - 4).copyMemory(from: old, byteCount: 12)
+        (old + 8).storeBytes(of: tagProtocol.bigEndian, as: UInt16.self)
+        (old + 10).storeBytes(of: tci.bigEndian, as: UInt16.self)
+        starts[i] -= 4
+        lengths[i] += 4
+        return true
+    }
+
+    /// Removes the 4-byte tag after the MAC addresses (the frame must be tagged).
+    @inline(__always) func removeTag(_ i: Int) {
+        let old = base + i * stride + starts[i]
+        (old + 4).copyMemory(from: old, byteCount: 12)  // memmove semantics
+        starts[i] += 4
+        lengths[i] -= 4
+    }
+}
