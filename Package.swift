@@ -11,10 +11,31 @@ let package = Package(
     products: [
         .library(name: "TapBridgeCore", targets: ["TapBridgeCore"]),
         .library(name: "TapBridgeTestSupport", targets: ["TapBridgeTestSupport"]),
+        .executable(name: "tapbridge", targets: ["tapbridge"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
     ],
     targets: [
         // Pure forwarding logic: imports nothing but the standard library.
         .target(name: "TapBridgeCore", swiftSettings: strict),
+        // C shim for the ioctls and socket options Swift cannot call (TUNSETIFF, PACKET_AUXDATA).
+        .target(name: "CTapBridge"),
+        // Everything that calls the kernel: TAP and packet-socket ports, the poll loop.
+        .target(
+            name: "TapBridgeLinux",
+            dependencies: ["TapBridgeCore", "CTapBridge", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        // The command: argument parsing and wiring only.
+        .executableTarget(
+            name: "tapbridge",
+            dependencies: [
+                "TapBridgeLinux", "TapBridgeCore",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
         // Virtual ports, a manual clock, frame builders and a naive reference bridge.
         .target(name: "TapBridgeTestSupport", dependencies: ["TapBridgeCore"], swiftSettings: strict),
         // Core microbenchmark: `swift run -c release tapbridge-core-bench`.
@@ -27,6 +48,10 @@ let package = Package(
             path: "Examples/VirtualLAN", swiftSettings: strict),
         .testTarget(
             name: "TapBridgeCoreTests", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
+            swiftSettings: strict),
+        // Real TAPs, namespaces, ping and iperf3 through the release binary (root only).
+        .testTarget(
+            name: "TapBridgeIntegrationTests", dependencies: ["TapBridgeLinux", "CTapBridge"],
             swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

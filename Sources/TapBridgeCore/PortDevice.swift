@@ -134,9 +134,11 @@ public final class FrameBatch {
     @inline(__always) public func nextSlot() -> UnsafeMutableRawBufferPointer { freeSlot(0) }
 
     /// Records that the next free slot now holds a frame of `length` bytes from `port`.
-    @inline(__always) public func commit(length: Int, from port: PortID) {
-        precondition(count < capacity && length >= 0 && length <= frameCapacity)
-        starts[count] = headroom
+    /// `shift` moves the frame's start from the slot buffer's start: a negative value means the
+    /// device wrote that many bytes into the headroom (e.g. a restored VLAN tag).
+    @inline(__always) public func commit(length: Int, from port: PortID, shift: Int = 0) {
+        precondition(count < capacity && length >= 0 && shift >= -headroom && shift + length <= frameCapacity)
+        starts[count] = headroom + shift
         lengths[count] = length
         ingress[count] = port
         count += 1

@@ -85,8 +85,8 @@ public enum VLANMode: Hashable, Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .access(let v): return "access \(v)"
-        case .trunk(let a, let n): return "trunk \(a)" + (n.map { " native \($0)" } ?? "")
+        case .access(let v): return "access VLAN \(v)"
+        case .trunk(let a, let n): return "trunk VLANs \(a)" + (n.map { " (native \($0) untagged)" } ?? "")
         }
     }
 }

@@ -1,0 +1,50 @@
+// C shim for what Swift cannot call directly: TUNSETIFF and other function-like ioctl macros,
+// packet-socket options with their structs, signalfd. Every function returns 0 or a
+// non-negative value on success and -errno on failure (errno is not relied on across calls).
+#ifndef CTAPBRIDGE_H
+#define CTAPBRIDGE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+/// Opens /dev/net/tun and attaches (or creates) the TAP `name` with IFF_TAP | IFF_NO_PI,
+/// non-blocking and close-on-exec. `vnet_hdr` adds IFF_VNET_HDR. Returns the fd or -errno:
+/// -EBUSY if another process holds the TAP, -EINVAL if `name` exists and is not a TAP,
+/// -EPERM without CAP_NET_ADMIN, -ENOENT if /dev/net/tun is missing.
+int ctb_tap_open(const char *name, int vnet_hdr);
+
+/// Interface flags of `name` (IFF_UP etc.) or -errno.
+int ctb_if_get_flags(const char *name);
+/// Sets IFF_UP on `name`. 0 or -errno.
+int ctb_if_set_up(const char *name);
+/// Sets the MTU of `name`. 0 or -errno.
+int ctb_if_set_mtu(const char *name, int mtu);
+/// The MTU of `name` or -errno.
+int ctb_if_get_mtu(const char *name);
+/// The ifindex of `name` or -errno.
+int ctb_if_index(const char *name);
+/// Whether ifindex `index` still exists in this namespace: 1, 0, or -errno.
+int ctb_if_index_exists(int index);
+
+/// Opens an AF_PACKET raw socket bound to ifindex `ifindex` for all protocols, non-blocking,
+/// close-on-exec, with PACKET_IGNORE_OUTGOING (our own transmissions are never read back),
+/// PACKET_AUXDATA (to restore VLAN tags the kernel stripped) and promiscuous membership.
+/// Returns the fd or -errno.
+int ctb_packet_open(int ifindex);
+
+/// Receives one frame into `buf + 4` (the 4 bytes in front are headroom the shim uses to
+/// re-insert a VLAN tag the kernel moved into metadata). On success returns the frame length
+/// and sets *offset to where the frame starts (0 or 4). Returns -EAGAIN when drained.
+ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset);
+
+/// Blocks SIGINT, SIGTERM, SIGHUP (and SIGPIPE is ignored) and returns a non-blocking signalfd
+/// for the first three, or -errno.
+int ctb_signalfd_open(void);
+/// Reads one signal number from a signalfd: the number, 0 if none is pending, or -errno.
+int ctb_signalfd_read(int fd);
+
+/// Monotonic clock in nanoseconds.
+int64_t ctb_monotonic_ns(void);
+
+#endif

@@ -1,0 +1,202 @@
+#define _GNU_SOURCE
+#include "ctapbridge.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/if.h>
+#include <linux/if_packet.h>
+#include <linux/if_tun.h>
+#include <net/ethernet.h>
+#include <arpa/inet.h>
+#include <signal.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/signalfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef PACKET_IGNORE_OUTGOING
+#define PACKET_IGNORE_OUTGOING 23
+#endif
+
+static int copy_name(struct ifreq *ifr, const char *name) {
+    memset(ifr, 0, sizeof(*ifr));
+    size_t n = strlen(name);
+    if (n == 0 || n >= IFNAMSIZ) return -EINVAL;
+    memcpy(ifr->ifr_name, name, n);
+    return 0;
+}
+
+int ctb_tap_open(const char *name, int vnet_hdr) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc < 0) return rc;
+    int fd = open("/dev/net/tun", O_RDWR | O_NONBLOCK | O_CLOEXEC);
+    if (fd < 0) return -errno;
+    ifr.ifr_flags = IFF_TAP | IFF_NO_PI | (vnet_hdr ? IFF_VNET_HDR : 0);
+    if (ioctl(fd, TUNSETIFF, &ifr) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+// Runs an interface ioctl on `ifr` (whose name is already set) through a throwaway socket.
+static int ifreq_ioctl(unsigned long req, struct ifreq *ifr) {
+    int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) s = socket(AF_PACKET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (s < 0) return -errno;
+    int rc = ioctl(s, req, ifr) < 0 ? -errno : 0;
+    close(s);
+    return rc;
+}
+
+int ctb_if_get_flags(const char *name) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc == 0) rc = ifreq_ioctl(SIOCGIFFLAGS, &ifr);
+    return rc < 0 ? rc : (int)(unsigned short)ifr.ifr_flags;
+}
+
+int ctb_if_set_up(const char *name) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc == 0) rc = ifreq_ioctl(SIOCGIFFLAGS, &ifr);
+    if (rc < 0 || (ifr.ifr_flags & IFF_UP)) return rc;
+    ifr.ifr_flags |= IFF_UP;
+    return ifreq_ioctl(SIOCSIFFLAGS, &ifr);
+}
+
+int ctb_if_set_mtu(const char *name, int mtu) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc < 0) return rc;
+    ifr.ifr_mtu = mtu;
+    return ifreq_ioctl(SIOCSIFMTU, &ifr);
+}
+
+int ctb_if_get_mtu(const char *name) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc == 0) rc = ifreq_ioctl(SIOCGIFMTU, &ifr);
+    return rc < 0 ? rc : ifr.ifr_mtu;
+}
+
+int ctb_if_index(const char *name) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc == 0) rc = ifreq_ioctl(SIOCGIFINDEX, &ifr);
+    return rc < 0 ? rc : ifr.ifr_ifindex;
+}
+
+int ctb_if_index_exists(int index) {
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof(ifr));
+    ifr.ifr_ifindex = index;
+    int rc = ifreq_ioctl(SIOCGIFNAME, &ifr);
+    if (rc == 0) return 1;
+    return rc == -ENODEV ? 0 : rc;
+}
+
+int ctb_packet_open(int ifindex) {
+    int fd = socket(AF_PACKET, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, htons(ETH_P_ALL));
+    if (fd < 0) return -errno;
+    int one = 1;
+    struct sockaddr_ll sll;
+    memset(&sll, 0, sizeof(sll));
+    sll.sll_family = AF_PACKET;
+    sll.sll_protocol = htons(ETH_P_ALL);
+    sll.sll_ifindex = ifindex;
+    struct packet_mreq mr;
+    memset(&mr, 0, sizeof(mr));
+    mr.mr_ifindex = ifindex;
+    mr.mr_type = PACKET_MR_PROMISC;
+    if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_PACKET, PACKET_AUXDATA, &one, sizeof(one)) < 0 ||
+        bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0 ||
+        setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof(mr)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    return fd;
+}
+
+ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset) {
+    if (cap < 4) return -EINVAL;
+    union {
+        struct cmsghdr align;
+        char buf[CMSG_SPACE(sizeof(struct tpacket_auxdata))];
+    } control;
+    struct sockaddr_ll from;
+    struct iovec iov = {.iov_base = buf + 4, .iov_len = cap - 4};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_name = &from;
+    msg.msg_namelen = sizeof(from);
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = &control;
+    msg.msg_controllen = sizeof(control);
+    for (;;) {
+        ssize_t n = recvmsg(fd, &msg, MSG_DONTWAIT | MSG_TRUNC);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            return -errno;
+        }
+        if (from.sll_pkttype == PACKET_OUTGOING) {  // belt and braces: never read our own
+            msg.msg_controllen = sizeof(control);
+            msg.msg_namelen = sizeof(from);
+            continue;
+        }
+        if ((size_t)n > cap - 4) return -EMSGSIZE;
+        *offset = 4;
+        for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
+            if (c->cmsg_level != SOL_PACKET || c->cmsg_type != PACKET_AUXDATA) continue;
+            struct tpacket_auxdata aux;
+            memcpy(&aux, CMSG_DATA(c), sizeof(aux));
+            if (!(aux.tp_status & TP_STATUS_VLAN_VALID) || n < 12) continue;
+            if ((size_t)n + 4 > cap) return -EMSGSIZE;
+            uint16_t tpid = (aux.tp_status & TP_STATUS_VLAN_TPID_VALID) ? aux.tp_vlan_tpid : ETH_P_8021Q;
+            // move the two MAC addresses 4 bytes forward into the headroom, insert the tag
+            memmove(buf, buf + 4, 12);
+            uint16_t be_tpid = htons(tpid), be_tci = htons(aux.tp_vlan_tci);
+            memcpy(buf + 12, &be_tpid, 2);
+            memcpy(buf + 14, &be_tci, 2);
+            *offset = 0;
+            n += 4;
+        }
+        return n;
+    }
+}
+
+int ctb_signalfd_open(void) {
+    sigset_t set;
+    sigemptyset(&set);
+    sigaddset(&set, SIGINT);
+    sigaddset(&set, SIGTERM);
+    sigaddset(&set, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
+    signal(SIGPIPE, SIG_IGN);
+    int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+int ctb_signalfd_read(int fd) {
+    struct signalfd_siginfo si;
+    for (;;) {
+        ssize_t n = read(fd, &si, sizeof(si));
+        if (n == (ssize_t)sizeof(si)) return (int)si.ssi_signo;
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0 && errno == EAGAIN) return 0;
+        return n < 0 ? -errno : -EIO;
+    }
+}
+
+int64_t ctb_monotonic_ns(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+}

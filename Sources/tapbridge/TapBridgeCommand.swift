@@ -1,0 +1,151 @@
+import ArgumentParser
+import Logging
+import TapBridgeCore
+import TapBridgeLinux
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `tapbridge`: argument parsing and wiring only; the work is in TapBridgeLinux and TapBridgeCore.
+struct TapBridgeCommand: ParsableCommand {
+    static let version = "0.1.0"
+
+    static let configuration = CommandConfiguration(
+        commandName: "tapbridge",
+        abstract: "A userspace Ethernet switch: links TAP devices and existing interfaces into one L2 segment.",
+        discussion: """
+            Each --port is a port of a learning switch (MAC table with ageing and a size limit, \
+            flooding of unknown/broadcast/multicast, VLAN-aware). A port NAME that does not exist \
+            is created as a TAP and removed again on exit; an existing free TAP is attached; an \
+            interface that exists but cannot be a TAP here (a VM's tap held by QEMU, a veth, a \
+            NIC) is reached through a packet socket. Needs CAP_NET_ADMIN (and CAP_NET_RAW for \
+            packet sockets): run as root.
+
+            EXAMPLES
+              Link two TAPs (created if missing):
+                tapbridge --port tap0 --port tap1
+              A VM's tap held by QEMU, bridged to a veth, with a 120 s ageing time:
+                tapbridge --port vm0 --port veth-host,mode=packet --ageing 120
+              Access port in VLAN 10; trunk with VLANs 10, 20 tagged and VLAN 1 untagged:
+                tapbridge --port tap0,vlan=10 --port tap1,trunk=10:20,native=1
+
+            SIGINT/SIGTERM stop the bridge cleanly (exit 0); SIGHUP is logged and ignored. \
+            Logs go to standard error, one line per event, never one per frame at info level.
+            """,
+        version: version)
+
+    @Option(
+        name: .customLong("port"),
+        help: ArgumentHelp(
+            "A port: \(PortSpec.syntax). Repeatable.",
+            discussion: """
+                mode=auto (default) creates or attaches a TAP and falls back to a packet socket; \
+                mode=tap insists on a TAP; mode=packet attaches an existing interface through a \
+                packet socket. vlan=N makes an access port (default: access VLAN 1); trunk=10:20-29 \
+                carries those VLANs tagged, native=N carries one VLAN untagged on a trunk. \
+                learning=off never learns MACs behind the port; flooding=off keeps unknown \
+                unicast, broadcast and multicast away from it. mtu=N sets the interface's MTU \
+                (the IP MTU, as ip-link shows it).
+                """,
+            valueName: "spec"))
+    var ports: [String] = []
+
+    @Option(name: [.customLong("ageing"), .customLong("aging")], help: ArgumentHelp("Seconds a learned MAC lives without traffic.", valueName: "seconds"))
+    var ageing: Double = 300
+
+    @Option(name: .customLong("max-macs"), help: ArgumentHelp("Most MAC table entries; when full, the port holding the most entries loses its least recently seen one.", valueName: "n"))
+    var maxMACs: Int = 8192
+
+    @Option(name: .customLong("max-macs-per-port"), help: ArgumentHelp("Most MACs learned on one port (default: no per-port limit); a port at its limit forgets its least recently seen MAC.", valueName: "n"))
+    var maxMACsPerPort: Int?
+
+    @Option(name: .customLong("move-hold-down"), help: ArgumentHelp("Seconds a MAC that moved between ports stays put before it may move again (default: off).", valueName: "seconds"))
+    var moveHoldDown: Double?
+
+    @Flag(name: .customLong("hub"), help: "Flood every frame and learn nothing (debugging).")
+    var hub = false
+
+    @Flag(name: .customLong("forward-link-local"), help: "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default.")
+    var forwardLinkLocal = false
+
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+    var logLevel: String = "info"
+
+    func validate() throws {
+        if !(ageing > 0 && ageing <= 1_000_000) { throw ValidationError("--ageing must be between 0 and 1000000 seconds, got \(ageing)") }
+        if maxMACs < 1 { throw ValidationError("--max-macs must be at least 1, got \(maxMACs)") }
+        if let m = maxMACsPerPort, m < 1 { throw ValidationError("--max-macs-per-port must be at least 1, got \(m)") }
+        if let h = moveHoldDown, !(h > 0 && h <= 3600) { throw ValidationError("--move-hold-down must be between 0 and 3600 seconds, got \(h)") }
+        if Logger.Level(rawValue: logLevel) == nil {
+            throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(logLevel)'")
+        }
+        for p in ports { _ = try parsePort(p) }
+    }
+
+    func parsePort(_ text: String) throws -> PortSpec {
+        do {
+            return try PortSpec(parsing: text)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    func run() throws {
+        // Checked here rather than in validate(), so that an unknown option is reported first.
+        if ports.isEmpty { throw ValidationError("give at least one --port (e.g. --port tap0 --port tap1)") }
+        let level = Logger.Level(rawValue: logLevel)!
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+        let logger = Logger(label: "tapbridge")
+        let options = BridgeDaemon.Options(
+            ports: try ports.map(parsePort),
+            bridge: Bridge.Configuration(
+                table: .init(
+                    ageingTime: .milliseconds(Int64(ageing * 1000)), maximumEntries: maxMACs,
+                    maximumEntriesPerPort: maxMACsPerPort, moveHoldDown: moveHoldDown.map { .milliseconds(Int64($0 * 1000)) }),
+                isHub: hub, forwardsLinkLocal: forwardLinkLocal))
+        let daemon: BridgeDaemon
+        do {
+            daemon = try BridgeDaemon(options: options, logger: logger)
+        } catch {
+            throw StartupFailure(message: error.message)
+        }
+        let status = daemon.run()
+        if status != 0 { throw ExitCode(status) }
+    }
+}
+
+/// A start-up failure: printed as one line, exit status 1.
+struct StartupFailure: Error { var message: String }
+
+@main
+enum Main {
+    static func main() {
+        do {
+            var command = try TapBridgeCommand.parseAsRoot()
+            try command.run()
+        } catch let failure as StartupFailure {
+            fail(failure.message, status: 1)
+        } catch let exit as ExitCode {
+            Glibc.exit(exit.rawValue)
+        } catch {
+            let code = TapBridgeCommand.exitCode(for: error)
+            if code == .success {
+                print(TapBridgeCommand.fullMessage(for: error))
+                Glibc.exit(0)
+            }
+            // Usage errors: one line, no usage dump (that is what --help is for).
+            fail(TapBridgeCommand.message(for: error) + " (see 'tapbridge --help')", status: code.rawValue)
+        }
+    }
+
+    static func fail(_ message: String, status: Int32) -> Never {
+        let line = Array("tapbridge: error: \(message)\n".utf8)
+        _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
+        Glibc.exit(status)
+    }
+}
