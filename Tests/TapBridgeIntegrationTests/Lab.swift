@@ -1,0 +1,194 @@
+import Foundation
+import Testing
+
+/// Shell-free process helpers and a per-test lab of network namespaces and interfaces with
+/// unique names, torn down on every path (deinit), killing only the processes it started.
+enum Host {
+    static var isRoot: Bool { getuid() == 0 }
+
+    /// The package root (…/Tests/TapBridgeIntegrationTests/Lab.swift → three levels up).
+    static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+
+    /// The release binary the tests drive.
+    static let binary = packageRoot.appendingPathComponent(".build/release/tapbridge").path
+
+    static var hasBinary: Bool { FileManager.default.isExecutableFile(atPath: binary) }
+
+    static func has(_ tool: String) -> Bool {
+        ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"].contains { FileManager.default.isExecutableFile(atPath: $0 + tool) }
+    }
+
+    /// Why the real-kernel tests cannot run here, or nil.
+    static var skipReason: String? {
+        if !isRoot { return "needs root (CAP_NET_ADMIN) to create TAPs and network namespaces; CI runs it as root" }
+        if !hasBinary { return "needs the release binary: run `swift build -c release` first" }
+        for tool in ["ip", "ping", "iperf3", "tcpdump", "timeout", "setpriv"] where !has(tool) {
+            return "needs \(tool) (apt-get install iproute2 iputils-ping iperf3 tcpdump coreutils util-linux)"
+        }
+        return nil
+    }
+
+    static var canRun: Bool { skipReason == nil }
+
+    struct Result {
+        var status: Int32
+        var output: String
+        var ok: Bool { status == 0 }
+    }
+
+    /// Runs `args` (stdout and stderr together), bounded by `timeout` seconds.
+    @discardableResult
+    static func run(_ args: [String], timeout: Int = 20) -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/timeout")
+        p.arguments = ["-k", "2", String(timeout)] + args
+        let pipe = Pipe()
+        p.standardOutput = pipe
+        p.standardError = pipe
+        p.standardInput = FileHandle.nullDevice
+        do { try p.run() } catch { return Result(status: -1, output: "cannot start \(args): \(error)") }
+        let data = pipe.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, output: String(decoding: data, as: UTF8.self))
+    }
+}
+
+/// A background process whose combined output goes to a file.
+final class Background {
+    let process = Process()
+    let logURL: URL
+
+    init(_ args: [String], executable: String? = nil) throws {
+        logURL = FileManager.default.temporaryDirectory.appendingPathComponent("tbtest-\(UUID().uuidString).log")
+        _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
+        let log = try FileHandle(forWritingTo: logURL)
+        if let executable {
+            process.executableURL = URL(fileURLWithPath: executable)
+            process.arguments = args
+        } else {
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            process.arguments = args
+        }
+        process.standardOutput = log
+        process.standardError = log
+        process.standardInput = FileHandle.nullDevice
+        try process.run()
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+    var output: String { (try? String(contentsOf: logURL, encoding: .utf8)) ?? "" }
+
+    /// Sends `signal` and waits up to `within` seconds; returns the exit status, or nil if it
+    /// is still running (it is then killed).
+    func stop(signal: Int32 = SIGTERM, within: Double = 5) -> Int32? {
+        guard process.isRunning else { return process.terminationStatus }
+        kill(pid, signal)
+        let deadline = Date().addingTimeInterval(within)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+            return nil
+        }
+        return process.terminationStatus
+    }
+
+    /// Waits for the process to exit on its own, up to `within` seconds.
+    func wait(within: Double) -> Int32? {
+        let deadline = Date().addingTimeInterval(within)
+        while process.isRunning, Date() < deadline { usleep(10_000) }
+        return process.isRunning ? nil : process.terminationStatus
+    }
+
+    deinit {
+        if process.isRunning {
+            kill(pid, SIGKILL)
+            process.waitUntilExit()
+        }
+        try? FileManager.default.removeItem(at: logURL)
+    }
+}
+
+/// Namespaces and links for one test; names are unique per process and test.
+final class Lab {
+    nonisolated(unsafe) static var counter = 0
+    let tag: String
+    private(set) var namespaces: [String] = []
+    private(set) var links: [String] = []
+    private(set) var processes: [Background] = []
+
+    init() {
+        Lab.counter += 1
+        tag = String(getpid() % 46_656, radix: 36) + String(Lab.counter, radix: 36)
+    }
+
+    /// A unique interface name (≤ 15 bytes): "tb" + tag + suffix.
+    func link(_ suffix: String) -> String {
+        let name = "tb\(tag)\(suffix)"
+        precondition(name.utf8.count <= 15, "\(name) too long")
+        links.append(name)
+        return name
+    }
+
+    /// Creates a namespace with loopback up.
+    func namespace(_ suffix: String) -> String {
+        let name = "tbns-\(tag)-\(suffix)"
+        Host.run(["ip", "netns", "add", name])
+        Host.run(["ip", "-n", name, "link", "set", "lo", "up"])
+        namespaces.append(name)
+        return name
+    }
+
+    /// Runs a command inside `ns`.
+    @discardableResult
+    func exec(_ ns: String, _ args: [String], timeout: Int = 20) -> Host.Result {
+        Host.run(["ip", "netns", "exec", ns] + args, timeout: timeout)
+    }
+
+    /// Starts tapbridge with `args`.
+    func bridge(_ args: [String]) throws -> Background {
+        let b = try Background(args, executable: Host.binary)
+        processes.append(b)
+        return b
+    }
+
+    /// Starts a background command (killed at teardown if still running).
+    func background(_ args: [String]) throws -> Background {
+        let b = try Background(args)
+        processes.append(b)
+        return b
+    }
+
+    /// Waits until every interface in `names` exists in the root namespace.
+    func waitForLinks(_ names: [String], within seconds: Double = 10) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while Date() < deadline {
+            if names.allSatisfy({ Host.run(["ip", "link", "show", $0]).ok }) { return true }
+            usleep(50_000)
+        }
+        return false
+    }
+
+    /// Moves interface `name` into `ns`, gives it `address` (CIDR) and brings it up.
+    func place(_ name: String, in ns: String, address: String) {
+        Host.run(["ip", "link", "set", name, "netns", ns])
+        Host.run(["ip", "-n", ns, "addr", "add", address, "dev", name])
+        Host.run(["ip", "-n", ns, "link", "set", name, "up"])
+    }
+
+    /// Pings from `ns` to `address`; returns (sent, received).
+    func ping(from ns: String, _ address: String, count: Int = 3, interval: String = "0.2") -> (sent: Int, received: Int, output: String) {
+        let r = exec(ns, ["ping", "-c", String(count), "-i", interval, "-W", "2", address], timeout: count + 10)
+        // "3 packets transmitted, 3 received, 0% packet loss"
+        let numbers = r.output.split(separator: "\n").first { $0.contains("packets transmitted") }?
+            .split(separator: " ").compactMap { Int($0) } ?? []
+        return (numbers.first ?? 0, numbers.count > 1 ? numbers[1] : 0, r.output)
+    }
+
+    deinit {
+        for p in processes where p.isRunning { _ = p.stop(signal: SIGKILL, within: 2) }
+        for ns in namespaces { Host.run(["ip", "netns", "del", ns]) }
+        for l in links where Host.run(["ip", "link", "show", l]).ok { Host.run(["ip", "link", "del", l]) }
+    }
+}
