@@ -9,13 +9,11 @@ public import TapBridgeCore
 /// promiscuous, and ignores outgoing frames (`PACKET_IGNORE_OUTGOING`), so frames tapbridge
 /// transmits are never read back as input. VLAN tags the kernel moved into packet metadata
 /// (VLAN offload) are put back into the frame.
-public final class PacketSocketDevice: PortDevice {
+public final class PacketSocketDevice: DescriptorDevice {
     /// The interface name at attach time.
     public let name: String
     /// The interface index the socket is bound to.
     public let interfaceIndex: Int32
-    private var fd: Int32
-    private var port = PortID(0)
 
     /// Opens a packet socket on `name`, brings the link up, sets `mtu` if given.
     public init(name: String, mtu: Int?) throws(StartupError) {
@@ -37,54 +35,33 @@ public final class PacketSocketDevice: PortDevice {
         }
         self.name = name
         interfaceIndex = index
-        fd = rc
+        super.init(fd: rc)
     }
 
-    deinit { close(fd) }
-
-    public var pollDescriptor: Int32? { fd }
-
-    public func didAddPort(_ port: PortID, name: String) { self.port = port }
-
-    public func receive(into batch: FrameBatch) throws(PortError) -> Int {
-        var n = 0
-        while !batch.isFull {
-            // The shim writes 4 bytes in front of the frame when it restores a VLAN tag: give it
-            // the slot minus 4 bytes of the batch's headroom (always >= 4 here).
-            let slot = batch.nextSlot()
-            let base = slot.baseAddress!.assumingMemoryBound(to: UInt8.self) - 4
-            var offset = 0
-            let got = ctb_packet_recv(fd, base, slot.count + 4, &offset)
-            if got >= 0 {
-                // offset 0: a tag was restored and the frame starts 4 bytes into the headroom
-                batch.commit(length: got, from: port, shift: offset - 4)
-                n += 1
-                continue
+    override func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
+        // The shim writes 4 bytes in front of the frame when it restores a VLAN tag the kernel
+        // moved into metadata: give it the slot plus 4 bytes of headroom.
+        precondition(headroom >= 4, "packet sockets need 4 bytes of headroom")
+        let base = slot.baseAddress!.assumingMemoryBound(to: UInt8.self) - 4
+        var offset = 0
+        let got = ctb_packet_recv(fd, base, slot.count + 4, &offset)
+        if got >= 0 { return .frame(length: got, shift: offset - 4) }
+        switch Int32(-got) {
+        case EAGAIN: return .drained
+        case EMSGSIZE: return .skipped  // larger than any frame we carry: dropped
+        case ENETDOWN, ENXIO, ENODEV:
+            if ctb_if_index_exists(interfaceIndex) == 0 {
+                throw PortError(.deviceRemoved, code: Int32(-got), operation: "recv")
             }
-            switch Int32(-got) {
-            case EAGAIN: return n
-            case EMSGSIZE: continue  // larger than any frame we carry: dropped
-            case ENETDOWN, ENXIO, ENODEV:
-                if ctb_if_index_exists(interfaceIndex) == 0 {
-                    throw PortError(.deviceRemoved, code: Int32(-got), operation: "recv")
-                }
-                return n  // link down: nothing to read, the port stays
-            default: throw PortError(.failed, code: Int32(-got), operation: "recv")
-            }
+            return .drained  // link down: nothing to read, the port stays
+        default: throw PortError(.failed, code: Int32(-got), operation: "recv")
         }
-        return n
     }
 
-    public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+    public override func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
         while true {
             if send(fd, frame.baseAddress, frame.count, Int32(MSG_DONTWAIT)) >= 0 { return .sent }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, ENOBUFS: return .wouldBlock
-            case ENETDOWN, ENXIO: return .linkDown
-            case EMSGSIZE: return .tooLarge
-            default: return .failed
-            }
+            if errno != EINTR { return Self.transmitOutcome(errno: errno) }
         }
     }
 }

@@ -8,15 +8,13 @@ public import TapBridgeCore
 /// If the TAP did not exist, opening creates it, non-persistent: the kernel deletes it when
 /// the descriptor closes (on exit, or if tapbridge dies). A persistent TAP that existed before
 /// (`ip tuntap add`) is attached and left in place.
-public final class TapDevice: PortDevice {
+public final class TapDevice: DescriptorDevice {
     /// The interface name.
     public let name: String
     /// Whether the TAP existed before tapbridge opened it (it then survives tapbridge).
     public let existedBefore: Bool
     /// The MTU at attach time (IP MTU: frames are up to MTU + 14, + 4 per VLAN tag).
     public let mtu: Int
-    private var fd: Int32
-    private var port = PortID(0)
 
     /// Why opening failed, for the caller's choice between an error and the packet fallback.
     public enum OpenError: Error {
@@ -41,59 +39,40 @@ public final class TapDevice: PortDevice {
             default: throw .failed("TUNSETIFF failed: \(describeErrno(-rc))")
             }
         }
-        fd = rc
-        self.name = name
         if let requestedMTU {
             let e = ctb_if_set_mtu(name, Int32(requestedMTU))
             if e < 0 {
-                close(fd)
+                close(rc)
                 throw .failed("cannot set MTU \(requestedMTU): \(describeErrno(-e))")
             }
         }
         let up = ctb_if_set_up(name)
         if up < 0 {
-            close(fd)
+            close(rc)
             throw .failed("cannot bring the link up: \(describeErrno(-up))")
         }
+        self.name = name
         mtu = Int(max(ctb_if_get_mtu(name), 0))
+        super.init(fd: rc)
     }
 
-    deinit { close(fd) }
-
-    public var pollDescriptor: Int32? { fd }
-
-    public func didAddPort(_ port: PortID, name: String) { self.port = port }
-
-    public func receive(into batch: FrameBatch) throws(PortError) -> Int {
-        var n = 0
-        while !batch.isFull {
-            let slot = batch.nextSlot()
+    override func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
+        while true {
             let got = read(fd, slot.baseAddress, slot.count)
-            if got >= 0 {
-                batch.commit(length: got, from: port)
-                n += 1
-                continue
-            }
+            if got >= 0 { return .frame(length: got, shift: 0) }
             switch errno {
             case EINTR: continue
-            case EAGAIN: return n
+            case EAGAIN: return .drained
             case EBADFD, ENODEV, ENXIO: throw PortError(.deviceRemoved, code: errno, operation: "read")
             default: throw PortError(.failed, code: errno, operation: "read")
             }
         }
-        return n
     }
 
-    public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+    public override func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
         while true {
             if write(fd, frame.baseAddress, frame.count) >= 0 { return .sent }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN, ENOBUFS: return .wouldBlock
-            case EIO: return .linkDown
-            case EINVAL, EMSGSIZE: return .tooLarge
-            default: return .failed
-            }
+            if errno != EINTR { return Self.transmitOutcome(errno: errno) }
         }
     }
 }

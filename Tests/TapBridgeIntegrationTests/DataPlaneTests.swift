@@ -203,6 +203,16 @@ struct DataPlaneTests {
         #expect(!r.output.contains("Fatal error") && !r.output.contains("Stack"), "\(r.output)")
     }
 
+    /// /dev/net/tun hidden by a tmpfs in a private mount namespace (the machine's is untouched).
+    @Test func withoutDevNetTunItSaysSo() {
+        let lab = Lab()
+        let t = lab.link("n")
+        let r = Host.run(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                          "mount -t tmpfs none /dev/net && exec \"$0\" --port \"$1\"", Host.binary, t])
+        #expect(r.status == 1, "got exit \(r.status), want 1: \(r.output)")
+        #expect(r.output == "tapbridge: error: port \(t): /dev/net/tun is missing (load the tun module: modprobe tun)\n", "got: \(r.output)")
+    }
+
     @Test func withoutPrivilegesItSaysWhatIsMissing() {
         let lab = Lab()
         let t = lab.link("u")

@@ -22,7 +22,7 @@ enum Host {
     static var skipReason: String? {
         if !isRoot { return "needs root (CAP_NET_ADMIN) to create TAPs and network namespaces; CI runs it as root" }
         if !hasBinary { return "needs the release binary: run `swift build -c release` first" }
-        for tool in ["ip", "ping", "iperf3", "tcpdump", "timeout", "setpriv"] where !has(tool) {
+        for tool in ["ip", "ping", "iperf3", "tcpdump", "timeout", "setpriv", "unshare"] where !has(tool) {
             return "needs \(tool) (apt-get install iproute2 iputils-ping iperf3 tcpdump coreutils util-linux)"
         }
         return nil

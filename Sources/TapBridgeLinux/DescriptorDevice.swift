@@ -1,0 +1,68 @@
+import Glibc
+public import TapBridgeCore
+
+/// What one non-blocking read of a descriptor gave.
+enum ReadOutcome {
+    /// A frame of `length` bytes, starting `shift` bytes from the slot's start (negative: in
+    /// the headroom).
+    case frame(length: Int, shift: Int)
+    /// Nothing more to read now (EAGAIN).
+    case drained
+    /// Something was consumed that is not a frame for us (too large, our own): read on.
+    case skipped
+}
+
+/// The common part of the devices that are one file descriptor carrying one port (a TAP, a
+/// packet socket): the descriptor's lifetime, the port ID, and the loop that reads one frame
+/// per call into the batch until the descriptor is drained. Subclasses implement `readFrame`
+/// and `transmit`.
+public class DescriptorDevice: PortDevice {
+    /// The descriptor, closed on deinit.
+    let fd: Int32
+    /// The port the engine assigned.
+    var port = PortID(0)
+
+    init(fd: Int32) { self.fd = fd }
+
+    deinit { close(fd) }
+
+    public var pollDescriptor: Int32? { fd }
+
+    public func didAddPort(_ port: PortID, name: String) { self.port = port }
+
+    /// Reads one frame into `slot` (the slot's buffer; `headroom` bytes before it are usable).
+    func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
+        fatalError("subclass must implement readFrame")
+    }
+
+    public func receive(into batch: FrameBatch) throws(PortError) -> Int {
+        var n = 0
+        while !batch.isFull {
+            switch try readFrame(into: batch.nextSlot(), headroom: batch.headroom) {
+            case .frame(let length, let shift):
+                batch.commit(length: length, from: port, shift: shift)
+                n += 1
+            case .drained:
+                return n
+            case .skipped:
+                continue
+            }
+        }
+        return n
+    }
+
+    public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+        fatalError("subclass must implement transmit")
+    }
+
+    /// Maps the errno of a failed write/send to a transmit outcome (EINTR is retried by the
+    /// caller): a full queue is `wouldBlock`, a down link `linkDown`, a too-large frame `tooLarge`.
+    static func transmitOutcome(errno code: Int32) -> TransmitOutcome {
+        switch code {
+        case EAGAIN, ENOBUFS: .wouldBlock
+        case EIO, ENETDOWN, ENXIO: .linkDown
+        case EINVAL, EMSGSIZE: .tooLarge
+        default: .failed
+        }
+    }
+}
