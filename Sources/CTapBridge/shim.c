@@ -6,6 +6,8 @@
 #include <linux/if.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <netinet/in.h>
+#include <netinet/udp.h>
 #include <net/ethernet.h>
 #include <arpa/inet.h>
 #include <signal.h>
@@ -170,6 +172,32 @@ ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset) {
         }
         return n;
     }
+}
+
+#ifndef UDP_NO_CHECK6_RX
+#define UDP_NO_CHECK6_RX 102
+#endif
+
+int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_bytes) {
+    int fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    int zero = 0, one = 1;
+    if (addr->sa_family == AF_INET6) {
+        if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0) goto fail;
+        (void)setsockopt(fd, IPPROTO_UDP, UDP_NO_CHECK6_RX, &one, sizeof(one));
+    }
+    if (buffer_bytes > 0) {
+        if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof(buffer_bytes)) < 0)
+            (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
+        if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &buffer_bytes, sizeof(buffer_bytes)) < 0)
+            (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &buffer_bytes, sizeof(buffer_bytes));
+    }
+    if (bind(fd, addr, addr_len) < 0) goto fail;
+    return fd;
+fail:;
+    int e = errno;
+    close(fd);
+    return -e;
 }
 
 int ctb_signalfd_open(void) {

@@ -32,6 +32,15 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case frameTooLarge
     /// Transmit: any other error from the device.
     case transmitError
+    /// Both ports are in the same split-horizon group (e.g. two remote peers): never forwarded
+    /// between them, so a full mesh of bridges cannot loop.
+    case splitHorizon
+    /// Receive: a datagram whose encapsulation header is malformed (too short, flags wrong).
+    case malformedEncapsulation
+    /// Receive: a VXLAN datagram for another VNI.
+    case vniMismatch
+    /// Receive: a datagram or frame larger than the receive buffer.
+    case truncated
 
     /// A stable snake_case name for logs, JSON and metrics.
     public var description: String {
@@ -51,6 +60,10 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .transmitQueueFull: "transmit_queue_full"
         case .frameTooLarge: "frame_too_large"
         case .transmitError: "transmit_error"
+        case .splitHorizon: "split_horizon"
+        case .malformedEncapsulation: "malformed_encapsulation"
+        case .vniMismatch: "vni_mismatch"
+        case .truncated: "truncated"
         }
     }
 }
@@ -81,11 +94,16 @@ public struct PortConfiguration: Sendable, Equatable {
     public var learning = true
     /// Accept flooded frames: unknown unicast, broadcast, multicast (default on).
     public var flooding = true
+    /// Split-horizon group: frames are never forwarded between two ports of the same non-zero
+    /// group (flooded or unicast). 0 (default) is no group. tapbridge puts every remote peer in
+    /// group 1 unless split horizon is turned off.
+    public var splitHorizonGroup: UInt16 = 0
 
-    public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true) {
+    public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true, splitHorizonGroup: UInt16 = 0) {
         self.vlanMode = vlanMode
         self.learning = learning
         self.flooding = flooding
+        self.splitHorizonGroup = splitHorizonGroup
     }
 }
 
@@ -287,6 +305,10 @@ public final class Bridge {
         if header.destination.isMulticast { return .flood(vlan: vlan) }
         guard let egress = table.lookup(header.destination, vlan: vlan, at: now) else { return .flood(vlan: vlan) }
         if egress == ingress { return .drop(.sameSegment) }
+        let group = ports[p].configuration.splitHorizonGroup
+        if group != 0, egress.index < ports.count, ports[egress.index].configuration.splitHorizonGroup == group {
+            return .drop(.splitHorizon)
+        }
         return .unicast(egress, vlan: vlan)
     }
 
@@ -300,13 +322,16 @@ public final class Bridge {
         return ports[port.index].untaggedVLAN == vlan ? .untagged : .tagged
     }
 
-    /// Calls `body` for every port a flooded frame in `vlan` from `ingress` goes to, in ascending
-    /// order. Returns how many ports that was.
+    /// Calls `body` for every port a flooded frame in `vlan` from `ingress` goes to (flooding on,
+    /// member of the VLAN, not in the ingress port's split-horizon group), in ascending order. Returns how many ports that was.
     @inline(__always) @discardableResult
     public func forEachFloodPort(vlan: VLANID, excluding ingress: PortID, _ body: (PortID, EgressTagging) -> Void) -> Int {
         var n = 0
+        let group = ingress.index < ports.count ? ports[ingress.index].configuration.splitHorizonGroup : 0
         for port in activePorts where port != ingress {
-            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan) else { continue }
+            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan),
+                group == 0 || ports[port.index].configuration.splitHorizonGroup != group
+            else { continue }
             body(port, ports[port.index].untaggedVLAN == vlan ? .untagged : .tagged)
             n += 1
         }
@@ -319,6 +344,14 @@ public final class Bridge {
         guard port.index < ports.count else { return }
         ports[port.index].counters.transmittedFrames &+= 1
         ports[port.index].counters.transmittedBytes &+= UInt64(bytes)
+    }
+
+    /// Counts something a device received on `port` and dropped before the bridge saw it (it
+    /// counts as received, like a frame the bridge drops).
+    public func countReceiveDrop(on port: PortID, _ reason: DropReason) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.receivedFrames &+= 1
+        ports[port.index].counters.drops[reason.rawValue] &+= 1
     }
 
     /// Counts a drop for `reason` on `port`.

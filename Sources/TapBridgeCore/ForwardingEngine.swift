@@ -105,7 +105,12 @@ public final class ForwardingEngine {
         while handled < budgetPerService {
             batch.reset()
             let n = try device.receive(into: batch)
-            if n == 0 { break }
+            for drop in batch.receiveDrops { bridge.countReceiveDrop(on: drop.port, drop.reason) }
+            if n == 0 {
+                if batch.receiveDrops.isEmpty { break }
+                handled += batch.receiveDrops.count
+                continue
+            }
             for i in 0..<batch.count { forward(i, at: now) }
             handled += n
         }

@@ -85,6 +85,11 @@ public final class FrameBatch {
     /// Frames received so far.
     @exclusivity(unchecked) public private(set) var count = 0
 
+    /// Drops a device noticed while receiving (a malformed datagram from a known peer, say), to
+    /// be counted on that port by the engine. Capacity is reserved, so recording allocates
+    /// nothing; past `capacity` entries further drops are merged into the last one's port.
+    @exclusivity(unchecked) public private(set) var receiveDrops: [(port: PortID, reason: DropReason)] = []
+
     let stride: Int
     let base: UnsafeMutableRawPointer
     let starts: UnsafeMutablePointer<Int>
@@ -105,6 +110,7 @@ public final class FrameBatch {
         starts.initialize(repeating: 0, count: capacity)
         lengths.initialize(repeating: 0, count: capacity)
         ingress.initialize(repeating: PortID(0), count: capacity)
+        receiveDrops.reserveCapacity(capacity)
     }
 
     deinit {
@@ -114,19 +120,27 @@ public final class FrameBatch {
         ingress.deallocate()
     }
 
-    /// Forgets all frames (the memory stays).
-    @inline(__always) public func reset() { count = 0 }
+    /// Forgets all frames and recorded drops (the memory stays).
+    @inline(__always) public func reset() {
+        count = 0
+        if !receiveDrops.isEmpty { receiveDrops.removeAll(keepingCapacity: true) }
+    }
 
-    /// No slot is free.
-    @inline(__always) public var isFull: Bool { count == capacity }
+    /// Records that a device dropped something that arrived on `port`, for `reason`.
+    public func recordDrop(on port: PortID, _ reason: DropReason) {
+        if !isFull { receiveDrops.append((port, reason)) }
+    }
 
-    /// Free slots left.
-    @inline(__always) public var remaining: Int { capacity - count }
+    /// No slot is free: `capacity` frames and recorded drops together. Devices stop reading.
+    @inline(__always) public var isFull: Bool { count + receiveDrops.count >= capacity }
+
+    /// Free slots left (recorded drops use up slots too, so one call cannot read forever).
+    @inline(__always) public var remaining: Int { capacity - count - receiveDrops.count }
 
     /// The buffer of the `k`-th free slot (0 = the next one), `frameCapacity` bytes, for devices
     /// that fill several slots in one system call (recvmmsg). Requires `k < remaining`.
     @inline(__always) public func freeSlot(_ k: Int = 0) -> UnsafeMutableRawBufferPointer {
-        precondition(k >= 0 && count + k < capacity, "no free slot")
+        precondition(k >= 0 && k < remaining, "no free slot")
         return UnsafeMutableRawBufferPointer(start: base + (count + k) * stride + headroom, count: frameCapacity)
     }
 

@@ -7,9 +7,9 @@ public import TapBridgeCore
 /// SIGTERM.
 ///
 /// ```
-///            ┌───────────── poll(2) ─────────────┐  timeout: next FDB expiry (or none)
-///            │ signalfd   tap0   tap1   eth-pkt  │
-///            └────┬─────────┬──────┬───────┬─────┘
+///            ┌──────────────── poll(2) ─────────────────┐  timeout: the next FDB expiry or
+///            │ signalfd   tap0   tap1   eth-pkt   udp   │  dynamic-peer idle deadline
+///            └────┬─────────┬──────┬───────┬───────┬────┘
 ///   SIGINT/TERM: exit   each ready fd: engine.service (batches of 64, at most 256 frames
 ///   SIGHUP: logged      per fd per round, so one busy port cannot starve the others; a port
 ///                       with work left makes the next poll return at once)
@@ -20,17 +20,32 @@ public final class BridgeDaemon {
     /// Everything the command line says.
     public struct Options: Sendable {
         public var ports: [PortSpec]
+        public var remotes: [RemoteSpec] = []
+        /// `nil`: all addresses, on the first remote's port.
+        public var listen: ListenSpec? = nil
+        /// Default encapsulation and VNI for remotes that do not say.
+        public var encapsulation: Encapsulation = .vxlan
+        public var vni = VNI(1)!
+        /// Let unknown senders become remotes (up to `maximumPeers`, dropped after
+        /// `peerTimeout` of silence).
+        public var acceptsPeers = false
+        public var maximumPeers = 64
+        public var peerTimeout: Duration = .seconds(300)
+        /// Never forward between two remotes (default on).
+        public var splitHorizon = true
         public var bridge: Bridge.Configuration
+
         public init(ports: [PortSpec], bridge: Bridge.Configuration = .init()) {
             self.ports = ports
             self.bridge = bridge
         }
     }
 
-    /// How a port reaches its interface.
+    /// How a port reaches its interface or peer.
     public enum Kind: String, Sendable {
         case tap
         case packet
+        case remote
     }
 
     struct Attached {
@@ -41,37 +56,116 @@ public final class BridgeDaemon {
     }
 
     public let engine: ForwardingEngine
+    let options: Options
     let logger: Logger
     var attached: [Attached] = []
     let signalDescriptor: Int32
+    /// The UDP socket serving the remotes, if any.
+    public private(set) var tunnel: UDPTunnelDevice? = nil
 
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     public init(options: Options, logger: Logger) throws(StartupError) {
+        self.options = options
         self.logger = logger
         var names: Set<String> = []
-        for spec in options.ports where !names.insert(spec.name).inserted {
-            throw StartupError("port \(spec.name): given twice")
+        for name in options.ports.map(\.name) + options.remotes.map(\.name) where !names.insert(name).inserted {
+            throw StartupError("port \(name): given twice")
         }
         engine = ForwardingEngine(bridge: Bridge(configuration: options.bridge))
         let sfd = ctb_signalfd_open()
         if sfd < 0 { throw StartupError("cannot set up signal handling: \(describeErrno(-sfd))") }
         signalDescriptor = sfd
-        for spec in options.ports {
-            let (device, kind, note): (any PortDevice, Kind, String)
-            do {
-                (device, kind, note) = try Self.open(spec)
-            } catch {
-                close(sfd)
-                throw StartupError("port \(spec.name): \(error.message)")
-            }
-            let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: device)
-            attached.append(Attached(device: device, kind: kind, port: port, name: spec.name))
-            let flags = (spec.configuration.learning ? "" : ", learning off") + (spec.configuration.flooding ? "" : ", flooding off")
-            logger.info("port \(spec.name): \(note), \(spec.configuration.vlanMode)\(flags)")
+        do throws(StartupError) {
+            for spec in options.ports { try attachPort(spec) }
+            if !options.remotes.isEmpty || options.acceptsPeers { try attachRemotes() }
+        } catch {
+            close(sfd)
+            throw error
         }
     }
 
     deinit { close(signalDescriptor) }
+
+    func attachPort(_ spec: PortSpec) throws(StartupError) {
+        let (device, kind, note): (any PortDevice, Kind, String)
+        do {
+            (device, kind, note) = try Self.open(spec)
+        } catch {
+            throw StartupError("port \(spec.name): \(error.message)")
+        }
+        let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: device)
+        attached.append(Attached(device: device, kind: kind, port: port, name: spec.name))
+        logger.info("port \(spec.name): \(note), \(Self.describe(spec.configuration))")
+    }
+
+    static func describe(_ c: PortConfiguration) -> String {
+        "\(c.vlanMode)" + (c.learning ? "" : ", learning off") + (c.flooding ? "" : ", flooding off")
+    }
+
+    func attachRemotes() throws(StartupError) {
+        guard let listenPort = options.listen?.port ?? options.remotes.first?.port else {
+            throw StartupError("--accept-peers needs --listen [ADDR:]PORT")
+        }
+        let device: UDPTunnelDevice
+        if let host = options.listen?.host {
+            let address = try SocketAddress.resolve(host: host, port: listenPort, ipv4Only: false)
+            device = try UDPTunnelDevice(listen: address, ipv4Only: address.isIPv4, logger: logger)
+        } else {
+            let any6 = try SocketAddress.resolve(host: "::", port: listenPort, ipv4Only: false)
+            do {
+                device = try UDPTunnelDevice(listen: any6, ipv4Only: false, logger: logger)
+            } catch {
+                // no IPv6 here: all IPv4 addresses
+                let any4 = try SocketAddress.resolve(host: "0.0.0.0", port: listenPort, ipv4Only: true)
+                device = try UDPTunnelDevice(listen: any4, ipv4Only: true, logger: logger)
+            }
+        }
+        tunnel = device
+        let ipv4Only = device.family == AF_INET
+        for remote in options.remotes {
+            let address: SocketAddress
+            do {
+                address = try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: ipv4Only)
+            } catch {
+                throw StartupError("remote \(remote.name): \(error.message)")
+            }
+            let encapsulation = remote.encapsulation ?? options.encapsulation
+            let vni = remote.vni ?? options.vni
+            let index: Int
+            do {
+                index = try device.addPeer(address, encapsulation: encapsulation, vni: vni)
+            } catch {
+                throw StartupError("remote \(remote.name): \(error.message)")
+            }
+            var configuration = remote.configuration
+            configuration.splitHorizonGroup = options.splitHorizon ? 1 : 0
+            let port = engine.addPort(named: remote.name, configuration: configuration, on: device)
+            device.bind(peer: index, to: port)
+            attached.append(Attached(device: device, kind: .remote, port: port, name: remote.name))
+            let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
+            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), \(Self.describe(configuration))")
+        }
+        if options.acceptsPeers {
+            device.acceptPeer = { [unowned self] address in self.acceptDynamicPeer(address) }
+        }
+        logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers" : ""), split horizon \(options.splitHorizon ? "on" : "off")")
+    }
+
+    /// `--accept-peers`: an unknown sender becomes a remote with the bridge-wide encapsulation.
+    func acceptDynamicPeer(_ address: SocketAddress) -> Int? {
+        guard let device = tunnel else { return nil }
+        guard device.dynamicPeerCount < options.maximumPeers else {
+            return nil
+        }
+        guard let index = try? device.addPeer(address, encapsulation: options.encapsulation, vni: options.vni, isDynamic: true) else { return nil }
+        let name = "peer-\(address)"
+        let configuration = PortConfiguration(splitHorizonGroup: options.splitHorizon ? 1 : 0)
+        let port = engine.addPort(named: name, configuration: configuration, on: device)
+        device.bind(peer: index, to: port)
+        attached.append(Attached(device: device, kind: .remote, port: port, name: name))
+        logger.info("remote \(name): accepted (\(options.encapsulation)), \(device.dynamicPeerCount)/\(options.maximumPeers) dynamic peers")
+        return index
+    }
 
     static func open(_ spec: PortSpec) throws(StartupError) -> (any PortDevice, Kind, String) {
         func tapNote(_ tap: TapDevice) -> String {
@@ -101,25 +195,26 @@ public final class BridgeDaemon {
     /// The ports currently attached: name, kind, port ID.
     public var ports: [(name: String, kind: Kind, port: PortID)] { attached.map { ($0.name, $0.kind, $0.port) } }
 
-    /// Runs until SIGINT or SIGTERM; returns the process exit status (0).
+    /// Runs until SIGINT or SIGTERM; returns the process exit status.
     public func run() -> Int32 {
-        logger.info("forwarding between \(attached.count) port(s); ageing \(engine.bridge.configuration.table.ageingTime), up to \(engine.bridge.configuration.table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
-        if attached.count < 2 { logger.warning("only \(attached.count) port(s): nothing to forward between until more exist") }
+        let table = engine.bridge.configuration.table
+        logger.info("forwarding between \(attached.count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
+        if attached.count < 2 && !options.acceptsPeers { logger.warning("only \(attached.count) port(s): nothing to forward between") }
         var fds: [pollfd] = []
-        var owners: [Int] = []  // index into `attached` per fds entry (after the signalfd)
-        var dirty = true
+        var owners: [any PortDevice] = []
+        var knownDevices: [ObjectIdentifier] = []
         var pending = false
         while true {
-            if dirty {
+            let devices = engine.allDevices
+            if devices.map(ObjectIdentifier.init) != knownDevices {
+                knownDevices = devices.map(ObjectIdentifier.init)
                 fds = [pollfd(fd: signalDescriptor, events: Int16(POLLIN), revents: 0)]
-                owners = [-1]
-                for (i, a) in attached.enumerated() {
-                    if let fd = a.device.pollDescriptor {
-                        fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
-                        owners.append(i)
-                    }
+                owners = []
+                for d in devices {
+                    guard let fd = d.pollDescriptor else { continue }
+                    fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0))
+                    owners.append(d)
                 }
-                dirty = false
             }
             let timeout = pending ? 0 : pollTimeout(now: now())
             let ready = poll(&fds, nfds_t(fds.count), timeout)
@@ -130,29 +225,36 @@ public final class BridgeDaemon {
             }
             let t = now()
             pending = false
-            var removed: [Int] = []
+            var failed: [any PortDevice] = []
             for k in fds.indices where fds[k].revents != 0 || (k > 0 && timeout == 0) {
                 if k == 0 {
                     if let status = handleSignals() { return status }
                     continue
                 }
-                let a = attached[owners[k]]
                 do {
-                    let handled = try engine.service(a.device, at: t)
-                    if handled >= engine.budgetPerService { pending = true }
+                    if try engine.service(owners[k - 1], at: t) >= engine.budgetPerService { pending = true }
                 } catch {
-                    logger.error("port \(a.name): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
-                    removed.append(owners[k])
+                    let names = attached.filter { $0.device === owners[k - 1] }.map(\.name).joined(separator: ", ")
+                    logger.error("port \(names): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
+                    failed.append(owners[k - 1])
                 }
             }
-            if !removed.isEmpty {
-                for i in removed.sorted(by: >) {
-                    engine.removeDevice(attached[i].device)
-                    attached.remove(at: i)
-                }
-                dirty = true
+            for device in failed {
+                engine.removeDevice(device)
+                attached.removeAll { $0.device === device }
             }
             if let deadline = engine.nextDeadline, deadline <= t { engine.expire(at: t) }
+            expireIdlePeers(at: t)
+        }
+    }
+
+    func expireIdlePeers(at t: Instant) {
+        guard options.acceptsPeers, let tunnel else { return }
+        for port in tunnel.idleDynamicPeers(timeout: options.peerTimeout, now: t) {
+            let name = engine.name(of: port)
+            engine.removePort(port)
+            attached.removeAll { $0.port == port }
+            logger.info("remote \(name): silent for \(options.peerTimeout), removed")
         }
     }
 
@@ -160,7 +262,9 @@ public final class BridgeDaemon {
 
     /// Milliseconds until the next timer, rounded up; -1 (wait for traffic) if none.
     func pollTimeout(now: Instant) -> Int32 {
-        guard let deadline = engine.nextDeadline else { return -1 }
+        var deadlines = [engine.nextDeadline]
+        if options.acceptsPeers { deadlines.append(tunnel?.nextIdleDeadline(timeout: options.peerTimeout)) }
+        guard let deadline = deadlines.compactMap({ $0 }).min() else { return -1 }
         let ns = deadline.nanoseconds - now.nanoseconds
         if ns <= 0 { return 0 }
         return Int32(min((ns + 999_999) / 1_000_000, 3_600_000))
@@ -174,6 +278,7 @@ public final class BridgeDaemon {
             case 0: return nil
             case SIGINT, SIGTERM:
                 logger.info("\(signo == SIGINT ? "SIGINT" : "SIGTERM"): shutting down")
+                reportCounters()
                 shutdown()
                 return 0
             case SIGHUP:
@@ -187,9 +292,24 @@ public final class BridgeDaemon {
         }
     }
 
+    /// One line per port with its counters, and one for the UDP socket.
+    public func reportCounters() {
+        for a in attached {
+            let c = engine.bridge.counters(of: a.port)
+            let drops = DropReason.allCases.filter { c[$0] > 0 }.map { "\($0)=\(c[$0])" }.joined(separator: " ")
+            logger.info("counters \(a.name): rx \(c.receivedFrames) frames \(c.receivedBytes) bytes, tx \(c.transmittedFrames) frames \(c.transmittedBytes) bytes, drops \(drops.isEmpty ? "none" : drops)")
+        }
+        if let s = tunnel?.statistics {
+            logger.info("counters udp: unknown_sender=\(s.unknownSender) unreachable=\(s.unreachable)")
+        }
+        let f = engine.bridge.table.statistics
+        logger.info("counters fdb: entries \(engine.bridge.table.count), learned \(f.learned), moved \(f.moved), expired \(f.expired), evicted \(f.evicted), refused \(f.refused)")
+    }
+
     /// Closes every port: TAPs tapbridge created disappear with their descriptor.
     public func shutdown() {
         for a in attached { engine.removePort(a.port) }
         attached.removeAll()
+        tunnel = nil
     }
 }

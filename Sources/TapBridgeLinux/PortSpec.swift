@@ -40,47 +40,21 @@ public struct PortSpec: Sendable, Equatable {
         let name = parts[0]
         if let problem = InterfaceName.problem(with: name) { throw PortSpecError(text, "interface name \(problem)") }
         self.init(name: name)
-        var access: VLANID? = nil
-        var trunk: VLANSet? = nil
-        var native: VLANID? = nil
-        var seen: Set<String> = []
-        for option in parts.dropFirst() {
-            let kv = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
-            guard kv.count == 2, !kv[0].isEmpty else { throw PortSpecError(text, "expected key=value, got '\(option)'") }
-            let (key, value) = (kv[0], kv[1])
-            guard seen.insert(key).inserted else { throw PortSpecError(text, "'\(key)' given twice") }
+        var shared = SharedPortOptions()
+        for (key, value) in try keyValues(parts.dropFirst(), in: text) {
+            if try shared.take(key, value, in: text) { continue }
             switch key {
             case "mode":
                 guard let m = PortMode(rawValue: value) else { throw PortSpecError(text, "mode must be auto, tap or packet, got '\(value)'") }
                 mode = m
-            case "vlan":
-                guard let v = Int(value).flatMap(VLANID.init(validating:)) else { throw PortSpecError(text, "vlan must be 1-4094, got '\(value)'") }
-                access = v
-            case "trunk":
-                guard let set = VLANSet(parsing: value.replacingColons()), !set.isEmpty else {
-                    throw PortSpecError(text, "trunk must list VLANs 1-4094 like 10:20-29, got '\(value)'")
-                }
-                trunk = set
-            case "native":
-                guard let v = Int(value).flatMap(VLANID.init(validating:)) else { throw PortSpecError(text, "native must be 1-4094, got '\(value)'") }
-                native = v
-            case "learning", "flooding":
-                guard let on = Self.boolean(value) else { throw PortSpecError(text, "\(key) must be on or off, got '\(value)'") }
-                if key == "learning" { configuration.learning = on } else { configuration.flooding = on }
             case "mtu":
                 guard let m = Int(value), (68...65_521).contains(m) else { throw PortSpecError(text, "mtu must be 68-65521, got '\(value)'") }
                 mtu = m
             default:
-                throw PortSpecError(text, "unknown option '\(key)' (known: mode, vlan, trunk, native, learning, flooding, mtu)")
+                throw PortSpecError(text, "unknown option '\(key)' (known: mode, mtu, \(SharedPortOptions.keys))")
             }
         }
-        if access != nil, trunk != nil { throw PortSpecError(text, "vlan= (access port) and trunk= exclude each other") }
-        if native != nil, trunk == nil { throw PortSpecError(text, "native= needs trunk=") }
-        if let trunk {
-            configuration.vlanMode = .trunk(allowed: trunk, native: native)
-        } else if let access {
-            configuration.vlanMode = .access(access)
-        }
+        configuration = try shared.configuration(in: text)
     }
 
     static func boolean(_ s: String) -> Bool? {
@@ -92,19 +66,150 @@ public struct PortSpec: Sendable, Equatable {
     }
 }
 
-extension String {
-    fileprivate func replacingColons() -> String { String(map { $0 == ":" ? "," : $0 }) }
+/// Splits `key=value` options, refusing a key given twice.
+func keyValues(_ parts: ArraySlice<String>, in text: String) throws(PortSpecError) -> [(String, String)] {
+    var seen: Set<String> = []
+    var out: [(String, String)] = []
+    for option in parts {
+        let kv = option.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+        guard kv.count == 2, !kv[0].isEmpty else { throw PortSpecError(text, "expected key=value, got '\(option)'") }
+        guard seen.insert(kv[0]).inserted else { throw PortSpecError(text, "'\(kv[0])' given twice") }
+        out.append((kv[0], kv[1]))
+    }
+    return out
+}
+
+/// The options every kind of port takes: VLAN membership, learning, flooding.
+struct SharedPortOptions {
+    static let keys = "vlan, trunk, native, learning, flooding"
+    var access: VLANID? = nil
+    var trunk: VLANSet? = nil
+    var native: VLANID? = nil
+    var learning = true
+    var flooding = true
+
+    /// Consumes `key` if it is a shared option; `false` if it is not one.
+    mutating func take(_ key: String, _ value: String, in text: String) throws(PortSpecError) -> Bool {
+        switch key {
+        case "vlan":
+            guard let v = Int(value).flatMap(VLANID.init(validating:)) else { throw PortSpecError(text, "vlan must be 1-4094, got '\(value)'") }
+            access = v
+        case "trunk":
+            guard let set = VLANSet(parsing: String(value.map { $0 == ":" ? "," : $0 })), !set.isEmpty else {
+                throw PortSpecError(text, "trunk must list VLANs 1-4094 like 10:20-29, got '\(value)'")
+            }
+            trunk = set
+        case "native":
+            guard let v = Int(value).flatMap(VLANID.init(validating:)) else { throw PortSpecError(text, "native must be 1-4094, got '\(value)'") }
+            native = v
+        case "learning", "flooding":
+            guard let on = PortSpec.boolean(value) else { throw PortSpecError(text, "\(key) must be on or off, got '\(value)'") }
+            if key == "learning" { learning = on } else { flooding = on }
+        default:
+            return false
+        }
+        return true
+    }
+
+    func configuration(in text: String) throws(PortSpecError) -> PortConfiguration {
+        if access != nil, trunk != nil { throw PortSpecError(text, "vlan= (access port) and trunk= exclude each other") }
+        if native != nil, trunk == nil { throw PortSpecError(text, "native= needs trunk=") }
+        var c = PortConfiguration(learning: learning, flooding: flooding)
+        if let trunk {
+            c.vlanMode = .trunk(allowed: trunk, native: native)
+        } else if let access {
+            c.vlanMode = .access(access)
+        }
+        return c
+    }
+}
+
+/// One `--remote HOST:PORT[,key=value...]` argument.
+public struct RemoteSpec: Sendable, Equatable {
+    /// `HOST:PORT` as written; the port's default name.
+    public var endpoint: String
+    public var host: String
+    public var port: UInt16
+    /// `nil`: the bridge-wide `--encap`.
+    public var encapsulation: Encapsulation? = nil
+    /// `nil`: the bridge-wide `--vni`.
+    public var vni: VNI? = nil
+    /// The port's name in logs (default: `endpoint`).
+    public var name: String
+    public var configuration = PortConfiguration()
+
+    public static let syntax = "HOST:PORT[,encap=vxlan|raw][,vni=N][,name=NAME][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
+
+    public init(parsing text: String) throws(PortSpecError) {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        guard let (host, port) = SocketAddress.split(parts[0]) else {
+            throw PortSpecError(text, "expected HOST:PORT with PORT 1-65535 (IPv6 in brackets: [2001:db8::1]:4789), got '\(parts[0])'", flag: "--remote")
+        }
+        endpoint = parts[0]
+        self.host = host
+        self.port = port
+        name = parts[0]
+        var shared = SharedPortOptions()
+        do throws(PortSpecError) {
+            for (key, value) in try keyValues(parts.dropFirst(), in: text) {
+                if try shared.take(key, value, in: text) { continue }
+                switch key {
+                case "encap":
+                    guard let e = Encapsulation(rawValue: value) else { throw PortSpecError(text, "encap must be vxlan or raw, got '\(value)'") }
+                    encapsulation = e
+                case "vni":
+                    guard let v = Int(value).flatMap(VNI.init) else { throw PortSpecError(text, "vni must be 0-16777215, got '\(value)'") }
+                    vni = v
+                case "name":
+                    guard !value.isEmpty, value.count <= 64, !value.contains(where: \.isWhitespace) else {
+                        throw PortSpecError(text, "name must be 1-64 characters without white space")
+                    }
+                    name = value
+                default:
+                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, vni, name, \(SharedPortOptions.keys))")
+                }
+            }
+            configuration = try shared.configuration(in: text)
+        } catch {
+            throw PortSpecError(error.spec, error.reason, flag: "--remote")
+        }
+    }
+}
+
+/// A `--listen [ADDR:]PORT` argument.
+public struct ListenSpec: Sendable, Equatable {
+    /// `nil`: every address (IPv6 and IPv4).
+    public var host: String?
+    public var port: UInt16
+
+    public init(host: String?, port: UInt16) {
+        self.host = host
+        self.port = port
+    }
+
+    public init(parsing text: String) throws(PortSpecError) {
+        if let port = UInt16(text), port > 0 {
+            self.init(host: nil, port: port)
+        } else if let (host, port) = SocketAddress.split(text) {
+            self.init(host: host, port: port)
+        } else {
+            throw PortSpecError(text, "expected PORT, ADDR:PORT or [IPV6]:PORT with PORT 1-65535", flag: "--listen")
+        }
+    }
 }
 
 /// A `--port` value that does not parse.
 public struct PortSpecError: Error, CustomStringConvertible, Equatable {
     public var spec: String
     public var reason: String
-    init(_ spec: String, _ reason: String) {
+    /// The option the value was given to.
+    public var flag: String
+    init(_ spec: String, _ reason: String, flag: String = "--port") {
         self.spec = spec
         self.reason = reason
+        self.flag = flag
     }
-    public var description: String { "--port '\(spec)': \(reason)" }
+    public var description: String { "\(flag) '\(spec)': \(reason)" }
 }
 
 /// Linux interface name rules (`dev_valid_name` in net/core/dev.c).

@@ -18,6 +18,7 @@ public final class ReferenceBridge {
         var mode: VLANMode
         var learning: Bool
         var flooding: Bool
+        var group: UInt16
     }
 
     let config: Bridge.Configuration
@@ -33,7 +34,7 @@ public final class ReferenceBridge {
 
     /// Adds a port; ports are numbered 0, 1, 2, ... like a fresh `Bridge`.
     public func addPort(_ c: PortConfiguration) {
-        ports.append(Port(mode: c.vlanMode, learning: c.learning, flooding: c.flooding))
+        ports.append(Port(mode: c.vlanMode, learning: c.learning, flooding: c.flooding, group: c.splitHorizonGroup))
         drops.append([:])
     }
 
@@ -153,6 +154,7 @@ public final class ReferenceBridge {
                 targets = floodTargets(ingress, vlan)
             } else if let p = lookup(dst, vlan: vlan, now: t) {
                 if p == ingress { return drop(ingress, .sameSegment) }
+                if ports[ingress].group != 0 && ports[p].group == ports[ingress].group { return drop(ingress, .splitHorizon) }
                 if !ports[p].mode.members.contains(VLANID(vlan)) { return drop(ingress, .egressFiltered) }
                 targets = [p]
             } else {
@@ -172,6 +174,9 @@ public final class ReferenceBridge {
     }
 
     func floodTargets(_ ingress: Int, _ vlan: UInt16) -> [Int] {
-        ports.indices.filter { $0 != ingress && ports[$0].flooding && ports[$0].mode.members.contains(VLANID(vlan)) }
+        ports.indices.filter {
+            $0 != ingress && ports[$0].flooding && ports[$0].mode.members.contains(VLANID(vlan))
+                && (ports[ingress].group == 0 || ports[$0].group != ports[ingress].group)
+        }
     }
 }

@@ -20,6 +20,9 @@ public final class VirtualPort: PortDevice {
     public var maximumFrameLength = Int.max
     /// The next `receive` throws this, once.
     public var failNextReceive: PortError? = nil
+    /// Drops the next `receive` reports for this port (as a UDP device reports a malformed
+    /// datagram from a known peer), then forgets.
+    public var dropsOnNextReceive: [DropReason] = []
 
     public init() {}
 
@@ -38,6 +41,8 @@ public final class VirtualPort: PortDevice {
             throw error
         }
         guard let port else { return 0 }
+        for reason in dropsOnNextReceive { batch.recordDrop(on: port, reason) }
+        dropsOnNextReceive.removeAll()
         var n = 0
         while !batch.isFull, !receiveQueue.isEmpty {
             let frame = receiveQueue.removeFirst()

@@ -13,7 +13,7 @@ struct TapBridgeCommand: ParsableCommand {
 
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
-        abstract: "A userspace Ethernet switch: links TAP devices and existing interfaces into one L2 segment.",
+        abstract: "A userspace Ethernet switch: links TAP devices, existing interfaces and remote peers over UDP into one L2 segment.",
         discussion: """
             Each --port is a port of a learning switch (MAC table with ageing and a size limit, \
             flooding of unknown/broadcast/multicast, VLAN-aware). A port NAME that does not exist \
@@ -29,6 +29,16 @@ struct TapBridgeCommand: ParsableCommand {
                 tapbridge --port vm0 --port veth-host,mode=packet --ageing 120
               Access port in VLAN 10; trunk with VLANs 10, 20 tagged and VLAN 1 untagged:
                 tapbridge --port tap0,vlan=10 --port tap1,trunk=10:20,native=1
+              Two hosts, one segment (VXLAN, VNI 1, UDP port 4789 on both):
+                host1$ tapbridge --port tap0 --remote 192.0.2.2:4789
+                host2$ tapbridge --port tap0 --remote 192.0.2.1:4789
+              A QEMU VM with no TAP at all (-netdev dgram speaks raw frames over UDP):
+                tapbridge --port tap0 --listen 127.0.0.1:5555 \\
+                  --remote 127.0.0.1:5556,encap=raw
+
+            Remotes: VXLAN adds 50 bytes per frame on an IPv4 underlay (8 VXLAN + 8 UDP + 20 IP \
+            + 14 inner Ethernet), so on a 1500-byte underlay give the TAPs mtu=1450. A remote is \
+            never forwarded to another remote (split horizon) unless --no-split-horizon.
 
             SIGINT/SIGTERM stop the bridge cleanly (exit 0); SIGHUP is logged and ignored. \
             Logs go to standard error, one line per event, never one per frame at info level.
@@ -50,6 +60,40 @@ struct TapBridgeCommand: ParsableCommand {
                 """,
             valueName: "spec"))
     var ports: [String] = []
+
+    @Option(
+        name: [.customLong("remote"), .customLong("peer")],
+        help: ArgumentHelp(
+            "A remote peer over UDP: \(RemoteSpec.syntax). Repeatable.",
+            discussion: """
+                HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at \
+                start. Each remote is a port of the switch. encap=vxlan (RFC 7348, default) or raw \
+                (one Ethernet frame per datagram, as QEMU's -netdev dgram speaks); vni= sets the \
+                VXLAN network identifier. Only configured peers are accepted.
+                """,
+            valueName: "spec"))
+    var remotes: [String] = []
+
+    @Option(name: .customLong("listen"), help: ArgumentHelp("The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", valueName: "[addr:]port"))
+    var listen: String?
+
+    @Option(name: .customLong("encap"), help: ArgumentHelp("Encapsulation of remotes that do not set encap=: vxlan or raw.", valueName: "encap"))
+    var encapsulation: String = "vxlan"
+
+    @Option(name: .customLong("vni"), help: ArgumentHelp("VXLAN network identifier of remotes that do not set vni= (0-16777215).", valueName: "n"))
+    var vni: Int = 1
+
+    @Flag(name: .customLong("accept-peers"), help: "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence). Without authentication this trusts the network: anyone who can reach the port joins the segment.")
+    var acceptPeers = false
+
+    @Option(name: .customLong("max-peers"), help: ArgumentHelp("Most remotes --accept-peers adds.", valueName: "n"))
+    var maxPeers: Int = 64
+
+    @Option(name: .customLong("peer-timeout"), help: ArgumentHelp("Seconds of silence after which an accepted peer is removed.", valueName: "seconds"))
+    var peerTimeout: Double = 300
+
+    @Flag(name: .customLong("no-split-horizon"), help: "Forward between remotes (hub-and-spoke relays). Loops if the remotes also reach each other directly.")
+    var noSplitHorizon = false
 
     @Option(name: [.customLong("ageing"), .customLong("aging")], help: ArgumentHelp("Seconds a learned MAC lives without traffic.", valueName: "seconds"))
     var ageing: Double = 300
@@ -81,6 +125,29 @@ struct TapBridgeCommand: ParsableCommand {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(logLevel)'")
         }
         for p in ports { _ = try parsePort(p) }
+        for r in remotes { _ = try parseRemote(r) }
+        if let listen { _ = try parseListen(listen) }
+        if Encapsulation(rawValue: encapsulation) == nil { throw ValidationError("--encap must be vxlan or raw, got '\(encapsulation)'") }
+        if VNI(vni) == nil { throw ValidationError("--vni must be 0-16777215, got \(vni)") }
+        if acceptPeers, listen == nil, remotes.isEmpty { throw ValidationError("--accept-peers needs --listen [ADDR:]PORT") }
+        if maxPeers < 1 { throw ValidationError("--max-peers must be at least 1, got \(maxPeers)") }
+        if !(peerTimeout > 0) { throw ValidationError("--peer-timeout must be positive, got \(peerTimeout)") }
+    }
+
+    func parseRemote(_ text: String) throws -> RemoteSpec {
+        do {
+            return try RemoteSpec(parsing: text)
+        } catch {
+            throw ValidationError(error.description)
+        }
+    }
+
+    func parseListen(_ text: String) throws -> ListenSpec {
+        do {
+            return try ListenSpec(parsing: text)
+        } catch {
+            throw ValidationError(error.description)
+        }
     }
 
     func parsePort(_ text: String) throws -> PortSpec {
@@ -93,7 +160,9 @@ struct TapBridgeCommand: ParsableCommand {
 
     func run() throws {
         // Checked here rather than in validate(), so that an unknown option is reported first.
-        if ports.isEmpty { throw ValidationError("give at least one --port (e.g. --port tap0 --port tap1)") }
+        if ports.isEmpty && remotes.isEmpty && !acceptPeers {
+            throw ValidationError("give at least one --port or --remote (e.g. --port tap0 --port tap1)")
+        }
         let level = Logger.Level(rawValue: logLevel)!
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
@@ -101,13 +170,21 @@ struct TapBridgeCommand: ParsableCommand {
             return handler
         }
         let logger = Logger(label: "tapbridge")
-        let options = BridgeDaemon.Options(
+        var options = BridgeDaemon.Options(
             ports: try ports.map(parsePort),
             bridge: Bridge.Configuration(
                 table: .init(
                     ageingTime: .milliseconds(Int64(ageing * 1000)), maximumEntries: maxMACs,
                     maximumEntriesPerPort: maxMACsPerPort, moveHoldDown: moveHoldDown.map { .milliseconds(Int64($0 * 1000)) }),
                 isHub: hub, forwardsLinkLocal: forwardLinkLocal))
+        options.remotes = try remotes.map(parseRemote)
+        options.listen = try listen.map(parseListen)
+        options.encapsulation = Encapsulation(rawValue: encapsulation)!
+        options.vni = VNI(vni)!
+        options.acceptsPeers = acceptPeers
+        options.maximumPeers = maxPeers
+        options.peerTimeout = .milliseconds(Int64(peerTimeout * 1000))
+        options.splitHorizon = !noSplitHorizon
         let daemon: BridgeDaemon
         do {
             daemon = try BridgeDaemon(options: options, logger: logger)

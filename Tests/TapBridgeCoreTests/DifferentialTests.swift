@@ -33,7 +33,8 @@ func differential(seed: UInt64, steps: Int) -> String? {
     let configs = (0..<portCount).map { _ in
         PortConfiguration(vlanMode: portModes.randomElement(using: &rng)!,
                           learning: Int.random(in: 0..<6, using: &rng) != 0,
-                          flooding: Int.random(in: 0..<6, using: &rng) != 0)
+                          flooding: Int.random(in: 0..<6, using: &rng) != 0,
+                          splitHorizonGroup: UInt16.random(in: 0...2, using: &rng))
     }
     let lan = VirtualLAN(ports: portCount, configuration: config, portConfigurations: configs)
     let reference = ReferenceBridge(configuration: config)

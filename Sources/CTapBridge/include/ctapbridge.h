@@ -38,6 +38,14 @@ int ctb_packet_open(int ifindex);
 /// and sets *offset to where the frame starts (0 or 4). Returns -EAGAIN when drained.
 ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset);
 
+struct sockaddr;
+
+/// Opens a non-blocking, close-on-exec UDP socket of the address's family bound to `addr`.
+/// An IPv6 socket accepts IPv4 too (IPV6_V6ONLY off) and accepts zero UDP checksums
+/// (UDP_NO_CHECK6_RX, as VXLAN allows). Buffers are raised to `buffer_bytes` (forced when
+/// privileged). Returns the fd or -errno.
+int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_bytes);
+
 /// Blocks SIGINT, SIGTERM, SIGHUP (and SIGPIPE is ignored) and returns a non-blocking signalfd
 /// for the first three, or -errno.
 int ctb_signalfd_open(void);

@@ -1,0 +1,266 @@
+import CTapBridge
+import Glibc
+public import Logging
+public import TapBridgeCore
+
+/// One UDP socket serving every remote peer; each peer is its own port of the bridge.
+///
+/// ```
+///   datagram from 192.0.2.5:9000 ──► peer table ──► port 3 (vxlan, VNI 1) ──► decode ──► frame
+///   datagram from anyone else    ──► dropped, counted, logged (rate-limited), or, with
+///                                    --accept-peers, a new dynamic peer (up to a limit)
+///   frame for port 3 ──► sendmsg([VXLAN header, frame]) to 192.0.2.5:9000  (no copy)
+/// ```
+/// Datagrams are read 8 bytes before the batch slot, into the headroom, so that a VXLAN
+/// datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into the
+/// headroom: the frame is never copied.
+public final class UDPTunnelDevice: PortDevice {
+    /// One remote peer.
+    struct Peer {
+        var address: SocketAddress
+        var encapsulation: Encapsulation
+        var vni: VNI
+        var port: PortID?
+        var isDynamic: Bool
+        var lastHeard: Int64
+        /// The VXLAN header (8 bytes) and the sockaddr (up to 28 bytes), allocated once.
+        var wire: UnsafeMutableRawPointer
+        var addressLength: socklen_t
+    }
+
+    /// Counters of things that belong to no port.
+    public struct Statistics: Sendable {
+        /// Datagrams from senders that are not peers.
+        public var unknownSender: UInt64 = 0
+        /// ICMP errors (port or host unreachable) reported on the socket.
+        public var unreachable: UInt64 = 0
+    }
+
+    /// The address the socket is bound to.
+    public let localAddress: SocketAddress
+    /// The socket's family: AF_INET (IPv4 only) or AF_INET6 (both).
+    let family: Int32
+    let fd: Int32
+    let logger: Logger
+    var peers: [Peer?] = []
+    @exclusivity(unchecked) var peerByAddress: [SocketAddress: Int] = [:]
+    /// VXLAN peers by IP address alone (port 0): RFC 7348 senders, the Linux vxlan device among
+    /// them, pick the UDP source port from a hash of the inner flow, so a VXLAN peer is known by
+    /// its address. -1 marks an address shared by several VXLAN peers: those need the exact port.
+    @exclusivity(unchecked) var vxlanPeerByHost: [SocketAddress: Int] = [:]
+    @exclusivity(unchecked) var peerByPort: [Int] = []
+    public private(set) var statistics = Statistics()
+    var lastUnknownLog: Int64 = .min
+    var unknownSinceLog: UInt64 = 0
+
+    /// Called for a datagram from an unknown sender; returns the index of a new peer (from
+    /// `addPeer`) to accept it, or nil to drop it. Set by the daemon for `--accept-peers`.
+    public var acceptPeer: ((SocketAddress) -> Int?)? = nil
+
+    /// Socket buffer size requested (forced when privileged): 4 MiB.
+    static let bufferBytes: Int32 = 4 << 20
+
+    /// Binds the socket to `address`. An IPv4 address gives an IPv4-only socket; an IPv6 one
+    /// (including `[::]`) accepts both.
+    public init(listen address: SocketAddress, ipv4Only: Bool, logger: Logger) throws(StartupError) {
+        let family = ipv4Only ? AF_INET : AF_INET6
+        self.family = family
+        var storage = sockaddr_storage()
+        let length = withUnsafeMutableBytes(of: &storage) { address.write(family: family, to: $0.baseAddress!) }
+        guard length > 0 else { throw StartupError("listen address \(address) is IPv6 but the socket is IPv4") }
+        let rc = withUnsafeBytes(of: &storage) {
+            ctb_udp_open($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), UInt32(length), Self.bufferBytes)
+        }
+        if rc < 0 {
+            throw StartupError("cannot listen on UDP \(address): \(describeErrno(-rc))\(-rc == EADDRINUSE ? " (another program, or another tapbridge, uses that port)" : "")")
+        }
+        fd = rc
+        localAddress = address
+        self.logger = logger
+    }
+
+    deinit {
+        close(fd)
+        for case let p? in peers { p.wire.deallocate() }
+    }
+
+    public var pollDescriptor: Int32? { fd }
+
+    /// Adds a peer; returns its index for `bind(peer:to:)`. Throws if the address family does
+    /// not fit the socket or the peer exists.
+    public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false) throws(StartupError) -> Int {
+        if peerByAddress[address] != nil { throw StartupError("remote \(address) given twice") }
+        let wire = UnsafeMutableRawPointer.allocate(byteCount: 8 + MemoryLayout<sockaddr_storage>.size, alignment: 8)
+        wire.storeBytes(of: VXLANHeader.encodedHeader(vni: vni), as: UInt64.self)
+        let length = address.write(family: family, to: wire + 8)
+        guard length > 0 else {
+            wire.deallocate()
+            throw StartupError("remote \(address) is IPv6 but the listening socket \(localAddress) is IPv4 (use --listen [::]:PORT)")
+        }
+        let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: nil, isDynamic: isDynamic,
+                        lastHeard: ctb_monotonic_ns(), wire: wire, addressLength: length)
+        let index = peers.firstIndex { $0 == nil } ?? peers.count
+        if index == peers.count { peers.append(peer) } else { peers[index] = peer }
+        peerByAddress[address] = index
+        reindexHost(of: address)
+        return index
+    }
+
+    /// Recomputes `vxlanPeerByHost` for the IP address of `address`.
+    func reindexHost(of address: SocketAddress) {
+        var host = address
+        host.port = 0
+        let sharing = peers.indices.filter {
+            guard let p = peers[$0], p.encapsulation == .vxlan else { return false }
+            var h = p.address
+            h.port = 0
+            return h == host
+        }
+        vxlanPeerByHost[host] = sharing.isEmpty ? nil : (sharing.count == 1 ? sharing[0] : -1)
+    }
+
+    /// The peer a datagram from `sender` belongs to: the exact address and port, or else the
+    /// only VXLAN peer at that IP address.
+    @inline(__always) func peer(for sender: SocketAddress) -> Int? {
+        if let index = peerByAddress[sender] { return index }
+        var host = sender
+        host.port = 0
+        if let index = vxlanPeerByHost[host], index >= 0 { return index }
+        return nil
+    }
+
+    /// Tells the device which bridge port a peer is.
+    public func bind(peer index: Int, to port: PortID) {
+        peers[index]?.port = port
+        if port.index >= peerByPort.count { peerByPort += Array(repeating: -1, count: port.index + 1 - peerByPort.count) }
+        peerByPort[port.index] = index
+    }
+
+    public func didRemovePort(_ port: PortID) {
+        guard port.index < peerByPort.count, peerByPort[port.index] >= 0, let peer = peers[peerByPort[port.index]] else { return }
+        peerByAddress[peer.address] = nil
+        peer.wire.deallocate()
+        peers[peerByPort[port.index]] = nil
+        peerByPort[port.index] = -1
+        reindexHost(of: peer.address)
+    }
+
+    /// Number of dynamic peers.
+    public var dynamicPeerCount: Int { peers.lazy.filter { $0?.isDynamic == true }.count }
+
+    /// Ports of dynamic peers silent for `timeout` or longer at `now`.
+    public func idleDynamicPeers(timeout: Duration, now: Instant) -> [PortID] {
+        peers.compactMap { p in
+            guard let p, p.isDynamic, let port = p.port, now.nanoseconds - p.lastHeard >= timeout.nanoseconds else { return nil }
+            return port
+        }
+    }
+
+    /// When the next dynamic peer would become idle, for the poll timeout.
+    public func nextIdleDeadline(timeout: Duration) -> Instant? {
+        peers.compactMap { p in p.flatMap { $0.isDynamic ? $0.lastHeard : nil } }.min()
+            .map { Instant(nanoseconds: $0 + timeout.nanoseconds) }
+    }
+
+    /// The peer address of `port`.
+    public func address(of port: PortID) -> SocketAddress? {
+        guard port.index < peerByPort.count, peerByPort[port.index] >= 0 else { return nil }
+        return peers[peerByPort[port.index]]?.address
+    }
+
+    public func receive(into batch: FrameBatch) throws(PortError) -> Int {
+        var n = 0
+        var from = sockaddr_storage()
+        let now = ctb_monotonic_ns()
+        while !batch.isFull {
+            let slot = batch.nextSlot()
+            let buffer = slot.baseAddress! - VXLANHeader.length
+            let capacity = slot.count + VXLANHeader.length
+            var fromLength = socklen_t(MemoryLayout<sockaddr_storage>.size)
+            let got = withUnsafeMutablePointer(to: &from) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    recvfrom(fd, buffer, capacity, Int32(MSG_DONTWAIT | MSG_TRUNC), $0, &fromLength)
+                }
+            }
+            if got < 0 {
+                switch errno {
+                case EINTR: continue
+                case EAGAIN: return n
+                case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+                    statistics.unreachable &+= 1  // an ICMP error for something we sent: never fatal
+                    continue
+                default: throw PortError(.failed, code: errno, operation: "recvfrom")
+                }
+            }
+            guard let sender = withUnsafeBytes(of: &from, { SocketAddress($0.baseAddress!) }) else { continue }
+            guard let index = peer(for: sender) ?? accept(sender, now), let port = peers[index]?.port else { continue }
+            peers[index]!.lastHeard = now
+            if got > capacity {
+                batch.recordDrop(on: port, .truncated)
+                continue
+            }
+            switch peers[index]!.encapsulation {
+            case .raw:
+                batch.commit(length: got, from: port, shift: -VXLANHeader.length)
+                n += 1
+            case .vxlan:
+                switch VXLANHeader.decode(UnsafeRawBufferPointer(start: buffer, count: got)) {
+                case .frame(let vni, let length):
+                    if vni != peers[index]!.vni {
+                        batch.recordDrop(on: port, .vniMismatch)
+                    } else {
+                        batch.commit(length: length, from: port)
+                        n += 1
+                    }
+                case .tooShort, .flagsInvalid:
+                    batch.recordDrop(on: port, .malformedEncapsulation)
+                }
+            }
+        }
+        return n
+    }
+
+    /// A datagram from a sender that is not a peer: accept it as a dynamic peer, or count it
+    /// and log (at most one line per 10 s).
+    func accept(_ sender: SocketAddress, _ now: Int64) -> Int? {
+        if let acceptPeer, let index = acceptPeer(sender) { return index }
+        statistics.unknownSender &+= 1
+        unknownSinceLog &+= 1
+        if lastUnknownLog == .min || now - lastUnknownLog >= 10_000_000_000 {
+            logger.warning("dropped datagram(s) from \(sender): \(acceptPeer == nil ? "not a configured remote" : "peer limit reached") (\(unknownSinceLog) since the last such line)")
+            lastUnknownLog = now
+            unknownSinceLog = 0
+        }
+        return nil
+    }
+
+    public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+        guard port.index < peerByPort.count, peerByPort[port.index] >= 0, let peer = peers[peerByPort[port.index]] else { return .failed }
+        var iov = (
+            iovec(iov_base: peer.wire, iov_len: peer.encapsulation.headerLength),
+            iovec(iov_base: UnsafeMutableRawPointer(mutating: frame.baseAddress), iov_len: frame.count)
+        )
+        return withUnsafeMutablePointer(to: &iov) { iovs in
+            iovs.withMemoryRebound(to: iovec.self, capacity: 2) { base in
+                let first = peer.encapsulation == .raw ? base + 1 : base
+                var msg = msghdr()
+                msg.msg_name = peer.wire + 8
+                msg.msg_namelen = peer.addressLength
+                msg.msg_iov = first
+                msg.msg_iovlen = peer.encapsulation == .raw ? 1 : 2
+                while true {
+                    if sendmsg(fd, &msg, Int32(MSG_DONTWAIT)) >= 0 { return .sent }
+                    switch errno {
+                    case EINTR: continue
+                    case EAGAIN, ENOBUFS: return .wouldBlock
+                    case EMSGSIZE: return .tooLarge
+                    case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+                        statistics.unreachable &+= 1
+                        return .linkDown
+                    default: return .failed
+                    }
+                }
+            }
+        }
+    }
+}
