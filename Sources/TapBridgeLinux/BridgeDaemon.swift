@@ -205,7 +205,9 @@ public final class BridgeDaemon {
         var knownDevices: [ObjectIdentifier] = []
         var pending = false
         while true {
-            let devices = engine.allDevices
+            // The UDP socket is polled even before it carries a port (--accept-peers).
+            var devices = engine.allDevices
+            if let tunnel, !devices.contains(where: { $0 === tunnel }) { devices.append(tunnel) }
             if devices.map(ObjectIdentifier.init) != knownDevices {
                 knownDevices = devices.map(ObjectIdentifier.init)
                 fds = [pollfd(fd: signalDescriptor, events: Int16(POLLIN), revents: 0)]
@@ -242,6 +244,7 @@ public final class BridgeDaemon {
             for device in failed {
                 engine.removeDevice(device)
                 attached.removeAll { $0.device === device }
+                if device === tunnel { tunnel = nil }
             }
             if let deadline = engine.nextDeadline, deadline <= t { engine.expire(at: t) }
             expireIdlePeers(at: t)

@@ -146,12 +146,17 @@ final class Lab {
         Host.run(["ip", "netns", "exec", ns] + args, timeout: timeout)
     }
 
-    /// Starts tapbridge with `args`.
-    func bridge(_ args: [String]) throws -> Background {
-        let b = try Background(args, executable: Host.binary)
+    /// Starts tapbridge with `args`, in namespace `ns` if given.
+    func bridge(_ args: [String], in ns: String? = nil) throws -> Background {
+        let b = try ns.map { try Background(["ip", "netns", "exec", $0, Host.binary] + args) } ?? Background(args, executable: Host.binary)
         processes.append(b)
         return b
     }
+
+    /// A UDP port for this lab's loopback sockets: `base + k`, with `base` picked at random
+    /// from 30000-59000 per lab so that concurrent runs do not collide.
+    lazy var udpBase = Int.random(in: 3000...5900) * 10
+    func udpPort(_ k: Int) -> String { String(udpBase + k) }
 
     /// Starts a background command (killed at teardown if still running).
     func background(_ args: [String]) throws -> Background {
@@ -160,19 +165,21 @@ final class Lab {
         return b
     }
 
-    /// Waits until every interface in `names` exists in the root namespace.
-    func waitForLinks(_ names: [String], within seconds: Double = 10) -> Bool {
+    /// Waits until every interface in `names` exists in the root namespace (or in `ns`).
+    func waitForLinks(_ names: [String], in ns: String? = nil, within seconds: Double = 10) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
+        let prefix = ns.map { ["ip", "-n", $0] } ?? ["ip"]
         while Date() < deadline {
-            if names.allSatisfy({ Host.run(["ip", "link", "show", $0]).ok }) { return true }
+            if names.allSatisfy({ Host.run(prefix + ["link", "show", $0]).ok }) { return true }
             usleep(50_000)
         }
         return false
     }
 
-    /// Moves interface `name` into `ns`, gives it `address` (CIDR) and brings it up.
-    func place(_ name: String, in ns: String, address: String) {
-        Host.run(["ip", "link", "set", name, "netns", ns])
+    /// Moves interface `name` (from the root namespace, or from `from`) into `ns`, gives it
+    /// `address` (CIDR) and brings it up.
+    func place(_ name: String, in ns: String, address: String, from: String? = nil) {
+        Host.run((from.map { ["ip", "-n", $0] } ?? ["ip"]) + ["link", "set", name, "netns", ns])
         Host.run(["ip", "-n", ns, "addr", "add", address, "dev", name])
         Host.run(["ip", "-n", ns, "link", "set", name, "up"])
     }
@@ -184,6 +191,20 @@ final class Lab {
         let numbers = r.output.split(separator: "\n").first { $0.contains("packets transmitted") }?
             .split(separator: " ").compactMap { Int($0) } ?? []
         return (numbers.first ?? 0, numbers.count > 1 ? numbers[1] : 0, r.output)
+    }
+
+    /// The drop counters tapbridge logged at exit for port `name` ("counters NAME: ...
+    /// drops a=1 b=2"), plus "rx" and "tx" frame counts.
+    static func counters(in output: String, port name: String) -> [String: Int] {
+        guard let line = output.split(separator: "\n").last(where: { $0.contains("counters \(name): ") }) else { return [:] }
+        var out: [String: Int] = [:]
+        let words = line.split(separator: " ")
+        for (i, w) in words.enumerated() {
+            if (w == "rx" || w == "tx"), i + 1 < words.count, let n = Int(words[i + 1]) { out[String(w)] = n }
+            let kv = w.split(separator: "=")
+            if kv.count == 2, let n = Int(kv[1]) { out[String(kv[0])] = n }
+        }
+        return out
     }
 
     deinit {

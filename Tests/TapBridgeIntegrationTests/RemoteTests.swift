@@ -1,0 +1,188 @@
+import Foundation
+import Testing
+
+/// Remote ports over UDP: tapbridge to tapbridge, to the Linux vxlan device, to a scapy raw
+/// peer; split horizon in a full mesh; garbage datagrams. UDP stays on 127.0.0.0/8 or on veth
+/// links between namespaces these tests create.
+@Suite("Remote ports over UDP (root, namespaces)", .serialized, .enabled(if: Host.canRun && Host.hasPython, Comment(rawValue: Host.skipReason ?? Host.pythonSkipReason)))
+struct RemoteTests {
+    static let peers = Host.packageRoot.appendingPathComponent("Tests/Peers").path
+
+    /// ```
+    ///  ns a (10.77.0.1) ── tap a ── tapbridge 1 ══ UDP 127.0.0.1 ══ tapbridge 2 ── tap b ── ns b (10.77.0.2)
+    /// ```
+    @Test(arguments: ["vxlan", "raw"])
+    func twoBridgesJoinedOverLoopbackPingAndRunIperf(encap: String) throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),encap=\(encap)"])
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)", "--encap", encap])
+        #expect(lab.waitForLinks([ta, tb]), "\(one.output)\(two.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b over \(encap):\n\(one.output)\n\(two.output)")
+        #expect(lab.ping(from: b, "10.77.0.1").received == 3, "b -> a over \(encap)")
+        let server = try lab.background(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-p", "5302"])
+        usleep(300_000)
+        let client = lab.exec(a, ["iperf3", "-c", "10.77.0.2", "-p", "5302", "-t", "3", "-J"], timeout: 20)
+        let bps = DataPlaneTests.receivedBitsPerSecond(client.output)
+        #expect(client.ok && bps > 10_000_000, "iperf3 over \(encap): \(bps) bit/s; \(client.output.prefix(300))")
+        _ = server.wait(within: 5)
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
+
+    /// tapbridge in namespace t, the Linux vxlan device in namespace v, a veth underlay.
+    /// ```
+    ///  ns a (10.79.0.1) ── tap ── tapbridge [ns t, 10.78.0.1] ══ veth ══ [ns v, 10.78.0.2] vxlan42 (10.79.0.2)
+    /// ```
+    @Test func linuxKernelVXLANDeviceIsAPeer() throws {
+        let lab = Lab()
+        let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
+        let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
+        #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
+        lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
+        lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
+        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789", "dev", uv])
+        try #require(made.ok, "cannot create a vxlan device: \(made.output)")
+        lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
+
+        let bridge = try lab.bridge(["--port", ta, "--remote", "10.78.0.2:4789,vni=42"], in: t)
+        #expect(lab.waitForLinks([ta], in: t), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.79.0.1/24", from: t)
+        #expect(lab.ping(from: a, "10.79.0.2").received == 3, "tapbridge -> kernel vxlan:\n\(bridge.output)")
+        #expect(lab.ping(from: v, "10.79.0.1").received == 3, "kernel vxlan -> tapbridge")
+        #expect(bridge.stop() == 0)
+        let c = Lab.counters(in: bridge.output, port: "10.78.0.2:4789")
+        #expect((c["rx"] ?? 0) >= 6 && c["vni_mismatch"] == nil && c["malformed_encapsulation"] == nil, "\(c)")
+    }
+
+    /// A raw peer whose frames scapy builds and parses answers ARP and ping through tapbridge;
+    /// the remote is given by name (localhost, from /etc/hosts: no DNS).
+    @Test func rawPeerBuiltWithScapyExchangesFramesBothWays() throws {
+        let lab = Lab()
+        let a = lab.namespace("a")
+        let ta = lab.link("a")
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let bridge = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "localhost:\(p2),encap=raw,name=qemu"])
+        #expect(lab.waitForLinks([ta]), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        let peer = Host.run(["/usr/bin/python3", "\(Self.peers)/raw_peer.py", "--listen", p2, "--bridge", "127.0.0.1:\(p1)",
+                             "--ip", "10.77.0.9", "--target", "10.77.0.1", "--count", "3"], timeout: 20)
+        #expect(peer.ok && peer.output.contains("\"arp_reply\": true") && peer.output.contains("\"echo_replies\": 3"),
+                "raw peer: \(peer.output)\n\(bridge.output)")
+        #expect(bridge.stop() == 0)
+        #expect(bridge.output.contains("remote qemu (127.0.0.1:\(p2)): raw"), "\(bridge.output)")
+    }
+
+    /// Three bridges, each a remote of the other two. A broadcast must arrive exactly once
+    /// per other namespace: split horizon stops it from going round the mesh.
+    @Test func fullMeshWithSplitHorizonDeliversEachBroadcastOnce() throws {
+        let lab = Lab()
+        let ns = ["a", "b", "c"].map(lab.namespace)
+        let taps = ["a", "b", "c"].map(lab.link)
+        let udp = (1...3).map(lab.udpPort)
+        var bridges: [Background] = []
+        for i in 0..<3 {
+            let others = (0..<3).filter { $0 != i }.flatMap { ["--remote", "127.0.0.1:\(udp[$0])"] }
+            bridges.append(try lab.bridge(["--port", taps[i], "--listen", "127.0.0.1:\(udp[i])"] + others))
+        }
+        #expect(lab.waitForLinks(taps))
+        for i in 0..<3 { lab.place(taps[i], in: ns[i], address: "10.77.0.\(i + 1)/24") }
+        #expect(lab.ping(from: ns[0], "10.77.0.2", count: 2).received == 2)
+        #expect(lab.ping(from: ns[0], "10.77.0.3", count: 2).received == 2)
+        #expect(lab.ping(from: ns[1], "10.77.0.3", count: 2).received == 2)
+
+        let pcaps = (1...2).map { FileManager.default.temporaryDirectory.appendingPathComponent("tb-\(lab.tag)-\($0).pcap").path }
+        defer { pcaps.forEach { try? FileManager.default.removeItem(atPath: $0) } }
+        let captures = try (1...2).map { try lab.background(["ip", "netns", "exec", ns[$0], "tcpdump", "-i", taps[$0], "-n", "-U", "-w", pcaps[$0 - 1], "icmp"]) }
+        usleep(700_000)
+        _ = lab.exec(ns[0], ["ping", "-b", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.255"], timeout: 10)
+        usleep(500_000)
+        for c in captures { _ = c.stop(signal: SIGINT) }
+        for (k, pcap) in pcaps.enumerated() {
+            let lines = Host.run(["tcpdump", "-r", pcap, "-n"]).output.split(separator: "\n").filter { $0.contains("> 10.77.0.255:") }
+            #expect(lines.count == 3, "namespace \(ns[k + 1]) saw the 3 broadcasts \(lines.count) times, want 3")
+        }
+        for b in bridges { #expect(b.stop() == 0) }
+        let c = Lab.counters(in: bridges[1].output, port: taps[1])
+        #expect((c["tx"] ?? 1000) < 100, "bridge b sent \(c["tx"] ?? -1) frames to its TAP: a loop?")
+    }
+
+    /// Garbage from an unconfigured sender and from a configured peer's address: every
+    /// datagram is counted under the reason the sender's script predicts; pings still pass.
+    @Test func garbageDatagramsAreCountedAndForwardingContinues() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),name=two,vni=5"])
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1),vni=5"])
+        #expect(lab.waitForLinks([ta, tb]))
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2)
+
+        let script = "\(Self.peers)/garbage.py"
+        let stranger = Host.run(["/usr/bin/python3", script, "--to", "127.0.0.1:\(p1)", "--from", "127.0.0.2", "--vni", "5"])
+        let known = Host.run(["/usr/bin/python3", script, "--to", "127.0.0.1:\(p1)", "--from", "127.0.0.1", "--vni", "5"])
+        try #require(stranger.ok && known.ok, "\(stranger.output)\(known.output)")
+        let expected = try JSONSerialization.jsonObject(with: Data(known.output.utf8)) as? [String: Int] ?? [:]
+        usleep(300_000)
+        #expect(one.isRunning, "\(one.output)")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3, "forwarding stopped after garbage:\n\(one.output)")
+        #expect(one.stop() == 0 && two.stop() == 0)
+        let c = Lab.counters(in: one.output, port: "two")
+        for reason in ["malformed_encapsulation", "vni_mismatch", "runt"] {
+            #expect(c[reason, default: 0] == expected[reason, default: -1], "\(reason): got \(c[reason, default: 0]), want \(expected[reason, default: -1])")
+        }
+        let unknown = Lab.counters(in: one.output, port: "udp")["unknown_sender"]
+        #expect(unknown == expected["sent"], "unknown_sender: got \(unknown ?? -1), want \(expected["sent"] ?? -1)")
+        #expect(one.output.contains("dropped datagram(s) from 127.0.0.2:"), "no log line for the stranger:\n\(one.output)")
+    }
+
+    /// `--accept-peers`: an unknown raw sender becomes a remote, and is dropped after
+    /// `--peer-timeout` of silence.
+    @Test func acceptedPeerJoinsAndIsRemovedWhenSilent() throws {
+        let lab = Lab()
+        let a = lab.namespace("a")
+        let ta = lab.link("a")
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let bridge = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--accept-peers", "--encap", "raw", "--peer-timeout", "1"])
+        #expect(lab.waitForLinks([ta]))
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        let peer = Host.run(["/usr/bin/python3", "\(Self.peers)/raw_peer.py", "--listen", p2, "--bridge", "127.0.0.1:\(p1)",
+                             "--ip", "10.77.0.9", "--target", "10.77.0.1"], timeout: 20)
+        #expect(peer.ok, "accepted peer: \(peer.output)\n\(bridge.output)")
+        usleep(2_000_000)
+        #expect(bridge.stop() == 0)
+        #expect(bridge.output.contains("remote peer-127.0.0.1:\(p2): accepted"), "\(bridge.output)")
+        #expect(bridge.output.contains("remote peer-127.0.0.1:\(p2): silent for"), "idle peer not removed:\n\(bridge.output)")
+    }
+
+    static let badRemotes: [DataPlaneTests.BadStart] = [
+        .init(name: "remote without port", args: ["--remote", "127.0.0.1"], status: 64, message: "--remote '127.0.0.1': expected HOST:PORT"),
+        .init(name: "IPv6 without brackets", args: ["--remote", "::1:4789"], status: 64, message: "IPv6 in brackets"),
+        .init(name: "port out of range", args: ["--remote", "127.0.0.1:70000"], status: 64, message: "PORT 1-65535"),
+        .init(name: "bad encap", args: ["--remote", "127.0.0.1:4789,encap=gre"], status: 64, message: "encap must be vxlan or raw"),
+        .init(name: "bad vni", args: ["--vni", "16777216", "--remote", "127.0.0.1:4789"], status: 64, message: "--vni must be 0-16777215"),
+        .init(name: "bad listen", args: ["--listen", "nope", "--remote", "127.0.0.1:4789"], status: 64, message: "--listen 'nope'"),
+        .init(name: "accept-peers without a port", args: ["--accept-peers"], status: 64, message: "--accept-peers needs --listen"),
+        .init(name: "IPv6 peer on an IPv4 socket", args: ["--listen", "127.0.0.1:47999", "--remote", "[::1]:4789"], status: 1, message: "remote [::1]:4789: cannot resolve ::1 to an IPv4 address"),
+    ]
+
+    @Test(arguments: badRemotes)
+    func badRemoteInputGivesOneLineAndANonZeroExit(_ c: DataPlaneTests.BadStart) {
+        let r = Host.run([Host.binary] + c.args)
+        #expect(r.status == c.status, "got exit \(r.status), want \(c.status): \(r.output)")
+        #expect(r.output.split(separator: "\n").count == 1 && r.output.contains(c.message), "got: \(r.output)")
+    }
+}
+
+extension Host {
+    static var hasPython: Bool {
+        Host.run(["/usr/bin/python3", "-c", "import scapy.all"], timeout: 30).ok
+    }
+    static let pythonSkipReason = "needs /usr/bin/python3 with scapy (apt-get install python3-scapy)"
+}
