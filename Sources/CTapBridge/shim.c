@@ -200,6 +200,68 @@ fail:;
     return -e;
 }
 
+int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n) {
+    if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
+    struct mmsghdr msgs[CTB_BATCH_MAX];
+    struct iovec iov[CTB_BATCH_MAX];
+    memset(msgs, 0, sizeof(msgs[0]) * n);
+    for (unsigned int i = 0; i < n; i++) {
+        iov[i].iov_base = d[i].data;
+        iov[i].iov_len = d[i].length;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = d[i].peer;
+        msgs[i].msg_hdr.msg_namelen = sizeof(d[i].peer);
+    }
+    for (;;) {
+        int got = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
+        if (got < 0) {
+            if (errno == EINTR) continue;
+            return errno == EAGAIN ? 0 : -errno;
+        }
+        for (int i = 0; i < got; i++) {
+            size_t len = msgs[i].msg_len;
+            // MSG_TRUNC in msg_flags: the datagram was longer than the buffer
+            d[i].length = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? d[i].length + 1 : len;
+        }
+        return got;
+    }
+}
+
+int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n) {
+    if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
+    struct mmsghdr msgs[CTB_BATCH_MAX];
+    struct iovec iov[CTB_BATCH_MAX];
+    memset(msgs, 0, sizeof(msgs[0]) * n);
+    for (unsigned int i = 0; i < n; i++) {
+        iov[i].iov_base = d[i].data;
+        iov[i].iov_len = d[i].length;
+        msgs[i].msg_hdr.msg_iov = &iov[i];
+        msgs[i].msg_hdr.msg_iovlen = 1;
+        msgs[i].msg_hdr.msg_name = (void *)d[i].destination;
+        msgs[i].msg_hdr.msg_namelen = d[i].destination_length;
+        d[i].result = 0;
+    }
+    unsigned int done = 0, sent = 0;
+    while (done < n) {
+        int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);
+        if (r < 0) {
+            if (errno == EINTR) continue;
+            d[done].result = -errno;  // this one failed: skip it, try the rest
+            done++;
+            continue;
+        }
+        if (r == 0) {  // nothing taken: count it as a full queue for this datagram
+            d[done].result = -EAGAIN;
+            done++;
+            continue;
+        }
+        done += (unsigned int)r;
+        sent += (unsigned int)r;
+    }
+    return (int)sent;
+}
+
 int ctb_signalfd_open(void) {
     sigset_t set;
     sigemptyset(&set);

@@ -346,6 +346,13 @@ public final class Bridge {
         ports[port.index].counters.transmittedBytes &+= UInt64(bytes)
     }
 
+    /// Takes back a transmit counted for a frame the device accepted but then failed to send.
+    public func uncountTransmit(on port: PortID, bytes: Int) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.transmittedFrames &-= 1
+        ports[port.index].counters.transmittedBytes &-= UInt64(bytes)
+    }
+
     /// Counts something a device received on `port` and dropped before the bridge saw it (it
     /// counts as received, like a frame the bridge drops).
     public func countReceiveDrop(on port: PortID, _ reason: DropReason) {

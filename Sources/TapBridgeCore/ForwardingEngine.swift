@@ -20,6 +20,8 @@ public final class ForwardingEngine {
 
     @exclusivity(unchecked) var devices: [(any PortDevice)?] = []
     var names: [String] = []
+    /// Every device once, for flushing after a batch (rebuilt when ports change).
+    @exclusivity(unchecked) var uniqueDevices: [any PortDevice] = []
 
     /// Creates an engine around `bridge` with one receive batch.
     public init(bridge: Bridge, batch: FrameBatch = FrameBatch(), budgetPerService: Int = 256) {
@@ -40,6 +42,7 @@ public final class ForwardingEngine {
         }
         devices[id.index] = device
         names[id.index] = name
+        uniqueDevices = allDevices
         device.didAddPort(id, name: name)
         return id
     }
@@ -49,6 +52,7 @@ public final class ForwardingEngine {
         guard port.index < devices.count, let device = devices[port.index] else { return }
         bridge.removePort(port)
         devices[port.index] = nil
+        uniqueDevices = allDevices
         device.didRemovePort(port)
     }
 
@@ -112,6 +116,7 @@ public final class ForwardingEngine {
                 continue
             }
             for i in 0..<batch.count { forward(i, at: now) }
+            flushDevices()
             handled += n
         }
         return handled
@@ -179,12 +184,31 @@ public final class ForwardingEngine {
     func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID) {
         guard let device else { return }
         let frame = batch.frame(i)
-        switch device.transmit(frame, to: port) {
-        case .sent: bridge.countTransmit(on: port, bytes: frame.count)
-        case .wouldBlock: bridge.countDrop(on: port, .transmitQueueFull)
-        case .linkDown: bridge.countDrop(on: port, .linkDown)
-        case .tooLarge: bridge.countDrop(on: port, .frameTooLarge)
-        case .failed: bridge.countDrop(on: port, .transmitError)
+        let outcome = device.transmit(frame, to: port)
+        if outcome == .sent {
+            bridge.countTransmit(on: port, bytes: frame.count)
+        } else {
+            bridge.countDrop(on: port, Self.dropReason(outcome))
+        }
+    }
+
+    static func dropReason(_ outcome: TransmitOutcome) -> DropReason {
+        switch outcome {
+        case .sent, .failed: .transmitError
+        case .wouldBlock: .transmitQueueFull
+        case .linkDown: .linkDown
+        case .tooLarge: .frameTooLarge
+        }
+    }
+
+    /// Lets every device send what it queued; frames that then failed move from the transmit
+    /// counters to the drop counters.
+    func flushDevices() {
+        for device in uniqueDevices {
+            device.flush { port, outcome, bytes in
+                bridge.uncountTransmit(on: port, bytes: bytes)
+                bridge.countDrop(on: port, Self.dropReason(outcome))
+            }
         }
     }
 }

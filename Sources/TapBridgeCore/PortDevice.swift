@@ -59,11 +59,17 @@ public protocol PortDevice: AnyObject {
 
     /// Called when the engine removes a logical port of this device.
     func didRemovePort(_ port: PortID)
+
+    /// Called by the engine after each batch it forwarded. A device that queues frames in
+    /// `transmit` (to send many in one system call) sends them now, and reports every frame it
+    /// accepted with `.sent` but could not send through `failed` (port, outcome, bytes).
+    func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void)
 }
 
 extension PortDevice {
     public func didAddPort(_ port: PortID, name: String) {}
     public func didRemovePort(_ port: PortID) {}
+    public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) {}
 }
 
 /// A reusable batch of frame buffers, allocated once.
@@ -72,9 +78,13 @@ extension PortDevice {
 /// to insert a VLAN tag or an encapsulation header without copying the payload) and
 /// `frameCapacity` bytes for the frame itself.
 /// ```
-///  slot i: [ headroom | frame bytes ........................ ]
+///  slot k: [ headroom | frame bytes ........................ ]
 ///           ^ base     ^ base + headroom (a frame starts here when received)
 /// ```
+/// Devices fill free slots in order. A device that reads several datagrams in one system call
+/// (recvmmsg) may find some of them are not frames (garbage, unknown senders): it commits the
+/// good ones with `commit(length:from:shift:freeSlot:)`, naming which free slot holds each, and
+/// the slots in between stay unused until `reset()`. So frame `i` is not always in slot `i`.
 public final class FrameBatch {
     /// Slots in the batch.
     public let capacity: Int
@@ -84,14 +94,16 @@ public final class FrameBatch {
     public let frameCapacity: Int
     /// Frames received so far.
     @exclusivity(unchecked) public private(set) var count = 0
-
+    /// Slots consumed so far (holding a frame, or read into and abandoned).
+    @exclusivity(unchecked) public private(set) var used = 0
     /// Drops a device noticed while receiving (a malformed datagram from a known peer, say), to
     /// be counted on that port by the engine. Capacity is reserved, so recording allocates
-    /// nothing; past `capacity` entries further drops are merged into the last one's port.
+    /// nothing; at most `capacity` are kept per batch.
     @exclusivity(unchecked) public private(set) var receiveDrops: [(port: PortID, reason: DropReason)] = []
 
     let stride: Int
     let base: UnsafeMutableRawPointer
+    /// Byte offset of frame i from `base` (not from its slot).
     let starts: UnsafeMutablePointer<Int>
     let lengths: UnsafeMutablePointer<Int>
     let ingress: UnsafeMutablePointer<PortID>
@@ -123,44 +135,52 @@ public final class FrameBatch {
     /// Forgets all frames and recorded drops (the memory stays).
     @inline(__always) public func reset() {
         count = 0
+        used = 0
         if !receiveDrops.isEmpty { receiveDrops.removeAll(keepingCapacity: true) }
     }
 
     /// Records that a device dropped something that arrived on `port`, for `reason`.
     public func recordDrop(on port: PortID, _ reason: DropReason) {
-        if !isFull { receiveDrops.append((port, reason)) }
+        if receiveDrops.count < capacity { receiveDrops.append((port, reason)) }
     }
 
-    /// No slot is free: `capacity` frames and recorded drops together. Devices stop reading.
-    @inline(__always) public var isFull: Bool { count + receiveDrops.count >= capacity }
+    /// No slot is free, or as many drops as slots were recorded: devices stop reading.
+    @inline(__always) public var isFull: Bool { used >= capacity || receiveDrops.count >= capacity }
 
-    /// Free slots left (recorded drops use up slots too, so one call cannot read forever).
-    @inline(__always) public var remaining: Int { capacity - count - receiveDrops.count }
+    /// Free slots left.
+    @inline(__always) public var remaining: Int { isFull ? 0 : capacity - used }
 
-    /// The buffer of the `k`-th free slot (0 = the next one), `frameCapacity` bytes, for devices
-    /// that fill several slots in one system call (recvmmsg). Requires `k < remaining`.
+    /// The buffer of the `k`-th free slot (0 = the next one), `frameCapacity` bytes; the
+    /// `headroom` bytes before it are usable too. Requires `k < remaining`.
     @inline(__always) public func freeSlot(_ k: Int = 0) -> UnsafeMutableRawBufferPointer {
         precondition(k >= 0 && k < remaining, "no free slot")
-        return UnsafeMutableRawBufferPointer(start: base + (count + k) * stride + headroom, count: frameCapacity)
+        return UnsafeMutableRawBufferPointer(start: base + (used + k) * stride + headroom, count: frameCapacity)
     }
 
     /// The buffer of the next free slot. Requires `!isFull`.
     @inline(__always) public func nextSlot() -> UnsafeMutableRawBufferPointer { freeSlot(0) }
 
-    /// Records that the next free slot now holds a frame of `length` bytes from `port`.
-    /// `shift` moves the frame's start from the slot buffer's start: a negative value means the
-    /// device wrote that many bytes into the headroom (e.g. a restored VLAN tag).
-    @inline(__always) public func commit(length: Int, from port: PortID, shift: Int = 0) {
-        precondition(count < capacity && length >= 0 && shift >= -headroom && shift + length <= frameCapacity)
-        starts[count] = headroom + shift
+    /// Records that free slot `k` (default: the next) holds a frame of `length` bytes from
+    /// `port`; it and the free slots before it are used up. `shift` moves the frame's start from
+    /// the slot buffer's start: negative means the device wrote into the headroom.
+    @inline(__always) public func commit(length: Int, from port: PortID, shift: Int = 0, freeSlot k: Int = 0) {
+        precondition(count < capacity && k >= 0 && used + k < capacity && length >= 0
+            && shift >= -headroom && shift + length <= frameCapacity)
+        starts[count] = (used + k) * stride + headroom + shift
         lengths[count] = length
         ingress[count] = port
         count += 1
+        used += k + 1
+    }
+
+    /// Marks the next `k` free slots used without a frame (read into, then abandoned).
+    @inline(__always) public func abandon(_ k: Int) {
+        used = min(capacity, used + k)
     }
 
     /// The `i`-th received frame.
     @inline(__always) public func frame(_ i: Int) -> UnsafeRawBufferPointer {
-        UnsafeRawBufferPointer(start: base + i * stride + starts[i], count: lengths[i])
+        UnsafeRawBufferPointer(start: base + starts[i], count: lengths[i])
     }
 
     /// The port the `i`-th frame came from.
@@ -170,15 +190,14 @@ public final class FrameBatch {
 
     /// Replaces the 4-byte tag after the MAC addresses with `tci` (the frame must be tagged).
     @inline(__always) func rewriteTag(_ i: Int, controlInformation tci: UInt16) {
-        let p = base + i * stride + starts[i]
-        p.storeBytes(of: tci.bigEndian, toByteOffset: 14, as: UInt16.self)
+        (base + starts[i]).storeBytes(of: tci.bigEndian, toByteOffset: 14, as: UInt16.self)
     }
 
     /// Inserts a tag after the MAC addresses, using 4 bytes of headroom. Returns `false`
-    /// (frame unchanged) without headroom.
+    /// (frame unchanged) when fewer than 4 bytes of headroom are left in front of it.
     @inline(__always) func insertTag(_ i: Int, tagProtocol: UInt16, controlInformation tci: UInt16) -> Bool {
-        guard starts[i] >= 4 else { return false }
-        let old = base + i * stride + starts[i]
+        guard starts[i] % stride >= 4 else { return false }
+        let old = base + starts[i]
         (old - 4).copyMemory(from: old, byteCount: 12)
         (old + 8).storeBytes(of: tagProtocol.bigEndian, as: UInt16.self)
         (old + 10).storeBytes(of: tci.bigEndian, as: UInt16.self)
@@ -189,7 +208,7 @@ public final class FrameBatch {
 
     /// Removes the 4-byte tag after the MAC addresses (the frame must be tagged).
     @inline(__always) func removeTag(_ i: Int) {
-        let old = base + i * stride + starts[i]
+        let old = base + starts[i]
         (old + 4).copyMemory(from: old, byteCount: 12)  // memmove semantics
         starts[i] += 4
         lengths[i] -= 4

@@ -65,7 +65,7 @@ struct DataPlaneTests {
         usleep(700_000)  // tcpdump is listening
         let unicast = lab.ping(from: ns[0], "10.77.0.2", count: 5, interval: "0.1")
         #expect(unicast.received == 5)
-        _ = lab.exec(ns[0], ["ping", "-b", "-c", "2", "-i", "0.2", "-W", "1", "10.77.0.255"], timeout: 10)
+        _ = lab.exec(ns[0], ["ping", "-b", "-c", "2", "-i", "0.2", "-w", "2", "10.77.0.255"], timeout: 10)
         usleep(300_000)
         _ = capture.stop(signal: SIGINT)
         let lines = Host.run(["tcpdump", "-r", pcap, "-n"]).output.split(separator: "\n")

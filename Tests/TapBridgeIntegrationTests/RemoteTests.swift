@@ -98,7 +98,7 @@ struct RemoteTests {
         defer { pcaps.forEach { try? FileManager.default.removeItem(atPath: $0) } }
         let captures = try (1...2).map { try lab.background(["ip", "netns", "exec", ns[$0], "tcpdump", "-i", taps[$0], "-n", "-U", "-w", pcaps[$0 - 1], "icmp"]) }
         usleep(700_000)
-        _ = lab.exec(ns[0], ["ping", "-b", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.255"], timeout: 10)
+        _ = lab.exec(ns[0], ["ping", "-b", "-c", "3", "-i", "0.2", "-w", "2", "10.77.0.255"], timeout: 10)
         usleep(500_000)
         for c in captures { _ = c.stop(signal: SIGINT) }
         for (k, pcap) in pcaps.enumerated() {

@@ -46,6 +46,34 @@ struct sockaddr;
 /// privileged). Returns the fd or -errno.
 int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_bytes);
 
+/// Most datagrams one ctb_udp_recv_batch / ctb_udp_send_batch call handles.
+#define CTB_BATCH_MAX 64
+
+/// One datagram for the batch calls.
+struct ctb_datagram {
+    /// Receive: the buffer; send: the bytes.
+    void *data;
+    /// Receive: in, the buffer's size; out, the datagram's full length (larger than the buffer
+    /// if it was truncated). Send: the length.
+    size_t length;
+    /// Receive: out, the sender (sockaddr_in or sockaddr_in6). Send: unused.
+    unsigned char peer[28];
+    /// Send: the destination and its length.
+    const void *destination;
+    unsigned int destination_length;
+    /// Send: out, 0 or -errno for this datagram.
+    int result;
+};
+
+/// recvmmsg(2): up to `n` (at most CTB_BATCH_MAX) datagrams without blocking. Returns how many
+/// (0 when none is waiting) or -errno.
+int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n);
+
+/// sendmmsg(2): sends `n` (at most CTB_BATCH_MAX) datagrams without blocking; a datagram the
+/// kernel refuses gets its -errno in `result` and the rest are still tried. Returns how many
+/// were sent.
+int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n);
+
 /// Blocks SIGINT, SIGTERM, SIGHUP (and SIGPIPE is ignored) and returns a non-blocking signalfd
 /// for the first three, or -errno.
 int ctb_signalfd_open(void);
