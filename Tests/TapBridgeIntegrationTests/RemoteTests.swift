@@ -142,6 +142,29 @@ struct RemoteTests {
         #expect(one.output.contains("dropped datagram(s) from 127.0.0.2:"), "no log line for the stranger:\n\(one.output)")
     }
 
+    /// A 65,535-byte frame (TAP MTU 65521, a maximal ping) plus the VXLAN header is larger than
+    /// a UDP datagram can be: dropped and counted on the remote's port; normal frames pass.
+    @Test func aFrameThatDoesNotFitADatagramIsDroppedAndCounted() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let one = try lab.bridge(["--port", "\(ta),mtu=65521", "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),name=two"])
+        let two = try lab.bridge(["--port", "\(tb),mtu=65521", "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"])
+        #expect(lab.waitForLinks([ta, tb]))
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        lab.exec(a, ["ip", "link", "set", ta, "mtu", "65521"])
+        lab.exec(b, ["ip", "link", "set", tb, "mtu", "65521"])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2)
+        let big = lab.exec(a, ["ping", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "65493", "10.77.0.2"], timeout: 10)
+        #expect(!big.output.contains(" 2 received"), "a 65,535-byte frame crossed VXLAN: \(big.output)")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2, "normal frames stopped passing")
+        #expect(one.stop() == 0 && two.stop() == 0)
+        let c = Lab.counters(in: one.output, port: "two")
+        #expect(c["frame_too_large"] == 2, "frame_too_large on the remote port: got \(c["frame_too_large"] ?? 0), want 2\n\(one.output)")
+    }
+
     /// `--accept-peers`: an unknown raw sender becomes a remote, and is dropped after
     /// `--peer-timeout` of silence.
     @Test func acceptedPeerJoinsAndIsRemovedWhenSilent() throws {
