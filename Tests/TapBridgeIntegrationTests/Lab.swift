@@ -165,6 +165,15 @@ final class Lab {
         return b
     }
 
+    /// Starts tcpdump writing `filter`-matching frames of `interface` (in `ns`) to `pcap`, and
+    /// returns once it is listening (its "listening on" line), at most 10 s.
+    func capture(in ns: String, on interface: String, to pcap: String, filter: String) throws -> Background {
+        let tcpdump = try background(["ip", "netns", "exec", ns, "tcpdump", "-i", interface, "-n", "-U", "-w", pcap, filter])
+        let deadline = Date().addingTimeInterval(10)
+        while !tcpdump.output.contains("listening on"), tcpdump.isRunning, Date() < deadline { usleep(20_000) }
+        return tcpdump
+    }
+
     /// Waits until every interface in `names` exists in the root namespace (or in `ns`).
     func waitForLinks(_ names: [String], in ns: String? = nil, within seconds: Double = 10) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)
@@ -182,6 +191,12 @@ final class Lab {
         Host.run((from.map { ["ip", "-n", $0] } ?? ["ip"]) + ["link", "set", name, "netns", ns])
         Host.run(["ip", "-n", ns, "addr", "add", address, "dev", name])
         Host.run(["ip", "-n", ns, "link", "set", name, "up"])
+    }
+
+    /// The "N packets transmitted" figure of ping's summary (0 if absent).
+    static func transmitted(_ pingOutput: String) -> Int {
+        pingOutput.split(separator: "\n").first { $0.contains("packets transmitted") }?
+            .split(separator: " ").first.flatMap { Int($0) } ?? 0
     }
 
     /// Pings from `ns` to `address`; returns (sent, received).
