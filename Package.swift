@@ -22,16 +22,23 @@ let package = Package(
         .target(name: "TapBridgeCore", swiftSettings: strict),
         // C shim for the ioctls and socket options Swift cannot call (TUNSETIFF, PACKET_AUXDATA).
         .target(name: "CTapBridge"),
+        // libpcap glue: a pcap writer that never blocks, BPF filters, injection, reading back.
+        .target(name: "CTapBridgePcap", linkerSettings: [.linkedLibrary("pcap")]),
+        // Mirroring: pcap files, BPF filters, mirror interfaces.
+        .target(
+            name: "TapBridgePcap",
+            dependencies: ["TapBridgeCore", "CTapBridgePcap", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
         // Everything that calls the kernel: TAP and packet-socket ports, the poll loop.
         .target(
             name: "TapBridgeLinux",
-            dependencies: ["TapBridgeCore", "CTapBridge", .product(name: "Logging", package: "swift-log")],
+            dependencies: ["TapBridgeCore", "CTapBridge", "TapBridgePcap", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // The command: argument parsing and wiring only.
         .executableTarget(
             name: "tapbridge",
             dependencies: [
-                "TapBridgeLinux", "TapBridgeCore",
+                "TapBridgeLinux", "TapBridgeCore", "TapBridgePcap",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -51,7 +58,7 @@ let package = Package(
             swiftSettings: strict),
         // Real TAPs, namespaces, ping and iperf3 through the release binary (root only).
         .testTarget(
-            name: "TapBridgeIntegrationTests", dependencies: ["TapBridgeLinux", "CTapBridge"],
+            name: "TapBridgeIntegrationTests", dependencies: ["TapBridgeLinux", "TapBridgePcap", "CTapBridge"],
             swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -2,6 +2,7 @@ import CTapBridge
 import Glibc
 public import Logging
 public import TapBridgeCore
+public import TapBridgePcap
 
 /// The running bridge: opens the ports, then serves them from one poll(2) loop until SIGINT or
 /// SIGTERM.
@@ -33,6 +34,8 @@ public final class BridgeDaemon {
         public var peerTimeout: Duration = .seconds(300)
         /// Never forward between two remotes (default on).
         public var splitHorizon = true
+        /// Mirroring (`--mirror*`), or nil.
+        public var mirror: MirrorOptions? = nil
         public var bridge: Bridge.Configuration
 
         public init(ports: [PortSpec], bridge: Bridge.Configuration = .init()) {
@@ -60,8 +63,12 @@ public final class BridgeDaemon {
     let logger: Logger
     var attached: [Attached] = []
     let signalDescriptor: Int32
-    /// The UDP socket serving the remotes, if any.
+    /// The UDP socket serving the remotes, if any, and the device the engine knows it by
+    /// (the socket itself, or its mirror decorator).
     public private(set) var tunnel: UDPTunnelDevice? = nil
+    var tunnelHandle: (any PortDevice)? = nil
+    /// The mirror, if `--mirror` or `--mirror-iface` was given.
+    public private(set) var mirror: PcapMirror? = nil
 
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     public init(options: Options, logger: Logger) throws(StartupError) {
@@ -76,12 +83,27 @@ public final class BridgeDaemon {
         if sfd < 0 { throw StartupError("cannot set up signal handling: \(describeErrno(-sfd))") }
         signalDescriptor = sfd
         do throws(StartupError) {
+            for name in options.mirror?.ports ?? [] where !names.contains(name) {
+                throw StartupError("--mirror-port '\(name)': no such port (ports: \(names.sorted().joined(separator: ", ")))")
+            }
+            if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
             for spec in options.ports { try attachPort(spec) }
             if !options.remotes.isEmpty || options.acceptsPeers { try attachRemotes() }
         } catch {
+            mirror?.close()
             close(sfd)
             throw error
         }
+        if let m = options.mirror {
+            let targets = [m.path.map { "pcap \($0 == "-" ? "to standard output" : $0)" }, m.interface.map { "interface \($0)" }].compactMap { $0 }
+            logger.info("mirroring \(m.ports.isEmpty ? "all ports" : m.ports.joined(separator: ", ")) (\(m.egress ? "in and out" : "in")) to \(targets.joined(separator: " and "))\(m.filter.map { ", filter '\($0)'" } ?? "")")
+        }
+    }
+
+    /// The device as the engine sees it: wrapped in the mirror decorator when mirroring.
+    func decorate(_ device: any PortDevice) -> any PortDevice {
+        guard let mirror, let m = options.mirror else { return device }
+        return MirroredDevice(device, sink: mirror, ports: m.ports.isEmpty ? nil : Set(m.ports), egress: m.egress)
     }
 
     deinit { close(signalDescriptor) }
@@ -93,8 +115,9 @@ public final class BridgeDaemon {
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
-        let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: device)
-        attached.append(Attached(device: device, kind: kind, port: port, name: spec.name))
+        let handle = decorate(device)
+        let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: handle)
+        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name))
         logger.info("port \(spec.name): \(note), \(Self.describe(spec.configuration))")
     }
 
@@ -121,6 +144,8 @@ public final class BridgeDaemon {
             }
         }
         tunnel = device
+        let handle = decorate(device)
+        tunnelHandle = handle
         let ipv4Only = device.family == AF_INET
         for remote in options.remotes {
             let address: SocketAddress
@@ -139,9 +164,9 @@ public final class BridgeDaemon {
             }
             var configuration = remote.configuration
             configuration.splitHorizonGroup = options.splitHorizon ? 1 : 0
-            let port = engine.addPort(named: remote.name, configuration: configuration, on: device)
+            let port = engine.addPort(named: remote.name, configuration: configuration, on: handle)
             device.bind(peer: index, to: port)
-            attached.append(Attached(device: device, kind: .remote, port: port, name: remote.name))
+            attached.append(Attached(device: handle, kind: .remote, port: port, name: remote.name))
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
             logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), \(Self.describe(configuration))")
         }
@@ -153,16 +178,16 @@ public final class BridgeDaemon {
 
     /// `--accept-peers`: an unknown sender becomes a remote with the bridge-wide encapsulation.
     func acceptDynamicPeer(_ address: SocketAddress) -> Int? {
-        guard let device = tunnel else { return nil }
+        guard let device = tunnel, let handle = tunnelHandle else { return nil }
         guard device.dynamicPeerCount < options.maximumPeers else {
             return nil
         }
         guard let index = try? device.addPeer(address, encapsulation: options.encapsulation, vni: options.vni, isDynamic: true) else { return nil }
         let name = "peer-\(address)"
         let configuration = PortConfiguration(splitHorizonGroup: options.splitHorizon ? 1 : 0)
-        let port = engine.addPort(named: name, configuration: configuration, on: device)
+        let port = engine.addPort(named: name, configuration: configuration, on: handle)
         device.bind(peer: index, to: port)
-        attached.append(Attached(device: device, kind: .remote, port: port, name: name))
+        attached.append(Attached(device: handle, kind: .remote, port: port, name: name))
         logger.info("remote \(name): accepted (\(options.encapsulation)), \(device.dynamicPeerCount)/\(options.maximumPeers) dynamic peers")
         return index
     }
@@ -207,7 +232,7 @@ public final class BridgeDaemon {
         while true {
             // The UDP socket is polled even before it carries a port (--accept-peers).
             var devices = engine.allDevices
-            if let tunnel, !devices.contains(where: { $0 === tunnel }) { devices.append(tunnel) }
+            if let tunnelHandle, !devices.contains(where: { $0 === tunnelHandle }) { devices.append(tunnelHandle) }
             if devices.map(ObjectIdentifier.init) != knownDevices {
                 knownDevices = devices.map(ObjectIdentifier.init)
                 fds = [pollfd(fd: signalDescriptor, events: Int16(POLLIN), revents: 0)]
@@ -218,6 +243,9 @@ public final class BridgeDaemon {
                     owners.append(d)
                 }
             }
+            // The mirror's descriptor, last, while it has bytes to write.
+            if fds.count > owners.count + 1 { fds.removeLast() }
+            if let fd = mirror?.pendingDescriptor { fds.append(pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)) }
             let timeout = pending ? 0 : pollTimeout(now: now())
             let ready = poll(&fds, nfds_t(fds.count), timeout)
             if ready < 0 {
@@ -228,7 +256,7 @@ public final class BridgeDaemon {
             let t = now()
             pending = false
             var failed: [any PortDevice] = []
-            for k in fds.indices where fds[k].revents != 0 || (k > 0 && timeout == 0) {
+            for k in 0...owners.count where fds[k].revents != 0 || (k > 0 && timeout == 0) {
                 if k == 0 {
                     if let status = handleSignals() { return status }
                     continue
@@ -244,10 +272,14 @@ public final class BridgeDaemon {
             for device in failed {
                 engine.removeDevice(device)
                 attached.removeAll { $0.device === device }
-                if device === tunnel { tunnel = nil }
+                if device === tunnelHandle {
+                    tunnel = nil
+                    tunnelHandle = nil
+                }
             }
             if let deadline = engine.nextDeadline, deadline <= t { engine.expire(at: t) }
             expireIdlePeers(at: t)
+            mirror?.drain(at: t)
         }
     }
 
@@ -265,7 +297,7 @@ public final class BridgeDaemon {
 
     /// Milliseconds until the next timer, rounded up; -1 (wait for traffic) if none.
     func pollTimeout(now: Instant) -> Int32 {
-        var deadlines = [engine.nextDeadline]
+        var deadlines = [engine.nextDeadline, mirror?.retryDeadline]
         if options.acceptsPeers { deadlines.append(tunnel?.nextIdleDeadline(timeout: options.peerTimeout)) }
         guard let deadline = deadlines.compactMap({ $0 }).min() else { return -1 }
         let ns = deadline.nanoseconds - now.nanoseconds
@@ -305,6 +337,9 @@ public final class BridgeDaemon {
         if let s = tunnel?.statistics {
             logger.info("counters udp: unknown_sender=\(s.unknownSender) unreachable=\(s.unreachable)")
         }
+        if let m = mirror?.statistics {
+            logger.info("counters mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filtered), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
+        }
         let f = engine.bridge.table.statistics
         logger.info("counters fdb: entries \(engine.bridge.table.count), learned \(f.learned), moved \(f.moved), expired \(f.expired), evicted \(f.evicted), refused \(f.refused)")
     }
@@ -314,5 +349,7 @@ public final class BridgeDaemon {
         for a in attached { engine.removePort(a.port) }
         attached.removeAll()
         tunnel = nil
+        tunnelHandle = nil
+        mirror?.close(waitMilliseconds: 1000)
     }
 }

@@ -1,4 +1,5 @@
 import Glibc
+public import TapBridgeCore
 
 /// An IPv4 or IPv6 UDP endpoint, kept in IPv6 form (IPv4 as `::ffff:a.b.c.d`) so one table
 /// serves both families on a dual-stack socket. Hashable in two words and a port.

@@ -2,6 +2,7 @@ import ArgumentParser
 import Logging
 import TapBridgeCore
 import TapBridgeLinux
+import TapBridgePcap
 
 #if canImport(Glibc)
 import Glibc
@@ -39,6 +40,11 @@ struct TapBridgeCommand: ParsableCommand {
             Remotes: VXLAN adds 50 bytes per frame on an IPv4 underlay (8 VXLAN + 8 UDP + 20 IP \
             + 14 inner Ethernet), so on a 1500-byte underlay give the TAPs mtu=1450. A remote is \
             never forwarded to another remote (split horizon) unless --no-split-horizon.
+
+            Mirroring: --mirror writes what the bridge receives to a pcap file every tool reads; \
+            a mirror that cannot keep up (slow reader, full disk) drops and counts copies and \
+            never slows forwarding. Watch a lab live: tapbridge --port a --port b --mirror - | \
+            tcpdump -n -r -
 
             SIGINT/SIGTERM stop the bridge cleanly (exit 0); SIGHUP is logged and ignored. \
             Logs go to standard error, one line per event, never one per frame at info level.
@@ -95,6 +101,27 @@ struct TapBridgeCommand: ParsableCommand {
     @Flag(name: .customLong("no-split-horizon"), help: "Forward between remotes (hub-and-spoke relays). Loops if the remotes also reach each other directly.")
     var noSplitHorizon = false
 
+    @Option(name: .customLong("mirror"), help: ArgumentHelp("Write a copy of every frame the bridge receives (before the forwarding decision, so drops show too) to this pcap file; - for standard output (tapbridge ... --mirror - | tcpdump -n -r -).", valueName: "path"))
+    var mirrorPath: String?
+
+    @Option(name: .customLong("mirror-filter"), help: ArgumentHelp("Mirror only frames matching this BPF expression (pcap syntax, as tcpdump), e.g. 'arp or icmp'.", valueName: "expr"))
+    var mirrorFilter: String?
+
+    @Option(name: .customLong("mirror-port"), help: ArgumentHelp("Mirror only frames entering this port (a --port name or a remote's name). Repeatable. Default: all ports.", valueName: "name"))
+    var mirrorPorts: [String] = []
+
+    @Flag(name: .customLong("mirror-egress"), help: "Mirror frames leaving the mirrored ports too (as sent, after VLAN tagging).")
+    var mirrorEgress = false
+
+    @Option(name: .customLong("mirror-iface"), help: ArgumentHelp("Inject mirrored frames into this interface (a dummy or veth a capture tool or IDS reads), as a SPAN port does.", valueName: "iface"))
+    var mirrorInterface: String?
+
+    @Option(name: .customLong("mirror-rotate"), help: ArgumentHelp("Start a new --mirror file when it reaches SIZE bytes (suffix k, M or G) and keep COUNT files (default 5): PATH is the newest, then PATH.1, PATH.2, ...", valueName: "size[,count]"))
+    var mirrorRotate: String?
+
+    @Option(name: .customLong("snaplen"), help: ArgumentHelp("Bytes of each mirrored frame to keep.", valueName: "bytes"))
+    var snaplen: Int = 262_144
+
     @Option(name: [.customLong("ageing"), .customLong("aging")], help: ArgumentHelp("Seconds a learned MAC lives without traffic.", valueName: "seconds"))
     var ageing: Double = 300
 
@@ -132,6 +159,31 @@ struct TapBridgeCommand: ParsableCommand {
         if acceptPeers, listen == nil, remotes.isEmpty { throw ValidationError("--accept-peers needs --listen [ADDR:]PORT") }
         if maxPeers < 1 { throw ValidationError("--max-peers must be at least 1, got \(maxPeers)") }
         if !(peerTimeout > 0) { throw ValidationError("--peer-timeout must be positive, got \(peerTimeout)") }
+        let mirrors = mirrorPath != nil || mirrorInterface != nil
+        for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil)]
+        where given && !mirrors {
+            throw ValidationError("\(flag) needs --mirror PATH or --mirror-iface IFACE")
+        }
+        if let r = mirrorRotate {
+            if MirrorOptions.parseRotation(r) == nil { throw ValidationError("--mirror-rotate '\(r)': expected SIZE[,COUNT] with SIZE >= 1k (like 10M) and COUNT 1-1000") }
+            if mirrorPath == nil || mirrorPath == "-" { throw ValidationError("--mirror-rotate needs --mirror with a file path") }
+        }
+        if !(64...262_144).contains(snaplen) { throw ValidationError("--snaplen must be 64-262144, got \(snaplen)") }
+        if let i = mirrorInterface, let problem = InterfaceName.problem(with: i) { throw ValidationError("--mirror-iface: interface name \(problem)") }
+    }
+
+    func mirrorOptions() -> MirrorOptions? {
+        guard mirrorPath != nil || mirrorInterface != nil else { return nil }
+        var m = MirrorOptions(path: mirrorPath, interface: mirrorInterface)
+        m.filter = mirrorFilter
+        m.ports = mirrorPorts
+        m.egress = mirrorEgress
+        if let r = mirrorRotate.flatMap(MirrorOptions.parseRotation) {
+            m.rotateBytes = r.bytes
+            m.rotateCount = r.count
+        }
+        m.snaplen = snaplen
+        return m
     }
 
     func parseRemote(_ text: String) throws -> RemoteSpec {
@@ -185,6 +237,7 @@ struct TapBridgeCommand: ParsableCommand {
         options.maximumPeers = maxPeers
         options.peerTimeout = .milliseconds(Int64(peerTimeout * 1000))
         options.splitHorizon = !noSplitHorizon
+        options.mirror = mirrorOptions()
         let daemon: BridgeDaemon
         do {
             daemon = try BridgeDaemon(options: options, logger: logger)

@@ -165,10 +165,11 @@ final class Lab {
         return b
     }
 
-    /// Starts tcpdump writing `filter`-matching frames of `interface` (in `ns`) to `pcap`, and
-    /// returns once it is listening (its "listening on" line), at most 10 s.
-    func capture(in ns: String, on interface: String, to pcap: String, filter: String) throws -> Background {
-        let tcpdump = try background(["ip", "netns", "exec", ns, "tcpdump", "-i", interface, "-n", "-U", "-w", pcap, filter])
+    /// Starts tcpdump writing `filter`-matching frames of `interface` (in `ns`, or the root
+    /// namespace) to `pcap`, and returns once it is listening ("listening on"), at most 10 s.
+    func capture(in ns: String?, on interface: String, to pcap: String, filter: String) throws -> Background {
+        let prefix = ns.map { ["ip", "netns", "exec", $0] } ?? []
+        let tcpdump = try background(prefix + ["tcpdump", "-i", interface, "-n", "-U", "-w", pcap, filter])
         let deadline = Date().addingTimeInterval(10)
         while !tcpdump.output.contains("listening on"), tcpdump.isRunning, Date() < deadline { usleep(20_000) }
         return tcpdump
@@ -192,6 +193,27 @@ final class Lab {
         Host.run(["ip", "-n", ns, "addr", "add", address, "dev", name])
         Host.run(["ip", "-n", ns, "link", "set", name, "up"])
     }
+
+    /// Two namespaces a (10.77.0.1) and b (10.77.0.2) joined by a tapbridge started with
+    /// `--port A --port B` plus `extra`; returns once both TAPs are in place.
+    func pair(_ extra: [String] = [], launcher: (([String]) throws -> Background)? = nil) throws -> (bridge: Background, a: String, b: String, ta: String, tb: String) {
+        let (a, b) = (namespace("a"), namespace("b"))
+        let (ta, tb) = (link("a"), link("b"))
+        let args = ["--port", ta, "--port", tb] + extra
+        let bridge = try launcher?(args) ?? self.bridge(args)
+        if !waitForLinks([ta, tb]) { Issue.record("TAPs did not appear:\n\(bridge.output)") }
+        place(ta, in: a, address: "10.77.0.1/24")
+        place(tb, in: b, address: "10.77.0.2/24")
+        return (bridge, a, b, ta, tb)
+    }
+
+    /// A path for a temporary file of this lab (removed at teardown).
+    func temporaryPath(_ name: String) -> String {
+        let path = FileManager.default.temporaryDirectory.appendingPathComponent("tb-\(tag)-\(name)").path
+        temporaryPaths.append(path)
+        return path
+    }
+    private var temporaryPaths: [String] = []
 
     /// The "N packets transmitted" figure of ping's summary (0 if absent).
     static func transmitted(_ pingOutput: String) -> Int {
@@ -224,6 +246,9 @@ final class Lab {
 
     deinit {
         for p in processes where p.isRunning { _ = p.stop(signal: SIGKILL, within: 2) }
+        for path in temporaryPaths {
+            for suffix in ["", ".1", ".2", ".3", ".4", ".5"] { try? FileManager.default.removeItem(atPath: path + suffix) }
+        }
         for ns in namespaces { Host.run(["ip", "netns", "del", ns]) }
         for l in links where Host.run(["ip", "link", "show", l]).ok { Host.run(["ip", "link", "del", l]) }
     }

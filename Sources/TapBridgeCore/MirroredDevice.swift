@@ -1,0 +1,71 @@
+/// Which way a mirrored frame was going.
+public enum MirrorDirection: Sendable {
+    /// Received on the port, before the forwarding decision (so dropped frames show too).
+    case ingress
+    /// Sent out of the port, as sent (after VLAN tagging or untagging).
+    case egress
+}
+
+/// Where mirrored frames go (a pcap file, an interface).
+public protocol FrameSink: AnyObject {
+    /// Sees one frame. Must not block, keep `frame`, or allocate per frame.
+    func observe(_ frame: UnsafeRawBufferPointer, on port: PortID, direction: MirrorDirection)
+}
+
+/// A decorator that shows the frames a device receives (and, optionally, sends) to a
+/// `FrameSink`, for the ports it selects by name. Forwarding does not know it is there, and a
+/// bridge without mirroring has no decorator at all: off costs nothing (smoltcp's `PcapWriter`,
+/// gVisor's sniffer endpoint).
+/// ```
+///   engine ──receive──► MirroredDevice ──receive──► device     frames read ──► sink (ingress)
+///   engine ──transmit─► MirroredDevice ──transmit─► device     if sent ──────► sink (egress)
+/// ```
+public final class MirroredDevice: PortDevice {
+    /// The wrapped device.
+    public let inner: any PortDevice
+    let sink: any FrameSink
+    let selection: Set<String>?
+    let mirrorsEgress: Bool
+    var selected: [Bool] = []
+
+    /// Wraps `inner`. `ports`: names of the ports to mirror (`nil`: all of the device's ports);
+    /// `egress`: mirror frames sent out of them too.
+    public init(_ inner: any PortDevice, sink: any FrameSink, ports: Set<String>?, egress: Bool) {
+        self.inner = inner
+        self.sink = sink
+        selection = ports
+        mirrorsEgress = egress
+    }
+
+    public var pollDescriptor: Int32? { inner.pollDescriptor }
+
+    @inline(__always) func isSelected(_ port: PortID) -> Bool { port.index < selected.count && selected[port.index] }
+
+    public func receive(into batch: FrameBatch) throws(PortError) -> Int {
+        let first = batch.count
+        let n = try inner.receive(into: batch)
+        for i in first..<batch.count where isSelected(batch.ingressPort(i)) {
+            sink.observe(batch.frame(i), on: batch.ingressPort(i), direction: .ingress)
+        }
+        return n
+    }
+
+    public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+        let outcome = inner.transmit(frame, to: port)
+        if mirrorsEgress, outcome == .sent, isSelected(port) { sink.observe(frame, on: port, direction: .egress) }
+        return outcome
+    }
+
+    public func didAddPort(_ port: PortID, name: String) {
+        if port.index >= selected.count { selected += Array(repeating: false, count: port.index + 1 - selected.count) }
+        selected[port.index] = selection?.contains(name) ?? true
+        inner.didAddPort(port, name: name)
+    }
+
+    public func didRemovePort(_ port: PortID) {
+        if port.index < selected.count { selected[port.index] = false }
+        inner.didRemovePort(port)
+    }
+
+    public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) { inner.flush(failed) }
+}

@@ -1,0 +1,200 @@
+import CTapBridgePcap
+import Glibc
+public import Logging
+public import TapBridgeCore
+
+/// What to mirror and where (`--mirror*`, `--snaplen`).
+public struct MirrorOptions: Sendable, Equatable {
+    /// pcap file, or "-" for standard output.
+    public var path: String?
+    /// Interface to inject mirrored frames into.
+    public var interface: String?
+    /// BPF expression (pcap syntax).
+    public var filter: String?
+    /// Port names to mirror; empty: all.
+    public var ports: [String] = []
+    /// Mirror frames leaving the selected ports too.
+    public var egress = false
+    /// Start a new file past this many bytes (0: never), keeping `rotateCount` files.
+    public var rotateBytes: Int64 = 0
+    public var rotateCount = 5
+    /// Bytes of each frame kept (default 262,144, as tcpdump).
+    public var snaplen = 262_144
+
+    public init(path: String? = nil, interface: String? = nil) {
+        self.path = path
+        self.interface = interface
+    }
+
+    /// Parses `SIZE[,COUNT]` with SIZE like 10M, 512k, 1G, 100000.
+    public static func parseRotation(_ text: String) -> (bytes: Int64, count: Int)? {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false)
+        guard (1...2).contains(parts.count), var digits = parts.first, !digits.isEmpty else { return nil }
+        var scale: Int64 = 1
+        switch digits.last?.lowercased() {
+        case "k": scale = 1 << 10
+        case "m": scale = 1 << 20
+        case "g": scale = 1 << 30
+        default: break
+        }
+        if scale > 1 { digits = digits.dropLast() }
+        guard let n = Int64(digits), n >= 1024 / scale || (scale == 1 && n >= 1024) else { return nil }
+        let bytes = n * scale
+        guard bytes >= 1024 else { return nil }
+        var count = 5
+        if parts.count == 2 {
+            guard let c = Int(parts[1]), (1...1000).contains(c) else { return nil }
+            count = c
+        }
+        return (bytes, count)
+    }
+}
+
+/// The mirror: a `FrameSink` that writes a pcap file (through libpcap, never blocking) and/or
+/// injects into an interface, after an optional BPF filter.
+public final class PcapMirror: FrameSink {
+    /// Counters.
+    public struct Statistics: Sendable {
+        /// Frames offered to the mirror.
+        public var seen: UInt64 = 0
+        /// Frames the filter did not match.
+        public var filtered: UInt64 = 0
+        /// Frames written to the pcap buffer.
+        public var written: UInt64 = 0
+        /// Frames dropped because the writer could not keep up (buffer full) or is broken.
+        public var dropped: UInt64 = 0
+        /// Write errors on the pcap descriptor (disk full...).
+        public var writeErrors: UInt64 = 0
+        /// Frames injected into the mirror interface, and those it refused.
+        public var injected: UInt64 = 0
+        public var injectDropped: UInt64 = 0
+        /// New files started by rotation.
+        public var rotations: Int = 0
+    }
+
+    public private(set) var statistics = Statistics()
+    let options: MirrorOptions
+    let logger: Logger
+    var writer: OpaquePointer?
+    var filter: OpaquePointer?
+    var injector: OpaquePointer?
+    var retryAfter: Int64 = 0
+    var loggedWriteError = false
+    /// Buffer between libpcap and the descriptor: 4 MiB.
+    static let bufferBytes = 4 << 20
+
+    public init(_ options: MirrorOptions, logger: Logger) throws(StartupError) {
+        self.options = options
+        self.logger = logger
+        var err = [CChar](repeating: 0, count: 512)
+        if let expression = options.filter {
+            filter = ctb_filter_compile(expression, Int32(options.snaplen), &err, err.count)
+            if filter == nil { throw StartupError("--mirror-filter '\(expression)': \(Self.text(err))") }
+        }
+        if let path = options.path {
+            writer = ctb_mirror_open(path, Int32(options.snaplen), Self.bufferBytes, options.rotateBytes, Int32(options.rotateCount), &err, err.count)
+            if writer == nil {
+                close()
+                throw StartupError("--mirror '\(path)': cannot write: \(Self.text(err))")
+            }
+        }
+        if let interface = options.interface {
+            injector = ctb_injector_open(interface, &err, err.count)
+            if injector == nil {
+                close()
+                throw StartupError("--mirror-iface '\(interface)': \(Self.text(err))")
+            }
+        }
+    }
+
+    deinit { close() }
+
+    static func text(_ chars: [CChar]) -> String {
+        String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    }
+
+    public func observe(_ frame: UnsafeRawBufferPointer, on port: PortID, direction: MirrorDirection) {
+        statistics.seen &+= 1
+        let base = frame.baseAddress!.assumingMemoryBound(to: UInt8.self)
+        let length = UInt32(frame.count)
+        if let filter, ctb_filter_match(filter, base, length, min(length, UInt32(options.snaplen))) == 0 {
+            statistics.filtered &+= 1
+            return
+        }
+        if let writer {
+            var now = timespec()
+            clock_gettime(CLOCK_REALTIME, &now)
+            if ctb_mirror_write(writer, base, length, Int64(now.tv_sec), Int32(now.tv_nsec / 1000)) == 0 {
+                statistics.written &+= 1
+            } else {
+                statistics.dropped &+= 1
+            }
+        }
+        if let injector {
+            if ctb_injector_send(injector, base, length) == 0 {
+                statistics.injected &+= 1
+            } else {
+                statistics.injectDropped &+= 1
+            }
+        }
+    }
+
+    /// The descriptor to poll for POLLOUT while bytes are pending, or nil (nothing pending,
+    /// or waiting out a write error).
+    public var pendingDescriptor: Int32? {
+        guard let writer, pendingBytes > 0, retryAfter == 0 else { return nil }
+        return ctb_mirror_fd(writer)
+    }
+
+    var pendingBytes: Int = 0
+
+    /// When a failed write is retried (nil: no retry pending).
+    public var retryDeadline: Instant? { retryAfter == 0 ? nil : Instant(nanoseconds: retryAfter) }
+
+    /// Writes what is buffered without blocking. After a write error (a full disk), logs once,
+    /// counts, and waits a second before trying again; meanwhile new copies fill the buffer
+    /// and then are dropped (counted).
+    public func drain(at now: Instant) {
+        guard let writer else { return }
+        if retryAfter != 0 {
+            guard now.nanoseconds >= retryAfter else { return }
+            retryAfter = 0
+        }
+        let left = ctb_mirror_drain(writer)
+        statistics.rotations = ctb_mirror_rotations(writer)
+        if left >= 0 {
+            pendingBytes = left
+            if loggedWriteError, left == 0 {
+                logger.info("mirror: writing to \(options.path ?? "") again")
+                loggedWriteError = false
+            }
+            return
+        }
+        statistics.writeErrors &+= 1
+        pendingBytes = 1
+        retryAfter = now.nanoseconds + 1_000_000_000
+        if !loggedWriteError {
+            logger.error("mirror: write to \(options.path ?? "") failed: \(String(cString: strerror(Int32(-left)))); mirror copies are dropped (and counted) until it recovers, forwarding goes on")
+            loggedWriteError = true
+        }
+    }
+
+    /// Flushes what it can (waiting up to `wait` milliseconds for a slow reader) and closes.
+    public func close(waitMilliseconds wait: Int32 = 0) {
+        if let writer { ctb_mirror_close(writer, wait) }
+        if let filter { ctb_filter_free(filter) }
+        if let injector { ctb_injector_close(injector) }
+        writer = nil
+        filter = nil
+        injector = nil
+    }
+
+    /// Counts the frames in a pcap file matching `filter` (pcap_open_offline); for tests and
+    /// tools. Throws the libpcap message on failure.
+    public static func count(file path: String, filter: String? = nil) throws(StartupError) -> Int {
+        var err = [CChar](repeating: 0, count: 512)
+        let n = ctb_pcap_file_count(path, filter, &err, err.count)
+        if n < 0 { throw StartupError(text(err)) }
+        return n
+    }
+}

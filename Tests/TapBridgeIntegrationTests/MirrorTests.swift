@@ -1,0 +1,166 @@
+import Foundation
+import TapBridgePcap
+import Testing
+
+extension KernelTests {
+/// Mirroring with libpcap. Every test pings a (10.77.0.1) -> b (10.77.0.2) across a real
+/// bridge and reads the mirror back with tcpdump -r and with libpcap in-process.
+/// ```
+///  ns a ── tap a ┐                ┌─► pcap file / standard output / mirror interface
+///                tapbridge ──────-┤
+///  ns b ── tap b ┘                └─ (filter, port selection, rotation)
+/// ```
+@Suite("Mirroring")
+struct MirrorTests {
+    /// Lines of `tcpdump -n -r pcap` matching `text`.
+    static func tcpdumpLines(_ pcap: String, containing text: String) -> Int {
+        Host.run(["tcpdump", "-n", "-r", pcap]).output.split(separator: "\n").filter { $0.contains(text) }.count
+    }
+
+    @Test func pcapFileHoldsEveryEchoRequestAndReply() throws {
+        let lab = Lab()
+        let pcap = lab.temporaryPath("all.pcap")
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", pcap])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 5, interval: "0.1").received == 5)
+        // live: tcpdump sees the frames while tapbridge runs (flushed within a second)
+        usleep(500_000)
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 5, "not visible while running")
+        #expect(bridge.stop() == 0)
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 5)
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo reply") == 5)
+        #expect(try PcapMirror.count(file: pcap, filter: "icmp") == 10, "pcap_open_offline count")
+        #expect(try PcapMirror.count(file: pcap, filter: "arp") >= 2, "ARP request and reply are mirrored too")
+    }
+
+    @Test func filterKeepsOnlyMatchingFrames() throws {
+        let lab = Lab()
+        let pcap = lab.temporaryPath("icmp.pcap")
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", pcap, "--mirror-filter", "icmp"])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
+        #expect(bridge.stop() == 0)
+        #expect(try PcapMirror.count(file: pcap, filter: "icmp") == 6)
+        #expect(try PcapMirror.count(file: pcap) == 6, "something other than ICMP was mirrored")
+        #expect(try PcapMirror.count(file: pcap, filter: "arp") == 0)
+        let filteredOut = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") } ?? ""
+        #expect(filteredOut.contains("filtered_out ") && !filteredOut.contains("filtered_out 0,"), "ARP was sent, so something was filtered out: \(filteredOut)")
+    }
+
+    @Test(arguments: [false, true])
+    func portSelectionMirrorsOnlyThatPortAndEgressOnRequest(egress: Bool) throws {
+        let lab = Lab()
+        let pcap = lab.temporaryPath("port.pcap")
+        let extra = ["--mirror", pcap, "--mirror-filter", "icmp"] + (egress ? ["--mirror-egress"] : [])
+        // args[1] is port a's name: mirror only port a
+        let (bridge, a, _, _, _) = try lab.pair(extra) { args in try lab.bridge(args + ["--mirror-port", args[1]]) }
+        #expect(lab.ping(from: a, "10.77.0.2", count: 4, interval: "0.1").received == 4)
+        #expect(bridge.stop() == 0)
+        let requests = Self.tcpdumpLines(pcap, containing: "ICMP echo request")
+        let replies = Self.tcpdumpLines(pcap, containing: "ICMP echo reply")
+        #expect(requests == 4, "got \(requests) requests entering port a, want 4")
+        #expect(replies == (egress ? 4 : 0), "got \(replies) replies, want \(egress ? 4 : 0) (replies leave through port a)")
+    }
+
+    @Test func rotationKeepsTheConfiguredNumberOfFiles() throws {
+        let lab = Lab()
+        let pcap = lab.temporaryPath("rot.pcap")
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", pcap, "--mirror-rotate", "20k,3"])
+        // 60 echo requests and replies of ~1 KiB each: ~125 KiB, six or more files' worth
+        let r = lab.exec(a, ["ping", "-c", "60", "-i", "0.01", "-s", "1000", "-W", "1", "10.77.0.2"], timeout: 20)
+        #expect(r.output.contains(" 60 received"), "\(r.output)")
+        #expect(bridge.stop() == 0)
+        for file in [pcap, pcap + ".1", pcap + ".2"] {
+            let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? -1
+            #expect(size > 24 && size <= 20 * 1024, "\(file): \(size) bytes, want a pcap of at most 20 KiB")
+            #expect(((try? PcapMirror.count(file: file)) ?? 0) > 0, "\(file) is not a readable pcap with frames")
+        }
+        #expect(!FileManager.default.fileExists(atPath: pcap + ".3"), "more than 3 files kept")
+        let line = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") } ?? ""
+        let rotations = line.split(separator: ",").first { $0.contains("rotations") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
+        #expect(rotations >= 5, "\(line)")
+    }
+
+    /// `tapbridge ... --mirror - | tcpdump -r -` (through a FIFO so the test can stop tapbridge
+    /// by its own PID).
+    @Test func standardOutputPipesIntoTcpdump() throws {
+        let lab = Lab()
+        let fifo = lab.temporaryPath("fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reader = try lab.background(["sh", "-c", "exec tcpdump -n -r - icmp < \"$0\"", fifo])
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", "-"]) { args in
+            try lab.background(["sh", "-c", "exec \"$@\" > \"$0\"", fifo, Host.binary] + args)
+        }
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
+        #expect(bridge.stop() == 0)
+        #expect(reader.wait(within: 5) == 0, "tcpdump -r - did not finish cleanly: \(reader.output)")
+        let lines = reader.output.split(separator: "\n")
+        #expect(lines.filter { $0.contains("ICMP echo request") }.count == 3, "\(reader.output)")
+        #expect(lines.filter { $0.contains("ICMP echo reply") }.count == 3, "\(reader.output)")
+    }
+
+    @Test func mirrorInterfaceReceivesTheCopies() throws {
+        let lab = Lab()
+        // a veth pair: tapbridge injects into one end, the "IDS" (tcpdump) reads the other
+        let (span, ids) = (lab.link("m"), lab.link("i"))
+        #expect(Host.run(["ip", "link", "add", span, "type", "veth", "peer", "name", ids]).ok)
+        #expect(Host.run(["ip", "link", "set", span, "up"]).ok && Host.run(["ip", "link", "set", ids, "up"]).ok)
+        let pcap = lab.temporaryPath("span.pcap")
+        let capture = try lab.capture(in: nil, on: ids, to: pcap, filter: "icmp")
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror-iface", span])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
+        usleep(300_000)
+        _ = capture.stop(signal: SIGINT)
+        #expect(bridge.stop() == 0)
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 3, "\(bridge.output)")
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo reply") == 3)
+    }
+
+    /// The mirror's disk (a 64 KiB tmpfs in a private mount namespace) fills mid-run: forwarding
+    /// goes on, the error is logged once, and once the 4 MiB mirror buffer is full too (8,000
+    /// frames of ~1.4 KiB), the copies that do not fit are dropped and counted.
+    @Test func aFullDiskDropsMirrorCopiesAndForwardingGoesOn() throws {
+        let lab = Lab()
+        let dir = lab.temporaryPath("tmpfs")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { rmdir(dir) }
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", "\(dir)/m.pcap"]) { args in
+            try lab.background(["unshare", "--mount", "--propagation", "private", "--", "sh", "-c",
+                                "mount -t tmpfs -o size=64k none \"$0\" && exec \"$@\"", dir, Host.binary] + args)
+        }
+        let flood = lab.exec(a, ["ping", "-f", "-c", "4000", "-s", "1400", "-W", "1", "10.77.0.2"], timeout: 60)
+        let received = flood.output.split(separator: "\n").first { $0.contains("packets transmitted") }?.split(separator: " ").dropFirst(3).first.flatMap { Int($0) } ?? 0
+        #expect(received >= 3900, "flood ping: \(received)/4000 answered while the mirror's disk was full")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3, "forwarding stopped after the disk filled")
+        usleep(1_200_000)  // one retry after the error
+        #expect(bridge.stop() == 0)
+        let errors = bridge.output.split(separator: "\n").filter { $0.contains("mirror: write to") && $0.contains("No space left on device") }
+        #expect(errors.count == 1, "want the write error logged once:\n\(bridge.output)")
+        let line = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") } ?? ""
+        #expect(!line.contains("dropped 0,") && !line.contains("write_errors 0,"), "\(line)")
+    }
+
+    static let badMirrors: [KernelTests.DataPlaneTests.BadStart] = [
+        .init(name: "invalid filter", args: ["--port", "tbmf0", "--mirror", "/tmp/tb-unused.pcap", "--mirror-filter", "tcp prot 80"], status: 1,
+              message: "--mirror-filter 'tcp prot 80': can't parse filter expression: syntax error"),
+        .init(name: "unwritable path", args: ["--port", "tbmf0", "--mirror", "/nonexistent-tapbridge-dir/m.pcap"], status: 1,
+              message: "--mirror '/nonexistent-tapbridge-dir/m.pcap': cannot write: /nonexistent-tapbridge-dir/m.pcap: No such file or directory"),
+        .init(name: "unknown mirror port", args: ["--port", "tbmf0", "--mirror", "/tmp/tb-unused.pcap", "--mirror-port", "nope"], status: 1,
+              message: "--mirror-port 'nope': no such port (ports: tbmf0)"),
+        .init(name: "filter without a mirror", args: ["--port", "tbmf0", "--mirror-filter", "icmp"], status: 64,
+              message: "--mirror-filter needs --mirror PATH or --mirror-iface IFACE"),
+        .init(name: "rotation on standard output", args: ["--port", "tbmf0", "--mirror", "-", "--mirror-rotate", "1M"], status: 64,
+              message: "--mirror-rotate needs --mirror with a file path"),
+        .init(name: "bad rotation size", args: ["--port", "tbmf0", "--mirror", "/tmp/x.pcap", "--mirror-rotate", "12q"], status: 64,
+              message: "--mirror-rotate '12q'"),
+        .init(name: "missing mirror interface", args: ["--port", "tbmf0", "--mirror-iface", "tbnosuch9"], status: 1,
+              message: "--mirror-iface 'tbnosuch9': "),
+    ]
+
+    @Test(arguments: badMirrors)
+    func badMirrorInputGivesOneLineAndANonZeroExit(_ c: KernelTests.DataPlaneTests.BadStart) {
+        let r = Host.run([Host.binary] + c.args)
+        #expect(r.status == c.status, "got exit \(r.status), want \(c.status): \(r.output)")
+        #expect(r.output.split(separator: "\n").count == 1 && r.output.contains(c.message), "got: \(r.output)")
+        #expect(!Host.run(["ip", "link", "show", "tbmf0"]).ok, "a failed start left its TAP behind")
+    }
+}
+}
