@@ -157,7 +157,9 @@ struct MirrorTests {
 
     @Test(arguments: badMirrors)
     func badMirrorInputGivesOneLineAndANonZeroExit(_ c: KernelTests.DataPlaneTests.BadStart) {
+        try? FileManager.default.removeItem(atPath: "/tmp/tb-unused.pcap")
         let r = Host.run([Host.binary] + c.args)
+        #expect(!FileManager.default.fileExists(atPath: "/tmp/tb-unused.pcap"), "a failed start created its mirror file")
         #expect(r.status == c.status, "got exit \(r.status), want \(c.status): \(r.output)")
         #expect(r.output.split(separator: "\n").count == 1 && r.output.contains(c.message), "got: \(r.output)")
         #expect(!Host.run(["ip", "link", "show", "tbmf0"]).ok, "a failed start left its TAP behind")
