@@ -285,6 +285,14 @@ int ctb_signalfd_read(int fd) {
     }
 }
 
+int ctb_accept(int fd) {
+    for (;;) {
+        int c = accept4(fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (c >= 0) return c;
+        if (errno != EINTR) return -errno;
+    }
+}
+
 int64_t ctb_monotonic_ns(void) {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);

@@ -36,6 +36,16 @@ public final class BridgeDaemon {
         public var splitHorizon = true
         /// Mirroring (`--mirror*`), or nil.
         public var mirror: MirrorOptions? = nil
+        /// The bridge's name (`--name`): names its control socket and its metrics.
+        public var name = "tapbridge"
+        /// The control socket (`--control`); nil: `/run/tapbridge/NAME.sock`; "none": off.
+        public var controlPath: String? = nil
+        /// Group allowed to use the control socket (mode 0660 instead of 0600).
+        public var controlGroup: String? = nil
+        /// Log a one-line summary this often (`--stats-interval`), or nil.
+        public var statsInterval: Duration? = nil
+        /// The version reported by `show stats`.
+        public var version = ""
         public var bridge: Bridge.Configuration
 
         public init(ports: [PortSpec], bridge: Bridge.Configuration = .init()) {
@@ -69,6 +79,14 @@ public final class BridgeDaemon {
     var tunnelHandle: (any PortDevice)? = nil
     /// The mirror, if `--mirror` or `--mirror-iface` was given.
     public private(set) var mirror: PcapMirror? = nil
+    var control: ControlServer? = nil
+    let started = ctb_monotonic_ns()
+    var nextStats: Int64? = nil
+
+    /// Where the control socket is, or nil if it is off.
+    public var controlPath: String? {
+        options.controlPath == "none" ? nil : (options.controlPath ?? ControlCoding.defaultPath(name: options.name))
+    }
 
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     public init(options: Options, logger: Logger) throws(StartupError) {
@@ -83,12 +101,16 @@ public final class BridgeDaemon {
         if sfd < 0 { throw StartupError("cannot set up signal handling: \(describeErrno(-sfd))") }
         signalDescriptor = sfd
         do throws(StartupError) {
+            if let path = controlPath, ControlServer.isLive(path) {
+                throw StartupError("--control '\(path)': another tapbridge named '\(options.name)' is running (give this one a different --name or --control)")
+            }
             for name in options.mirror?.ports ?? [] where !names.contains(name) {
                 throw StartupError("--mirror-port '\(name)': no such port (ports: \(names.sorted().joined(separator: ", ")))")
             }
             if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
             for spec in options.ports { try attachPort(spec) }
             if !options.remotes.isEmpty || options.acceptsPeers { try attachRemotes() }
+            if let path = controlPath { control = try ControlServer(path: path, group: options.controlGroup, logger: logger) }
         } catch {
             mirror?.close()
             close(sfd)
@@ -224,7 +246,9 @@ public final class BridgeDaemon {
     public func run() -> Int32 {
         let table = engine.bridge.configuration.table
         logger.info("forwarding between \(attached.count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
-        if attached.count < 2 && !options.acceptsPeers { logger.warning("only \(attached.count) port(s): nothing to forward between") }
+        if attached.count < 2 && !options.acceptsPeers && control == nil { logger.warning("only \(attached.count) port(s): nothing to forward between") }
+        if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports --name \(options.name))") }
+        if let interval = options.statsInterval { nextStats = ctb_monotonic_ns() + interval.nanoseconds }
         var fds: [pollfd] = []
         var owners: [any PortDevice] = []
         var knownDevices: [ObjectIdentifier] = []
@@ -243,8 +267,13 @@ public final class BridgeDaemon {
                     owners.append(d)
                 }
             }
-            // The mirror's descriptor, last, while it has bytes to write.
-            if fds.count > owners.count + 1 { fds.removeLast() }
+            // After the devices: the control socket and its clients, then the mirror's
+            // descriptor while it has bytes to write. Rebuilt each round (no allocation: the
+            // array keeps its capacity).
+            fds.removeLast(fds.count - owners.count - 1)
+            let controlStart = fds.count
+            control?.appendPollEntries(to: &fds)
+            let controlEnd = fds.count
             if let fd = mirror?.pendingDescriptor { fds.append(pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)) }
             let timeout = pending ? 0 : pollTimeout(now: now())
             let ready = poll(&fds, nfds_t(fds.count), timeout)
@@ -279,7 +308,12 @@ public final class BridgeDaemon {
             }
             if let deadline = engine.nextDeadline, deadline <= t { engine.expire(at: t) }
             expireIdlePeers(at: t)
+            control?.service(fds[controlStart..<controlEnd], now: t.nanoseconds) { handle($0) }
             mirror?.drain(at: t)
+            if let due = nextStats, t.nanoseconds >= due, let interval = options.statsInterval {
+                logStats()
+                nextStats = t.nanoseconds + interval.nanoseconds
+            }
         }
     }
 
@@ -298,6 +332,8 @@ public final class BridgeDaemon {
     /// Milliseconds until the next timer, rounded up; -1 (wait for traffic) if none.
     func pollTimeout(now: Instant) -> Int32 {
         var deadlines = [engine.nextDeadline, mirror?.retryDeadline]
+        deadlines.append(control?.nextDeadline.map { Instant(nanoseconds: $0) })
+        deadlines.append(nextStats.map { Instant(nanoseconds: $0) })
         if options.acceptsPeers { deadlines.append(tunnel?.nextIdleDeadline(timeout: options.peerTimeout)) }
         guard let deadline = deadlines.compactMap({ $0 }).min() else { return -1 }
         let ns = deadline.nanoseconds - now.nanoseconds
@@ -350,6 +386,7 @@ public final class BridgeDaemon {
         attached.removeAll()
         tunnel = nil
         tunnelHandle = nil
+        control = nil
         mirror?.close(waitMilliseconds: 1000)
     }
 }

@@ -46,6 +46,10 @@ struct TapBridgeCommand: ParsableCommand {
             never slows forwarding. Watch a lab live: tapbridge --port a --port b --mirror - | \
             tcpdump -n -r -
 
+            Inspect and steer a running bridge through its control socket: tapbridge show \
+            ports|fdb|stats, tapbridge fdb add|del|flush, tapbridge port add|del (each with \
+            --help).
+
             SIGINT/SIGTERM stop the bridge cleanly (exit 0); SIGHUP is logged and ignored. \
             Logs go to standard error, one line per event, never one per frame at info level.
             """,
@@ -140,6 +144,18 @@ struct TapBridgeCommand: ParsableCommand {
     @Flag(name: .customLong("forward-link-local"), help: "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default.")
     var forwardLinkLocal = false
 
+    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's name: its control socket is /run/tapbridge/NAME.sock and its metrics carry bridge=\"NAME\". A second bridge with the same name is refused.", valueName: "name"))
+    var name: String = "tapbridge"
+
+    @Option(name: .customLong("control"), help: ArgumentHelp("The control socket's path (default /run/tapbridge/NAME.sock), or none.", valueName: "path"))
+    var control: String?
+
+    @Option(name: .customLong("control-group"), help: ArgumentHelp("Let this group use the control socket (mode 0660; default 0600, root only).", valueName: "group"))
+    var controlGroup: String?
+
+    @Option(name: .customLong("stats-interval"), help: ArgumentHelp("Log a one-line summary of the counters this often (default: never).", valueName: "seconds"))
+    var statsInterval: Double?
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel: String = "info"
 
@@ -170,6 +186,10 @@ struct TapBridgeCommand: ParsableCommand {
         }
         if !(64...262_144).contains(snaplen) { throw ValidationError("--snaplen must be 64-262144, got \(snaplen)") }
         if let i = mirrorInterface, let problem = InterfaceName.problem(with: i) { throw ValidationError("--mirror-iface: interface name \(problem)") }
+        if name.isEmpty || name.utf8.count > 64 || name.contains(where: { !($0.isLetter || $0.isNumber || "-_.".contains($0)) }) {
+            throw ValidationError("--name must be 1-64 letters, digits, '-', '_' or '.', got '\(name)'")
+        }
+        if let s = statsInterval, !(s >= 1) { throw ValidationError("--stats-interval must be at least 1 second, got \(s)") }
     }
 
     func mirrorOptions() -> MirrorOptions? {
@@ -238,6 +258,11 @@ struct TapBridgeCommand: ParsableCommand {
         options.peerTimeout = .milliseconds(Int64(peerTimeout * 1000))
         options.splitHorizon = !noSplitHorizon
         options.mirror = mirrorOptions()
+        options.name = name
+        options.controlPath = control
+        options.controlGroup = controlGroup
+        options.statsInterval = statsInterval.map { .milliseconds(Int64($0 * 1000)) }
+        options.version = Self.version
         let daemon: BridgeDaemon
         do {
             daemon = try BridgeDaemon(options: options, logger: logger)
@@ -255,21 +280,33 @@ struct StartupFailure: Error { var message: String }
 @main
 enum Main {
     static func main() {
+        // `tapbridge show|fdb|port ...` talk to a running bridge; anything else runs one, with
+        // exactly the run form's parsing and --help.
+        let arguments = Array(CommandLine.arguments.dropFirst())
+        if let first = arguments.first, ControlCommand.names.contains(first) {
+            run(ControlCommand.self, arguments)
+        } else {
+            run(TapBridgeCommand.self, arguments)
+        }
+    }
+
+    static func run<C: ParsableCommand>(_ type: C.Type, _ arguments: [String]) -> Never {
         do {
-            var command = try TapBridgeCommand.parseAsRoot()
+            var command = try type.parseAsRoot(arguments)
             try command.run()
+            Glibc.exit(0)
         } catch let failure as StartupFailure {
             fail(failure.message, status: 1)
         } catch let exit as ExitCode {
             Glibc.exit(exit.rawValue)
         } catch {
-            let code = TapBridgeCommand.exitCode(for: error)
+            let code = type.exitCode(for: error)
             if code == .success {
-                print(TapBridgeCommand.fullMessage(for: error))
+                print(type.fullMessage(for: error))
                 Glibc.exit(0)
             }
             // Usage errors: one line, no usage dump (that is what --help is for).
-            fail(TapBridgeCommand.message(for: error) + " (see 'tapbridge --help')", status: code.rawValue)
+            fail(type.message(for: error) + " (see 'tapbridge \(arguments.first.map { ControlCommand.names.contains($0) ? $0 + " " : "" } ?? "")--help')", status: code.rawValue)
         }
     }
 

@@ -146,8 +146,19 @@ final class Lab {
         Host.run(["ip", "netns", "exec", ns] + args, timeout: timeout)
     }
 
-    /// Starts tapbridge with `args`, in namespace `ns` if given.
+    /// A bridge name unique to this lab (its control socket is /run/tapbridge/NAME.sock).
+    func bridgeName() -> String {
+        bridges += 1
+        return "tb-\(tag)-\(bridges)"
+    }
+    private var bridges = 0
+
+    /// `args` with a unique `--name` unless it has one.
+    func named(_ args: [String]) -> [String] { args.contains("--name") ? args : args + ["--name", bridgeName()] }
+
+    /// Starts tapbridge with `args` (and a unique `--name`), in namespace `ns` if given.
     func bridge(_ args: [String], in ns: String? = nil) throws -> Background {
+        let args = named(args)
         let b = try ns.map { try Background(["ip", "netns", "exec", $0, Host.binary] + args) } ?? Background(args, executable: Host.binary)
         processes.append(b)
         return b
@@ -199,7 +210,7 @@ final class Lab {
     func pair(_ extra: [String] = [], launcher: (([String]) throws -> Background)? = nil) throws -> (bridge: Background, a: String, b: String, ta: String, tb: String) {
         let (a, b) = (namespace("a"), namespace("b"))
         let (ta, tb) = (link("a"), link("b"))
-        let args = ["--port", ta, "--port", tb] + extra
+        let args = named(["--port", ta, "--port", tb] + extra)
         let bridge = try launcher?(args) ?? self.bridge(args)
         if !waitForLinks([ta, tb]) { Issue.record("TAPs did not appear:\n\(bridge.output)") }
         place(ta, in: a, address: "10.77.0.1/24")

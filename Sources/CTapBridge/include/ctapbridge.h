@@ -80,6 +80,9 @@ int ctb_signalfd_open(void);
 /// Reads one signal number from a signalfd: the number, 0 if none is pending, or -errno.
 int ctb_signalfd_read(int fd);
 
+/// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC: the new fd, or -errno (-EAGAIN: none waiting).
+int ctb_accept(int fd);
+
 /// Monotonic clock in nanoseconds.
 int64_t ctb_monotonic_ns(void);
 

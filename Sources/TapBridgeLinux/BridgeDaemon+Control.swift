@@ -1,0 +1,122 @@
+import CTapBridge
+import Glibc
+import TapBridgeCore
+
+extension BridgeDaemon {
+    /// Answers one control request. Runs inside the poll loop, between batches.
+    func handle(_ request: ControlRequest) -> ControlResponse {
+        let now = Instant(nanoseconds: ctb_monotonic_ns())
+        switch request.command {
+        case "show-ports":
+            var r = ControlResponse.success()
+            r.ports = portReports()
+            return r
+        case "show-fdb":
+            var port: PortID? = nil
+            if let name = request.port {
+                guard let p = engine.port(named: name) else { return .failure("no port named '\(name)'") }
+                port = p
+            }
+            var r = ControlResponse.success()
+            r.fdb = engine.bridge.table.entries(at: now)
+                .filter { e in (port == nil || e.port == port) && (request.vlan == nil || Int(e.vlan.rawValue) == request.vlan) }
+                .map { FDBReport(mac: "\($0.mac)", vlan: Int($0.vlan.rawValue), port: engine.name(of: $0.port), ageSeconds: Double($0.age.nanoseconds) / 1e9, static: $0.isStatic) }
+            return r
+        case "show-stats":
+            var r = ControlResponse.success()
+            r.stats = statsReport(at: now)
+            return r
+        case "fdb-add", "fdb-del":
+            guard let text = request.mac, let mac = MACAddress(text) else { return .failure("expected a MAC address like 02:00:00:00:00:01, got '\(request.mac ?? "")'") }
+            guard let name = request.port, let port = engine.port(named: name) else { return .failure("no port named '\(request.port ?? "")'") }
+            guard let vlan = VLANID(validating: request.vlan ?? 1) else { return .failure("VLAN must be 1-4094, got \(request.vlan ?? 0)") }
+            if request.command == "fdb-add" {
+                guard mac.isValidSource else { return .failure("\(mac) is a group or all-zero address: it cannot be a station") }
+                guard engine.bridge.addStaticEntry(mac, on: port, vlan: vlan) else {
+                    return .failure("cannot pin \(mac) to \(name) in VLAN \(vlan): the port does not carry that VLAN, or the table is full of static entries")
+                }
+                logger.info("control: \(mac) pinned to \(name), VLAN \(vlan)")
+                return .success("\(mac) pinned to \(name) in VLAN \(vlan)")
+            }
+            guard engine.bridge.table.peek(mac, vlan: vlan, at: now) == port else { return .failure("\(mac) is not on \(name) in VLAN \(vlan)") }
+            engine.bridge.removeEntry(mac, vlan: vlan)
+            return .success("\(mac) removed from \(name) in VLAN \(vlan)")
+        case "fdb-flush":
+            var port: PortID? = nil
+            if let name = request.port {
+                guard let p = engine.port(named: name) else { return .failure("no port named '\(name)'") }
+                port = p
+            }
+            var vlan: VLANID? = nil
+            if let v = request.vlan {
+                guard let id = VLANID(validating: v) else { return .failure("VLAN must be 1-4094, got \(v)") }
+                vlan = id
+            }
+            var r = ControlResponse.success()
+            r.flushed = engine.bridge.flush(port: port, vlan: vlan, includingStatic: request.spec == "static")
+            return r
+        case "port-add":
+            guard let text = request.spec else { return .failure("port-add needs a spec, like tap3,vlan=10") }
+            let spec: PortSpec
+            do {
+                spec = try PortSpec(parsing: text)
+            } catch {
+                return .failure(error.description)
+            }
+            if attached.contains(where: { $0.name == spec.name }) { return .failure("port \(spec.name) exists") }
+            do {
+                try attachPort(spec)
+            } catch {
+                return .failure(error.message)
+            }
+            return .success("port \(spec.name) added")
+        case "port-del":
+            guard let name = request.port, let a = attached.first(where: { $0.name == name }) else {
+                return .failure("no port named '\(request.port ?? "")'")
+            }
+            engine.removePort(a.port)
+            attached.removeAll { $0.port == a.port }
+            logger.info("control: port \(name) removed")
+            return .success("port \(name) removed")
+        default:
+            return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del)")
+        }
+    }
+
+    func portReports() -> [PortReport] {
+        attached.map { a in
+            let c = engine.bridge.counters(of: a.port)
+            let config = engine.bridge.configuration(of: a.port) ?? PortConfiguration()
+            var drops: [String: UInt64] = [:]
+            for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
+            return PortReport(name: a.name, kind: a.kind.rawValue, state: "up", vlans: "\(config.vlanMode)", learning: config.learning,
+                              flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
+                              txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, drops: drops)
+        }
+    }
+
+    func statsReport(at now: Instant) -> StatsReport {
+        let t = engine.bridge.table
+        let f = t.statistics
+        let fdb = StatsReport.FDB(entries: t.count, maxEntries: t.configuration.maximumEntries, learned: f.learned, refreshed: f.refreshed,
+                                  moved: f.moved, moveDamped: f.moveDamped, expired: f.expired, evicted: f.evicted, refused: f.refused)
+        let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable) }
+        let mirror = self.mirror.map {
+            let m = $0.statistics
+            return StatsReport.Mirror(seen: m.seen, written: m.written, filteredOut: m.filtered, dropped: m.dropped, writeErrors: m.writeErrors,
+                                      rotations: m.rotations, injected: m.injected, injectDropped: m.injectDropped)
+        }
+        return StatsReport(name: options.name, version: options.version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
+                           ports: attached.count, fdb: fdb, udp: udp, mirror: mirror)
+    }
+
+    /// The `--stats-interval` line.
+    func logStats() {
+        let ports = portReports()
+        let rx = ports.reduce(0) { $0 + $1.rxFrames }, tx = ports.reduce(0) { $0 + $1.txFrames }
+        let drops = ports.reduce(0) { $0 + $1.drops.values.reduce(0, +) }
+        let f = engine.bridge.table.statistics
+        let mirrorDrops = mirror.map { ", mirror dropped \($0.statistics.dropped)" } ?? ""
+        logger.info("stats: \(ports.count) ports, rx \(rx) frames, tx \(tx) frames, drops \(drops); fdb \(engine.bridge.table.count) entries, learned \(f.learned), moved \(f.moved), expired \(f.expired), evicted \(f.evicted)\(mirrorDrops)")
+    }
+}

@@ -1,0 +1,128 @@
+public import Foundation
+
+/// The control protocol: a client connects to the Unix socket, writes one request as a line of
+/// JSON, reads one response (JSON, then a newline) and the server closes the connection.
+/// Field names are snake_case on the wire; the schema is documented in Docs/Operations.md and
+/// only grows (fields are added, never renamed or removed).
+public struct ControlRequest: Codable, Sendable, Equatable {
+    /// `show-ports`, `show-fdb`, `show-stats`, `fdb-add`, `fdb-del`, `fdb-flush`, `port-add`,
+    /// `port-del`.
+    public var command: String
+    public var mac: String?
+    public var port: String?
+    public var vlan: Int?
+    public var spec: String?
+
+    public init(command: String, mac: String? = nil, port: String? = nil, vlan: Int? = nil, spec: String? = nil) {
+        self.command = command
+        self.mac = mac
+        self.port = port
+        self.vlan = vlan
+        self.spec = spec
+    }
+}
+
+/// One port in `show ports`.
+public struct PortReport: Codable, Sendable, Equatable {
+    public var name: String
+    /// `tap`, `packet` or `remote`.
+    public var kind: String
+    /// `up`; a port whose interface vanished is removed, so it is never listed as down.
+    public var state: String
+    /// e.g. `access VLAN 1`, `trunk VLANs 10,20 (native 1 untagged)`.
+    public var vlans: String
+    public var learning: Bool
+    public var flooding: Bool
+    public var rxFrames: UInt64
+    public var rxBytes: UInt64
+    public var txFrames: UInt64
+    public var txBytes: UInt64
+    /// Drops by reason (snake_case names, see Docs/Operations.md); only reasons with a count.
+    public var drops: [String: UInt64]
+}
+
+/// One MAC table entry in `show fdb`.
+public struct FDBReport: Codable, Sendable, Equatable {
+    public var mac: String
+    public var vlan: Int
+    public var port: String
+    /// Seconds since the MAC was last seen (0 for static entries).
+    public var ageSeconds: Double
+    public var `static`: Bool
+}
+
+/// Bridge-wide counters in `show stats`.
+public struct StatsReport: Codable, Sendable, Equatable {
+    public struct FDB: Codable, Sendable, Equatable {
+        public var entries: Int
+        public var maxEntries: Int
+        public var learned: UInt64
+        public var refreshed: UInt64
+        public var moved: UInt64
+        public var moveDamped: UInt64
+        public var expired: UInt64
+        public var evicted: UInt64
+        public var refused: UInt64
+    }
+    public struct UDP: Codable, Sendable, Equatable {
+        public var listen: String
+        public var unknownSender: UInt64
+        public var unreachable: UInt64
+    }
+    public struct Mirror: Codable, Sendable, Equatable {
+        public var seen: UInt64
+        public var written: UInt64
+        public var filteredOut: UInt64
+        public var dropped: UInt64
+        public var writeErrors: UInt64
+        public var rotations: Int
+        public var injected: UInt64
+        public var injectDropped: UInt64
+    }
+    public var name: String
+    public var version: String
+    public var uptimeSeconds: Double
+    public var ports: Int
+    public var fdb: FDB
+    public var udp: UDP?
+    public var mirror: Mirror?
+}
+
+/// The answer to one request.
+public struct ControlResponse: Codable, Sendable, Equatable {
+    public var ok: Bool
+    public var error: String?
+    public var message: String?
+    public var ports: [PortReport]?
+    public var fdb: [FDBReport]?
+    public var stats: StatsReport?
+    public var flushed: Int?
+
+    public static func failure(_ error: String) -> ControlResponse { ControlResponse(ok: false, error: error) }
+    public static func success(_ message: String? = nil) -> ControlResponse { ControlResponse(ok: true, message: message) }
+
+    public init(ok: Bool, error: String? = nil, message: String? = nil) {
+        self.ok = ok
+        self.error = error
+        self.message = message
+    }
+}
+
+/// JSON coding shared by server and client: snake_case keys, sorted, so output is stable.
+public enum ControlCoding {
+    public static func encoder(pretty: Bool = false) -> JSONEncoder {
+        let e = JSONEncoder()
+        e.keyEncodingStrategy = .convertToSnakeCase
+        e.outputFormatting = pretty ? [.sortedKeys, .prettyPrinted, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        return e
+    }
+
+    public static func decoder() -> JSONDecoder {
+        let d = JSONDecoder()
+        d.keyDecodingStrategy = .convertFromSnakeCase
+        return d
+    }
+
+    /// The default control socket of the bridge called `name`.
+    public static func defaultPath(name: String) -> String { "/run/tapbridge/\(name).sock" }
+}

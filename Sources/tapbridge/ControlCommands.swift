@@ -1,0 +1,280 @@
+import ArgumentParser
+import Foundation
+import TapBridgeLinux
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
+struct ControlCommand: ParsableCommand {
+    static let names: Set<String> = ["show", "fdb", "port"]
+    static let configuration = CommandConfiguration(
+        commandName: "tapbridge",
+        abstract: "Inspect and steer a running tapbridge through its control socket.",
+        subcommands: [Show.self, FDB.self, Port.self])
+}
+
+/// Where the bridge is: `--name` or `--control`.
+struct Target: ParsableArguments {
+    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's --name.", valueName: "name"))
+    var name: String = "tapbridge"
+
+    @Option(name: .customLong("control"), help: ArgumentHelp("The bridge's control socket (default /run/tapbridge/NAME.sock).", valueName: "path"))
+    var control: String?
+
+    var path: String { control ?? ControlCoding.defaultPath(name: name) }
+
+    /// Sends `request`, returns the response; a failure response or an unreachable bridge is
+    /// a one-line error.
+    func send(_ request: ControlRequest) throws -> ControlResponse {
+        let response = try ControlClient.send(request, to: path)
+        guard response.ok else { throw StartupFailure(message: response.error ?? "the bridge refused the request") }
+        return response
+    }
+}
+
+enum ControlClient {
+    /// One request over the Unix socket at `path`, with a 5-second limit.
+    static func send(_ request: ControlRequest, to path: String) throws -> ControlResponse {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw StartupFailure(message: "socket: \(String(cString: strerror(errno)))") }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { throw StartupFailure(message: "control socket path too long: \(path)") }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8)
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if connected < 0 {
+            throw StartupFailure(message: "cannot reach the bridge at \(path): \(String(cString: strerror(errno))) (is it running? give its --name or --control)")
+        }
+        var line = try [UInt8](ControlCoding.encoder().encode(request))
+        line.append(UInt8(ascii: "\n"))
+        var sent = 0
+        while sent < line.count {
+            let n = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { throw StartupFailure(message: "sending to \(path): \(String(cString: strerror(errno)))") }
+            sent += n
+        }
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { break }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw StartupFailure(message: "reading from \(path): \(String(cString: strerror(errno)))")
+            }
+            reply += buffer[0..<n]
+        }
+        do {
+            return try ControlCoding.decoder().decode(ControlResponse.self, from: Data(reply))
+        } catch {
+            throw StartupFailure(message: "unreadable answer from \(path)")
+        }
+    }
+
+    /// Prints a response as stable, pretty JSON.
+    static func printJSON<T: Encodable>(_ value: T) throws {
+        print(String(decoding: try ControlCoding.encoder(pretty: true).encode(value), as: UTF8.self))
+    }
+}
+
+/// Left-aligned columns.
+func table(_ header: [String], _ rows: [[String]]) -> String {
+    let all = [header] + rows
+    let widths = header.indices.map { c in all.map { $0[c].count }.max() ?? 0 }
+    return all.map { row in
+        row.indices.map { c in c == row.count - 1 ? row[c] : row[c].padding(toLength: widths[c], withPad: " ", startingAt: 0) }
+            .joined(separator: "  ")
+    }.joined(separator: "\n")
+}
+
+struct Show: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Show a running bridge's ports, MAC table or counters.",
+        subcommands: [Ports.self, Table.self, Stats.self])
+
+    struct Ports: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason.")
+        @OptionGroup var target: Target
+        @Flag(help: "JSON (schema: Docs/Operations.md).") var json = false
+
+        func run() throws {
+            let r = try target.send(ControlRequest(command: "show-ports"))
+            let ports = r.ports ?? []
+            if json { return try ControlClient.printJSON(ports) }
+            print(table(["PORT", "KIND", "STATE", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
+                [p.name, p.kind, p.state, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
+                 "\(p.rxFrames)", "\(p.rxBytes)", "\(p.txFrames)", "\(p.txBytes)",
+                 p.drops.isEmpty ? "-" : p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
+            }))
+        }
+    }
+
+    struct Table: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "fdb", abstract: "The MAC table: MAC, VLAN, port, age, static or learned.")
+        @OptionGroup var target: Target
+        @Option(help: ArgumentHelp("Only entries on this port.", valueName: "name")) var port: String?
+        @Option(help: ArgumentHelp("Only entries in this VLAN.", valueName: "n")) var vlan: Int?
+        @Flag(help: "JSON (schema: Docs/Operations.md).") var json = false
+
+        func run() throws {
+            let r = try target.send(ControlRequest(command: "show-fdb", port: port, vlan: vlan))
+            let entries = r.fdb ?? []
+            if json { return try ControlClient.printJSON(entries) }
+            print(table(["MAC", "VLAN", "PORT", "AGE", "TYPE"], entries.map {
+                [$0.mac, "\($0.vlan)", $0.port, $0.static ? "-" : String(format: "%.1fs", $0.ageSeconds), $0.static ? "static" : "learned"]
+            }))
+        }
+    }
+
+    struct Stats: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "stats", abstract: "Bridge-wide counters: MAC table, UDP socket, mirror.")
+        @OptionGroup var target: Target
+        @Flag(help: "JSON (same as --format json).") var json = false
+        @Option(help: ArgumentHelp("text, json, or prometheus (text exposition format for node_exporter's textfile collector; includes the per-port counters).", valueName: "format"))
+        var format: String = "text"
+
+        func validate() throws {
+            guard ["text", "json", "prometheus"].contains(format) else { throw ValidationError("--format must be text, json or prometheus, got '\(format)'") }
+        }
+
+        func run() throws {
+            guard let s = try target.send(ControlRequest(command: "show-stats")).stats else { throw StartupFailure(message: "no stats in the answer") }
+            if json || format == "json" { return try ControlClient.printJSON(s) }
+            if format == "prometheus" {
+                let ports = try target.send(ControlRequest(command: "show-ports")).ports ?? []
+                return print(Prometheus.exposition(stats: s, ports: ports), terminator: "")
+            }
+            var lines = [
+                "bridge \(s.name) (tapbridge \(s.version)), up \(Int(s.uptimeSeconds)) s, \(s.ports) ports",
+                "fdb: \(s.fdb.entries)/\(s.fdb.maxEntries) entries, learned \(s.fdb.learned), refreshed \(s.fdb.refreshed), moved \(s.fdb.moved), move_damped \(s.fdb.moveDamped), expired \(s.fdb.expired), evicted \(s.fdb.evicted), refused \(s.fdb.refused)",
+            ]
+            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable)") }
+            if let m = s.mirror {
+                lines.append("mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
+            }
+            print(lines.joined(separator: "\n"))
+        }
+    }
+}
+
+struct FDB: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "fdb", abstract: "Change a running bridge's MAC table.", subcommands: [Add.self, Del.self, Flush.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Pin MAC to PORT (a static entry: never ages, never moves).")
+        @OptionGroup var target: Target
+        @Argument(help: "The MAC address, like 02:00:00:00:00:01.") var mac: String
+        @Argument(help: "The port's name.") var port: String
+        @Option(help: ArgumentHelp("VLAN (default 1).", valueName: "n")) var vlan: Int = 1
+        func run() throws { print(try target.send(ControlRequest(command: "fdb-add", mac: mac, port: port, vlan: vlan)).message ?? "ok") }
+    }
+
+    struct Del: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove MAC's entry on PORT (static or learned).")
+        @OptionGroup var target: Target
+        @Argument(help: "The MAC address.") var mac: String
+        @Argument(help: "The port it is on.") var port: String
+        @Option(help: ArgumentHelp("VLAN (default 1).", valueName: "n")) var vlan: Int = 1
+        func run() throws { print(try target.send(ControlRequest(command: "fdb-del", mac: mac, port: port, vlan: vlan)).message ?? "ok") }
+    }
+
+    struct Flush: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Forget learned entries (all, or on one port, or in one VLAN).")
+        @OptionGroup var target: Target
+        @Option(help: ArgumentHelp("Only entries on this port.", valueName: "name")) var port: String?
+        @Option(help: ArgumentHelp("Only entries in this VLAN.", valueName: "n")) var vlan: Int?
+        @Flag(name: .customLong("static"), help: "Remove static entries too.") var includeStatic = false
+        func run() throws {
+            let r = try target.send(ControlRequest(command: "fdb-flush", port: port, vlan: vlan, spec: includeStatic ? "static" : nil))
+            print("flushed \(r.flushed ?? 0) entries")
+        }
+    }
+}
+
+struct Port: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "port", abstract: "Add or remove ports of a running bridge (VMs come and go).", subcommands: [Add.self, Del.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Add a port: the same SPEC as --port (NAME[,mode=...][,vlan=N]...).")
+        @OptionGroup var target: Target
+        @Argument(help: "The port spec.") var spec: String
+        func run() throws { print(try target.send(ControlRequest(command: "port-add", spec: spec)).message ?? "ok") }
+    }
+
+    struct Del: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a port (its MAC entries go with it; a TAP tapbridge created disappears).")
+        @OptionGroup var target: Target
+        @Argument(help: "The port's name.") var name: String
+        func run() throws { print(try target.send(ControlRequest(command: "port-del", port: name)).message ?? "ok") }
+    }
+}
+
+/// `show stats --format prometheus`: the text exposition format (version 0.0.4).
+enum Prometheus {
+    static func escape(_ s: String) -> String {
+        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
+    }
+
+    static func exposition(stats s: StatsReport, ports: [PortReport]) -> String {
+        var out = ""
+        let bridge = "bridge=\"\(escape(s.name))\""
+        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
+            out += "# HELP tapbridge_\(name) \(help)\n# TYPE tapbridge_\(name) \(type)\n"
+            for (labels, value) in samples {
+                let v = value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
+                out += "tapbridge_\(name){\(bridge)\(labels.isEmpty ? "" : "," + labels)} \(v)\n"
+            }
+        }
+        func port(_ p: PortReport) -> String { "port=\"\(escape(p.name))\",kind=\"\(p.kind)\"" }
+        metric("uptime_seconds", "gauge", "Seconds since the bridge started.", [("", s.uptimeSeconds)])
+        metric("ports", "gauge", "Ports attached.", [("", Double(s.ports))])
+        metric("port_rx_frames_total", "counter", "Frames received on a port.", ports.map { (port($0), Double($0.rxFrames)) })
+        metric("port_rx_bytes_total", "counter", "Bytes received on a port.", ports.map { (port($0), Double($0.rxBytes)) })
+        metric("port_tx_frames_total", "counter", "Frames sent out of a port.", ports.map { (port($0), Double($0.txFrames)) })
+        metric("port_tx_bytes_total", "counter", "Bytes sent out of a port.", ports.map { (port($0), Double($0.txBytes)) })
+        metric("port_drops_total", "counter", "Frames dropped on a port, by reason.",
+               ports.flatMap { p in p.drops.sorted { $0.key < $1.key }.map { ("\(port(p)),reason=\"\($0.key)\"", Double($0.value)) } })
+        metric("fdb_entries", "gauge", "MAC table entries.", [("", Double(s.fdb.entries))])
+        metric("fdb_max_entries", "gauge", "MAC table size limit.", [("", Double(s.fdb.maxEntries))])
+        for (name, value, help) in [
+            ("learned", s.fdb.learned, "MACs learned."), ("refreshed", s.fdb.refreshed, "MACs seen again on their port."),
+            ("moved", s.fdb.moved, "MACs that moved to another port."), ("move_damped", s.fdb.moveDamped, "Moves refused by the hold-down."),
+            ("expired", s.fdb.expired, "Entries aged out."), ("evicted", s.fdb.evicted, "Entries evicted to make room."),
+            ("refused", s.fdb.refused, "MACs not learned: table full of static entries."),
+        ] {
+            metric("fdb_\(name)_total", "counter", help, [("", Double(value))])
+        }
+        if let u = s.udp {
+            metric("udp_unknown_sender_total", "counter", "Datagrams from senders that are not remotes.", [("", Double(u.unknownSender))])
+            metric("udp_unreachable_total", "counter", "ICMP unreachable errors on the UDP socket.", [("", Double(u.unreachable))])
+        }
+        if let m = s.mirror {
+            for (name, value, help) in [
+                ("seen", m.seen, "Frames offered to the mirror."), ("written", m.written, "Frames written to the pcap file."),
+                ("filtered_out", m.filteredOut, "Frames the mirror filter did not match."),
+                ("dropped", m.dropped, "Mirror copies dropped (slow reader, full disk)."),
+                ("write_errors", m.writeErrors, "Write errors on the pcap file."),
+                ("injected", m.injected, "Frames injected into the mirror interface."),
+                ("inject_dropped", m.injectDropped, "Frames the mirror interface refused."),
+            ] {
+                metric("mirror_\(name)_total", "counter", help, [("", Double(value))])
+            }
+            metric("mirror_rotations_total", "counter", "pcap files started by rotation.", [("", Double(m.rotations))])
+        }
+        return out
+    }
+}
