@@ -19,6 +19,9 @@ final class ControlServer {
         var written = 0
         var deadline: Int64
         var answered = false
+        /// The response is written and the write side shut: discard input until the client
+        /// closes (closing with unread input would reset the connection and lose the reply).
+        var draining = false
     }
 
     static let maximumRequest = 64 * 1024
@@ -103,7 +106,7 @@ final class ControlServer {
     func appendPollEntries(to fds: inout [pollfd]) {
         fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
         for c in clients {
-            fds.append(pollfd(fd: c.fd, events: Int16(c.answered ? POLLOUT : POLLIN), revents: 0))
+            fds.append(pollfd(fd: c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))
         }
     }
 
@@ -118,7 +121,13 @@ final class ControlServer {
             let revents = fds[index].revents
             index += 1
             if revents == 0 { continue }
-            if clients[k].answered { writeOut(k) } else { readIn(k, handle: handle) }
+            if clients[k].draining {
+                discardInput(k)
+            } else if clients[k].answered {
+                writeOut(k)
+            } else {
+                readIn(k, handle: handle)
+            }
         }
         if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now) }
         for k in clients.indices where clients[k].deadline <= now { clients[k].fd = -clients[k].fd - 1 }  // timed out
@@ -194,6 +203,24 @@ final class ControlServer {
             }
             clients[k].written += n
         }
-        clients[k].fd = -clients[k].fd - 1  // done (or the client went away): close
+        if clients[k].written < clients[k].output.count {
+            clients[k].fd = -clients[k].fd - 1  // the client went away: close
+            return
+        }
+        shutdown(clients[k].fd, Int32(SHUT_WR))
+        clients[k].draining = true
+        discardInput(k)
+    }
+
+    func discardInput(_ k: Int) {
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(clients[k].fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
+            if n > 0 { continue }
+            if n < 0, errno == EINTR { continue }
+            if n < 0, errno == EAGAIN { return }
+            clients[k].fd = -clients[k].fd - 1  // EOF or error: close
+            return
+        }
     }
 }

@@ -131,10 +131,12 @@ final class Lab {
         return name
     }
 
-    /// Creates a namespace with loopback up.
+    /// Creates a namespace with loopback up and IPv6 off (the tests speak IPv4; without IPv6
+    /// a fresh interface sends no neighbour or multicast-listener frames, so counts are exact).
     func namespace(_ suffix: String) -> String {
         let name = "tbns-\(tag)-\(suffix)"
         Host.run(["ip", "netns", "add", name])
+        Host.run(["ip", "netns", "exec", name, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"])
         Host.run(["ip", "-n", name, "link", "set", "lo", "up"])
         namespaces.append(name)
         return name

@@ -1,0 +1,193 @@
+import Foundation
+import TapBridgeLinux
+import Testing
+
+extension KernelTests {
+/// The control socket, driven through the `tapbridge show|fdb|port` client commands against
+/// a running bridge with real namespaces.
+@Suite("Control socket")
+struct ControlTests {
+    /// Runs `tapbridge ARGS --name NAME`.
+    static func client(_ args: [String], name: String) -> Host.Result { Host.run([Host.binary] + args + ["--name", name]) }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ r: Host.Result) throws -> T {
+        try ControlCoding.decoder().decode(T.self, from: Data(r.output.utf8))
+    }
+
+    /// The MAC of `interface` in `ns`.
+    static func mac(_ lab: Lab, _ ns: String, _ interface: String) -> String {
+        let words = lab.exec(ns, ["ip", "link", "show", interface]).output.split(separator: " ")
+        return words.firstIndex(of: "link/ether").map { String(words[$0 + 1]) } ?? "?"
+    }
+
+    static func name(_ bridge: Background) -> String {
+        let args = bridge.process.arguments ?? []
+        return args.firstIndex(of: "--name").map { args[$0 + 1] } ?? "tapbridge"
+    }
+
+    @Test func showFdbListsExactlyTheNamespacesMACsOnTheirPorts() throws {
+        let lab = Lab()
+        let (bridge, a, b, ta, tb) = try lab.pair()
+        let name = Self.name(bridge)
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2)
+        #expect(lab.ping(from: b, "10.77.0.1", count: 2).received == 2)
+        let r = Self.client(["show", "fdb", "--json"], name: name)
+        try #require(r.ok, "\(r.output)")
+        let entries = try Self.decode([FDBReport].self, r)
+        let got = Set(entries.map { "\($0.mac)@\($0.port)" })
+        let want: Set = ["\(Self.mac(lab, a, ta))@\(ta)", "\(Self.mac(lab, b, tb))@\(tb)"]
+        #expect(got == want, "got \(got), want \(want)")
+        #expect(entries.allSatisfy { $0.vlan == 1 && !$0.static && $0.ageSeconds < 60 })
+        let text = Self.client(["show", "fdb", "--port", ta], name: name)
+        #expect(text.output.contains(Self.mac(lab, a, ta)) && !text.output.contains(Self.mac(lab, b, tb)), "\(text.output)")
+        #expect(bridge.stop() == 0)
+    }
+
+    /// Every frame received on port a either left through port b (the only other port), was
+    /// dropped on the way in (counted on a under an ingress reason) or failed to go out
+    /// (counted on b under a transmit reason): rx(a) == tx(b) + ingress drops(a) + transmit
+    /// drops(b). The pings account for 20 frames; the rest is ARP, and the few IPv6 frames
+    /// the root namespace's kernel sends on a new TAP before the test moves it into its
+    /// namespace (where IPv6 is off).
+    @Test func showPortsCountersAddUpToTheFramesSent() throws {
+        let lab = Lab()
+        let (bridge, a, _, ta, tb) = try lab.pair()
+        #expect(lab.ping(from: a, "10.77.0.2", count: 20, interval: "0.05").received == 20)
+        let r = Self.client(["show", "ports", "--json"], name: Self.name(bridge))
+        try #require(r.ok, "\(r.output)")
+        let ports = Dictionary(uniqueKeysWithValues: try Self.decode([PortReport].self, r).map { ($0.name, $0) })
+        let pa = try #require(ports[ta]), pb = try #require(ports[tb])
+        let transmitReasons: Set = ["link_down", "transmit_queue_full", "frame_too_large", "transmit_error"]
+        let ingressDropsA = pa.drops.filter { !transmitReasons.contains($0.key) }.values.reduce(0, +)
+        let transmitDropsB = pb.drops.filter { transmitReasons.contains($0.key) }.values.reduce(0, +)
+        #expect(pa.rxFrames == pb.txFrames + ingressDropsA + transmitDropsB,
+                "rx(a) \(pa.rxFrames) != tx(b) \(pb.txFrames) + ingress drops(a) \(ingressDropsA) + transmit drops(b) \(transmitDropsB): \(pa.drops) \(pb.drops)")
+        #expect(pa.rxFrames >= 21 && pa.rxFrames <= 20 + 10, "rx(a) \(pa.rxFrames): 20 echo requests plus ARP and early IPv6 noise (at most 10)")
+        #expect(pb.rxFrames >= 21 && pb.rxFrames <= 20 + 10, "rx(b) \(pb.rxFrames): 20 echo replies plus noise")
+        #expect(pa.kind == "tap" && pa.state == "up" && pa.vlans == "access VLAN 1")
+        #expect(bridge.stop() == 0)
+    }
+
+    /// `fdb add` pins b's MAC to port c: frames for b go to c (captured there), b gets none;
+    /// `fdb del` lets learning find b again.
+    @Test func aStaticEntryPinsAMACAndTrafficFollowsIt() throws {
+        let lab = Lab()
+        let ns = ["a", "b", "c"].map(lab.namespace)
+        let taps = ["a", "b", "c"].map(lab.link)
+        let bridge = try lab.bridge(taps.flatMap { ["--port", $0] })
+        let name = Self.name(bridge)
+        #expect(lab.waitForLinks(taps))
+        for i in 0..<3 { lab.place(taps[i], in: ns[i], address: "10.77.0.\(i + 1)/24") }
+        #expect(lab.ping(from: ns[0], "10.77.0.2", count: 1).received == 1)
+        let macB = Self.mac(lab, ns[1], taps[1])
+        let pin = Self.client(["fdb", "add", macB, taps[2]], name: name)
+        #expect(pin.ok && pin.output.contains("pinned"), "\(pin.output)")
+        let pcap = lab.temporaryPath("pinned.pcap")
+        let capture = try lab.capture(in: ns[2], on: taps[2], to: pcap, filter: "icmp")
+        let pinned = lab.ping(from: ns[0], "10.77.0.2", count: 3, interval: "0.2")
+        usleep(300_000)
+        _ = capture.stop(signal: SIGINT)
+        #expect(pinned.received == 0, "b answered although its MAC is pinned to c")
+        #expect(MirrorTests.tcpdumpLines(pcap, containing: "10.77.0.1 > 10.77.0.2: ICMP echo request") == 3, "the requests did not follow the pin to c")
+        let del = Self.client(["fdb", "del", macB, taps[2]], name: name)
+        #expect(del.ok, "\(del.output)")
+        #expect(lab.ping(from: ns[0], "10.77.0.2", count: 3).received == 3, "b unreachable after the pin was removed")
+        #expect(bridge.stop() == 0)
+    }
+
+    @Test func flushEmptiesTheTable() throws {
+        let lab = Lab()
+        let (bridge, a, _, _, _) = try lab.pair()
+        let name = Self.name(bridge)
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2)
+        #expect(try Self.decode([FDBReport].self, Self.client(["show", "fdb", "--json"], name: name)).count == 2)
+        let flush = Self.client(["fdb", "flush"], name: name)
+        #expect(flush.output.contains("flushed 2 entries"), "\(flush.output)")
+        #expect(try Self.decode([FDBReport].self, Self.client(["show", "fdb", "--json"], name: name)).isEmpty)
+        #expect(bridge.stop() == 0)
+    }
+
+    /// A third namespace's TAP is added while a pings b, becomes reachable, is removed again;
+    /// a <-> b loses nothing.
+    @Test func portsComeAndGoWithoutDisturbingTheOthers() throws {
+        let lab = Lab()
+        let (bridge, a, _, _, _) = try lab.pair()
+        let name = Self.name(bridge)
+        let c = lab.namespace("c")
+        let tc = lab.link("c")
+        let flow = try lab.background(["ip", "netns", "exec", a, "ping", "-c", "40", "-i", "0.1", "-W", "1", "10.77.0.2"])
+        usleep(500_000)
+        let add = Self.client(["port", "add", tc], name: name)
+        #expect(add.ok, "\(add.output)")
+        lab.place(tc, in: c, address: "10.77.0.3/24")
+        #expect(lab.ping(from: a, "10.77.0.3", count: 3).received == 3, "the added port is not reachable")
+        let del = Self.client(["port", "del", tc], name: name)
+        #expect(del.ok, "\(del.output)")
+        #expect(!lab.exec(c, ["ip", "link", "show", tc]).ok, "the TAP tapbridge created is still there after port del")
+        _ = flow.wait(within: 10)
+        #expect(Lab.transmitted(flow.output) == 40 && flow.output.contains(" 40 received"), "a -> b was disturbed: \(flow.output)")
+        #expect(bridge.stop() == 0)
+    }
+
+    /// Garbage, an oversized request and a client that never speaks: error replies or a
+    /// timeout, and forwarding never stops.
+    @Test func badClientsGetErrorsAndForwardingGoesOn() throws {
+        let lab = Lab()
+        let (bridge, a, _, _, _) = try lab.pair()
+        let socket = "/run/tapbridge/\(Self.name(bridge)).sock"
+        let script = """
+            import socket, sys, json
+            path = sys.argv[1]
+            def ask(data):
+                s = socket.socket(socket.AF_UNIX); s.settimeout(5); s.connect(path); s.sendall(data)
+                out = b""
+                while True:
+                    b = s.recv(65536)
+                    if not b: break
+                    out += b
+                return json.loads(out)
+            silent = socket.socket(socket.AF_UNIX); silent.connect(path)      # never speaks
+            r1 = ask(b"garbage\\n")
+            r2 = ask(b"x" * 70000)
+            r3 = ask(b'{"command":"reboot"}\\n')
+            print(json.dumps([r1["ok"], r2["ok"], r3["ok"], r1["error"], r2["error"], r3["error"]]))
+            """
+        let r = Host.run(["/usr/bin/python3", "-c", script, socket], timeout: 20)
+        #expect(r.output.hasPrefix("[false, false, false, \"malformed request"), "\(r.output)")
+        #expect(r.output.contains("request larger than 65536 bytes") && r.output.contains("unknown command 'reboot'"), "\(r.output)")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3)
+        #expect(bridge.isRunning)
+        #expect(bridge.stop() == 0)
+    }
+
+    @Test func aSecondBridgeWithTheSameNameIsRefused() throws {
+        let lab = Lab()
+        let (bridge, a, _, _, _) = try lab.pair()
+        let name = Self.name(bridge)
+        let t = lab.link("x")
+        let second = Host.run([Host.binary, "--name", name, "--port", t])
+        #expect(second.status == 1, "\(second.output)")
+        #expect(second.output == "tapbridge: error: --control '/run/tapbridge/\(name).sock': another tapbridge named '\(name)' is running (give this one a different --name or --control)\n")
+        #expect(!Host.run(["ip", "link", "show", t]).ok, "the refused bridge created its TAP")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2, "the first bridge was disturbed")
+        #expect(bridge.stop() == 0)
+        #expect(!FileManager.default.fileExists(atPath: "/run/tapbridge/\(name).sock"), "control socket left behind")
+    }
+
+    @Test func statsLineAndPrometheusExposition() throws {
+        let lab = Lab()
+        let (bridge, a, _, ta, _) = try lab.pair(["--stats-interval", "1"])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3)
+        usleep(1_200_000)
+        let prom = Self.client(["show", "stats", "--format", "prometheus"], name: Self.name(bridge))
+        #expect(prom.ok)
+        let samples = prom.output.split(separator: "\n").filter { !$0.hasPrefix("#") }
+        let shape = #/^tapbridge_[a-z_]+\{bridge="[^"]+"(,[a-z]+="[^"]*")*\} [0-9.e+-]+$/#
+        #expect(!samples.isEmpty && samples.allSatisfy { (try? shape.wholeMatch(in: String($0))) != nil }, "\(prom.output)")
+        #expect(samples.contains { $0.hasPrefix("tapbridge_port_rx_frames_total{") && $0.contains("port=\"\(ta)\"") })
+        #expect(samples.contains { $0.hasPrefix("tapbridge_fdb_entries{") && $0.hasSuffix(" 2") }, "\(prom.output)")
+        #expect(bridge.stop() == 0)
+        #expect(bridge.output.contains("stats: 2 ports, rx "), "no periodic stats line:\n\(bridge.output)")
+    }
+}
+}
