@@ -16,6 +16,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
     ],
     targets: [
         // Pure forwarding logic: imports nothing but the standard library.
@@ -32,7 +33,10 @@ let package = Package(
         // Everything that calls the kernel: TAP and packet-socket ports, the poll loop.
         .target(
             name: "TapBridgeLinux",
-            dependencies: ["TapBridgeCore", "CTapBridge", "TapBridgePcap", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "TapBridgeCore", "CTapBridge", "TapBridgePcap", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
             swiftSettings: strict),
         // The command: argument parsing and wiring only.
         .executableTarget(

@@ -156,6 +156,12 @@ struct TapBridgeCommand: ParsableCommand {
     @Option(name: .customLong("stats-interval"), help: ArgumentHelp("Log a one-line summary of the counters this often (default: never).", valueName: "seconds"))
     var statsInterval: Double?
 
+    @Option(name: .customLong("config"), help: ArgumentHelp("Read options from a YAML file (keys: the long options without dashes; see Examples/tapbridge.yaml). Options on the command line override single values from the file and add to its lists.", valueName: "file"))
+    var config: String?
+
+    @Flag(name: .customLong("print-config"), help: "Print the effective configuration (file and command line merged) as YAML and exit.")
+    var printConfig = false
+
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel: String = "info"
 
@@ -230,7 +236,36 @@ struct TapBridgeCommand: ParsableCommand {
         }
     }
 
+    /// The effective configuration as YAML, in a fixed order: valid `--config` input.
+    func effectiveConfiguration() -> String {
+        func quoted(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
+        func list(_ key: String, _ items: [String]) -> String { items.isEmpty ? "\(key): []" : "\(key):\n" + items.map { "  - \(quoted($0))" }.joined(separator: "\n") }
+        var lines = [
+            "name: \(quoted(name))", list("ports", ports), list("remotes", remotes),
+        ]
+        func optional(_ key: String, _ value: String?) { if let value { lines.append("\(key): \(value)") } }
+        optional("listen", listen.map(quoted))
+        lines += ["encap: \(encapsulation)", "vni: \(vni)", "accept-peers: \(acceptPeers)", "max-peers: \(maxPeers)",
+                  "peer-timeout: \(peerTimeout)", "split-horizon: \(!noSplitHorizon)"]
+        optional("mirror", mirrorPath.map(quoted))
+        optional("mirror-filter", mirrorFilter.map(quoted))
+        lines.append(list("mirror-ports", mirrorPorts))
+        lines.append("mirror-egress: \(mirrorEgress)")
+        optional("mirror-iface", mirrorInterface.map(quoted))
+        optional("mirror-rotate", mirrorRotate.map(quoted))
+        lines += ["snaplen: \(snaplen)", "ageing: \(ageing)", "max-macs: \(maxMACs)"]
+        optional("max-macs-per-port", maxMACsPerPort.map(String.init))
+        optional("move-hold-down", moveHoldDown.map { "\($0)" })
+        lines += ["hub: \(hub)", "forward-link-local: \(forwardLinkLocal)"]
+        optional("control", control.map(quoted))
+        optional("control-group", controlGroup.map(quoted))
+        optional("stats-interval", statsInterval.map { "\($0)" })
+        lines.append("log-level: \(logLevel)")
+        return lines.joined(separator: "\n")
+    }
+
     func run() throws {
+        if printConfig { return print(effectiveConfiguration()) }
         // Checked here rather than in validate(), so that an unknown option is reported first.
         if ports.isEmpty && remotes.isEmpty && !acceptPeers {
             throw ValidationError("give at least one --port or --remote (e.g. --port tap0 --port tap1)")
@@ -285,9 +320,26 @@ enum Main {
         let arguments = Array(CommandLine.arguments.dropFirst())
         if let first = arguments.first, ControlCommand.names.contains(first) {
             run(ControlCommand.self, arguments)
-        } else {
-            run(TapBridgeCommand.self, arguments)
         }
+        // --config FILE: the file's options go first, so the command line wins.
+        var fromFile: [String] = []
+        if let path = configPath(arguments) {
+            do {
+                fromFile = try ConfigFile.arguments(fromFile: path)
+            } catch {
+                fail(error.message, status: 64)
+            }
+        }
+        run(TapBridgeCommand.self, fromFile + arguments)
+    }
+
+    /// The value of `--config` in `arguments`, if any.
+    static func configPath(_ arguments: [String]) -> String? {
+        for (i, a) in arguments.enumerated() {
+            if a == "--config", i + 1 < arguments.count { return arguments[i + 1] }
+            if a.hasPrefix("--config=") { return String(a.dropFirst("--config=".count)) }
+        }
+        return nil
     }
 
     static func run<C: ParsableCommand>(_ type: C.Type, _ arguments: [String]) -> Never {

@@ -1,0 +1,141 @@
+import Foundation
+public import TapBridgeCore
+import Yams
+
+/// `--config FILE`: a YAML file that says what the command line can say. Every key is a
+/// long option without its dashes; the file becomes the equivalent arguments, placed before
+/// the real command line, so one parser validates both and the command line wins: a
+/// single-valued option given on the command line replaces the file's, and `--port`,
+/// `--remote` and `--mirror-port` given there are added to the file's lists.
+///
+/// ```yaml
+/// name: lab
+/// ports:
+///   - tap0                  # the --port syntax...
+///   - name: tap1            # ...or a mapping with the same keys
+///     vlan: 10
+/// remotes:
+///   - 192.0.2.5:4789,vni=42
+/// ageing: 300
+/// mirror: /var/log/tapbridge/lab.pcap
+/// ```
+/// Unknown keys and values of the wrong type are errors naming the file, line and key.
+public enum ConfigFile {
+    enum Kind {
+        case string, integer, number, flag, list, portList, remoteList
+    }
+
+    /// Keys and how their values turn into arguments.
+    static let keys: [String: Kind] = [
+        "ports": .portList, "remotes": .remoteList, "mirror-ports": .list,
+        "name": .string, "control": .string, "control-group": .string, "listen": .string, "encap": .string,
+        "mirror": .string, "mirror-filter": .string, "mirror-iface": .string, "mirror-rotate": .string, "log-level": .string,
+        "max-macs": .integer, "max-macs-per-port": .integer, "vni": .integer, "max-peers": .integer, "snaplen": .integer,
+        "ageing": .number, "move-hold-down": .number, "peer-timeout": .number, "stats-interval": .number,
+        "hub": .flag, "forward-link-local": .flag, "accept-peers": .flag, "split-horizon": .flag, "mirror-egress": .flag,
+    ]
+
+    static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu"]
+    static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "vlan", "trunk", "native", "learning", "flooding"]
+
+    /// Reads `path` and returns the equivalent command-line arguments.
+    public static func arguments(fromFile path: String) throws(StartupError) -> [String] {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw StartupError("--config '\(path)': cannot read it: \(String(cString: strerror(errno)))")
+        }
+        return try arguments(fromYAML: String(decoding: data, as: UTF8.self), file: path)
+    }
+
+    /// Turns YAML text into arguments; `file` names it in errors.
+    public static func arguments(fromYAML text: String, file: String) throws(StartupError) -> [String] {
+        func fail(_ node: Node?, _ message: String) -> StartupError {
+            StartupError("config \(file)\(node?.mark.map { ":\($0.line)" } ?? ""): \(message)")
+        }
+        let root: Node?
+        do {
+            root = try Yams.compose(yaml: text)
+        } catch {
+            throw StartupError("config \(file): not valid YAML: \(error)")
+        }
+        guard let root else { return [] }  // an empty file says nothing
+        guard let mapping = root.mapping else { throw fail(root, "expected a mapping of option: value") }
+        var args: [String] = []
+        for (keyNode, value) in mapping {
+            guard let key = keyNode.string else { throw fail(keyNode, "keys must be strings") }
+            guard let kind = keys[key] else {
+                throw fail(keyNode, "unknown key '\(key)' (known: \(keys.keys.sorted().joined(separator: ", ")))")
+            }
+            func scalar(_ what: String) throws(StartupError) -> String {
+                guard case .scalar(let s) = value, !s.string.isEmpty else { throw fail(value, "'\(key)' must be \(what)") }
+                return s.string
+            }
+            switch kind {
+            case .string:
+                args += ["--\(key)", try scalar("a string")]
+            case .integer:
+                guard let n = value.int else { throw fail(value, "'\(key)' must be a whole number, got '\(value.string ?? "a \(describe(value))")'") }
+                args += ["--\(key)", String(n)]
+            case .number:
+                guard let x = value.float ?? value.int.map(Double.init) else { throw fail(value, "'\(key)' must be a number, got '\(value.string ?? "a \(describe(value))")'") }
+                args += ["--\(key)=\(x)"]
+            case .flag:
+                guard let on = value.bool else { throw fail(value, "'\(key)' must be true or false, got '\(value.string ?? "a \(describe(value))")'") }
+                if key == "split-horizon" {
+                    if !on { args.append("--no-split-horizon") }
+                } else if on {
+                    args.append("--\(key)")
+                }
+            case .list, .portList, .remoteList:
+                guard let items = value.sequence else { throw fail(value, "'\(key)' must be a list") }
+                let flag = key == "ports" ? "--port" : key == "remotes" ? "--remote" : "--mirror-port"
+                for item in items {
+                    let spec: String
+                    switch (kind, item) {
+                    case (_, .scalar(let s)):
+                        spec = s.string
+                    case (.portList, .mapping(let m)):
+                        spec = try specFromMapping(m, first: "name", allowed: portKeys, key: key, fail: fail)
+                    case (.remoteList, .mapping(let m)):
+                        spec = try specFromMapping(m, first: "endpoint", allowed: remoteKeys, key: key, fail: fail)
+                    default:
+                        throw fail(item, "items of '\(key)' must be \(kind == .list ? "strings" : "spec strings or mappings")")
+                    }
+                    args += [flag, spec]
+                }
+            }
+        }
+        return args
+    }
+
+    static func describe(_ node: Node) -> String {
+        switch node {
+        case .mapping: "mapping"
+        case .sequence: "list"
+        default: "value"
+        }
+    }
+
+    /// `{name: tap1, vlan: 10, trunk: [10, 20]}` -> `tap1,vlan=10,trunk=10:20`.
+    static func specFromMapping(_ m: Node.Mapping, first: String, allowed: Set<String>, key: String,
+                                fail: (Node?, String) -> StartupError) throws(StartupError) -> String {
+        var head: String? = nil
+        var options: [String] = []
+        for (k, v) in m {
+            guard let name = k.string, allowed.contains(name) else {
+                throw fail(k, "unknown key '\(k.string ?? "?")' in '\(key)' (known: \(allowed.sorted().joined(separator: ", ")))")
+            }
+            let text: String
+            switch v {
+            case .scalar(let s):
+                text = v.bool.map { $0 ? "on" : "off" } ?? s.string
+            case .sequence(let items) where name == "trunk":
+                text = items.compactMap(\.string).joined(separator: ":")
+            default:
+                throw fail(v, "'\(name)' in '\(key)' must be a single value\(name == "trunk" ? " or a list of VLANs" : "")")
+            }
+            if name == first { head = text } else { options.append("\(name)=\(text)") }
+        }
+        guard let head else { throw fail(nil, "an item of '\(key)' has no '\(first)'") }
+        return ([head] + options).joined(separator: ",")
+    }
+}

@@ -1,0 +1,116 @@
+import Foundation
+import Testing
+
+extension KernelTests {
+/// Every file under Examples/ runs here, so none of them can rot.
+@Suite("Examples")
+struct ExampleTests {
+    static let examples = Host.packageRoot.appendingPathComponent("Examples").path
+
+    static func runScript(_ name: String) -> Host.Result {
+        Host.run(["env", "TAPBRIDGE=\(Host.binary)", "bash", "\(examples)/lab/\(name)"], timeout: 60)
+    }
+
+    @Test func threeHostLabScriptReachesEveryPairAndCleansUp() {
+        let r = Self.runScript("three-hosts.sh")
+        #expect(r.ok && r.output.contains("6/6 host pairs reachable"), "\(r.output)")
+        #expect(r.output.contains("learned"), "no MAC table shown: \(r.output)")
+        #expect(!Host.run(["ip", "netns", "list"]).output.contains("lab-"), "the lab script left namespaces behind")
+    }
+
+    @Test func vxlanPairScriptPassesFullSizeFramesBothWays() {
+        let r = Self.runScript("vxlan-pair.sh")
+        #expect(r.ok && r.output.contains("vxlan pair: both ways"), "\(r.output)")
+        #expect(!Host.run(["ip", "netns", "list"]).output.contains("host1-"), "the script left namespaces behind")
+    }
+
+    @Test func exampleConfigIsTheSameBridgeAsItsCommandLine() throws {
+        let file = Host.run([Host.binary, "--config", "\(Self.examples)/tapbridge.yaml", "--print-config"])
+        let flags = Host.run([Host.binary, "--name", "example", "--port", "tbex0", "--port", "tbex1,vlan=10", "--port", "tbex2,trunk=10:20,native=1",
+                              "--ageing", "120", "--max-macs", "1024", "--stats-interval", "60", "--print-config"])
+        #expect(file.ok && flags.ok, "\(file.output)\(flags.output)")
+        #expect(file.output == flags.output, "config file:\n\(file.output)\ncommand line:\n\(flags.output)")
+        // and the printed configuration is itself a config file for the same bridge
+        let lab = Lab()
+        let printed = lab.temporaryPath("printed.yaml")
+        try file.output.write(toFile: printed, atomically: true, encoding: .utf8)
+        #expect(Host.run([Host.binary, "--config", printed, "--print-config"]).output == file.output)
+        // and it starts that bridge
+        let bridge = try lab.bridge(["--config", "\(Self.examples)/tapbridge.yaml", "--name", lab.bridgeName()])
+        #expect(lab.waitForLinks(["tbex0", "tbex1", "tbex2"]), "\(bridge.output)")
+        let name = ControlTests.name(bridge)
+        let ports = Host.run([Host.binary, "show", "ports", "--name", name]).output
+        #expect(ports.contains("tbex1") && ports.contains("access VLAN 10") && ports.contains("trunk VLANs 10,20 (native 1 untagged)"), "\(ports)")
+        #expect(bridge.stop() == 0)
+    }
+
+    @Test func configErrorsNameTheFileLineAndKey() throws {
+        let lab = Lab()
+        let cases: [(String, String)] = [
+            ("ports: [a]\nageng: 5\n", ":2: unknown key 'ageng'"),
+            ("ports: [a]\nageing: soon\n", ":2: 'ageing' must be a number, got 'soon'"),
+            ("ports:\n  - name: a\n    speed: 5\n", ":3: unknown key 'speed' in 'ports'"),
+            ("ports: a\n", ":1: 'ports' must be a list"),
+            ("hub: maybe\nports: [a]\n", ":1: 'hub' must be true or false"),
+        ]
+        for (yaml, message) in cases {
+            let path = lab.temporaryPath("bad.yaml")
+            try yaml.write(toFile: path, atomically: true, encoding: .utf8)
+            let r = Host.run([Host.binary, "--config", path])
+            #expect(r.status == 64 && r.output.hasPrefix("tapbridge: error: config \(path)\(message)"), "got: \(r.output)")
+            #expect(r.output.split(separator: "\n").count == 1, "\(r.output)")
+        }
+    }
+
+    @Test func systemdUnitVerifies() throws {
+        let lab = Lab()
+        let dir = lab.temporaryPath("systemd")
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let unit = try String(contentsOfFile: "\(Self.examples)/systemd/tapbridge@.service", encoding: .utf8)
+            .replacingOccurrences(of: "/usr/local/bin/tapbridge", with: Host.binary)
+        try unit.write(toFile: "\(dir)/tapbridge@lab.service", atomically: true, encoding: .utf8)
+        let r = Host.run(["systemd-analyze", "verify", "--man=no", "\(dir)/tapbridge@lab.service"])
+        #expect(r.ok && r.output.isEmpty, "systemd-analyze verify: \(r.output)")
+    }
+
+    /// Recipe 1 of Examples/qemu/README.md with the real QEMU (paused, no disk): QEMU holds
+    /// the TAP, tapbridge attaches it through a packet socket.
+    @Test(.enabled(if: Host.has("qemu-system-x86_64"), "needs qemu-system-x86_64 (apt-get install qemu-system-x86)"))
+    func qemuHoldsTheTapAndTapbridgeAttachesThroughAPacketSocket() throws {
+        let lab = Lab()
+        let vm = lab.link("q")
+        let qemu = try lab.background(["qemu-system-x86_64", "-nodefaults", "-display", "none", "-S", "-m", "64",
+                                       "-netdev", "tap,id=n0,ifname=\(vm),script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0"])
+        #expect(lab.waitForLinks([vm]), "QEMU did not create its TAP: \(qemu.output)")
+        let other = lab.link("o")
+        let bridge = try lab.bridge(["--port", vm, "--port", other])
+        #expect(lab.waitForLinks([other]))
+        usleep(300_000)
+        #expect(bridge.isRunning, "\(bridge.output)")
+        #expect(bridge.output.contains("port \(vm): packet socket") && bridge.output.contains("held by another program"), "\(bridge.output)")
+        #expect(bridge.stop() == 0)
+        _ = qemu.stop()
+    }
+
+    /// Recipe 2: QEMU's `-netdev dgram` as a raw remote. QEMU binds its port (it would exit on
+    /// bad options) and tapbridge sends to it without errors.
+    @Test(.enabled(if: Host.has("qemu-system-x86_64"), "needs qemu-system-x86_64 (apt-get install qemu-system-x86)"))
+    func qemuDgramNetdevIsARawRemote() throws {
+        let lab = Lab()
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let qemu = try lab.background(["qemu-system-x86_64", "-nodefaults", "-display", "none", "-S", "-m", "64",
+                                       "-netdev", "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=\(p2),remote.type=inet,remote.host=127.0.0.1,remote.port=\(p1)",
+                                       "-device", "virtio-net-pci,netdev=n0"])
+        let t = lab.link("d")
+        let bridge = try lab.bridge(["--port", t, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),encap=raw,name=vm1"])
+        #expect(lab.waitForLinks([t]))
+        usleep(1_000_000)  // the new TAP's own broadcasts go to the VM
+        #expect(qemu.isRunning, "QEMU rejected the -netdev dgram recipe: \(qemu.output)")
+        #expect(bridge.stop() == 0)
+        let c = Lab.counters(in: bridge.output, port: "vm1")
+        #expect((c["tx"] ?? 0) > 0 && c["transmit_error"] == nil && c["link_down"] == nil, "\(c)\n\(bridge.output)")
+        _ = qemu.stop()
+    }
+}
+}
