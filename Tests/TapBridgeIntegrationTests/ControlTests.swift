@@ -174,6 +174,18 @@ struct ControlTests {
         #expect(!FileManager.default.fileExists(atPath: "/run/tapbridge/\(name).sock"), "control socket left behind")
     }
 
+    @Test(arguments: [nil, "root"] as [String?])
+    func controlSocketIsPrivateUnlessAGroupIsGiven(group: String?) throws {
+        let lab = Lab()
+        let (bridge, _, _, _, _) = try lab.pair(group.map { ["--control-group", $0] } ?? [])
+        let path = "/run/tapbridge/\(Self.name(bridge)).sock"
+        let attributes = try FileManager.default.attributesOfItem(atPath: path)
+        let mode = (attributes[.posixPermissions] as? Int) ?? -1
+        #expect(mode == (group == nil ? 0o600 : 0o660), "mode \(String(mode, radix: 8))")
+        #expect(attributes[.type] as? FileAttributeType == .typeSocket)
+        #expect(bridge.stop() == 0)
+    }
+
     @Test func statsLineAndPrometheusExposition() throws {
         let lab = Lab()
         let (bridge, a, _, ta, _) = try lab.pair(["--stats-interval", "1"])
