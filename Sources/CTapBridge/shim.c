@@ -200,19 +200,26 @@ fail:;
     return -e;
 }
 
-int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n) {
-    if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
-    struct mmsghdr msgs[CTB_BATCH_MAX];
-    struct iovec iov[CTB_BATCH_MAX];
+// One mmsghdr per datagram, one iovec each: the peer buffer to receive into, or the
+// destination to send to.
+static void fill_messages(struct mmsghdr *msgs, struct iovec *iov, struct ctb_datagram *d, unsigned int n, int sending) {
     memset(msgs, 0, sizeof(msgs[0]) * n);
     for (unsigned int i = 0; i < n; i++) {
         iov[i].iov_base = d[i].data;
         iov[i].iov_len = d[i].length;
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = d[i].peer;
-        msgs[i].msg_hdr.msg_namelen = sizeof(d[i].peer);
+        msgs[i].msg_hdr.msg_name = sending ? (void *)d[i].destination : (void *)d[i].peer;
+        msgs[i].msg_hdr.msg_namelen = sending ? d[i].destination_length : sizeof(d[i].peer);
+        d[i].result = 0;
     }
+}
+
+int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n) {
+    if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
+    struct mmsghdr msgs[CTB_BATCH_MAX];
+    struct iovec iov[CTB_BATCH_MAX];
+    fill_messages(msgs, iov, d, n, 0);
     for (;;) {
         int got = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
         if (got < 0) {
@@ -232,16 +239,7 @@ int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n) {
     if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
     struct mmsghdr msgs[CTB_BATCH_MAX];
     struct iovec iov[CTB_BATCH_MAX];
-    memset(msgs, 0, sizeof(msgs[0]) * n);
-    for (unsigned int i = 0; i < n; i++) {
-        iov[i].iov_base = d[i].data;
-        iov[i].iov_len = d[i].length;
-        msgs[i].msg_hdr.msg_iov = &iov[i];
-        msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = (void *)d[i].destination;
-        msgs[i].msg_hdr.msg_namelen = d[i].destination_length;
-        d[i].result = 0;
-    }
+    fill_messages(msgs, iov, d, n, 1);
     unsigned int done = 0, sent = 0;
     while (done < n) {
         int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);

@@ -173,22 +173,28 @@ struct FDB: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "fdb", abstract: "Change a running bridge's MAC table.", subcommands: [Add.self, Del.self, Flush.self])
 
-    struct Add: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Pin MAC to PORT (a static entry: never ages, never moves).")
+    /// MAC PORT [--vlan N] and the bridge to send them to.
+    struct Entry: ParsableArguments {
         @OptionGroup var target: Target
         @Argument(help: "The MAC address, like 02:00:00:00:00:01.") var mac: String
         @Argument(help: "The port's name.") var port: String
         @Option(help: ArgumentHelp("VLAN (default 1).", valueName: "n")) var vlan: Int = 1
-        func run() throws { print(try target.send(ControlRequest(command: "fdb-add", mac: mac, port: port, vlan: vlan)).message ?? "ok") }
+
+        func send(_ command: String) throws {
+            print(try target.send(ControlRequest(command: command, mac: mac, port: port, vlan: vlan)).message ?? "ok")
+        }
+    }
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Pin MAC to PORT (a static entry: never ages, never moves).")
+        @OptionGroup var entry: Entry
+        func run() throws { try entry.send("fdb-add") }
     }
 
     struct Del: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Remove MAC's entry on PORT (static or learned).")
-        @OptionGroup var target: Target
-        @Argument(help: "The MAC address.") var mac: String
-        @Argument(help: "The port it is on.") var port: String
-        @Option(help: ArgumentHelp("VLAN (default 1).", valueName: "n")) var vlan: Int = 1
-        func run() throws { print(try target.send(ControlRequest(command: "fdb-del", mac: mac, port: port, vlan: vlan)).message ?? "ok") }
+        @OptionGroup var entry: Entry
+        func run() throws { try entry.send("fdb-del") }
     }
 
     struct Flush: ParsableCommand {
