@@ -22,6 +22,9 @@ public final class ForwardingEngine {
     var names: [String] = []
     /// Every device once, for flushing after a batch (rebuilt when ports change).
     @exclusivity(unchecked) var uniqueDevices: [any PortDevice] = []
+    /// Changes whenever a port is added or removed, so an event loop can tell cheaply when to
+    /// rebuild its descriptor set from `allDevices`.
+    public private(set) var generation = 0
 
     /// Creates an engine around `bridge` with one receive batch.
     public init(bridge: Bridge, batch: FrameBatch = FrameBatch(), budgetPerService: Int = 256) {
@@ -43,6 +46,7 @@ public final class ForwardingEngine {
         devices[id.index] = device
         names[id.index] = name
         uniqueDevices = allDevices
+        generation &+= 1
         device.didAddPort(id, name: name)
         return id
     }
@@ -53,6 +57,7 @@ public final class ForwardingEngine {
         bridge.removePort(port)
         devices[port.index] = nil
         uniqueDevices = allDevices
+        generation &+= 1
         device.didRemovePort(port)
     }
 

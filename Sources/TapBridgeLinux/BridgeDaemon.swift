@@ -239,9 +239,6 @@ public final class BridgeDaemon {
         }
     }
 
-    /// The ports currently attached: name, kind, port ID.
-    public var ports: [(name: String, kind: Kind, port: PortID)] { attached.map { ($0.name, $0.kind, $0.port) } }
-
     /// Runs until SIGINT or SIGTERM; returns the process exit status.
     public func run() -> Int32 {
         let table = engine.bridge.configuration.table
@@ -251,14 +248,17 @@ public final class BridgeDaemon {
         if let interval = options.statsInterval { nextStats = ctb_monotonic_ns() + interval.nanoseconds }
         var fds: [pollfd] = []
         var owners: [any PortDevice] = []
-        var knownDevices: [ObjectIdentifier] = []
+        var knownGeneration = -1
+        var knownTunnel: ObjectIdentifier? = nil
         var pending = false
         while true {
-            // The UDP socket is polled even before it carries a port (--accept-peers).
-            var devices = engine.allDevices
-            if let tunnelHandle, !devices.contains(where: { $0 === tunnelHandle }) { devices.append(tunnelHandle) }
-            if devices.map(ObjectIdentifier.init) != knownDevices {
-                knownDevices = devices.map(ObjectIdentifier.init)
+            // Rebuild the descriptor set only when ports came or went (no work per wake-up).
+            if engine.generation != knownGeneration || tunnelHandle.map(ObjectIdentifier.init) != knownTunnel {
+                knownGeneration = engine.generation
+                knownTunnel = tunnelHandle.map(ObjectIdentifier.init)
+                var devices = engine.allDevices
+                // The UDP socket is polled even before it carries a port (--accept-peers).
+                if let tunnelHandle, !devices.contains(where: { $0 === tunnelHandle }) { devices.append(tunnelHandle) }
                 fds = [pollfd(fd: signalDescriptor, events: Int16(POLLIN), revents: 0)]
                 owners = []
                 for d in devices {
@@ -329,14 +329,17 @@ public final class BridgeDaemon {
 
     func now() -> Instant { Instant(nanoseconds: ctb_monotonic_ns()) }
 
-    /// Milliseconds until the next timer, rounded up; -1 (wait for traffic) if none.
+    /// Milliseconds until the next timer, rounded up; -1 (wait for traffic) if none. Runs on
+    /// every wake-up, so it builds no collections (the loop allocates nothing per wake-up).
     func pollTimeout(now: Instant) -> Int32 {
-        var deadlines = [engine.nextDeadline, mirror?.retryDeadline]
-        deadlines.append(control?.nextDeadline.map { Instant(nanoseconds: $0) })
-        deadlines.append(nextStats.map { Instant(nanoseconds: $0) })
-        if options.acceptsPeers { deadlines.append(tunnel?.nextIdleDeadline(timeout: options.peerTimeout)) }
-        guard let deadline = deadlines.compactMap({ $0 }).min() else { return -1 }
-        let ns = deadline.nanoseconds - now.nanoseconds
+        var deadline = engine.nextDeadline?.nanoseconds
+        func earlier(_ a: Int64?, _ b: Int64?) -> Int64? { a.map { x in b.map { min(x, $0) } ?? x } ?? b }
+        deadline = earlier(deadline, mirror?.retryDeadline?.nanoseconds)
+        deadline = earlier(deadline, control?.nextDeadline)
+        deadline = earlier(deadline, nextStats)
+        if options.acceptsPeers { deadline = earlier(deadline, tunnel?.nextIdleDeadline(timeout: options.peerTimeout)?.nanoseconds) }
+        guard let deadline else { return -1 }
+        let ns = deadline - now.nanoseconds
         if ns <= 0 { return 0 }
         return Int32(min((ns + 999_999) / 1_000_000, 3_600_000))
     }

@@ -111,7 +111,7 @@ final class ControlServer {
     }
 
     /// The earliest client deadline, for the poll timeout.
-    var nextDeadline: Int64? { clients.map(\.deadline).min() }
+    var nextDeadline: Int64? { clients.lazy.map(\.deadline).min() }
 
     /// Serves what poll reported (`fds` holds exactly the entries `appendPollEntries` added,
     /// in order): accepts, reads, answers through `handle`, writes, times out.
@@ -131,9 +131,10 @@ final class ControlServer {
         }
         if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now) }
         for k in clients.indices where clients[k].deadline <= now { clients[k].fd = -clients[k].fd - 1 }  // timed out
-        let closing = clients.filter { $0.fd < 0 }
-        for c in closing { close(-c.fd - 1) }
-        clients.removeAll { $0.fd < 0 }
+        if clients.contains(where: { $0.fd < 0 }) {
+            for c in clients where c.fd < 0 { close(-c.fd - 1) }
+            clients.removeAll { $0.fd < 0 }
+        }
     }
 
     func acceptAll(now: Int64) {

@@ -181,14 +181,8 @@ public final class UDPTunnelDevice: PortDevice {
 
     /// When the next dynamic peer would become idle, for the poll timeout.
     public func nextIdleDeadline(timeout: Duration) -> Instant? {
-        peers.compactMap { p in p.flatMap { $0.isDynamic ? $0.lastHeard : nil } }.min()
+        peers.lazy.compactMap { p in p.flatMap { $0.isDynamic ? $0.lastHeard : nil } }.min()
             .map { Instant(nanoseconds: $0 + timeout.nanoseconds) }
-    }
-
-    /// The peer address of `port`.
-    public func address(of port: PortID) -> SocketAddress? {
-        guard port.index < peerByPort.count, peerByPort[port.index] >= 0 else { return nil }
-        return peers[peerByPort[port.index]]?.address
     }
 
     public func receive(into batch: FrameBatch) throws(PortError) -> Int {
@@ -274,7 +268,12 @@ public final class UDPTunnelDevice: PortDevice {
         guard port.index < peerByPort.count, peerByPort[port.index] >= 0, let peer = peers[peerByPort[port.index]] else { return .failed }
         let header = peer.encapsulation.headerLength
         guard header + frame.count <= Self.sendSlotSize else { return .tooLarge }
-        if queued == Int(CTB_BATCH_MAX) { sendQueue(report: nil) }
+        if queued == Int(CTB_BATCH_MAX) {
+            // full: send now; failures are reported at the next flush
+            sendQueue { port, outcome, bytes in
+                if lateFailures.count < lateFailures.capacity { lateFailures.append((port, outcome, bytes)) }
+            }
+        }
         let slot = sendPool + queued * Self.sendSlotSize
         if header > 0 { slot.copyMemory(from: peer.wire, byteCount: header) }
         (slot + header).copyMemory(from: frame.baseAddress!, byteCount: frame.count)
@@ -289,13 +288,13 @@ public final class UDPTunnelDevice: PortDevice {
     }
 
     public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) {
-        if queued > 0 { withoutActuallyEscaping(failed) { sendQueue(report: $0) } }
+        if queued > 0 { sendQueue(failed) }
         for f in lateFailures { failed(f.port, f.outcome, f.bytes) }
         lateFailures.removeAll(keepingCapacity: true)
     }
 
-    /// Sends the queue; failures go to `report`, or are kept for the next `flush`.
-    func sendQueue(report: ((PortID, TransmitOutcome, Int) -> Void)?) {
+    /// Sends the queue; each datagram the kernel refused goes to `report`.
+    func sendQueue(_ report: (PortID, TransmitOutcome, Int) -> Void) {
         let sent = Int(ctb_udp_send_batch(fd, sendDatagrams, UInt32(queued)))
         if sent < queued {
             for k in 0..<queued where sendDatagrams[k].result < 0 {
@@ -308,11 +307,7 @@ public final class UDPTunnelDevice: PortDevice {
                     outcome = .linkDown
                 default: outcome = .failed
                 }
-                if let report {
-                    report(sendPorts[k], outcome, sendFrameBytes[k])
-                } else if lateFailures.count < lateFailures.capacity {
-                    lateFailures.append((sendPorts[k], outcome, sendFrameBytes[k]))
-                }
+                report(sendPorts[k], outcome, sendFrameBytes[k])
             }
         }
         queued = 0

@@ -1,0 +1,51 @@
+import Foundation
+import Testing
+
+extension KernelTests {
+/// No allocation per frame: the whole process's malloc/calloc/realloc calls (counted by an
+/// LD_PRELOAD shim) must not grow with the traffic. Each case forwards 100 and then 1,000
+/// pings (200 and 2,000 frames, one poll wake-up each) through a fresh bridge; the counts
+/// may differ by a handful (timers, the log line of a slower run), not by hundreds.
+@Suite("Allocations", .enabled(if: Host.has("cc"), "needs a C compiler (cc) to build the malloc-counting shim"))
+struct AllocationTests {
+    static func shim(_ lab: Lab) throws -> String {
+        let so = lab.temporaryPath("malloc_count.so")
+        let r = Host.run(["cc", "-shared", "-fPIC", "-O2", "-o", so, Host.packageRoot.appendingPathComponent("Tests/Peers/malloc_count.c").path, "-ldl"])
+        try #require(r.ok, "cannot build the shim: \(r.output)")
+        return so
+    }
+
+    /// Allocations of a bridge (started with `extra`) that forwards `pings` echo requests and
+    /// replies between two namespaces; over VXLAN to a second bridge when `remote`.
+    static func allocations(pings: Int, extra: [String], remote: Bool) throws -> Int {
+        let lab = Lab()
+        let so = try shim(lab)
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let first = remote ? ["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)"] : ["--port", ta, "--port", tb]
+        let counted = try lab.background(["env", "LD_PRELOAD=\(so)", Host.binary] + lab.named(first + extra))
+        if remote { _ = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"]) }
+        #expect(lab.waitForLinks([ta, tb]), "\(counted.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        let r = lab.exec(a, ["ping", "-q", "-c", String(pings), "-i", "0.002", "-W", "1", "10.77.0.2"], timeout: 30)
+        #expect(r.output.contains(" \(pings) received"), "\(r.output)")
+        #expect(counted.stop() == 0)
+        let line = counted.output.split(separator: "\n").last { $0.hasPrefix("ALLOCS ") } ?? ""
+        return Int(line.dropFirst("ALLOCS ".count)) ?? -1
+    }
+
+    @Test(arguments: [
+        ("TAP to TAP", [String](), false),
+        ("VXLAN remote", [], true),
+        ("VXLAN remote, mirrored through a filter", ["--mirror", "/dev/null", "--mirror-filter", "icmp"], true),
+    ])
+    func allocationsDoNotGrowWithTraffic(_ name: String, _ extra: [String], _ remote: Bool) throws {
+        let few = try Self.allocations(pings: 100, extra: extra, remote: remote)
+        let many = try Self.allocations(pings: 1000, extra: extra, remote: remote)
+        #expect(few > 0 && many > 0, "no ALLOCS line")
+        #expect(abs(many - few) <= 20, "\(name): \(few) allocations for 200 frames, \(many) for 2,000: per-frame allocation")
+    }
+}
+}
