@@ -160,6 +160,22 @@ struct ControlTests {
         #expect(bridge.stop() == 0)
     }
 
+    /// A socket file left by a bridge that died (bound, never unlinked, nobody listening) is
+    /// replaced.
+    @Test func aStaleSocketFileIsReplaced() throws {
+        let lab = Lab()
+        let name = lab.bridgeName()
+        let path = "/run/tapbridge/\(name).sock"
+        let stale = Host.run(["/usr/bin/python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()", path])
+        try #require(stale.ok && FileManager.default.fileExists(atPath: path), "\(stale.output)")
+        let (bridge, a, _, _, _) = try lab.pair(["--name", name])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 1).received == 1)
+        let r = Self.client(["show", "ports"], name: name)
+        #expect(r.ok && r.output.contains("PORT"), "the bridge did not take over the stale socket: \(r.output)\n\(bridge.output)")
+        #expect(bridge.stop() == 0)
+        #expect(!FileManager.default.fileExists(atPath: path))
+    }
+
     @Test func aSecondBridgeWithTheSameNameIsRefused() throws {
         let lab = Lab()
         let (bridge, a, _, _, _) = try lab.pair()
