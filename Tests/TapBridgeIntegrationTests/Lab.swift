@@ -258,7 +258,9 @@ final class Lab {
     }
 
     deinit {
-        for p in processes where p.isRunning { _ = p.stop(signal: SIGKILL, within: 2) }
+        // SIGTERM first (a bridge then removes its TAPs and control socket), SIGKILL after 2 s
+        for p in processes where p.isRunning { _ = p.stop(signal: SIGTERM, within: 2) }
+        for n in 0...bridges { unlink("/run/tapbridge/tb-\(tag)-\(n).sock") }
         for path in temporaryPaths {
             for suffix in ["", ".1", ".2", ".3", ".4", ".5"] { try? FileManager.default.removeItem(atPath: path + suffix) }
         }
