@@ -318,7 +318,9 @@ enum Main {
         // `tapbridge show|fdb|port ...` talk to a running bridge; anything else runs one, with
         // exactly the run form's parsing and --help.
         let arguments = Array(CommandLine.arguments.dropFirst())
-        if let first = arguments.first, ControlCommand.names.contains(first) {
+        if let first = arguments.first, ControlCommand.names.contains(first)
+            || (first == "help" && arguments.count > 1 && ControlCommand.names.contains(arguments[1]))
+        {
             run(ControlCommand.self, arguments)
         }
         // --config FILE: the file's options go first, so the command line wins.

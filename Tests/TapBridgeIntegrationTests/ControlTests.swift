@@ -160,6 +160,15 @@ struct ControlTests {
         #expect(bridge.stop() == 0)
     }
 
+    @Test func controlCommandsHaveTheirOwnHelp() {
+        for args in [["show", "--help"], ["help", "show", "ports"], ["fdb", "add", "--help"], ["port", "del", "--help"]] {
+            let r = Host.run([Host.binary] + args)
+            #expect(r.ok && r.output.contains("USAGE: tapbridge \(args.filter { $0 != "help" && $0 != "--help" }.joined(separator: " "))"), "\(args): \(r.output)")
+        }
+        let bad = Host.run([Host.binary, "show", "stats", "--format", "xml"])
+        #expect(bad.status == 64 && bad.output.hasPrefix("tapbridge: error: --format must be text, json or prometheus"), "\(bad.output)")
+    }
+
     /// A socket file left by a bridge that died (bound, never unlinked, nobody listening) is
     /// replaced.
     @Test func aStaleSocketFileIsReplaced() throws {
