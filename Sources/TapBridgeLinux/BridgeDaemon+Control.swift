@@ -12,11 +12,7 @@ extension BridgeDaemon {
             r.ports = portReports()
             return r
         case "show-fdb":
-            var port: PortID? = nil
-            if let name = request.port {
-                guard let p = engine.port(named: name) else { return .failure("no port named '\(name)'") }
-                port = p
-            }
+            guard case .success(let port) = optionalPort(request.port) else { return .failure("no port named '\(request.port ?? "")'") }
             var r = ControlResponse.success()
             r.fdb = engine.bridge.table.entries(at: now)
                 .filter { e in (port == nil || e.port == port) && (request.vlan == nil || Int(e.vlan.rawValue) == request.vlan) }
@@ -42,11 +38,7 @@ extension BridgeDaemon {
             engine.bridge.removeEntry(mac, vlan: vlan)
             return .success("\(mac) removed from \(name) in VLAN \(vlan)")
         case "fdb-flush":
-            var port: PortID? = nil
-            if let name = request.port {
-                guard let p = engine.port(named: name) else { return .failure("no port named '\(name)'") }
-                port = p
-            }
+            guard case .success(let port) = optionalPort(request.port) else { return .failure("no port named '\(request.port ?? "")'") }
             var vlan: VLANID? = nil
             if let v = request.vlan {
                 guard let id = VLANID(validating: v) else { return .failure("VLAN must be 1-4094, got \(v)") }
@@ -81,6 +73,12 @@ extension BridgeDaemon {
         default:
             return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del)")
         }
+    }
+
+    /// The port a request names: nil when it names none, failure when no port has that name.
+    func optionalPort(_ name: String?) -> Result<PortID?, Errno> {
+        guard let name else { return .success(nil) }
+        return engine.port(named: name).map { .success($0) } ?? .failure(Errno(ENODEV))
     }
 
     func portReports() -> [PortReport] {

@@ -110,7 +110,7 @@ public final class BridgeDaemon {
             if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
             for spec in options.ports { try attachPort(spec) }
             if !options.remotes.isEmpty || options.acceptsPeers { try attachRemotes() }
-            if let path = controlPath { control = try ControlServer(path: path, group: options.controlGroup, logger: logger) }
+            if let path = controlPath { control = try ControlServer(path: path, group: options.controlGroup) }
         } catch {
             mirror?.close()
             close(sfd)
@@ -366,21 +366,22 @@ public final class BridgeDaemon {
         }
     }
 
-    /// One line per port with its counters, and one for the UDP socket.
+    /// One line per port with its counters, then the UDP socket, the mirror and the MAC
+    /// table: the same figures `show ports` and `show stats` report.
     public func reportCounters() {
-        for a in attached {
-            let c = engine.bridge.counters(of: a.port)
-            let drops = DropReason.allCases.filter { c[$0] > 0 }.map { "\($0)=\(c[$0])" }.joined(separator: " ")
-            logger.info("counters \(a.name): rx \(c.receivedFrames) frames \(c.receivedBytes) bytes, tx \(c.transmittedFrames) frames \(c.transmittedBytes) bytes, drops \(drops.isEmpty ? "none" : drops)")
+        for p in portReports() {
+            let drops = p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
+            logger.info("counters \(p.name): rx \(p.rxFrames) frames \(p.rxBytes) bytes, tx \(p.txFrames) frames \(p.txBytes) bytes, drops \(drops.isEmpty ? "none" : drops)")
         }
-        if let s = tunnel?.statistics {
-            logger.info("counters udp: unknown_sender=\(s.unknownSender) unreachable=\(s.unreachable)")
+        let s = statsReport(at: Instant(nanoseconds: ctb_monotonic_ns()))
+        if let u = s.udp {
+            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable)")
         }
-        if let m = mirror?.statistics {
-            logger.info("counters mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filtered), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
+        if let m = s.mirror {
+            logger.info("counters mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
         }
-        let f = engine.bridge.table.statistics
-        logger.info("counters fdb: entries \(engine.bridge.table.count), learned \(f.learned), moved \(f.moved), expired \(f.expired), evicted \(f.evicted), refused \(f.refused)")
+        let f = s.fdb
+        logger.info("counters fdb: entries \(f.entries), learned \(f.learned), moved \(f.moved), expired \(f.expired), evicted \(f.evicted), refused \(f.refused)")
     }
 
     /// Closes every port: TAPs tapbridge created disappear with their descriptor.

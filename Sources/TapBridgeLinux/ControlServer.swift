@@ -1,7 +1,6 @@
 import CTapBridge
 import Foundation
 import Glibc
-import Logging
 import TapBridgeCore
 
 /// The control socket, served by the bridge's poll loop: a Unix stream socket where each
@@ -31,13 +30,11 @@ final class ControlServer {
     let path: String
     let listener: Int32
     var clients: [Client] = []
-    let logger: Logger
 
     /// Binds `path` (mode 0600, or 0660 with `group`). A stale socket file (no process behind
     /// it) is replaced; a live one means another bridge has that name: refused.
-    init(path: String, group: String?, logger: Logger) throws(StartupError) {
+    init(path: String, group: String?) throws(StartupError) {
         self.path = path
-        self.logger = logger
         guard path.utf8.count < 108 else { throw StartupError("--control '\(path)': longer than a Unix socket path may be (107 bytes)") }
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
@@ -91,15 +88,27 @@ final class ControlServer {
         return address
     }
 
+    /// A blocking stream socket connected to `path`, or the errno of the failure.
+    static func connectTo(_ path: String) -> Result<Int32, Errno> {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { return .failure(Errno(errno)) }
+        var address = address(path)
+        let rc = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        if rc < 0 {
+            let e = errno
+            close(fd)
+            return .failure(Errno(e))
+        }
+        return .success(fd)
+    }
+
     /// Whether a process accepts connections on `path`.
     static func isLive(_ path: String) -> Bool {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { return false }
-        defer { close(fd) }
-        var address = address(path)
-        return withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        } == 0
+        guard case .success(let fd) = connectTo(path) else { return false }
+        close(fd)
+        return true
     }
 
     /// Appends the descriptors to poll.

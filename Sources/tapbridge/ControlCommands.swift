@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import TapBridgeCore
 import TapBridgeLinux
 
 #if canImport(Glibc)
@@ -28,61 +29,19 @@ struct Target: ParsableArguments {
     /// Sends `request`, returns the response; a failure response or an unreachable bridge is
     /// a one-line error.
     func send(_ request: ControlRequest) throws -> ControlResponse {
-        let response = try ControlClient.send(request, to: path)
+        let response: ControlResponse
+        do {
+            response = try ControlClient.exchange(request, at: path)
+        } catch {
+            throw StartupFailure(message: error.message)
+        }
         guard response.ok else { throw StartupFailure(message: response.error ?? "the bridge refused the request") }
         return response
     }
 }
 
-enum ControlClient {
-    /// One request over the Unix socket at `path`, with a 5-second limit.
-    static func send(_ request: ControlRequest, to path: String) throws -> ControlResponse {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw StartupFailure(message: "socket: \(String(cString: strerror(errno)))") }
-        defer { close(fd) }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        guard path.utf8.count < MemoryLayout.size(ofValue: address.sun_path) else { throw StartupFailure(message: "control socket path too long: \(path)") }
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            let bytes = Array(path.utf8)
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        let connected = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if connected < 0 {
-            throw StartupFailure(message: "cannot reach the bridge at \(path): \(String(cString: strerror(errno))) (is it running? give its --name or --control)")
-        }
-        var line = try [UInt8](ControlCoding.encoder().encode(request))
-        line.append(UInt8(ascii: "\n"))
-        var sent = 0
-        while sent < line.count {
-            let n = line.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { throw StartupFailure(message: "sending to \(path): \(String(cString: strerror(errno)))") }
-            sent += n
-        }
-        var reply: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65_536)
-        while true {
-            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if n == 0 { break }
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw StartupFailure(message: "reading from \(path): \(String(cString: strerror(errno)))")
-            }
-            reply += buffer[0..<n]
-        }
-        do {
-            return try ControlCoding.decoder().decode(ControlResponse.self, from: Data(reply))
-        } catch {
-            throw StartupFailure(message: "unreadable answer from \(path)")
-        }
-    }
-
+/// Output helpers of the control commands.
+enum ControlOutput {
     /// Prints a response as stable, pretty JSON.
     static func printJSON<T: Encodable>(_ value: T) throws {
         print(String(decoding: try ControlCoding.encoder(pretty: true).encode(value), as: UTF8.self))
@@ -112,7 +71,7 @@ struct Show: ParsableCommand {
         func run() throws {
             let r = try target.send(ControlRequest(command: "show-ports"))
             let ports = r.ports ?? []
-            if json { return try ControlClient.printJSON(ports) }
+            if json { return try ControlOutput.printJSON(ports) }
             print(table(["PORT", "KIND", "STATE", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
                 [p.name, p.kind, p.state, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
                  "\(p.rxFrames)", "\(p.rxBytes)", "\(p.txFrames)", "\(p.txBytes)",
@@ -131,7 +90,7 @@ struct Show: ParsableCommand {
         func run() throws {
             let r = try target.send(ControlRequest(command: "show-fdb", port: port, vlan: vlan))
             let entries = r.fdb ?? []
-            if json { return try ControlClient.printJSON(entries) }
+            if json { return try ControlOutput.printJSON(entries) }
             print(table(["MAC", "VLAN", "PORT", "AGE", "TYPE"], entries.map {
                 [$0.mac, "\($0.vlan)", $0.port, $0.static ? "-" : String(format: "%.1fs", $0.ageSeconds), $0.static ? "static" : "learned"]
             }))
@@ -151,7 +110,7 @@ struct Show: ParsableCommand {
 
         func run() throws {
             guard let s = try target.send(ControlRequest(command: "show-stats")).stats else { throw StartupFailure(message: "no stats in the answer") }
-            if json || format == "json" { return try ControlClient.printJSON(s) }
+            if json || format == "json" { return try ControlOutput.printJSON(s) }
             if format == "prometheus" {
                 let ports = try target.send(ControlRequest(command: "show-ports")).ports ?? []
                 return print(Prometheus.exposition(stats: s, ports: ports), terminator: "")

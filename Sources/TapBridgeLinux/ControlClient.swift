@@ -1,0 +1,45 @@
+import Foundation
+import Glibc
+public import TapBridgeCore
+
+/// The client side of the control protocol (`tapbridge show|fdb|port`).
+public enum ControlClient {
+    /// Sends one request to the bridge at `path` and returns its response (5-second limit).
+    /// Throws a one-line message when the bridge cannot be reached or answers nonsense.
+    public static func exchange(_ request: ControlRequest, at path: String) throws(StartupError) -> ControlResponse {
+        guard path.utf8.count < 108 else { throw StartupError("control socket path too long: \(path)") }
+        let fd: Int32
+        switch ControlServer.connectTo(path) {
+        case .success(let connected): fd = connected
+        case .failure(let e):
+            throw StartupError("cannot reach the bridge at \(path): \(describeErrno(e.code)) (is it running? give its --name or --control)")
+        }
+        defer { close(fd) }
+        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        guard var line = try? [UInt8](ControlCoding.encoder().encode(request)) else { throw StartupError("cannot encode the request") }
+        line.append(UInt8(ascii: "\n"))
+        var sent = 0
+        while sent < line.count {
+            let n = line.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n <= 0 { throw StartupError("sending to \(path): \(describeErrno(errno))") }
+            sent += n
+        }
+        var reply: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 65_536)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n == 0 { break }
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw StartupError("reading from \(path): \(describeErrno(errno))")
+            }
+            reply += buffer[0..<n]
+        }
+        guard let response = try? ControlCoding.decoder().decode(ControlResponse.self, from: Data(reply)) else {
+            throw StartupError("unreadable answer from \(path)")
+        }
+        return response
+    }
+}
