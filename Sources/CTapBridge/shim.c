@@ -117,6 +117,7 @@ int ctb_packet_open(int ifindex) {
     mr.mr_type = PACKET_MR_PROMISC;
     if (setsockopt(fd, SOL_PACKET, PACKET_IGNORE_OUTGOING, &one, sizeof(one)) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_AUXDATA, &one, sizeof(one)) < 0 ||
+        setsockopt(fd, SOL_PACKET, PACKET_VNET_HDR, &one, sizeof(one)) < 0 ||
         bind(fd, (struct sockaddr *)&sll, sizeof(sll)) < 0 ||
         setsockopt(fd, SOL_PACKET, PACKET_ADD_MEMBERSHIP, &mr, sizeof(mr)) < 0) {
         int e = errno;
@@ -126,20 +127,20 @@ int ctb_packet_open(int ifindex) {
     return fd;
 }
 
-ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset) {
+ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset, uint8_t *vnet) {
     if (cap < 4) return -EINVAL;
     union {
         struct cmsghdr align;
         char buf[CMSG_SPACE(sizeof(struct tpacket_auxdata))];
     } control;
     struct sockaddr_ll from;
-    struct iovec iov = {.iov_base = buf + 4, .iov_len = cap - 4};
+    struct iovec iov[2] = {{.iov_base = vnet, .iov_len = CTB_VNET_HDR_LEN}, {.iov_base = buf + 4, .iov_len = cap - 4}};
     struct msghdr msg;
     memset(&msg, 0, sizeof(msg));
     msg.msg_name = &from;
     msg.msg_namelen = sizeof(from);
-    msg.msg_iov = &iov;
-    msg.msg_iovlen = 1;
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
     msg.msg_control = &control;
     msg.msg_controllen = sizeof(control);
     for (;;) {
@@ -153,6 +154,8 @@ ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset) {
             msg.msg_namelen = sizeof(from);
             continue;
         }
+        if (n < CTB_VNET_HDR_LEN) return -EPROTO;
+        n -= CTB_VNET_HDR_LEN;
         if ((size_t)n > cap - 4) return -EMSGSIZE;
         *offset = 4;
         for (struct cmsghdr *c = CMSG_FIRSTHDR(&msg); c; c = CMSG_NXTHDR(&msg, c)) {
@@ -171,6 +174,19 @@ ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset) {
             n += 4;
         }
         return n;
+    }
+}
+
+ssize_t ctb_packet_send(int fd, const uint8_t *vnet, const void *frame, size_t len) {
+    struct iovec iov[2] = {{.iov_base = (void *)vnet, .iov_len = CTB_VNET_HDR_LEN}, {.iov_base = (void *)frame, .iov_len = len}};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    msg.msg_iov = iov;
+    msg.msg_iovlen = 2;
+    for (;;) {
+        ssize_t n = sendmsg(fd, &msg, MSG_DONTWAIT);
+        if (n >= 0) return n;
+        if (errno != EINTR) return -errno;
     }
 }
 

@@ -41,6 +41,12 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case vniMismatch
     /// Receive: a datagram or frame larger than the receive buffer.
     case truncated
+    /// Offload metadata that does not match the frame (checksum offsets outside it, a
+    /// super-frame whose headers do not parse).
+    case offloadMalformed
+    /// A super-frame of a kind that cannot be segmented here (UDP fragmentation offload, an
+    /// unknown GSO type).
+    case offloadUnsupported
 
     /// A stable snake_case name for logs, JSON and metrics.
     public var description: String {
@@ -64,6 +70,8 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .malformedEncapsulation: "malformed_encapsulation"
         case .vniMismatch: "vni_mismatch"
         case .truncated: "truncated"
+        case .offloadMalformed: "offload_malformed"
+        case .offloadUnsupported: "offload_unsupported"
         }
     }
 }
@@ -113,6 +121,11 @@ public struct PortCounters: Equatable, Sendable {
     public var receivedBytes: UInt64 = 0
     public var transmittedFrames: UInt64 = 0
     public var transmittedBytes: UInt64 = 0
+    /// Frames whose partial checksum tapbridge completed before sending them out of this port
+    /// (or, on a remote, on receive: inner checksums a same-host VTEP left partial).
+    public var checksumsCompleted: UInt64 = 0
+    /// Super-frames cut into segments for this port (each segment counts as a transmitted frame).
+    public var framesSegmented: UInt64 = 0
     /// Drops by `DropReason.rawValue`.
     public var drops: [UInt64] = Array(repeating: 0, count: DropReason.allCases.count)
 
@@ -359,6 +372,20 @@ public final class Bridge {
         guard port.index < ports.count else { return }
         ports[port.index].counters.receivedFrames &+= 1
         ports[port.index].counters.drops[reason.rawValue] &+= 1
+    }
+
+    /// Counts a checksum completed for `port`.
+    @inline(__always)
+    public func countChecksumCompleted(on port: PortID) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.checksumsCompleted &+= 1
+    }
+
+    /// Counts a super-frame segmented for `port`.
+    @inline(__always)
+    public func countSegmented(on port: PortID) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.framesSegmented &+= 1
     }
 
     /// Counts a drop for `reason` on `port`.

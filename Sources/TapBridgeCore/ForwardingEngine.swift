@@ -17,6 +17,8 @@ public final class ForwardingEngine {
     /// Most frames `service` handles from one device per call, so that a busy device cannot
     /// starve the others.
     public var budgetPerService: Int
+    /// Completes checksums and segments super-frames for egress ports that cannot take them.
+    let finisher = OffloadFinisher()
 
     @exclusivity(unchecked) var devices: [(any PortDevice)?] = []
     var names: [String] = []
@@ -130,6 +132,11 @@ public final class ForwardingEngine {
     @inline(__always)
     func forward(_ i: Int, at now: Instant) {
         let ingress = batch.ingressPort(i)
+        let offload = batch.offload(i)
+        if !offload.isComplete, let failure = OffloadFinisher.validate(batch.frame(i), offload) {
+            bridge.countReceiveDrop(on: ingress, failure.dropReason)
+            return
+        }
         switch bridge.decide(batch.frame(i), from: ingress, at: now) {
         case .drop:
             return
@@ -188,12 +195,39 @@ public final class ForwardingEngine {
     @inline(__always)
     func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID) {
         guard let device else { return }
+        let offload = batch.offload(i)
+        if !offload.isComplete, !device.offloadCapabilities.accepts(offload) {
+            if offload.isSegmentation {
+                transmitSegments(i, via: device, to: port)
+                return
+            }
+            // done in place, once: the other ports of a flood get the complete frame too
+            batch.completeChecksum(i)
+            bridge.countChecksumCompleted(on: port)
+        }
         let frame = batch.frame(i)
         let outcome = device.transmit(frame, to: port)
         if outcome == .sent {
             bridge.countTransmit(on: port, bytes: frame.count)
         } else {
             bridge.countDrop(on: port, Self.dropReason(outcome))
+        }
+    }
+
+    /// Cuts super-frame `i` into segments that fit `device` and transmits each (the frame in the
+    /// batch stays as it is, for the other ports of a flood).
+    func transmitSegments(_ i: Int, via device: any PortDevice, to port: PortID) {
+        let result = finisher.segment(batch.frame(i), batch.offload(i), maximumFrameLength: device.offloadCapabilities.maximumFrameLength) { segment in
+            let outcome = device.transmit(segment, to: port)
+            if outcome == .sent {
+                bridge.countTransmit(on: port, bytes: segment.count)
+            } else {
+                bridge.countDrop(on: port, Self.dropReason(outcome))
+            }
+        }
+        switch result {
+        case .success: bridge.countSegmented(on: port)
+        case .failure(let failure): bridge.countDrop(on: port, failure.dropReason)
         }
     }
 

@@ -27,6 +27,8 @@ public final class MirroredDevice: PortDevice {
     let selection: Set<String>?
     let mirrorsEgress: Bool
     var selected: [Bool] = []
+    /// Segments super-frames for the sink, which sees only complete frames.
+    let finisher = OffloadFinisher()
 
     /// Wraps `inner`. `ports`: names of the ports to mirror (`nil`: all of the device's ports);
     /// `egress`: mirror frames sent out of them too.
@@ -45,10 +47,26 @@ public final class MirroredDevice: PortDevice {
         let first = batch.count
         let n = try inner.receive(into: batch)
         for i in first..<batch.count where isSelected(batch.ingressPort(i)) {
-            sink.observe(batch.frame(i), on: batch.ingressPort(i), direction: .ingress)
+            let port = batch.ingressPort(i), offload = batch.offload(i)
+            if offload.isComplete {
+                sink.observe(batch.frame(i), on: port, direction: .ingress)
+            } else if OffloadFinisher.validate(batch.frame(i), offload) != nil {
+                continue  // the engine drops and counts it
+            } else if offload.isSegmentation {
+                // the frames the receiver will see: the segments, as the kernel would cut them
+                _ = finisher.segment(batch.frame(i), offload, maximumFrameLength: finisher.capacity) {
+                    sink.observe($0, on: port, direction: .ingress)
+                }
+            } else {
+                // completing the checksum now saves the engine doing it later
+                batch.completeChecksum(i)
+                sink.observe(batch.frame(i), on: port, direction: .ingress)
+            }
         }
         return n
     }
+
+    public var offloadCapabilities: OffloadCapabilities { inner.offloadCapabilities }
 
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
         let outcome = inner.transmit(frame, to: port)

@@ -54,6 +54,11 @@ public protocol PortDevice: AnyObject {
     /// writes the same buffer to every egress port of a flood.
     func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome
 
+    /// What frames the device takes as they are: a frame with a partial checksum or a GSO
+    /// super-frame goes out through a device that lacks the capability only after the engine
+    /// finished it in software (`OffloadFinisher`).
+    var offloadCapabilities: OffloadCapabilities { get }
+
     /// Called when the engine assigns a logical port of this device.
     func didAddPort(_ port: PortID, name: String)
 
@@ -67,6 +72,7 @@ public protocol PortDevice: AnyObject {
 }
 
 extension PortDevice {
+    public var offloadCapabilities: OffloadCapabilities { .none() }
     public func didAddPort(_ port: PortID, name: String) {}
     public func didRemovePort(_ port: PortID) {}
     public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) {}
@@ -107,6 +113,7 @@ public final class FrameBatch {
     let starts: UnsafeMutablePointer<Int>
     let lengths: UnsafeMutablePointer<Int>
     let ingress: UnsafeMutablePointer<PortID>
+    let offloads: UnsafeMutablePointer<FrameOffload>
 
     /// Allocates `capacity` slots of `frameCapacity` bytes with `headroom` bytes in front.
     public init(capacity: Int = 64, frameCapacity: Int = 65_557, headroom: Int = 64) {
@@ -119,6 +126,8 @@ public final class FrameBatch {
         starts = .allocate(capacity: capacity)
         lengths = .allocate(capacity: capacity)
         ingress = .allocate(capacity: capacity)
+        offloads = .allocate(capacity: capacity)
+        offloads.initialize(repeating: .none, count: capacity)
         starts.initialize(repeating: 0, count: capacity)
         lengths.initialize(repeating: 0, count: capacity)
         ingress.initialize(repeating: PortID(0), count: capacity)
@@ -130,6 +139,7 @@ public final class FrameBatch {
         starts.deallocate()
         lengths.deallocate()
         ingress.deallocate()
+        offloads.deallocate()
     }
 
     /// Forgets all frames and recorded drops (the memory stays).
@@ -162,13 +172,15 @@ public final class FrameBatch {
 
     /// Records that free slot `k` (default: the next) holds a frame of `length` bytes from
     /// `port`; it and the free slots before it are used up. `shift` moves the frame's start from
-    /// the slot buffer's start: negative means the device wrote into the headroom.
-    @inline(__always) public func commit(length: Int, from port: PortID, shift: Int = 0, freeSlot k: Int = 0) {
+    /// the slot buffer's start: negative means the device wrote into the headroom. `offload`:
+    /// what is left to do to the frame (partial checksum, segmentation), offsets from its start.
+    @inline(__always) public func commit(length: Int, from port: PortID, shift: Int = 0, freeSlot k: Int = 0, offload: FrameOffload = .none) {
         precondition(count < capacity && k >= 0 && used + k < capacity && length >= 0
             && shift >= -headroom && shift + length <= frameCapacity)
         starts[count] = (used + k) * stride + headroom + shift
         lengths[count] = length
         ingress[count] = port
+        offloads[count] = offload
         count += 1
         used += k + 1
     }
@@ -185,6 +197,21 @@ public final class FrameBatch {
 
     /// The port the `i`-th frame came from.
     @inline(__always) public func ingressPort(_ i: Int) -> PortID { ingress[i] }
+
+    /// What is left to do to the `i`-th frame (`.none` for a complete frame).
+    @inline(__always) public func offload(_ i: Int) -> FrameOffload { offloads[i] }
+
+    /// Completes the partial checksum of the `i`-th frame in place (it must be validated and
+    /// not a super-frame); the frame is complete afterwards.
+    public func completeChecksum(_ i: Int) {
+        OffloadFinisher.completeChecksum(UnsafeMutableRawBufferPointer(start: base + starts[i], count: lengths[i]), offloads[i])
+        offloads[i] = .none
+    }
+
+    /// The `i`-th frame, writable (for repairs in place).
+    @inline(__always) public func mutableFrame(_ i: Int) -> UnsafeMutableRawBufferPointer {
+        UnsafeMutableRawBufferPointer(start: base + starts[i], count: lengths[i])
+    }
 
     // MARK: In-place VLAN rewriting (used by the engine on egress)
 
@@ -203,6 +230,7 @@ public final class FrameBatch {
         (old + 10).storeBytes(of: tci.bigEndian, as: UInt16.self)
         starts[i] -= 4
         lengths[i] += 4
+        offloads[i] = offloads[i].shifted(by: 4)
         return true
     }
 
@@ -212,5 +240,6 @@ public final class FrameBatch {
         (old + 4).copyMemory(from: old, byteCount: 12)  // memmove semantics
         starts[i] += 4
         lengths[i] -= 4
+        offloads[i] = offloads[i].shifted(by: -4)
     }
 }

@@ -4,12 +4,15 @@ public import TapBridgeCore
 /// What one non-blocking read of a descriptor gave.
 enum ReadOutcome {
     /// A frame of `length` bytes, starting `shift` bytes from the slot's start (negative: in
-    /// the headroom).
-    case frame(length: Int, shift: Int)
+    /// the headroom), with what is left to do to it (partial checksum, segmentation).
+    case frame(length: Int, shift: Int, offload: FrameOffload)
     /// Nothing more to read now (EAGAIN).
     case drained
-    /// Something was consumed that is not a frame for us (too large, our own): read on.
+    /// Something was consumed that is not a frame for us (our own): read on.
     case skipped
+    /// A frame was consumed and dropped for `reason` (too large, an offload the kernel could
+    /// not describe): counted, read on.
+    case dropped(DropReason)
 }
 
 /// The common part of the devices that are one file descriptor carrying one port (a TAP, a
@@ -30,6 +33,9 @@ public class DescriptorDevice: PortDevice {
 
     public func didAddPort(_ port: PortID, name: String) { self.port = port }
 
+    /// Complete frames only; subclasses say how large.
+    public var offloadCapabilities: OffloadCapabilities { .none() }
+
     /// Reads one frame into `slot` (the slot's buffer; `headroom` bytes before it are usable).
     func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
         fatalError("subclass must implement readFrame")
@@ -39,9 +45,11 @@ public class DescriptorDevice: PortDevice {
         var n = 0
         while !batch.isFull {
             switch try readFrame(into: batch.nextSlot(), headroom: batch.headroom) {
-            case .frame(let length, let shift):
-                batch.commit(length: length, from: port, shift: shift)
+            case .frame(let length, let shift, let offload):
+                batch.commit(length: length, from: port, shift: shift, offload: offload)
                 n += 1
+            case .dropped(let reason):
+                batch.recordDrop(on: port, reason)
             case .drained:
                 return n
             case .skipped:

@@ -9,11 +9,22 @@ public import TapBridgeCore
 /// promiscuous, and ignores outgoing frames (`PACKET_IGNORE_OUTGOING`), so frames tapbridge
 /// transmits are never read back as input. VLAN tags the kernel moved into packet metadata
 /// (VLAN offload) are put back into the frame.
+///
+/// The socket reads with `PACKET_VNET_HDR`: a veth or a QEMU-held TAP hands over what the
+/// sending stack left to "hardware" (a partial checksum, a GSO super-frame of up to 64 KiB),
+/// and the virtio-net header in front of each frame says so. That state rides with the frame
+/// (`FrameOffload`), and the engine completes or segments it before any port that cannot take
+/// it. Without the header, such frames would leave with wrong checksums and TCP would stall.
 public final class PacketSocketDevice: DescriptorDevice {
     /// The interface name at attach time.
     public let name: String
     /// The interface index the socket is bound to.
     public let interfaceIndex: Int32
+    /// The interface's MTU at attach time.
+    public let mtu: Int
+    /// The virtio-net header of the frame being read, and the all-zero one sent with every frame.
+    let receiveHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
+    let sendHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
 
     /// Opens a packet socket on `name`, brings the link up, sets `mtu` if given.
     public init(name: String, mtu: Int?) throws(StartupError) {
@@ -35,8 +46,19 @@ public final class PacketSocketDevice: DescriptorDevice {
         }
         self.name = name
         interfaceIndex = index
+        self.mtu = Int(max(ctb_if_get_mtu(name), 0))
+        receiveHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
+        sendHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
         super.init(fd: rc)
     }
+
+    deinit {
+        receiveHeader.deallocate()
+        sendHeader.deallocate()
+    }
+
+    /// Complete frames only, up to the MTU plus an Ethernet header with one tag.
+    public override var offloadCapabilities: OffloadCapabilities { .none(maximumFrameLength: mtu + 18) }
 
     override func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
         // The shim writes 4 bytes in front of the frame when it restores a VLAN tag the kernel
@@ -44,11 +66,17 @@ public final class PacketSocketDevice: DescriptorDevice {
         precondition(headroom >= 4, "packet sockets need 4 bytes of headroom")
         let base = slot.baseAddress!.assumingMemoryBound(to: UInt8.self) - 4
         var offset = 0
-        let got = ctb_packet_recv(fd, base, slot.count + 4, &offset)
-        if got >= 0 { return .frame(length: got, shift: offset - 4) }
+        let got = ctb_packet_recv(fd, base, slot.count + 4, &offset, receiveHeader)
+        if got >= 0 {
+            var offload = FrameOffload(virtioHeader: UnsafeRawBufferPointer(start: receiveHeader, count: Int(CTB_VNET_HDR_LEN))) ?? .none
+            // the kernel's offsets do not count a tag the shim put back in front of them
+            if offset == 0 { offload = offload.shifted(by: 4) }
+            return .frame(length: got, shift: offset - 4, offload: offload)
+        }
         switch Int32(-got) {
         case EAGAIN: return .drained
-        case EMSGSIZE: return .skipped  // larger than any frame we carry: dropped
+        case EMSGSIZE: return .dropped(.truncated)  // larger than any frame we carry
+        case EINVAL: return .dropped(.offloadUnsupported)  // a GSO type the header cannot express
         case ENETDOWN, ENXIO, ENODEV:
             if ctb_if_index_exists(interfaceIndex) == 0 {
                 throw PortError(.deviceRemoved, code: Int32(-got), operation: "recv")
@@ -59,9 +87,7 @@ public final class PacketSocketDevice: DescriptorDevice {
     }
 
     public override func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
-        while true {
-            if send(fd, frame.baseAddress, frame.count, Int32(MSG_DONTWAIT)) >= 0 { return .sent }
-            if errno != EINTR { return Self.transmitOutcome(errno: errno) }
-        }
+        let rc = ctb_packet_send(fd, sendHeader, frame.baseAddress, frame.count)
+        return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
     }
 }

@@ -56,10 +56,14 @@ public final class TapDevice: DescriptorDevice {
         super.init(fd: rc)
     }
 
+    /// Complete frames only (the TAP is opened without `IFF_VNET_HDR`), up to the MTU plus an
+    /// Ethernet header with one tag.
+    public override var offloadCapabilities: OffloadCapabilities { .none(maximumFrameLength: mtu + 18) }
+
     override func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
         while true {
             let got = read(fd, slot.baseAddress, slot.count)
-            if got >= 0 { return .frame(length: got, shift: 0) }
+            if got >= 0 { return .frame(length: got, shift: 0, offload: .none) }
             switch errno {
             case EINTR: continue
             case EAGAIN: return .drained

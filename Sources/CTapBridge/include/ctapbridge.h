@@ -27,16 +27,27 @@ int ctb_if_index(const char *name);
 /// Whether ifindex `index` still exists in this namespace: 1, 0, or -errno.
 int ctb_if_index_exists(int index);
 
+/// Size of struct virtio_net_hdr, which PACKET_VNET_HDR puts in front of every frame.
+#define CTB_VNET_HDR_LEN 10
+
 /// Opens an AF_PACKET raw socket bound to ifindex `ifindex` for all protocols, non-blocking,
 /// close-on-exec, with PACKET_IGNORE_OUTGOING (our own transmissions are never read back),
-/// PACKET_AUXDATA (to restore VLAN tags the kernel stripped) and promiscuous membership.
+/// PACKET_AUXDATA (to restore VLAN tags the kernel stripped), PACKET_VNET_HDR (each frame comes
+/// with its checksum and GSO state, and each send takes one) and promiscuous membership.
 /// Returns the fd or -errno.
 int ctb_packet_open(int ifindex);
 
 /// Receives one frame into `buf + 4` (the 4 bytes in front are headroom the shim uses to
-/// re-insert a VLAN tag the kernel moved into metadata). On success returns the frame length
-/// and sets *offset to where the frame starts (0 or 4). Returns -EAGAIN when drained.
-ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset);
+/// re-insert a VLAN tag the kernel moved into metadata) and its virtio-net header into `vnet`
+/// (CTB_VNET_HDR_LEN bytes; offsets in it do not count a re-inserted tag). On success returns
+/// the frame length and sets *offset to where the frame starts (0: a tag was inserted, or 4).
+/// Returns -EAGAIN when drained, -EMSGSIZE for a frame larger than the buffer (consumed), and
+/// -EINVAL for a super-frame whose GSO type the header cannot express (consumed).
+ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset, uint8_t *vnet);
+
+/// Sends one frame with its virtio-net header `vnet` (CTB_VNET_HDR_LEN bytes; all zero for a
+/// complete frame), without blocking. Returns the bytes sent or -errno.
+ssize_t ctb_packet_send(int fd, const uint8_t *vnet, const void *frame, size_t len);
 
 struct sockaddr;
 
