@@ -89,7 +89,8 @@ extension BridgeDaemon {
             for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
             return PortReport(name: a.name, kind: a.kind.rawValue, state: "up", vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
-                              txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, drops: drops)
+                              txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
+                              framesSegmented: c.framesSegmented, drops: drops)
         }
     }
 
@@ -98,7 +99,8 @@ extension BridgeDaemon {
         let f = t.statistics
         let fdb = StatsReport.FDB(entries: t.count, maxEntries: t.configuration.maximumEntries, learned: f.learned, refreshed: f.refreshed,
                                   moved: f.moved, moveDamped: f.moveDamped, expired: f.expired, evicted: f.evicted, refused: f.refused)
-        let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable) }
+        let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable,
+                                                checksumsCompleted: $0.statistics.checksumsCompleted) }
         let mirror = self.mirror.map {
             let m = $0.statistics
             return StatsReport.Mirror(seen: m.seen, written: m.written, filteredOut: m.filtered, dropped: m.dropped, writeErrors: m.writeErrors,

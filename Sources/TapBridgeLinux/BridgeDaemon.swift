@@ -371,11 +371,12 @@ public final class BridgeDaemon {
     public func reportCounters() {
         for p in portReports() {
             let drops = p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")
-            logger.info("counters \(p.name): rx \(p.rxFrames) frames \(p.rxBytes) bytes, tx \(p.txFrames) frames \(p.txBytes) bytes, drops \(drops.isEmpty ? "none" : drops)")
+            let offloads = p.checksumsCompleted + p.framesSegmented > 0 ? ", checksums_completed=\(p.checksumsCompleted) frames_segmented=\(p.framesSegmented)" : ""
+            logger.info("counters \(p.name): rx \(p.rxFrames) frames \(p.rxBytes) bytes, tx \(p.txFrames) frames \(p.txBytes) bytes\(offloads), drops \(drops.isEmpty ? "none" : drops)")
         }
         let s = statsReport(at: Instant(nanoseconds: ctb_monotonic_ns()))
         if let u = s.udp {
-            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable)")
+            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable) checksums_completed=\(u.checksumsCompleted)")
         }
         if let m = s.mirror {
             logger.info("counters mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")

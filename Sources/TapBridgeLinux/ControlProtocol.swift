@@ -37,6 +37,10 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var rxBytes: UInt64
     public var txFrames: UInt64
     public var txBytes: UInt64
+    /// Frames whose partial checksum tapbridge completed for this port (offloaded by the sender).
+    public var checksumsCompleted: UInt64
+    /// Super-frames (GSO) cut into MTU-sized frames for this port.
+    public var framesSegmented: UInt64
     /// Drops by reason (snake_case names, see Docs/Operations.md); only reasons with a count.
     public var drops: [String: UInt64]
 }
@@ -68,6 +72,8 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var listen: String
         public var unknownSender: UInt64
         public var unreachable: UInt64
+        /// Inner frames that arrived with a partial checksum (same-host kernel VTEP) and were completed.
+        public var checksumsCompleted: UInt64
     }
     public struct Mirror: Codable, Sendable, Equatable {
         public var seen: UInt64

@@ -27,6 +27,8 @@ public final class UDPTunnelDevice: PortDevice {
         /// The VXLAN header (8 bytes) and the sockaddr (up to 28 bytes), allocated once.
         var wire: UnsafeMutableRawPointer
         var addressLength: socklen_t
+        /// Whether the partial-checksum notice was logged for this peer.
+        var reportedPartialChecksums = false
     }
 
     /// Counters of things that belong to no port.
@@ -35,6 +37,9 @@ public final class UDPTunnelDevice: PortDevice {
         public var unknownSender: UInt64 = 0
         /// ICMP errors (port or host unreachable) reported on the socket.
         public var unreachable: UInt64 = 0
+        /// Inner frames whose TCP/UDP checksum arrived partial (a same-host kernel VTEP with
+        /// checksum offload) and was completed here.
+        public var checksumsCompleted: UInt64 = 0
     }
 
     /// The address the socket is bound to.
@@ -229,6 +234,7 @@ public final class UDPTunnelDevice: PortDevice {
         }
         switch peers[index]!.encapsulation {
         case .raw:
+            repairChecksum(d.data, length: d.length, peer: index)
             batch.commit(length: d.length, from: port, shift: -VXLANHeader.length, freeSlot: k)
             return true
         case .vxlan:
@@ -238,12 +244,28 @@ public final class UDPTunnelDevice: PortDevice {
                     batch.recordDrop(on: port, .vniMismatch)
                     return false
                 }
+                repairChecksum(d.data + VXLANHeader.length, length: length, peer: index)
                 batch.commit(length: length, from: port, freeSlot: k)
                 return true
             case .tooShort, .flagsInvalid:
                 batch.recordDrop(on: port, .malformedEncapsulation)
                 return false
             }
+        }
+    }
+
+    /// Completes an inner checksum a same-host kernel VTEP left partial (see
+    /// `OffloadFinisher.repairPartialChecksum`): a Linux vxlan device whose underlay never
+    /// leaves the host (a veth) sends inner frames whose checksum was offloaded to hardware that
+    /// is not there, and the UDP socket does not carry the metadata that says so. Logged once
+    /// per peer, with the remedy on the peer's side.
+    @inline(__always)
+    func repairChecksum(_ frame: UnsafeMutableRawPointer, length: Int, peer index: Int) {
+        guard OffloadFinisher.repairPartialChecksum(UnsafeMutableRawBufferPointer(start: frame, count: length)) == .completed else { return }
+        statistics.checksumsCompleted &+= 1
+        if !peers[index]!.reportedPartialChecksums {
+            peers[index]!.reportedPartialChecksums = true
+            logger.notice("remote \(peers[index]!.address) sends inner frames with partial checksums (a kernel VTEP on the same host, with checksum offload on); tapbridge completes them, at the cost of one pass over each such frame. To avoid it, turn transmit checksum offload off on that device: ethtool -K DEV tx off")
         }
     }
 

@@ -119,7 +119,7 @@ struct Show: ParsableCommand {
                 "bridge \(s.name) (tapbridge \(s.version)), up \(Int(s.uptimeSeconds)) s, \(s.ports) ports",
                 "fdb: \(s.fdb.entries)/\(s.fdb.maxEntries) entries, learned \(s.fdb.learned), refreshed \(s.fdb.refreshed), moved \(s.fdb.moved), move_damped \(s.fdb.moveDamped), expired \(s.fdb.expired), evicted \(s.fdb.evicted), refused \(s.fdb.refused)",
             ]
-            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable)") }
+            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable), checksums_completed \(u.checksumsCompleted)") }
             if let m = s.mirror {
                 lines.append("mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
             }
@@ -211,6 +211,9 @@ enum Prometheus {
         metric("port_rx_bytes_total", "counter", "Bytes received on a port.", ports.map { (port($0), Double($0.rxBytes)) })
         metric("port_tx_frames_total", "counter", "Frames sent out of a port.", ports.map { (port($0), Double($0.txFrames)) })
         metric("port_tx_bytes_total", "counter", "Bytes sent out of a port.", ports.map { (port($0), Double($0.txBytes)) })
+        metric("port_checksums_completed_total", "counter", "Partial checksums (offloaded by the sender) completed for a port.",
+               ports.map { (port($0), Double($0.checksumsCompleted)) })
+        metric("port_frames_segmented_total", "counter", "Super-frames (GSO) cut into segments for a port.", ports.map { (port($0), Double($0.framesSegmented)) })
         metric("port_drops_total", "counter", "Frames dropped on a port, by reason.",
                ports.flatMap { p in p.drops.sorted { $0.key < $1.key }.map { ("\(port(p)),reason=\"\($0.key)\"", Double($0.value)) } })
         metric("fdb_entries", "gauge", "MAC table entries.", [("", Double(s.fdb.entries))])
@@ -226,6 +229,7 @@ enum Prometheus {
         if let u = s.udp {
             metric("udp_unknown_sender_total", "counter", "Datagrams from senders that are not remotes.", [("", Double(u.unknownSender))])
             metric("udp_unreachable_total", "counter", "ICMP unreachable errors on the UDP socket.", [("", Double(u.unreachable))])
+            metric("udp_checksums_completed_total", "counter", "Inner frames from remotes whose partial checksum was completed.", [("", Double(u.checksumsCompleted))])
         }
         if let m = s.mirror {
             for (name, value, help) in [

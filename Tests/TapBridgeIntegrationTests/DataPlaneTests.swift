@@ -96,6 +96,7 @@ struct DataPlaneTests {
         #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b over the packet port failed:\n\(bridge.output)")
         #expect(lab.ping(from: b, "10.77.0.1").received == 3)
         #expect(bridge.output.contains("port \(vh): packet socket"), "veth was not attached through a packet socket:\n\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
         #expect(bridge.stop() == 0)
     }
 
@@ -125,6 +126,7 @@ struct DataPlaneTests {
         #expect(r.received == 3, "ping through the held TAP failed:\n\(r.output)\n\(bridge.output)")
         #expect(bridge.output.contains("port \(v): packet socket") && bridge.output.contains("held by another program"),
                 "no packet-socket fallback logged:\n\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
         #expect(bridge.stop() == 0)
     }
 

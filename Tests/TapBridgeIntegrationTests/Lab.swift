@@ -220,6 +220,47 @@ final class Lab {
         return (bridge, a, b, ta, tb)
     }
 
+    /// Turns IPv6 on in `ns` (namespaces start with it off) without duplicate address
+    /// detection, so addresses are usable at once.
+    func enableIPv6(_ ns: String) {
+        exec(ns, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=0", "net.ipv6.conf.default.disable_ipv6=0",
+                  "net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"])
+    }
+
+    /// Adds `address` (CIDR, IPv4 or IPv6) to `interface` in `ns`; IPv6 without DAD.
+    func addAddress(_ address: String, to interface: String, in ns: String) {
+        exec(ns, ["ip", "addr", "add", address, "dev", interface] + (address.contains(":") ? ["nodad"] : []))
+    }
+
+    /// One iperf3 TCP run (`seconds` long) from `client` to the server at `address` in
+    /// `server`; `reverse`: the server sends. Returns the received bit rate (0 when the run
+    /// failed) and iperf3's output.
+    func iperf(from client: String, to server: String, address: String, reverse: Bool = false, seconds: Int = 2) throws -> (bps: Double, output: String) {
+        iperfPort += 1
+        let port = String(iperfPort)
+        let s = try background(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port])
+        // wait until the server listens (at most 5 s) instead of sleeping a fixed time
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, !exec(server, ["ss", "-Htln", "sport = :\(port)"]).output.contains(port) { usleep(50_000) }
+        let r = exec(client, ["iperf3", "-c", address, "-p", port, "-t", String(seconds), "-J"] + (reverse ? ["-R"] : []), timeout: seconds + 15)
+        _ = s.wait(within: 3)
+        return (r.ok ? KernelTests.DataPlaneTests.receivedBitsPerSecond(r.output) : 0, String(r.output.prefix(600)))
+    }
+    private var iperfPort = 5400
+
+    /// The checksum and header error counters of `ns` that are not zero (`nstat -az`: TCP, UDP,
+    /// UDP6, ICMP, IP header and checksum errors): an empty dictionary is a clean stack.
+    func checksumErrors(in ns: String) -> [String: Int] {
+        var out: [String: Int] = [:]
+        for line in exec(ns, ["nstat", "-az"]).output.split(separator: "\n") {
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            guard f.count >= 2, let v = Int(f[1]), v != 0 else { continue }
+            let name = String(f[0])
+            if name.contains("CsumErr") || name.hasSuffix("InHdrErrors") { out[name] = v }
+        }
+        return out
+    }
+
     /// A path for a temporary file of this lab (removed at teardown).
     func temporaryPath(_ name: String) -> String {
         let path = FileManager.default.temporaryDirectory.appendingPathComponent("tb-\(tag)-\(name)").path
