@@ -10,6 +10,11 @@ public final class VirtualPort: PortDevice {
     public private(set) var name = ""
     /// Frames waiting to be received.
     public var receiveQueue: [[UInt8]] = []
+    /// The offload state of each frame in `receiveQueue`, by position (missing: complete), as a
+    /// packet socket with `PACKET_VNET_HDR` reports it for a veth's super-frames.
+    public var receiveOffloads: [FrameOffload] = []
+    /// What the port takes as it is (default: complete frames only, of any length).
+    public var capabilities = OffloadCapabilities.none(maximumFrameLength: 70_000)
     /// Frames transmitted, oldest first.
     public var transmitted: [[UInt8]] = []
     /// When true, `transmit` answers `.linkDown` and records nothing.
@@ -46,14 +51,17 @@ public final class VirtualPort: PortDevice {
         var n = 0
         while !batch.isFull, !receiveQueue.isEmpty {
             let frame = receiveQueue.removeFirst()
+            let offload = receiveOffloads.isEmpty ? FrameOffload.none : receiveOffloads.removeFirst()
             let slot = batch.nextSlot()
             let length = min(frame.count, slot.count)
             frame.withUnsafeBytes { slot.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: length) }
-            batch.commit(length: length, from: port)
+            batch.commit(length: length, from: port, offload: offload)
             n += 1
         }
         return n
     }
+
+    public var offloadCapabilities: OffloadCapabilities { capabilities }
 
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
         if isLinkDown { return .linkDown }
@@ -106,7 +114,16 @@ public final class VirtualLAN {
     public func removePort(_ index: Int) { engine.removePort(ports[index]) }
 
     /// Queues `frame` for reception on port `index`.
-    public func inject(_ frame: [UInt8], on index: Int) { devices[index].receiveQueue.append(frame) }
+    public func inject(_ frame: [UInt8], on index: Int, offload: FrameOffload = .none) {
+        let d = devices[index]
+        if offload != .none {
+            while d.receiveOffloads.count < d.receiveQueue.count { d.receiveOffloads.append(.none) }
+            d.receiveOffloads.append(offload)
+        } else if !d.receiveOffloads.isEmpty {
+            d.receiveOffloads.append(.none)
+        }
+        d.receiveQueue.append(frame)
+    }
 
     /// Services every device until none has anything left to receive. Returns frames handled.
     @discardableResult
