@@ -277,11 +277,15 @@ int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n) {
 }
 
 int ctb_signalfd_open(void) {
+    // Every signal whose default action ends the process and that a stray kill(1) can send
+    // goes to the signalfd, so that none ends the bridge without its clean-up. Faults (SEGV,
+    // BUS, ILL, FPE, ABRT, TRAP, SYS) keep their default action.
+    static const int asynchronous[] = {SIGINT, SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM,
+                                       SIGPROF, SIGIO, SIGPWR, SIGSTKFLT, SIGXCPU, SIGXFSZ};
     sigset_t set;
     sigemptyset(&set);
-    sigaddset(&set, SIGINT);
-    sigaddset(&set, SIGTERM);
-    sigaddset(&set, SIGHUP);
+    for (size_t i = 0; i < sizeof(asynchronous) / sizeof(asynchronous[0]); i++) sigaddset(&set, asynchronous[i]);
+    for (int s = SIGRTMIN; s <= SIGRTMAX; s++) sigaddset(&set, s);
     if (sigprocmask(SIG_BLOCK, &set, NULL) < 0) return -errno;
     signal(SIGPIPE, SIG_IGN);
     int fd = signalfd(-1, &set, SFD_NONBLOCK | SFD_CLOEXEC);

@@ -307,6 +307,28 @@ public struct ForwardingTable: Sendable {
         }.sorted { ($0.vlan, $0.mac) < ($1.vlan, $1.mac) }
     }
 
+    /// Up to `limit` live entries from slab position `start` on, in slab order, and the position
+    /// to go on from (`nil`: none left): for answering `show fdb` in slices between forwarding
+    /// rounds. An entry present during the whole walk is reported exactly once (an entry keeps
+    /// its position while it lives, moves included); one added or removed meanwhile may or may
+    /// not be. Costs O(positions visited), never a pass over the whole table.
+    public func entries(from start: Int, limit: Int, at now: Instant) -> (entries: [EntrySnapshot], next: Int?) {
+        var out: [EntrySnapshot] = []
+        out.reserveCapacity(min(limit, max(0, slab.count - start)))
+        var i = max(0, start)
+        while i < slab.count, out.count < limit {
+            let e = slab[i]
+            if index[e.key] == Int32(i), !isExpired(e, now.nanoseconds) {
+                out.append(EntrySnapshot(
+                    mac: MACAddress(rawValue: e.key), vlan: VLANID(UInt16(truncatingIfNeeded: e.key >> 48)),
+                    port: e.port, isStatic: e.isStatic,
+                    age: e.isStatic ? .zero : .nanoseconds(now.nanoseconds &- e.lastSeen)))
+            }
+            i += 1
+        }
+        return (out, i < slab.count ? i : nil)
+    }
+
     // MARK: Internals
 
     /// Makes room for one more learned entry on `port` under the per-port limit.

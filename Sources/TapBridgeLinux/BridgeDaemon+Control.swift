@@ -3,6 +3,36 @@ import Glibc
 import TapBridgeCore
 
 extension BridgeDaemon {
+    /// Entries per slice of a streamed `show fdb` answer (about 200 KB of JSON).
+    static let fdbSliceEntries = 2048
+
+    /// Answers one control request: `show fdb` as a stream of slices (a million entries must
+    /// not stall forwarding nor be held in memory at once), the rest at once.
+    func reply(to request: ControlRequest) -> ControlServer.Reply {
+        guard request.command == "show-fdb" else { return .response(handle(request)) }
+        guard case .success(let port) = optionalPort(request.port) else { return .response(.failure("no port named '\(request.port ?? "")'")) }
+        var position: Int? = 0
+        var first = true
+        return .stream { [unowned self] out in
+            if position == 0 && first { out += Array(#"{"fdb":["#.utf8) }
+            let now = Instant(nanoseconds: ctb_monotonic_ns())
+            let (slice, next) = engine.bridge.table.entries(from: position ?? 0, limit: Self.fdbSliceEntries, at: now)
+            for e in slice where (port == nil || e.port == port) && (request.vlan == nil || Int(e.vlan.rawValue) == request.vlan) {
+                let name = engine.name(of: e.port)
+                if name.isEmpty { continue }  // the port went away while answering
+                if !first { out.append(UInt8(ascii: ",")) }
+                first = false
+                ControlCoding.appendJSON(FDBReport(mac: "\(e.mac)", vlan: Int(e.vlan.rawValue), port: name,
+                                                   ageSeconds: Double(e.age.nanoseconds) / 1e9, static: e.isStatic), to: &out)
+            }
+            position = next
+            if next != nil { return true }
+            out += Array(#"],"ok":true}"#.utf8)
+            out.append(UInt8(ascii: "\n"))
+            return false
+        }
+    }
+
     /// Answers one control request. Runs inside the poll loop, between batches.
     func handle(_ request: ControlRequest) -> ControlResponse {
         let now = Instant(nanoseconds: ctb_monotonic_ns())
@@ -10,13 +40,6 @@ extension BridgeDaemon {
         case "show-ports":
             var r = ControlResponse.success()
             r.ports = portReports()
-            return r
-        case "show-fdb":
-            guard case .success(let port) = optionalPort(request.port) else { return .failure("no port named '\(request.port ?? "")'") }
-            var r = ControlResponse.success()
-            r.fdb = engine.bridge.table.entries(at: now)
-                .filter { e in (port == nil || e.port == port) && (request.vlan == nil || Int(e.vlan.rawValue) == request.vlan) }
-                .map { FDBReport(mac: "\($0.mac)", vlan: Int($0.vlan.rawValue), port: engine.name(of: $0.port), ageSeconds: Double($0.age.nanoseconds) / 1e9, static: $0.isStatic) }
             return r
         case "show-stats":
             var r = ControlResponse.success()

@@ -84,7 +84,9 @@ public final class BridgeDaemon {
     var nextStats: Int64? = nil
 
     /// Where the control socket is, or nil if it is off.
-    public var controlPath: String? {
+    public var controlPath: String? { Self.controlPath(options) }
+
+    static func controlPath(_ options: Options) -> String? {
         options.controlPath == "none" ? nil : (options.controlPath ?? ControlCoding.defaultPath(name: options.name))
     }
 
@@ -97,13 +99,15 @@ public final class BridgeDaemon {
             throw StartupError("port \(name): given twice")
         }
         engine = ForwardingEngine(bridge: Bridge(configuration: options.bridge))
+        // Before signals are blocked for the signalfd, so SIGTERM still works while it waits
+        // (at most a second, for a bridge that is stopped).
+        if let path = Self.controlPath(options), ControlServer.isLive(path) {
+            throw StartupError("--control '\(path)': another tapbridge named '\(options.name)' is running (give this one a different --name or --control)")
+        }
         let sfd = ctb_signalfd_open()
         if sfd < 0 { throw StartupError("cannot set up signal handling: \(describeErrno(-sfd))") }
         signalDescriptor = sfd
         do throws(StartupError) {
-            if let path = controlPath, ControlServer.isLive(path) {
-                throw StartupError("--control '\(path)': another tapbridge named '\(options.name)' is running (give this one a different --name or --control)")
-            }
             for name in options.mirror?.ports ?? [] where !names.contains(name) {
                 throw StartupError("--mirror-port '\(name)': no such port (ports: \(names.sorted().joined(separator: ", ")))")
             }
@@ -308,7 +312,7 @@ public final class BridgeDaemon {
             }
             if let deadline = engine.nextDeadline, deadline <= t { engine.expire(at: t) }
             expireIdlePeers(at: t)
-            control?.service(fds[controlStart..<controlEnd], now: t.nanoseconds) { handle($0) }
+            control?.service(fds[controlStart..<controlEnd], now: t.nanoseconds) { reply(to: $0) }
             mirror?.drain(at: t)
             if let due = nextStats, t.nanoseconds >= due, let interval = options.statsInterval {
                 logStats()
@@ -350,19 +354,34 @@ public final class BridgeDaemon {
             let signo = ctb_signalfd_read(signalDescriptor)
             switch signo {
             case 0: return nil
-            case SIGINT, SIGTERM:
-                logger.info("\(signo == SIGINT ? "SIGINT" : "SIGTERM"): shutting down")
+            case SIGINT, SIGTERM, SIGQUIT:
+                logger.info("\(Self.signalName(signo)): shutting down")
                 reportCounters()
                 shutdown()
                 return 0
             case SIGHUP:
                 logger.info("SIGHUP: logs go to stderr, nothing to reopen")
+            case SIGUSR1:
+                logger.info("SIGUSR1: counters follow")
+                reportCounters()
             default:
                 if signo < 0 {
                     logger.error("signalfd read failed: \(describeErrno(-signo))")
                     return nil
                 }
+                logger.notice("\(Self.signalName(signo)) ignored (SIGINT, SIGTERM or SIGQUIT stop the bridge; SIGUSR1 logs the counters)")
             }
+        }
+    }
+
+    static func signalName(_ signo: Int32) -> String {
+        switch signo {
+        case SIGINT: "SIGINT"
+        case SIGTERM: "SIGTERM"
+        case SIGQUIT: "SIGQUIT"
+        case SIGUSR2: "SIGUSR2"
+        case SIGALRM: "SIGALRM"
+        default: "signal \(signo)"
         }
     }
 

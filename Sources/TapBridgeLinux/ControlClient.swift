@@ -11,6 +11,10 @@ public enum ControlClient {
         let fd: Int32
         switch ControlServer.connectTo(path) {
         case .success(let connected): fd = connected
+        case .failure(let e) where e.code == EAGAIN:
+            throw StartupError("the bridge at \(path) does not take connections (stopped, or too busy): no answer within 5 s")
+        case .failure(let e) where e.code == EACCES || e.code == EPERM:
+            throw StartupError("no permission to use \(path): run as root, or as a member of the bridge's --control-group")
         case .failure(let e):
             throw StartupError("cannot reach the bridge at \(path): \(describeErrno(e.code)) (is it running? give its --name or --control)")
         }
@@ -21,9 +25,16 @@ public enum ControlClient {
         guard var line = try? [UInt8](ControlCoding.encoder().encode(request)) else { throw StartupError("cannot encode the request") }
         line.append(UInt8(ascii: "\n"))
         var sent = 0
+        var sendError: Int32? = nil
         while sent < line.count {
             let n = line.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
-            if n <= 0 { throw StartupError("sending to \(path): \(describeErrno(errno))") }
+            if n < 0, errno == EINTR { continue }
+            if n <= 0 {
+                // The server may have answered and closed before reading (too many clients):
+                // its answer is still there to read.
+                sendError = errno
+                break
+            }
             sent += n
         }
         var reply: [UInt8] = []
@@ -33,11 +44,13 @@ public enum ControlClient {
             if n == 0 { break }
             if n < 0 {
                 if errno == EINTR { continue }
-                throw StartupError("reading from \(path): \(describeErrno(errno))")
+                if !reply.isEmpty || sendError == nil { throw StartupError("reading from \(path): \(describeErrno(errno == EAGAIN ? ETIMEDOUT : errno))") }
+                break
             }
             reply += buffer[0..<n]
         }
         guard let response = try? ControlCoding.decoder().decode(ControlResponse.self, from: Data(reply)) else {
+            if let sendError, reply.isEmpty { throw StartupError("sending to \(path): \(describeErrno(sendError))") }
             throw StartupError("unreadable answer from \(path)")
         }
         return response

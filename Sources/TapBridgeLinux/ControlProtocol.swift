@@ -129,6 +129,39 @@ public enum ControlCoding {
         return d
     }
 
+    /// Appends one `show fdb` entry as JSON, exactly as `encoder()` writes it (sorted
+    /// snake_case keys), without a JSONEncoder per entry: streamed answers write a million.
+    public static func appendJSON(_ e: FDBReport, to out: inout [UInt8]) {
+        out += Array(#"{"age_seconds":"#.utf8)
+        out += Array((e.ageSeconds == e.ageSeconds.rounded() ? String(Int64(e.ageSeconds)) : String(e.ageSeconds)).utf8)
+        out += Array(#","mac":"#.utf8)
+        appendString(e.mac, to: &out)
+        out += Array(#","port":"#.utf8)
+        appendString(e.port, to: &out)
+        out += Array(#","static":"#.utf8)
+        out += Array((e.static ? "true" : "false").utf8)
+        out += Array(#","vlan":"#.utf8)
+        out += Array(String(e.vlan).utf8)
+        out.append(UInt8(ascii: "}"))
+    }
+
+    /// Appends `s` as a JSON string (quoted, with `"`, `\` and control characters escaped).
+    static func appendString(_ s: String, to out: inout [UInt8]) {
+        out.append(UInt8(ascii: "\""))
+        for b in s.utf8 {
+            switch b {
+            case UInt8(ascii: "\""), UInt8(ascii: "\\"):
+                out += [UInt8(ascii: "\\"), b]
+            case 0..<0x20:
+                let hex = Array("0123456789abcdef".utf8)
+                out += Array(#"\u00"#.utf8) + [hex[Int(b >> 4)], hex[Int(b & 0xF)]]
+            default:
+                out.append(b)
+            }
+        }
+        out.append(UInt8(ascii: "\""))
+    }
+
     /// The default control socket of the bridge called `name`.
     public static func defaultPath(name: String) -> String { "/run/tapbridge/\(name).sock" }
 }

@@ -9,10 +9,25 @@ import TapBridgeCore
 /// Nothing a client does can stall forwarding: sockets are non-blocking, a request may be at
 /// most 64 KiB (larger: an error reply, then close), a client that has not sent a full line
 /// within 5 s is dropped, at most 16 clients are served at once, and a response that the
-/// client does not read is dropped with it after the same 5 s.
+/// client does not read is dropped with it after the same 5 s without progress. A large answer
+/// (`show fdb` of a million entries) is produced in slices of at most `sliceBytes`, one slice
+/// per client per poll round and only once the previous one is written, so forwarding goes on
+/// between slices and the server's memory stays bounded.
 final class ControlServer {
+    /// What a request gets: a response, or a stream produced slice by slice.
+    enum Reply {
+        case response(ControlResponse)
+        /// `next` appends the next slice of the answer to the buffer (at most about
+        /// `sliceBytes`) and returns false once it appended the last one.
+        case stream(next: (inout [UInt8]) -> Bool)
+    }
+
     struct Client {
         var fd: Int32
+        /// Marked for closing at the end of this service pass (set once, never cleared).
+        var closing = false
+        /// The rest of a streamed answer, while there is more.
+        var stream: ((inout [UInt8]) -> Bool)? = nil
         var input: [UInt8] = []
         var output: [UInt8] = []
         var written = 0
@@ -26,6 +41,8 @@ final class ControlServer {
     static let maximumRequest = 64 * 1024
     static let maximumClients = 16
     static let timeoutNanoseconds: Int64 = 5_000_000_000
+    /// Bytes of a streamed answer produced per slice.
+    static let sliceBytes = 256 * 1024
 
     let path: String
     let listener: Int32
@@ -72,8 +89,8 @@ final class ControlServer {
     }
 
     deinit {
-        for c in clients { close(c.fd) }
-        close(listener)
+        for c in clients { Glibc.close(c.fd) }
+        Glibc.close(listener)
         unlink(path)
     }
 
@@ -88,48 +105,67 @@ final class ControlServer {
         return address
     }
 
-    /// A blocking stream socket connected to `path`, or the errno of the failure.
-    static func connectTo(_ path: String) -> Result<Int32, Errno> {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+    /// A blocking stream socket connected to `path`, or the errno of the failure. Never waits
+    /// longer than `timeout` seconds: the connect is non-blocking, and a full backlog (a bridge
+    /// that is stopped or does not accept, EAGAIN) is retried until then and reported as EAGAIN.
+    static func connectTo(_ path: String, timeout: Double = 5) -> Result<Int32, Errno> {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
         guard fd >= 0 else { return .failure(Errno(errno)) }
         var address = address(path)
-        let rc = withUnsafePointer(to: &address) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-        }
-        if rc < 0 {
+        let deadline = ctb_monotonic_ns() + Int64(timeout * 1e9)
+        while true {
+            let rc = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            if rc == 0 { break }
             let e = errno
-            close(fd)
+            if e == EINTR { continue }
+            if e == EAGAIN, ctb_monotonic_ns() < deadline {
+                usleep(20_000)
+                continue
+            }
+            Glibc.close(fd)
             return .failure(Errno(e))
         }
+        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         return .success(fd)
     }
 
-    /// Whether a process accepts connections on `path`.
+    /// Whether a process holds `path` open for connections: it accepts them, or its backlog is
+    /// full (a bridge that is stopped is still alive). Waits at most one second.
     static func isLive(_ path: String) -> Bool {
-        guard case .success(let fd) = connectTo(path) else { return false }
-        close(fd)
-        return true
+        switch connectTo(path, timeout: 1) {
+        case .success(let fd):
+            Glibc.close(fd)
+            return true
+        case .failure(let e):
+            return e.code == EAGAIN
+        }
     }
 
     /// Appends the descriptors to poll.
     func appendPollEntries(to fds: inout [pollfd]) {
         fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
         for c in clients {
-            fds.append(pollfd(fd: c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))
+            fds.append(pollfd(fd: c.closing ? -1 : c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))
         }
     }
 
     /// The earliest client deadline, for the poll timeout.
     var nextDeadline: Int64? { clients.lazy.map(\.deadline).min() }
 
+    /// Marks client `k` for closing at the end of the pass.
+    func markClosing(_ k: Int) { clients[k].closing = true }
+
     /// Serves what poll reported (`fds` holds exactly the entries `appendPollEntries` added,
     /// in order): accepts, reads, answers through `handle`, writes, times out.
-    func service(_ fds: ArraySlice<pollfd>, now: Int64, handle: (ControlRequest) -> ControlResponse) {
+    func service(_ fds: ArraySlice<pollfd>, now: Int64, handle: (ControlRequest) -> Reply) {
         var index = fds.startIndex + 1
         for k in clients.indices {
             let revents = fds[index].revents
             index += 1
-            if revents == 0 { continue }
+            if revents == 0 || clients[k].closing { continue }
+            let before = clients[k].written
             if clients[k].draining {
                 discardInput(k)
             } else if clients[k].answered {
@@ -137,12 +173,14 @@ final class ControlServer {
             } else {
                 readIn(k, handle: handle)
             }
+            // a streamed answer that moves on keeps its client alive
+            if clients[k].written != before { clients[k].deadline = now + Self.timeoutNanoseconds }
         }
         if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now) }
-        for k in clients.indices where clients[k].deadline <= now { clients[k].fd = -clients[k].fd - 1 }  // timed out
-        if clients.contains(where: { $0.fd < 0 }) {
-            for c in clients where c.fd < 0 { close(-c.fd - 1) }
-            clients.removeAll { $0.fd < 0 }
+        for k in clients.indices where clients[k].deadline <= now { markClosing(k) }  // timed out
+        if clients.contains(where: \.closing) {
+            for c in clients where c.closing { Glibc.close(c.fd) }
+            clients.removeAll(where: \.closing)
         }
     }
 
@@ -161,7 +199,7 @@ final class ControlServer {
         }
     }
 
-    func readIn(_ k: Int, handle: (ControlRequest) -> ControlResponse) {
+    func readIn(_ k: Int, handle: (ControlRequest) -> Reply) {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(clients[k].fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
@@ -176,17 +214,19 @@ final class ControlServer {
         }
         let line = clients[k].input.prefix { $0 != UInt8(ascii: "\n") }
         guard !line.isEmpty else {
-            clients[k].fd = -clients[k].fd - 1
+            markClosing(k)
             return
         }
-        let response: ControlResponse
-        do {
-            let request = try ControlCoding.decoder().decode(ControlRequest.self, from: Data(line))
-            response = handle(request)
-        } catch {
-            response = .failure("malformed request: expected one line of JSON like {\"command\":\"show-ports\"}")
+        guard let request = try? ControlCoding.decoder().decode(ControlRequest.self, from: Data(line)) else {
+            return answer(k, .failure("malformed request: expected one line of JSON like {\"command\":\"show-ports\"}"))
         }
-        answer(k, response)
+        switch handle(request) {
+        case .response(let response): answer(k, response)
+        case .stream(let next):
+            clients[k].answered = true
+            clients[k].stream = next
+            writeOut(k)
+        }
     }
 
     func answer(_ k: Int, _ response: ControlResponse) {
@@ -201,7 +241,14 @@ final class ControlServer {
         return bytes
     }
 
+    /// Writes what is pending; when a streamed answer's slice is written, produces the next one
+    /// (one per call, so one per poll round).
     func writeOut(_ k: Int) {
+        if clients[k].written == clients[k].output.count, let next = clients[k].stream {
+            clients[k].output.removeAll(keepingCapacity: true)
+            clients[k].written = 0
+            if !next(&clients[k].output) { clients[k].stream = nil }
+        }
         while clients[k].written < clients[k].output.count {
             let n = clients[k].output.withUnsafeBytes {
                 send(clients[k].fd, $0.baseAddress! + clients[k].written, $0.count - clients[k].written, Int32(MSG_DONTWAIT | MSG_NOSIGNAL))
@@ -214,9 +261,10 @@ final class ControlServer {
             clients[k].written += n
         }
         if clients[k].written < clients[k].output.count {
-            clients[k].fd = -clients[k].fd - 1  // the client went away: close
+            markClosing(k)  // the client went away
             return
         }
+        if clients[k].stream != nil { return }  // the next slice at the next POLLOUT
         shutdown(clients[k].fd, Int32(SHUT_WR))
         clients[k].draining = true
         discardInput(k)
@@ -229,7 +277,7 @@ final class ControlServer {
             if n > 0 { continue }
             if n < 0, errno == EINTR { continue }
             if n < 0, errno == EAGAIN { return }
-            clients[k].fd = -clients[k].fd - 1  // EOF or error: close
+            markClosing(k)  // EOF or error
             return
         }
     }

@@ -89,7 +89,8 @@ struct Show: ParsableCommand {
 
         func run() throws {
             let r = try target.send(ControlRequest(command: "show-fdb", port: port, vlan: vlan))
-            let entries = r.fdb ?? []
+            // the bridge streams entries in table order; show them by VLAN, then MAC
+            let entries = (r.fdb ?? []).sorted { ($0.vlan, MACAddress($0.mac)?.rawValue ?? 0) < ($1.vlan, MACAddress($1.mac)?.rawValue ?? 0) }
             if json { return try ControlOutput.printJSON(entries) }
             print(table(["MAC", "VLAN", "PORT", "AGE", "TYPE"], entries.map {
                 [$0.mac, "\($0.vlan)", $0.port, $0.static ? "-" : String(format: "%.1fs", $0.ageSeconds), $0.static ? "static" : "learned"]

@@ -85,8 +85,10 @@ int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n);
 /// were sent.
 int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n);
 
-/// Blocks SIGINT, SIGTERM, SIGHUP (and SIGPIPE is ignored) and returns a non-blocking signalfd
-/// for the first three, or -errno.
+/// Blocks every asynchronous signal whose default action would end the process (SIGINT,
+/// SIGTERM, SIGHUP, SIGQUIT, SIGUSR1, SIGUSR2, SIGALRM, SIGVTALRM, SIGPROF, SIGIO, SIGPWR,
+/// SIGSTKFLT, SIGXCPU, SIGXFSZ and the real-time signals; SIGPIPE is ignored) and returns a
+/// non-blocking signalfd for them, or -errno.
 int ctb_signalfd_open(void);
 /// Reads one signal number from a signalfd: the number, 0 if none is pending, or -errno.
 int ctb_signalfd_read(int fd);
