@@ -351,26 +351,20 @@ public final class Bridge {
         return n
     }
 
-    /// Counts a frame delivered to `port`.
+    /// Counts `frames` frames (default one) of `bytes` bytes in all delivered to `port`.
     @inline(__always)
-    public func countTransmit(on port: PortID, bytes: Int) {
+    public func countTransmit(on port: PortID, bytes: Int, frames: Int = 1) {
         guard port.index < ports.count else { return }
-        ports[port.index].counters.transmittedFrames &+= 1
+        ports[port.index].counters.transmittedFrames &+= UInt64(frames)
         ports[port.index].counters.transmittedBytes &+= UInt64(bytes)
-    }
-
-    /// Takes back a transmit counted for a frame the device accepted but then failed to send.
-    public func uncountTransmit(on port: PortID, bytes: Int) {
-        guard port.index < ports.count else { return }
-        ports[port.index].counters.transmittedFrames &-= 1
-        ports[port.index].counters.transmittedBytes &-= UInt64(bytes)
     }
 
     /// Counts something a device received on `port` and dropped before the bridge saw it (it
     /// counts as received, like a frame the bridge drops).
-    public func countReceiveDrop(on port: PortID, _ reason: DropReason) {
+    public func countReceiveDrop(on port: PortID, _ reason: DropReason, bytes: Int = 0) {
         guard port.index < ports.count else { return }
         ports[port.index].counters.receivedFrames &+= 1
+        ports[port.index].counters.receivedBytes &+= UInt64(bytes)
         ports[port.index].counters.drops[reason.rawValue] &+= 1
     }
 
@@ -388,10 +382,10 @@ public final class Bridge {
         ports[port.index].counters.framesSegmented &+= 1
     }
 
-    /// Counts a drop for `reason` on `port`.
+    /// Counts `frames` drops (default one) for `reason` on `port`.
     @inline(__always)
-    public func countDrop(on port: PortID, _ reason: DropReason) {
+    public func countDrop(on port: PortID, _ reason: DropReason, frames: Int = 1) {
         guard port.index < ports.count else { return }
-        ports[port.index].counters.drops[reason.rawValue] &+= 1
+        ports[port.index].counters.drops[reason.rawValue] &+= UInt64(frames)
     }
 }

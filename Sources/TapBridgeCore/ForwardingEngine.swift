@@ -116,7 +116,7 @@ public final class ForwardingEngine {
         while handled < budgetPerService {
             batch.reset()
             let n = try device.receive(into: batch)
-            for drop in batch.receiveDrops { bridge.countReceiveDrop(on: drop.port, drop.reason) }
+            for drop in batch.receiveDrops { bridge.countReceiveDrop(on: drop.port, drop.reason, bytes: drop.bytes) }
             if n == 0 {
                 if batch.receiveDrops.isEmpty { break }
                 handled += batch.receiveDrops.count
@@ -134,7 +134,7 @@ public final class ForwardingEngine {
         let ingress = batch.ingressPort(i)
         let offload = batch.offload(i)
         if !offload.isComplete, let failure = OffloadFinisher.validate(batch.frame(i), offload) {
-            bridge.countReceiveDrop(on: ingress, failure.dropReason)
+            bridge.countReceiveDrop(on: ingress, failure.dropReason, bytes: batch.frame(i).count)
             return
         }
         switch bridge.decide(batch.frame(i), from: ingress, at: now) {
@@ -206,11 +206,16 @@ public final class ForwardingEngine {
             bridge.countChecksumCompleted(on: port)
         }
         let frame = batch.frame(i)
-        let outcome = device.transmit(frame, to: port)
-        if outcome == .sent {
-            bridge.countTransmit(on: port, bytes: frame.count)
-        } else {
-            bridge.countDrop(on: port, Self.dropReason(outcome))
+        count(device.transmit(frame, to: port), on: port, bytes: frame.count)
+    }
+
+    /// Counts what `transmit` answered: sent, dropped, or nothing yet (queued: `flush` tells).
+    @inline(__always)
+    func count(_ outcome: TransmitOutcome, on port: PortID, bytes: Int) {
+        switch outcome {
+        case .sent: bridge.countTransmit(on: port, bytes: bytes)
+        case .queued: break
+        default: bridge.countDrop(on: port, Self.dropReason(outcome))
         }
     }
 
@@ -218,12 +223,7 @@ public final class ForwardingEngine {
     /// batch stays as it is, for the other ports of a flood).
     func transmitSegments(_ i: Int, via device: any PortDevice, to port: PortID) {
         let result = finisher.segment(batch.frame(i), batch.offload(i), maximumFrameLength: device.offloadCapabilities.maximumFrameLength) { segment in
-            let outcome = device.transmit(segment, to: port)
-            if outcome == .sent {
-                bridge.countTransmit(on: port, bytes: segment.count)
-            } else {
-                bridge.countDrop(on: port, Self.dropReason(outcome))
-            }
+            count(device.transmit(segment, to: port), on: port, bytes: segment.count)
         }
         switch result {
         case .success: bridge.countSegmented(on: port)
@@ -233,20 +233,22 @@ public final class ForwardingEngine {
 
     static func dropReason(_ outcome: TransmitOutcome) -> DropReason {
         switch outcome {
-        case .sent, .failed: .transmitError
+        case .sent, .queued, .failed: .transmitError
         case .wouldBlock: .transmitQueueFull
         case .linkDown: .linkDown
         case .tooLarge: .frameTooLarge
         }
     }
 
-    /// Lets every device send what it queued; frames that then failed move from the transmit
-    /// counters to the drop counters.
+    /// Lets every device send what it queued, and counts how each queued frame ended.
     func flushDevices() {
         for device in uniqueDevices {
-            device.flush { port, outcome, bytes in
-                bridge.uncountTransmit(on: port, bytes: bytes)
-                bridge.countDrop(on: port, Self.dropReason(outcome))
+            device.flush { port, outcome, frames, bytes in
+                if outcome == .sent {
+                    bridge.countTransmit(on: port, bytes: bytes, frames: frames)
+                } else {
+                    bridge.countDrop(on: port, Self.dropReason(outcome), frames: frames)
+                }
             }
         }
     }

@@ -12,9 +12,12 @@ public struct Instant: Comparable, Hashable, Sendable, CustomStringConvertible {
 
     @inlinable public init(nanoseconds: Int64) { self.nanoseconds = nanoseconds }
 
-    /// This instant moved by `duration` (negative durations move it back).
+    /// This instant moved by `duration` (negative durations move it back), saturating at the
+    /// ends of the time line: a deadline too far to represent is "never", not a wrap into the
+    /// past (which would make a poll loop spin).
     @inlinable public func advanced(by duration: Duration) -> Instant {
-        Instant(nanoseconds: nanoseconds &+ duration.nanoseconds)
+        let (sum, overflow) = nanoseconds.addingReportingOverflow(duration.nanoseconds)
+        return Instant(nanoseconds: overflow ? (duration < .zero ? .min : .max) : sum)
     }
 
     /// The time from `other` to `self` (negative when `other` is later).

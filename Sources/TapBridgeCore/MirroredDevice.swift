@@ -70,7 +70,7 @@ public final class MirroredDevice: PortDevice {
 
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
         let outcome = inner.transmit(frame, to: port)
-        if mirrorsEgress, outcome == .sent, isSelected(port) { sink.observe(frame, on: port, direction: .egress) }
+        if mirrorsEgress, outcome == .sent || outcome == .queued, isSelected(port) { sink.observe(frame, on: port, direction: .egress) }
         return outcome
     }
 
@@ -85,5 +85,5 @@ public final class MirroredDevice: PortDevice {
         inner.didRemovePort(port)
     }
 
-    public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) { inner.flush(failed) }
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) { inner.flush(report) }
 }

@@ -2,6 +2,9 @@
 public enum TransmitOutcome: Equatable, Sendable {
     /// Handed to the device.
     case sent
+    /// Accepted into the device's queue, to be sent by `flush`, which reports how it ended
+    /// (sent or dropped): counted only then.
+    case queued
     /// The device's queue is full (EAGAIN, ENOBUFS); the frame is dropped, the port stays.
     case wouldBlock
     /// The link is down (EIO on a TAP whose interface is down); the frame is dropped.
@@ -66,16 +69,18 @@ public protocol PortDevice: AnyObject {
     func didRemovePort(_ port: PortID)
 
     /// Called by the engine after each batch it forwarded. A device that queues frames in
-    /// `transmit` (to send many in one system call) sends them now, and reports every frame it
-    /// accepted with `.sent` but could not send through `failed` (port, outcome, bytes).
-    func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void)
+    /// `transmit` (answering `.queued`, to send many in one system call) sends them now, and
+    /// reports how every frame it queued since the last flush ended through `report` (port,
+    /// `.sent` or why it was dropped, frames, bytes; several frames may be reported at once):
+    /// every queued frame is reported exactly once, whatever the batch size.
+    func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void)
 }
 
 extension PortDevice {
     public var offloadCapabilities: OffloadCapabilities { .none() }
     public func didAddPort(_ port: PortID, name: String) {}
     public func didRemovePort(_ port: PortID) {}
-    public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) {}
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {}
 }
 
 /// A reusable batch of frame buffers, allocated once.
@@ -105,7 +110,7 @@ public final class FrameBatch {
     /// Drops a device noticed while receiving (a malformed datagram from a known peer, say), to
     /// be counted on that port by the engine. Capacity is reserved, so recording allocates
     /// nothing; at most `capacity` are kept per batch.
-    @exclusivity(unchecked) public private(set) var receiveDrops: [(port: PortID, reason: DropReason)] = []
+    @exclusivity(unchecked) public private(set) var receiveDrops: [(port: PortID, reason: DropReason, bytes: Int)] = []
 
     let stride: Int
     let base: UnsafeMutableRawPointer
@@ -149,9 +154,10 @@ public final class FrameBatch {
         if !receiveDrops.isEmpty { receiveDrops.removeAll(keepingCapacity: true) }
     }
 
-    /// Records that a device dropped something that arrived on `port`, for `reason`.
-    public func recordDrop(on port: PortID, _ reason: DropReason) {
-        if receiveDrops.count < capacity { receiveDrops.append((port, reason)) }
+    /// Records that a device dropped something of `bytes` bytes that arrived on `port`, for
+    /// `reason` (counted as received, like a frame the bridge drops).
+    public func recordDrop(on port: PortID, _ reason: DropReason, bytes: Int = 0) {
+        if receiveDrops.count < capacity { receiveDrops.append((port, reason, bytes)) }
     }
 
     /// No slot is free, or as many drops as slots were recorded: devices stop reading.

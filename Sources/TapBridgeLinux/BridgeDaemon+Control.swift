@@ -110,11 +110,18 @@ extension BridgeDaemon {
             let config = engine.bridge.configuration(of: a.port) ?? PortConfiguration()
             var drops: [String: UInt64] = [:]
             for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
-            return PortReport(name: a.name, kind: a.kind.rawValue, state: "up", vlans: "\(config.vlanMode)", learning: config.learning,
+            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName), state: "up", vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
                               framesSegmented: c.framesSegmented, drops: drops)
         }
+    }
+
+    /// The current name of interface `index` (nil if it is gone or out of this namespace).
+    static func interfaceName(_ index: Int32) -> String? {
+        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+        guard if_indextoname(UInt32(index), &buffer) != nil else { return nil }
+        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     func statsReport(at now: Instant) -> StatsReport {
@@ -122,7 +129,7 @@ extension BridgeDaemon {
         let f = t.statistics
         let fdb = StatsReport.FDB(entries: t.count, maxEntries: t.configuration.maximumEntries, learned: f.learned, refreshed: f.refreshed,
                                   moved: f.moved, moveDamped: f.moveDamped, expired: f.expired, evicted: f.evicted, refused: f.refused)
-        let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable,
+        let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable, peersRefused: $0.statistics.peersRefused,
                                                 checksumsCompleted: $0.statistics.checksumsCompleted) }
         let mirror = self.mirror.map {
             let m = $0.statistics

@@ -66,6 +66,9 @@ public final class BridgeDaemon {
         var kind: Kind
         var port: PortID
         var name: String
+        /// The interface's index (TAP and packet ports), to refuse attaching it twice and to
+        /// show its current name after a rename.
+        var interfaceIndex: Int32? = nil
     }
 
     public let engine: ForwardingEngine
@@ -135,15 +138,22 @@ public final class BridgeDaemon {
     deinit { close(signalDescriptor) }
 
     func attachPort(_ spec: PortSpec) throws(StartupError) {
+        // One interface attached twice (by an altname, or by its new name after a rename)
+        // would loop every broadcast between its two ports: refuse it.
+        let existing = ctb_if_index(spec.name)
+        if existing > 0, let other = attached.first(where: { $0.interfaceIndex == existing }) {
+            throw StartupError("port \(spec.name): that interface (ifindex \(existing)) is already attached as port \(other.name)")
+        }
         let (device, kind, note): (any PortDevice, Kind, String)
         do {
             (device, kind, note) = try Self.open(spec)
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
+        let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
         let handle = decorate(device)
         let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: handle)
-        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name))
+        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name, interfaceIndex: index))
         logger.info("port \(spec.name): \(note), \(Self.describe(spec.configuration))")
     }
 
@@ -197,6 +207,8 @@ public final class BridgeDaemon {
             logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), \(Self.describe(configuration))")
         }
         if options.acceptsPeers {
+            device.acceptedEncapsulation = options.encapsulation
+            device.acceptedVNI = options.vni
             device.acceptPeer = { [unowned self] address in self.acceptDynamicPeer(address) }
         }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers" : ""), split horizon \(options.splitHorizon ? "on" : "off")")
@@ -249,7 +261,7 @@ public final class BridgeDaemon {
         logger.info("forwarding between \(attached.count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
         if attached.count < 2 && !options.acceptsPeers && control == nil { logger.warning("only \(attached.count) port(s): nothing to forward between") }
         if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports --name \(options.name))") }
-        if let interval = options.statsInterval { nextStats = ctb_monotonic_ns() + interval.nanoseconds }
+        if let interval = options.statsInterval { nextStats = now().advanced(by: interval).nanoseconds }
         var fds: [pollfd] = []
         var owners: [any PortDevice] = []
         var knownGeneration = -1
@@ -316,7 +328,7 @@ public final class BridgeDaemon {
             mirror?.drain(at: t)
             if let due = nextStats, t.nanoseconds >= due, let interval = options.statsInterval {
                 logStats()
-                nextStats = t.nanoseconds + interval.nanoseconds
+                nextStats = t.advanced(by: interval).nanoseconds
             }
         }
     }
@@ -345,7 +357,8 @@ public final class BridgeDaemon {
         guard let deadline else { return -1 }
         let ns = deadline - now.nanoseconds
         if ns <= 0 { return 0 }
-        return Int32(min((ns + 999_999) / 1_000_000, 3_600_000))
+        // rounded up, without overflow for a deadline at the end of time
+        return Int32(min(ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1), 3_600_000))
     }
 
     /// Handles pending signals; returns an exit status when the loop must stop.
@@ -395,7 +408,7 @@ public final class BridgeDaemon {
         }
         let s = statsReport(at: Instant(nanoseconds: ctb_monotonic_ns()))
         if let u = s.udp {
-            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable) checksums_completed=\(u.checksumsCompleted)")
+            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable) peers_refused=\(u.peersRefused) checksums_completed=\(u.checksumsCompleted)")
         }
         if let m = s.mirror {
             logger.info("counters mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")

@@ -27,6 +27,9 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var name: String
     /// `tap`, `packet` or `remote`.
     public var kind: String
+    /// The interface's current name (it may have been renamed since it was attached as
+    /// `name`); absent for remotes.
+    public var interface: String?
     /// `up`; a port whose interface vanished is removed, so it is never listed as down.
     public var state: String
     /// e.g. `access VLAN 1`, `trunk VLANs 10,20 (native 1 untagged)`.
@@ -72,6 +75,8 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var listen: String
         public var unknownSender: UInt64
         public var unreachable: UInt64
+        /// Well-formed frames from unknown senders refused because `--max-peers` was reached.
+        public var peersRefused: UInt64
         /// Inner frames that arrived with a partial checksum (same-host kernel VTEP) and were completed.
         public var checksumsCompleted: UInt64
     }

@@ -15,6 +15,8 @@ public final class TapDevice: DescriptorDevice {
     public let existedBefore: Bool
     /// The MTU at attach time (IP MTU: frames are up to MTU + 14, + 4 per VLAN tag).
     public let mtu: Int
+    /// The interface index.
+    public let interfaceIndex: Int32
 
     /// Why opening failed, for the caller's choice between an error and the packet fallback.
     public enum OpenError: Error {
@@ -53,6 +55,7 @@ public final class TapDevice: DescriptorDevice {
         }
         self.name = name
         mtu = Int(max(ctb_if_get_mtu(name), 0))
+        interfaceIndex = ctb_if_index(name)
         super.init(fd: rc)
     }
 

@@ -37,6 +37,8 @@ public final class UDPTunnelDevice: PortDevice {
         public var unknownSender: UInt64 = 0
         /// ICMP errors (port or host unreachable) reported on the socket.
         public var unreachable: UInt64 = 0
+        /// Well-formed frames from unknown senders refused because `--max-peers` was reached.
+        public var peersRefused: UInt64 = 0
         /// Inner frames whose TCP/UDP checksum arrived partial (a same-host kernel VTEP with
         /// checksum offload) and was completed here.
         public var checksumsCompleted: UInt64 = 0
@@ -66,14 +68,20 @@ public final class UDPTunnelDevice: PortDevice {
     let sendPorts = UnsafeMutablePointer<PortID>.allocate(capacity: Int(CTB_BATCH_MAX))
     let sendFrameBytes = UnsafeMutablePointer<Int>.allocate(capacity: Int(CTB_BATCH_MAX))
     var queued = 0
-    var lateFailures: [(port: PortID, outcome: TransmitOutcome, bytes: Int)] = []
+    /// How queued frames ended since the last flush, summed by port and outcome (sends forced
+    /// by a full queue happen before the flush, which reports them).
+    var outcomes: [(port: PortID, outcome: TransmitOutcome, frames: Int, bytes: Int)] = []
 
     var lastUnknownLog: Int64 = .min
     var unknownSinceLog: UInt64 = 0
 
-    /// Called for a datagram from an unknown sender; returns the index of a new peer (from
-    /// `addPeer`) to accept it, or nil to drop it. Set by the daemon for `--accept-peers`.
+    /// Called for a well-formed frame from an unknown sender; returns the index of a new peer
+    /// (from `addPeer`) to accept it, or nil to drop it. Set by the daemon for `--accept-peers`.
     public var acceptPeer: ((SocketAddress) -> Int?)? = nil
+    /// The encapsulation and VNI an unknown sender's datagram must be well-formed in to be
+    /// accepted (the bridge-wide `--encap` and `--vni`).
+    public var acceptedEncapsulation = Encapsulation.vxlan
+    public var acceptedVNI = VNI(1)!
 
     /// Socket buffer size requested (forced when privileged): 4 MiB.
     static let bufferBytes: Int32 = 4 << 20
@@ -99,7 +107,7 @@ public final class UDPTunnelDevice: PortDevice {
         sendDatagrams.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
         sendPorts.initialize(repeating: PortID(0), count: Int(CTB_BATCH_MAX))
         sendFrameBytes.initialize(repeating: 0, count: Int(CTB_BATCH_MAX))
-        lateFailures.reserveCapacity(Int(CTB_BATCH_MAX))
+        outcomes.reserveCapacity(Int(CTB_BATCH_MAX))
     }
 
     deinit {
@@ -187,7 +195,7 @@ public final class UDPTunnelDevice: PortDevice {
     /// When the next dynamic peer would become idle, for the poll timeout.
     public func nextIdleDeadline(timeout: Duration) -> Instant? {
         peers.lazy.compactMap { p in p.flatMap { $0.isDynamic ? $0.lastHeard : nil } }.min()
-            .map { Instant(nanoseconds: $0 + timeout.nanoseconds) }
+            .map { Instant(nanoseconds: $0).advanced(by: timeout) }
     }
 
     public func receive(into batch: FrameBatch) throws(PortError) -> Int {
@@ -225,11 +233,12 @@ public final class UDPTunnelDevice: PortDevice {
     @inline(__always)
     func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, now: Int64) -> Bool {
         let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
-        guard let sender, let index = peer(for: sender) ?? accept(sender, now), let port = peers[index]?.port else { return false }
-        peers[index]!.lastHeard = now
+        guard let sender, let index = peer(for: sender) ?? admit(sender, d, now), let port = peers[index]?.port else { return false }
+        // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
+        if Self.frame(in: d, encapsulation: peers[index]!.encapsulation, vni: peers[index]!.vni) != nil { peers[index]!.lastHeard = now }
         let capacity = batch.frameCapacity + VXLANHeader.length
         if d.length > capacity {
-            batch.recordDrop(on: port, .truncated)
+            batch.recordDrop(on: port, .truncated, bytes: d.length)
             return false
         }
         switch peers[index]!.encapsulation {
@@ -241,14 +250,14 @@ public final class UDPTunnelDevice: PortDevice {
             switch VXLANHeader.decode(UnsafeRawBufferPointer(start: d.data, count: d.length)) {
             case .frame(let vni, let length):
                 guard vni == peers[index]!.vni else {
-                    batch.recordDrop(on: port, .vniMismatch)
+                    batch.recordDrop(on: port, .vniMismatch, bytes: d.length)
                     return false
                 }
                 repairChecksum(d.data + VXLANHeader.length, length: length, peer: index)
                 batch.commit(length: length, from: port, freeSlot: k)
                 return true
             case .tooShort, .flagsInvalid:
-                batch.recordDrop(on: port, .malformedEncapsulation)
+                batch.recordDrop(on: port, .malformedEncapsulation, bytes: d.length)
                 return false
             }
         }
@@ -269,14 +278,45 @@ public final class UDPTunnelDevice: PortDevice {
         }
     }
 
-    /// A datagram from a sender that is not a peer: accept it as a dynamic peer, or count it
-    /// and log (at most one line per 10 s).
-    func accept(_ sender: SocketAddress, _ now: Int64) -> Int? {
-        if let acceptPeer, let index = acceptPeer(sender) { return index }
-        statistics.unknownSender &+= 1
+    /// The inner frame of datagram `d` if it is a well-formed frame in `encapsulation` (and
+    /// `vni`) with a station as its source; nil otherwise.
+    static func frame(in d: ctb_datagram, encapsulation: Encapsulation, vni: VNI) -> UnsafeRawBufferPointer? {
+        let datagram = UnsafeRawBufferPointer(start: d.data, count: d.length)
+        let frame: UnsafeRawBufferPointer
+        switch encapsulation {
+        case .raw: frame = datagram
+        case .vxlan:
+            guard case .frame(let got, let length) = VXLANHeader.decode(datagram), got == vni else { return nil }
+            frame = UnsafeRawBufferPointer(rebasing: datagram[VXLANHeader.length..<(VXLANHeader.length + length)])
+        }
+        guard let header = EthernetHeader(frame), header.source.isValidSource else { return nil }
+        return frame
+    }
+
+    /// A datagram from a sender that is not a peer. With `--accept-peers`, the sender becomes a
+    /// dynamic peer only if the datagram is a well-formed frame in the bridge-wide
+    /// encapsulation (empty or garbage datagrams from spoofed addresses cannot fill the peer
+    /// table) and the limit allows; otherwise it is counted and logged (at most one line per
+    /// 10 s).
+    func admit(_ sender: SocketAddress, _ d: ctb_datagram, _ now: Int64) -> Int? {
+        let why: String
+        if let acceptPeer {
+            if Self.frame(in: d, encapsulation: acceptedEncapsulation, vni: acceptedVNI) == nil {
+                statistics.unknownSender &+= 1
+                why = "not a well-formed \(acceptedEncapsulation) frame, so not accepted as a peer"
+            } else if let index = acceptPeer(sender) {
+                return index
+            } else {
+                statistics.peersRefused &+= 1
+                why = "peer limit reached"
+            }
+        } else {
+            statistics.unknownSender &+= 1
+            why = "not a configured remote"
+        }
         unknownSinceLog &+= 1
         if lastUnknownLog == .min || now - lastUnknownLog >= 10_000_000_000 {
-            logger.warning("dropped datagram(s) from \(sender): \(acceptPeer == nil ? "not a configured remote" : "peer limit reached") (\(unknownSinceLog) since the last such line)")
+            logger.warning("dropped datagram(s) from \(sender): \(why) (\(unknownSinceLog) since the last such line)")
             lastUnknownLog = now
             unknownSinceLog = 0
         }
@@ -290,12 +330,7 @@ public final class UDPTunnelDevice: PortDevice {
         guard port.index < peerByPort.count, peerByPort[port.index] >= 0, let peer = peers[peerByPort[port.index]] else { return .failed }
         let header = peer.encapsulation.headerLength
         guard header + frame.count <= Self.sendSlotSize else { return .tooLarge }
-        if queued == Int(CTB_BATCH_MAX) {
-            // full: send now; failures are reported at the next flush
-            sendQueue { port, outcome, bytes in
-                if lateFailures.count < lateFailures.capacity { lateFailures.append((port, outcome, bytes)) }
-            }
-        }
+        if queued == Int(CTB_BATCH_MAX) { sendQueue() }  // full: send now, report at the flush
         let slot = sendPool + queued * Self.sendSlotSize
         if header > 0 { slot.copyMemory(from: peer.wire, byteCount: header) }
         (slot + header).copyMemory(from: frame.baseAddress!, byteCount: frame.count)
@@ -306,32 +341,42 @@ public final class UDPTunnelDevice: PortDevice {
         sendPorts[queued] = port
         sendFrameBytes[queued] = frame.count
         queued += 1
-        return .sent
+        return .queued
     }
 
-    public func flush(_ failed: (PortID, TransmitOutcome, Int) -> Void) {
-        if queued > 0 { sendQueue(failed) }
-        for f in lateFailures { failed(f.port, f.outcome, f.bytes) }
-        lateFailures.removeAll(keepingCapacity: true)
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+        if queued > 0 { sendQueue() }
+        for o in outcomes { report(o.port, o.outcome, o.frames, o.bytes) }
+        outcomes.removeAll(keepingCapacity: true)
     }
 
-    /// Sends the queue; each datagram the kernel refused goes to `report`.
-    func sendQueue(_ report: (PortID, TransmitOutcome, Int) -> Void) {
-        let sent = Int(ctb_udp_send_batch(fd, sendDatagrams, UInt32(queued)))
-        if sent < queued {
-            for k in 0..<queued where sendDatagrams[k].result < 0 {
-                let outcome: TransmitOutcome
-                switch -sendDatagrams[k].result {
-                case EAGAIN, ENOBUFS: outcome = .wouldBlock
-                case EMSGSIZE: outcome = .tooLarge
-                case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-                    statistics.unreachable &+= 1
-                    outcome = .linkDown
-                default: outcome = .failed
-                }
-                report(sendPorts[k], outcome, sendFrameBytes[k])
+    /// Sends the queue and notes how each datagram ended.
+    func sendQueue() {
+        _ = ctb_udp_send_batch(fd, sendDatagrams, UInt32(queued))
+        for k in 0..<queued {
+            let outcome: TransmitOutcome
+            switch -sendDatagrams[k].result {
+            case 0: outcome = .sent
+            case EAGAIN, ENOBUFS: outcome = .wouldBlock
+            case EMSGSIZE: outcome = .tooLarge
+            case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+                statistics.unreachable &+= 1
+                outcome = .linkDown
+            default: outcome = .failed
             }
+            note(sendPorts[k], outcome, bytes: sendFrameBytes[k])
         }
         queued = 0
+    }
+
+    /// Adds one frame's outcome to `outcomes` (a short list: one item per port and outcome).
+    @inline(__always)
+    func note(_ port: PortID, _ outcome: TransmitOutcome, bytes: Int) {
+        for i in outcomes.indices where outcomes[i].port == port && outcomes[i].outcome == outcome {
+            outcomes[i].frames += 1
+            outcomes[i].bytes += bytes
+            return
+        }
+        outcomes.append((port, outcome, 1, bytes))
     }
 }

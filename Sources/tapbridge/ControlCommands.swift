@@ -73,7 +73,7 @@ struct Show: ParsableCommand {
             let ports = r.ports ?? []
             if json { return try ControlOutput.printJSON(ports) }
             print(table(["PORT", "KIND", "STATE", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
-                [p.name, p.kind, p.state, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
+                [p.name + (p.interface.map { $0 == p.name ? "" : " (now \($0))" } ?? ""), p.kind, p.state, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
                  "\(p.rxFrames)", "\(p.rxBytes)", "\(p.txFrames)", "\(p.txBytes)",
                  p.drops.isEmpty ? "-" : p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
             }))
@@ -120,7 +120,7 @@ struct Show: ParsableCommand {
                 "bridge \(s.name) (tapbridge \(s.version)), up \(Int(s.uptimeSeconds)) s, \(s.ports) ports",
                 "fdb: \(s.fdb.entries)/\(s.fdb.maxEntries) entries, learned \(s.fdb.learned), refreshed \(s.fdb.refreshed), moved \(s.fdb.moved), move_damped \(s.fdb.moveDamped), expired \(s.fdb.expired), evicted \(s.fdb.evicted), refused \(s.fdb.refused)",
             ]
-            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable), checksums_completed \(u.checksumsCompleted)") }
+            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable), peers_refused \(u.peersRefused), checksums_completed \(u.checksumsCompleted)") }
             if let m = s.mirror {
                 lines.append("mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
             }
@@ -230,6 +230,7 @@ enum Prometheus {
         if let u = s.udp {
             metric("udp_unknown_sender_total", "counter", "Datagrams from senders that are not remotes.", [("", Double(u.unknownSender))])
             metric("udp_unreachable_total", "counter", "ICMP unreachable errors on the UDP socket.", [("", Double(u.unreachable))])
+            metric("udp_peers_refused_total", "counter", "Well-formed frames from unknown senders refused: --max-peers reached.", [("", Double(u.peersRefused))])
             metric("udp_checksums_completed_total", "counter", "Inner frames from remotes whose partial checksum was completed.", [("", Double(u.checksumsCompleted))])
         }
         if let m = s.mirror {

@@ -165,11 +165,24 @@ struct TapBridgeCommand: ParsableCommand {
     @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
     var logLevel: String = "info"
 
+    /// Checks a duration option against its documented range (Docs/Operations.md, "Limits"):
+    /// finite, above `above` (or at least `atLeast`), at most `atMost` seconds.
+    static func checkDuration(_ flag: String, _ value: Double, above: Double? = nil, atLeast: Double? = nil, atMost: Double) throws {
+        let low = above.map { value > $0 } ?? atLeast.map { value >= $0 } ?? true
+        guard value.isFinite, low, value <= atMost else {
+            let lower = above.map { "more than \(Self.plain($0))" } ?? atLeast.map { "at least \(Self.plain($0))" } ?? ""
+            throw ValidationError("\(flag) must be \(lower) and at most \(Self.plain(atMost)) seconds, got \(value)")
+        }
+    }
+
+    /// 1000000 rather than 1e+06.
+    static func plain(_ x: Double) -> String { x == x.rounded() && abs(x) < 1e15 ? String(Int64(x)) : String(x) }
+
     func validate() throws {
-        if !(ageing > 0 && ageing <= 1_000_000) { throw ValidationError("--ageing must be between 0 and 1000000 seconds, got \(ageing)") }
+        try Self.checkDuration("--ageing", ageing, above: 0, atMost: 1_000_000)
         if maxMACs < 1 { throw ValidationError("--max-macs must be at least 1, got \(maxMACs)") }
         if let m = maxMACsPerPort, m < 1 { throw ValidationError("--max-macs-per-port must be at least 1, got \(m)") }
-        if let h = moveHoldDown, !(h > 0 && h <= 3600) { throw ValidationError("--move-hold-down must be between 0 and 3600 seconds, got \(h)") }
+        if let h = moveHoldDown { try Self.checkDuration("--move-hold-down", h, above: 0, atMost: 3600) }
         if Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(logLevel)'")
         }
@@ -180,7 +193,7 @@ struct TapBridgeCommand: ParsableCommand {
         if VNI(vni) == nil { throw ValidationError("--vni must be 0-16777215, got \(vni)") }
         if acceptPeers, listen == nil, remotes.isEmpty { throw ValidationError("--accept-peers needs --listen [ADDR:]PORT") }
         if maxPeers < 1 { throw ValidationError("--max-peers must be at least 1, got \(maxPeers)") }
-        if !(peerTimeout > 0) { throw ValidationError("--peer-timeout must be positive, got \(peerTimeout)") }
+        try Self.checkDuration("--peer-timeout", peerTimeout, above: 0, atMost: 1_000_000)
         let mirrors = mirrorPath != nil || mirrorInterface != nil
         for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil)]
         where given && !mirrors {
@@ -195,7 +208,7 @@ struct TapBridgeCommand: ParsableCommand {
         if name.isEmpty || name.utf8.count > 64 || name.contains(where: { !($0.isLetter || $0.isNumber || "-_.".contains($0)) }) {
             throw ValidationError("--name must be 1-64 letters, digits, '-', '_' or '.', got '\(name)'")
         }
-        if let s = statsInterval, !(s >= 1) { throw ValidationError("--stats-interval must be at least 1 second, got \(s)") }
+        if let s = statsInterval { try Self.checkDuration("--stats-interval", s, atLeast: 1, atMost: 1_000_000) }
     }
 
     func mirrorOptions() -> MirrorOptions? {
