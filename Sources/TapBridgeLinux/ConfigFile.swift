@@ -39,7 +39,23 @@ public enum ConfigFile {
     static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "vlan", "trunk", "native", "learning", "flooding"]
 
     /// Reads `path` and returns the equivalent command-line arguments.
+    /// Largest config file read: 1 MiB (a real configuration is a few hundred bytes; a larger
+    /// file is a mistake, and parsing it would take seconds and memory).
+    public static let maximumBytes = 1 << 20
+
     public static func arguments(fromFile path: String) throws(StartupError) -> [String] {
+        var st = stat()
+        guard stat(path, &st) == 0 else {
+            throw StartupError("--config '\(path)': cannot read it: \(String(cString: strerror(errno)))")
+        }
+        switch st.st_mode & S_IFMT {
+        case S_IFREG: break
+        case S_IFDIR: throw StartupError("--config '\(path)': is a directory, not a YAML file")
+        default: throw StartupError("--config '\(path)': is not a regular file (a device, socket or pipe)")
+        }
+        guard st.st_size <= maximumBytes else {
+            throw StartupError("--config '\(path)': \(st.st_size) bytes, larger than the \(maximumBytes / 1024) KiB a config file may be")
+        }
         guard let data = FileManager.default.contents(atPath: path) else {
             throw StartupError("--config '\(path)': cannot read it: \(String(cString: strerror(errno)))")
         }

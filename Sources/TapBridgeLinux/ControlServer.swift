@@ -54,7 +54,11 @@ final class ControlServer {
         self.path = path
         guard path.utf8.count < 108 else { throw StartupError("--control '\(path)': longer than a Unix socket path may be (107 bytes)") }
         let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty { try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true) }
+        if !dir.isEmpty, mkdir(dir, 0o755) != 0, errno != EEXIST {
+            // say why (a read-only /run, a missing parent), not the bind's later ENOENT
+            let e = errno
+            throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(e == EROFS ? " (give a writable --control PATH, or --control none)" : "")")
+        }
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else { throw StartupError("--control '\(path)': exists and is not a socket") }

@@ -359,7 +359,20 @@ enum Main {
 
     static func run<C: ParsableCommand>(_ type: C.Type, _ arguments: [String]) -> Never {
         do {
-            var command = try type.parseAsRoot(arguments)
+            var command: any ParsableCommand
+            if type == TapBridgeCommand.self {
+                // The argument parser is quadratic in repeated options (8,000 --port: seconds);
+                // take the list options out in one pass and hand it the rest.
+                let (rest, lists) = ListOptions.extract(arguments)
+                var bridge = try TapBridgeCommand.parseAsRoot(rest) as! TapBridgeCommand
+                bridge.ports = lists.ports + bridge.ports
+                bridge.remotes = lists.remotes + bridge.remotes
+                bridge.mirrorPorts = lists.mirrorPorts + bridge.mirrorPorts
+                try bridge.validate()
+                command = bridge
+            } else {
+                command = try type.parseAsRoot(arguments)
+            }
             try command.run()
             Glibc.exit(0)
         } catch let failure as StartupFailure {
@@ -377,9 +390,66 @@ enum Main {
         }
     }
 
+    /// Longest error line printed: a value echoed from a huge argument or file is cut.
+    static let maximumMessage = 400
+
     static func fail(_ message: String, status: Int32) -> Never {
+        var message = message
+        if message.utf8.count > maximumMessage {
+            let bytes = Array(message.utf8)
+            message = String(decoding: bytes.prefix(maximumMessage - 100), as: UTF8.self) + " … (\(bytes.count - maximumMessage + 40) bytes cut) … "
+                + String(decoding: bytes.suffix(60), as: UTF8.self)
+        }
         let line = Array("tapbridge: error: \(message)\n".utf8)
         _ = line.withUnsafeBytes { write(2, $0.baseAddress, $0.count) }
         Glibc.exit(status)
+    }
+}
+
+/// The repeatable options, taken out of the arguments in one linear pass before the argument
+/// parser sees the rest.
+struct ListOptions {
+    var ports: [String] = []
+    var remotes: [String] = []
+    var mirrorPorts: [String] = []
+
+    /// Splits `arguments` into the rest and the values of `--port`, `--remote` and
+    /// `--mirror-port` (`--opt VALUE` or `--opt=VALUE`), each list in the order given. A flag
+    /// without a value stays in the rest, for the parser's usual error.
+    static func extract(_ arguments: [String]) -> (rest: [String], lists: ListOptions) {
+        var rest: [String] = []
+        rest.reserveCapacity(arguments.count)
+        var lists = ListOptions()
+        func append(_ option: Substring, _ value: String) {
+            switch option {
+            case "--port": lists.ports.append(value)
+            case "--remote": lists.remotes.append(value)
+            default: lists.mirrorPorts.append(value)
+            }
+        }
+        var i = 0
+        while i < arguments.count {
+            let a = arguments[i]
+            if a == "--" {
+                rest += arguments[i...]
+                break
+            }
+            let name = a.split(separator: "=", maxSplits: 1).first ?? ""
+            if name == "--port" || name == "--remote" || name == "--mirror-port" {
+                if a.count > name.count {
+                    append(name, String(a.dropFirst(name.count + 1)))
+                    i += 1
+                    continue
+                }
+                if i + 1 < arguments.count, !arguments[i + 1].hasPrefix("--") {
+                    append(name, arguments[i + 1])
+                    i += 2
+                    continue
+                }
+            }
+            rest.append(a)
+            i += 1
+        }
+        return (rest, lists)
     }
 }
