@@ -26,6 +26,8 @@ final class ControlServer {
         var fd: Int32
         /// Marked for closing at the end of this service pass (set once, never cleared).
         var closing = false
+        /// Turned away (over the client limit): only waits to be closed.
+        var rejected = false
         /// The rest of a streamed answer, while there is more.
         var stream: ((inout [UInt8]) -> Bool)? = nil
         var input: [UInt8] = []
@@ -158,6 +160,9 @@ final class ControlServer {
     /// The earliest client deadline, for the poll timeout.
     var nextDeadline: Int64? { clients.lazy.map(\.deadline).min() }
 
+    /// Clients being turned away.
+    var rejecting: Int { clients.lazy.filter(\.rejected).count }
+
     /// Marks client `k` for closing at the end of the pass.
     func markClosing(_ k: Int) { clients[k].closing = true }
 
@@ -192,11 +197,18 @@ final class ControlServer {
         while true {
             let fd = ctb_accept(listener)
             if fd < 0 { return }
-            var client = Client(fd: fd, deadline: now + Self.timeoutNanoseconds)
-            if clients.count >= Self.maximumClients {
-                client.output = Self.encode(.failure("too many control clients, try again"))
-                _ = client.output.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-                close(fd)
+            let client = Client(fd: fd, deadline: now + Self.timeoutNanoseconds)
+            if clients.count - rejecting >= Self.maximumClients {
+                // Over the limit: answer with the error at once, then drain the client's
+                // request until it closes (closing with its request unread would reset the
+                // connection and lose the answer). As many more may wait so; beyond that, close.
+                guard rejecting < Self.maximumClients else {
+                    Glibc.close(fd)
+                    continue
+                }
+                clients.append(client)
+                clients[clients.count - 1].rejected = true
+                answer(clients.count - 1, .failure("too many control clients (\(Self.maximumClients) at once), try again"))
                 continue
             }
             clients.append(client)
