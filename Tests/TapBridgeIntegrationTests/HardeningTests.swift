@@ -320,5 +320,64 @@ struct HardeningTests {
         #expect(peer["rx_frames"] as? Int == 3 && peer["rx_bytes"] as? Int == 36, "the remote's counters: \(peer)")
         #expect(bridge.stop() == 0)
     }
+
+    /// `show fdb` of a 1,000,000-entry table used to stall forwarding for seconds and cut its
+    /// JSON; now it is answered in slices between poll rounds: pings every 10 ms across the
+    /// bridge see no gap, the answer parses with every entry, and the bridge's memory stays put.
+    /// ```
+    ///  fdb_fill.py ══ tap x (held) ── packet socket ┐
+    ///  ns a (.1) ── tap a ──────────────────────────┼── tapbridge, 1,000,000 MACs behind x
+    ///  ns b (.2) ── tap b ──────────────────────────┘
+    /// ```
+    @Test func showFdbOfAMillionEntriesKeepsForwardingAndParses() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb, tx) = (lab.link("a"), lab.link("b"), lab.link("x"))
+        let stop = lab.temporaryPath("fill-stop")
+        let filler = try lab.background(["/usr/bin/python3", "\(RemoteTests.peers)/fdb_fill.py", tx, "1000000", stop, "150"])
+        let ready = Date().addingTimeInterval(10)
+        while !filler.output.contains("ready"), Date() < ready { usleep(20_000) }
+        defer { FileManager.default.createFile(atPath: stop, contents: nil); FileManager.default.createFile(atPath: stop + ".2", contents: nil) }
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", ta, "--port", tb, "--port", tx, "--max-macs", "1100000", "--name", name])
+        #expect(lab.waitForLinks([ta, tb]), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        FileManager.default.createFile(atPath: stop + ".1", contents: nil)
+        var entries = 0
+        let filled = Date().addingTimeInterval(90)
+        while entries < 1_000_000, Date() < filled {
+            usleep(1_000_000)
+            let stats = Host.run([Host.binary, "show", "stats", "--json", "--name", name])
+            let fdb = ((try? JSONSerialization.jsonObject(with: Data(stats.output.utf8))) as? [String: Any])?["fdb"] as? [String: Any]
+            entries = fdb?["entries"] as? Int ?? 0
+        }
+        FileManager.default.createFile(atPath: stop, contents: nil)
+        try #require(entries >= 1_000_000, "the table holds \(entries) entries, want 1,000,000\n\(bridge.output)")
+        usleep(1_000_000)
+        let memoryBefore = Self.peakMemoryKiB(bridge.pid)
+        let pinger = try lab.background(["ip", "netns", "exec", a, "ping", "-i", "0.01", "-c", "500", "-W", "1", "10.77.0.2"])
+        usleep(300_000)
+        let answer = Host.run(["/usr/bin/python3", "\(RemoteTests.peers)/control_request.py", Self.socketPath(name), #"{"command":"show-fdb"}"#], timeout: 120)
+        _ = pinger.wait(within: 30)
+        let result = (try? JSONSerialization.jsonObject(with: Data(answer.output.utf8))) as? [String: Any] ?? [:]
+        #expect(result["ok"] as? Bool == true && (result["fdb"] as? Int ?? 0) >= 1_000_000, "the answer: \(answer.output.prefix(500))")
+        let summary = pinger.output.split(separator: "\n").first { $0.contains("packets transmitted") } ?? ""
+        #expect(summary.contains(" 0% packet loss"), "pings during show fdb: \(summary)")
+        let rtt = pinger.output.split(separator: "\n").first { $0.contains("rtt min/avg/max") }?.split(separator: "/")
+        let maximum = rtt.flatMap { $0.count > 5 ? Double($0[5]) : nil } ?? 1e9
+        #expect(maximum < 100, "the slowest ping took \(maximum) ms while show fdb answered, want < 100 ms:\n\(pinger.output.suffix(300))")
+        let grown = Self.peakMemoryKiB(bridge.pid) - memoryBefore
+        #expect(grown < 64 * 1024, "the bridge's peak memory grew by \(grown) KiB answering show fdb, want < 64 MiB")
+        FileManager.default.createFile(atPath: stop + ".2", contents: nil)
+        #expect(bridge.stop() == 0)
+    }
+
+    /// VmHWM of `pid` in KiB.
+    static func peakMemoryKiB(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
 }
 }
