@@ -1,6 +1,6 @@
 import CTapBridge
 import Foundation
-import Glibc
+public import Glibc
 import TapBridgeCore
 
 /// The control socket, served by the bridge's poll loop: a Unix stream socket where each
@@ -13,7 +13,7 @@ import TapBridgeCore
 /// (`show fdb` of a million entries) is produced in slices of at most `sliceBytes`, one slice
 /// per client per poll round and only once the previous one is written, so forwarding goes on
 /// between slices and the server's memory stays bounded.
-final class ControlServer {
+public final class ControlServer {
     /// What a request gets: a response, or a stream produced slice by slice.
     enum Reply {
         case response(ControlResponse)
@@ -100,7 +100,8 @@ final class ControlServer {
         unlink(path)
     }
 
-    static func address(_ path: String) -> sockaddr_un {
+    /// The Unix socket address of `path` (cut to what `sun_path` holds).
+    public static func address(_ path: String) -> sockaddr_un {
         var address = sockaddr_un()
         address.sun_family = sa_family_t(AF_UNIX)
         withUnsafeMutableBytes(of: &address.sun_path) { raw in

@@ -21,16 +21,11 @@ enum ProcessProbe {
         (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/fd").count) ?? -1
     }
 
-    /// A Unix stream socket connected to `path` (blocking connect), or -1.
-    static func connect(_ path: String) -> Int32 {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            let bytes = Array(path.utf8.prefix(raw.count - 1))
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
+    /// A Unix stream socket connected to `path`, or -1. `nonBlocking`: a full backlog fails
+    /// at once instead of waiting.
+    static func connect(_ path: String, nonBlocking: Bool = false) -> Int32 {
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0), 0)
+        var address = ControlServer.address(path)
         let rc = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
@@ -48,6 +43,17 @@ extension KernelTests {
 struct HardeningTests {
     static func socketPath(_ name: String) -> String { "/run/tapbridge/\(name).sock" }
 
+    /// A bridge with one TAP, once its control socket exists.
+    static func bridgeWithSocket(_ lab: Lab) throws -> (Background, String, String) {
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", lab.link("a"), "--name", name])
+        let path = socketPath(name)
+        let ready = Date().addingTimeInterval(10)
+        while !FileManager.default.fileExists(atPath: path), Date() < ready { usleep(20_000) }
+        usleep(200_000)
+        return (bridge, name, path)
+    }
+
     /// CPU seconds the bridge uses over `seconds` while idle.
     static func idleCPU(_ pid: Int32, over seconds: Double = 1) -> Double {
         let before = ProcessProbe.cpuSeconds(pid)
@@ -60,12 +66,7 @@ struct HardeningTests {
     /// flat across repeated rounds now.
     @Test func controlClientsThatTimeOutAsTheyCloseLeaveNoSpinAndNoLeak() throws {
         let lab = Lab()
-        let name = lab.bridgeName()
-        let bridge = try lab.bridge(["--port", lab.link("a"), "--name", name])
-        let path = Self.socketPath(name)
-        let ready = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: path), Date() < ready { usleep(20_000) }
-        usleep(200_000)
+        let (bridge, name, path) = try Self.bridgeWithSocket(lab)
         let baseline = ProcessProbe.descriptors(bridge.pid)
         for round in 0..<2 {
             // 15 clients connect and close after exactly the client timeout
@@ -95,27 +96,14 @@ struct HardeningTests {
     /// connect() (where SIGTERM used to be blocked).
     @Test func aStoppedBridgeHangsNeitherTheClientNorASecondBridge() throws {
         let lab = Lab()
-        let name = lab.bridgeName()
-        let bridge = try lab.bridge(["--port", lab.link("a"), "--name", name])
-        let path = Self.socketPath(name)
-        let ready = Date().addingTimeInterval(10)
-        while !FileManager.default.fileExists(atPath: path), Date() < ready { usleep(20_000) }
-        usleep(200_000)
+        let (bridge, name, path) = try Self.bridgeWithSocket(lab)
         kill(bridge.pid, SIGSTOP)
         defer { kill(bridge.pid, SIGCONT) }
         // fill the listen backlog (16, the kernel takes one more)
         var held: [Int32] = []
         for _ in 0..<17 {
-            let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-            var address = sockaddr_un()
-            address.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &address.sun_path) { raw in
-                let bytes = Array(path.utf8)
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
-            let rc = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
-            if rc == 0 { held.append(fd) } else { close(fd) }
+            let fd = ProcessProbe.connect(path, nonBlocking: true)
+            if fd >= 0 { held.append(fd) }
         }
         defer { for fd in held { close(fd) } }
         let started = Date()
@@ -278,7 +266,7 @@ struct HardeningTests {
         #expect(printed.ok && printed.output.contains("p19999"), "\(printed.output.suffix(300))")
         #expect(took < 10, "20,000 ports took \(took) s to parse")
         let big = lab.temporaryPath("big.yaml")
-        FileManager.default.createFile(atPath: big, contents: Data(("ports:\n" + String(repeating: "  - p\n", count: 400_000)).utf8))
+        _ = FileManager.default.createFile(atPath: big, contents: Data(("ports:\n" + String(repeating: "  - p\n", count: 400_000)).utf8))
         let refused = Host.run([Host.binary, "--config", big])
         #expect(refused.status == 64 && refused.output.contains("larger than the 1024 KiB"), "\(refused.output.prefix(300))")
         let long = Host.run([Host.binary, "--port", String(repeating: "x", count: 100_000)])
@@ -337,13 +325,13 @@ struct HardeningTests {
         let filler = try lab.background(["/usr/bin/python3", "\(RemoteTests.peers)/fdb_fill.py", tx, "1000000", stop, "150"])
         let ready = Date().addingTimeInterval(10)
         while !filler.output.contains("ready"), Date() < ready { usleep(20_000) }
-        defer { FileManager.default.createFile(atPath: stop, contents: nil); FileManager.default.createFile(atPath: stop + ".2", contents: nil) }
+        defer { _ = FileManager.default.createFile(atPath: stop, contents: nil); _ = FileManager.default.createFile(atPath: stop + ".2", contents: nil) }
         let name = lab.bridgeName()
         let bridge = try lab.bridge(["--port", ta, "--port", tb, "--port", tx, "--max-macs", "1100000", "--name", name])
         #expect(lab.waitForLinks([ta, tb]), "\(bridge.output)")
         lab.place(ta, in: a, address: "10.77.0.1/24")
         lab.place(tb, in: b, address: "10.77.0.2/24")
-        FileManager.default.createFile(atPath: stop + ".1", contents: nil)
+        _ = FileManager.default.createFile(atPath: stop + ".1", contents: nil)
         var entries = 0
         let filled = Date().addingTimeInterval(90)
         while entries < 1_000_000, Date() < filled {
@@ -352,7 +340,7 @@ struct HardeningTests {
             let fdb = ((try? JSONSerialization.jsonObject(with: Data(stats.output.utf8))) as? [String: Any])?["fdb"] as? [String: Any]
             entries = fdb?["entries"] as? Int ?? 0
         }
-        FileManager.default.createFile(atPath: stop, contents: nil)
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
         try #require(entries >= 1_000_000, "the table holds \(entries) entries, want 1,000,000\n\(bridge.output)")
         usleep(1_000_000)
         let memoryBefore = Self.peakMemoryKiB(bridge.pid)
@@ -369,7 +357,7 @@ struct HardeningTests {
         #expect(maximum < 100, "the slowest ping took \(maximum) ms while show fdb answered, want < 100 ms:\n\(pinger.output.suffix(300))")
         let grown = Self.peakMemoryKiB(bridge.pid) - memoryBefore
         #expect(grown < 64 * 1024, "the bridge's peak memory grew by \(grown) KiB answering show fdb, want < 64 MiB")
-        FileManager.default.createFile(atPath: stop + ".2", contents: nil)
+        _ = FileManager.default.createFile(atPath: stop + ".2", contents: nil)
         #expect(bridge.stop() == 0)
     }
 
