@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/uio.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -45,6 +46,45 @@ int ctb_tap_open(const char *name, int vnet_hdr) {
     return fd;
 }
 
+#ifndef TUN_F_USO4
+#define TUN_F_USO4 0x20
+#define TUN_F_USO6 0x40
+#endif
+
+int ctb_tap_negotiate_offload(int fd) {
+    int size = CTB_VNET_HDR_LEN;
+    if (ioctl(fd, TUNSETVNETHDRSZ, &size) < 0) return -errno;
+    // what this reader takes; an unknown bit (USO before Linux 6.2) is EINVAL: try less
+    static const struct { unsigned flags; int got; } tries[] = {
+        {TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6 | TUN_F_USO4 | TUN_F_USO6, CTB_OFFLOAD_CSUM | CTB_OFFLOAD_TSO | CTB_OFFLOAD_USO},
+        {TUN_F_CSUM | TUN_F_TSO4 | TUN_F_TSO6, CTB_OFFLOAD_CSUM | CTB_OFFLOAD_TSO},
+        {TUN_F_CSUM, CTB_OFFLOAD_CSUM},
+        {0, 0},
+    };
+    for (size_t i = 0; i < sizeof(tries) / sizeof(tries[0]); i++) {
+        if (ioctl(fd, TUNSETOFFLOAD, (unsigned long)tries[i].flags) == 0) return tries[i].got;
+    }
+    return -errno;
+}
+
+ssize_t ctb_tap_read(int fd, uint8_t *vnet, void *buf, size_t cap) {
+    struct iovec iov[2] = {{.iov_base = vnet, .iov_len = CTB_VNET_HDR_LEN}, {.iov_base = buf, .iov_len = cap}};
+    for (;;) {
+        ssize_t n = readv(fd, iov, 2);
+        if (n >= 0) return n < CTB_VNET_HDR_LEN ? -EPROTO : n - CTB_VNET_HDR_LEN;
+        if (errno != EINTR) return -errno;
+    }
+}
+
+ssize_t ctb_tap_write(int fd, const uint8_t *vnet, const void *frame, size_t len) {
+    struct iovec iov[2] = {{.iov_base = (void *)vnet, .iov_len = CTB_VNET_HDR_LEN}, {.iov_base = (void *)frame, .iov_len = len}};
+    for (;;) {
+        ssize_t n = writev(fd, iov, 2);
+        if (n >= 0) return n;
+        if (errno != EINTR) return -errno;
+    }
+}
+
 // Runs an interface ioctl on `ifr` (whose name is already set) through a throwaway socket.
 static int ifreq_ioctl(unsigned long req, struct ifreq *ifr) {
     int s = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
@@ -53,13 +93,6 @@ static int ifreq_ioctl(unsigned long req, struct ifreq *ifr) {
     int rc = ioctl(s, req, ifr) < 0 ? -errno : 0;
     close(s);
     return rc;
-}
-
-int ctb_if_get_flags(const char *name) {
-    struct ifreq ifr;
-    int rc = copy_name(&ifr, name);
-    if (rc == 0) rc = ifreq_ioctl(SIOCGIFFLAGS, &ifr);
-    return rc < 0 ? rc : (int)(unsigned short)ifr.ifr_flags;
 }
 
 int ctb_if_set_up(const char *name) {

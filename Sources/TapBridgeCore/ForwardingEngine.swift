@@ -206,7 +206,7 @@ public final class ForwardingEngine {
             bridge.countChecksumCompleted(on: port)
         }
         let frame = batch.frame(i)
-        count(device.transmit(frame, to: port), on: port, bytes: frame.count)
+        count(device.transmit(frame, offload: batch.offload(i), to: port), on: port, bytes: frame.count)
     }
 
     /// Counts what `transmit` answered: sent, dropped, or nothing yet (queued: `flush` tells).

@@ -47,21 +47,9 @@ public final class MirroredDevice: PortDevice {
         let first = batch.count
         let n = try inner.receive(into: batch)
         for i in first..<batch.count where isSelected(batch.ingressPort(i)) {
-            let port = batch.ingressPort(i), offload = batch.offload(i)
-            if offload.isComplete {
-                sink.observe(batch.frame(i), on: port, direction: .ingress)
-            } else if OffloadFinisher.validate(batch.frame(i), offload) != nil {
-                continue  // the engine drops and counts it
-            } else if offload.isSegmentation {
-                // the frames the receiver will see: the segments, as the kernel would cut them
-                _ = finisher.segment(batch.frame(i), offload, maximumFrameLength: finisher.capacity) {
-                    sink.observe($0, on: port, direction: .ingress)
-                }
-            } else {
-                // completing the checksum now saves the engine doing it later
-                batch.completeChecksum(i)
-                sink.observe(batch.frame(i), on: port, direction: .ingress)
-            }
+            // what a receiver gets: complete frames, super-frames as the kernel would cut them
+            let port = batch.ingressPort(i)
+            finisher.complete(batch.frame(i), batch.offload(i)) { sink.observe($0, on: port, direction: .ingress) }
         }
         return n
     }
@@ -69,8 +57,14 @@ public final class MirroredDevice: PortDevice {
     public var offloadCapabilities: OffloadCapabilities { inner.offloadCapabilities }
 
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
-        let outcome = inner.transmit(frame, to: port)
-        if mirrorsEgress, outcome == .sent || outcome == .queued, isSelected(port) { sink.observe(frame, on: port, direction: .egress) }
+        transmit(frame, offload: .none, to: port)
+    }
+
+    public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
+        let outcome = inner.transmit(frame, offload: offload, to: port)
+        if mirrorsEgress, outcome == .sent || outcome == .queued, isSelected(port) {
+            finisher.complete(frame, offload) { sink.observe($0, on: port, direction: .egress) }
+        }
         return outcome
     }
 

@@ -123,6 +123,13 @@ public struct OffloadCapabilities: Equatable, Sendable {
         self.maximumFrameLength = maximumFrameLength
     }
 
+    /// `csum tso uso` (what is taken), `none` (nothing), or `off` (`on` false: turned off).
+    public static func describe(_ c: OffloadCapabilities, on: Bool) -> String {
+        guard on else { return "off" }
+        let words = [c.partialChecksum ? "csum" : nil, c.tcpSegmentation ? "tso" : nil, c.udpSegmentation ? "uso" : nil].compactMap { $0 }
+        return words.isEmpty ? "none" : words.joined(separator: " ")
+    }
+
     /// Whether a frame with offload state `o` can go out as it is.
     @inline(__always) public func accepts(_ o: FrameOffload) -> Bool {
         switch o.segmentation {

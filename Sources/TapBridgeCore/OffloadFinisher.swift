@@ -149,6 +149,23 @@ public final class OffloadFinisher {
         return InternetChecksum.fold(InternetChecksum.sum(p + layout.l4, count: layout.l4Length, initial: pseudo)) == 0xFFFF
     }
 
+    /// Hands `body` the complete frame(s) that `frame` (offload state `o`) stands for, without
+    /// touching `frame`: itself if complete; a copy with its checksum completed; or its
+    /// segments, as the kernel would cut them. For observers (the mirror) that must show what
+    /// a receiver gets. Malformed state: nothing.
+    public func complete(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload, _ body: (UnsafeRawBufferPointer) -> Void) {
+        if o.isComplete { return body(frame) }
+        guard Self.validate(frame, o) == nil else { return }
+        if o.isSegmentation {
+            _ = segment(frame, o, maximumFrameLength: capacity, body)
+        } else if frame.count <= capacity {
+            let copy = UnsafeMutableRawBufferPointer(start: scratch, count: frame.count)
+            copy.copyMemory(from: frame)
+            Self.completeChecksum(copy, o)
+            body(UnsafeRawBufferPointer(copy))
+        }
+    }
+
     // MARK: Segmentation
 
     /// Cuts the validated super-frame `frame` (offload state `o`) into segments of at most

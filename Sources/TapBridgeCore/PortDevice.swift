@@ -57,6 +57,12 @@ public protocol PortDevice: AnyObject {
     /// writes the same buffer to every egress port of a flood.
     func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome
 
+    /// Sends one frame with its offload state (a partial checksum, a super-frame). The engine
+    /// calls it only with a state the device's `offloadCapabilities` accept (otherwise it
+    /// finishes the frame first and passes `.none`). The default ignores the state, which is
+    /// right for devices that accept nothing.
+    func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome
+
     /// What frames the device takes as they are: a frame with a partial checksum or a GSO
     /// super-frame goes out through a device that lacks the capability only after the engine
     /// finished it in software (`OffloadFinisher`).
@@ -78,6 +84,9 @@ public protocol PortDevice: AnyObject {
 
 extension PortDevice {
     public var offloadCapabilities: OffloadCapabilities { .none() }
+    public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
+        transmit(frame, to: port)
+    }
     public func didAddPort(_ port: PortID, name: String) {}
     public func didRemovePort(_ port: PortID) {}
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {}

@@ -110,7 +110,8 @@ extension BridgeDaemon {
             let config = engine.bridge.configuration(of: a.port) ?? PortConfiguration()
             var drops: [String: UInt64] = [:]
             for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
-            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName), state: "up", vlans: "\(config.vlanMode)", learning: config.learning,
+            let offloads = OffloadCapabilities.describe(a.device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
+            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName), state: "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
                               framesSegmented: c.framesSegmented, drops: drops)

@@ -34,6 +34,8 @@ public final class BridgeDaemon {
         public var peerTimeout: Duration = .seconds(300)
         /// Never forward between two remotes (default on).
         public var splitHorizon = true
+        /// Offloads on TAP and packet ports (`--offload`), unless a port says otherwise.
+        public var offload = true
         /// Mirroring (`--mirror*`), or nil.
         public var mirror: MirrorOptions? = nil
         /// The bridge's name (`--name`): names its control socket and its metrics.
@@ -69,6 +71,8 @@ public final class BridgeDaemon {
         /// The interface's index (TAP and packet ports), to refuse attaching it twice and to
         /// show its current name after a rename.
         var interfaceIndex: Int32? = nil
+        /// Offloads were asked for on this port (`--offload`, `offload=`).
+        var offloadsOn = true
     }
 
     public let engine: ForwardingEngine
@@ -146,14 +150,14 @@ public final class BridgeDaemon {
         }
         let (device, kind, note): (any PortDevice, Kind, String)
         do {
-            (device, kind, note) = try Self.open(spec)
+            (device, kind, note) = try Self.open(spec, offload: spec.offload ?? options.offload)
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
         let handle = decorate(device)
         let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: handle)
-        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name, interfaceIndex: index))
+        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name, interfaceIndex: index, offloadsOn: spec.offload ?? options.offload))
         logger.info("port \(spec.name): \(note), \(Self.describe(spec.configuration))")
     }
 
@@ -230,17 +234,17 @@ public final class BridgeDaemon {
         return index
     }
 
-    static func open(_ spec: PortSpec) throws(StartupError) -> (any PortDevice, Kind, String) {
+    static func open(_ spec: PortSpec, offload: Bool) throws(StartupError) -> (any PortDevice, Kind, String) {
         func tapNote(_ tap: TapDevice) -> String {
-            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)") + ", mtu \(tap.mtu)"
+            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)") + ", mtu \(tap.mtu), offloads \(tap.offloadDescription)"
         }
         func packet(_ why: String) throws(StartupError) -> (any PortDevice, Kind, String) {
-            let device = try PacketSocketDevice(name: spec.name, mtu: spec.mtu)
-            return (device, .packet, "packet socket on ifindex \(device.interfaceIndex)\(why)")
+            let device = try PacketSocketDevice(name: spec.name, mtu: spec.mtu, offload: offload)
+            return (device, .packet, "packet socket on ifindex \(device.interfaceIndex)\(why), offloads \(device.offloadDescription)")
         }
         if spec.mode == .packet { return try packet("") }
         do {
-            let tap = try TapDevice(name: spec.name, mtu: spec.mtu)
+            let tap = try TapDevice(name: spec.name, mtu: spec.mtu, offload: offload)
             return (tap, .tap, tapNote(tap))
         } catch {
             switch (error, spec.mode) {

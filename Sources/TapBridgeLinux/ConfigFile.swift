@@ -29,13 +29,13 @@ public enum ConfigFile {
     static let keys: [String: Kind] = [
         "ports": .portList, "remotes": .remoteList, "mirror-ports": .list,
         "name": .string, "control": .string, "control-group": .string, "listen": .string, "encap": .string,
-        "mirror": .string, "mirror-filter": .string, "mirror-iface": .string, "mirror-rotate": .string, "log-level": .string,
+        "mirror": .string, "mirror-filter": .string, "mirror-iface": .string, "mirror-rotate": .string, "log-level": .string, "offload": .string,
         "max-macs": .integer, "max-macs-per-port": .integer, "vni": .integer, "max-peers": .integer, "snaplen": .integer,
         "ageing": .number, "move-hold-down": .number, "peer-timeout": .number, "stats-interval": .number,
         "hub": .flag, "forward-link-local": .flag, "accept-peers": .flag, "split-horizon": .flag, "mirror-egress": .flag,
     ]
 
-    static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu"]
+    static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload"]
     static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "vlan", "trunk", "native", "learning", "flooding"]
 
     /// Reads `path` and returns the equivalent command-line arguments.

@@ -32,6 +32,9 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var interface: String?
     /// `up`; a port whose interface vanished is removed, so it is never listed as down.
     public var state: String
+    /// What the port takes as it is: `csum tso uso` (partial checksums, TCP and UDP
+    /// super-frames), `none`, or `off` (`--offload off`); remotes: `none`.
+    public var offloads: String
     /// e.g. `access VLAN 1`, `trunk VLANs 10,20 (native 1 untagged)`.
     public var vlans: String
     public var learning: Bool

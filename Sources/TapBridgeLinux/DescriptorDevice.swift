@@ -63,6 +63,10 @@ public class DescriptorDevice: PortDevice {
         fatalError("subclass must implement transmit")
     }
 
+    public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
+        transmit(frame, to: port)
+    }
+
     /// Maps the errno of a failed write/send to a transmit outcome (EINTR is retried by the
     /// caller): a full queue is `wouldBlock`, a down link `linkDown`, a too-large frame `tooLarge`.
     static func transmitOutcome(errno code: Int32) -> TransmitOutcome {

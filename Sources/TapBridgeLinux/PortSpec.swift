@@ -15,13 +15,15 @@ public enum PortMode: String, Sendable, CaseIterable {
 ///
 /// Keys: `mode=auto|tap|packet`, `vlan=N` (access port), `trunk=V[:V...]` (tagged VLANs,
 /// `:`-separated because `,` separates options; ranges allowed: `trunk=10:20-29`), `native=N`
-/// (untagged VLAN of a trunk), `learning=on|off`, `flooding=on|off`, `mtu=N`.
+/// (untagged VLAN of a trunk), `learning=on|off`, `flooding=on|off`, `mtu=N`, `offload=on|off`.
 public struct PortSpec: Sendable, Equatable {
     public var name: String
     public var mode: PortMode = .auto
     public var configuration = PortConfiguration()
     /// MTU to set on the interface (IP MTU, as `ip link` shows it), or `nil` to leave it.
     public var mtu: Int? = nil
+    /// Offloads on this port (`nil`: the bridge's `--offload`).
+    public var offload: Bool? = nil
 
     public init(name: String, mode: PortMode = .auto, configuration: PortConfiguration = PortConfiguration(), mtu: Int? = nil) {
         self.name = name
@@ -31,7 +33,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,mtu=N]"
+    public static let syntax = "NAME[,mode=auto|tap|packet][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,mtu=N][,offload=off]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
@@ -50,14 +52,18 @@ public struct PortSpec: Sendable, Equatable {
             case "mtu":
                 guard let m = Int(value), (68...65_521).contains(m) else { throw PortSpecError(text, "mtu must be 68-65521, got '\(value)'") }
                 mtu = m
+            case "offload":
+                guard let b = Self.boolean(value) else { throw PortSpecError(text, "offload must be on or off, got '\(value)'") }
+                offload = b
             default:
-                throw PortSpecError(text, "unknown option '\(key)' (known: mode, mtu, \(SharedPortOptions.keys))")
+                throw PortSpecError(text, "unknown option '\(key)' (known: mode, mtu, offload, \(SharedPortOptions.keys))")
             }
         }
         configuration = try shared.configuration(in: text)
     }
 
-    static func boolean(_ s: String) -> Bool? {
+    /// on/yes/true/1 or off/no/false/0 (any case); nil for anything else.
+    public static func boolean(_ s: String) -> Bool? {
         switch s.lowercased() {
         case "on", "yes", "true", "1": true
         case "off", "no", "false", "0": false

@@ -5,6 +5,13 @@ public import TapBridgeCore
 /// A TAP interface opened through /dev/net/tun (`IFF_TAP | IFF_NO_PI`, non-blocking):
 /// one read(2) is one frame received, one write(2) one frame sent.
 ///
+/// With offloads on (the default), the TAP is opened with `IFF_VNET_HDR` and tells the kernel
+/// it takes partial checksums and TCP (and, where the kernel knows them, UDP) super-frames
+/// (`TUNSETOFFLOAD`): the stack behind the TAP then hands over 64 KiB frames instead of 45
+/// MTU-sized ones, and takes them the same way, each with its virtio-net header. A super-frame
+/// goes from one such TAP to another untouched; the engine segments only for ports that cannot
+/// take it. With offloads off, frames are complete and MTU-sized, as without the header.
+///
 /// If the TAP did not exist, opening creates it, non-persistent: the kernel deletes it when
 /// the descriptor closes (on exit, or if tapbridge dies). A persistent TAP that existed before
 /// (`ip tuntap add`) is attached and left in place.
@@ -17,6 +24,11 @@ public final class TapDevice: DescriptorDevice {
     public let mtu: Int
     /// The interface index.
     public let interfaceIndex: Int32
+    /// What the TAP takes, as negotiated (`CTB_OFFLOAD_*` bits; 0 without the vnet header).
+    public let offloads: Int32
+    /// The virtio-net header of the frame being read, and of the frame being written.
+    let receiveHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
+    let sendHeader = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(CTB_VNET_HDR_LEN), alignment: 8)
 
     /// Why opening failed, for the caller's choice between an error and the packet fallback.
     public enum OpenError: Error {
@@ -28,10 +40,11 @@ public final class TapDevice: DescriptorDevice {
         case failed(String)
     }
 
-    /// Attaches to (or creates) TAP `name`, brings it up, sets `mtu` if given.
-    public init(name: String, mtu requestedMTU: Int?) throws(OpenError) {
+    /// Attaches to (or creates) TAP `name`, brings it up, sets `mtu` if given; `offload`: open
+    /// it with the vnet header and negotiate offloads.
+    public init(name: String, mtu requestedMTU: Int?, offload: Bool = true) throws(OpenError) {
         existedBefore = ctb_if_index(name) > 0
-        let rc = ctb_tap_open(name, 0)
+        let rc = ctb_tap_open(name, offload ? 1 : 0)
         if rc < 0 {
             switch -rc {
             case EBUSY: throw .busy
@@ -53,30 +66,71 @@ public final class TapDevice: DescriptorDevice {
             close(rc)
             throw .failed("cannot bring the link up: \(describeErrno(-up))")
         }
+        var negotiated: Int32 = 0
+        if offload {
+            negotiated = ctb_tap_negotiate_offload(rc)
+            if negotiated < 0 {
+                close(rc)
+                throw .failed("cannot set up the vnet header: \(describeErrno(-negotiated)) (try offload=off)")
+            }
+        }
         self.name = name
         mtu = Int(max(ctb_if_get_mtu(name), 0))
         interfaceIndex = ctb_if_index(name)
+        offloads = offload ? negotiated : -1
+        receiveHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
+        sendHeader.initializeMemory(as: UInt8.self, repeating: 0)
         super.init(fd: rc)
     }
 
-    /// Complete frames only (the TAP is opened without `IFF_VNET_HDR`), up to the MTU plus an
-    /// Ethernet header with one tag.
-    public override var offloadCapabilities: OffloadCapabilities { .none(maximumFrameLength: mtu + 18) }
+    deinit {
+        receiveHeader.deallocate()
+        sendHeader.deallocate()
+    }
+
+    /// Whether the TAP was opened with the vnet header.
+    var hasVnetHeader: Bool { offloads >= 0 }
+
+    /// The negotiated offloads in words (`csum tso uso`, or `off`).
+    public var offloadDescription: String { OffloadCapabilities.describe(offloadCapabilities, on: hasVnetHeader) }
+
+    /// What was negotiated; segments for it are cut to the MTU plus an Ethernet header with one
+    /// tag.
+    public override var offloadCapabilities: OffloadCapabilities {
+        OffloadCapabilities(partialChecksum: offloads > 0 && offloads & CTB_OFFLOAD_CSUM != 0, tcpSegmentation: offloads > 0 && offloads & CTB_OFFLOAD_TSO != 0,
+                            udpSegmentation: offloads > 0 && offloads & CTB_OFFLOAD_USO != 0, maximumFrameLength: mtu + 18)
+    }
 
     override func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {
-        while true {
-            let got = read(fd, slot.baseAddress, slot.count)
-            if got >= 0 { return .frame(length: got, shift: 0, offload: .none) }
-            switch errno {
-            case EINTR: continue
-            case EAGAIN: return .drained
-            case EBADFD, ENODEV, ENXIO: throw PortError(.deviceRemoved, code: errno, operation: "read")
-            default: throw PortError(.failed, code: errno, operation: "read")
+        let got: Int
+        if hasVnetHeader {
+            got = ctb_tap_read(fd, receiveHeader, slot.baseAddress, slot.count)
+            if got >= 0 {
+                let offload = FrameOffload(virtioHeader: UnsafeRawBufferPointer(start: receiveHeader, count: Int(CTB_VNET_HDR_LEN))) ?? .none
+                return .frame(length: got, shift: 0, offload: offload)
             }
+        } else {
+            got = read(fd, slot.baseAddress, slot.count)
+            if got >= 0 { return .frame(length: got, shift: 0, offload: .none) }
+        }
+        let code = hasVnetHeader ? Int32(-got) : errno
+        switch code {
+        case EINTR: return try readFrame(into: slot, headroom: headroom)
+        case EAGAIN: return .drained
+        case EBADFD, ENODEV, ENXIO: throw PortError(.deviceRemoved, code: code, operation: "read")
+        default: throw PortError(.failed, code: code, operation: "read")
         }
     }
 
+    public override func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
+        guard hasVnetHeader else { return transmit(frame, to: port) }
+        offload.writeVirtioHeader(to: sendHeader)
+        let rc = ctb_tap_write(fd, sendHeader.baseAddress!.assumingMemoryBound(to: UInt8.self), frame.baseAddress, frame.count)
+        return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
+    }
+
     public override func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+        if hasVnetHeader { return transmit(frame, offload: .none, to: port) }
         while true {
             if write(fd, frame.baseAddress, frame.count) >= 0 { return .sent }
             if errno != EINTR { return Self.transmitOutcome(errno: errno) }

@@ -17,6 +17,8 @@ public final class VirtualPort: PortDevice {
     public var capabilities = OffloadCapabilities.none(maximumFrameLength: 70_000)
     /// Frames transmitted, oldest first.
     public var transmitted: [[UInt8]] = []
+    /// The offload state each frame in `transmitted` was sent with (`.none` for complete frames).
+    public var transmittedOffloads: [FrameOffload] = []
     /// When true, `transmit` answers `.linkDown` and records nothing.
     public var isLinkDown = false
     /// When true, `transmit` answers `.wouldBlock` and records nothing.
@@ -64,10 +66,15 @@ public final class VirtualPort: PortDevice {
     public var offloadCapabilities: OffloadCapabilities { capabilities }
 
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+        transmit(frame, offload: .none, to: port)
+    }
+
+    public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
         if isLinkDown { return .linkDown }
         if isQueueFull { return .wouldBlock }
         if frame.count > maximumFrameLength { return .tooLarge }
         transmitted.append(Array(frame))
+        transmittedOffloads.append(offload)
         return .sent
     }
 }
@@ -148,12 +155,20 @@ public final class VirtualLAN {
     /// What port `index` transmitted since the last call (the record is cleared).
     @discardableResult
     public func transmitted(on index: Int) -> [[UInt8]] {
-        defer { devices[index].transmitted.removeAll() }
+        defer {
+            devices[index].transmitted.removeAll()
+            devices[index].transmittedOffloads.removeAll()
+        }
         return devices[index].transmitted
     }
 
     /// Clears every port's transmit record.
-    public func discardTransmitted() { for d in devices { d.transmitted.removeAll() } }
+    public func discardTransmitted() {
+        for d in devices {
+            d.transmitted.removeAll()
+            d.transmittedOffloads.removeAll()
+        }
+    }
 
     /// The indices of the ports that transmitted something since the last call to `transmitted`
     /// (records are left alone).

@@ -72,8 +72,8 @@ struct Show: ParsableCommand {
             let r = try target.send(ControlRequest(command: "show-ports"))
             let ports = r.ports ?? []
             if json { return try ControlOutput.printJSON(ports) }
-            print(table(["PORT", "KIND", "STATE", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
-                [p.name + (p.interface.map { $0 == p.name ? "" : " (now \($0))" } ?? ""), p.kind, p.state, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
+            print(table(["PORT", "KIND", "STATE", "OFFLOADS", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
+                [p.name + (p.interface.map { $0 == p.name ? "" : " (now \($0))" } ?? ""), p.kind, p.state, p.offloads, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
                  "\(p.rxFrames)", "\(p.rxBytes)", "\(p.txFrames)", "\(p.txBytes)",
                  p.drops.isEmpty ? "-" : p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
             }))

@@ -138,6 +138,9 @@ struct TapBridgeCommand: ParsableCommand {
     @Option(name: .customLong("move-hold-down"), help: ArgumentHelp("Seconds a MAC that moved between ports stays put before it may move again (default: off).", valueName: "seconds"))
     var moveHoldDown: Double?
 
+    @Option(name: .customLong("offload"), help: ArgumentHelp("on (default): TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.", valueName: "on|off"))
+    var offload: String = "on"
+
     @Flag(name: .customLong("hub"), help: "Flood every frame and learn nothing (debugging).")
     var hub = false
 
@@ -183,6 +186,7 @@ struct TapBridgeCommand: ParsableCommand {
         if maxMACs < 1 { throw ValidationError("--max-macs must be at least 1, got \(maxMACs)") }
         if let m = maxMACsPerPort, m < 1 { throw ValidationError("--max-macs-per-port must be at least 1, got \(m)") }
         if let h = moveHoldDown { try Self.checkDuration("--move-hold-down", h, above: 0, atMost: 3600) }
+        if PortSpec.boolean(offload) == nil { throw ValidationError("--offload must be on or off, got '\(offload)'") }
         if Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(logLevel)'")
         }
@@ -269,7 +273,7 @@ struct TapBridgeCommand: ParsableCommand {
         lines += ["snaplen: \(snaplen)", "ageing: \(ageing)", "max-macs: \(maxMACs)"]
         optional("max-macs-per-port", maxMACsPerPort.map(String.init))
         optional("move-hold-down", moveHoldDown.map { "\($0)" })
-        lines += ["hub: \(hub)", "forward-link-local: \(forwardLinkLocal)"]
+        lines += ["offload: \(offload)", "hub: \(hub)", "forward-link-local: \(forwardLinkLocal)"]
         optional("control", control.map(quoted))
         optional("control-group", controlGroup.map(quoted))
         optional("stats-interval", statsInterval.map { "\($0)" })
@@ -305,6 +309,7 @@ struct TapBridgeCommand: ParsableCommand {
         options.maximumPeers = maxPeers
         options.peerTimeout = .milliseconds(Int64(peerTimeout * 1000))
         options.splitHorizon = !noSplitHorizon
+        options.offload = PortSpec.boolean(offload) ?? true
         options.mirror = mirrorOptions()
         options.name = name
         options.controlPath = control

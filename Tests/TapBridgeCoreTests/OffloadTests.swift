@@ -279,6 +279,47 @@ struct OffloadTests {
         #expect(lan.counters(1).checksumsCompleted + lan.counters(2).checksumsCompleted == 1)
     }
 
+    /// A port that takes super-frames gets the frame untouched, with its offload state; in the
+    /// same flood a port that does not gets the segments, and one that takes only partial
+    /// checksums gets the segments too (segmentation is more than a checksum). The frame in
+    /// the batch is never changed by the segmentation, so the order of ports does not matter.
+    @Test func capablePortsGetSuperFramesWholeAndTheOthersSegments() {
+        let lan = VirtualLAN(ports: 4)
+        lan.devices[1].capabilities = OffloadCapabilities(partialChecksum: true, tcpSegmentation: true, udpSegmentation: false, maximumFrameLength: 1518)
+        lan.devices[3].capabilities = OffloadCapabilities(partialChecksum: true, tcpSegmentation: false, udpSegmentation: false, maximumFrameLength: 1518)
+        var (frame, offload, _) = Self.superFrame("tcp4Options")
+        frame[0] = 0xFF  // broadcast: flooded to ports 1, 2 and 3
+        lan.inject(frame, on: 0, offload: offload)
+        lan.runUntilIdle()
+        let whole = lan.devices[1].transmittedOffloads
+        let wholeFrames = lan.transmitted(on: 1)
+        #expect(wholeFrames == [frame] && whole == [offload], "the capable port got \(wholeFrames.count) frames of \(wholeFrames.map(\.count)) bytes")
+        var want = Self.expectedSegments("tcp4Options")
+        for k in want.indices { want[k][0] = 0xFF }
+        for port in [2, 3] {
+            let got = lan.transmitted(on: port)
+            let same = got == want
+            #expect(same, "port \(port) got \(got.count) frames of \(got.map(\.count)) bytes, want the 3 golden segments")
+        }
+        #expect(lan.counters(1).framesSegmented == 0 && lan.counters(2).framesSegmented == 1 && lan.counters(3).framesSegmented == 1)
+        #expect(lan.counters(1).transmittedFrames == 1 && lan.counters(2).transmittedFrames == 3)
+    }
+
+    /// UDP segmentation for a port that takes TSO but not USO, and a partial checksum for a port
+    /// that takes partial checksums: passed as they are where taken, finished where not.
+    @Test func eachKindOfOffloadIsPassedOnlyWhereTaken() {
+        let lan = VirtualLAN(ports: 3)
+        lan.devices[1].capabilities = OffloadCapabilities(partialChecksum: true, tcpSegmentation: true, udpSegmentation: false, maximumFrameLength: 1518)
+        lan.devices[2].capabilities = OffloadCapabilities(partialChecksum: true, tcpSegmentation: true, udpSegmentation: true, maximumFrameLength: 1518)
+        var (frame, offload, _) = Self.superFrame("udp4")
+        frame[0] = 0xFF
+        lan.inject(frame, on: 0, offload: offload)
+        lan.runUntilIdle()
+        #expect(lan.transmitted(on: 1).count == 3 && lan.devices[2].transmittedOffloads == [offload])
+        let finished = lan.transmitted(on: 2)
+        #expect(finished == [frame])
+    }
+
     @Test func malformedMetadataIsDroppedAndCountedOnIngress() {
         let lan = VirtualLAN(ports: 2)
         var (frame, offload, _) = Self.superFrame("tcp4Options")

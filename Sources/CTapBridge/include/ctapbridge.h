@@ -8,14 +8,30 @@
 #include <stdint.h>
 #include <sys/types.h>
 
+/// Size of struct virtio_net_hdr, which PACKET_VNET_HDR and IFF_VNET_HDR put in front of
+/// every frame.
+#define CTB_VNET_HDR_LEN 10
+
 /// Opens /dev/net/tun and attaches (or creates) the TAP `name` with IFF_TAP | IFF_NO_PI,
 /// non-blocking and close-on-exec. `vnet_hdr` adds IFF_VNET_HDR. Returns the fd or -errno:
 /// -EBUSY if another process holds the TAP, -EINVAL if `name` exists and is not a TAP,
 /// -EPERM without CAP_NET_ADMIN, -ENOENT if /dev/net/tun is missing.
 int ctb_tap_open(const char *name, int vnet_hdr);
 
-/// Interface flags of `name` (IFF_UP etc.) or -errno.
-int ctb_if_get_flags(const char *name);
+/// Offloads a TAP opened with the vnet header takes (ctb_tap_negotiate_offload's result).
+#define CTB_OFFLOAD_CSUM 1
+#define CTB_OFFLOAD_TSO 2
+#define CTB_OFFLOAD_USO 4
+
+/// On a TAP opened with `vnet_hdr`: sets the header to 10 bytes and tells the kernel which
+/// offloads this reader takes (TUNSETOFFLOAD): checksum, TSO4+TSO6, USO4+USO6, the most the
+/// kernel knows. Returns CTB_OFFLOAD_* bits, or -errno.
+int ctb_tap_negotiate_offload(int fd);
+/// readv(2) of one frame with its virtio-net header: the frame's length, or -errno (-EAGAIN:
+/// nothing to read).
+ssize_t ctb_tap_read(int fd, uint8_t *vnet, void *buf, size_t cap);
+/// writev(2) of one frame after its virtio-net header: bytes written or -errno.
+ssize_t ctb_tap_write(int fd, const uint8_t *vnet, const void *frame, size_t len);
 /// Sets IFF_UP on `name`. 0 or -errno.
 int ctb_if_set_up(const char *name);
 /// Sets the MTU of `name`. 0 or -errno.
@@ -27,8 +43,6 @@ int ctb_if_index(const char *name);
 /// Whether ifindex `index` still exists in this namespace: 1, 0, or -errno.
 int ctb_if_index_exists(int index);
 
-/// Size of struct virtio_net_hdr, which PACKET_VNET_HDR puts in front of every frame.
-#define CTB_VNET_HDR_LEN 10
 
 /// Opens an AF_PACKET raw socket bound to ifindex `ifindex` for all protocols, non-blocking,
 /// close-on-exec, with PACKET_IGNORE_OUTGOING (our own transmissions are never read back),
