@@ -369,12 +369,14 @@ enum Main {
                 // The argument parser is quadratic in repeated options (8,000 --port: seconds);
                 // take the list options out in one pass and hand it the rest.
                 let (rest, lists) = ListOptions.extract(arguments)
-                var bridge = try TapBridgeCommand.parseAsRoot(rest) as! TapBridgeCommand
-                bridge.ports = lists.ports + bridge.ports
-                bridge.remotes = lists.remotes + bridge.remotes
-                bridge.mirrorPorts = lists.mirrorPorts + bridge.mirrorPorts
-                try bridge.validate()
-                command = bridge
+                command = try TapBridgeCommand.parseAsRoot(rest)
+                if var bridge = command as? TapBridgeCommand {  // not for --help and friends
+                    bridge.ports = lists.ports + bridge.ports
+                    bridge.remotes = lists.remotes + bridge.remotes
+                    bridge.mirrorPorts = lists.mirrorPorts + bridge.mirrorPorts
+                    try bridge.validate()
+                    command = bridge
+                }
             } else {
                 command = try type.parseAsRoot(arguments)
             }
