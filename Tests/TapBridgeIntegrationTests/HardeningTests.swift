@@ -367,5 +367,18 @@ struct HardeningTests {
         let line = status.split(separator: "\n").first { $0.hasPrefix("VmHWM:") } ?? ""
         return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
     }
+
+    /// `--help` exits 0 and lists every option, `--offload` among them, and the man page knows
+    /// each (the argument pre-pass once made `--help` crash).
+    @Test func helpListsEveryOptionAndTheManPageKnowsThem() throws {
+        let help = Host.run([Host.binary, "--help"])
+        #expect(help.ok && help.output.contains("--offload"), "\(help.output.prefix(300))")
+        let man = try String(contentsOfFile: Host.packageRoot.appendingPathComponent("Docs/tapbridge.1").path, encoding: .utf8)
+        let options = Set(help.output.split(whereSeparator: { " ,[]()\n".contains($0) }).filter { $0.hasPrefix("--") && $0.count > 2 })
+        for option in options {
+            let word = option.dropFirst(2).prefix { $0.isLetter || $0 == "-" }
+            #expect(man.contains("-" + word), "Docs/tapbridge.1 lacks \(option): regenerate it")
+        }
+    }
 }
 }
