@@ -48,11 +48,19 @@ extension BridgeDaemon {
         case "fdb-add", "fdb-del":
             guard let text = request.mac, let mac = MACAddress(text) else { return .failure("expected a MAC address like 02:00:00:00:00:01, got '\(request.mac ?? "")'") }
             guard let name = request.port, let port = engine.port(named: name) else { return .failure("no port named '\(request.port ?? "")'") }
-            guard let vlan = VLANID(validating: request.vlan ?? 1) else { return .failure("VLAN must be 1-4094, got \(request.vlan ?? 0)") }
+            // no --vlan: the port's untagged VLAN (its access VLAN, or a trunk's native one)
+            let mode = engine.bridge.configuration(of: port)?.vlanMode
+            guard let vlan = request.vlan.map({ VLANID(validating: $0) }) ?? mode?.untaggedVLAN else {
+                if let v = request.vlan { return .failure("VLAN must be 1-4094, got \(v)") }
+                return .failure("port \(name) is a trunk without a native VLAN: give --vlan N")
+            }
             if request.command == "fdb-add" {
                 guard mac.isValidSource else { return .failure("\(mac) is a group or all-zero address: it cannot be a station") }
+                guard mode?.members.contains(vlan) == true else {
+                    return .failure("cannot pin \(mac) to \(name) in VLAN \(vlan): the port does not carry VLAN \(vlan) (it is \(mode.map { "\($0)" } ?? "gone"))")
+                }
                 guard engine.bridge.addStaticEntry(mac, on: port, vlan: vlan) else {
-                    return .failure("cannot pin \(mac) to \(name) in VLAN \(vlan): the port does not carry that VLAN, or the table is full of static entries")
+                    return .failure("cannot pin \(mac) to \(name) in VLAN \(vlan): the table is full of static entries (--max-macs \(engine.bridge.table.configuration.maximumEntries))")
                 }
                 logger.info("control: \(mac) pinned to \(name), VLAN \(vlan)")
                 return .success("\(mac) pinned to \(name) in VLAN \(vlan)")

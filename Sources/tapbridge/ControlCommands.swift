@@ -138,7 +138,7 @@ struct FDB: ParsableCommand {
         @OptionGroup var target: Target
         @Argument(help: "The MAC address, like 02:00:00:00:00:01.") var mac: String
         @Argument(help: "The port's name.") var port: String
-        @Option(help: ArgumentHelp("VLAN (default 1).", valueName: "n")) var vlan: Int = 1
+        @Option(help: ArgumentHelp("VLAN (default: the port's untagged VLAN, its access VLAN or a trunk's native one; a trunk without one needs --vlan).", valueName: "n")) var vlan: Int?
 
         func send(_ command: String) throws {
             print(try target.send(ControlRequest(command: command, mac: mac, port: port, vlan: vlan)).message ?? "ok")

@@ -226,5 +226,31 @@ struct ControlTests {
         #expect(bridge.stop() == 0)
         #expect(bridge.output.contains("stats: 2 ports, rx "), "no periodic stats line:\n\(bridge.output)")
     }
+
+    /// `fdb add MAC PORT` pins in the port's own untagged VLAN (access, or a trunk's native
+    /// one) rather than VLAN 1, and each refusal names its cause.
+    @Test func fdbAddUsesThePortsVLANAndSaysWhyItRefuses() throws {
+        let lab = Lab()
+        let (x, y, z) = (lab.link("x"), lab.link("y"), lab.link("z"))
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", "\(x),vlan=10", "--port", "\(y),trunk=20:30", "--port", "\(z),trunk=20,native=5", "--name", name])
+        #expect(lab.waitForLinks([x, y, z]), "\(bridge.output)")
+        let mac = "02:00:00:00:aa:01"
+        let access = Self.client(["fdb", "add", mac, x], name: name)
+        #expect(access.ok && access.output.contains("in VLAN 10"), "\(access.output)")
+        let native = Self.client(["fdb", "add", "02:00:00:00:aa:02", z], name: name)
+        #expect(native.ok && native.output.contains("in VLAN 5"), "\(native.output)")
+        let trunk = Self.client(["fdb", "add", "02:00:00:00:aa:03", y], name: name)
+        #expect(!trunk.ok && trunk.output.contains("trunk without a native VLAN: give --vlan N"), "\(trunk.output)")
+        let wrong = Self.client(["fdb", "add", "02:00:00:00:aa:03", y, "--vlan", "40"], name: name)
+        #expect(!wrong.ok && wrong.output.contains("does not carry VLAN 40"), "\(wrong.output)")
+        let tagged = Self.client(["fdb", "add", "02:00:00:00:aa:03", y, "--vlan", "30"], name: name)
+        #expect(tagged.ok && tagged.output.contains("in VLAN 30"), "\(tagged.output)")
+        let entries = try Self.decode([FDBReport].self, Self.client(["show", "fdb", "--json"], name: name))
+        #expect(Set(entries.map { "\($0.mac)@\($0.vlan)" }) == ["\(mac)@10", "02:00:00:00:aa:02@5", "02:00:00:00:aa:03@30"], "\(entries)")
+        let removed = Self.client(["fdb", "del", mac, x], name: name)
+        #expect(removed.ok && removed.output.contains("removed from \(x) in VLAN 10"), "\(removed.output)")
+        #expect(bridge.stop() == 0)
+    }
 }
 }
