@@ -336,6 +336,10 @@ enum Main {
         // `tapbridge show|fdb|port ...` talk to a running bridge; anything else runs one, with
         // exactly the run form's parsing and --help.
         let arguments = Array(CommandLine.arguments.dropFirst())
+        if arguments == ["help"] {  // as `tapbridge --help`
+            print(TapBridgeCommand.helpMessage())
+            Glibc.exit(0)
+        }
         if let first = arguments.first, ControlCommand.names.contains(first)
             || (first == "help" && arguments.count > 1 && ControlCommand.names.contains(arguments[1]))
         {

@@ -373,6 +373,8 @@ struct HardeningTests {
     @Test func helpListsEveryOptionAndTheManPageKnowsThem() throws {
         let help = Host.run([Host.binary, "--help"])
         #expect(help.ok && help.output.contains("--offload"), "\(help.output.prefix(300))")
+        let word = Host.run([Host.binary, "help"])
+        #expect(word.ok && word.output == help.output, "tapbridge help: \(word.status) \(word.output.prefix(200))")
         let man = try String(contentsOfFile: Host.packageRoot.appendingPathComponent("Docs/tapbridge.1").path, encoding: .utf8)
         let options = Set(help.output.split(whereSeparator: { " ,[]()\n".contains($0) }).filter { $0.hasPrefix("--") && $0.count > 2 })
         for option in options {
