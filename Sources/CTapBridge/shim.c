@@ -15,6 +15,9 @@
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/uio.h>
+#include <sys/un.h>
+#include <stddef.h>
+#include <stdlib.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -342,6 +345,23 @@ int ctb_accept(int fd) {
         if (c >= 0) return c;
         if (errno != EINTR) return -errno;
     }
+}
+
+int ctb_notify(const char *path, const char *state) {
+    struct sockaddr_un sun;
+    memset(&sun, 0, sizeof(sun));
+    sun.sun_family = AF_UNIX;
+    size_t n = strlen(path);
+    if (n == 0 || n >= sizeof(sun.sun_path)) return -EINVAL;
+    memcpy(sun.sun_path, path, n);
+    if (path[0] == '@') sun.sun_path[0] = 0;  // abstract namespace
+    int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    ssize_t rc = sendto(fd, state, strlen(state), MSG_NOSIGNAL, (struct sockaddr *)&sun,
+                        (socklen_t)(offsetof(struct sockaddr_un, sun_path) + n));
+    int e = errno;
+    close(fd);
+    return rc < 0 ? -e : 0;
 }
 
 int64_t ctb_monotonic_ns(void) {

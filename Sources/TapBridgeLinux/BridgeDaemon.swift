@@ -266,6 +266,7 @@ public final class BridgeDaemon {
         if attached.count < 2 && !options.acceptsPeers && control == nil { logger.warning("only \(attached.count) port(s): nothing to forward between") }
         if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports --name \(options.name))") }
         if let interval = options.statsInterval { nextStats = now().advanced(by: interval).nanoseconds }
+        notifyReady()
         var fds: [pollfd] = []
         var owners: [any PortDevice] = []
         var knownGeneration = -1
@@ -335,6 +336,16 @@ public final class BridgeDaemon {
                 nextStats = t.advanced(by: interval).nanoseconds
             }
         }
+    }
+
+    /// Every port exists and the control socket answers: tell systemd (`Type=notify`), if it
+    /// is listening (`$NOTIFY_SOCKET`, sd_notify(3)'s protocol: one datagram `READY=1`).
+    func notifyReady() {
+        guard let raw = getenv("NOTIFY_SOCKET") else { return }
+        let path = String(cString: raw)
+        guard !path.isEmpty else { return }
+        let rc = ctb_notify(path, "READY=1\nSTATUS=forwarding between \(attached.count) port(s)")
+        if rc < 0 { logger.warning("cannot notify systemd at \(path): \(describeErrno(-rc))") }
     }
 
     func expireIdlePeers(at t: Instant) {

@@ -9,11 +9,34 @@ import Glibc
 
 /// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
 struct ControlCommand: ParsableCommand {
-    static let names: Set<String> = ["show", "fdb", "port"]
+    static let names: Set<String> = ["show", "fdb", "port", "list"]
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
         abstract: "Inspect and steer a running tapbridge through its control socket.",
-        subcommands: [Show.self, FDB.self, Port.self])
+        subcommands: [Show.self, FDB.self, Port.self, List.self])
+}
+
+/// `tapbridge list`: the bridges running on this host (their sockets in /run/tapbridge).
+struct List: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "List the bridges running on this host: name, ports, uptime, control socket.")
+    @Option(help: ArgumentHelp("Where the control sockets are.", valueName: "dir")) var directory = "/run/tapbridge"
+    @Flag(help: "JSON: an array of the bridges' show stats answers.") var json = false
+
+    func run() throws {
+        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".sock") }.sorted()
+        var running: [StatsReport] = []
+        var paths: [String] = []
+        for file in names {
+            let path = "\(directory)/\(file)"
+            // a socket file whose bridge is gone does not answer: not listed
+            guard let r = try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: path), let stats = r.stats else { continue }
+            running.append(stats)
+            paths.append(path)
+        }
+        if json { return try ControlOutput.printJSON(running) }
+        if running.isEmpty { return print("no bridge is running (no control socket answers in \(directory))") }
+        print(table(["NAME", "PORTS", "UP", "CONTROL"], zip(running, paths).map { s, path in [s.name, "\(s.ports)", "\(Int(s.uptimeSeconds)) s", path] }))
+    }
 }
 
 /// Where the bridge is: `--name` or `--control`.

@@ -293,7 +293,8 @@ struct TapBridgeCommand: ParsableCommand {
             handler.logLevel = level
             return handler
         }
-        let logger = Logger(label: "tapbridge")
+        // every line names the bridge: two bridges' logs stay apart
+        let logger = Logger(label: "tapbridge[\(name)]")
         var options = BridgeDaemon.Options(
             ports: try ports.map(parsePort),
             bridge: Bridge.Configuration(

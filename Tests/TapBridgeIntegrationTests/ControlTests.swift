@@ -253,5 +253,49 @@ struct ControlTests {
         #expect(removed.ok && removed.output.contains("removed from \(x) in VLAN 10"), "\(removed.output)")
         #expect(bridge.stop() == 0)
     }
+
+    /// `tapbridge list` shows the running bridges, not a socket file whose bridge is gone.
+    @Test func listShowsTheRunningBridges() throws {
+        let lab = Lab()
+        let (one, two) = (lab.bridgeName(), lab.bridgeName())
+        let a = try lab.bridge(["--port", lab.link("a"), "--name", one])
+        let b = try lab.bridge(["--port", lab.link("b"), "--port", lab.link("c"), "--name", two])
+        let ready = Date().addingTimeInterval(10)
+        while !(FileManager.default.fileExists(atPath: "/run/tapbridge/\(one).sock") && FileManager.default.fileExists(atPath: "/run/tapbridge/\(two).sock")),
+            Date() < ready { usleep(20_000) }
+        usleep(200_000)
+        let stale = "/run/tapbridge/\(lab.bridgeName()).sock"
+        Host.run(["/usr/bin/python3", "-c", "import socket, sys; s = socket.socket(socket.AF_UNIX); s.bind(sys.argv[1]); s.close()", stale])
+        defer { unlink(stale) }
+        let r = Host.run([Host.binary, "list", "--json"], timeout: 60)
+        let bridges = (try? ControlCoding.decoder().decode([StatsReport].self, from: Data(r.output.utf8))) ?? []
+        let ports = Dictionary(bridges.map { ($0.name, $0.ports) }, uniquingKeysWith: { x, _ in x })
+        #expect(ports[one] == 1 && ports[two] == 2, "tapbridge list: \(r.output.prefix(500))")
+        #expect(!bridges.contains { "/run/tapbridge/\($0.name).sock" == stale }, "a dead socket was listed")
+        let text = Host.run([Host.binary, "list"], timeout: 60)
+        #expect(text.ok && text.output.contains(one) && text.output.contains(two), "\(text.output)")
+        #expect(a.stop() == 0 && b.stop() == 0)
+    }
+
+    /// Under systemd (`Type=notify`) the bridge says READY=1 once its ports exist and its
+    /// control socket answers: the TAPs are there when the notification arrives.
+    @Test func readinessIsNotifiedOnceThePortsExist() throws {
+        let lab = Lab()
+        let notify = lab.temporaryPath("notify.sock")
+        let tap = lab.link("a")
+        let listener = try lab.background(["/usr/bin/python3", "-c", """
+            import os, socket, sys
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); s.bind(sys.argv[1]); s.settimeout(20)
+            print("listening", flush=True)
+            msg = s.recv(4096).decode()
+            print("got", msg.replace("\\n", " | "), "tap", os.path.exists("/sys/class/net/" + sys.argv[2]), flush=True)
+            """, notify, tap])
+        let ready = Date().addingTimeInterval(10)
+        while !listener.output.contains("listening"), Date() < ready { usleep(20_000) }
+        let bridge = try lab.bridge(["--port", tap], environment: ["NOTIFY_SOCKET": notify])
+        _ = listener.wait(within: 20)
+        #expect(listener.output.contains("got READY=1") && listener.output.contains("tap True"), "\(listener.output)\n\(bridge.output)")
+        #expect(bridge.stop() == 0)
+    }
 }
 }

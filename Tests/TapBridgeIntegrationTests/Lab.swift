@@ -58,7 +58,7 @@ final class Background {
     let process = Process()
     let logURL: URL
 
-    init(_ args: [String], executable: String? = nil) throws {
+    init(_ args: [String], executable: String? = nil, environment: [String: String] = [:]) throws {
         logURL = FileManager.default.temporaryDirectory.appendingPathComponent("tbtest-\(UUID().uuidString).log")
         _ = FileManager.default.createFile(atPath: logURL.path, contents: nil)
         let log = try FileHandle(forWritingTo: logURL)
@@ -69,6 +69,7 @@ final class Background {
             process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
             process.arguments = args
         }
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { _, new in new } }
         process.standardOutput = log
         process.standardError = log
         process.standardInput = FileHandle.nullDevice
@@ -159,9 +160,10 @@ final class Lab {
     func named(_ args: [String]) -> [String] { args.contains("--name") ? args : args + ["--name", bridgeName()] }
 
     /// Starts tapbridge with `args` (and a unique `--name`), in namespace `ns` if given.
-    func bridge(_ args: [String], in ns: String? = nil) throws -> Background {
+    func bridge(_ args: [String], in ns: String? = nil, environment: [String: String] = [:]) throws -> Background {
         let args = named(args)
-        let b = try ns.map { try Background(["ip", "netns", "exec", $0, Host.binary] + args) } ?? Background(args, executable: Host.binary)
+        let b = try ns.map { try Background(["ip", "netns", "exec", $0, Host.binary] + args, environment: environment) }
+            ?? Background(args, executable: Host.binary, environment: environment)
         processes.append(b)
         return b
     }

@@ -110,6 +110,10 @@ int ctb_signalfd_read(int fd);
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC: the new fd, or -errno (-EAGAIN: none waiting).
 int ctb_accept(int fd);
 
+/// sd_notify(3): sends `state` as one datagram to the Unix socket `path` ($NOTIFY_SOCKET; a
+/// leading '@' is an abstract address). 0 or -errno.
+int ctb_notify(const char *path, const char *state);
+
 /// Monotonic clock in nanoseconds.
 int64_t ctb_monotonic_ns(void);
 
