@@ -93,6 +93,16 @@ public final class BridgeDaemon {
     /// Where the control socket is, or nil if it is off.
     public var controlPath: String? { Self.controlPath(options) }
 
+    /// `base`, or the first of `base-2`, `base-3`, ... (up to 99) whose control socket no
+    /// running bridge holds.
+    public static func freeName(base: String) -> String {
+        for n in 1...99 {
+            let name = n == 1 ? base : "\(base)-\(n)"
+            if !ControlServer.isLive(ControlCoding.defaultPath(name: name)) { return name }
+        }
+        return base  // refused later with the usual message
+    }
+
     static func controlPath(_ options: Options) -> String? {
         options.controlPath == "none" ? nil : (options.controlPath ?? ControlCoding.defaultPath(name: options.name))
     }

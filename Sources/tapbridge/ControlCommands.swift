@@ -41,13 +41,13 @@ struct List: ParsableCommand {
 
 /// Where the bridge is: `--name` or `--control`.
 struct Target: ParsableArguments {
-    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's --name.", valueName: "name"))
-    var name: String = "tapbridge"
+    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's --name (default: tapbridge; `tapbridge list` shows the running ones).", valueName: "name"))
+    var name: String?
 
     @Option(name: .customLong("control"), help: ArgumentHelp("The bridge's control socket (default /run/tapbridge/NAME.sock).", valueName: "path"))
     var control: String?
 
-    var path: String { control ?? ControlCoding.defaultPath(name: name) }
+    var path: String { control ?? ControlCoding.defaultPath(name: name ?? "tapbridge") }
 
     /// Sends `request`, returns the response; a failure response or an unreachable bridge is
     /// a one-line error.
@@ -56,6 +56,15 @@ struct Target: ParsableArguments {
         do {
             response = try ControlClient.exchange(request, at: path)
         } catch {
+            // no --name, and the default bridge is not there: name the ones that are
+            if name == nil, control == nil {
+                let others = ((try? FileManager.default.contentsOfDirectory(atPath: "/run/tapbridge")) ?? [])
+                    .filter { $0.hasSuffix(".sock") }.map { String($0.dropLast(5)) }.sorted()
+                    .filter { (try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: ControlCoding.defaultPath(name: $0))) != nil }
+                if !others.isEmpty {
+                    throw StartupFailure(message: "no bridge named tapbridge is running; running: \(others.joined(separator: ", ")) (give --name)")
+                }
+            }
             throw StartupFailure(message: error.message)
         }
         guard response.ok else { throw StartupFailure(message: response.error ?? "the bridge refused the request") }

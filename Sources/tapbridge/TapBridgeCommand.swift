@@ -147,8 +147,11 @@ struct TapBridgeCommand: ParsableCommand {
     @Flag(name: .customLong("forward-link-local"), help: "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default.")
     var forwardLinkLocal = false
 
-    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's name: its control socket is /run/tapbridge/NAME.sock and its metrics carry bridge=\"NAME\". A second bridge with the same name is refused.", valueName: "name"))
-    var name: String = "tapbridge"
+    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's name: its control socket is /run/tapbridge/NAME.sock and its metrics carry bridge=\"NAME\". Default: tapbridge, or the first free of tapbridge-2, tapbridge-3, ... when that one runs (the log says which). A second bridge with a --name already running is refused.", valueName: "name"))
+    var givenName: String?
+
+    /// The name to use: `--name`, or the default.
+    var name: String { givenName ?? "tapbridge" }
 
     @Option(name: .customLong("control"), help: ArgumentHelp("The control socket's path (default /run/tapbridge/NAME.sock), or none.", valueName: "path"))
     var control: String?
@@ -294,7 +297,10 @@ struct TapBridgeCommand: ParsableCommand {
             return handler
         }
         // every line names the bridge: two bridges' logs stay apart
+        // without --name (and --control), a second bridge on this host takes the next free name
+        let name = givenName == nil && control == nil ? BridgeDaemon.freeName(base: self.name) : self.name
         let logger = Logger(label: "tapbridge[\(name)]")
+        if name != self.name { logger.notice("a bridge named \(self.name) is running: this one is \(name) (tapbridge show ports --name \(name))") }
         var options = BridgeDaemon.Options(
             ports: try ports.map(parsePort),
             bridge: Bridge.Configuration(

@@ -297,5 +297,34 @@ struct ControlTests {
         #expect(listener.output.contains("got READY=1") && listener.output.contains("tap True"), "\(listener.output)\n\(bridge.output)")
         #expect(bridge.stop() == 0)
     }
+
+    /// Two bridges started without `--name` on one host (a lab with two segments): the second
+    /// takes the next free name and says so, they link through `--remote` and ping, and
+    /// `tapbridge show` without `--name` reaches the first.
+    @Test func twoBridgesWithoutANameBothRunAndLink() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)"], unnamed: true)
+        #expect(lab.waitForLinks([ta]), "\(one.output)")
+        let ready = Date().addingTimeInterval(10)
+        while !one.output.contains("control socket"), Date() < ready { usleep(20_000) }
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"], unnamed: true)
+        #expect(lab.waitForLinks([tb]), "\(two.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "\(one.output)\n\(two.output)")
+        #expect(two.output.contains("this one is tapbridge-2"), "the second bridge did not say its name:\n\(two.output)")
+        let show = Host.run([Host.binary, "show", "ports", "--json"])
+        #expect(show.ok && show.output.contains(ta), "show ports without --name: \(show.output.prefix(300))")
+        let second = Host.run([Host.binary, "show", "ports", "--json", "--name", "tapbridge-2"])
+        #expect(second.ok && second.output.contains(tb), "\(second.output.prefix(300))")
+        #expect(one.stop() == 0)
+        // with the default one gone, a bare `show` names the bridges that do run
+        let bare = Host.run([Host.binary, "show", "ports"])
+        #expect(!bare.ok && bare.output.contains("running: tapbridge-2 (give --name)"), "\(bare.output)")
+        #expect(two.stop() == 0)
+    }
 }
 }

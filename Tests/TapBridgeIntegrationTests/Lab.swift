@@ -160,8 +160,9 @@ final class Lab {
     func named(_ args: [String]) -> [String] { args.contains("--name") ? args : args + ["--name", bridgeName()] }
 
     /// Starts tapbridge with `args` (and a unique `--name`), in namespace `ns` if given.
-    func bridge(_ args: [String], in ns: String? = nil, environment: [String: String] = [:]) throws -> Background {
-        let args = named(args)
+    /// `unnamed`: no `--name` is added (the bridge picks its own).
+    func bridge(_ args: [String], in ns: String? = nil, environment: [String: String] = [:], unnamed: Bool = false) throws -> Background {
+        let args = unnamed ? args : named(args)
         let b = try ns.map { try Background(["ip", "netns", "exec", $0, Host.binary] + args, environment: environment) }
             ?? Background(args, executable: Host.binary, environment: environment)
         processes.append(b)
