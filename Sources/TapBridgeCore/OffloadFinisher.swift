@@ -129,13 +129,16 @@ public final class OffloadFinisher {
         let stored = p.loadUnaligned(fromByteOffset: field, as: UInt16.self)
         if layout.proto == 17, stored == 0 { return .notApplicable }  // UDP over IPv4 without checksum
         let length = layout.l4Length
-        let pseudo = InternetChecksum.fold(InternetChecksum.pseudoHeader(p, l3: layout.l3, isIPv6: layout.isIPv6, proto: layout.proto, length: length))
+        let pseudoSum = InternetChecksum.pseudoHeader(p, l3: layout.l3, isIPv6: layout.isIPv6, proto: layout.proto, length: length)
+        let pseudo = InternetChecksum.fold(pseudoSum)
         // 0x0000 and 0xFFFF are the same number in one's complement
         guard stored == pseudo || (stored | pseudo == 0xFFFF && stored & pseudo == 0) else { return .untouched }
-        let sum = InternetChecksum.sum(p + layout.l4, count: length, initial: InternetChecksum.pseudoHeader(p, l3: layout.l3, isIPv6: layout.isIPv6, proto: layout.proto, length: length))
+        // one pass: the sum over the segment as it is (its field holding the pseudo-header sum)
+        let sum = InternetChecksum.sum(p + layout.l4, count: length, initial: pseudoSum)
         if InternetChecksum.fold(sum) == 0xFFFF { return .untouched }  // verifies: a complete frame
-        p.storeBytes(of: 0, toByteOffset: field, as: UInt16.self)
-        var c = ~InternetChecksum.fold(InternetChecksum.sum(p + layout.l4, count: length, initial: InternetChecksum.pseudoHeader(p, l3: layout.l3, isIPv6: layout.isIPv6, proto: layout.proto, length: length)))
+        // the checksum is computed with a zero field: take `stored` back out of the sum
+        // (subtracting is adding the complement, in one's-complement arithmetic)
+        var c = ~InternetChecksum.fold(UInt64(InternetChecksum.fold(sum)) + UInt64(~stored))
         if c == 0 { c = 0xFFFF }
         p.storeBytes(of: c, toByteOffset: field, as: UInt16.self)
         return .completed

@@ -1,3 +1,4 @@
+import CTapBridge
 import Glibc
 public import TapBridgeCore
 
@@ -24,10 +25,28 @@ public class DescriptorDevice: PortDevice {
     let fd: Int32
     /// The port the engine assigned.
     var port = PortID(0)
+    /// The virtio-net header of the frame being read, and of the frame being written (for the
+    /// subclasses that use one).
+    let receiveHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
+    let sendHeader = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(CTB_VNET_HDR_LEN), alignment: 8)
 
-    init(fd: Int32) { self.fd = fd }
+    init(fd: Int32) {
+        self.fd = fd
+        receiveHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
+        sendHeader.initializeMemory(as: UInt8.self, repeating: 0)
+    }
 
-    deinit { close(fd) }
+    deinit {
+        close(fd)
+        receiveHeader.deallocate()
+        sendHeader.deallocate()
+    }
+
+    /// The header for a frame being sent with offload state `offload`.
+    func header(for offload: FrameOffload) -> UnsafePointer<UInt8> {
+        offload.writeVirtioHeader(to: sendHeader)
+        return UnsafePointer(sendHeader.baseAddress!.assumingMemoryBound(to: UInt8.self))
+    }
 
     public var pollDescriptor: Int32? { fd }
 

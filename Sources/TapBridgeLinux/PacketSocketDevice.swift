@@ -22,9 +22,6 @@ public final class PacketSocketDevice: DescriptorDevice {
     public let interfaceIndex: Int32
     /// The interface's MTU at attach time.
     public let mtu: Int
-    /// The virtio-net header of the frame being read, and the all-zero one sent with every frame.
-    let receiveHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
-    let sendHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
 
     /// Whether frames with offload state are sent whole (the kernel finishes them for the
     /// interface, in hardware or in its own software fallback).
@@ -53,14 +50,7 @@ public final class PacketSocketDevice: DescriptorDevice {
         sendsOffloads = offload
         interfaceIndex = index
         self.mtu = Int(max(ctb_if_get_mtu(name), 0))
-        receiveHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
-        sendHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
         super.init(fd: rc)
-    }
-
-    deinit {
-        receiveHeader.deallocate()
-        sendHeader.deallocate()
     }
 
     /// With offloads on, everything: `packet_snd` takes a frame with a virtio-net header, and
@@ -106,8 +96,7 @@ public final class PacketSocketDevice: DescriptorDevice {
     }
 
     public override func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
-        offload.writeVirtioHeader(to: UnsafeMutableRawBufferPointer(start: sendHeader, count: Int(CTB_VNET_HDR_LEN)))
-        let rc = ctb_packet_send(fd, sendHeader, frame.baseAddress, frame.count)
+        let rc = ctb_packet_send(fd, header(for: offload), frame.baseAddress, frame.count)
         return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
     }
 }

@@ -26,9 +26,6 @@ public final class TapDevice: DescriptorDevice {
     public let interfaceIndex: Int32
     /// What the TAP takes, as negotiated (`CTB_OFFLOAD_*` bits; 0 without the vnet header).
     public let offloads: Int32
-    /// The virtio-net header of the frame being read, and of the frame being written.
-    let receiveHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
-    let sendHeader = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(CTB_VNET_HDR_LEN), alignment: 8)
 
     /// Why opening failed, for the caller's choice between an error and the packet fallback.
     public enum OpenError: Error {
@@ -78,14 +75,7 @@ public final class TapDevice: DescriptorDevice {
         mtu = Int(max(ctb_if_get_mtu(name), 0))
         interfaceIndex = ctb_if_index(name)
         offloads = offload ? negotiated : -1
-        receiveHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
-        sendHeader.initializeMemory(as: UInt8.self, repeating: 0)
         super.init(fd: rc)
-    }
-
-    deinit {
-        receiveHeader.deallocate()
-        sendHeader.deallocate()
     }
 
     /// Whether the TAP was opened with the vnet header.
@@ -124,8 +114,7 @@ public final class TapDevice: DescriptorDevice {
 
     public override func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
         guard hasVnetHeader else { return transmit(frame, to: port) }
-        offload.writeVirtioHeader(to: sendHeader)
-        let rc = ctb_tap_write(fd, sendHeader.baseAddress!.assumingMemoryBound(to: UInt8.self), frame.baseAddress, frame.count)
+        let rc = ctb_tap_write(fd, header(for: offload), frame.baseAddress, frame.count)
         return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
     }
 
