@@ -10,15 +10,16 @@ import TapBridgeCore
 /// most 64 KiB (larger: an error reply, then close), a client that has not sent a full line
 /// within 5 s is dropped, at most 16 clients are served at once, and a response that the
 /// client does not read is dropped with it after the same 5 s without progress. A large answer
-/// (`show fdb` of a million entries) is produced in slices of at most `sliceBytes`, one slice
-/// per client per poll round and only once the previous one is written, so forwarding goes on
-/// between slices and the server's memory stays bounded.
+/// (`show fdb` of a million entries) is produced in bounded slices, one slice per client per
+/// poll round and only once the previous one is written, so forwarding goes on between slices
+/// and the server's memory stays bounded.
 public final class ControlServer {
     /// What a request gets: a response, or a stream produced slice by slice.
     enum Reply {
         case response(ControlResponse)
-        /// `next` appends the next slice of the answer to the buffer (at most about
-        /// `sliceBytes`) and returns false once it appended the last one.
+        /// `next` appends the next slice of the answer to the buffer (a bounded amount: `show
+        /// fdb` appends 2,048 entries, about 200 KB) and returns false once it appended the last
+        /// one.
         case stream(next: (inout [UInt8]) -> Bool)
     }
 
@@ -43,8 +44,6 @@ public final class ControlServer {
     static let maximumRequest = 64 * 1024
     static let maximumClients = 16
     static let timeoutNanoseconds: Int64 = 5_000_000_000
-    /// Bytes of a streamed answer produced per slice.
-    static let sliceBytes = 256 * 1024
 
     let path: String
     let listener: Int32

@@ -234,8 +234,16 @@ public final class UDPTunnelDevice: PortDevice {
     func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, now: Int64) -> Bool {
         let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
         guard let sender, let index = peer(for: sender) ?? admit(sender, d, now), let port = peers[index]?.port else { return false }
-        // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
-        if Self.frame(in: d, encapsulation: peers[index]!.encapsulation, vni: peers[index]!.vni) != nil { peers[index]!.lastHeard = now }
+        /// Takes the decoded frame at `frame` into the batch.
+        func take(_ frame: UnsafeMutableRawPointer, length: Int, shift: Int) -> Bool {
+            // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
+            if let header = EthernetHeader(UnsafeRawBufferPointer(start: frame, count: length)), header.source.isValidSource {
+                peers[index]!.lastHeard = now
+            }
+            repairChecksum(frame, length: length, peer: index)
+            batch.commit(length: length, from: port, shift: shift, freeSlot: k)
+            return true
+        }
         let capacity = batch.frameCapacity + VXLANHeader.length
         if d.length > capacity {
             batch.recordDrop(on: port, .truncated, bytes: d.length)
@@ -243,9 +251,7 @@ public final class UDPTunnelDevice: PortDevice {
         }
         switch peers[index]!.encapsulation {
         case .raw:
-            repairChecksum(d.data, length: d.length, peer: index)
-            batch.commit(length: d.length, from: port, shift: -VXLANHeader.length, freeSlot: k)
-            return true
+            return take(d.data, length: d.length, shift: -VXLANHeader.length)
         case .vxlan:
             switch VXLANHeader.decode(UnsafeRawBufferPointer(start: d.data, count: d.length)) {
             case .frame(let vni, let length):
@@ -253,9 +259,7 @@ public final class UDPTunnelDevice: PortDevice {
                     batch.recordDrop(on: port, .vniMismatch, bytes: d.length)
                     return false
                 }
-                repairChecksum(d.data + VXLANHeader.length, length: length, peer: index)
-                batch.commit(length: length, from: port, freeSlot: k)
-                return true
+                return take(d.data + VXLANHeader.length, length: length, shift: 0)
             case .tooShort, .flagsInvalid:
                 batch.recordDrop(on: port, .malformedEncapsulation, bytes: d.length)
                 return false
