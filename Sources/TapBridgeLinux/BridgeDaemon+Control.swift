@@ -11,12 +11,14 @@ extension BridgeDaemon {
     func reply(to request: ControlRequest) -> ControlServer.Reply {
         guard request.command == "show-fdb" else { return .response(handle(request)) }
         guard case .success(let port) = optionalPort(request.port) else { return .response(.failure("no port named '\(request.port ?? "")'")) }
-        var position: Int? = 0
-        var first = true
+        var position = 0
+        var first = true  // no entry written yet
+        var started = false
         return .stream { [unowned self] out in
-            if position == 0 && first { out += Array(#"{"fdb":["#.utf8) }
+            if !started { out += Array(#"{"fdb":["#.utf8) }
+            started = true
             let now = Instant(nanoseconds: ctb_monotonic_ns())
-            let (slice, next) = engine.bridge.table.entries(from: position ?? 0, limit: Self.fdbSliceEntries, at: now)
+            let (slice, next) = engine.bridge.table.entries(from: position, limit: Self.fdbSliceEntries, at: now)
             for e in slice where (port == nil || e.port == port) && (request.vlan == nil || Int(e.vlan.rawValue) == request.vlan) {
                 let name = engine.name(of: e.port)
                 if name.isEmpty { continue }  // the port went away while answering
@@ -25,8 +27,10 @@ extension BridgeDaemon {
                 ControlCoding.appendJSON(FDBReport(mac: "\(e.mac)", vlan: Int(e.vlan.rawValue), port: name,
                                                    ageSeconds: Double(e.age.nanoseconds) / 1e9, static: e.isStatic), to: &out)
             }
-            position = next
-            if next != nil { return true }
+            if let next {
+                position = next
+                return true
+            }
             out += Array(#"],"ok":true}"#.utf8)
             out.append(UInt8(ascii: "\n"))
             return false

@@ -23,19 +23,19 @@ struct List: ParsableCommand {
     @Flag(help: "JSON: an array of the bridges' show stats answers.") var json = false
 
     func run() throws {
-        let names = ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".sock") }.sorted()
-        var running: [StatsReport] = []
-        var paths: [String] = []
-        for file in names {
-            let path = "\(directory)/\(file)"
-            // a socket file whose bridge is gone does not answer: not listed
-            guard let r = try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: path), let stats = r.stats else { continue }
-            running.append(stats)
-            paths.append(path)
-        }
-        if json { return try ControlOutput.printJSON(running) }
+        let running = Self.runningBridges(in: directory)
+        if json { return try ControlOutput.printJSON(running.map(\.stats)) }
         if running.isEmpty { return print("no bridge is running (no control socket answers in \(directory))") }
-        print(table(["NAME", "PORTS", "UP", "CONTROL"], zip(running, paths).map { s, path in [s.name, "\(s.ports)", "\(Int(s.uptimeSeconds)) s", path] }))
+        print(table(["NAME", "PORTS", "UP", "CONTROL"], running.map { [$0.stats.name, "\($0.stats.ports)", "\(Int($0.stats.uptimeSeconds)) s", $0.path] }))
+    }
+
+    /// The bridges whose control sockets in `directory` answer `show stats`, by socket name (a
+    /// socket file whose bridge is gone does not answer, and is left out).
+    static func runningBridges(in directory: String = "/run/tapbridge") -> [(path: String, stats: StatsReport)] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".sock") }.sorted().compactMap { file in
+            let path = "\(directory)/\(file)"
+            return (try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: path))?.stats.map { (path, $0) }
+        }
     }
 }
 
@@ -58,9 +58,7 @@ struct Target: ParsableArguments {
         } catch {
             // no --name, and the default bridge is not there: name the ones that are
             if name == nil, control == nil {
-                let others = ((try? FileManager.default.contentsOfDirectory(atPath: "/run/tapbridge")) ?? [])
-                    .filter { $0.hasSuffix(".sock") }.map { String($0.dropLast(5)) }.sorted()
-                    .filter { (try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: ControlCoding.defaultPath(name: $0))) != nil }
+                let others = List.runningBridges().map(\.stats.name)
                 if !others.isEmpty {
                     throw StartupFailure(message: "no bridge named tapbridge is running; running: \(others.joined(separator: ", ")) (give --name)")
                 }
