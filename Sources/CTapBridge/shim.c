@@ -252,9 +252,27 @@ fail:;
     return -e;
 }
 
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+#ifndef UDP_GRO
+#define UDP_GRO 104
+#endif
+
+int ctb_udp_enable_offloads(int fd, int gro) {
+    int bits = 0, zero = 0, one = 1;
+    if (setsockopt(fd, IPPROTO_UDP, UDP_SEGMENT, &zero, sizeof(zero)) == 0) bits |= 1;
+    if (gro && setsockopt(fd, IPPROTO_UDP, UDP_GRO, &one, sizeof(one)) == 0) bits |= 2;
+    return bits;
+}
+
+// Room for one control message: a UDP_SEGMENT (uint16_t) or UDP_GRO (int) value.
+#define CTB_CMSG_SPACE CMSG_SPACE(sizeof(int))
+
 // One mmsghdr per datagram, one iovec each: the peer buffer to receive into, or the
-// destination to send to.
-static void fill_messages(struct mmsghdr *msgs, struct iovec *iov, struct ctb_datagram *d, unsigned int n, int sending) {
+// destination to send to; a control buffer each for UDP_GRO (receive) or UDP_SEGMENT (send).
+static void fill_messages(struct mmsghdr *msgs, struct iovec *iov, char (*control)[CTB_CMSG_SPACE],
+                          struct ctb_datagram *d, unsigned int n, int sending) {
     memset(msgs, 0, sizeof(msgs[0]) * n);
     for (unsigned int i = 0; i < n; i++) {
         iov[i].iov_base = d[i].data;
@@ -264,6 +282,21 @@ static void fill_messages(struct mmsghdr *msgs, struct iovec *iov, struct ctb_da
         msgs[i].msg_hdr.msg_name = sending ? (void *)d[i].destination : (void *)d[i].peer;
         msgs[i].msg_hdr.msg_namelen = sending ? d[i].destination_length : sizeof(d[i].peer);
         d[i].result = 0;
+        if (!sending) {
+            d[i].segment_size = 0;
+            msgs[i].msg_hdr.msg_control = control[i];
+            msgs[i].msg_hdr.msg_controllen = CTB_CMSG_SPACE;
+        } else if (d[i].segment_size > 0 && d[i].segment_size < d[i].length) {
+            memset(control[i], 0, CTB_CMSG_SPACE);
+            msgs[i].msg_hdr.msg_control = control[i];
+            msgs[i].msg_hdr.msg_controllen = CMSG_SPACE(sizeof(uint16_t));
+            struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr);
+            cm->cmsg_level = IPPROTO_UDP;
+            cm->cmsg_type = UDP_SEGMENT;
+            cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+            uint16_t size = (uint16_t)d[i].segment_size;
+            memcpy(CMSG_DATA(cm), &size, sizeof(size));
+        }
     }
 }
 
@@ -271,7 +304,8 @@ int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n) {
     if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
     struct mmsghdr msgs[CTB_BATCH_MAX];
     struct iovec iov[CTB_BATCH_MAX];
-    fill_messages(msgs, iov, d, n, 0);
+    char control[CTB_BATCH_MAX][CTB_CMSG_SPACE];
+    fill_messages(msgs, iov, control, d, n, 0);
     for (;;) {
         int got = recvmmsg(fd, msgs, n, MSG_DONTWAIT, NULL);
         if (got < 0) {
@@ -282,6 +316,13 @@ int ctb_udp_recv_batch(int fd, struct ctb_datagram *d, unsigned int n) {
             size_t len = msgs[i].msg_len;
             // MSG_TRUNC in msg_flags: the datagram was longer than the buffer
             d[i].length = (msgs[i].msg_hdr.msg_flags & MSG_TRUNC) ? d[i].length + 1 : len;
+            for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msgs[i].msg_hdr); cm; cm = CMSG_NXTHDR(&msgs[i].msg_hdr, cm)) {
+                if (cm->cmsg_level == IPPROTO_UDP && cm->cmsg_type == UDP_GRO) {
+                    int size;
+                    memcpy(&size, CMSG_DATA(cm), sizeof(size));
+                    if (size > 0 && (size_t)size < len) d[i].segment_size = (unsigned int)size;
+                }
+            }
         }
         return got;
     }
@@ -291,7 +332,8 @@ int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n) {
     if (n > CTB_BATCH_MAX) n = CTB_BATCH_MAX;
     struct mmsghdr msgs[CTB_BATCH_MAX];
     struct iovec iov[CTB_BATCH_MAX];
-    fill_messages(msgs, iov, d, n, 1);
+    char control[CTB_BATCH_MAX][CTB_CMSG_SPACE];
+    fill_messages(msgs, iov, control, d, n, 1);
     unsigned int done = 0, sent = 0;
     while (done < n) {
         int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);

@@ -88,7 +88,16 @@ struct ctb_datagram {
     unsigned int destination_length;
     /// Send: out, 0 or -errno for this datagram.
     int result;
+    /// UDP GSO/GRO. Send: 0 for one datagram, or the size of each datagram in `data` (the last
+    /// may be shorter), sent as a train with one UDP_SEGMENT control message. Receive: out, 0 or
+    /// the size of each datagram of a train the kernel coalesced (UDP_GRO; the last may be
+    /// shorter).
+    unsigned int segment_size;
 };
+
+/// Turns on UDP GRO (trains of datagrams delivered as one) on `fd` and probes UDP_SEGMENT.
+/// Returns a bit set: 1 = UDP_SEGMENT accepted, 2 = UDP_GRO on.
+int ctb_udp_enable_offloads(int fd, int gro);
 
 /// recvmmsg(2): up to `n` (at most CTB_BATCH_MAX) datagrams without blocking. Returns how many
 /// (0 when none is waiting) or -errno.
