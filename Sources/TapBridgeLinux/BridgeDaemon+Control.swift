@@ -143,7 +143,9 @@ extension BridgeDaemon {
         let fdb = StatsReport.FDB(entries: t.count, maxEntries: t.configuration.maximumEntries, learned: f.learned, refreshed: f.refreshed,
                                   moved: f.moved, moveDamped: f.moveDamped, expired: f.expired, evicted: f.evicted, refused: f.refused)
         let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable, peersRefused: $0.statistics.peersRefused,
-                                                checksumsCompleted: $0.statistics.checksumsCompleted) }
+                                                checksumsCompleted: $0.statistics.checksumsCompleted, trainsSent: $0.statistics.trainsSent,
+                                                trainsReceived: $0.statistics.trainsReceived, framesCoalesced: $0.statistics.framesCoalesced,
+                                                trainsRefused: $0.statistics.trainsRefused) }
         let mirror = self.mirror.map {
             let m = $0.statistics
             return StatsReport.Mirror(seen: m.seen, written: m.written, filteredOut: m.filtered, dropped: m.dropped, writeErrors: m.writeErrors,

@@ -182,15 +182,15 @@ public final class BridgeDaemon {
         let device: UDPTunnelDevice
         if let host = options.listen?.host {
             let address = try SocketAddress.resolve(host: host, port: listenPort, ipv4Only: false)
-            device = try UDPTunnelDevice(listen: address, ipv4Only: address.isIPv4, logger: logger)
+            device = try UDPTunnelDevice(listen: address, ipv4Only: address.isIPv4, offload: options.offload, logger: logger)
         } else {
             let any6 = try SocketAddress.resolve(host: "::", port: listenPort, ipv4Only: false)
             do {
-                device = try UDPTunnelDevice(listen: any6, ipv4Only: false, logger: logger)
+                device = try UDPTunnelDevice(listen: any6, ipv4Only: false, offload: options.offload, logger: logger)
             } catch {
                 // no IPv6 here: all IPv4 addresses
                 let any4 = try SocketAddress.resolve(host: "0.0.0.0", port: listenPort, ipv4Only: true)
-                device = try UDPTunnelDevice(listen: any4, ipv4Only: true, logger: logger)
+                device = try UDPTunnelDevice(listen: any4, ipv4Only: true, offload: options.offload, logger: logger)
             }
         }
         tunnel = device
@@ -433,7 +433,7 @@ public final class BridgeDaemon {
         }
         let s = statsReport(at: Instant(nanoseconds: ctb_monotonic_ns()))
         if let u = s.udp {
-            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable) peers_refused=\(u.peersRefused) checksums_completed=\(u.checksumsCompleted)")
+            logger.info("counters udp: unknown_sender=\(u.unknownSender) unreachable=\(u.unreachable) peers_refused=\(u.peersRefused) checksums_completed=\(u.checksumsCompleted) trains_sent=\(u.trainsSent) trains_received=\(u.trainsReceived) frames_coalesced=\(u.framesCoalesced) trains_refused=\(u.trainsRefused)")
         }
         if let m = s.mirror {
             logger.info("counters mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")

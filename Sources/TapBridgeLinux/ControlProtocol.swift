@@ -82,6 +82,14 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var peersRefused: UInt64
         /// Inner frames that arrived with a partial checksum (same-host kernel VTEP) and were completed.
         public var checksumsCompleted: UInt64
+        /// Trains of datagrams sent with one UDP_SEGMENT message each.
+        public var trainsSent: UInt64
+        /// Trains received whole (UDP_GRO).
+        public var trainsReceived: UInt64
+        /// Super-frames built by merging the TCP segments of received trains.
+        public var framesCoalesced: UInt64
+        /// Trains the kernel refused (UDP GSO then turned off).
+        public var trainsRefused: UInt64
     }
     public struct Mirror: Codable, Sendable, Equatable {
         public var seen: UInt64

@@ -15,6 +15,20 @@ public import TapBridgeCore
 /// a VXLAN datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into
 /// the headroom: received frames are never copied. Sent frames are queued (copied, with their
 /// VXLAN header) and leave with one sendmmsg per batch, when the engine calls `flush`.
+///
+/// With offloads on (the default) the socket also moves datagrams in trains, as wireguard-go
+/// does for its UDP side:
+/// ```
+///   TCP super-frame for port 3 ──► cut into segments (each a plain frame, checksums complete),
+///       each with its VXLAN header, back to back in one send slot ──► one sendmmsg entry with
+///       UDP_SEGMENT = datagram size: the kernel sends them as separate datagrams (on loopback
+///       as one GSO packet that the receiving socket takes whole)
+///   UDP_GRO train of datagrams ──► each decoded ──► consecutive TCP segments of one flow merged
+///       (SegmentCoalescer: checksums verified first) ──► one super-frame with a TSO state
+/// ```
+/// On the wire nothing changes: every datagram is a plain VXLAN or raw frame that a Linux vxlan
+/// device or QEMU's `-netdev dgram` takes as before. A kernel that refuses UDP_SEGMENT (EIO,
+/// EINVAL) makes the device fall back to one datagram per frame, logged once and counted.
 public final class UDPTunnelDevice: PortDevice {
     /// One remote peer.
     struct Peer {
@@ -42,6 +56,15 @@ public final class UDPTunnelDevice: PortDevice {
         /// Inner frames whose TCP/UDP checksum arrived partial (a same-host kernel VTEP with
         /// checksum offload) and was completed here.
         public var checksumsCompleted: UInt64 = 0
+        /// Trains of datagrams sent with one UDP_SEGMENT message each.
+        public var trainsSent: UInt64 = 0
+        /// Trains of datagrams received whole (UDP_GRO).
+        public var trainsReceived: UInt64 = 0
+        /// Super-frames built by merging the TCP segments of received trains.
+        public var framesCoalesced: UInt64 = 0
+        /// Trains the kernel refused (UDP_SEGMENT unusable on the route): each was sent again
+        /// one datagram at a time, and trains were turned off.
+        public var trainsRefused: UInt64 = 0
     }
 
     /// The address the socket is bound to.
@@ -67,7 +90,32 @@ public final class UDPTunnelDevice: PortDevice {
     let sendPool = UnsafeMutableRawPointer.allocate(byteCount: Int(CTB_BATCH_MAX) * sendSlotSize, alignment: 64)
     let sendPorts = UnsafeMutablePointer<PortID>.allocate(capacity: Int(CTB_BATCH_MAX))
     let sendFrameBytes = UnsafeMutablePointer<Int>.allocate(capacity: Int(CTB_BATCH_MAX))
+    /// Frames (segments) in each queued entry: 1, or the length of a train.
+    let sendFrameCounts = UnsafeMutablePointer<Int>.allocate(capacity: Int(CTB_BATCH_MAX))
+    /// The datagrams of a refused train, sent again one by one.
+    let splitDatagrams = UnsafeMutablePointer<ctb_datagram>.allocate(capacity: Int(CTB_BATCH_MAX))
     var queued = 0
+    /// Trains: super-frames leave as UDP_SEGMENT trains (off when the kernel lacks or refuses
+    /// it, or with --offload off).
+    public private(set) var sendsTrains: Bool
+    /// Trains arrive whole (UDP_GRO) and their TCP segments are merged.
+    public let receivesTrains: Bool
+    /// Cuts super-frames into the segments of a train.
+    let finisher = OffloadFinisher()
+    var coalescer = SegmentCoalescer()
+    /// The port whose frame the coalescer is building in the batch's next slot.
+    var building: PortID? = nil
+    /// Received messages not yet turned into frames: `pendingMessage ..< pendingCount` of
+    /// `receiveQueue`, the first from byte `pendingOffset`.
+    var pendingMessage = 0, pendingCount = 0, pendingOffset = 0
+    /// Where messages are received with trains on: 64 slots of `trainSlotSize` bytes, touched
+    /// only as far as messages reach (allocated only with trains).
+    let trainArea: UnsafeMutableRawPointer
+    static let trainSlotSize = 65_536 + 64
+    /// Largest train: every datagram of it in one IPv4 packet's worth (65,535 - 20 - 8 bytes),
+    /// and at most 64 datagrams (the kernel's UDP_MAX_SEGMENTS).
+    static let trainBytes = 65_507
+    static let trainDatagrams = 64
     /// How queued frames ended since the last flush, summed by port and outcome (sends forced
     /// by a full queue happen before the flush, which reports them).
     var outcomes: [(port: PortID, outcome: TransmitOutcome, frames: Int, bytes: Int)] = []
@@ -88,7 +136,8 @@ public final class UDPTunnelDevice: PortDevice {
 
     /// Binds the socket to `address`. An IPv4 address gives an IPv4-only socket; an IPv6 one
     /// (including `[::]`) accepts both.
-    public init(listen address: SocketAddress, ipv4Only: Bool, logger: Logger) throws(StartupError) {
+    /// `offload`: send and receive trains (UDP_SEGMENT, UDP_GRO) where the kernel has them.
+    public init(listen address: SocketAddress, ipv4Only: Bool, offload: Bool = true, logger: Logger) throws(StartupError) {
         let family = ipv4Only ? AF_INET : AF_INET6
         self.family = family
         var storage = sockaddr_storage()
@@ -103,10 +152,16 @@ public final class UDPTunnelDevice: PortDevice {
         fd = rc
         localAddress = address
         self.logger = logger
+        let offloads = offload ? ctb_udp_enable_offloads(rc, 1) : 0
+        sendsTrains = offloads & 1 != 0
+        receivesTrains = offloads & 2 != 0
+        trainArea = .allocate(byteCount: receivesTrains ? Int(CTB_BATCH_MAX) * Self.trainSlotSize : 1, alignment: 64)
         receiveQueue.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
         sendDatagrams.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
         sendPorts.initialize(repeating: PortID(0), count: Int(CTB_BATCH_MAX))
         sendFrameBytes.initialize(repeating: 0, count: Int(CTB_BATCH_MAX))
+        sendFrameCounts.initialize(repeating: 0, count: Int(CTB_BATCH_MAX))
+        splitDatagrams.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
         outcomes.reserveCapacity(Int(CTB_BATCH_MAX))
     }
 
@@ -118,9 +173,25 @@ public final class UDPTunnelDevice: PortDevice {
         sendPool.deallocate()
         sendPorts.deallocate()
         sendFrameBytes.deallocate()
+        sendFrameCounts.deallocate()
+        splitDatagrams.deallocate()
+        trainArea.deallocate()
     }
 
     public var pollDescriptor: Int32? { fd }
+
+    /// With trains, TCP and UDP super-frames are taken whole (cut here, into a train); their
+    /// segments leave with complete checksums, so partial ones are completed before.
+    public var offloadCapabilities: OffloadCapabilities {
+        sendsTrains ? OffloadCapabilities(partialChecksum: false, tcpSegmentation: true, udpSegmentation: true, maximumFrameLength: 65_557)
+            : .none()
+    }
+
+    /// `tso uso` and `gro` as in effect, or `none`.
+    public var offloadDescription: String {
+        let words = (sendsTrains ? ["udp-gso"] : []) + (receivesTrains ? ["udp-gro"] : [])
+        return words.isEmpty ? "none" : words.joined(separator: " ")
+    }
 
     /// Adds a peer; returns its index for `bind(peer:to:)`. Throws if the address family does
     /// not fit the socket or the peer exists.
@@ -201,6 +272,7 @@ public final class UDPTunnelDevice: PortDevice {
     public func receive(into batch: FrameBatch) throws(PortError) -> Int {
         var frames = 0
         let now = ctb_monotonic_ns()
+        if receivesTrains { return try receiveTrains(into: batch, now: now) }
         while !batch.isFull {
             // recvmmsg straight into the free slots, 8 bytes early (see the type's comment)
             let wanted = min(batch.remaining, Int(CTB_BATCH_MAX))
@@ -234,37 +306,128 @@ public final class UDPTunnelDevice: PortDevice {
     func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, now: Int64) -> Bool {
         let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
         guard let sender, let index = peer(for: sender) ?? admit(sender, d, now), let port = peers[index]?.port else { return false }
-        /// Takes the decoded frame at `frame` into the batch.
-        func take(_ frame: UnsafeMutableRawPointer, length: Int, shift: Int) -> Bool {
-            // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
-            if let header = EthernetHeader(UnsafeRawBufferPointer(start: frame, count: length)), header.source.isValidSource {
-                peers[index]!.lastHeard = now
-            }
-            repairChecksum(frame, length: length, peer: index)
-            batch.commit(length: length, from: port, shift: shift, freeSlot: k)
-            return true
-        }
-        let capacity = batch.frameCapacity + VXLANHeader.length
-        if d.length > capacity {
+        if d.length > batch.frameCapacity + VXLANHeader.length {
             batch.recordDrop(on: port, .truncated, bytes: d.length)
             return false
         }
+        guard let frame = innerFrame(d.data, length: d.length, peer: index, port: port, batch: batch, now: now) else { return false }
+        // the slot starts 8 bytes after the datagram (see the type's comment)
+        batch.commit(length: frame.count, from: port, shift: frame.baseAddress! - (d.data + VXLANHeader.length), freeSlot: k)
+        return true
+    }
+
+    /// The inner frame of one datagram of `length` bytes at `data` from peer `index`, or nil
+    /// (the drop is recorded on `port`). A well-formed frame proves the peer alive; a partial
+    /// checksum from a same-host VTEP is completed.
+    @inline(__always)
+    func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer? {
+        let frame: UnsafeMutableRawBufferPointer
         switch peers[index]!.encapsulation {
         case .raw:
-            return take(d.data, length: d.length, shift: -VXLANHeader.length)
+            frame = UnsafeMutableRawBufferPointer(start: data, count: length)
         case .vxlan:
-            switch VXLANHeader.decode(UnsafeRawBufferPointer(start: d.data, count: d.length)) {
-            case .frame(let vni, let length):
+            switch VXLANHeader.decode(UnsafeRawBufferPointer(start: data, count: length)) {
+            case .frame(let vni, let inner):
                 guard vni == peers[index]!.vni else {
-                    batch.recordDrop(on: port, .vniMismatch, bytes: d.length)
-                    return false
+                    batch.recordDrop(on: port, .vniMismatch, bytes: length)
+                    return nil
                 }
-                return take(d.data + VXLANHeader.length, length: length, shift: 0)
+                frame = UnsafeMutableRawBufferPointer(start: data + VXLANHeader.length, count: inner)
             case .tooShort, .flagsInvalid:
-                batch.recordDrop(on: port, .malformedEncapsulation, bytes: d.length)
-                return false
+                batch.recordDrop(on: port, .malformedEncapsulation, bytes: length)
+                return nil
             }
         }
+        // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
+        if let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource {
+            peers[index]!.lastHeard = now
+        }
+        repairChecksum(frame.baseAddress!, length: frame.count, peer: index)
+        return frame
+    }
+
+    /// Receives with trains on: up to 64 messages (each one datagram, or a train of datagrams
+    /// of `segment_size` bytes from one sender) into the train area, then frames from them into
+    /// the batch, copied (the only copy): consecutive TCP segments of one flow merge into one
+    /// super-frame, even across the two trains a super-frame may have been sent in. What does
+    /// not fit the batch stays for the next call (the engine calls again while the batch fills;
+    /// the loop comes back at once when the engine's budget ran out).
+    func receiveTrains(into batch: FrameBatch, now: Int64) throws(PortError) -> Int {
+        var frames = 0
+        while !batch.isFull {
+            if pendingMessage >= pendingCount {
+                for k in 0..<Int(CTB_BATCH_MAX) {
+                    receiveQueue[k].data = trainArea + k * Self.trainSlotSize
+                    receiveQueue[k].length = Self.trainSlotSize
+                }
+                let got = Int(ctb_udp_recv_batch(fd, receiveQueue, UInt32(CTB_BATCH_MAX)))
+                if got < 0 {
+                    switch -Int32(got) {
+                    case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+                        statistics.unreachable &+= 1  // an ICMP error for something we sent: never fatal
+                        continue
+                    default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
+                    }
+                }
+                if got == 0 { break }
+                pendingCount = got
+                pendingMessage = 0
+                pendingOffset = 0
+            }
+            frames += drain(into: batch, now: now)
+        }
+        if building != nil { frames += commitBuilt(into: batch) }
+        return frames
+    }
+
+    /// Frames from the received messages into `batch` until it is full or they are used up.
+    func drain(into batch: FrameBatch, now: Int64) -> Int {
+        var frames = 0
+        while pendingMessage < pendingCount {
+            let d = receiveQueue[pendingMessage]
+            let total = d.length, stride = d.segment_size > 0 ? Int(d.segment_size) : d.length
+            if pendingOffset == 0, d.segment_size > 0 { statistics.trainsReceived &+= 1 }
+            var first = d
+            first.length = min(stride, total)
+            let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
+            let index = sender.flatMap { peer(for: $0) ?? (pendingOffset == 0 ? admit($0, first, now) : nil) }
+            guard let index, let port = peers[index]?.port, total <= Self.trainSlotSize else {
+                if let index, let port = peers[index]?.port { batch.recordDrop(on: port, .truncated, bytes: total) }
+                pendingMessage += 1
+                pendingOffset = 0
+                continue
+            }
+            while pendingOffset < total {
+                let data = d.data + pendingOffset, length = min(stride, total - pendingOffset)
+                guard let frame = innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else {
+                    pendingOffset += stride
+                    continue
+                }
+                if building == port, coalescer.append(UnsafeRawBufferPointer(frame)) {
+                    pendingOffset += stride
+                    continue
+                }
+                if building != nil { frames += commitBuilt(into: batch) }
+                if batch.isFull { return frames }  // this datagram waits for the next call
+                let slot = batch.nextSlot().baseAddress!
+                slot.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+                coalescer.begin(slot, length: frame.count, capacity: batch.frameCapacity)
+                building = port
+                pendingOffset += stride
+            }
+            pendingMessage += 1
+            pendingOffset = 0
+        }
+        return frames
+    }
+
+    /// Commits the frame being built in the batch's next slot; returns 1.
+    func commitBuilt(into batch: FrameBatch) -> Int {
+        let (length, offload) = coalescer.end()
+        if offload.isSegmentation { statistics.framesCoalesced &+= 1 }
+        batch.commit(length: length, from: building!, offload: offload)
+        building = nil
+        return 1
     }
 
     /// Completes an inner checksum a same-host kernel VTEP left partial (see
@@ -331,21 +494,77 @@ public final class UDPTunnelDevice: PortDevice {
     /// is copied (with its VXLAN header) because the engine may rewrite its buffer in place
     /// before the flush (VLAN tagging for the next egress port of a flood).
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
-        guard port.index < peerByPort.count, peerByPort[port.index] >= 0, let peer = peers[peerByPort[port.index]] else { return .failed }
+        guard let peer = peer(of: port) else { return .failed }
         let header = peer.encapsulation.headerLength
         guard header + frame.count <= Self.sendSlotSize else { return .tooLarge }
-        if queued == Int(CTB_BATCH_MAX) { sendQueue() }  // full: send now, report at the flush
-        let slot = sendPool + queued * Self.sendSlotSize
+        let slot = nextSendSlot()
         if header > 0 { slot.copyMemory(from: peer.wire, byteCount: header) }
         (slot + header).copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+        enqueue(slot, length: header + frame.count, segmentSize: 0, frames: 1, frameBytes: frame.count, peer: peer, port: port)
+        return .queued
+    }
+
+    /// A super-frame (the engine passes one only while `sendsTrains`): cut into segments that
+    /// leave as one or two trains.
+    public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
+        guard offload.isSegmentation else { return transmit(frame, to: port) }
+        guard let peer = peer(of: port) else { return .failed }
+        let header = peer.encapsulation.headerLength
+        var slot = sendPool, used = 0, datagrams = 0, size = 0, frameBytes = 0
+        func close() {
+            guard datagrams > 0 else { return }
+            enqueue(slot, length: used, segmentSize: datagrams > 1 ? size : 0, frames: datagrams, frameBytes: frameBytes, peer: peer, port: port)
+            used = 0
+            datagrams = 0
+            frameBytes = 0
+        }
+        let result = finisher.segment(frame, offload, maximumFrameLength: 65_557) { segment in
+            let length = header + segment.count
+            if datagrams > 0, used + length > Self.trainBytes || datagrams == Self.trainDatagrams || length > size { close() }
+            if datagrams == 0 {
+                slot = nextSendSlot()
+                size = length
+            }
+            if header > 0 { (slot + used).copyMemory(from: peer.wire, byteCount: header) }
+            (slot + used + header).copyMemory(from: segment.baseAddress!, byteCount: segment.count)
+            used += length
+            datagrams += 1
+            frameBytes += segment.count
+            if length < size { close() }  // a shorter datagram ends a train
+        }
+        close()
+        switch result {
+        case .success: return .queued
+        case .failure(let failure): return failure == .tooLarge ? .tooLarge : .failed
+        }
+    }
+
+    /// The peer that is bridge port `port`.
+    @inline(__always) func peer(of port: PortID) -> Peer? {
+        guard port.index < peerByPort.count, peerByPort[port.index] >= 0 else { return nil }
+        return peers[peerByPort[port.index]]
+    }
+
+    /// The send slot for the next queue entry (the queue is sent first if it is full; the flush
+    /// reports how those ended).
+    @inline(__always) func nextSendSlot() -> UnsafeMutableRawPointer {
+        if queued == Int(CTB_BATCH_MAX) { sendQueue() }
+        return sendPool + queued * Self.sendSlotSize
+    }
+
+    /// Queues the datagram (or train of `segmentSize`-byte datagrams) of `length` bytes at `slot`.
+    @inline(__always)
+    func enqueue(_ slot: UnsafeMutableRawPointer, length: Int, segmentSize: Int, frames: Int, frameBytes: Int, peer: Peer, port: PortID) {
         sendDatagrams[queued].data = slot
-        sendDatagrams[queued].length = header + frame.count
+        sendDatagrams[queued].length = length
+        sendDatagrams[queued].segment_size = UInt32(segmentSize)
         sendDatagrams[queued].destination = UnsafeRawPointer(peer.wire + 8)
         sendDatagrams[queued].destination_length = peer.addressLength
         sendPorts[queued] = port
-        sendFrameBytes[queued] = frame.count
+        sendFrameBytes[queued] = frameBytes
+        sendFrameCounts[queued] = frames
+        if segmentSize > 0 { statistics.trainsSent &+= 1 }
         queued += 1
-        return .queued
     }
 
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
@@ -358,29 +577,62 @@ public final class UDPTunnelDevice: PortDevice {
     func sendQueue() {
         _ = ctb_udp_send_batch(fd, sendDatagrams, UInt32(queued))
         for k in 0..<queued {
-            let outcome: TransmitOutcome
-            switch -sendDatagrams[k].result {
-            case 0: outcome = .sent
-            case EAGAIN, ENOBUFS: outcome = .wouldBlock
-            case EMSGSIZE: outcome = .tooLarge
-            case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-                statistics.unreachable &+= 1
-                outcome = .linkDown
-            default: outcome = .failed
+            let error = -sendDatagrams[k].result
+            if sendDatagrams[k].segment_size > 0, error == EIO || error == EINVAL || error == EOPNOTSUPP {
+                refuseTrains(error)
+                sendSplit(k)
+                continue
             }
-            note(sendPorts[k], outcome, bytes: sendFrameBytes[k])
+            note(sendPorts[k], outcome(error), frames: sendFrameCounts[k], bytes: sendFrameBytes[k])
         }
         queued = 0
     }
 
-    /// Adds one frame's outcome to `outcomes` (a short list: one item per port and outcome).
+    func outcome(_ error: Int32) -> TransmitOutcome {
+        switch error {
+        case 0: return .sent
+        case EAGAIN, ENOBUFS: return .wouldBlock
+        case EMSGSIZE: return .tooLarge
+        case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+            statistics.unreachable &+= 1
+            return .linkDown
+        default: return .failed
+        }
+    }
+
+    /// The kernel refused a train: from now on super-frames are cut by the engine and leave one
+    /// datagram per frame. Logged once.
+    func refuseTrains(_ error: Int32) {
+        statistics.trainsRefused &+= 1
+        guard sendsTrains else { return }
+        sendsTrains = false
+        logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error))): super-frames for remotes are now cut by the switch and sent one datagram per frame (no UDP GSO)")
+    }
+
+    /// Sends queue entry `k`, a refused train, one datagram at a time.
+    func sendSplit(_ k: Int) {
+        let d = sendDatagrams[k], size = Int(d.segment_size), count = sendFrameCounts[k]
+        let header = (d.length - sendFrameBytes[k]) / count  // the same for every datagram
+        for i in 0..<count {
+            splitDatagrams[i] = d
+            splitDatagrams[i].data = d.data + i * size
+            splitDatagrams[i].length = min(size, d.length - i * size)
+            splitDatagrams[i].segment_size = 0
+        }
+        _ = ctb_udp_send_batch(fd, splitDatagrams, UInt32(count))
+        for i in 0..<count {
+            note(sendPorts[k], outcome(-splitDatagrams[i].result), frames: 1, bytes: splitDatagrams[i].length - header)
+        }
+    }
+
+    /// Adds an outcome to `outcomes` (a short list: one item per port and outcome).
     @inline(__always)
-    func note(_ port: PortID, _ outcome: TransmitOutcome, bytes: Int) {
+    func note(_ port: PortID, _ outcome: TransmitOutcome, frames: Int, bytes: Int) {
         for i in outcomes.indices where outcomes[i].port == port && outcomes[i].outcome == outcome {
-            outcomes[i].frames += 1
+            outcomes[i].frames += frames
             outcomes[i].bytes += bytes
             return
         }
-        outcomes.append((port, outcome, 1, bytes))
+        outcomes.append((port, outcome, frames, bytes))
     }
 }

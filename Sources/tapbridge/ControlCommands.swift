@@ -150,7 +150,7 @@ struct Show: ParsableCommand {
                 "bridge \(s.name) (tapbridge \(s.version)), up \(Int(s.uptimeSeconds)) s, \(s.ports) ports",
                 "fdb: \(s.fdb.entries)/\(s.fdb.maxEntries) entries, learned \(s.fdb.learned), refreshed \(s.fdb.refreshed), moved \(s.fdb.moved), move_damped \(s.fdb.moveDamped), expired \(s.fdb.expired), evicted \(s.fdb.evicted), refused \(s.fdb.refused)",
             ]
-            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable), peers_refused \(u.peersRefused), checksums_completed \(u.checksumsCompleted)") }
+            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable), peers_refused \(u.peersRefused), checksums_completed \(u.checksumsCompleted), trains_sent \(u.trainsSent), trains_received \(u.trainsReceived), frames_coalesced \(u.framesCoalesced), trains_refused \(u.trainsRefused)") }
             if let m = s.mirror {
                 lines.append("mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
             }
@@ -262,6 +262,10 @@ enum Prometheus {
             metric("udp_unreachable_total", "counter", "ICMP unreachable errors on the UDP socket.", [("", Double(u.unreachable))])
             metric("udp_peers_refused_total", "counter", "Well-formed frames from unknown senders refused: --max-peers reached.", [("", Double(u.peersRefused))])
             metric("udp_checksums_completed_total", "counter", "Inner frames from remotes whose partial checksum was completed.", [("", Double(u.checksumsCompleted))])
+            metric("udp_trains_sent_total", "counter", "Trains of datagrams sent with one UDP_SEGMENT message.", [("", Double(u.trainsSent))])
+            metric("udp_trains_received_total", "counter", "Trains of datagrams received whole (UDP_GRO).", [("", Double(u.trainsReceived))])
+            metric("udp_frames_coalesced_total", "counter", "Super-frames built from the TCP segments of received trains.", [("", Double(u.framesCoalesced))])
+            metric("udp_trains_refused_total", "counter", "Trains the kernel refused (UDP GSO turned off).", [("", Double(u.trainsRefused))])
         }
         if let m = s.mirror {
             for (name, value, help) in [
