@@ -1,4 +1,5 @@
 import Foundation
+import TapBridgeLinux
 import Testing
 
 extension KernelTests {
@@ -91,6 +92,43 @@ struct OffloadTests {
         #expect(lab.ping(from: a, "10.77.0.2").received == 3, "\(bridge.output)")
         try Self.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
         #expect(bridge.stop() == 0)
+    }
+
+    /// ```
+    ///  ns a (.1) ── tap a ── tapbridge 1 ══ VXLAN over 127.0.0.1 (trains) ══ tapbridge 2 ── tap b ── ns b (.2)
+    /// ```
+    /// With offloads on, each bridge cuts a's super-frames into a UDP_SEGMENT train and the
+    /// other takes the train whole (UDP_GRO) and merges it back into a super-frame for its TAP;
+    /// with `--offload off` neither does, and TCP must pass all the same.
+    @Test(arguments: ["ipv4", "ipv6"], ["on", "off"])
+    func tcpCrossesTwoBridgesJoinedByARemoteInTrains(_ family: String, _ offload: String) throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let (n1, n2) = (lab.bridgeName(), lab.bridgeName())
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)", "--offload", offload, "--name", n1])
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)", "--offload", offload, "--name", n2])
+        #expect(lab.waitForLinks([ta, tb]), "\(one.output)\(two.output)")
+        let v6 = family == "ipv6"
+        for (ns, dev, n) in [(a, ta, 1), (b, tb, 2)] {
+            Host.run(["ip", "link", "set", dev, "netns", ns])
+            if v6 { lab.enableIPv6(ns) }
+            lab.addAddress(v6 ? "fd77::\(n)/64" : "10.77.0.\(n)/24", to: dev, in: ns)
+            lab.exec(ns, ["ip", "link", "set", dev, "up"])
+        }
+        try Self.tcpBothWays(lab, a, b, v6 ? "fd77::2" : "10.77.0.2", context: one.output + two.output)
+        for name in [n1, n2] {
+            let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: name))
+            let udp = try #require(stats.udp)
+            if offload == "on" {
+                #expect(udp.trainsSent > 0 && udp.trainsReceived > 0 && udp.framesCoalesced > 0, "\(name): super-frames should cross in trains: \(udp)")
+                #expect(udp.trainsRefused == 0, "\(udp)")
+            } else {
+                #expect(udp.trainsSent == 0 && udp.trainsReceived == 0 && udp.framesCoalesced == 0, "\(name): --offload off sends no trains: \(udp)")
+            }
+        }
+        #expect(one.stop() == 0 && two.stop() == 0)
     }
 
     /// ```
