@@ -397,14 +397,16 @@ public final class UDPTunnelDevice: PortDevice {
                 pendingOffset = 0
                 continue
             }
-            while pendingOffset < total {
+            // (an empty datagram is one datagram too: counted as malformed, not skipped)
+            let step = max(stride, 1)
+            while pendingOffset < max(total, 1) {
                 let data = d.data + pendingOffset, length = min(stride, total - pendingOffset)
                 guard let frame = innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else {
-                    pendingOffset += stride
+                    pendingOffset += step
                     continue
                 }
                 if building == port, coalescer.append(UnsafeRawBufferPointer(frame)) {
-                    pendingOffset += stride
+                    pendingOffset += step
                     continue
                 }
                 if building != nil { frames += commitBuilt(into: batch) }
@@ -413,7 +415,7 @@ public final class UDPTunnelDevice: PortDevice {
                 slot.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
                 coalescer.begin(slot, length: frame.count, capacity: batch.frameCapacity)
                 building = port
-                pendingOffset += stride
+                pendingOffset += step
             }
             pendingMessage += 1
             pendingOffset = 0

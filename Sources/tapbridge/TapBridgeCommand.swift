@@ -138,7 +138,7 @@ struct TapBridgeCommand: ParsableCommand {
     @Option(name: .customLong("move-hold-down"), help: ArgumentHelp("Seconds a MAC that moved between ports stays put before it may move again (default: off).", valueName: "seconds"))
     var moveHoldDown: Double?
 
-    @Option(name: .customLong("offload"), help: ArgumentHelp("on (default): TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.", valueName: "on|off"))
+    @Option(name: .customLong("offload"), help: ArgumentHelp("on (default): TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, remotes send and receive them as trains of datagrams (UDP GSO/GRO), and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.", valueName: "on|off"))
     var offload: String = "on"
 
     @Flag(name: .customLong("hub"), help: "Flood every frame and learn nothing (debugging).")

@@ -1,0 +1,428 @@
+#!/usr/bin/python3
+"""netbench: tapbridge against the kernel and other userspace forwarders, in one interleaved run.
+
+usage (as root, from the repository root):
+    Docs/bench/netbench.py [-r ROUNDS] [-t SECONDS] [-o RUN.jsonl] [--plot RUN.png] [CASE ...]
+    Docs/bench/netbench.py --summarize RUN.jsonl [--plot RUN.png]
+
+Every case joins two network namespaces, A (10.99.0.1/24) and B (10.99.0.2/24), MTU 1500, and
+measures, A to B: iperf3 TCP (Gbit/s, retransmits), iperf3 UDP with 64-byte payloads at an
+unlimited offered rate (datagrams delivered per second), the forwarder's CPU during the TCP
+test (% of one core, all its processes) and its peak memory (VmHWM). Rounds are interleaved
+(round 1 of every case, then round 2, ...); the summary gives median (min-max) per case and
+the ratios of tapbridge to each anchor, from the same run. Raw results: one JSON object per
+line in RUN.jsonl. The plot (gnuplot) shows TCP medians with min-max bars.
+
+Cases:
+  tap-tap          tapbridge, one TAP in A and one in B (offloads on, the default)
+  tap-tap-off      the same with --offload off
+  kernel-bridge    veth pairs on a kernel bridge (the anchor of TAP-TAP and TAP-veth)
+  relay            Docs/bench/anchors/relay.c: poll(2) TAP-to-TAP copy, one frame per syscall
+  relay-vnet       relay -v: the same with the vnet header and TSO (64 KiB super-frames)
+  vde              vde_switch with two TAPs
+  tap-veth         tapbridge, a veth in A reached through a packet port, a TAP in B
+  tap-veth-off     the same with --offload off
+  tap-remote-tap   two tapbridges, one TAP each, joined by VXLAN over 127.0.0.1
+  tap-remote-tap-off  the same with --offload off (no trains, no offloads: as before them)
+  kernel-vxlan     two Linux vxlan devices over a veth underlay (MTU 1600)
+  eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
+Default: all of them. The anchors are built or installed by this script: relay from its source
+here (cc), vde_switch from Debian's vde2, iperf3 and gnuplot from Debian.
+
+Traffic stays inside the namespaces the script creates and on 127.0.0.1. Every process it starts
+is stopped by PID, and every namespace and link it creates carries the prefix "tbnb" and is
+removed on every path (leftovers of an interrupted run are removed at start).
+"""
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+TAPBRIDGE = os.path.join(ROOT, ".build/release/tapbridge")
+PREFIX = "tbnb"
+NS_A, NS_B = PREFIX + "a", PREFIX + "b"
+IP_A, IP_B = "10.99.0.1", "10.99.0.2"
+TAP0, TAP1 = PREFIX + "t0", PREFIX + "t1"
+UDP_A, UDP_B = 47301, 47302
+HZ = os.sysconf("SC_CLK_TCK")
+
+CASES = ["tap-tap", "tap-tap-off", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
+         "tap-remote-tap", "tap-remote-tap-off", "kernel-vxlan", "eight-ports"]
+# (tapbridge case, anchor case): the ratios the summary prints
+RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
+          ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
+          ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off")]
+METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"),
+           ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
+
+
+def log(*a):
+    print(*a, file=sys.stderr, flush=True)
+
+
+def run(cmd, check=True, timeout=60, **kw):
+    r = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: exit {r.returncode}: {r.stdout.strip()[:400]}")
+    return r.stdout
+
+
+def ns(name, *cmd, **kw):
+    return run(["ip", "netns", "exec", name, *cmd], **kw)
+
+
+class Run:
+    """One case, one round: its processes, namespaces and links, removed by `close`."""
+
+    def __init__(self, work):
+        self.work = work
+        self.procs = []  # Popen objects we started
+        self.pids = []  # forwarder PIDs (CPU, memory)
+        self.extra_pids = []  # daemons that are not our children (vde_switch)
+
+    def start(self, name, cmd, forwarder=True):
+        out = open(os.path.join(self.work, name + ".log"), "w")
+        p = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        self.procs.append(p)
+        if forwarder:
+            self.pids.append(p.pid)
+        return p
+
+    def close(self):
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for pid in self.extra_pids:
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.time() + 3
+        for p in self.procs:
+            try:
+                p.wait(max(0.1, deadline - time.time()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        cleanup()
+
+
+def cleanup():
+    """Removes every namespace and link whose name starts with PREFIX."""
+    for name in os.listdir("/var/run/netns") if os.path.isdir("/var/run/netns") else []:
+        if name.startswith(PREFIX):
+            run(["ip", "netns", "del", name], check=False)
+    for dev in os.listdir("/sys/class/net"):
+        if dev.startswith(PREFIX):
+            run(["ip", "link", "del", dev], check=False)
+    for _ in range(40):  # TAPs vanish when their process exits
+        if not any(d.startswith(PREFIX) for d in os.listdir("/sys/class/net")):
+            break
+        time.sleep(0.05)
+
+
+def wait_for(devices, r, seconds=10):
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if all(os.path.exists("/sys/class/net/" + d) for d in devices):
+            return
+        for p in r.procs:
+            if p.poll() is not None:
+                raise RuntimeError(f"{' '.join(p.args)[:200]} exited with {p.returncode}")
+        time.sleep(0.05)
+    raise RuntimeError(f"{devices} did not appear within {seconds} s")
+
+
+def namespaces(*names):
+    for n in names:
+        run(["ip", "netns", "add", n])
+        ns(n, "ip", "link", "set", "lo", "up")
+        ns(n, "sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1", check=False)
+
+
+def address(n, dev, ip):
+    ns(n, "ip", "link", "set", dev, "mtu", "1500")
+    ns(n, "ip", "addr", "add", ip + "/24", "dev", dev)
+    ns(n, "ip", "link", "set", dev, "up")
+
+
+def taps_into_namespaces(r, taps=(TAP0, TAP1), spaces=(NS_A, NS_B)):
+    wait_for(list(taps), r)
+    for tap, n, ip in zip(taps, spaces, (IP_A, IP_B)):
+        run(["ip", "link", "set", tap, "netns", n])
+        address(n, tap, ip)
+
+
+def setup(case, r, tools):
+    """Builds the case between NS_A and NS_B."""
+    namespaces(NS_A, NS_B)
+    off = ["--offload", "off"] if case.endswith("-off") else []
+    base = case.removesuffix("-off")
+    if base == "tap-tap":
+        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off])
+        taps_into_namespaces(r)
+    elif base == "relay" or base == "relay-vnet":
+        r.start("relay", [tools["relay"], *(["-v"] if base == "relay-vnet" else []), TAP0, TAP1])
+        taps_into_namespaces(r)
+    elif base == "vde":
+        pidfile = os.path.join(r.work, "vde.pid")
+        run(["vde_switch", "-t", TAP0, "-t", TAP1, "-s", os.path.join(r.work, "vde.ctl"), "-M", os.path.join(r.work, "vde.mgmt"),
+             "-p", pidfile, "-d"])
+        for _ in range(100):
+            if os.path.exists(pidfile) and open(pidfile).read().strip():
+                break
+            time.sleep(0.05)
+        pid = int(open(pidfile).read())
+        r.extra_pids.append(pid)
+        r.pids.append(pid)
+        taps_into_namespaces(r)
+    elif base == "kernel-bridge":
+        run(["ip", "link", "add", PREFIX + "br", "type", "bridge"])
+        for n, side, ip in ((NS_A, "a", IP_A), (NS_B, "b", IP_B)):
+            run(["ip", "link", "add", PREFIX + "v" + side, "netns", n, "type", "veth", "peer", "name", PREFIX + "p" + side])
+            run(["ip", "link", "set", PREFIX + "p" + side, "master", PREFIX + "br", "up"])
+            address(n, PREFIX + "v" + side, ip)
+        run(["ip", "link", "set", PREFIX + "br", "up"])
+    elif base == "tap-veth":
+        run(["ip", "link", "add", PREFIX + "h", "type", "veth", "peer", "name", PREFIX + "va", "netns", NS_A])
+        address(NS_A, PREFIX + "va", IP_A)
+        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", PREFIX + "h,mode=packet", "--port", TAP1, *off])
+        wait_for([TAP1], r)
+        run(["ip", "link", "set", TAP1, "netns", NS_B])
+        address(NS_B, TAP1, IP_B)
+    elif base == "tap-remote-tap":
+        for name, tap, mine, theirs in (("a", TAP0, UDP_A, UDP_B), ("b", TAP1, UDP_B, UDP_A)):
+            r.start("tapbridge-" + name, [TAPBRIDGE, "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
+                                          "--remote", f"127.0.0.1:{theirs}", *off])
+        taps_into_namespaces(r)
+    elif base == "kernel-vxlan":
+        run(["ip", "link", "add", PREFIX + "ua", "netns", NS_A, "type", "veth", "peer", "name", PREFIX + "ub", "netns", NS_B])
+        for n, side, underlay, peer, ip in ((NS_A, "a", "10.98.0.1", "10.98.0.2", IP_A), (NS_B, "b", "10.98.0.2", "10.98.0.1", IP_B)):
+            ns(n, "ip", "link", "set", PREFIX + "u" + side, "mtu", "1600", "up")
+            ns(n, "ip", "addr", "add", underlay + "/24", "dev", PREFIX + "u" + side)
+            ns(n, "ip", "link", "add", PREFIX + "x" + side, "type", "vxlan", "id", "42", "local", underlay, "remote", peer,
+               "dstport", "4789", "dev", PREFIX + "u" + side)
+            address(n, PREFIX + "x" + side, ip)
+    else:
+        raise RuntimeError(f"unknown case {case}")
+
+
+def ticks(pids):
+    total = 0
+    for pid in pids:
+        try:
+            fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return total
+
+
+def peak_rss_mib(pids):
+    peak = 0
+    for pid in pids:
+        try:
+            for line in open(f"/proc/{pid}/status"):
+                if line.startswith("VmHWM:"):
+                    peak = max(peak, int(line.split()[1]) / 1024)
+        except FileNotFoundError:
+            pass
+    return round(peak, 1)
+
+
+def iperf(client_ns, server_ip, seconds, udp=False, port=5201):
+    args = ["iperf3", "-c", server_ip, "-p", str(port), "-t", str(seconds), "-J"]
+    if udp:
+        args += ["-u", "-l", "64", "-b", "0"]
+    out = ns(client_ns, *args, timeout=seconds + 30)
+    return json.loads(out)["end"]
+
+
+def measure(case, r, seconds):
+    for _ in range(20):
+        if subprocess.run(["ip", "netns", "exec", NS_A, "ping", "-c", "1", "-W", "1", IP_B], stdout=subprocess.DEVNULL).returncode == 0:
+            break
+    else:
+        raise RuntimeError(f"no connectivity {IP_A} -> {IP_B}")
+    r.start("iperf3-server", ["ip", "netns", "exec", NS_B, "iperf3", "-s", "-B", IP_B], forwarder=False)
+    time.sleep(0.3)
+    before, t0 = ticks(r.pids), time.time()
+    tcp = iperf(NS_A, IP_B, seconds)
+    cpu = (ticks(r.pids) - before) / HZ / (time.time() - t0) * 100
+    udp = iperf(NS_A, IP_B, seconds, udp=True)["sum"]
+    gbps = tcp["sum_received"]["bits_per_second"] / 1e9
+    return {
+        "tcp_gbps": round(gbps, 3),
+        "tcp_retransmits": tcp["sum_sent"].get("retransmits", 0),
+        "udp64_kpps": round((udp["packets"] - udp["lost_packets"]) / udp["seconds"] / 1000, 1),
+        "cpu_pct": round(cpu, 1) if r.pids else None,
+        "cpu_per_gbps": round(cpu / gbps, 2) if r.pids and gbps > 0 else None,
+        "rss_mib": peak_rss_mib(r.pids) if r.pids else None,
+    }
+
+
+def eight_ports(r, seconds):
+    """8 TAPs on one tapbridge, each in its own namespace; flows 1->2, 3->4, 5->6, 7->8 at once."""
+    spaces = [f"{PREFIX}{i}" for i in range(1, 9)]
+    taps = [f"{PREFIX}t{i}" for i in range(1, 9)]
+    namespaces(*spaces)
+    r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, *sum((["--port", t] for t in taps), [])])
+    wait_for(taps, r)
+    for i, (t, n) in enumerate(zip(taps, spaces), 1):
+        run(["ip", "link", "set", t, "netns", n])
+        address(n, t, f"10.99.0.{i}")
+    for i in range(1, 9, 2):
+        ns(spaces[i - 1], "ping", "-c", "1", "-W", "2", f"10.99.0.{i + 1}", check=False)
+        r.start(f"iperf3-server-{i + 1}", ["ip", "netns", "exec", spaces[i], "iperf3", "-s", "-1", "-B", f"10.99.0.{i + 1}"], forwarder=False)
+    time.sleep(0.3)
+    clients = [subprocess.Popen(["ip", "netns", "exec", spaces[i - 1], "iperf3", "-c", f"10.99.0.{i + 1}", "-t", str(seconds), "-J"],
+                                stdout=subprocess.PIPE, text=True) for i in range(1, 9, 2)]
+    before, t0 = ticks(r.pids), time.time()
+    outs = [c.communicate(timeout=seconds + 30)[0] for c in clients]
+    cpu = (ticks(r.pids) - before) / HZ / (time.time() - t0) * 100
+    gbps = sum(json.loads(o)["end"]["sum_received"]["bits_per_second"] for o in outs) / 1e9
+    return {"tcp_gbps": round(gbps, 3), "tcp_retransmits": sum(json.loads(o)["end"]["sum_sent"].get("retransmits", 0) for o in outs),
+            "cpu_pct": round(cpu, 1), "cpu_per_gbps": round(cpu / gbps, 2) if gbps else None, "rss_mib": peak_rss_mib(r.pids)}
+
+
+def tools_ready(cases):
+    """Installs what is missing (Debian) and builds the relay; returns paths."""
+    need = {"iperf3": "iperf3", "gnuplot": "gnuplot-nox"}
+    if "vde" in cases:
+        need["vde_switch"] = "vde2"
+    missing = [pkg for tool, pkg in need.items() if shutil.which(tool) is None]
+    if missing:
+        log("installing", " ".join(missing))
+        run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=False, timeout=600)
+        if any(shutil.which(t) is None for t in need if t != "gnuplot"):
+            run(["apt-get", "update", "-qq"], timeout=600)
+            run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], timeout=600)
+    if not os.access(TAPBRIDGE, os.X_OK):
+        log("building tapbridge (release)")
+        run(["swift", "build", "-c", "release", "--product", "tapbridge"], cwd=ROOT, timeout=1800)
+    work = tempfile.mkdtemp(prefix="netbench-")
+    relay = os.path.join(work, "relay")
+    run(["cc", "-O2", "-Wall", "-o", relay, os.path.join(ROOT, "Docs/bench/anchors/relay.c")])
+    return {"relay": relay, "work": work}
+
+
+def median_cell(values):
+    v = [x for x in values if isinstance(x, (int, float))]
+    if not v:
+        return "-"
+    fmt = lambda x: f"{x:.3g}" if abs(x) < 100 else f"{x:.0f}"
+    m = statistics.median(v)
+    return fmt(m) if len(v) == 1 else f"{fmt(m)} ({fmt(min(v))}–{fmt(max(v))})"
+
+
+def summarize(rows, plot=None):
+    cases = [c for c in CASES if any(r["case"] == c for r in rows)]
+    ok = {c: [r for r in rows if r["case"] == c and r.get("ok")] for c in cases}
+    lines = ["| case | runs ok | " + " | ".join(label for _, label in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    for c in cases:
+        all_runs = [r for r in rows if r["case"] == c]
+        lines.append(f"| {c} | {len(ok[c])}/{len(all_runs)} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in METRICS) + " |")
+    med = lambda c, k: statistics.median([r[k] for r in ok.get(c, []) if isinstance(r.get(k), (int, float))] or [float("nan")])
+    lines += ["", "| tapbridge case ÷ anchor | TCP | UDP64 | CPU per Gbit/s |", "|---|---|---|---|"]
+    for t, a in RATIOS:
+        if ok.get(t) and ok.get(a):
+            cells = []
+            for k in ("tcp_gbps", "udp64_kpps", "cpu_per_gbps"):
+                x, y = med(t, k), med(a, k)
+                cells.append(f"{x / y:.2f}×" if y and y == y and x == x else "-")
+            lines.append(f"| {t} ÷ {a} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if plot:
+        draw(cases, ok, plot)
+
+
+def draw(cases, ok, path):
+    if shutil.which("gnuplot") is None:
+        log("gnuplot not found: no plot")
+        return
+    data = tempfile.NamedTemporaryFile("w", suffix=".dat", delete=False)
+    for i, c in enumerate(cases):
+        v = [r["tcp_gbps"] for r in ok[c]]
+        if v:
+            data.write(f'{i} "{c}" {statistics.median(v)} {min(v)} {max(v)}\n')
+    data.close()
+    script = f"""
+set terminal pngcairo size 1100,520 font "sans,10"
+set output "{path}"
+set title "TCP through each forwarder, A to B (median, min-max of the rounds)"
+set ylabel "Gbit/s"
+set style fill solid 0.6
+set boxwidth 0.6
+set xtics rotate by -30
+set yrange [0:*]
+set grid ytics
+unset key
+plot "{data.name}" using 1:3:xtic(2) with boxes lc rgb "#4a7fb0", "" using 1:3:4:5 with yerrorbars lc rgb "black" pt -1
+"""
+    subprocess.run(["gnuplot"], input=script, text=True, check=True)
+    os.unlink(data.name)
+    log("plot:", path)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-r", "--rounds", type=int, default=5)
+    p.add_argument("-t", "--seconds", type=int, default=5, help="per iperf3 test (>= 2)")
+    p.add_argument("-o", "--output", default="netbench.jsonl")
+    p.add_argument("--plot", help="write a PNG of the TCP figures")
+    p.add_argument("--summarize", metavar="RUN.jsonl", help="print the summary of an earlier run")
+    p.add_argument("cases", nargs="*", metavar="CASE")
+    a = p.parse_args()
+    if a.summarize:
+        summarize([json.loads(line) for line in open(a.summarize) if line.strip()], a.plot)
+        return 0
+    if os.geteuid() != 0:
+        log("netbench: needs root (namespaces, TAPs)")
+        return 2
+    if a.seconds < 2 or a.rounds < 1:
+        log("netbench: -t must be >= 2 and -r >= 1")
+        return 2
+    unknown = [c for c in a.cases if c not in CASES]
+    if unknown:
+        log(f"netbench: unknown case {', '.join(unknown)}; cases: {', '.join(CASES)}")
+        return 2
+    cases = a.cases or CASES
+    tools = tools_ready(cases)
+    cleanup()  # leftovers of an interrupted run
+    rows = []
+    with open(a.output, "w") as out:
+        for rnd in range(1, a.rounds + 1):
+            for case in cases:
+                r = Run(tools["work"])
+                row = {"case": case, "round": rnd, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                try:
+                    if case == "eight-ports":
+                        row.update(eight_ports(r, a.seconds))
+                    else:
+                        setup(case, r, tools)
+                        row.update(measure(case, r, a.seconds))
+                    row["ok"] = True
+                except Exception as e:  # one failed run is recorded, the others go on
+                    row.update(ok=False, error=str(e)[:300])
+                finally:
+                    r.close()
+                rows.append(row)
+                out.write(json.dumps(row) + "\n")
+                out.flush()
+                log(f"round {rnd} {case}: " + (f"TCP {row.get('tcp_gbps')} Gbit/s, UDP64 {row.get('udp64_kpps')} kpps, CPU {row.get('cpu_pct')} %, RSS {row.get('rss_mib')} MiB"
+                                               if row["ok"] else "FAILED: " + row["error"]))
+    shutil.rmtree(tools["work"], ignore_errors=True)
+    summarize(rows, a.plot)
+    return 0 if all(r["ok"] for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
