@@ -160,6 +160,14 @@ int ctb_packet_open(int ifindex) {
         close(fd);
         return -e;
     }
+    // The default receive buffer (~208 KiB) holds three 64 KiB super-frames: a TCP burst from a
+    // veth overflows it and the sender retransmits. 4 MiB, as for the UDP socket (forced when
+    // privileged).
+    int bytes = 4 << 20;
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &bytes, sizeof(bytes)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, sizeof(bytes));
+    if (setsockopt(fd, SOL_SOCKET, SO_SNDBUFFORCE, &bytes, sizeof(bytes)) < 0)
+        (void)setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &bytes, sizeof(bytes));
     return fd;
 }
 
