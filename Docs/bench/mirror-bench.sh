@@ -1,26 +1,22 @@
 #!/usr/bin/env bash
-# Forwarding with mirroring off, to a pcap file, and to a pcap file through a BPF filter that
-# matches nothing, measured in one session with ../shared/bench/netbench.sh (cmd mode),
-# interleaved round by round. Prints the medians table; raw lines go to $1 (default
-# mirror.jsonl). Run as root from the repository root after `swift build -c release`.
+# Forwarding TAP to TAP with mirroring off, to a pcap file, and to a pcap file through a BPF
+# filter that matches nothing, interleaved round by round with Docs/bench/netbench.py (case
+# tap-tap). Prints the summary (ratios to mirror off); raw lines go to $1 (default
+# mirror.jsonl). Run as root from the repository root.
 set -euo pipefail
 out=${1:-mirror.jsonl}
 rounds=${ROUNDS:-3}
-bench=${NETBENCH:-../shared/bench/netbench.sh}
-tb="$PWD/.build/release/tapbridge"
-pcap=$(mktemp -d)/mirror.pcap
-trap 'rm -rf "$(dirname "$pcap")"' EXIT
-declare -A variants=(
-	[mirror-off]=""
-	[mirror-file]="--mirror $pcap"
-	[mirror-filter-none]="--mirror $pcap --mirror-filter 'udp port 9'"
-)
+dir=$(mktemp -d)
+trap 'rm -rf "$dir"' EXIT
+pcap=$dir/mirror.pcap
 : >"$out"
 for ((r = 1; r <= rounds; r++)); do
-	for v in mirror-off mirror-file mirror-filter-none; do
-		BRIDGE_CMD="$tb --port {tap0} --port {tap1} ${variants[$v]}" bash "$bench" -r 1 -t 5 cmd 2>/dev/null |
-			jq -c --arg v "$v" --argjson r "$r" '.mode = $v | .run = $r' >>"$out"
-		rm -f "$pcap"
-	done
+	Docs/bench/netbench.py -r 1 -o "$dir/off.jsonl" tap-tap >/dev/null
+	Docs/bench/netbench.py -r 1 -o "$dir/file.jsonl" -x "--mirror $pcap" --tag mirror-file tap-tap >/dev/null
+	rm -f "$pcap"
+	# a filter without spaces: -x splits on whitespace
+	Docs/bench/netbench.py -r 1 -o "$dir/filter.jsonl" -x "--mirror $pcap --mirror-filter=arp&&ether[0]=0x77" --tag mirror-filter-none tap-tap >/dev/null
+	rm -f "$pcap"
+	cat "$dir/off.jsonl" "$dir/file.jsonl" "$dir/filter.jsonl" >>"$out"
 done
-bash "$bench" summarize "$out"
+Docs/bench/netbench.py --summarize "$out"

@@ -2,7 +2,8 @@
 """netbench: tapbridge against the kernel and other userspace forwarders, in one interleaved run.
 
 usage (as root, from the repository root):
-    Docs/bench/netbench.py [-r ROUNDS] [-t SECONDS] [-o RUN.jsonl] [--plot RUN.png] [CASE ...]
+    Docs/bench/netbench.py [-r ROUNDS] [-t SECONDS] [-o RUN.jsonl] [--plot RUN.png]
+                           [-x 'TAPBRIDGE ARGS' --tag NAME] [CASE ...]
     Docs/bench/netbench.py --summarize RUN.jsonl [--plot RUN.png]
 
 Every case joins two network namespaces, A (10.99.0.1/24) and B (10.99.0.2/24), MTU 1500, and
@@ -26,7 +27,9 @@ Cases:
   tap-remote-tap-off  the same with --offload off (no trains, no offloads: as before them)
   kernel-vxlan     two Linux vxlan devices over a veth underlay (MTU 1600)
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
-Default: all of them. The anchors are built or installed by this script: relay from its source
+Default: all of them. -x adds arguments to every tapbridge command of the run (say, a mirror) and
+--tag names its cases CASE+NAME in the results, so that variants run one after the other can be
+summarized together (Docs/bench/mirror-bench.sh does that). The anchors are built or installed by this script: relay from its source
 here (cc), vde_switch from Debian's vde2, iperf3 and gnuplot from Debian.
 
 Traffic stays inside the namespaces the script creates and on 127.0.0.1. Every process it starts
@@ -46,11 +49,12 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-TAPBRIDGE = os.path.join(ROOT, ".build/release/tapbridge")
+TAPBRIDGE = os.environ.get("TAPBRIDGE") or os.path.join(ROOT, ".build/release/tapbridge")  # TAPBRIDGE=...: another build
 PREFIX = "tbnb"
 NS_A, NS_B = PREFIX + "a", PREFIX + "b"
 IP_A, IP_B = "10.99.0.1", "10.99.0.2"
 TAP0, TAP1 = PREFIX + "t0", PREFIX + "t1"
+EXTRA = []  # -x: added to every tapbridge command
 UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
 
@@ -167,7 +171,7 @@ def setup(case, r, tools):
     off = ["--offload", "off"] if case.endswith("-off") else []
     base = case.removesuffix("-off")
     if base == "tap-tap":
-        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off])
+        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off, *EXTRA])
         taps_into_namespaces(r)
     elif base == "relay" or base == "relay-vnet":
         r.start("relay", [tools["relay"], *(["-v"] if base == "relay-vnet" else []), TAP0, TAP1])
@@ -194,14 +198,14 @@ def setup(case, r, tools):
     elif base == "tap-veth":
         run(["ip", "link", "add", PREFIX + "h", "type", "veth", "peer", "name", PREFIX + "va", "netns", NS_A])
         address(NS_A, PREFIX + "va", IP_A)
-        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", PREFIX + "h,mode=packet", "--port", TAP1, *off])
+        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", PREFIX + "h,mode=packet", "--port", TAP1, *off, *EXTRA])
         wait_for([TAP1], r)
         run(["ip", "link", "set", TAP1, "netns", NS_B])
         address(NS_B, TAP1, IP_B)
     elif base == "tap-remote-tap":
         for name, tap, mine, theirs in (("a", TAP0, UDP_A, UDP_B), ("b", TAP1, UDP_B, UDP_A)):
             r.start("tapbridge-" + name, [TAPBRIDGE, "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
-                                          "--remote", f"127.0.0.1:{theirs}", *off])
+                                          "--remote", f"127.0.0.1:{theirs}", *off, *EXTRA])
         taps_into_namespaces(r)
     elif base == "kernel-vxlan":
         run(["ip", "link", "add", PREFIX + "ua", "netns", NS_A, "type", "veth", "peer", "name", PREFIX + "ub", "netns", NS_B])
@@ -274,7 +278,7 @@ def eight_ports(r, seconds):
     spaces = [f"{PREFIX}{i}" for i in range(1, 9)]
     taps = [f"{PREFIX}t{i}" for i in range(1, 9)]
     namespaces(*spaces)
-    r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, *sum((["--port", t] for t in taps), [])])
+    r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, *sum((["--port", t] for t in taps), []), *EXTRA])
     wait_for(taps, r)
     for i, (t, n) in enumerate(zip(taps, spaces), 1):
         run(["ip", "link", "set", t, "netns", n])
@@ -324,7 +328,7 @@ def median_cell(values):
 
 
 def summarize(rows, plot=None):
-    cases = [c for c in CASES if any(r["case"] == c for r in rows)]
+    cases = list(dict.fromkeys(r["case"] for r in rows))  # in the order they ran
     ok = {c: [r for r in rows if r["case"] == c and r.get("ok")] for c in cases}
     lines = ["| case | runs ok | " + " | ".join(label for _, label in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
     for c in cases:
@@ -332,7 +336,9 @@ def summarize(rows, plot=None):
         lines.append(f"| {c} | {len(ok[c])}/{len(all_runs)} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in METRICS) + " |")
     med = lambda c, k: statistics.median([r[k] for r in ok.get(c, []) if isinstance(r.get(k), (int, float))] or [float("nan")])
     lines += ["", "| tapbridge case ÷ anchor | TCP | UDP64 | CPU per Gbit/s |", "|---|---|---|---|"]
-    for t, a in RATIOS:
+    variants = [(t, a) for t, a in RATIOS if t in ok and a in ok]
+    variants += [(c, c.split("+")[0]) for c in cases if "+" in c and c.split("+")[0] in ok]
+    for t, a in variants:
         if ok.get(t) and ok.get(a):
             cells = []
             for k in ("tcp_gbps", "udp64_kpps", "cpu_per_gbps"):
@@ -378,11 +384,13 @@ def main():
     p.add_argument("-t", "--seconds", type=int, default=5, help="per iperf3 test (>= 2)")
     p.add_argument("-o", "--output", default="netbench.jsonl")
     p.add_argument("--plot", help="write a PNG of the TCP figures")
-    p.add_argument("--summarize", metavar="RUN.jsonl", help="print the summary of an earlier run")
+    p.add_argument("--summarize", metavar="RUN.jsonl", nargs="+", help="print the summary of earlier runs")
+    p.add_argument("-x", "--tapbridge-args", default="", help="extra arguments for every tapbridge command")
+    p.add_argument("--tag", help="record cases as CASE+TAG")
     p.add_argument("cases", nargs="*", metavar="CASE")
     a = p.parse_args()
     if a.summarize:
-        summarize([json.loads(line) for line in open(a.summarize) if line.strip()], a.plot)
+        summarize([json.loads(line) for f in a.summarize for line in open(f) if line.strip()], a.plot)
         return 0
     if os.geteuid() != 0:
         log("netbench: needs root (namespaces, TAPs)")
@@ -395,6 +403,7 @@ def main():
         log(f"netbench: unknown case {', '.join(unknown)}; cases: {', '.join(CASES)}")
         return 2
     cases = a.cases or CASES
+    EXTRA[:] = a.tapbridge_args.split()
     tools = tools_ready(cases)
     cleanup()  # leftovers of an interrupted run
     rows = []
@@ -402,7 +411,7 @@ def main():
         for rnd in range(1, a.rounds + 1):
             for case in cases:
                 r = Run(tools["work"])
-                row = {"case": case, "round": rnd, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                row = {"case": case + (f"+{a.tag}" if a.tag else ""), "round": rnd, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 try:
                     if case == "eight-ports":
                         row.update(eight_ports(r, a.seconds))
@@ -417,7 +426,7 @@ def main():
                 rows.append(row)
                 out.write(json.dumps(row) + "\n")
                 out.flush()
-                log(f"round {rnd} {case}: " + (f"TCP {row.get('tcp_gbps')} Gbit/s, UDP64 {row.get('udp64_kpps')} kpps, CPU {row.get('cpu_pct')} %, RSS {row.get('rss_mib')} MiB"
+                log(f"round {rnd} {row['case']}: " + (f"TCP {row.get('tcp_gbps')} Gbit/s, UDP64 {row.get('udp64_kpps')} kpps, CPU {row.get('cpu_pct')} %, RSS {row.get('rss_mib')} MiB"
                                                if row["ok"] else "FAILED: " + row["error"]))
     shutil.rmtree(tools["work"], ignore_errors=True)
     summarize(rows, a.plot)

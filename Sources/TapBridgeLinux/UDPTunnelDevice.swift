@@ -27,8 +27,10 @@ public import TapBridgeCore
 ///       (SegmentCoalescer: checksums verified first) ──► one super-frame with a TSO state
 /// ```
 /// On the wire nothing changes: every datagram is a plain VXLAN or raw frame that a Linux vxlan
-/// device or QEMU's `-netdev dgram` takes as before. A kernel that refuses UDP_SEGMENT (EIO,
-/// EINVAL) makes the device fall back to one datagram per frame, logged once and counted.
+/// device or QEMU's `-netdev dgram` takes as before. A kernel that refuses a train (EIO: no
+/// checksum offload on the route; EINVAL or EMSGSIZE: datagrams larger than the path MTU) makes
+/// the device send it again one datagram at a time and fall back to that for good, logged once
+/// and counted.
 public final class UDPTunnelDevice: PortDevice {
     /// One remote peer.
     struct Peer {
@@ -580,7 +582,7 @@ public final class UDPTunnelDevice: PortDevice {
         _ = ctb_udp_send_batch(fd, sendDatagrams, UInt32(queued))
         for k in 0..<queued {
             let error = -sendDatagrams[k].result
-            if sendDatagrams[k].segment_size > 0, error == EIO || error == EINVAL || error == EOPNOTSUPP {
+            if sendDatagrams[k].segment_size > 0, error == EIO || error == EINVAL || error == EMSGSIZE || error == EOPNOTSUPP {
                 refuseTrains(error)
                 sendSplit(k)
                 continue
@@ -608,7 +610,8 @@ public final class UDPTunnelDevice: PortDevice {
         statistics.trainsRefused &+= 1
         guard sendsTrains else { return }
         sendsTrains = false
-        logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error))): super-frames for remotes are now cut by the switch and sent one datagram per frame (no UDP GSO)")
+        let why = error == EIO ? "the route's device has no checksum offload" : error == EINVAL || error == EMSGSIZE ? "datagrams larger than the path MTU: lower the inner MTU" : "unsupported"
+        logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error)): \(why)): super-frames for remotes are now cut by the switch and sent one datagram per frame (no UDP GSO)")
     }
 
     /// Sends queue entry `k`, a refused train, one datagram at a time.

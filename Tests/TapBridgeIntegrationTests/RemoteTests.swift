@@ -1,4 +1,5 @@
 import Foundation
+import TapBridgeLinux
 import Testing
 
 /// Remote ports over UDP: tapbridge to tapbridge, to the Linux vxlan device, to a scapy raw
@@ -38,26 +39,68 @@ struct RemoteTests {
     /// ```
     ///  ns a (10.79.0.1) ── tap ── tapbridge [ns t, 10.78.0.1] ══ veth ══ [ns v, 10.78.0.2] vxlan42 (10.79.0.2)
     /// ```
-    @Test func linuxKernelVXLANDeviceIsAPeer() throws {
+    /// The underlay plays a NIC without UDP segmentation offload: the kernel cuts tapbridge's
+    /// trains into datagrams before they leave, so a capture on the far end sees what a wire
+    /// would carry. `fits`: the vxlan device's MTU (1450) makes both stacks send frames whose
+    /// datagrams fit the 1500-byte underlay; the far end must see only such datagrams, no
+    /// fragments, and TCP passes both ways. `too-big`: the far end's underlay is 1600 and its
+    /// vxlan MTU 1500, so frames from a make 1550-byte datagrams on tapbridge's 1500-byte
+    /// underlay: the kernel refuses such trains (EINVAL), tapbridge says so once and sends one
+    /// datagram per frame, which the kernel fragments (WireFormats.md, "Sizes and MTU"); TCP
+    /// passes a to v.
+    @Test(arguments: ["fits", "too-big"])
+    func linuxKernelVXLANDeviceIsAPeer(_ underlay: String) throws {
         let lab = Lab()
         let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
         let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
         #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
         lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
         lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
+        let tooBig = underlay == "too-big"
+        if tooBig { lab.exec(v, ["ip", "link", "set", uv, "mtu", "1600"]) }
         let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789", "dev", uv])
         try #require(made.ok, "cannot create a vxlan device: \(made.output)")
         lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
+        if tooBig { lab.exec(v, ["ip", "link", "set", vx, "mtu", "1500"]) }
 
         let bridge = try lab.bridge(["--port", ta, "--remote", "10.78.0.2:4789,vni=42"], in: t)
         #expect(lab.waitForLinks([ta], in: t), "\(bridge.output)")
         lab.place(ta, in: a, address: "10.79.0.1/24", from: t)
         #expect(lab.ping(from: a, "10.79.0.2").received == 3, "tapbridge -> kernel vxlan:\n\(bridge.output)")
         #expect(lab.ping(from: v, "10.79.0.1").received == 3, "kernel vxlan -> tapbridge")
-        // TCP both ways with the vxlan device's default offloads: its inner checksums arrive
-        // partial (nothing on a veth underlay completes them) and tapbridge completes them.
-        try OffloadTests.tcpBothWays(lab, a, v, "10.79.0.2", context: bridge.output)
+        let ethtool = lab.exec(t, ["ethtool", "-K", ut, "tx-udp-segmentation", "off"])
+        try #require(ethtool.ok, "ethtool: \(ethtool.output)")
+        let pcap = lab.temporaryPath("underlay.pcap")
+        let capture = try lab.background(["ip", "netns", "exec", v, "tcpdump", "-i", uv, "-n", "-U", "-s", "96", "-w", pcap, "udp port 4789"])
+        let deadline = Date().addingTimeInterval(10)
+        while !capture.output.contains("listening on"), capture.isRunning, Date() < deadline { usleep(20_000) }
+        if tooBig {
+            let forward = try lab.iperf(from: a, to: v, address: "10.79.0.2")
+            #expect(forward.bps > 50_000_000, "iperf3 a -> v: \(forward.bps) bit/s\n\(forward.output)\n\(bridge.output)")
+            for ns in [a, v] { #expect(lab.checksumErrors(in: ns).isEmpty, "\(ns): \(lab.checksumErrors(in: ns))") }
+        } else {
+            // TCP both ways with the vxlan device's default offloads: its inner checksums arrive
+            // partial (nothing on a veth underlay completes them) and tapbridge completes them.
+            try OffloadTests.tcpBothWays(lab, a, v, "10.79.0.2", context: bridge.output)
+        }
+        _ = capture.stop(signal: SIGINT)
+        let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(bridge)))
+        let udp = try #require(stats.udp)
+        #expect(udp.trainsSent > 0, "the TAP's super-frames should have left as trains: \(udp)")
+        #expect(tooBig ? udp.trainsRefused >= 1 : udp.trainsRefused == 0, "trains refused: \(udp)")
         #expect(bridge.stop() == 0)
+        let notices = bridge.output.components(separatedBy: "refused a UDP_SEGMENT train").count - 1
+        #expect(notices == (tooBig ? 1 : 0), "the fallback notice, once, only where trains were refused:\n\(bridge.output)")
+        let sizes = Host.run(["tcpdump", "-r", pcap, "-n", "-v", "src", "10.78.0.1"]).output
+            .split(separator: "\n").compactMap { line -> (Int, Bool)? in
+                guard let r = line.range(of: ", length ") ?? nil, line.contains("proto UDP") else { return nil }
+                let digits = line[r.upperBound...].prefix { $0.isNumber }
+                return Int(digits).map { ($0, line.contains("flags [+]") || line.contains("offset ") && !line.contains("offset 0,")) }
+            }
+        #expect(sizes.count > 1_000, "too few datagrams from tapbridge captured: \(sizes.count)")
+        #expect(sizes.allSatisfy { $0.0 <= 1500 }, "datagrams above the 1500-byte path MTU: \(sizes.filter { $0.0 > 1500 }.prefix(5))")
+        // fitting frames travel whole; frames too big for the underlay are fragmented
+        #expect(sizes.contains { $0.1 } == tooBig, "fragments: \(sizes.filter(\.1).count) of \(sizes.count)")
         #expect(bridge.output.contains("sends inner frames with partial checksums"), "the partial-checksum notice was not logged:\n\(bridge.output)")
         let c = Lab.counters(in: bridge.output, port: "10.78.0.2:4789")
         #expect((c["rx"] ?? 0) >= 6 && c["vni_mismatch"] == nil && c["malformed_encapsulation"] == nil, "\(c)")
