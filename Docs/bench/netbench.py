@@ -297,16 +297,18 @@ def eight_ports(r, seconds):
             "cpu_pct": round(cpu, 1), "cpu_per_gbps": round(cpu / gbps, 2) if gbps else None, "rss_mib": peak_rss_mib(r.pids)}
 
 
-def tools_ready(cases):
+def tools_ready(cases, plot):
     """Installs what is missing (Debian) and builds the relay; returns paths."""
-    need = {"iperf3": "iperf3", "gnuplot": "gnuplot-nox"}
+    need = {"iperf3": "iperf3"}
+    if plot:
+        need["gnuplot"] = "gnuplot-nox"
     if "vde" in cases:
         need["vde_switch"] = "vde2"
     missing = [pkg for tool, pkg in need.items() if shutil.which(tool) is None]
     if missing:
         log("installing", " ".join(missing))
         run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], check=False, timeout=600)
-        if any(shutil.which(t) is None for t in need if t != "gnuplot"):
+        if any(shutil.which(t) is None for t in need):
             run(["apt-get", "update", "-qq"], timeout=600)
             run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing], timeout=600)
     if not os.access(TAPBRIDGE, os.X_OK):
@@ -404,7 +406,7 @@ def main():
         return 2
     cases = a.cases or CASES
     EXTRA[:] = a.tapbridge_args.split()
-    tools = tools_ready(cases)
+    tools = tools_ready(cases, a.plot)
     cleanup()  # leftovers of an interrupted run
     rows = []
     with open(a.output, "w") as out:
