@@ -3,7 +3,9 @@ public import TapBridgeCore
 import Yams
 
 /// `--config FILE`: a YAML file that says what the command line can say. Every key is a
-/// long option without its dashes; the file becomes the equivalent arguments, placed before
+/// long option without its dashes (`port`, `remote` and `mirror-port` take one spec or a list;
+/// `ports`, `remotes` and `mirror-ports` are the same keys, and `split-horizon: false` is
+/// `no-split-horizon: true`); the file becomes the equivalent arguments, placed before
 /// the real command line, so one parser validates both and the command line wins: a
 /// single-valued option given on the command line replaces the file's, and `--port`,
 /// `--remote` and `--mirror-port` given there are added to the file's lists.
@@ -27,12 +29,13 @@ public enum ConfigFile {
 
     /// Keys and how their values turn into arguments.
     static let keys: [String: Kind] = [
+        "port": .portList, "remote": .remoteList, "mirror-port": .list,
         "ports": .portList, "remotes": .remoteList, "mirror-ports": .list,
         "name": .string, "control": .string, "control-group": .string, "listen": .string, "encap": .string,
         "mirror": .string, "mirror-filter": .string, "mirror-iface": .string, "mirror-rotate": .string, "log-level": .string, "offload": .string,
         "max-macs": .integer, "max-macs-per-port": .integer, "vni": .integer, "max-peers": .integer, "snaplen": .integer,
         "ageing": .number, "move-hold-down": .number, "peer-timeout": .number, "stats-interval": .number,
-        "hub": .flag, "forward-link-local": .flag, "accept-peers": .flag, "split-horizon": .flag, "mirror-egress": .flag,
+        "hub": .flag, "forward-link-local": .flag, "accept-peers": .flag, "split-horizon": .flag, "no-split-horizon": .flag, "mirror-egress": .flag,
     ]
 
     static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload"]
@@ -98,12 +101,15 @@ public enum ConfigFile {
                 guard let on = value.bool else { throw fail(value, "'\(key)' must be true or false, got '\(value.string ?? "a \(describe(value))")'") }
                 if key == "split-horizon" {
                     if !on { args.append("--no-split-horizon") }
+                } else if key == "no-split-horizon" {
+                    if on { args.append("--no-split-horizon") }
                 } else if on {
                     args.append("--\(key)")
                 }
             case .list, .portList, .remoteList:
-                guard let items = value.sequence else { throw fail(value, "'\(key)' must be a list") }
-                let flag = key == "ports" ? "--port" : key == "remotes" ? "--remote" : "--mirror-port"
+                // one item alone, or a list of them
+                let items = value.sequence.map(Array.init) ?? [value]
+                let flag = kind == .portList ? "--port" : kind == .remoteList ? "--remote" : "--mirror-port"
                 for item in items {
                     let spec: String
                     switch (kind, item) {
