@@ -193,8 +193,10 @@ struct TapBridgeCommand: ParsableCommand {
         if Logger.Level(rawValue: logLevel) == nil {
             throw ValidationError("--log-level must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(logLevel)'")
         }
-        for p in ports { _ = try parsePort(p) }
-        for r in remotes { _ = try parseRemote(r) }
+        var names: Set<String> = []
+        for name in try ports.map({ try parsePort($0).name }) + remotes.map({ try parseRemote($0).name }) where !names.insert(name).inserted {
+            throw ValidationError("port \(name): given twice (each --port and --remote is one port, named once)")
+        }
         if let listen { _ = try parseListen(listen) }
         if Encapsulation(rawValue: encapsulation) == nil { throw ValidationError("--encap must be vxlan or raw, got '\(encapsulation)'") }
         if VNI(vni) == nil { throw ValidationError("--vni must be 0-16777215, got \(vni)") }

@@ -198,7 +198,8 @@ struct DataPlaneTests {
         BadStart(name: "unknown port option", args: ["--port", "x,speed=10"], status: 64, message: "unknown option 'speed'"),
         BadStart(name: "packet mode on a missing interface", args: ["--port", "tbnosuch0,mode=packet"], status: 1, message: "port tbnosuch0: no interface named tbnosuch0"),
         BadStart(name: "tap mode on a non-TAP", args: ["--port", "lo,mode=tap"], status: 1, message: "port lo: exists and is not a TAP"),
-        BadStart(name: "same port twice", args: ["--port", "tbdup0", "--port", "tbdup0"], status: 1, message: "given twice"),
+        BadStart(name: "same port twice", args: ["--port", "tbdup0", "--port", "tbdup0"], status: 64, message: "given twice"),
+        BadStart(name: "a remote named like a port", args: ["--port", "tbdup0", "--remote", "127.0.0.1:4000,name=tbdup0"], status: 64, message: "given twice"),
     ]
 
     @Test(arguments: badStarts)
