@@ -126,7 +126,7 @@ extension BridgeDaemon {
             return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName), state: "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
-                              framesSegmented: c.framesSegmented, drops: drops)
+                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: a.port) : nil)
         }
     }
 

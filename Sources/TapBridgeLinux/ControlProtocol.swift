@@ -49,6 +49,27 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var framesSegmented: UInt64
     /// Drops by reason (snake_case names, see Docs/Operations.md); only reasons with a count.
     public var drops: [String: UInt64]
+    /// For a remote: where it is and how frames travel to it; absent for other ports.
+    public var remote: RemoteReport? = nil
+}
+
+/// A remote's peer in `show ports`.
+public struct RemoteReport: Codable, Sendable, Equatable {
+    /// `ADDRESS:PORT` datagrams go to.
+    public var endpoint: String
+    /// `vxlan` or `raw`.
+    public var encapsulation: String
+    /// The VXLAN network identifier; absent for raw.
+    public var vni: UInt32?
+    /// Added by `--accept-peers` (removed when silent), rather than configured.
+    public var dynamic: Bool
+
+    public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool) {
+        self.endpoint = endpoint
+        self.encapsulation = encapsulation
+        self.vni = vni
+        self.dynamic = dynamic
+    }
 }
 
 /// One MAC table entry in `show fdb`.

@@ -254,6 +254,13 @@ public final class UDPTunnelDevice: PortDevice {
         reindexHost(of: peer.address)
     }
 
+    /// The peer that is bridge port `port`, as `show ports` describes it.
+    public func report(of port: PortID) -> RemoteReport? {
+        guard let p = peer(of: port) else { return nil }
+        return RemoteReport(endpoint: "\(p.address)", encapsulation: "\(p.encapsulation)", vni: p.encapsulation == .vxlan ? p.vni.rawValue : nil,
+                            dynamic: p.isDynamic)
+    }
+
     /// Number of dynamic peers.
     public var dynamicPeerCount: Int { peers.lazy.filter { $0?.isDynamic == true }.count }
 

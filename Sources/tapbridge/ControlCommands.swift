@@ -74,8 +74,23 @@ struct Target: ParsableArguments {
 enum ControlOutput {
     /// Prints a response as stable, pretty JSON.
     static func printJSON<T: Encodable>(_ value: T) throws {
-        print(String(decoding: try ControlCoding.encoder(pretty: true).encode(value), as: UTF8.self))
+        // Foundation prints an empty object or array over two lines with a blank one between
+        let text = String(decoding: try ControlCoding.encoder(pretty: true).encode(value), as: UTF8.self)
+        print(text.replacingOccurrences(of: #"\{\n\s*\n\s*\}"#, with: "{}", options: .regularExpression)
+            .replacingOccurrences(of: #"\[\n\s*\n\s*\]"#, with: "[]", options: .regularExpression))
     }
+}
+
+/// `--json` or `--format text|json` of `show ports` and `show fdb`.
+struct TextOrJSON: ParsableArguments {
+    @Flag(help: "JSON (same as --format json; schema: Docs/Operations.md).") var json = false
+    @Option(help: ArgumentHelp("text or json.", valueName: "format")) var format: String = "text"
+
+    func validate() throws {
+        guard ["text", "json"].contains(format) else { throw ValidationError("--format must be text or json, got '\(format)'") }
+    }
+
+    var isJSON: Bool { json || format == "json" }
 }
 
 /// Left-aligned columns.
@@ -94,19 +109,27 @@ struct Show: ParsableCommand {
         subcommands: [Ports.self, Table.self, Stats.self])
 
     struct Ports: ParsableCommand {
-        static let configuration = CommandConfiguration(commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason.")
+        static let configuration = CommandConfiguration(
+            commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason; each remote's endpoint, encapsulation and VNI.")
         @OptionGroup var target: Target
-        @Flag(help: "JSON (schema: Docs/Operations.md).") var json = false
+        @OptionGroup var output: TextOrJSON
 
         func run() throws {
             let r = try target.send(ControlRequest(command: "show-ports"))
             let ports = r.ports ?? []
-            if json { return try ControlOutput.printJSON(ports) }
+            if output.isJSON { return try ControlOutput.printJSON(ports) }
             print(table(["PORT", "KIND", "STATE", "OFFLOADS", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
                 [p.name + (p.interface.map { $0 == p.name ? "" : " (now \($0))" } ?? ""), p.kind, p.state, p.offloads, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
                  "\(p.rxFrames)", "\(p.rxBytes)", "\(p.txFrames)", "\(p.txBytes)",
                  p.drops.isEmpty ? "-" : p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
             }))
+            let remotes = ports.compactMap { p in p.remote.map { (p.name, $0) } }
+            if !remotes.isEmpty {
+                print("")
+                print(table(["REMOTE", "ENDPOINT", "ENCAP", "VNI", "ADDED"], remotes.map { name, r in
+                    [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", r.dynamic ? "accepted (--accept-peers)" : "configured"]
+                }))
+            }
         }
     }
 
@@ -115,13 +138,13 @@ struct Show: ParsableCommand {
         @OptionGroup var target: Target
         @Option(help: ArgumentHelp("Only entries on this port.", valueName: "name")) var port: String?
         @Option(help: ArgumentHelp("Only entries in this VLAN.", valueName: "n")) var vlan: Int?
-        @Flag(help: "JSON (schema: Docs/Operations.md).") var json = false
+        @OptionGroup var output: TextOrJSON
 
         func run() throws {
             let r = try target.send(ControlRequest(command: "show-fdb", port: port, vlan: vlan))
             // the bridge streams entries in table order; show them by VLAN, then MAC
             let entries = (r.fdb ?? []).sorted { ($0.vlan, MACAddress($0.mac)?.rawValue ?? 0) < ($1.vlan, MACAddress($1.mac)?.rawValue ?? 0) }
-            if json { return try ControlOutput.printJSON(entries) }
+            if output.isJSON { return try ControlOutput.printJSON(entries) }
             print(table(["MAC", "VLAN", "PORT", "AGE", "TYPE"], entries.map {
                 [$0.mac, "\($0.vlan)", $0.port, $0.static ? "-" : String(format: "%.1fs", $0.ageSeconds), $0.static ? "static" : "learned"]
             }))

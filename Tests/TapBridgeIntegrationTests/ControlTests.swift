@@ -70,6 +70,29 @@ struct ControlTests {
 
     /// `fdb add` pins b's MAC to port c: frames for b go to c (captured there), b gets none;
     /// `fdb del` lets learning find b again.
+    /// Remotes are described (endpoint, encapsulation, VNI); `--format json` is `--json`, and
+    /// the JSON has no blank lines (an empty drops object prints as `{}`).
+    @Test func showPortsDescribesRemotes() throws {
+        let lab = Lab()
+        let ta = lab.link("a")
+        let (p1, p2, p3) = (lab.udpPort(1), lab.udpPort(2), lab.udpPort(3))
+        let bridge = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),vni=7",
+                                     "--remote", "127.0.0.1:\(p3),encap=raw,name=qemu"])
+        #expect(lab.waitForLinks([ta]), "\(bridge.output)")
+        let name = Self.name(bridge)
+        let json = Self.client(["show", "ports", "--format", "json"], name: name)
+        try #require(json.ok, "\(json.output)")
+        #expect(json.output == Self.client(["show", "ports", "--json"], name: name).output)
+        #expect(!json.output.contains("\n\n") && json.output.contains("\"drops\" : {}"), "\(json.output)")
+        let ports = Dictionary(uniqueKeysWithValues: try Self.decode([PortReport].self, json).map { ($0.name, $0) })
+        #expect(ports[ta]?.remote == nil)
+        #expect(ports["127.0.0.1:\(p2)"]?.remote == RemoteReport(endpoint: "127.0.0.1:\(p2)", encapsulation: "vxlan", vni: 7, dynamic: false))
+        #expect(ports["qemu"]?.remote == RemoteReport(endpoint: "127.0.0.1:\(p3)", encapsulation: "raw", vni: nil, dynamic: false))
+        let text = Self.client(["show", "ports"], name: name).output
+        #expect(text.contains("REMOTE") && text.range(of: #"qemu\s+127\.0\.0\.1:\#(p3)\s+raw\s+-\s+configured"#, options: .regularExpression) != nil, "\(text)")
+        #expect(bridge.stop() == 0)
+    }
+
     @Test func aStaticEntryPinsAMACAndTrafficFollowsIt() throws {
         let lab = Lab()
         let ns = ["a", "b", "c"].map(lab.namespace)
