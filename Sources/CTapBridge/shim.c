@@ -8,6 +8,7 @@
 #include <linux/if_tun.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
+#include <linux/errqueue.h>
 #include <net/ethernet.h>
 #include <arpa/inet.h>
 #include <signal.h>
@@ -245,7 +246,11 @@ int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_
     if (addr->sa_family == AF_INET6) {
         if (setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &zero, sizeof(zero)) < 0) goto fail;
         (void)setsockopt(fd, IPPROTO_UDP, UDP_NO_CHECK6_RX, &one, sizeof(one));
+        (void)setsockopt(fd, IPPROTO_IPV6, IPV6_RECVERR, &one, sizeof(one));
     }
+    // ICMP errors for what we send, with the destination they concern (per-remote liveness);
+    // an unconnected socket hears of none without it. On an IPv6 socket, IPv4 peers' too.
+    (void)setsockopt(fd, IPPROTO_IP, IP_RECVERR, &one, sizeof(one));
     if (buffer_bytes > 0) {
         if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &buffer_bytes, sizeof(buffer_bytes)) < 0)
             (void)setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &buffer_bytes, sizeof(buffer_bytes));
@@ -258,6 +263,32 @@ fail:;
     int e = errno;
     close(fd);
     return -e;
+}
+
+int ctb_udp_read_error(int fd, unsigned char *peer, int *error) {
+    char control[256];
+    char byte;
+    struct iovec iov = {.iov_base = &byte, .iov_len = sizeof(byte)};
+    struct msghdr msg;
+    memset(&msg, 0, sizeof(msg));
+    memset(peer, 0, 28);
+    msg.msg_name = peer;
+    msg.msg_namelen = 28;
+    msg.msg_iov = &iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control;
+    msg.msg_controllen = sizeof(control);
+    if (recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return errno == EAGAIN ? 0 : -errno;
+    *error = 0;
+    for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
+        if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
+            (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)) {
+            struct sock_extended_err ee;
+            memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
+            *error = (int)ee.ee_errno;
+        }
+    }
+    return 1;
 }
 
 #ifndef UDP_SEGMENT

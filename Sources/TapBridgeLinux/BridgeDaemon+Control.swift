@@ -123,7 +123,8 @@ extension BridgeDaemon {
             var drops: [String: UInt64] = [:]
             for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
             let offloads = OffloadCapabilities.describe(a.device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
-            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName), state: "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
+            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName),
+                              state: a.kind == .remote && tunnel?.isUnreachable(a.port) == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
                               framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: a.port) : nil)

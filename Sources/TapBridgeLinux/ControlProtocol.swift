@@ -30,7 +30,8 @@ public struct PortReport: Codable, Sendable, Equatable {
     /// The interface's current name (it may have been renamed since it was attached as
     /// `name`); absent for remotes.
     public var interface: String?
-    /// `up`; a port whose interface vanished is removed, so it is never listed as down.
+    /// `up`, or for a remote `unreachable` (an ICMP error came for it, and no frame from it
+    /// since); a port whose interface vanished is removed, so it is never listed as down.
     public var state: String
     /// What the port takes as it is: `csum tso uso` (partial checksums, TCP and UDP
     /// super-frames), `none`, or `off` (`--offload off`); remotes: `none`.
@@ -63,12 +64,15 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var vni: UInt32?
     /// Added by `--accept-peers` (removed when silent), rather than configured.
     public var dynamic: Bool
+    /// ICMP errors (port or host unreachable, no route) for datagrams sent to it.
+    public var unreachable: UInt64
 
-    public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool) {
+    public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool, unreachable: UInt64 = 0) {
         self.endpoint = endpoint
         self.encapsulation = encapsulation
         self.vni = vni
         self.dynamic = dynamic
+        self.unreachable = unreachable
     }
 }
 

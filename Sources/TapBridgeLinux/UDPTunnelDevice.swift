@@ -45,6 +45,10 @@ public final class UDPTunnelDevice: PortDevice {
         var addressLength: socklen_t
         /// Whether the partial-checksum notice was logged for this peer.
         var reportedPartialChecksums = false
+        /// ICMP errors (port or host unreachable, no route) for datagrams sent to this peer.
+        var unreachable: UInt64 = 0
+        /// An error came for this peer and no well-formed frame from it since.
+        var isUnreachable = false
     }
 
     /// Counters of things that belong to no port.
@@ -258,7 +262,7 @@ public final class UDPTunnelDevice: PortDevice {
     public func report(of port: PortID) -> RemoteReport? {
         guard let p = peer(of: port) else { return nil }
         return RemoteReport(endpoint: "\(p.address)", encapsulation: "\(p.encapsulation)", vni: p.encapsulation == .vxlan ? p.vni.rawValue : nil,
-                            dynamic: p.isDynamic)
+                            dynamic: p.isDynamic, unreachable: p.unreachable)
     }
 
     /// Number of dynamic peers.
@@ -295,7 +299,7 @@ public final class UDPTunnelDevice: PortDevice {
             if got < 0 {
                 switch -Int32(got) {
                 case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-                    statistics.unreachable &+= 1  // an ICMP error for something we sent: never fatal
+                    drainErrors()  // ICMP errors for what we sent: never fatal
                     continue
                 default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
                 }
@@ -350,6 +354,10 @@ public final class UDPTunnelDevice: PortDevice {
         // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
         if let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource {
             peers[index]!.lastHeard = now
+            if peers[index]!.isUnreachable {
+                peers[index]!.isUnreachable = false
+                logger.notice("remote \(peers[index]!.address): reachable again (a frame arrived from it)")
+            }
         }
         repairChecksum(frame.baseAddress!, length: frame.count, peer: index)
         return frame
@@ -373,7 +381,7 @@ public final class UDPTunnelDevice: PortDevice {
                 if got < 0 {
                     switch -Int32(got) {
                     case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-                        statistics.unreachable &+= 1  // an ICMP error for something we sent: never fatal
+                        drainErrors()  // ICMP errors for what we sent: never fatal
                         continue
                     default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
                     }
@@ -594,22 +602,52 @@ public final class UDPTunnelDevice: PortDevice {
                 sendSplit(k)
                 continue
             }
-            note(sendPorts[k], outcome(error), frames: sendFrameCounts[k], bytes: sendFrameBytes[k])
+            note(sendPorts[k], outcome(error, port: sendPorts[k]), frames: sendFrameCounts[k], bytes: sendFrameBytes[k])
         }
         queued = 0
     }
 
-    func outcome(_ error: Int32) -> TransmitOutcome {
+    /// How a datagram to `port`'s peer ended, from its errno (an unreachable one marks the peer).
+    func outcome(_ error: Int32, port: PortID) -> TransmitOutcome {
         switch error {
         case 0: return .sent
         case EAGAIN, ENOBUFS: return .wouldBlock
         case EMSGSIZE: return .tooLarge
         case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-            statistics.unreachable &+= 1
+            if port.index < peerByPort.count, peerByPort[port.index] >= 0 { markUnreachable(peerByPort[port.index], error) }
             return .linkDown
         default: return .failed
         }
     }
+
+    /// Reads every ICMP error queued on the socket and charges each to the peer it concerns.
+    func drainErrors() {
+        var address = (UInt64(0), UInt64(0), UInt64(0), UInt32(0))  // 28 bytes
+        var error: Int32 = 0
+        while withUnsafeMutableBytes(of: &address, { ctb_udp_read_error(fd, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), &error) }) == 1 {
+            let destination = withUnsafeBytes(of: &address) { SocketAddress($0.baseAddress!) }
+            if let destination, let index = peerByAddress[destination] {
+                markUnreachable(index, error)
+            } else {
+                statistics.unreachable &+= 1
+            }
+        }
+    }
+
+    /// Counts an unreachable error for peer `index`; logs when the peer goes from up to
+    /// unreachable (and, in `innerFrame`, back).
+    func markUnreachable(_ index: Int, _ error: Int32) {
+        statistics.unreachable &+= 1
+        guard let peer = peers[index] else { return }
+        peers[index]!.unreachable &+= 1
+        if !peer.isUnreachable {
+            peers[index]!.isUnreachable = true
+            logger.warning("remote \(peer.address): unreachable (\(describeErrno(error))); it stays a port, and comes back up with its next frame")
+        }
+    }
+
+    /// Whether `port`'s peer is unreachable (an ICMP error, and no frame from it since).
+    public func isUnreachable(_ port: PortID) -> Bool { peer(of: port)?.isUnreachable ?? false }
 
     /// The kernel refused a train: from now on super-frames are cut by the engine and leave one
     /// datagram per frame. Logged once.
@@ -633,7 +671,7 @@ public final class UDPTunnelDevice: PortDevice {
         }
         _ = ctb_udp_send_batch(fd, splitDatagrams, UInt32(count))
         for i in 0..<count {
-            note(sendPorts[k], outcome(-splitDatagrams[i].result), frames: 1, bytes: splitDatagrams[i].length - header)
+            note(sendPorts[k], outcome(-splitDatagrams[i].result, port: sendPorts[k]), frames: 1, bytes: splitDatagrams[i].length - header)
         }
     }
 

@@ -126,8 +126,8 @@ struct Show: ParsableCommand {
             let remotes = ports.compactMap { p in p.remote.map { (p.name, $0) } }
             if !remotes.isEmpty {
                 print("")
-                print(table(["REMOTE", "ENDPOINT", "ENCAP", "VNI", "ADDED"], remotes.map { name, r in
-                    [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", r.dynamic ? "accepted (--accept-peers)" : "configured"]
+                print(table(["REMOTE", "ENDPOINT", "ENCAP", "VNI", "UNREACHABLE", "ADDED"], remotes.map { name, r in
+                    [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", "\(r.unreachable)", r.dynamic ? "accepted (--accept-peers)" : "configured"]
                 }))
             }
         }

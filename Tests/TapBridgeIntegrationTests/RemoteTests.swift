@@ -106,6 +106,39 @@ struct RemoteTests {
         #expect((c["rx"] ?? 0) >= 6 && c["vni_mismatch"] == nil && c["malformed_encapsulation"] == nil, "\(c)")
     }
 
+    /// A remote nobody listens for: the kernel's ICMP port-unreachable errors mark it
+    /// `unreachable` (counted per remote, logged once); once its bridge starts and a frame
+    /// arrives from it, it is `up` again (logged).
+    @Test func aDeadRemoteGoesUnreachableAndComesBack() throws {
+        let lab = Lab()
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let (n1, n2) = (lab.bridgeName(), lab.bridgeName())
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),name=far", "--name", n1])
+        #expect(lab.waitForLinks([ta]), "\(one.output)")
+        func far() -> PortReport? {
+            (try? ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: n1)))?.first { $0.name == "far" }
+        }
+        func waitFor(_ state: String) -> Bool {
+            let deadline = Date().addingTimeInterval(10)
+            while Date() < deadline {
+                if far()?.state == state { return true }
+                usleep(100_000)
+            }
+            return false
+        }
+        Host.run(["ip", "link", "set", ta, "up"])  // its IPv6 chatter goes to the remote
+        #expect(waitFor("unreachable"), "\(String(describing: far()))\n\(one.output)")
+        #expect((far()?.remote?.unreachable ?? 0) >= 1)
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)", "--name", n2])
+        #expect(lab.waitForLinks([tb]), "\(two.output)")
+        Host.run(["ip", "link", "set", tb, "up"])
+        #expect(waitFor("up"), "\(String(describing: far()))\n\(one.output)")
+        #expect(one.stop() == 0 && two.stop() == 0)
+        #expect(one.output.components(separatedBy: ": unreachable (Connection refused)").count == 2, "logged once on the change:\n\(one.output)")
+        #expect(one.output.contains("reachable again"), "\(one.output)")
+    }
+
     /// A raw peer whose frames scapy builds and parses answers ARP and ping through tapbridge;
     /// the remote is given by name (localhost, from /etc/hosts: no DNS).
     @Test func rawPeerBuiltWithScapyExchangesFramesBothWays() throws {

@@ -71,6 +71,12 @@ struct sockaddr;
 /// privileged). Returns the fd or -errno.
 int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_bytes);
 
+/// Reads one ICMP error from the socket's error queue (IP_RECVERR / IPV6_RECVERR are on): the
+/// address the failed datagram was sent to goes to `peer` (28 bytes, sockaddr_in or
+/// sockaddr_in6) and its errno (ECONNREFUSED, EHOSTUNREACH, ...) to `error`. Returns 1, or 0
+/// when the queue is empty, or -errno.
+int ctb_udp_read_error(int fd, unsigned char *peer, int *error);
+
 /// Most datagrams one ctb_udp_recv_batch / ctb_udp_send_batch call handles.
 #define CTB_BATCH_MAX 64
 
