@@ -127,7 +127,7 @@ extension BridgeDaemon {
                               state: a.kind == .remote && tunnel?.isUnreachable(a.port) == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
-                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: a.port) : nil)
+                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: a.port) : nil, heldBy: a.heldBy)
         }
     }
 

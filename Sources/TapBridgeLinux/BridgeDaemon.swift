@@ -73,6 +73,9 @@ public final class BridgeDaemon {
         var interfaceIndex: Int32? = nil
         /// Offloads were asked for on this port (`--offload`, `offload=`).
         var offloadsOn = true
+        /// A TAP reached through a packet socket because this program holds it:
+        /// `qemu-system-x86, pid 812`.
+        var heldBy: String? = nil
     }
 
     public let engine: ForwardingEngine
@@ -164,11 +167,17 @@ public final class BridgeDaemon {
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
+        // a TAP someone else holds: say who; another tapbridge there joins the two segments
+        let holder = kind == .packet ? TapHolder.find(spec.name) : nil
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
         let handle = decorate(device)
         let port = engine.addPort(named: spec.name, configuration: spec.configuration, on: handle)
-        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name, interfaceIndex: index, offloadsOn: spec.offload ?? options.offload))
+        attached.append(Attached(device: handle, kind: kind, port: port, name: spec.name, interfaceIndex: index, offloadsOn: spec.offload ?? options.offload,
+                                 heldBy: holder.map { "\($0.command), pid \($0.pid)" }))
         logger.info("port \(spec.name): \(note), \(Self.describe(spec.configuration))")
+        if let holder, holder.command == "tapbridge" {
+            logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
+        }
     }
 
     static func describe(_ c: PortConfiguration) -> String {

@@ -52,6 +52,9 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var drops: [String: UInt64]
     /// For a remote: where it is and how frames travel to it; absent for other ports.
     public var remote: RemoteReport? = nil
+    /// A TAP reached through a packet socket because another program holds it: which one,
+    /// `qemu-system-x86, pid 812`; absent otherwise.
+    public var heldBy: String? = nil
 }
 
 /// A remote's peer in `show ports`.

@@ -93,6 +93,24 @@ struct ControlTests {
         #expect(bridge.stop() == 0)
     }
 
+    /// A TAP another tapbridge serves, given to a second bridge with mode=auto: reached through
+    /// a packet socket, with a warning naming the other bridge and a marker in `show ports`.
+    @Test func aTAPServedByAnotherBridgeIsMarkedAndWarnedAbout() throws {
+        let lab = Lab()
+        let (t, u) = (lab.link("t"), lab.link("u"))
+        let one = try lab.bridge(["--port", t])
+        #expect(lab.waitForLinks([t]), "\(one.output)")
+        let two = try lab.bridge(["--port", t, "--port", u])
+        #expect(lab.waitForLinks([u]), "\(two.output)")
+        let ports = try Self.decode([PortReport].self, Self.client(["show", "ports", "--json"], name: Self.name(two)))
+        let held = try #require(ports.first { $0.name == t })
+        #expect(held.kind == "packet" && held.heldBy == "tapbridge, pid \(one.process.processIdentifier)", "\(held)")
+        #expect(ports.first { $0.name == u }?.heldBy == nil)
+        #expect(Self.client(["show", "ports"], name: Self.name(two)).output.contains("(TAP held by tapbridge, pid"))
+        #expect(two.stop() == 0 && one.stop() == 0)
+        #expect(two.output.contains("warning") && two.output.contains("the TAP is served by another tapbridge (pid \(one.process.processIdentifier))"), "\(two.output)")
+    }
+
     @Test func aStaticEntryPinsAMACAndTrafficFollowsIt() throws {
         let lab = Lab()
         let ns = ["a", "b", "c"].map(lab.namespace)
