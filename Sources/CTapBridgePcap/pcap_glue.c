@@ -27,7 +27,32 @@ struct ctb_mirror {
     long rotations;
     uint8_t *buf;
     size_t cap, start, end;
+    // Where each buffered frame's record ends, as a count of bytes ever appended: a ring, so
+    // that a partial write tells how many frames reached the file, and an error how many were
+    // lost with the buffer.
+    unsigned long long bytes_in, bytes_out;
+    unsigned long long *ends;
+    size_t ends_cap, ends_head, ends_count;
+    unsigned long long flushed, lost;
 };
+
+// Frames whose records are now wholly written.
+static void count_flushed(struct ctb_mirror *m) {
+    while (m->ends_count > 0 && m->ends[m->ends_head] <= m->bytes_out) {
+        m->ends_head = (m->ends_head + 1) % m->ends_cap;
+        m->ends_count--;
+        m->flushed++;
+    }
+}
+
+// The buffer is given up (a write error, or closing with a reader that does not read): its
+// frames are lost.
+static void discard(struct ctb_mirror *m) {
+    m->lost += m->ends_count;
+    m->ends_count = 0;
+    m->bytes_out = m->bytes_in;
+    m->start = m->end = 0;
+}
 
 // fopencookie write: append to the buffer. ctb_mirror_write checks room first, so this
 // always fits; refusing (0) would make stdio report an error.
@@ -41,6 +66,7 @@ static ssize_t cookie_write(void *cookie, const char *data, size_t size) {
     if (m->cap - m->end < size) return 0;
     memcpy(m->buf + m->end, data, size);
     m->end += size;
+    m->bytes_in += size;
     m->file_bytes += (long long)size;
     return (ssize_t)size;
 }
@@ -96,9 +122,11 @@ ctb_mirror *ctb_mirror_open(const char *path, int snaplen, size_t buffer_bytes, 
     m->rotate_count = rotate_count < 1 ? 1 : rotate_count;
     m->cap = buffer_bytes;
     m->buf = malloc(buffer_bytes);
+    m->ends_cap = buffer_bytes / 32 + 1;  // a record is at least 16 + 14 bytes
+    m->ends = malloc(m->ends_cap * sizeof(m->ends[0]));
     m->fd = -1;
     m->dead = pcap_open_dead(DLT_EN10MB, snaplen);
-    if (!m->path || !m->buf || !m->dead) {
+    if (!m->path || !m->buf || !m->ends || !m->dead) {
         set_err(err, err_len, "%s%s", "out of memory", "");
         ctb_mirror_close(m, 0);
         return NULL;
@@ -120,9 +148,13 @@ long ctb_mirror_drain(ctb_mirror *m) {
         if (n < 0) {
             if (errno == EINTR) continue;
             if (errno == EAGAIN) return (long)pending(m);
-            return -errno;
+            int e = errno;
+            discard(m);
+            return -e;
         }
         m->start += (size_t)n;
+        m->bytes_out += (unsigned long long)n;
+        count_flushed(m);
     }
     m->start = m->end = 0;
     return 0;
@@ -167,21 +199,26 @@ int ctb_mirror_write(ctb_mirror *m, const uint8_t *frame, uint32_t length, int64
         int rc = rotate(m);
         if (rc < 0) return rc;
     }
-    if (room(m) < record) return -ENOBUFS;
+    if (room(m) < record || m->ends_count == m->ends_cap) return -ENOBUFS;
     struct pcap_pkthdr h;
     h.ts.tv_sec = (time_t)seconds;
     h.ts.tv_usec = microseconds;
     h.caplen = captured;
     h.len = length;
     pcap_dump((u_char *)m->dumper, &h, frame);
+    m->ends[(m->ends_head + m->ends_count) % m->ends_cap] = m->bytes_in;
+    m->ends_count++;
     return 0;
 }
+
+unsigned long long ctb_mirror_flushed(const ctb_mirror *m) { return m->flushed; }
+unsigned long long ctb_mirror_lost(const ctb_mirror *m) { return m->lost; }
 
 int ctb_mirror_fd(const ctb_mirror *m) { return m->fd; }
 long ctb_mirror_rotations(const ctb_mirror *m) { return m->rotations; }
 
-void ctb_mirror_close(ctb_mirror *m, int wait_ms) {
-    if (!m) return;
+unsigned long long ctb_mirror_close(ctb_mirror *m, int wait_ms) {
+    if (!m) return 0;
     if (m->fd >= 0 && m->stream) {
         struct timespec t0, t;
         clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -195,13 +232,16 @@ void ctb_mirror_close(ctb_mirror *m, int wait_ms) {
             poll(&p, 1, (int)(wait_ms - spent));
         }
     }
+    unsigned long long left = m->ends_count;  // still buffered: lost
     if (m->dumper) pcap_dump_close(m->dumper);
     if (m->is_stdout && m->fd >= 0) fcntl(m->fd, F_SETFL, m->saved_flags);
     else if (m->fd >= 0) close(m->fd);
     if (m->dead) pcap_close(m->dead);
     free(m->buf);
+    free(m->ends);
     free(m->path);
     free(m);
+    return left;
 }
 
 struct ctb_filter {

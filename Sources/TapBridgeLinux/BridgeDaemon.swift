@@ -403,6 +403,7 @@ public final class BridgeDaemon {
             case 0: return nil
             case SIGINT, SIGTERM, SIGQUIT:
                 logger.info("\(Self.signalName(signo)): shutting down")
+                mirror?.close(waitMilliseconds: 1000)  // first, so the counters say what reached the file
                 reportCounters()
                 shutdown()
                 return 0

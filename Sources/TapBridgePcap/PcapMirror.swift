@@ -59,9 +59,12 @@ public final class PcapMirror: FrameSink {
         public var seen: UInt64 = 0
         /// Frames the filter did not match.
         public var filtered: UInt64 = 0
-        /// Frames written to the pcap buffer.
+        /// Frames whose records reached the file (or pipe) whole.
         public var written: UInt64 = 0
-        /// Frames dropped because the writer could not keep up (buffer full) or is broken.
+        /// Frames dropped: refused because the writer could not keep up (buffer full) or is
+        /// broken, or lost from the buffer when a write failed (a reader that went away, a
+        /// full disk) or when the bridge stopped with a reader that did not read. Copies still
+        /// buffered are neither written nor dropped yet.
         public var dropped: UInt64 = 0
         /// Write errors on the pcap descriptor (disk full...).
         public var writeErrors: UInt64 = 0
@@ -80,6 +83,8 @@ public final class PcapMirror: FrameSink {
     var injector: OpaquePointer?
     var retryAfter: Int64 = 0
     var loggedWriteError = false
+    /// Frames taken into the writer's buffer, and refused by it.
+    var taken: UInt64 = 0, refused: UInt64 = 0
     /// Buffer between libpcap and the descriptor: 4 MiB.
     static let bufferBytes = 4 << 20
 
@@ -125,8 +130,9 @@ public final class PcapMirror: FrameSink {
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)
             if ctb_mirror_write(writer, base, length, Int64(now.tv_sec), Int32(now.tv_nsec / 1000)) == 0 {
-                statistics.written &+= 1
+                taken &+= 1
             } else {
+                refused &+= 1
                 statistics.dropped &+= 1
             }
         }
@@ -162,6 +168,8 @@ public final class PcapMirror: FrameSink {
         }
         let left = ctb_mirror_drain(writer)
         statistics.rotations = ctb_mirror_rotations(writer)
+        statistics.written = ctb_mirror_flushed(writer)
+        statistics.dropped = refused &+ ctb_mirror_lost(writer)
         if left >= 0 {
             pendingBytes = left
             if loggedWriteError, left == 0 {
@@ -181,7 +189,14 @@ public final class PcapMirror: FrameSink {
 
     /// Flushes what it can (waiting up to `wait` milliseconds for a slow reader) and closes.
     public func close(waitMilliseconds wait: Int32 = 0) {
-        if let writer { ctb_mirror_close(writer, wait) }
+        if let writer {
+            drain(at: Instant(nanoseconds: .max))  // counts what a write error lost
+            let lost = ctb_mirror_lost(writer)
+            let leftOver = ctb_mirror_close(writer, wait)
+            // close wrote what it could: every frame taken in and neither lost nor left over
+            statistics.written = taken &- lost &- leftOver
+            statistics.dropped = refused &+ lost &+ leftOver
+        }
         if let filter { ctb_filter_free(filter) }
         if let injector { ctb_injector_close(injector) }
         writer = nil

@@ -97,6 +97,29 @@ struct MirrorTests {
         #expect(lines.filter { $0.contains("ICMP echo reply") }.count == 3, "\(reader.output)")
     }
 
+    /// The mirror's reader goes away after 2,000 bytes: the copies then buffered are lost with
+    /// the write error and counted as dropped, so every frame seen is written or dropped.
+    @Test func aReaderThatGoesAwayLeavesEveryCopyCounted() throws {
+        let lab = Lab()
+        let fifo = lab.temporaryPath("fifo")
+        #expect(mkfifo(fifo, 0o600) == 0)
+        let reader = try lab.background(["sh", "-c", "exec head -c 2000 < \"$0\" > /dev/null", fifo])
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", "-"]) { args in
+            try lab.background(["sh", "-c", "exec \"$@\" > \"$0\"", fifo, Host.binary] + args)
+        }
+        #expect(lab.ping(from: a, "10.77.0.2", count: 40, interval: "0.02").received == 40)
+        #expect(reader.wait(within: 5) == 0)
+        #expect(lab.ping(from: a, "10.77.0.2", count: 20, interval: "0.02").received == 20, "forwarding goes on without the reader")
+        usleep(1_200_000)  // one retry after the error
+        #expect(bridge.stop() == 0)
+        let line = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") }.map(String.init) ?? ""
+        func count(_ key: String) -> Int {
+            line.range(of: "\(key) [0-9]+", options: .regularExpression).flatMap { Int(line[$0].split(separator: " ")[1]) } ?? -1
+        }
+        #expect(count("seen") >= 120 && count("seen") == count("written") + count("dropped") + count("filtered_out"), "\(line)")
+        #expect(count("dropped") > 0 && count("write_errors") >= 1, "\(line)")
+    }
+
     @Test func mirrorInterfaceReceivesTheCopies() throws {
         let lab = Lab()
         // a veth pair: tapbridge injects into one end, the "IDS" (tcpdump) reads the other

@@ -18,7 +18,7 @@ typedef struct ctb_mirror ctb_mirror;
 /// first). Returns NULL with a message in `err` on failure.
 ctb_mirror *ctb_mirror_open(const char *path, int snaplen, size_t buffer_bytes, long long rotate_bytes,
                             int rotate_count, char *err, size_t err_len);
-/// Adds one frame: 0 written to the buffer, -ENOBUFS no room (dropped), -EIO writer broken.
+/// Adds one frame: 0 taken into the buffer, -ENOBUFS no room (dropped), -EIO writer broken.
 int ctb_mirror_write(ctb_mirror *m, const uint8_t *frame, uint32_t length, int64_t seconds, int32_t microseconds);
 /// Writes buffered bytes to the descriptor without blocking. Returns the bytes still pending
 /// (0 = all written) or -errno of a write error (the bytes stay buffered).
@@ -28,7 +28,13 @@ int ctb_mirror_fd(const ctb_mirror *m);
 /// Files rotated so far.
 long ctb_mirror_rotations(const ctb_mirror *m);
 /// Drains (waiting up to `wait_ms` for a slow reader), closes, frees.
-void ctb_mirror_close(ctb_mirror *m, int wait_ms);
+/// Writes what it can (waiting up to `wait_ms` for a slow reader), closes and frees; returns
+/// the frames still buffered then, which are lost.
+unsigned long long ctb_mirror_close(ctb_mirror *m, int wait_ms);
+/// Frames whose records reached the file (or pipe) whole.
+unsigned long long ctb_mirror_flushed(const ctb_mirror *m);
+/// Frames lost from the buffer: a write error gave it up (a reader that went away, a full disk).
+unsigned long long ctb_mirror_lost(const ctb_mirror *m);
 
 /// A compiled BPF filter (pcap syntax) for DLT_EN10MB frames.
 typedef struct ctb_filter ctb_filter;
