@@ -47,6 +47,9 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// A super-frame of a kind that cannot be segmented here (UDP fragmentation offload, an
     /// unknown GSO type).
     case offloadUnsupported
+    /// Received on a port that was removed while its frames were on their way: counted on no
+    /// port (there is none), only returned by `decide`.
+    case portRemoved
 
     /// A stable snake_case name for logs, JSON and metrics.
     public var description: String {
@@ -67,6 +70,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .frameTooLarge: "frame_too_large"
         case .transmitError: "transmit_error"
         case .splitHorizon: "split_horizon"
+        case .portRemoved: "port_removed"
         case .malformedEncapsulation: "malformed_encapsulation"
         case .vniMismatch: "vni_mismatch"
         case .truncated: "truncated"
@@ -284,7 +288,7 @@ public final class Bridge {
     /// it (received bytes, or the drop reason) on `ingress`.
     public func decide(_ frame: UnsafeRawBufferPointer, from ingress: PortID, at now: Instant) -> ForwardingDecision {
         let p = ingress.index
-        guard p < ports.count, ports[p].isActive else { return .drop(.egressFiltered) }
+        guard p < ports.count, ports[p].isActive else { return .drop(.portRemoved) }
         ports[p].counters.receivedFrames &+= 1
         ports[p].counters.receivedBytes &+= UInt64(frame.count)
         let decision = classify(frame, ingress, now)

@@ -168,6 +168,10 @@ public final class ForwardingEngine {
                 if tagged {
                     batch.removeTag(i)
                 } else if !batch.insertTag(i, tagProtocol: bridge.configuration.vlanProtocol, controlInformation: vlan.rawValue) {
+                    // no room for the tag: every port that needed it misses this frame
+                    bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
+                        if tagging != first { bridge.countDrop(on: port, .frameTooLarge) }
+                    }
                     return
                 }
                 bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in

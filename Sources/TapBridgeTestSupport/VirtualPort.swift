@@ -99,11 +99,11 @@ public final class VirtualLAN {
     /// A LAN of `ports` ports configured as `portConfigurations` (default: access VLAN 1 each).
     public init(
         ports count: Int, configuration: Bridge.Configuration = .init(),
-        portConfigurations: [PortConfiguration]? = nil, clock: ManualClock = ManualClock()
+        portConfigurations: [PortConfiguration]? = nil, clock: ManualClock = ManualClock(), headroom: Int = 64
     ) {
         self.clock = clock
         bridge = Bridge(configuration: configuration)
-        engine = ForwardingEngine(bridge: bridge, batch: FrameBatch(capacity: 8, frameCapacity: 70_000))
+        engine = ForwardingEngine(bridge: bridge, batch: FrameBatch(capacity: 8, frameCapacity: 70_000, headroom: headroom))
         for i in 0..<count { addPort(portConfigurations?[i] ?? PortConfiguration()) }
     }
 

@@ -104,4 +104,18 @@ struct VLANTests {
         #expect(out[1] == [qinq])
         #expect(out[3] == [FrameFactory.frame(to: .broadcast, from: A, tags: [VLANTag(vlan: 10), VLANTag(tagProtocol: 0x88A8, vlan: 100)])])
     }
+
+    /// A flood that needs a tag for some ports but has no room to insert it (a batch without
+    /// headroom): the ports that needed the tag count the loss, the others get the frame.
+    @Test func aFloodWithNoRoomForTheTagIsCountedOnThePortsThatNeededIt() {
+        let lan = VirtualLAN(ports: 3, portConfigurations: [
+            .init(vlanMode: .access(VLANID(10))), .init(vlanMode: .trunk(allowed: [10], native: nil)), .init(vlanMode: .access(VLANID(10))),
+        ], headroom: 0)
+        lan.inject(FrameFactory.frame(to: .broadcast, from: FrameFactory.host(1)), on: 0)
+        lan.runUntilIdle()
+        #expect(lan.transmitted(on: 2).count == 1)
+        #expect(lan.transmitted(on: 1).isEmpty)
+        #expect(lan.counters(1)[.frameTooLarge] == 1)
+        #expect(lan.counters(0)[.noEgressPort] == 0)
+    }
 }
