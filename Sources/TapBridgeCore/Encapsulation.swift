@@ -39,8 +39,6 @@ public enum VXLANHeader {
     public static let length = 8
     /// The I flag: the VNI is valid.
     public static let validVNIFlag: UInt8 = 0x08
-    /// IANA-assigned UDP port.
-    public static let standardPort: UInt16 = 4789
 
     /// Outcome of decoding a datagram.
     public enum Decoded: Equatable, Sendable {

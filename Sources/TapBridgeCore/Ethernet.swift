@@ -16,9 +16,6 @@ public struct VLANID: Hashable, Comparable, Sendable, CustomStringConvertible, E
         self.init(UInt16(value))
     }
 
-    /// 1...4094: usable as a port's VLAN.
-    @inlinable public var isUsable: Bool { rawValue >= 1 && rawValue <= 4094 }
-
     public var description: String { String(rawValue) }
     public static func < (a: VLANID, b: VLANID) -> Bool { a.rawValue < b.rawValue }
 }
@@ -70,9 +67,6 @@ public struct VLANTag: Hashable, Sendable {
 /// are cut off (`isTruncated`) leaves `etherType` at the tag protocol. More than two tags: the
 /// rest stay in the payload.
 public struct EthernetHeader: Sendable {
-    /// The minimum length of a frame: two addresses and an EtherType.
-    public static let minimumLength = 14
-
     /// Destination address.
     public let destination: MACAddress
     /// Source address.
@@ -113,15 +107,3 @@ public struct EthernetHeader: Sendable {
     }
 }
 
-/// Formats bytes as lower-case hex, `sep` between octets.
-public func hexString(_ bytes: some Sequence<UInt8>, separator: String = "") -> String {
-    let digits: [Character] = Array("0123456789abcdef")
-    var out = ""
-    var first = true
-    for b in bytes {
-        if !first { out += separator }
-        first = false
-        out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xF)])
-    }
-    return out
-}

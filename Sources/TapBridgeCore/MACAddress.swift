@@ -41,12 +41,6 @@ public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
         self.init(rawValue: v)
     }
 
-    /// Writes the six octets at `offset`. The caller guarantees room for six bytes.
-    @inlinable public func write(to bytes: UnsafeMutableRawBufferPointer, at offset: Int) {
-        bytes.storeBytes(of: UInt16(truncatingIfNeeded: rawValue >> 32).bigEndian, toByteOffset: offset, as: UInt16.self)
-        bytes.storeBytes(of: UInt32(truncatingIfNeeded: rawValue).bigEndian, toByteOffset: offset + 2, as: UInt32.self)
-    }
-
     /// The six octets, first octet first.
     public var octets: [UInt8] { (0..<6).map { UInt8(truncatingIfNeeded: rawValue >> (40 - 8 * $0)) } }
 
@@ -59,8 +53,6 @@ public struct MACAddress: Hashable, Comparable, Sendable, CustomStringConvertibl
     @inlinable public var isLinkLocalControl: Bool { rawValue & ~0xF == 0x0180_C200_0000 }
     /// Usable as a source: neither multicast nor all-zero.
     @inlinable public var isValidSource: Bool { !isMulticast && rawValue != 0 }
-    /// Locally administered bit set (the second least significant bit of the first octet).
-    @inlinable public var isLocallyAdministered: Bool { rawValue & 0x0200_0000_0000 != 0 }
 
     public var description: String {
         let hex: [Character] = Array("0123456789abcdef")

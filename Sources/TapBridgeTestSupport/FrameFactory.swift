@@ -49,3 +49,16 @@ public enum FrameFactory {
         return out
     }
 }
+
+/// Formats bytes as lower-case hex, `separator` between octets (for test messages).
+public func hexString(_ bytes: some Sequence<UInt8>, separator: String = "") -> String {
+    let digits: [Character] = Array("0123456789abcdef")
+    var out = ""
+    var first = true
+    for b in bytes {
+        if !first { out += separator }
+        first = false
+        out.append(digits[Int(b >> 4)]); out.append(digits[Int(b & 0xF)])
+    }
+    return out
+}
