@@ -191,6 +191,23 @@ public final class Bridge {
         var counters = PortCounters()
     }
 
+    /// What the bridge did that an operator may want to watch (`--log-level debug`, `trace`).
+    public enum Event: Sendable, Equatable {
+        /// A new MAC table entry.
+        case learned(MACAddress, vlan: VLANID, port: PortID)
+        /// An entry moved to another port (a station moved, or a loop).
+        case moved(MACAddress, vlan: VLANID, from: PortID, to: PortID)
+        /// An entry the table would not take (full of static entries, or the move was damped).
+        case refused(MACAddress, vlan: VLANID, port: PortID, ForwardingTable.Refusal)
+        /// A unicast frame to a MAC nobody has been seen with in its VLAN, flooded.
+        case unknownDestination(MACAddress, vlan: VLANID, from: PortID)
+        /// Entries that aged out in one sweep.
+        case expired(count: Int)
+    }
+
+    /// Told of every `Event` while set (nil: nothing is reported, and it costs nothing).
+    public var eventHandler: ((Event) -> Void)? = nil
+
     public let configuration: Configuration
     // The bridge is used from one thread (the event loop); dynamic exclusivity checks on these
     // two properties cost ~30 % of a decision, so they are off (`@exclusivity(unchecked)`).
@@ -277,7 +294,11 @@ public final class Bridge {
 
     /// Removes aged-out entries; call when `nextDeadline` has passed.
     @discardableResult
-    public func expire(at now: Instant) -> Int { table.expire(at: now) }
+    public func expire(at now: Instant) -> Int {
+        let n = table.expire(at: now)
+        if n > 0 { eventHandler?(.expired(count: n)) }
+        return n
+    }
 
     /// When `expire(at:)` next has work to do, or `nil`.
     public var nextDeadline: Instant? { table.nextExpiry }
@@ -317,10 +338,21 @@ public final class Bridge {
         }
         if configuration.isHub { return .flood(vlan: vlan) }
         if ports[p].configuration.learning {
-            table.learn(header.source, on: ingress, vlan: vlan, at: now)
+            let outcome = table.learn(header.source, on: ingress, vlan: vlan, at: now)
+            if let eventHandler {
+                switch outcome {
+                case .learned: eventHandler(.learned(header.source, vlan: vlan, port: ingress))
+                case .moved(let from): eventHandler(.moved(header.source, vlan: vlan, from: from, to: ingress))
+                case .refused(let why): eventHandler(.refused(header.source, vlan: vlan, port: ingress, why))
+                case .refreshed, .ignored: break
+                }
+            }
         }
         if header.destination.isMulticast { return .flood(vlan: vlan) }
-        guard let egress = table.lookup(header.destination, vlan: vlan, at: now) else { return .flood(vlan: vlan) }
+        guard let egress = table.lookup(header.destination, vlan: vlan, at: now) else {
+            eventHandler?(.unknownDestination(header.destination, vlan: vlan, from: ingress))
+            return .flood(vlan: vlan)
+        }
         if egress == ingress { return .drop(.sameSegment) }
         let group = ports[p].configuration.splitHorizonGroup
         if group != 0, egress.index < ports.count, ports[egress.index].configuration.splitHorizonGroup == group {

@@ -140,6 +140,7 @@ public final class BridgeDaemon {
             close(sfd)
             throw error
         }
+        if logger.logLevel <= .debug { watchEvents() }
         if let m = options.mirror {
             let targets = [m.path.map { "pcap \($0 == "-" ? "to standard output" : $0)" }, m.interface.map { "interface \($0)" }].compactMap { $0 }
             logger.info("mirroring \(m.ports.isEmpty ? "all ports" : m.ports.joined(separator: ", ")) (\(m.egress ? "in and out" : "in")) to \(targets.joined(separator: " and "))\(m.filter.map { ", filter '\($0)'" } ?? "")")

@@ -168,7 +168,7 @@ struct TapBridgeCommand: ParsableCommand {
     @Flag(name: .customLong("print-config"), help: "Print the effective configuration (file and command line merged) as YAML and exit.")
     var printConfig = false
 
-    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical.", valueName: "level"))
+    @Option(name: .customLong("log-level"), help: ArgumentHelp("trace, debug, info, notice, warning, error or critical. debug adds what the switch does: MACs learned, moved, refused, aged out; trace also unicast floods to unknown MACs (at most 50 such lines a second).", valueName: "level"))
     var logLevel: String = "info"
 
     /// Checks a duration option against its documented range (Docs/Operations.md, "Limits"):

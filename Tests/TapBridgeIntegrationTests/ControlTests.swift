@@ -111,6 +111,25 @@ struct ControlTests {
         #expect(two.output.contains("warning") && two.output.contains("the TAP is served by another tapbridge (pid \(one.process.processIdentifier))"), "\(two.output)")
     }
 
+    /// `--log-level trace` shows what the switch does: each MAC learned (with its VLAN and
+    /// port) and, after the table is flushed, the flood of a unicast frame nobody is known for.
+    @Test func debugAndTraceLogsShowLearningAndFloods() throws {
+        let lab = Lab()
+        let (bridge, a, b, ta, tb) = try lab.pair(["--log-level", "trace"])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2, interval: "0.1").received == 2)
+        let (macA, macB) = (Self.mac(lab, a, ta), Self.mac(lab, b, tb))
+        #expect(Self.client(["fdb", "flush"], name: Self.name(bridge)).ok)
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2, interval: "0.1").received == 2)
+        #expect(bridge.stop() == 0)
+        #expect(bridge.output.contains("debug") && bridge.output.contains("fdb: learned \(macA) in VLAN 1 on \(ta)"), "\(bridge.output)")
+        #expect(bridge.output.contains("fdb: learned \(macB) in VLAN 1 on \(tb)"), "\(bridge.output)")
+        #expect(bridge.output.contains("flood: \(macB) unknown in VLAN 1, from \(ta)"), "\(bridge.output)")
+        let quiet = try lab.pair(["--log-level", "info"])
+        #expect(lab.ping(from: quiet.1, "10.77.0.2", count: 1).received == 1)
+        #expect(quiet.0.stop() == 0)
+        #expect(!quiet.0.output.contains("fdb: learned"), "events only at debug and below")
+    }
+
     @Test func aStaticEntryPinsAMACAndTrafficFollowsIt() throws {
         let lab = Lab()
         let ns = ["a", "b", "c"].map(lab.namespace)

@@ -1,0 +1,50 @@
+import CTapBridge
+import Logging
+import TapBridgeCore
+
+/// `--log-level debug` (and `trace`): what the switch does, as it does it. MACs learned, moved,
+/// refused and aged out at debug; unicast floods to unknown destinations at trace too. At
+/// most `eventsPerSecond` lines a second, then one line saying how many were left out, so that
+/// a storm cannot drown the log (or the loop).
+extension BridgeDaemon {
+    static let eventsPerSecond = 50
+
+    final class EventLog {
+        var second: Int64 = 0
+        var lines = 0
+        var suppressed = 0
+    }
+
+    func watchEvents() {
+        let log = EventLog()
+        let trace = logger.logLevel <= .trace
+        engine.bridge.eventHandler = { [unowned self] event in
+            if case .unknownDestination = event, !trace { return }
+            let now = ctb_monotonic_ns() / 1_000_000_000
+            if now != log.second {
+                if log.suppressed > 0 { logger.debug("\(log.suppressed) more switch events in the last second were not logged") }
+                log.second = now
+                log.lines = 0
+                log.suppressed = 0
+            }
+            guard log.lines < Self.eventsPerSecond else {
+                log.suppressed += 1
+                return
+            }
+            log.lines += 1
+            let level: Logger.Level = if case .unknownDestination = event { .trace } else { .debug }
+            logger.log(level: level, "\(describe(event))")
+        }
+    }
+
+    func describe(_ event: Bridge.Event) -> String {
+        switch event {
+        case .learned(let mac, let vlan, let port): "fdb: learned \(mac) in VLAN \(vlan) on \(engine.name(of: port))"
+        case .moved(let mac, let vlan, let from, let to): "fdb: \(mac) in VLAN \(vlan) moved from \(engine.name(of: from)) to \(engine.name(of: to))"
+        case .refused(let mac, let vlan, let port, let why):
+            "fdb: \(mac) in VLAN \(vlan) on \(engine.name(of: port)) not learned (\(why == .tableFull ? "table full of static entries" : "moved too recently: --move-hold-down"))"
+        case .unknownDestination(let mac, let vlan, let from): "flood: \(mac) unknown in VLAN \(vlan), from \(engine.name(of: from))"
+        case .expired(let count): "fdb: \(count) entr\(count == 1 ? "y" : "ies") aged out"
+        }
+    }
+}
