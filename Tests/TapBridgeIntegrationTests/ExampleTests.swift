@@ -80,6 +80,23 @@ struct ExampleTests {
         #expect(file.output.contains("split-horizon: false"), "\(file.output)")
     }
 
+    /// README.md's "Join two network namespaces" recipe, pasted as one block into bash, as a
+    /// newcomer would (with the release binary first on PATH): it pings, and leaves nothing.
+    @Test func readmeRecipeRunsAsWritten() throws {
+        let readme = try String(contentsOf: Host.packageRoot.appendingPathComponent("README.md"), encoding: .utf8)
+        let section = try #require(readme.components(separatedBy: "## Join two network namespaces").dropFirst().first)
+        let block = try #require(section.components(separatedBy: "```").dropFirst().first, "no code block in the recipe")
+        let existing = Host.run(["ip", "netns", "list"]).output.split(separator: "\n").map { $0.split(separator: " ").first.map(String.init) ?? "" }
+        try #require(!existing.contains("a") && !existing.contains("b"), "namespaces a or b exist already: the recipe would clash")
+        let bin = URL(fileURLWithPath: Host.binary).deletingLastPathComponent().path
+        let r = Host.run(["env", "PATH=\(bin):/usr/sbin:/usr/bin:/sbin:/bin", "bash", "-c", block], timeout: 60)
+        #expect(r.ok && r.output.contains("3 packets transmitted, 3 received"), "\(r.output)")
+        let after = Host.run(["ip", "netns", "list"]).output
+        #expect(!after.split(separator: "\n").contains { $0.hasPrefix("a ") || $0 == "a" || $0.hasPrefix("b ") || $0 == "b" }, "\(after)")
+        usleep(300_000)
+        #expect(!FileManager.default.fileExists(atPath: "/sys/class/net/tbA"), "the TAPs should vanish with tapbridge")
+    }
+
     @Test func systemdUnitVerifies() throws {
         let lab = Lab()
         let dir = lab.temporaryPath("systemd")
