@@ -111,22 +111,36 @@ final class Background {
     }
 }
 
-/// Namespaces and links for one test; names are unique per process and test.
+/// Namespaces and links for one test; names are unique per process and test, and carry the
+/// test suite's prefixes (namespaces `tbns-`, links `tt`), so that what a crashed run left
+/// behind is removed when the next run starts.
 final class Lab {
     nonisolated(unsafe) static var counter = 0
+
+    /// Namespaces and root-namespace links of earlier runs (a run that was killed cannot clean
+    /// up after itself); done once, before the first lab of this run.
+    static let leftoversRemoved: Void = {
+        for line in Host.run(["ip", "netns", "list"]).output.split(separator: "\n") {
+            if let name = line.split(separator: " ").first, name.hasPrefix("tbns-") { Host.run(["ip", "netns", "del", String(name)]) }
+        }
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? [] where name.hasPrefix("tt") {
+            Host.run(["ip", "link", "del", name])
+        }
+    }()
     let tag: String
     private(set) var namespaces: [String] = []
     private(set) var links: [String] = []
     private(set) var processes: [Background] = []
 
     init() {
+        _ = Lab.leftoversRemoved
         Lab.counter += 1
         tag = String(getpid() % 46_656, radix: 36) + String(Lab.counter, radix: 36)
     }
 
-    /// A unique interface name (≤ 15 bytes): "tb" + tag + suffix.
+    /// A unique interface name (≤ 15 bytes): "tt" + tag + suffix.
     func link(_ suffix: String) -> String {
-        let name = "tb\(tag)\(suffix)"
+        let name = "tt\(tag)\(suffix)"
         precondition(name.utf8.count <= 15, "\(name) too long")
         links.append(name)
         return name
