@@ -56,8 +56,9 @@ struct Target: ParsableArguments {
         do {
             response = try ControlClient.exchange(request, at: path)
         } catch {
-            // no --name, and the default bridge is not there: name the ones that are
-            if name == nil, control == nil {
+            // no --name, and the default bridge is not there (no socket at all; a permission
+            // error or a stopped bridge says so itself): name the ones that are
+            if name == nil, control == nil, access(path, F_OK) != 0 {
                 let others = List.runningBridges().map(\.stats.name)
                 if !others.isEmpty {
                     throw StartupFailure(message: "no bridge named tapbridge is running; running: \(others.joined(separator: ", ")) (give --name)")
