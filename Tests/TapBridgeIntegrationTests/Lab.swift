@@ -123,8 +123,13 @@ final class Lab {
         for line in Host.run(["ip", "netns", "list"]).output.split(separator: "\n") {
             if let name = line.split(separator: " ").first, name.hasPrefix("tbns-") { Host.run(["ip", "netns", "del", String(name)]) }
         }
-        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? [] where name.hasPrefix("tt") {
-            Host.run(["ip", "link", "del", name])
+        // only what a lab makes: "tt" + lower-case letters and digits, a veth or a TAP
+        for name in (try? FileManager.default.contentsOfDirectory(atPath: "/sys/class/net")) ?? []
+        where name.hasPrefix("tt") && name.count >= 5 && name.allSatisfy({ $0.isASCII && ($0.isLowercase || $0.isNumber) }) {
+            let isTap = FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/tun_flags")
+            if isTap || Host.run(["ip", "-d", "-o", "link", "show", "dev", name]).output.contains(" veth ") {
+                Host.run(["ip", "link", "del", name])
+            }
         }
     }()
     let tag: String
