@@ -193,12 +193,6 @@ public final class UDPTunnelDevice: PortDevice {
             : .none()
     }
 
-    /// `tso uso` and `gro` as in effect, or `none`.
-    public var offloadDescription: String {
-        let words = (sendsTrains ? ["udp-gso"] : []) + (receivesTrains ? ["udp-gro"] : [])
-        return words.isEmpty ? "none" : words.joined(separator: " ")
-    }
-
     /// Adds a peer; returns its index for `bind(peer:to:)`. Throws if the address family does
     /// not fit the socket or the peer exists.
     public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false) throws(StartupError) -> Int {
@@ -295,15 +289,7 @@ public final class UDPTunnelDevice: PortDevice {
                 receiveQueue[k].data = slot.baseAddress! - VXLANHeader.length
                 receiveQueue[k].length = slot.count + VXLANHeader.length
             }
-            let got = Int(ctb_udp_recv_batch(fd, receiveQueue, UInt32(wanted)))
-            if got < 0 {
-                switch -Int32(got) {
-                case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-                    drainErrors()  // ICMP errors for what we sent: never fatal
-                    continue
-                default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
-                }
-            }
+            guard let got = try receiveMessages(wanted) else { continue }
             if got == 0 { return frames }
             for k in 0..<got {
                 if deliver(receiveQueue[k], into: batch, freeSlot: firstSlot + k - batch.used, now: now) { frames += 1 }
@@ -335,21 +321,11 @@ public final class UDPTunnelDevice: PortDevice {
     @inline(__always)
     func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer? {
         let frame: UnsafeMutableRawBufferPointer
-        switch peers[index]!.encapsulation {
-        case .raw:
-            frame = UnsafeMutableRawBufferPointer(start: data, count: length)
-        case .vxlan:
-            switch VXLANHeader.decode(UnsafeRawBufferPointer(start: data, count: length)) {
-            case .frame(let vni, let inner):
-                guard vni == peers[index]!.vni else {
-                    batch.recordDrop(on: port, .vniMismatch, bytes: length)
-                    return nil
-                }
-                frame = UnsafeMutableRawBufferPointer(start: data + VXLANHeader.length, count: inner)
-            case .tooShort, .flagsInvalid:
-                batch.recordDrop(on: port, .malformedEncapsulation, bytes: length)
-                return nil
-            }
+        switch Self.decode(data, length: length, encapsulation: peers[index]!.encapsulation, vni: peers[index]!.vni) {
+        case .success(let inner): frame = inner
+        case .failure(let reason):
+            batch.recordDrop(on: port, reason, bytes: length)
+            return nil
         }
         // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
         if let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource {
@@ -361,6 +337,20 @@ public final class UDPTunnelDevice: PortDevice {
         }
         repairChecksum(frame.baseAddress!, length: frame.count, peer: index)
         return frame
+    }
+
+    /// recvmmsg of up to `count` messages into `receiveQueue` (buffers set by the caller): how
+    /// many arrived (0: none waiting), or nil after an ICMP error for something we sent, which
+    /// is charged to its peer and is never fatal (call again).
+    func receiveMessages(_ count: Int) throws(PortError) -> Int? {
+        let got = Int(ctb_udp_recv_batch(fd, receiveQueue, UInt32(count)))
+        guard got < 0 else { return got }
+        switch -Int32(got) {
+        case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+            drainErrors()
+            return nil
+        default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
+        }
     }
 
     /// Receives with trains on: up to 64 messages (each one datagram, or a train of datagrams
@@ -377,15 +367,7 @@ public final class UDPTunnelDevice: PortDevice {
                     receiveQueue[k].data = trainArea + k * Self.trainSlotSize
                     receiveQueue[k].length = Self.trainSlotSize
                 }
-                let got = Int(ctb_udp_recv_batch(fd, receiveQueue, UInt32(CTB_BATCH_MAX)))
-                if got < 0 {
-                    switch -Int32(got) {
-                    case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
-                        drainErrors()  // ICMP errors for what we sent: never fatal
-                        continue
-                    default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
-                    }
-                }
+                guard let got = try receiveMessages(Int(CTB_BATCH_MAX)) else { continue }
                 if got == 0 { break }
                 pendingCount = got
                 pendingMessage = 0
@@ -464,19 +446,36 @@ public final class UDPTunnelDevice: PortDevice {
         }
     }
 
+    /// What a datagram holds: a frame, or a reason to drop it.
+    enum Decoded {
+        case success(UnsafeMutableRawBufferPointer)
+        case failure(DropReason)
+    }
+
+    /// The inner frame of the datagram of `length` bytes at `data` in `encapsulation` (and
+    /// `vni`), or why it is not one (`malformed_encapsulation`, `vni_mismatch`).
+    @inline(__always)
+    static func decode(_ data: UnsafeMutableRawPointer, length: Int, encapsulation: Encapsulation, vni: VNI) -> Decoded {
+        switch encapsulation {
+        case .raw:
+            return .success(UnsafeMutableRawBufferPointer(start: data, count: length))
+        case .vxlan:
+            switch VXLANHeader.decode(UnsafeRawBufferPointer(start: data, count: length)) {
+            case .frame(let got, let inner):
+                return got == vni ? .success(UnsafeMutableRawBufferPointer(start: data + VXLANHeader.length, count: inner)) : .failure(.vniMismatch)
+            case .tooShort, .flagsInvalid:
+                return .failure(.malformedEncapsulation)
+            }
+        }
+    }
+
     /// The inner frame of datagram `d` if it is a well-formed frame in `encapsulation` (and
     /// `vni`) with a station as its source; nil otherwise.
     static func frame(in d: ctb_datagram, encapsulation: Encapsulation, vni: VNI) -> UnsafeRawBufferPointer? {
-        let datagram = UnsafeRawBufferPointer(start: d.data, count: d.length)
-        let frame: UnsafeRawBufferPointer
-        switch encapsulation {
-        case .raw: frame = datagram
-        case .vxlan:
-            guard case .frame(let got, let length) = VXLANHeader.decode(datagram), got == vni else { return nil }
-            frame = UnsafeRawBufferPointer(rebasing: datagram[VXLANHeader.length..<(VXLANHeader.length + length)])
-        }
-        guard let header = EthernetHeader(frame), header.source.isValidSource else { return nil }
-        return frame
+        guard case .success(let frame) = decode(d.data, length: d.length, encapsulation: encapsulation, vni: vni),
+            let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource
+        else { return nil }
+        return UnsafeRawBufferPointer(frame)
     }
 
     /// A datagram from a sender that is not a peer. With `--accept-peers`, the sender becomes a
