@@ -81,14 +81,21 @@ struct MirrorTests {
 
     /// `tapbridge ... --mirror - | tcpdump -r -` (through a FIFO so the test can stop tapbridge
     /// by its own PID).
-    @Test func standardOutputPipesIntoTcpdump() throws {
-        let lab = Lab()
+    /// A pair bridge mirroring to its standard output, a FIFO that `reader` (a shell command)
+    /// reads from its standard input. Returns the reader, the bridge and namespace a.
+    static func mirrorIntoPipe(_ lab: Lab, reader command: String) throws -> (reader: Background, bridge: Background, a: String) {
         let fifo = lab.temporaryPath("fifo")
         #expect(mkfifo(fifo, 0o600) == 0)
-        let reader = try lab.background(["sh", "-c", "exec tcpdump -n -r - icmp < \"$0\"", fifo])
+        let reader = try lab.background(["sh", "-c", "exec \(command) < \"$0\"", fifo])
         let (bridge, a, _, _, _) = try lab.pair(["--mirror", "-"]) { args in
             try lab.background(["sh", "-c", "exec \"$@\" > \"$0\"", fifo, Host.binary] + args)
         }
+        return (reader, bridge, a)
+    }
+
+    @Test func standardOutputPipesIntoTcpdump() throws {
+        let lab = Lab()
+        let (reader, bridge, a) = try Self.mirrorIntoPipe(lab, reader: "tcpdump -n -r - icmp")
         #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
         #expect(bridge.stop() == 0)
         #expect(reader.wait(within: 5) == 0, "tcpdump -r - did not finish cleanly: \(reader.output)")
@@ -101,12 +108,7 @@ struct MirrorTests {
     /// the write error and counted as dropped, so every frame seen is written or dropped.
     @Test func aReaderThatGoesAwayLeavesEveryCopyCounted() throws {
         let lab = Lab()
-        let fifo = lab.temporaryPath("fifo")
-        #expect(mkfifo(fifo, 0o600) == 0)
-        let reader = try lab.background(["sh", "-c", "exec head -c 2000 < \"$0\" > /dev/null", fifo])
-        let (bridge, a, _, _, _) = try lab.pair(["--mirror", "-"]) { args in
-            try lab.background(["sh", "-c", "exec \"$@\" > \"$0\"", fifo, Host.binary] + args)
-        }
+        let (reader, bridge, a) = try Self.mirrorIntoPipe(lab, reader: "head -c 2000 > /dev/null")
         #expect(lab.ping(from: a, "10.77.0.2", count: 40, interval: "0.02").received == 40)
         #expect(reader.wait(within: 5) == 0)
         #expect(lab.ping(from: a, "10.77.0.2", count: 20, interval: "0.02").received == 20, "forwarding goes on without the reader")

@@ -41,6 +41,20 @@ struct OffloadTests {
         }
     }
 
+    /// Gives the k-th device of `pairs` (moved into its namespace first with `move`) the
+    /// address 10.77.0.(k+1)/24, or fd77::(k+1)/64 with IPv6 turned on in its namespace for
+    /// `family` "ipv6", and brings it up. Returns the second device's address, for iperf3.
+    static func address(_ lab: Lab, _ pairs: [(ns: String, dev: String)], family: String, move: Bool = false) -> String {
+        let v6 = family == "ipv6"
+        for (k, (ns, dev)) in pairs.enumerated() {
+            if move { Host.run(["ip", "link", "set", dev, "netns", ns]) }
+            if v6 { lab.enableIPv6(ns) }
+            lab.addAddress(v6 ? "fd77::\(k + 1)/64" : "10.77.0.\(k + 1)/24", to: dev, in: ns)
+            lab.exec(ns, ["ip", "link", "set", dev, "up"])
+        }
+        return v6 ? "fd77::2" : "10.77.0.2"
+    }
+
     /// ```
     ///  ns a (10.77.0.1, fd77::1) ── tap a ─── tapbridge ─── packet socket on veth h ══ veth n (.2, fd77::2) in ns b
     /// ```
@@ -58,13 +72,8 @@ struct OffloadTests {
         let bridge = try lab.bridge(["--port", "\(ta),offload=\(offload)", "--port", "\(vh),mode=packet", "--name", name])
         #expect(lab.waitForLinks([ta]), "\(bridge.output)")
         Host.run(["ip", "link", "set", ta, "netns", a])
-        let v6 = family == "ipv6"
-        for (ns, dev, n) in [(a, ta, 1), (b, vn, 2)] {
-            if v6 { lab.enableIPv6(ns) }
-            lab.addAddress(v6 ? "fd77::\(n)/64" : "10.77.0.\(n)/24", to: dev, in: ns)
-            lab.exec(ns, ["ip", "link", "set", dev, "up"])
-        }
-        try Self.tcpBothWays(lab, a, b, v6 ? "fd77::2" : "10.77.0.2", context: bridge.output)
+        let address = Self.address(lab, [(a, ta), (b, vn)], family: family)
+        try Self.tcpBothWays(lab, a, b, address, context: bridge.output)
         let ports = Self.ports(lab, name)
         let tap = ports[ta] ?? [:]
         if offload == "on" {
@@ -110,14 +119,8 @@ struct OffloadTests {
         let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)", "--offload", offload, "--name", n1])
         let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)", "--offload", offload, "--name", n2])
         #expect(lab.waitForLinks([ta, tb]), "\(one.output)\(two.output)")
-        let v6 = family == "ipv6"
-        for (ns, dev, n) in [(a, ta, 1), (b, tb, 2)] {
-            Host.run(["ip", "link", "set", dev, "netns", ns])
-            if v6 { lab.enableIPv6(ns) }
-            lab.addAddress(v6 ? "fd77::\(n)/64" : "10.77.0.\(n)/24", to: dev, in: ns)
-            lab.exec(ns, ["ip", "link", "set", dev, "up"])
-        }
-        try Self.tcpBothWays(lab, a, b, v6 ? "fd77::2" : "10.77.0.2", context: one.output + two.output)
+        let address = Self.address(lab, [(a, ta), (b, tb)], family: family, move: true)
+        try Self.tcpBothWays(lab, a, b, address, context: one.output + two.output)
         for name in [n1, n2] {
             let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: name))
             let udp = try #require(stats.udp)
@@ -225,14 +228,8 @@ struct OffloadTests {
         let name = lab.bridgeName()
         let bridge = try lab.bridge(["--port", ta, "--port", tb, "--name", name])
         #expect(lab.waitForLinks([ta, tb]), "\(bridge.output)")
-        let v6 = family == "ipv6"
-        for (ns, dev, n) in [(a, ta, 1), (b, tb, 2)] {
-            Host.run(["ip", "link", "set", dev, "netns", ns])
-            if v6 { lab.enableIPv6(ns) }
-            lab.addAddress(v6 ? "fd77::\(n)/64" : "10.77.0.\(n)/24", to: dev, in: ns)
-            lab.exec(ns, ["ip", "link", "set", dev, "up"])
-        }
-        try Self.tcpBothWays(lab, a, b, v6 ? "fd77::2" : "10.77.0.2", context: bridge.output)
+        let address = Self.address(lab, [(a, ta), (b, tb)], family: family, move: true)
+        try Self.tcpBothWays(lab, a, b, address, context: bridge.output)
         let ports = Self.ports(lab, name)
         for tap in [ta, tb] {
             let report = ports[tap] ?? [:]
