@@ -1,3 +1,31 @@
+/// One entry of the port registry: what a port is, for everything that reports or looks up
+/// ports (the device and the configuration are kept beside it).
+public struct PortRecord: Sendable {
+    /// How a port reaches its network.
+    public enum Kind: String, Sendable {
+        case tap, packet, remote, virtual
+    }
+
+    public var name: String
+    public var kind: Kind
+    /// The interface's index (TAP and packet ports), to refuse attaching one interface twice
+    /// and to show its current name after a rename.
+    public var interfaceIndex: Int32?
+    /// Offloads were asked for on this port.
+    public var offloadsOn: Bool
+    /// A TAP reached through a packet socket because this program holds it:
+    /// `qemu-system-x86, pid 812`.
+    public var heldBy: String?
+
+    public init(name: String, kind: Kind = .virtual, interfaceIndex: Int32? = nil, offloadsOn: Bool = true, heldBy: String? = nil) {
+        self.name = name
+        self.kind = kind
+        self.interfaceIndex = interfaceIndex
+        self.offloadsOn = offloadsOn
+        self.heldBy = heldBy
+    }
+}
+
 /// Moves frames: drains a device in batches, asks the bridge, transmits.
 ///
 /// ```
@@ -21,7 +49,9 @@ public final class ForwardingEngine {
     let finisher = OffloadFinisher()
 
     @exclusivity(unchecked) var devices: [(any PortDevice)?] = []
-    var names: [String] = []
+    /// The port registry: what each port is, indexed like `devices` (the one place that says
+    /// which ports exist; everything else asks here).
+    var records: [PortRecord] = []
     /// Every device once, for flushing after a batch (rebuilt when ports change).
     @exclusivity(unchecked) var uniqueDevices: [any PortDevice] = []
     /// Changes whenever a port is added or removed, so an event loop can tell cheaply when to
@@ -40,13 +70,20 @@ public final class ForwardingEngine {
     /// Adds a logical port carried by `device`, tells the device its ID, and returns it.
     @discardableResult
     public func addPort(named name: String, configuration: PortConfiguration = PortConfiguration(), on device: any PortDevice) -> PortID {
+        addPort(PortRecord(name: name), configuration: configuration, on: device)
+    }
+
+    /// Adds a port described by `record`, carried by `device`; returns its ID.
+    @discardableResult
+    public func addPort(_ record: PortRecord, configuration: PortConfiguration = PortConfiguration(), on device: any PortDevice) -> PortID {
         let id = bridge.addPort(configuration)
         if id.index >= devices.count {
             devices.append(contentsOf: repeatElement(nil, count: id.index + 1 - devices.count))
-            names.append(contentsOf: repeatElement("", count: id.index + 1 - names.count))
+            records.append(contentsOf: repeatElement(PortRecord(name: ""), count: id.index + 1 - records.count))
         }
         devices[id.index] = device
-        names[id.index] = name
+        records[id.index] = record
+        let name = record.name
         uniqueDevices = allDevices
         generation &+= 1
         device.didAddPort(id, name: name)
@@ -80,11 +117,21 @@ public final class ForwardingEngine {
     public func device(of port: PortID) -> (any PortDevice)? { port.index < devices.count ? devices[port.index] : nil }
 
     /// The name given to `port` (empty if unknown).
-    public func name(of port: PortID) -> String { port.index < names.count && devices[port.index] != nil ? names[port.index] : "" }
+    public func name(of port: PortID) -> String { record(of: port)?.name ?? "" }
+
+    /// What `port` is, or nil if there is no such port.
+    public func record(of port: PortID) -> PortRecord? {
+        port.index < devices.count && devices[port.index] != nil ? records[port.index] : nil
+    }
 
     /// The port named `name`.
     public func port(named name: String) -> PortID? {
-        names.indices.first { names[$0] == name && devices[$0] != nil }.map { PortID(UInt16($0)) }
+        records.indices.first { records[$0].name == name && devices[$0] != nil }.map { PortID(UInt16($0)) }
+    }
+
+    /// Every port, in the order they were added (by ID; a removed port's ID is reused).
+    public var ports: [PortID] {
+        devices.indices.compactMap { devices[$0] == nil ? nil : PortID(UInt16($0)) }
     }
 
     /// Every device with at least one port, each once.

@@ -90,7 +90,7 @@ extension BridgeDaemon {
             } catch {
                 return .failure(error.description)
             }
-            if attached.contains(where: { $0.name == spec.name }) { return .failure("port \(spec.name) exists") }
+            if engine.port(named: spec.name) != nil { return .failure("port \(spec.name) exists") }
             do {
                 try attachPort(spec)
             } catch {
@@ -98,11 +98,10 @@ extension BridgeDaemon {
             }
             return .success("port \(spec.name) added")
         case "port-del":
-            guard let name = request.port, let a = attached.first(where: { $0.name == name }) else {
+            guard let name = request.port, let port = engine.port(named: name) else {
                 return .failure("no port named '\(request.port ?? "")'")
             }
-            engine.removePort(a.port)
-            attached.removeAll { $0.port == a.port }
+            engine.removePort(port)
             logger.info("control: port \(name) removed")
             return .success("port \(name) removed")
         default:
@@ -117,17 +116,18 @@ extension BridgeDaemon {
     }
 
     func portReports() -> [PortReport] {
-        attached.map { a in
-            let c = engine.bridge.counters(of: a.port)
-            let config = engine.bridge.configuration(of: a.port) ?? PortConfiguration()
+        engine.ports.map { port in
+            let a = engine.record(of: port)!, device = engine.device(of: port)!
+            let c = engine.bridge.counters(of: port)
+            let config = engine.bridge.configuration(of: port) ?? PortConfiguration()
             var drops: [String: UInt64] = [:]
             for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
-            let offloads = OffloadCapabilities.describe(a.device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
+            let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
             return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName),
-                              state: a.kind == .remote && tunnel?.isUnreachable(a.port) == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
+                              state: a.kind == .remote && tunnel?.isUnreachable(port) == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
-                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: a.port) : nil, heldBy: a.heldBy)
+                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: port) : nil, heldBy: a.heldBy)
         }
     }
 
@@ -153,16 +153,18 @@ extension BridgeDaemon {
                                       rotations: m.rotations, injected: m.injected, injectDropped: m.injectDropped)
         }
         return StatsReport(name: options.name, version: options.version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
-                           ports: attached.count, fdb: fdb, udp: udp, mirror: mirror)
+                           ports: engine.ports.count, fdb: fdb, udp: udp, mirror: mirror)
+    }
+
+    /// Every counter now: the model `show stats`, the logs and Prometheus render.
+    func statistics(at now: Instant) -> Statistics { Statistics(stats: statsReport(at: now), ports: portReports()) }
+
+    /// The counters in the log (at exit, on SIGUSR1): one line per port, then the MAC table,
+    /// the UDP socket and the mirror.
+    public func reportCounters() {
+        for line in statistics(at: EventLoop.now()).logLines { logger.info("\(line)") }
     }
 
     /// The `--stats-interval` line.
-    func logStats() {
-        let ports = portReports()
-        let rx = ports.reduce(0) { $0 + $1.rxFrames }, tx = ports.reduce(0) { $0 + $1.txFrames }
-        let drops = ports.reduce(0) { $0 + $1.drops.values.reduce(0, +) }
-        let f = engine.bridge.table.statistics
-        let mirrorDrops = mirror.map { ", mirror dropped \($0.statistics.dropped)" } ?? ""
-        logger.info("stats: \(ports.count) ports, rx \(rx) frames, tx \(tx) frames, drops \(drops); fdb \(engine.bridge.table.count) entries, learned \(f.learned), moved \(f.moved), expired \(f.expired), evicted \(f.evicted)\(mirrorDrops)")
-    }
+    func logStats() { logger.info("\(statistics(at: EventLoop.now()).summaryLine)") }
 }

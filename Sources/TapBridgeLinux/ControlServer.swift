@@ -47,12 +47,15 @@ public final class ControlServer {
 
     let path: String
     let listener: Int32
+    /// Answers each request (the daemon).
+    let respond: (ControlRequest) -> Reply
     var clients: [Client] = []
 
     /// Binds `path` (mode 0600, or 0660 with `group`). A stale socket file (no process behind
     /// it) is replaced; a live one means another bridge has that name: refused.
-    init(path: String, group: String?) throws(StartupError) {
+    init(path: String, group: String?, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
         self.path = path
+        self.respond = respond
         guard path.utf8.count < 108 else { throw StartupError("--control '\(path)': longer than a Unix socket path may be (107 bytes)") }
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty, mkdir(dir, 0o755) != 0, errno != EEXIST {

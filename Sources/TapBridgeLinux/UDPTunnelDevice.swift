@@ -37,7 +37,7 @@ public final class UDPTunnelDevice: PortDevice {
         var address: SocketAddress
         var encapsulation: Encapsulation
         var vni: VNI
-        var port: PortID?
+        var port: PortID
         var isDynamic: Bool
         var lastHeard: Int64
         /// The VXLAN header (8 bytes) and the sockaddr (up to 28 bytes), allocated once.
@@ -129,13 +129,17 @@ public final class UDPTunnelDevice: PortDevice {
     var lastUnknownLog: Int64 = .min
     var unknownSinceLog: UInt64 = 0
 
-    /// Called for a well-formed frame from an unknown sender; returns the index of a new peer
-    /// (from `addPeer`) to accept it, or nil to drop it. Set by the daemon for `--accept-peers`.
-    public var acceptPeer: ((SocketAddress) -> Int?)? = nil
-    /// The encapsulation and VNI an unknown sender's datagram must be well-formed in to be
-    /// accepted (the bridge-wide `--encap` and `--vni`).
-    public var acceptedEncapsulation = Encapsulation.vxlan
-    public var acceptedVNI = VNI(1)!
+    /// `--accept-peers`: the encapsulation and VNI an unknown sender's datagram must be
+    /// well-formed in (the bridge-wide `--encap` and `--vni`) and the most dynamic peers; nil:
+    /// unknown senders are dropped.
+    public var accepting: (encapsulation: Encapsulation, vni: VNI, limit: Int)? = nil
+    /// Senders that asked to become peers during the last receive; the daemon admits them after
+    /// the batch (`takeCandidates`), and their held datagrams are delivered on the next receive.
+    public private(set) var candidates: [SocketAddress] = []
+    /// Datagrams of candidates, in `heldArea`, one slot each.
+    var held: [(sender: SocketAddress, length: Int)] = []
+    var heldArea: UnsafeMutableRawPointer? = nil
+    static let heldMaximum = 16
 
     /// Socket buffer size requested (forced when privileged): 4 MiB.
     static let bufferBytes: Int32 = 4 << 20
@@ -182,6 +186,7 @@ public final class UDPTunnelDevice: PortDevice {
         sendFrameCounts.deallocate()
         splitDatagrams.deallocate()
         trainArea.deallocate()
+        heldArea?.deallocate()
     }
 
     public var pollDescriptor: Int32? { fd }
@@ -193,9 +198,9 @@ public final class UDPTunnelDevice: PortDevice {
             : .none()
     }
 
-    /// Adds a peer; returns its index for `bind(peer:to:)`. Throws if the address family does
-    /// not fit the socket or the peer exists.
-    public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false) throws(StartupError) -> Int {
+    /// Adds a peer that is bridge port `port`. Throws if the address family does not fit the
+    /// socket or the peer exists.
+    public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
         if peerByAddress[address] != nil { throw StartupError("remote \(address) given twice") }
         let wire = UnsafeMutableRawPointer.allocate(byteCount: 8 + MemoryLayout<sockaddr_storage>.size, alignment: 8)
         wire.storeBytes(of: VXLANHeader.encodedHeader(vni: vni), as: UInt64.self)
@@ -204,13 +209,14 @@ public final class UDPTunnelDevice: PortDevice {
             wire.deallocate()
             throw StartupError("remote \(address) is IPv6 but the listening socket \(localAddress) is IPv4 (use --listen [::]:PORT)")
         }
-        let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: nil, isDynamic: isDynamic,
+        let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: port, isDynamic: isDynamic,
                         lastHeard: ctb_monotonic_ns(), wire: wire, addressLength: length)
         let index = peers.firstIndex { $0 == nil } ?? peers.count
         if index == peers.count { peers.append(peer) } else { peers[index] = peer }
         peerByAddress[address] = index
         reindexHost(of: address)
-        return index
+        if port.index >= peerByPort.count { peerByPort += Array(repeating: -1, count: port.index + 1 - peerByPort.count) }
+        peerByPort[port.index] = index
     }
 
     /// Recomputes `vxlanPeerByHost` for the IP address of `address`.
@@ -236,13 +242,6 @@ public final class UDPTunnelDevice: PortDevice {
         return nil
     }
 
-    /// Tells the device which bridge port a peer is.
-    public func bind(peer index: Int, to port: PortID) {
-        peers[index]?.port = port
-        if port.index >= peerByPort.count { peerByPort += Array(repeating: -1, count: port.index + 1 - peerByPort.count) }
-        peerByPort[port.index] = index
-    }
-
     public func didRemovePort(_ port: PortID) {
         guard port.index < peerByPort.count, peerByPort[port.index] >= 0, let peer = peers[peerByPort[port.index]] else { return }
         peerByAddress[peer.address] = nil
@@ -265,8 +264,8 @@ public final class UDPTunnelDevice: PortDevice {
     /// Ports of dynamic peers silent for `timeout` or longer at `now`.
     public func idleDynamicPeers(timeout: Duration, now: Instant) -> [PortID] {
         peers.compactMap { p in
-            guard let p, p.isDynamic, let port = p.port, now.nanoseconds - p.lastHeard >= timeout.nanoseconds else { return nil }
-            return port
+            guard let p, p.isDynamic, now.nanoseconds - p.lastHeard >= timeout.nanoseconds else { return nil }
+            return p.port
         }
     }
 
@@ -277,9 +276,10 @@ public final class UDPTunnelDevice: PortDevice {
     }
 
     public func receive(into batch: FrameBatch) throws(PortError) -> Int {
-        var frames = 0
         let now = ctb_monotonic_ns()
-        if receivesTrains { return try receiveTrains(into: batch, now: now) }
+        // (at most 16, and the batch is empty: they fit)
+        var frames = held.isEmpty ? 0 : deliverHeld(into: batch, now: now)
+        if receivesTrains { return try frames + receiveTrains(into: batch, now: now) }
         while !batch.isFull {
             // recvmmsg straight into the free slots, 8 bytes early (see the type's comment)
             let wanted = min(batch.remaining, Int(CTB_BATCH_MAX))
@@ -304,7 +304,11 @@ public final class UDPTunnelDevice: PortDevice {
     @inline(__always)
     func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, now: Int64) -> Bool {
         let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
-        guard let sender, let index = peer(for: sender) ?? admit(sender, d, now), let port = peers[index]?.port else { return false }
+        guard let sender else { return false }
+        guard let index = peer(for: sender), let port = peers[index]?.port else {
+            admit(sender, d, now)
+            return false
+        }
         if d.length > batch.frameCapacity + VXLANHeader.length {
             batch.recordDrop(on: port, .truncated, bytes: d.length)
             return false
@@ -383,13 +387,16 @@ public final class UDPTunnelDevice: PortDevice {
     func drain(into batch: FrameBatch, now: Int64) -> Int {
         var frames = 0
         while pendingMessage < pendingCount {
+            // no room to record another drop: the rest waits for the next call
+            if batch.receiveDrops.count >= batch.capacity { return frames }
             let d = receiveQueue[pendingMessage]
             let total = d.length, stride = d.segment_size > 0 ? Int(d.segment_size) : d.length
             if pendingOffset == 0, d.segment_size > 0 { statistics.trainsReceived &+= 1 }
             var first = d
             first.length = min(stride, total)
             let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
-            let index = sender.flatMap { peer(for: $0) ?? (pendingOffset == 0 ? admit($0, first, now) : nil) }
+            let index = sender.flatMap { peer(for: $0) }
+            if index == nil, let sender, pendingOffset == 0 { admit(sender, first, now) }
             guard let index, let port = peers[index]?.port, total <= Self.trainSlotSize else {
                 if let index, let port = peers[index]?.port { batch.recordDrop(on: port, .truncated, bytes: total) }
                 pendingMessage += 1
@@ -399,6 +406,7 @@ public final class UDPTunnelDevice: PortDevice {
             // (an empty datagram is one datagram too: counted as malformed, not skipped)
             let step = max(stride, 1)
             while pendingOffset < max(total, 1) {
+                if batch.receiveDrops.count >= batch.capacity { return frames }
                 let data = d.data + pendingOffset, length = min(stride, total - pendingOffset)
                 guard let frame = innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else {
                     pendingOffset += step
@@ -478,22 +486,27 @@ public final class UDPTunnelDevice: PortDevice {
         return UnsafeRawBufferPointer(frame)
     }
 
-    /// A datagram from a sender that is not a peer. With `--accept-peers`, the sender becomes a
-    /// dynamic peer only if the datagram is a well-formed frame in the bridge-wide
-    /// encapsulation (empty or garbage datagrams from spoofed addresses cannot fill the peer
-    /// table) and the limit allows; otherwise it is counted and logged (at most one line per
-    /// 10 s).
-    func admit(_ sender: SocketAddress, _ d: ctb_datagram, _ now: Int64) -> Int? {
+    /// A datagram from a sender that is not a peer: dropped, counted and logged (at most one
+    /// line per 10 s), unless `--accept-peers` lets the sender in. Then the datagram must be a
+    /// well-formed frame in the bridge-wide encapsulation (empty or garbage datagrams from
+    /// spoofed addresses cannot fill the peer table) and the limit must allow; it is held, and
+    /// the sender becomes a candidate that the daemon admits after the batch.
+    func admit(_ sender: SocketAddress, _ d: ctb_datagram, _ now: Int64) {
         let why: String
-        if let acceptPeer {
-            if Self.frame(in: d, encapsulation: acceptedEncapsulation, vni: acceptedVNI) == nil {
+        if let accepting {
+            let isCandidate = candidates.contains(sender)
+            if Self.frame(in: d, encapsulation: accepting.encapsulation, vni: accepting.vni) == nil {
                 statistics.unknownSender &+= 1
-                why = "not a well-formed \(acceptedEncapsulation) frame, so not accepted as a peer"
-            } else if let index = acceptPeer(sender) {
-                return index
-            } else {
+                why = "not a well-formed \(accepting.encapsulation) frame, so not accepted as a peer"
+            } else if !isCandidate && dynamicPeerCount + candidates.count >= accepting.limit {
                 statistics.peersRefused &+= 1
                 why = "peer limit reached"
+            } else if hold(d, from: sender) {
+                if !isCandidate { candidates.append(sender) }
+                return
+            } else {
+                statistics.unknownSender &+= 1
+                why = "more than \(Self.heldMaximum) datagrams from new peers in one batch"
             }
         } else {
             statistics.unknownSender &+= 1
@@ -505,7 +518,47 @@ public final class UDPTunnelDevice: PortDevice {
             lastUnknownLog = now
             unknownSinceLog = 0
         }
-        return nil
+    }
+
+    /// Keeps a copy of a candidate's datagram (false: no room).
+    func hold(_ d: ctb_datagram, from sender: SocketAddress) -> Bool {
+        guard held.count < Self.heldMaximum, d.length <= Self.trainSlotSize else { return false }
+        let area = heldArea ?? .allocate(byteCount: Self.heldMaximum * Self.trainSlotSize, alignment: 64)
+        heldArea = area
+        (area + held.count * Self.trainSlotSize).copyMemory(from: d.data, byteCount: d.length)
+        held.append((sender, d.length))
+        return true
+    }
+
+    /// The senders waiting to become peers; the caller admits each with `addPeer` (or not: its
+    /// datagrams are then dropped, counted as refused).
+    public func takeCandidates() -> [SocketAddress] {
+        defer { candidates.removeAll() }
+        return candidates
+    }
+
+    /// Whether held datagrams wait for the next receive.
+    public var holdsDatagrams: Bool { !held.isEmpty }
+
+    /// The held datagrams of admitted candidates, as frames into `batch`.
+    func deliverHeld(into batch: FrameBatch, now: Int64) -> Int {
+        var frames = 0
+        for (k, h) in held.enumerated() {
+            guard let index = peer(for: h.sender), let port = peers[index]?.port else {
+                statistics.peersRefused &+= 1
+                continue
+            }
+            guard let frame = innerFrame(heldArea! + k * Self.trainSlotSize, length: h.length, peer: index, port: port, batch: batch, now: now) else { continue }
+            guard frame.count <= batch.frameCapacity else {
+                batch.recordDrop(on: port, .truncated, bytes: h.length)
+                continue
+            }
+            batch.nextSlot().baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+            batch.commit(length: frame.count, from: port)
+            frames += 1
+        }
+        held.removeAll(keepingCapacity: true)
+        return frames
     }
 
     /// Queues `frame` for `port`'s peer; `flush` sends the queue with one sendmmsg. The frame

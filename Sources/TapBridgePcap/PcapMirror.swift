@@ -83,6 +83,8 @@ public final class PcapMirror: FrameSink {
     var injector: OpaquePointer?
     var retryAfter: Int64 = 0
     var loggedWriteError = false
+    /// Copies were taken since the last `drain`.
+    var tookSinceDrain = false
     /// Frames taken into the writer's buffer, and refused by it.
     var taken: UInt64 = 0, refused: UInt64 = 0
     /// Buffer between libpcap and the descriptor: 4 MiB.
@@ -131,6 +133,7 @@ public final class PcapMirror: FrameSink {
             clock_gettime(CLOCK_REALTIME, &now)
             if ctb_mirror_write(writer, base, length, Int64(now.tv_sec), Int32(now.tv_nsec / 1000)) == 0 {
                 taken &+= 1
+                tookSinceDrain = true
             } else {
                 refused &+= 1
                 statistics.dropped &+= 1
@@ -154,14 +157,19 @@ public final class PcapMirror: FrameSink {
 
     var pendingBytes: Int = 0
 
-    /// When a failed write is retried (nil: no retry pending).
-    public var retryDeadline: Instant? { retryAfter == 0 ? nil : Instant(nanoseconds: retryAfter) }
+    /// When `drain` has work without waiting for the descriptor: at once after new copies
+    /// (0), at the retry after a write error, or nil.
+    public var drainDeadline: Int64? {
+        if retryAfter != 0 { return retryAfter }
+        return tookSinceDrain ? 0 : nil
+    }
 
     /// Writes what is buffered without blocking. After a write error (a full disk), logs once,
     /// counts, and waits a second before trying again; meanwhile new copies fill the buffer
     /// and then are dropped (counted).
     public func drain(at now: Instant) {
         guard let writer else { return }
+        tookSinceDrain = false
         if retryAfter != 0 {
             guard now.nanoseconds >= retryAfter else { return }
             retryAfter = 0

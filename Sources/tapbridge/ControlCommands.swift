@@ -168,17 +168,9 @@ struct Show: ParsableCommand {
             if json || format == "json" { return try ControlOutput.printJSON(s) }
             if format == "prometheus" {
                 let ports = try target.send(ControlRequest(command: "show-ports")).ports ?? []
-                return print(Prometheus.exposition(stats: s, ports: ports), terminator: "")
+                return print(Statistics(stats: s, ports: ports).prometheus, terminator: "")
             }
-            var lines = [
-                "bridge \(s.name) (tapbridge \(s.version)), up \(Int(s.uptimeSeconds)) s, \(s.ports) ports",
-                "fdb: \(s.fdb.entries)/\(s.fdb.maxEntries) entries, learned \(s.fdb.learned), refreshed \(s.fdb.refreshed), moved \(s.fdb.moved), move_damped \(s.fdb.moveDamped), expired \(s.fdb.expired), evicted \(s.fdb.evicted), refused \(s.fdb.refused)",
-            ]
-            if let u = s.udp { lines.append("udp \(u.listen): unknown_sender \(u.unknownSender), unreachable \(u.unreachable), peers_refused \(u.peersRefused), checksums_completed \(u.checksumsCompleted), trains_sent \(u.trainsSent), trains_received \(u.trainsReceived), frames_coalesced \(u.framesCoalesced), trains_refused \(u.trainsRefused)") }
-            if let m = s.mirror {
-                lines.append("mirror: seen \(m.seen), written \(m.written), filtered_out \(m.filteredOut), dropped \(m.dropped), write_errors \(m.writeErrors), rotations \(m.rotations), injected \(m.injected), inject_dropped \(m.injectDropped)")
-            }
-            print(lines.joined(separator: "\n"))
+            print(Statistics(stats: s, ports: []).text)
         }
     }
 }
@@ -240,70 +232,5 @@ struct Port: ParsableCommand {
         @OptionGroup var target: Target
         @Argument(help: "The port's name.") var name: String
         func run() throws { print(try target.send(ControlRequest(command: "port-del", port: name)).message ?? "ok") }
-    }
-}
-
-/// `show stats --format prometheus`: the text exposition format (version 0.0.4).
-enum Prometheus {
-    static func escape(_ s: String) -> String {
-        s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"").replacingOccurrences(of: "\n", with: "\\n")
-    }
-
-    static func exposition(stats s: StatsReport, ports: [PortReport]) -> String {
-        var out = ""
-        let bridge = "bridge=\"\(escape(s.name))\""
-        func metric(_ name: String, _ type: String, _ help: String, _ samples: [(String, Double)]) {
-            out += "# HELP tapbridge_\(name) \(help)\n# TYPE tapbridge_\(name) \(type)\n"
-            for (labels, value) in samples {
-                let v = value == value.rounded() && abs(value) < 1e15 ? String(Int64(value)) : String(value)
-                out += "tapbridge_\(name){\(bridge)\(labels.isEmpty ? "" : "," + labels)} \(v)\n"
-            }
-        }
-        func port(_ p: PortReport) -> String { "port=\"\(escape(p.name))\",kind=\"\(p.kind)\"" }
-        metric("uptime_seconds", "gauge", "Seconds since the bridge started.", [("", s.uptimeSeconds)])
-        metric("ports", "gauge", "Ports attached.", [("", Double(s.ports))])
-        metric("port_rx_frames_total", "counter", "Frames received on a port.", ports.map { (port($0), Double($0.rxFrames)) })
-        metric("port_rx_bytes_total", "counter", "Bytes received on a port.", ports.map { (port($0), Double($0.rxBytes)) })
-        metric("port_tx_frames_total", "counter", "Frames sent out of a port.", ports.map { (port($0), Double($0.txFrames)) })
-        metric("port_tx_bytes_total", "counter", "Bytes sent out of a port.", ports.map { (port($0), Double($0.txBytes)) })
-        metric("port_checksums_completed_total", "counter", "Partial checksums (offloaded by the sender) completed for a port.",
-               ports.map { (port($0), Double($0.checksumsCompleted)) })
-        metric("port_frames_segmented_total", "counter", "Super-frames (GSO) cut into segments for a port.", ports.map { (port($0), Double($0.framesSegmented)) })
-        metric("port_drops_total", "counter", "Frames dropped on a port, by reason.",
-               ports.flatMap { p in p.drops.sorted { $0.key < $1.key }.map { ("\(port(p)),reason=\"\($0.key)\"", Double($0.value)) } })
-        metric("fdb_entries", "gauge", "MAC table entries.", [("", Double(s.fdb.entries))])
-        metric("fdb_max_entries", "gauge", "MAC table size limit.", [("", Double(s.fdb.maxEntries))])
-        for (name, value, help) in [
-            ("learned", s.fdb.learned, "MACs learned."), ("refreshed", s.fdb.refreshed, "MACs seen again on their port."),
-            ("moved", s.fdb.moved, "MACs that moved to another port."), ("move_damped", s.fdb.moveDamped, "Moves refused by the hold-down."),
-            ("expired", s.fdb.expired, "Entries aged out."), ("evicted", s.fdb.evicted, "Entries evicted to make room."),
-            ("refused", s.fdb.refused, "MACs not learned: table full of static entries."),
-        ] {
-            metric("fdb_\(name)_total", "counter", help, [("", Double(value))])
-        }
-        if let u = s.udp {
-            metric("udp_unknown_sender_total", "counter", "Datagrams from senders that are not remotes.", [("", Double(u.unknownSender))])
-            metric("udp_unreachable_total", "counter", "ICMP unreachable errors on the UDP socket.", [("", Double(u.unreachable))])
-            metric("udp_peers_refused_total", "counter", "Well-formed frames from unknown senders refused: --max-peers reached.", [("", Double(u.peersRefused))])
-            metric("udp_checksums_completed_total", "counter", "Inner frames from remotes whose partial checksum was completed.", [("", Double(u.checksumsCompleted))])
-            metric("udp_trains_sent_total", "counter", "Trains of datagrams sent with one UDP_SEGMENT message.", [("", Double(u.trainsSent))])
-            metric("udp_trains_received_total", "counter", "Trains of datagrams received whole (UDP_GRO).", [("", Double(u.trainsReceived))])
-            metric("udp_frames_coalesced_total", "counter", "Super-frames built from the TCP segments of received trains.", [("", Double(u.framesCoalesced))])
-            metric("udp_trains_refused_total", "counter", "Trains the kernel refused (UDP GSO turned off).", [("", Double(u.trainsRefused))])
-        }
-        if let m = s.mirror {
-            for (name, value, help) in [
-                ("seen", m.seen, "Frames offered to the mirror."), ("written", m.written, "Frames written to the pcap file."),
-                ("filtered_out", m.filteredOut, "Frames the mirror filter did not match."),
-                ("dropped", m.dropped, "Mirror copies dropped (slow reader, full disk)."),
-                ("write_errors", m.writeErrors, "Write errors on the pcap file."),
-                ("injected", m.injected, "Frames injected into the mirror interface."),
-                ("inject_dropped", m.injectDropped, "Frames the mirror interface refused."),
-            ] {
-                metric("mirror_\(name)_total", "counter", help, [("", Double(value))])
-            }
-            metric("mirror_rotations_total", "counter", "pcap files started by rotation.", [("", Double(m.rotations))])
-        }
-        return out
     }
 }

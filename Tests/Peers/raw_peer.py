@@ -5,7 +5,8 @@ QEMU's -netdev dgram speaks. Frames are built and parsed by scapy, not by tapbri
   raw_peer.py --listen PORT --bridge HOST:PORT --ip A.B.C.D --target A.B.C.D [--count N]
 
 It ARPs for --target, pings it --count times (answering ARP for its own --ip), and prints one
-JSON line: {"arp_reply": bool, "target_mac": str, "echo_replies": n}. Exit 0 if every echo
+JSON line: {"arp_reply": bool, "target_mac": str, "echo_replies": n, "arp_requests": n}
+(ARP requests are repeated every 0.5 s until one is answered). Exit 0 if every echo
 was answered. Bounded: gives up after 10 seconds.
 """
 import argparse, json, socket, sys, time
@@ -37,11 +38,13 @@ deadline = time.time() + 10
 next_arp = 0.0
 next_echo = 0.0
 seq = 0
+arp_requests = 0
 while time.time() < deadline and len(replies) < a.count:
     now = time.time()
     if target_mac is None and now >= next_arp:
         send(Ether(dst="ff:ff:ff:ff:ff:ff", src=a.mac) / ARP(op=1, hwsrc=a.mac, psrc=a.ip, pdst=a.target))
         next_arp = now + 0.5
+        arp_requests += 1
     if target_mac is not None and seq < a.count and now >= next_echo:
         seq += 1
         send(Ether(dst=target_mac, src=a.mac) / IP(src=a.ip, dst=a.target) / ICMP(type=8, id=0x7777, seq=seq) / b"tapbridge-raw-peer")
@@ -60,5 +63,5 @@ while time.time() < deadline and len(replies) < a.count:
     elif f.haslayer(ICMP) and f[ICMP].type == 0 and f[ICMP].id == 0x7777:
         replies.add(f[ICMP].seq)
 
-print(json.dumps({"arp_reply": target_mac is not None, "target_mac": target_mac, "echo_replies": len(replies)}))
+print(json.dumps({"arp_reply": target_mac is not None, "target_mac": target_mac, "echo_replies": len(replies), "arp_requests": arp_requests}))
 sys.exit(0 if len(replies) == a.count else 1)

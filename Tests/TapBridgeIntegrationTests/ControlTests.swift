@@ -288,7 +288,7 @@ struct ControlTests {
         #expect(samples.contains { $0.hasPrefix("tapbridge_port_rx_frames_total{") && $0.contains("port=\"\(ta)\"") })
         #expect(samples.contains { $0.hasPrefix("tapbridge_fdb_entries{") && $0.hasSuffix(" 2") }, "\(prom.output)")
         #expect(bridge.stop() == 0)
-        #expect(bridge.output.contains("stats: 2 ports, rx "), "no periodic stats line:\n\(bridge.output)")
+        #expect(bridge.output.contains("stats: ports=2 rx_frames="), "no periodic stats line:\n\(bridge.output)")
     }
 
     /// `fdb add MAC PORT` pins in the port's own untagged VLAN (access, or a trunk's native

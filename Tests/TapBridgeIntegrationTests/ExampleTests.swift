@@ -144,7 +144,7 @@ struct ExampleTests {
         #expect(qemu.isRunning, "QEMU rejected the -netdev dgram recipe: \(qemu.output)")
         #expect(bridge.stop() == 0)
         let c = Lab.counters(in: bridge.output, port: "vm1")
-        #expect((c["tx"] ?? 0) > 0 && c["transmit_error"] == nil && c["link_down"] == nil, "\(c)\n\(bridge.output)")
+        #expect((c["tx_frames"] ?? 0) > 0 && c["transmit_error"] == nil && c["link_down"] == nil, "\(c)\n\(bridge.output)")
         _ = qemu.stop()
     }
 }

@@ -132,7 +132,7 @@ struct HardeningTests {
             usleep(200_000)
             #expect(bridge.isRunning, "signal \(signo) stopped the bridge:\n\(bridge.output)")
         }
-        #expect(bridge.output.contains("SIGUSR1: counters follow") && bridge.output.contains("counters \(tap): rx"), "\(bridge.output)")
+        #expect(bridge.output.contains("SIGUSR1: counters follow") && bridge.output.contains("counters port \(tap): rx_frames="), "\(bridge.output)")
         #expect(bridge.output.contains("SIGUSR2 ignored"), "\(bridge.output)")
         #expect(bridge.stop(signal: SIGQUIT) == 0, "SIGQUIT exit:\n\(bridge.output)")
         #expect(bridge.output.contains("SIGQUIT: shutting down"))
@@ -251,7 +251,7 @@ struct HardeningTests {
         let remotes = OffloadTests.ports(lab, name).values.filter { $0["kind"] as? String == "remote" }
         #expect(remotes.count == 1, "remotes: \(remotes.map { $0["name"] ?? "?" })")
         #expect(bridge.stop() == 0)
-        #expect(Lab.counters(in: bridge.output, port: "udp")["unknown_sender"] == 24, "\(bridge.output)")
+        #expect(Lab.counters(in: bridge.output, section: "udp")["unknown_sender"] == 24, "\(bridge.output)")
     }
 
     /// Linear parsing and bounded inputs: 20,000 ports parse in well under a second (the

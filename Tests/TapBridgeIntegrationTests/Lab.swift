@@ -306,14 +306,15 @@ final class Lab {
         return (numbers.first ?? 0, numbers.count > 1 ? numbers[1] : 0, r.output)
     }
 
-    /// The drop counters tapbridge logged at exit for port `name` ("counters NAME: ...
-    /// drops a=1 b=2"), plus "rx" and "tx" frame counts.
-    static func counters(in output: String, port name: String) -> [String: Int] {
-        guard let line = output.split(separator: "\n").last(where: { $0.contains("counters \(name): ") }) else { return [:] }
+    /// The counters tapbridge logged at exit (the last `counters port NAME: k=v ...` line)
+    /// for port `name`: traffic, `drops`, and one entry per drop reason that happened.
+    static func counters(in output: String, port name: String) -> [String: Int] { counters(in: output, section: "port \(name)") }
+
+    /// The counters of a section (`udp`, `mirror`, `fdb`) tapbridge logged at exit.
+    static func counters(in output: String, section: String) -> [String: Int] {
+        guard let line = output.split(separator: "\n").last(where: { $0.contains("counters \(section): ") }) else { return [:] }
         var out: [String: Int] = [:]
-        let words = line.split(separator: " ")
-        for (i, w) in words.enumerated() {
-            if (w == "rx" || w == "tx"), i + 1 < words.count, let n = Int(words[i + 1]) { out[String(w)] = n }
+        for w in line.split(separator: " ") {
             let kv = w.split(separator: "=")
             if kv.count == 2, let n = Int(kv[1]) { out[String(kv[0])] = n }
         }

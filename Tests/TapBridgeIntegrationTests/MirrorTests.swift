@@ -41,8 +41,8 @@ struct MirrorTests {
         #expect(try PcapMirror.count(file: pcap, filter: "icmp") == 6)
         #expect(try PcapMirror.count(file: pcap) == 6, "something other than ICMP was mirrored")
         #expect(try PcapMirror.count(file: pcap, filter: "arp") == 0)
-        let filteredOut = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") } ?? ""
-        #expect(filteredOut.contains("filtered_out ") && !filteredOut.contains("filtered_out 0,"), "ARP was sent, so something was filtered out: \(filteredOut)")
+        let m = Lab.counters(in: bridge.output, section: "mirror")
+        #expect((m["filtered_out"] ?? 0) > 0, "ARP was sent, so something was filtered out: \(m)")
     }
 
     @Test(arguments: [false, true])
@@ -74,9 +74,8 @@ struct MirrorTests {
             #expect(((try? PcapMirror.count(file: file)) ?? 0) > 0, "\(file) is not a readable pcap with frames")
         }
         #expect(!FileManager.default.fileExists(atPath: pcap + ".3"), "more than 3 files kept")
-        let line = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") } ?? ""
-        let rotations = line.split(separator: ",").first { $0.contains("rotations") }?.split(separator: " ").last.flatMap { Int($0) } ?? 0
-        #expect(rotations >= 5, "\(line)")
+        let m = Lab.counters(in: bridge.output, section: "mirror")
+        #expect((m["rotations"] ?? 0) >= 5, "\(m)")
     }
 
     /// `tapbridge ... --mirror - | tcpdump -r -` (through a FIFO so the test can stop tapbridge
@@ -114,12 +113,10 @@ struct MirrorTests {
         #expect(lab.ping(from: a, "10.77.0.2", count: 20, interval: "0.02").received == 20, "forwarding goes on without the reader")
         usleep(1_200_000)  // one retry after the error
         #expect(bridge.stop() == 0)
-        let line = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") }.map(String.init) ?? ""
-        func count(_ key: String) -> Int {
-            line.range(of: "\(key) [0-9]+", options: .regularExpression).flatMap { Int(line[$0].split(separator: " ")[1]) } ?? -1
-        }
-        #expect(count("seen") >= 120 && count("seen") == count("written") + count("dropped") + count("filtered_out"), "\(line)")
-        #expect(count("dropped") > 0 && count("write_errors") >= 1, "\(line)")
+        let m = Lab.counters(in: bridge.output, section: "mirror")
+        func count(_ key: String) -> Int { m[key] ?? -1 }
+        #expect(count("seen") >= 120 && count("seen") == count("written") + count("dropped") + count("filtered_out"), "\(m)")
+        #expect(count("dropped") > 0 && count("write_errors") >= 1, "\(m)")
     }
 
     @Test func mirrorInterfaceReceivesTheCopies() throws {
@@ -159,8 +156,8 @@ struct MirrorTests {
         #expect(bridge.stop() == 0)
         let errors = bridge.output.split(separator: "\n").filter { $0.contains("mirror: write to") && $0.contains("No space left on device") }
         #expect(errors.count == 1, "want the write error logged once:\n\(bridge.output)")
-        let line = bridge.output.split(separator: "\n").first { $0.contains("counters mirror:") } ?? ""
-        #expect(!line.contains("dropped 0,") && !line.contains("write_errors 0,"), "\(line)")
+        let m = Lab.counters(in: bridge.output, section: "mirror")
+        #expect((m["dropped"] ?? 0) > 0 && (m["write_errors"] ?? 0) > 0, "\(m)")
     }
 
     static let badMirrors: [KernelTests.DataPlaneTests.BadStart] = [
