@@ -60,6 +60,11 @@ let package = Package(
         .testTarget(
             name: "TapBridgeCoreTests", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
             swiftSettings: strict),
+        // Everything above the core that needs no root: options, config files, specs,
+        // addresses, statistics renderers, the UDP peer table.
+        .testTarget(
+            name: "TapBridgeLinuxTests", dependencies: ["TapBridgeLinux", "TapBridgeCore", "TapBridgePcap"],
+            swiftSettings: strict),
         // Real TAPs, namespaces, ping and iperf3 through the release binary (root only).
         .testTarget(
             name: "TapBridgeIntegrationTests", dependencies: ["TapBridgeLinux", "TapBridgePcap", "CTapBridge"],

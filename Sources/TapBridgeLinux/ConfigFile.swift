@@ -1,53 +1,42 @@
 import Foundation
-public import TapBridgeCore
+import TapBridgeCore
 import Yams
 
 /// `--config FILE`: a YAML file that says what the command line can say. Every key is a
-/// long option without its dashes (`port`, `remote` and `mirror-port` take one spec or a list;
-/// `ports`, `remotes` and `mirror-ports` are the same keys, and `split-horizon: false` is
-/// `no-split-horizon: true`); the file becomes the equivalent arguments, placed before
-/// the real command line, so one parser validates both and the command line wins: a
-/// single-valued option given on the command line replaces the file's, and `--port`,
-/// `--remote` and `--mirror-port` given there are added to the file's lists.
+/// long option without its dashes (`OptionTable`): `port`, `remote` and `mirror-port` take one
+/// spec or a list (`ports`, `remotes`, `mirror-ports` are the same keys), flags take true or
+/// false (`split-horizon: false`, from older files, is `no-split-horizon: true`). The file's
+/// values go into the same settings as the command line's, through the same parsers, so a
+/// value out of range is reported with the file, line and key.
 ///
 /// ```yaml
 /// name: lab
-/// ports:
+/// port:
 ///   - tap0                  # the --port syntax...
 ///   - name: tap1            # ...or a mapping with the same keys
 ///     vlan: 10
-/// remotes:
-///   - 192.0.2.5:4789,vni=42
+/// remote: 192.0.2.5:4789,vni=42
 /// ageing: 300
 /// mirror: /var/log/tapbridge/lab.pcap
 /// ```
 /// Unknown keys and values of the wrong type are errors naming the file, line and key.
 public enum ConfigFile {
-    enum Kind {
-        case string, integer, number, flag, list, portList, remoteList
+    /// One key of the file: its option (an index into `OptionTable.all`) and its values as
+    /// text, each with its line (a flag's value is "true" or "false").
+    struct Entry {
+        var index: Int
+        var key: String
+        var values: [(text: String, line: Int?)]
     }
-
-    /// Keys and how their values turn into arguments.
-    static let keys: [String: Kind] = [
-        "port": .portList, "remote": .remoteList, "mirror-port": .list,
-        "ports": .portList, "remotes": .remoteList, "mirror-ports": .list,
-        "name": .string, "control": .string, "control-group": .string, "listen": .string, "encap": .string,
-        "mirror": .string, "mirror-filter": .string, "mirror-iface": .string, "mirror-rotate": .string, "log-level": .string, "offload": .string,
-        "max-macs": .integer, "max-macs-per-port": .integer, "vni": .integer, "max-peers": .integer, "snaplen": .integer,
-        "ageing": .number, "move-hold-down": .number, "peer-timeout": .number, "stats-interval": .number,
-        "hub": .flag, "forward-link-local": .flag, "accept-peers": .flag, "split-horizon": .flag, "no-split-horizon": .flag, "mirror-egress": .flag,
-    ]
 
     static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload"]
     static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "vlan", "trunk", "native", "learning", "flooding"]
 
-    /// Reads `path` and returns the equivalent command-line arguments.
     /// Largest config file read: 1 MiB (a real configuration is a few hundred bytes; a larger
     /// file is a mistake, and parsing it would take seconds and memory).
     public static let maximumBytes = 1 << 20
 
-    public static func arguments(fromFile path: String) throws(StartupError) -> [String] {
-        var st = stat()
+    static func entries(fromFile path: String) throws(StartupError) -> [Entry] {        var st = stat()
         guard stat(path, &st) == 0 else {
             throw StartupError("--config '\(path)': cannot read it: \(String(cString: strerror(errno)))")
         }
@@ -62,11 +51,11 @@ public enum ConfigFile {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw StartupError("--config '\(path)': cannot read it: \(String(cString: strerror(errno)))")
         }
-        return try arguments(fromYAML: String(decoding: data, as: UTF8.self), file: path)
+        return try entries(fromYAML: String(decoding: data, as: UTF8.self), file: path)
     }
 
-    /// Turns YAML text into arguments; `file` names it in errors.
-    public static func arguments(fromYAML text: String, file: String) throws(StartupError) -> [String] {
+    /// The entries of YAML text; `file` names it in errors.
+    static func entries(fromYAML text: String, file: String) throws(StartupError) -> [Entry] {
         func fail(_ node: Node?, _ message: String) -> StartupError {
             StartupError("config \(file)\(node?.mark.map { ":\($0.line)" } ?? ""): \(message)")
         }
@@ -78,55 +67,47 @@ public enum ConfigFile {
         }
         guard let root else { return [] }  // an empty file says nothing
         guard let mapping = root.mapping else { throw fail(root, "expected a mapping of option: value") }
-        var args: [String] = []
+        var entries: [Entry] = []
         for (keyNode, value) in mapping {
             guard let key = keyNode.string else { throw fail(keyNode, "keys must be strings") }
-            guard let kind = keys[key] else {
-                throw fail(keyNode, "unknown key '\(key)' (known: \(keys.keys.sorted().joined(separator: ", ")))")
+            let line = value.mark?.line
+            if key == "split-horizon" {  // older files: the flag's opposite
+                guard let on = value.bool else { throw fail(value, "'\(key)' must be true or false, got '\(value.string ?? "a \(describe(value))")'") }
+                entries.append(Entry(index: OptionTable.byKey["no-split-horizon"]!, key: key, values: [("\(!on)", line)]))
+                continue
             }
-            func scalar(_ what: String) throws(StartupError) -> String {
-                guard case .scalar(let s) = value, !s.string.isEmpty else { throw fail(value, "'\(key)' must be \(what)") }
-                return s.string
+            guard let index = OptionTable.byKey[key] else {
+                let known = OptionTable.configKeys.joined(separator: ", ")
+                throw fail(keyNode, OptionTable.byName[key] != nil ? "'\(key)' is for the command line only" : "unknown key '\(key)' (known: \(known))")
             }
-            switch kind {
-            case .string:
-                args += ["--\(key)", try scalar("a string")]
-            case .integer:
-                guard let n = value.int else { throw fail(value, "'\(key)' must be a whole number, got '\(value.string ?? "a \(describe(value))")'") }
-                args += ["--\(key)", String(n)]
-            case .number:
-                guard let x = value.float ?? value.int.map(Double.init) else { throw fail(value, "'\(key)' must be a number, got '\(value.string ?? "a \(describe(value))")'") }
-                args += ["--\(key)=\(x)"]
+            let definition = OptionTable.all[index]
+            switch definition.arity {
+            case .value:
+                guard case .scalar(let s) = value, !s.string.isEmpty else { throw fail(value, "'\(key)' must be a single value, got a \(describe(value))") }
+                entries.append(Entry(index: index, key: key, values: [(s.string, line)]))
             case .flag:
                 guard let on = value.bool else { throw fail(value, "'\(key)' must be true or false, got '\(value.string ?? "a \(describe(value))")'") }
-                if key == "split-horizon" {
-                    if !on { args.append("--no-split-horizon") }
-                } else if key == "no-split-horizon" {
-                    if on { args.append("--no-split-horizon") }
-                } else if on {
-                    args.append("--\(key)")
-                }
-            case .list, .portList, .remoteList:
+                entries.append(Entry(index: index, key: key, values: [("\(on)", line)]))
+            case .list:
                 // one item alone, or a list of them
                 let items = value.sequence.map(Array.init) ?? [value]
-                let flag = kind == .portList ? "--port" : kind == .remoteList ? "--remote" : "--mirror-port"
+                var values: [(text: String, line: Int?)] = []
                 for item in items {
-                    let spec: String
-                    switch (kind, item) {
+                    switch (definition.name, item) {
                     case (_, .scalar(let s)):
-                        spec = s.string
-                    case (.portList, .mapping(let m)):
-                        spec = try specFromMapping(m, first: "name", allowed: portKeys, key: key, fail: fail)
-                    case (.remoteList, .mapping(let m)):
-                        spec = try specFromMapping(m, first: "endpoint", allowed: remoteKeys, key: key, fail: fail)
+                        values.append((s.string, item.mark?.line))
+                    case ("port", .mapping(let m)):
+                        values.append((try specFromMapping(m, first: "name", allowed: portKeys, key: key, fail: fail), item.mark?.line))
+                    case ("remote", .mapping(let m)):
+                        values.append((try specFromMapping(m, first: "endpoint", allowed: remoteKeys, key: key, fail: fail), item.mark?.line))
                     default:
-                        throw fail(item, "items of '\(key)' must be \(kind == .list ? "strings" : "spec strings or mappings")")
+                        throw fail(item, "items of '\(key)' must be \(definition.name == "mirror-port" ? "strings" : "spec strings or mappings")")
                     }
-                    args += [flag, spec]
                 }
+                entries.append(Entry(index: index, key: key, values: values))
             }
         }
-        return args
+        return entries
     }
 
     static func describe(_ node: Node) -> String {

@@ -376,6 +376,17 @@ struct HardeningTests {
         let word = Host.run([Host.binary, "help"])
         #expect(word.ok && word.output == help.output, "tapbridge help: \(word.status) \(word.output.prefix(200))")
         let man = try String(contentsOfFile: Host.packageRoot.appendingPathComponent("Docs/tapbridge.1").path, encoding: .utf8)
+        // the page in the repository is the one the binary prints, and it renders cleanly
+        #expect(Host.run([Host.binary, "manual"]).output == man, "Docs/tapbridge.1 is stale: tapbridge manual > Docs/tapbridge.1")
+        if Host.has("groff") {
+            let lint = Host.run(["groff", "-mdoc", "-ww", "-z", Host.packageRoot.appendingPathComponent("Docs/tapbridge.1").path])
+            #expect(lint.ok && lint.output.isEmpty, "groff warns: \(lint.output)")
+        }
+        for d in OptionTable.all { #expect(man.contains("Fl -\(d.name)") && help.output.contains(d.usage), "\(d.usage) missing from the man page or --help") }
+        for command in ["list", "show ports", "show fdb", "show stats", "fdb add", "fdb del", "fdb flush", "port add", "port del", "manual"] {
+            #expect(man.contains(".Ss tapbridge \(command)\n"), "the man page has no section for tapbridge \(command)")
+        }
+        #expect(!man.contains("tapbridge.help"), "the man page refers to a page that does not exist")
         let options = Set(help.output.split(whereSeparator: { " ,[]()\n".contains($0) }).filter { $0.hasPrefix("--") && $0.count > 2 })
         for option in options {
             let word = option.dropFirst(2).prefix { $0.isLetter || $0 == "-" }

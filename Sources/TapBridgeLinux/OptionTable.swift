@@ -1,0 +1,245 @@
+import Logging
+import TapBridgeCore
+import TapBridgePcap
+
+/// One option of the run form, declared once: the command line (`--NAME`), the config file key
+/// (`NAME:`), `--print-config`, `--help` and the man page all come from this declaration.
+public struct OptionDefinition: Sendable {
+    public enum Arity: Sendable {
+        /// `--hub`: no value on the command line, true or false in a file.
+        case flag
+        /// `--ageing 120`: one value; given again, the last one counts.
+        case value
+        /// `--port tap0 --port tap1`: repeatable; a file's list takes one item or a list.
+        case list
+    }
+
+    /// Where `--help` and the man page list it.
+    public enum Group: String, Sendable, CaseIterable {
+        case ports = "PORTS"
+        case remotes = "REMOTES OVER UDP"
+        case table = "THE SWITCH"
+        case mirror = "MIRRORING"
+        case running = "RUNNING"
+    }
+
+    /// The long option without its dashes, which is also the config key.
+    public let name: String
+    /// Other long names (`--peer` for `--remote`, `--aging` for `--ageing`).
+    public let aliases: [String]
+    /// Other config keys (the plural `ports`, as older files say).
+    public let configAliases: [String]
+    public let arity: Arity
+    /// `spec`, `seconds`, ...; empty for flags.
+    public let valueName: String
+    public let help: String
+    /// More, for `--help` and the man page (empty: none).
+    public let discussion: String
+    public let group: Group
+    /// The default as `--help` states it, or nil.
+    public let defaultValue: String?
+    /// Quoted in `--print-config` (a string, not a number or boolean).
+    let quoted: Bool
+    /// Only on the command line (`--config`, `--print-config`).
+    let commandLineOnly: Bool
+    /// Parses one value (flags: "true" or "false") into the settings.
+    let apply: @Sendable (inout Settings, String) throws(OptionError) -> Void
+    /// The values to print (flags: "true" or "false"); empty: not set.
+    let render: @Sendable (Settings) -> [String]
+    /// Empties a list (the command line's list replaces the file's).
+    let clear: (@Sendable (inout Settings) -> Void)?
+
+    /// `--name <value>` as usage shows it.
+    public var usage: String { arity == .flag ? "--\(name)" : "--\(name) <\(valueName)>" }
+}
+
+/// The run form's options, in the order `--help`, `--print-config` and the man page list them.
+public enum OptionTable {
+    typealias Apply = @Sendable (inout Settings, String) throws(OptionError) -> Void
+
+    static func flag(_ name: String, _ path: any WritableKeyPath<Settings, Bool> & Sendable, _ group: OptionDefinition.Group, _ help: String,
+                     commandLineOnly: Bool = false) -> OptionDefinition {
+        OptionDefinition(name: name, aliases: [], configAliases: [], arity: .flag, valueName: "", help: help, discussion: "", group: group,
+                         defaultValue: nil, quoted: false, commandLineOnly: commandLineOnly,
+                         apply: { s, v throws(OptionError) in s[keyPath: path] = v == "true" }, render: { ["\($0[keyPath: path])"] }, clear: nil)
+    }
+
+    static func value(_ name: String, aliases: [String] = [], _ valueName: String, _ group: OptionDefinition.Group, _ help: String, discussion: String = "",
+                      default: String? = nil, quoted: Bool = false, commandLineOnly: Bool = false, render: @escaping @Sendable (Settings) -> String?,
+                      apply: @escaping Apply) -> OptionDefinition {
+        OptionDefinition(name: name, aliases: aliases, configAliases: [], arity: .value, valueName: valueName, help: help, discussion: discussion,
+                         group: group, defaultValue: `default`, quoted: quoted, commandLineOnly: commandLineOnly, apply: apply,
+                         render: { render($0).map { [$0] } ?? [] }, clear: nil)
+    }
+
+    static func list<T: Sendable>(_ name: String, aliases: [String] = [], configAlias: String, _ valueName: String, _ group: OptionDefinition.Group,
+                                  _ help: String, discussion: String = "", _ path: any WritableKeyPath<Settings, [T]> & Sendable,
+                                  text: @escaping @Sendable (T) -> String, parse: @escaping @Sendable (String) throws(OptionError) -> T) -> OptionDefinition {
+        OptionDefinition(name: name, aliases: aliases, configAliases: [configAlias], arity: .list, valueName: valueName, help: help,
+                         discussion: discussion, group: group, defaultValue: nil, quoted: true, commandLineOnly: false,
+                         apply: { s, v throws(OptionError) in s[keyPath: path].append(try parse(v)) }, render: { $0[keyPath: path].map(text) },
+                         clear: { $0[keyPath: path].removeAll() })
+    }
+
+    // MARK: Value parsers (the reason reads after the option's name)
+
+    static func number(_ v: String) throws(OptionError) -> Double {
+        guard let x = Double(v), x.isFinite else { throw OptionError(reason: "must be a number, got '\(v)'") }
+        return x
+    }
+
+    static func integer(_ v: String) throws(OptionError) -> Int {
+        guard let n = Int(v) else { throw OptionError(reason: "must be a whole number, got '\(v)'") }
+        return n
+    }
+
+    /// Seconds, finite, above `above` (or at least `atLeast`), at most `atMost`.
+    static func seconds(_ v: String, above: Double? = nil, atLeast: Double? = nil, atMost: Double) throws(OptionError) -> Double {
+        let x = try number(v)
+        let low = above.map { x > $0 } ?? atLeast.map { x >= $0 } ?? true
+        guard low, x <= atMost else {
+            let lower = above.map { "more than \(plain($0))" } ?? atLeast.map { "at least \(plain($0))" } ?? ""
+            throw OptionError(reason: "must be \(lower) and at most \(plain(atMost)) seconds, got \(v)")
+        }
+        return x
+    }
+
+    static func atLeastOne(_ v: String) throws(OptionError) -> Int {
+        let n = try integer(v)
+        guard n >= 1 else { throw OptionError(reason: "must be at least 1, got \(n)") }
+        return n
+    }
+
+    static func onOff(_ v: String) throws(OptionError) -> Bool {
+        guard let b = PortSpec.boolean(v) else { throw OptionError(reason: "must be on or off, got '\(v)'") }
+        return b
+    }
+
+    /// A spec that does not parse: its own message, which names the option and the spec.
+    static func spec<T>(_ parse: () throws(PortSpecError) -> T) throws(OptionError) -> T {
+        do {
+            return try parse()
+        } catch {
+            throw OptionError(reason: "'\(error.spec)': \(error.reason)")
+        }
+    }
+
+    /// 1000000 rather than 1e+06.
+    static func plain(_ x: Double) -> String { x == x.rounded() && abs(x) < 1e15 ? String(Int64(x)) : String(x) }
+
+    // MARK: The table
+
+    public static let all: [OptionDefinition] = [
+        list("port", configAlias: "ports", "spec", .ports, "A port: \(PortSpec.syntax). Repeatable.",
+             discussion: """
+                 mode=auto (default) creates or attaches a TAP and falls back to a packet socket; mode=tap insists on a TAP; \
+                 mode=packet attaches an existing interface through a packet socket. vlan=N makes an access port (default: \
+                 access VLAN 1); trunk=10:20-29 carries those VLANs tagged, native=N carries one VLAN untagged on a trunk. \
+                 learning=off never learns MACs behind the port; flooding=off keeps unknown unicast, broadcast and multicast \
+                 away from it. mtu=N sets the interface's MTU (the IP MTU, as ip-link shows it).
+                 """, \.ports, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try PortSpec(parsing: v) }) }),
+        value("offload", "on|off", .ports, "on: TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, remotes send and receive them as trains of datagrams (UDP GSO/GRO), and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.",
+              default: "on", render: { $0.offload ? "on" : "off" }, apply: { s, v throws(OptionError) in s.offload = try onOff(v) }),
+        list("remote", aliases: ["peer"], configAlias: "remotes", "spec", .remotes, "A remote peer over UDP: \(RemoteSpec.syntax). Repeatable.",
+             discussion: """
+                 HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at start. Each remote is a port \
+                 of the switch. encap=vxlan (RFC 7348, default) or raw (one Ethernet frame per datagram, as QEMU's -netdev \
+                 dgram speaks); vni= sets the VXLAN network identifier. Only configured peers are accepted.
+                 """, \.remotes, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try RemoteSpec(parsing: v) }) }),
+        value("listen", "[addr:]port", .remotes, "The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", quoted: true,
+              render: { $0.listen?.text }, apply: { s, v throws(OptionError) in s.listen = Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try ListenSpec(parsing: v) }) }),
+        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: vxlan or raw.", default: "vxlan", render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
+            guard let e = Encapsulation(rawValue: v) else { throw OptionError(reason: "must be vxlan or raw, got '\(v)'") }
+            s.encapsulation = e
+        },
+        value("vni", "n", .remotes, "VXLAN network identifier of remotes that do not set vni= (0-16777215).", default: "1", render: { "\($0.vni.rawValue)" }) { s, v throws(OptionError) in
+            guard let n = Int(v), let vni = VNI(n) else { throw OptionError(reason: "must be 0-16777215, got \(v)") }
+            s.vni = vni
+        },
+        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence). Without authentication this trusts the network: anyone who can reach the port joins the segment."),
+        value("max-peers", "n", .remotes, "Most remotes --accept-peers adds.", default: "64", render: { "\($0.maxPeers)" }) { s, v throws(OptionError) in s.maxPeers = try atLeastOne(v) },
+        value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", default: "300", render: { "\($0.peerTimeout)" }) { s, v throws(OptionError) in
+            s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)
+        },
+        flag("no-split-horizon", \.noSplitHorizon, .remotes, "Forward between remotes (hub-and-spoke relays). Loops if the remotes also reach each other directly."),
+        value("ageing", aliases: ["aging"], "seconds", .table, "Seconds a learned MAC lives without traffic.", default: "300", render: { "\($0.ageing)" }) { s, v throws(OptionError) in
+            s.ageing = try seconds(v, above: 0, atMost: 1_000_000)
+        },
+        value("max-macs", "n", .table, "Most MAC table entries; when full, the port holding the most entries loses its least recently seen one.", default: "8192",
+              render: { "\($0.maxMACs)" }) { s, v throws(OptionError) in s.maxMACs = try atLeastOne(v) },
+        value("max-macs-per-port", "n", .table, "Most MACs learned on one port (default: no per-port limit); a port at its limit forgets its least recently seen MAC.",
+              render: { $0.maxMACsPerPort.map(String.init) }) { s, v throws(OptionError) in s.maxMACsPerPort = try atLeastOne(v) },
+        value("move-hold-down", "seconds", .table, "Seconds a MAC that moved between ports stays put before it may move again (default: off).",
+              render: { $0.moveHoldDown.map { "\($0)" } }) { s, v throws(OptionError) in s.moveHoldDown = try seconds(v, above: 0, atMost: 3600) },
+        flag("hub", \.hub, .table, "Flood every frame and learn nothing (debugging)."),
+        flag("forward-link-local", \.forwardLinkLocal, .table, "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default."),
+        value("mirror", "path", .mirror, "Write a copy of every frame the bridge receives (before the forwarding decision, so drops show too) to this pcap file; - for standard output (tapbridge ... --mirror - | tcpdump -n -r -).",
+              quoted: true, render: { $0.mirror }) { s, v throws(OptionError) in s.mirror = v },
+        value("mirror-filter", "expr", .mirror, "Mirror only frames matching this BPF expression (pcap syntax, as tcpdump), e.g. 'arp or icmp'.", quoted: true,
+              render: { $0.mirrorFilter }) { s, v throws(OptionError) in s.mirrorFilter = v },
+        list("mirror-port", configAlias: "mirror-ports", "name", .mirror, "Mirror only frames entering this port (a --port name or a remote's name). Repeatable. Default: all ports.",
+             \.mirrorPorts, text: { $0 }, parse: { v throws(OptionError) in v }),
+        flag("mirror-egress", \.mirrorEgress, .mirror, "Mirror frames leaving the mirrored ports too (as sent, after VLAN tagging)."),
+        value("mirror-iface", "iface", .mirror, "Inject mirrored frames into this interface (a dummy or veth a capture tool or IDS reads), as a SPAN port does.", quoted: true,
+              render: { $0.mirrorInterface }) { s, v throws(OptionError) in
+            if let problem = InterfaceName.problem(with: v) { throw OptionError(reason: "interface name \(problem)") }
+            s.mirrorInterface = v
+        },
+        value("mirror-rotate", "size[,count]", .mirror, "Start a new --mirror file when it reaches SIZE bytes (suffix k, M or G) and keep COUNT files (default 5): PATH is the newest, then PATH.1, PATH.2, ...",
+              quoted: true, render: { $0.mirrorRotate?.text }) { s, v throws(OptionError) in
+            guard let r = MirrorOptions.parseRotation(v) else { throw OptionError(reason: "'\(v)': expected SIZE[,COUNT] with SIZE >= 1k (like 10M) and COUNT 1-1000") }
+            s.mirrorRotate = Settings.Given(text: v, value: Settings.Rotation(bytes: r.bytes, count: r.count))
+        },
+        value("snaplen", "bytes", .mirror, "Bytes of each mirrored frame to keep (64-262144).", default: "262144", render: { "\($0.snaplen)" }) { s, v throws(OptionError) in
+            let n = try integer(v)
+            guard (64...262_144).contains(n) else { throw OptionError(reason: "must be 64-262144, got \(n)") }
+            s.snaplen = n
+        },
+        value("name", "name", .running, "The bridge's name: its control socket is /run/tapbridge/NAME.sock and its metrics carry bridge=\"NAME\". Default: tapbridge, or the first free of tapbridge-2, tapbridge-3, ... when that one runs (the log says which). A second bridge with a --name already running is refused.",
+              quoted: true, render: { $0.name }) { s, v throws(OptionError) in
+            guard !v.isEmpty, v.utf8.count <= 64, !v.contains(where: { !($0.isLetter || $0.isNumber || "-_.".contains($0)) }) else {
+                throw OptionError(reason: "must be 1-64 letters, digits, '-', '_' or '.', got '\(v)'")
+            }
+            s.name = v
+        },
+        value("control", "path", .running, "The control socket's path (default /run/tapbridge/NAME.sock), or none.", quoted: true,
+              render: { $0.control }) { s, v throws(OptionError) in s.control = v },
+        value("control-group", "group", .running, "Let this group use the control socket (mode 0660; default 0600, root only).", quoted: true,
+              render: { $0.controlGroup }) { s, v throws(OptionError) in s.controlGroup = v },
+        value("stats-interval", "seconds", .running, "Log a one-line summary of the counters this often (default: never).",
+              render: { $0.statsInterval.map { "\($0)" } }) { s, v throws(OptionError) in s.statsInterval = try seconds(v, atLeast: 1, atMost: 1_000_000) },
+        value("log-level", "level", .running, "trace, debug, info, notice, warning, error or critical. debug adds what the switch does: MACs learned, moved, refused, aged out; trace also unicast floods to unknown MACs (at most 50 such lines a second).",
+              default: "info", render: { $0.logLevel.rawValue }) { s, v throws(OptionError) in
+            guard let level = Logger.Level(rawValue: v) else {
+                throw OptionError(reason: "must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
+            }
+            s.logLevel = level
+        },
+        value("config", "file", .running, "Read options from a YAML file (keys: the long options without dashes; see Examples/tapbridge.yaml). Options on the command line override the file's, lists included.",
+              quoted: true, commandLineOnly: true, render: { $0.config }) { s, v throws(OptionError) in s.config = v },
+        flag("print-config", \.printConfig, .running, "Print the effective configuration (file and command line merged) as YAML and exit.", commandLineOnly: true),
+    ]
+
+    /// Every long name and config key, to its definition.
+    static let byName: [String: Int] = {
+        var out: [String: Int] = [:]
+        for (k, d) in all.enumerated() {
+            for name in [d.name] + d.aliases { out[name] = k }
+        }
+        return out
+    }()
+
+    static let byKey: [String: Int] = {
+        var out: [String: Int] = [:]
+        for (k, d) in all.enumerated() where !d.commandLineOnly {
+            for name in [d.name] + d.configAliases { out[name] = k }
+        }
+        return out
+    }()
+
+    /// The definition of `--name` (or an alias), or nil.
+    public static func definition(named name: String) -> OptionDefinition? { byName[name].map { all[$0] } }
+
+    /// The config keys a file may use.
+    public static var configKeys: [String] { byKey.keys.sorted() + ["split-horizon"] }
+}

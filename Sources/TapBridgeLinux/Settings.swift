@@ -1,0 +1,133 @@
+public import Logging
+public import TapBridgeCore
+public import TapBridgePcap
+
+/// Everything the run form's options say, each value parsed once, as the option table
+/// (`OptionTable`) fills it from a config file and the command line. `daemonOptions` turns it
+/// into what the daemon runs with; `OptionTable.yaml` prints it back as a config file.
+public struct Settings: Sendable {
+    /// A parsed value and the text it was parsed from (printed back by `--print-config`).
+    public struct Given<Value: Sendable>: Sendable {
+        public var text: String
+        public var value: Value
+    }
+
+    public var ports: [Given<PortSpec>] = []
+    public var remotes: [Given<RemoteSpec>] = []
+    public var listen: Given<ListenSpec>? = nil
+    public var encapsulation = Encapsulation.vxlan
+    public var vni = VNI(1)!
+    public var acceptPeers = false
+    public var maxPeers = 64
+    public var peerTimeout = 300.0
+    public var noSplitHorizon = false
+    public var mirror: String? = nil
+    public var mirrorFilter: String? = nil
+    public var mirrorPorts: [String] = []
+    public var mirrorEgress = false
+    public var mirrorInterface: String? = nil
+    public var mirrorRotate: Given<Rotation>? = nil
+    public var snaplen = 262_144
+    public var ageing = 300.0
+    public var maxMACs = 8192
+    public var maxMACsPerPort: Int? = nil
+    public var moveHoldDown: Double? = nil
+    public var offload = true
+    public var hub = false
+    public var forwardLinkLocal = false
+    public var name: String? = nil
+    public var control: String? = nil
+    public var controlGroup: String? = nil
+    public var statsInterval: Double? = nil
+    public var config: String? = nil
+    public var printConfig = false
+    public var logLevel = Logger.Level.info
+
+    public struct Rotation: Sendable, Equatable {
+        public var bytes: Int64
+        public var count: Int
+    }
+
+    public init() {}
+
+    /// The bridge's name: `--name`, or the default.
+    public var bridgeName: String { name ?? "tapbridge" }
+
+    /// The rules between options (each option's own range is checked as it is parsed).
+    public func validate() throws(OptionError) {
+        var names: Set<String> = []
+        for name in ports.map(\.value.name) + remotes.map(\.value.name) where !names.insert(name).inserted {
+            throw OptionError("port \(name): given twice (each --port and --remote is one port, named once)")
+        }
+        if acceptPeers, listen == nil, remotes.isEmpty { throw OptionError("--accept-peers needs --listen [ADDR:]PORT") }
+        let mirrors = mirror != nil || mirrorInterface != nil
+        for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil)]
+        where given && !mirrors {
+            throw OptionError("\(flag) needs --mirror PATH or --mirror-iface IFACE")
+        }
+        if mirrorRotate != nil, mirror == nil || mirror == "-" { throw OptionError("--mirror-rotate needs --mirror with a file path") }
+    }
+
+    /// The mirror's options, if `--mirror` or `--mirror-iface` was given.
+    public var mirrorOptions: MirrorOptions? {
+        guard mirror != nil || mirrorInterface != nil else { return nil }
+        var m = MirrorOptions(path: mirror, interface: mirrorInterface)
+        m.filter = mirrorFilter
+        m.ports = mirrorPorts
+        m.egress = mirrorEgress
+        if let r = mirrorRotate?.value {
+            m.rotateBytes = r.bytes
+            m.rotateCount = r.count
+        }
+        m.snaplen = snaplen
+        return m
+    }
+
+    /// What the daemon runs with; `name` is the bridge's name as chosen at start.
+    public func daemonOptions(name: String, version: String) -> BridgeDaemon.Options {
+        func duration(_ seconds: Double) -> Duration { .milliseconds(Int64(seconds * 1000)) }
+        var options = BridgeDaemon.Options(
+            ports: ports.map(\.value),
+            bridge: Bridge.Configuration(
+                table: .init(ageingTime: duration(ageing), maximumEntries: maxMACs, maximumEntriesPerPort: maxMACsPerPort,
+                             moveHoldDown: moveHoldDown.map(duration)),
+                isHub: hub, forwardsLinkLocal: forwardLinkLocal))
+        options.remotes = remotes.map(\.value)
+        options.listen = listen?.value
+        options.encapsulation = encapsulation
+        options.vni = vni
+        options.acceptsPeers = acceptPeers
+        options.maximumPeers = maxPeers
+        options.peerTimeout = duration(peerTimeout)
+        options.splitHorizon = !noSplitHorizon
+        options.offload = offload
+        options.mirror = mirrorOptions
+        options.name = name
+        options.controlPath = control
+        options.controlGroup = controlGroup
+        options.statsInterval = statsInterval.map(duration)
+        options.version = version
+        return options
+    }
+}
+
+/// An option's value that does not parse, or options that do not fit together. `reason`
+/// reads after the option's name: `--ageing` + ` must be more than 0 ...`.
+public struct OptionError: Error, Sendable, Equatable {
+    public var reason: String
+    /// The message names its option itself (cross-option rules).
+    public var isComplete: Bool
+
+    public init(_ message: String) {
+        reason = message
+        isComplete = true
+    }
+
+    init(reason: String) {
+        self.reason = reason
+        isComplete = false
+    }
+
+    /// The message for the command line: `--ageing must be ...`.
+    public func message(flag: String) -> String { isComplete ? reason : "\(flag) \(reason)" }
+}

@@ -1,0 +1,145 @@
+import Testing
+import TapBridgeCore
+@testable import TapBridgeLinux
+
+/// The option table is the only declaration of the run form's options: the command line, the
+/// config keys and `--print-config` all come from it. (The binary's `--help` and man page are
+/// checked against it by the integration tests and CI.)
+@Suite("Option table")
+struct OptionTableTests {
+    /// A valid value for every option, by name. A new option without one fails
+    /// `everyOptionHasASample`, so it cannot escape the round trip below.
+    static let samples: [String: [String]] = [
+        "port": ["tap0", "tap1,vlan=10,mtu=1400", "tap2,trunk=10:20,native=1,offload=off"], "offload": ["off"],
+        "remote": ["127.0.0.1:4789,vni=42", "[::1]:5555,encap=raw,name=vm1"], "listen": ["127.0.0.1:4789"], "encap": ["raw"], "vni": ["7"],
+        "accept-peers": ["true"], "max-peers": ["9"], "peer-timeout": ["12.5"], "no-split-horizon": ["true"],
+        "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"],
+        "forward-link-local": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
+        "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "snaplen": ["128"], "name": ["lab"],
+        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "stats-interval": ["60"], "log-level": ["debug"],
+        "config": [], "print-config": [],
+    ]
+
+    @Test func everyOptionHasASample() {
+        #expect(Set(Self.samples.keys) == Set(OptionTable.all.map(\.name)))
+        let names = OptionTable.all.flatMap { [$0.name] + $0.aliases }
+        #expect(Set(names).count == names.count, "a long name declared twice")
+    }
+
+    /// Every key in a file, the same words on the command line: the same settings, and the
+    /// printed configuration is a file that reads back to itself.
+    @Test func aConfigFileUsingEveryKeyRoundTrips() throws {
+        var yaml = ""
+        var argv: [String] = []
+        for d in OptionTable.all where !d.commandLineOnly {
+            let values = Self.samples[d.name] ?? []
+            switch d.arity {
+            case .flag:
+                yaml += "\(d.name): \(values[0])\n"
+                argv.append("--\(d.name)")
+            case .value:
+                yaml += "\(d.name): \"\(values[0])\"\n"
+                argv += ["--\(d.name)", values[0]]
+            case .list:
+                yaml += "\(d.name):\n" + values.map { "  - \"\($0)\"\n" }.joined()
+                argv += values.flatMap { ["--\(d.name)", $0] }
+            }
+        }
+        let fromFile = try settings(fromYAML: yaml)
+        let fromFlags = try settings(argv)
+        let printed = OptionParser.yaml(fromFile)
+        #expect(printed == OptionParser.yaml(fromFlags), "file:\n\(printed)\nflags:\n\(OptionParser.yaml(fromFlags))")
+        #expect(OptionParser.yaml(try settings(fromYAML: printed)) == printed)
+        for d in OptionTable.all where !d.commandLineOnly {
+            #expect(printed.contains("\n\(d.name):") || printed.hasPrefix("\(d.name):"), "--print-config lacks \(d.name)")
+        }
+    }
+
+    @Test func theCommandLineWinsListsIncluded() throws {
+        let file = "port: [a, b]\nageing: 120\nname: lab\n"
+        let s = try settings(fromYAML: file, then: ["--port", "c", "--ageing", "60"])
+        #expect(s.ports.map(\.text) == ["c"] && s.ageing == 60 && s.name == "lab")
+        let kept = try settings(fromYAML: file, then: ["--ageing", "60"])
+        #expect(kept.ports.map(\.text) == ["a", "b"])
+    }
+
+    @Test(arguments: [
+        ("ageing: soon\n", ":1: 'ageing' must be a number, got 'soon'"),
+        ("ports: [a]\nageing: 0\n", ":2: 'ageing' must be more than 0 and at most 1000000 seconds, got 0"),
+        ("port: [a]\nvni: 99999999\n", ":2: 'vni' must be 0-16777215, got 99999999"),
+        ("port:\n  - a\n  - b,vlan=0\n", ":3: 'port' 'b,vlan=0': vlan must be 1-4094"),
+        ("max-macs: 0\n", ":1: 'max-macs' must be at least 1, got 0"),
+        ("print-config: true\n", ":1: 'print-config' is for the command line only"),
+        ("ageng: 5\n", ":1: unknown key 'ageng'"),
+        ("hub: maybe\n", ":1: 'hub' must be true or false, got 'maybe'"),
+        ("ageing: [1, 2]\n", ":1: 'ageing' must be a single value, got a list"),
+    ])
+    func configErrorsNameTheFileLineAndKey(_ yaml: String, _ message: String) {
+        #expect(throws: StartupError.self) { try settings(fromYAML: yaml) }
+        do {
+            _ = try settings(fromYAML: yaml)
+        } catch {
+            #expect("\(error.message)".hasPrefix("config test.yaml\(message)"), "got: \(error.message)")
+        }
+    }
+
+    @Test(arguments: [
+        (["--bogus"], "Unknown option '--bogus'"),
+        (["--agein", "5"], "(did you mean '--ageing'?)"),
+        (["--ageing"], "--ageing needs a value (<seconds>)"),
+        (["--hub=yes"], "--hub takes no value"),
+        (["--aging", "-1"], "--aging must be more than 0"),
+        (["stray"], "unexpected argument 'stray'"),
+        (["--port", "a", "--remote", "127.0.0.1:4789,name=a"], "port a: given twice"),
+        (["--mirror-filter", "icmp", "--port", "a"], "--mirror-filter needs --mirror PATH or --mirror-iface IFACE"),
+        (["--mirror", "-", "--mirror-rotate", "1M"], "--mirror-rotate needs --mirror with a file path"),
+        (["--mirror-rotate", "12q", "--mirror", "/tmp/x"], "--mirror-rotate '12q': expected SIZE[,COUNT]"),
+        (["--log-level", "loud"], "--log-level must be one of trace, debug"),
+        (["--name", "a/b"], "--name must be 1-64 letters"),
+        (["--mirror-iface", "abcdefghijklmnopq", "--mirror", "/tmp/x"], "--mirror-iface interface name"),
+        (["--accept-peers"], "--accept-peers needs --listen"),
+    ])
+    func commandLineErrorsSayWhatIsWrong(_ argv: [String], _ message: String) {
+        do {
+            _ = try settings(argv)
+            Issue.record("\(argv) parsed")
+        } catch {
+            #expect(error.message.contains(message), "got: \(error.message)")
+        }
+    }
+
+    @Test func helpAndVersionAreNotRuns() throws {
+        #expect(try { if case .help = try OptionParser.parse(["--port", "a", "-h"]) { true } else { false } }())
+        #expect(try { if case .version = try OptionParser.parse(["--version"]) { true } else { false } }())
+        let help = OptionParser.help(abstract: "A", discussion: "B", usage: ["tapbridge"])
+        for d in OptionTable.all { #expect(help.contains(d.usage), "--help lacks \(d.usage)") }
+    }
+
+    @Test func twentyThousandPortsParseOnceEach() throws {
+        let s = try settings((0..<20_000).flatMap { ["--port", "p\($0)"] })
+        #expect(s.ports.count == 20_000 && s.ports.last?.value.name == "p19999")
+    }
+
+    // helpers
+
+    func settings(_ argv: [String]) throws(OptionParser.Failure) -> Settings {
+        guard case .run(let s) = try OptionParser.parse(argv) else { throw OptionParser.Failure(message: "not a run") }
+        return s
+    }
+
+    func settings(fromYAML yaml: String, then argv: [String] = []) throws(StartupError) -> Settings {
+        var s = Settings()
+        for entry in try ConfigFile.entries(fromYAML: yaml, file: "test.yaml") { try OptionParser.apply(entry, to: &s, file: "test.yaml") }
+        var replaced: Set<String> = []
+        for k in stride(from: 0, to: argv.count, by: 2) {
+            let d = OptionTable.definition(named: String(argv[k].dropFirst(2)))!
+            if replaced.insert(d.name).inserted { d.clear?(&s) }
+            do {
+                try d.apply(&s, argv[k + 1])
+            } catch {
+                throw StartupError(error.message(flag: argv[k]))
+            }
+        }
+        return s
+    }
+}
