@@ -102,7 +102,7 @@ extension BridgeDaemon {
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
             logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), \(Self.describe(configuration))")
         }
-        if options.acceptsPeers { device.accepting = (options.encapsulation, options.vni, options.maximumPeers) }
+        if options.acceptsPeers { device.accept(encapsulation: options.encapsulation, vni: options.vni, limit: options.maximumPeers) }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers" : ""), split horizon \(options.splitHorizon ? "on" : "off")")
     }
 

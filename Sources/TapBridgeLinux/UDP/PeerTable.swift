@@ -1,0 +1,140 @@
+import CTapBridge
+import Glibc
+import TapBridgeCore
+
+/// The remote peers of one UDP socket, and the three ways to find one: by the exact address a
+/// datagram came from, by IP address alone for VXLAN (RFC 7348 senders, the Linux vxlan device
+/// among them, pick the UDP source port from a hash of the inner flow), and by bridge port.
+/// No system calls: tested without root.
+struct PeerTable {
+    /// One remote peer.
+    struct Peer {
+        var address: SocketAddress
+        var encapsulation: Encapsulation
+        var vni: VNI
+        var port: PortID
+        var isDynamic: Bool
+        var lastHeard: Int64
+        /// The VXLAN header (8 bytes) and the sockaddr (up to 28 bytes), allocated once.
+        var wire: UnsafeMutableRawPointer
+        var addressLength: socklen_t
+        /// Whether the partial-checksum notice was logged for this peer.
+        var reportedPartialChecksums = false
+        /// ICMP errors (port or host unreachable, no route) for datagrams sent to this peer.
+        var unreachable: UInt64 = 0
+        /// An error came for this peer and no well-formed frame from it since.
+        var isUnreachable = false
+    }
+
+    var peers: [Peer?] = []
+    var byAddress: [SocketAddress: Int] = [:]
+    /// VXLAN peers by IP address alone (port 0); -1 marks an address shared by several VXLAN
+    /// peers: those need the exact port.
+    var vxlanByHost: [SocketAddress: Int] = [:]
+    /// Peer index by bridge port index (-1: none).
+    var byPort: [Int] = []
+
+    /// Adds a peer that is bridge port `port`, its datagrams sent as `family`; returns its
+    /// index. Throws if the peer exists or its address does not fit the family.
+    mutating func add(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool, port: PortID, family: Int32,
+                      now: Int64) throws(StartupError) -> Int {
+        if byAddress[address] != nil { throw StartupError("remote \(address) given twice") }
+        let wire = UnsafeMutableRawPointer.allocate(byteCount: 8 + MemoryLayout<sockaddr_storage>.size, alignment: 8)
+        wire.storeBytes(of: VXLANHeader.encodedHeader(vni: vni), as: UInt64.self)
+        let length = address.write(family: family, to: wire + 8)
+        guard length > 0 else {
+            wire.deallocate()
+            throw StartupError("remote \(address) is IPv6 but the listening socket is IPv4 (use --listen [::]:PORT)")
+        }
+        let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: port, isDynamic: isDynamic,
+                        lastHeard: now, wire: wire, addressLength: length)
+        let index = peers.firstIndex { $0 == nil } ?? peers.count
+        if index == peers.count { peers.append(peer) } else { peers[index] = peer }
+        byAddress[address] = index
+        reindexHost(of: address)
+        if port.index >= byPort.count { byPort += Array(repeating: -1, count: port.index + 1 - byPort.count) }
+        byPort[port.index] = index
+        return index
+    }
+
+    /// Removes the peer that is `port`; returns it (its wire buffer already freed).
+    @discardableResult
+    mutating func remove(port: PortID) -> Peer? {
+        guard let index = index(of: port), let peer = peers[index] else { return nil }
+        byAddress[peer.address] = nil
+        peer.wire.deallocate()
+        peers[index] = nil
+        byPort[port.index] = -1
+        reindexHost(of: peer.address)
+        return peer
+    }
+
+    /// Frees every peer's buffer (the device is going away).
+    mutating func removeAll() {
+        for case let p? in peers { p.wire.deallocate() }
+        peers.removeAll()
+        byAddress.removeAll()
+        vxlanByHost.removeAll()
+        byPort.removeAll()
+    }
+
+    /// Recomputes `vxlanByHost` for the IP address of `address`.
+    mutating func reindexHost(of address: SocketAddress) {
+        var host = address
+        host.port = 0
+        let sharing = peers.indices.filter {
+            guard let p = peers[$0], p.encapsulation == .vxlan else { return false }
+            var h = p.address
+            h.port = 0
+            return h == host
+        }
+        vxlanByHost[host] = sharing.isEmpty ? nil : (sharing.count == 1 ? sharing[0] : -1)
+    }
+
+    /// The peer a datagram from `sender` belongs to: the exact address and port, or else the
+    /// only VXLAN peer at that IP address.
+    @inline(__always) func index(for sender: SocketAddress) -> Int? {
+        if let index = byAddress[sender] { return index }
+        var host = sender
+        host.port = 0
+        if let index = vxlanByHost[host], index >= 0 { return index }
+        return nil
+    }
+
+    /// The peer that is bridge port `port`.
+    @inline(__always) func index(of port: PortID) -> Int? {
+        guard port.index < byPort.count, byPort[port.index] >= 0 else { return nil }
+        return byPort[port.index]
+    }
+
+    @inline(__always) func peer(of port: PortID) -> Peer? { index(of: port).flatMap { peers[$0] } }
+
+    /// The peer at `index` (which must exist).
+    @inline(__always) subscript(index: Int) -> Peer {
+        get { peers[index]! }
+        set { peers[index] = newValue }
+    }
+
+    var dynamicCount: Int { peers.lazy.filter { $0?.isDynamic == true }.count }
+
+    /// Ports of dynamic peers silent for `timeout` or longer at `now`.
+    func idleDynamicPeers(timeout: Duration, now: Instant) -> [PortID] {
+        peers.compactMap { p in
+            guard let p, p.isDynamic, now.nanoseconds - p.lastHeard >= timeout.nanoseconds else { return nil }
+            return p.port
+        }
+    }
+
+    /// When the next dynamic peer would become idle.
+    func nextIdleDeadline(timeout: Duration) -> Instant? {
+        peers.lazy.compactMap { p in p.flatMap { $0.isDynamic ? $0.lastHeard : nil } }.min()
+            .map { Instant(nanoseconds: $0).advanced(by: timeout) }
+    }
+
+    /// The peer that is `port`, as `show ports` describes it.
+    func report(of port: PortID) -> RemoteReport? {
+        guard let p = peer(of: port) else { return nil }
+        return RemoteReport(endpoint: "\(p.address)", encapsulation: "\(p.encapsulation)", vni: p.encapsulation == .vxlan ? p.vni.rawValue : nil,
+                            dynamic: p.isDynamic, unreachable: p.unreachable)
+    }
+}

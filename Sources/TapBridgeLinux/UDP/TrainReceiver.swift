@@ -1,0 +1,107 @@
+import CTapBridge
+import TapBridgeCore
+
+/// The UDP device's receive side with trains on (UDP_GRO): up to 64 messages (each one
+/// datagram, or a train of datagrams of `segment_size` bytes from one sender) into a train
+/// area, then frames from them into the batch, copied (the only copy): consecutive TCP
+/// segments of one flow merge into one super-frame (`SegmentCoalescer`), even across the two
+/// trains a super-frame may have been sent in. What does not fit the batch stays for the next
+/// call.
+final class TrainReceiver {
+    static let slotSize = 65_536 + 64
+    let queue = UnsafeMutablePointer<ctb_datagram>.allocate(capacity: Int(CTB_BATCH_MAX))
+    /// 64 slots of `slotSize` bytes, touched only as far as messages reach.
+    let area = UnsafeMutableRawPointer.allocate(byteCount: Int(CTB_BATCH_MAX) * slotSize, alignment: 64)
+    var coalescer = SegmentCoalescer()
+    /// The port whose frame the coalescer is building in the batch's next slot.
+    var building: PortID? = nil
+    /// Received messages not yet turned into frames: `pendingMessage ..< pendingCount` of
+    /// `queue`, the first from byte `pendingOffset`.
+    var pendingMessage = 0, pendingCount = 0, pendingOffset = 0
+    var trainsReceived: UInt64 = 0
+    var framesCoalesced: UInt64 = 0
+
+    init() { queue.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX)) }
+
+    deinit {
+        queue.deallocate()
+        area.deallocate()
+    }
+
+    func receive(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) throws(PortError) -> Int {
+        var frames = 0
+        while !batch.isFull {
+            if pendingMessage >= pendingCount {
+                for k in 0..<Int(CTB_BATCH_MAX) {
+                    queue[k].data = area + k * Self.slotSize
+                    queue[k].length = Self.slotSize
+                }
+                guard let got = try device.receiveMessages(into: queue, Int(CTB_BATCH_MAX)) else { continue }
+                if got == 0 { break }
+                pendingCount = got
+                pendingMessage = 0
+                pendingOffset = 0
+            }
+            frames += drain(into: batch, from: device, now: now)
+        }
+        if building != nil { frames += commitBuilt(into: batch) }
+        return frames
+    }
+
+    /// Frames from the received messages into `batch` until it is full or they are used up.
+    func drain(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) -> Int {
+        var frames = 0
+        while pendingMessage < pendingCount {
+            // no room to record another drop: the rest waits for the next call
+            if batch.receiveDrops.count >= batch.capacity { return frames }
+            let d = queue[pendingMessage]
+            let total = d.length, stride = d.segment_size > 0 ? Int(d.segment_size) : d.length
+            if pendingOffset == 0, d.segment_size > 0 { trainsReceived &+= 1 }
+            var first = d
+            first.length = min(stride, total)
+            let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
+            let index = sender.flatMap { device.table.index(for: $0) }
+            if index == nil, let sender, pendingOffset == 0 { device.admit(sender, first, now) }
+            guard let index, total <= Self.slotSize else {
+                if let index { batch.recordDrop(on: device.table[index].port, .truncated, bytes: total) }
+                pendingMessage += 1
+                pendingOffset = 0
+                continue
+            }
+            let port = device.table[index].port
+            // (an empty datagram is one datagram too: counted as malformed, not skipped)
+            let step = max(stride, 1)
+            while pendingOffset < max(total, 1) {
+                if batch.receiveDrops.count >= batch.capacity { return frames }
+                let data = d.data + pendingOffset, length = min(stride, total - pendingOffset)
+                guard let frame = device.innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else {
+                    pendingOffset += step
+                    continue
+                }
+                if building == port, coalescer.append(UnsafeRawBufferPointer(frame)) {
+                    pendingOffset += step
+                    continue
+                }
+                if building != nil { frames += commitBuilt(into: batch) }
+                if batch.isFull { return frames }  // this datagram waits for the next call
+                let slot = batch.nextSlot().baseAddress!
+                slot.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+                coalescer.begin(slot, length: frame.count, capacity: batch.frameCapacity)
+                building = port
+                pendingOffset += step
+            }
+            pendingMessage += 1
+            pendingOffset = 0
+        }
+        return frames
+    }
+
+    /// Commits the frame being built in the batch's next slot; returns 1.
+    func commitBuilt(into batch: FrameBatch) -> Int {
+        let (length, offload) = coalescer.end()
+        if offload.isSegmentation { framesCoalesced &+= 1 }
+        batch.commit(length: length, from: building!, offload: offload)
+        building = nil
+        return 1
+    }
+}
