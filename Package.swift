@@ -30,25 +30,41 @@ let package = Package(
             name: "TapBridgePcap",
             dependencies: ["TapBridgeCore", "CTapBridgePcap", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
-        // Everything that calls the kernel: TAP and packet-socket ports, the poll loop.
+        // Ports that call the kernel: TAP and packet-socket devices, the UDP socket of the
+        // remotes (its peer table, trains, admission), socket addresses.
         .target(
-            name: "TapBridgeLinux",
+            name: "TapBridgeDevices",
+            dependencies: ["TapBridgeCore", "CTapBridge", .product(name: "Logging", package: "swift-log")],
+            swiftSettings: strict),
+        // What a bridge is told: the option table, --port/--remote specs, config files.
+        .target(
+            name: "TapBridgeOptions",
             dependencies: [
-                "TapBridgeCore", "CTapBridge", "TapBridgePcap", .product(name: "Logging", package: "swift-log"),
+                "TapBridgeCore", "TapBridgeDevices", "TapBridgePcap", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: strict),
-        // The command: argument parsing and wiring only.
+        // The running bridge: assembles ports, the event loop and its sources, the control
+        // socket and its protocol, the statistics model.
+        .target(
+            name: "TapBridgeDaemon",
+            dependencies: [
+                "TapBridgeCore", "TapBridgeDevices", "TapBridgeOptions", "TapBridgePcap", "CTapBridge",
+                .product(name: "Logging", package: "swift-log"),
+            ],
+            swiftSettings: strict),
+        // The command: the run form and the control commands' argument parsing, the man page.
         .executableTarget(
             name: "tapbridge",
             dependencies: [
-                "TapBridgeLinux", "TapBridgeCore", "TapBridgePcap",
+                "TapBridgeDaemon", "TapBridgeOptions", "TapBridgeCore",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
-        // Virtual ports, a manual clock, frame builders and a naive reference bridge.
-        .target(name: "TapBridgeTestSupport", dependencies: ["TapBridgeCore"], swiftSettings: strict),
+        // Virtual ports, a manual clock, frame builders and a naive reference bridge,
+        // and a UDP socket double for the remotes' device.
+        .target(name: "TapBridgeTestSupport", dependencies: ["TapBridgeCore", "TapBridgeDevices", "CTapBridge"], swiftSettings: strict),
         // Core microbenchmark: `swift run -c release tapbridge-core-bench`.
         .executableTarget(
             name: "tapbridge-core-bench", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
@@ -61,13 +77,15 @@ let package = Package(
             name: "TapBridgeCoreTests", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
             swiftSettings: strict),
         // Everything above the core that needs no root: options, config files, specs,
-        // addresses, statistics renderers, the UDP peer table.
+        // addresses, statistics renderers, the UDP device over a socket double.
         .testTarget(
-            name: "TapBridgeLinuxTests", dependencies: ["TapBridgeLinux", "TapBridgeCore", "TapBridgePcap"],
+            name: "TapBridgeUnitTests",
+            dependencies: ["TapBridgeDaemon", "TapBridgeOptions", "TapBridgeDevices", "TapBridgeCore", "TapBridgePcap", "TapBridgeTestSupport"],
             swiftSettings: strict),
         // Real TAPs, namespaces, ping and iperf3 through the release binary (root only).
         .testTarget(
-            name: "TapBridgeIntegrationTests", dependencies: ["TapBridgeLinux", "TapBridgePcap", "CTapBridge"],
+            name: "TapBridgeIntegrationTests",
+            dependencies: ["TapBridgeDaemon", "TapBridgeOptions", "TapBridgeDevices", "TapBridgePcap", "CTapBridge"],
             swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

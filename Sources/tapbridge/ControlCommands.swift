@@ -1,7 +1,8 @@
 import ArgumentParser
 import Foundation
 import TapBridgeCore
-import TapBridgeLinux
+import TapBridgeDaemon
+import TapBridgeOptions
 
 #if canImport(Glibc)
 import Glibc

@@ -1,5 +1,6 @@
 import ArgumentParser
-import TapBridgeLinux
+import TapBridgeDaemon
+import TapBridgeOptions
 
 /// `tapbridge manual`: the man page (mdoc), from the same declarations as `--help`: the option
 /// table for running a bridge, and each control command's own help. Docs/tapbridge.1 is its

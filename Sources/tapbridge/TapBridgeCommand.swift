@@ -1,7 +1,8 @@
 import ArgumentParser
 import Logging
 import TapBridgeCore
-import TapBridgeLinux
+import TapBridgeDaemon
+import TapBridgeOptions
 import TapBridgePcap
 
 #if canImport(Glibc)
@@ -9,7 +10,7 @@ import Glibc
 #endif
 
 /// `tapbridge [OPTIONS]`: runs a bridge. Its options are declared once, in `OptionTable`
-/// (TapBridgeLinux), which gives this command its parsing, `--help`, config keys,
+/// (TapBridgeOptions), which gives this command its parsing, `--help`, config keys,
 /// `--print-config` and man page; the control commands (`show`, `fdb`, `port`, `list`) are
 /// ArgumentParser commands.
 enum TapBridgeCommand {
@@ -86,7 +87,7 @@ enum TapBridgeCommand {
         if name != settings.bridgeName { logger.notice("a bridge named \(settings.bridgeName) is running: this one is \(name) (tapbridge show ports --name \(name))") }
         let daemon: BridgeDaemon
         do {
-            daemon = try BridgeDaemon(options: settings.daemonOptions(name: name, version: version), logger: logger)
+            daemon = try BridgeDaemon(options: BridgeDaemon.Options(settings, name: name, version: version), logger: logger)
         } catch {
             throw StartupFailure(message: error.message)
         }

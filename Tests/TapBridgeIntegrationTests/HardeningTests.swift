@@ -1,6 +1,7 @@
 import CTapBridge
 import Foundation
-import TapBridgeLinux
+import TapBridgeDaemon
+import TapBridgeOptions
 import Testing
 
 /// Process facts read from /proc, for the tests that attack a running bridge.

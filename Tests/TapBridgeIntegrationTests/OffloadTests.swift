@@ -1,5 +1,6 @@
 import Foundation
-import TapBridgeLinux
+import TapBridgeDaemon
+import TapBridgeOptions
 import Testing
 
 extension KernelTests {

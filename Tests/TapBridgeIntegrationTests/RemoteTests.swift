@@ -1,5 +1,6 @@
 import Foundation
-import TapBridgeLinux
+import TapBridgeDaemon
+import TapBridgeOptions
 import Testing
 
 /// Remote ports over UDP: tapbridge to tapbridge, to the Linux vxlan device, to a scapy raw

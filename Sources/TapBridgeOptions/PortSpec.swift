@@ -1,4 +1,5 @@
 public import TapBridgeCore
+import TapBridgeDevices
 
 /// How a `--port` reaches its interface.
 public enum PortMode: String, Sendable, CaseIterable {

@@ -3,10 +3,10 @@ import Foundation
 /// Who holds a TAP: the process with a /dev/net/tun descriptor attached to it (its
 /// `/proc/PID/fdinfo/FD` says `iff:\tNAME`). Asked once per packet port that is a TAP, at start
 /// or at `port add`, to say in the log and in `show ports` which program serves it.
-enum TapHolder {
+public enum TapHolder {
     /// The first process holding TAP `name` (not this one), or nil (not a TAP, or no holder
     /// visible: another PID namespace, or no permission).
-    static func find(_ name: String) -> (pid: Int32, command: String)? {
+    public static func find(_ name: String) -> (pid: Int32, command: String)? {
         guard FileManager.default.fileExists(atPath: "/sys/class/net/\(name)/tun_flags") else { return nil }  // not a TUN/TAP
         let me = getpid()
         let needle = "iff:\t\(name)\n"

@@ -2,6 +2,8 @@ import CTapBridge
 public import Glibc
 public import Logging
 public import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
 
 /// One thing the event loop serves: a port device, the control socket, the mirror writer, a
 /// timer. It offers its descriptors and its next deadline before each `poll(2)`, and is

@@ -1,4 +1,5 @@
 public import Foundation
+public import TapBridgeDevices
 
 /// The control protocol: a client connects to the Unix socket, writes one request as a line of
 /// JSON, reads one response (JSON, then a newline) and the server closes the connection.
@@ -69,6 +70,11 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var dynamic: Bool
     /// ICMP errors (port or host unreachable, no route) for datagrams sent to it.
     public var unreachable: UInt64
+
+    public init(_ peer: RemotePeer) {
+        self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .vxlan ? peer.vni.rawValue : nil,
+                  dynamic: peer.isDynamic, unreachable: peer.unreachable)
+    }
 
     public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool, unreachable: UInt64 = 0) {
         self.endpoint = endpoint

@@ -1,4 +1,4 @@
-import Glibc
+public import Glibc
 public import TapBridgeCore
 
 /// An IPv4 or IPv6 UDP endpoint, kept in IPv6 form (IPv4 as `::ffff:a.b.c.d`) so one table
@@ -20,7 +20,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// From a `sockaddr_in` or `sockaddr_in6`; `nil` for other families.
-    init?(_ sa: UnsafeRawPointer) {
+    public init?(_ sa: UnsafeRawPointer) {
         switch Int32(sa.load(as: sa_family_t.self)) {
         case AF_INET:
             let sin = sa.loadUnaligned(as: sockaddr_in.self)
@@ -38,7 +38,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
 
     /// Writes this address as a sockaddr of `family` into `storage`; returns its length, or 0
     /// if an IPv6 address cannot be written as IPv4.
-    func write(family: Int32, to storage: UnsafeMutableRawPointer) -> socklen_t {
+    public func write(family: Int32, to storage: UnsafeMutableRawPointer) -> socklen_t {
         if family == AF_INET {
             guard isIPv4 else { return 0 }
             var sin = sockaddr_in()

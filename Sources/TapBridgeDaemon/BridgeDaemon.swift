@@ -2,6 +2,8 @@ import CTapBridge
 public import Glibc
 public import Logging
 public import TapBridgeCore
+public import TapBridgeDevices
+import TapBridgeOptions
 public import TapBridgePcap
 
 /// The running bridge: opens the ports, assembles the event loop from its sources, and runs
@@ -13,7 +15,7 @@ public import TapBridgePcap
 ///            └────┬─────────┬─────┬──────┬──────┬───────┬───────┬──┘  source deadline
 ///   SignalSource  PortsSource (engine.service, 256 frames   ControlServer  PcapMirror
 ///                 per device per round)      │
-///                 PeerAdmission: new UDP peers admitted after the batch, idle ones removed
+///                 RemotePeers: new UDP peers admitted after the batch, idle ones removed
 ///                 timers: FDB ageing, --stats-interval
 /// ```
 /// Like vtun's `br_select.c`, but draining each descriptor in batches instead of one read per
@@ -26,10 +28,10 @@ public final class BridgeDaemon {
     let loop: EventLoop
     let ports: PortsSource
     var signals: SignalSource! = nil
-    /// The UDP socket serving the remotes, if any, and the device the engine knows it by
-    /// (the socket itself, or its mirror decorator).
-    public internal(set) var tunnel: UDPTunnelDevice? = nil
-    var tunnelHandle: (any PortDevice)? = nil
+    /// The remotes and their UDP socket, if any.
+    var remotes: RemotePeers? = nil
+    /// The UDP socket serving the remotes, if any.
+    public var tunnel: UDPTunnelDevice? { remotes?.device }
     /// The mirror, if `--mirror` or `--mirror-iface` was given.
     public private(set) var mirror: PcapMirror? = nil
     var control: ControlServer? = nil
@@ -78,16 +80,19 @@ public final class BridgeDaemon {
             }
             if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
             for spec in options.ports { try attachPort(spec) }
-            if !options.remotes.isEmpty || options.acceptsPeers { try attachRemotes() }
+            if !options.remotes.isEmpty || options.acceptsPeers {
+                remotes = try RemotePeers(options: options, engine: engine, ports: ports, decorate: decorate, logger: logger)
+            }
             if let path = controlPath {
-                control = try ControlServer(path: path, group: options.controlGroup) { [unowned self] in reply(to: $0) }
+                let responder = ControlResponder(daemon: self)
+                control = try ControlServer(path: path, group: options.controlGroup) { responder.reply(to: $0) }
             }
         } catch {
             mirror?.close()
             throw error
         }
         assembleLoop()
-        if logger.logLevel <= .debug { watchEvents() }
+        if logger.logLevel <= .debug { SwitchEventLog(engine: engine, logger: logger) }
         if let m = options.mirror {
             let targets = [m.path.map { "pcap \($0 == "-" ? "to standard output" : $0)" }, m.interface.map { "interface \($0)" }].compactMap { $0 }
             logger.info("mirroring \(m.ports.isEmpty ? "all ports" : m.ports.joined(separator: ", ")) (\(m.egress ? "in and out" : "in")) to \(targets.joined(separator: " and "))\(m.filter.map { ", filter '\($0)'" } ?? "")")
@@ -100,7 +105,7 @@ public final class BridgeDaemon {
     func assembleLoop() {
         loop.add(signals)
         loop.add(ports)
-        if options.acceptsPeers { loop.add(TimerSource(due: { [unowned self] in peerDeadline() }, action: { [unowned self] in servicePeers(at: $0) })) }
+        if let remotes, options.acceptsPeers { loop.add(remotes) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         if let interval = options.statsInterval {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
@@ -121,13 +126,18 @@ public final class BridgeDaemon {
 
     /// Runs until SIGINT or SIGTERM; returns the process exit status.
     public func run() -> Int32 {
+        logStart()
+        notifyReady()
+        return loop.run()
+    }
+
+    /// What runs: the ports, the table, where to ask.
+    func logStart() {
         let table = engine.bridge.configuration.table
         let count = engine.ports.count
         logger.info("forwarding between \(count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
         if count < 2 && !options.acceptsPeers && control == nil { logger.warning("only \(count) port(s): nothing to forward between") }
         if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports --name \(options.name))") }
-        notifyReady()
-        return loop.run()
     }
 
     /// Every port exists and the control socket answers: tell systemd (`Type=notify`), if it
@@ -150,8 +160,8 @@ public final class BridgeDaemon {
     /// Closes every port: TAPs tapbridge created disappear with their descriptor.
     public func shutdown() {
         for port in engine.ports { engine.removePort(port) }
-        tunnel = nil
-        tunnelHandle = nil
+        remotes?.isActive = false
+        remotes = nil
         ports.alwaysPolled = nil
         control = nil
         mirror?.close(waitMilliseconds: 1000)

@@ -1,4 +1,5 @@
 import TapBridgeCore
+import TapBridgeDevices
 
 /// The run form's command line and config file, read through `OptionTable` into `Settings`:
 /// one linear pass over the arguments (20,000 `--port`s parse in milliseconds), the file's

@@ -1,8 +1,19 @@
 import CTapBridge
 import Glibc
+import Logging
 import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
 
-extension BridgeDaemon {
+/// Answers the control socket's requests, between batches: `show` from the engine's registry
+/// and the statistics model, `fdb` and `port` changes through the engine and the daemon.
+final class ControlResponder {
+    unowned let daemon: BridgeDaemon
+    var engine: ForwardingEngine { daemon.engine }
+    var logger: Logger { daemon.logger }
+
+    init(daemon: BridgeDaemon) { self.daemon = daemon }
+
     /// Entries per slice of a streamed `show fdb` answer (about 200 KB of JSON).
     static let fdbSliceEntries = 2048
 
@@ -43,11 +54,11 @@ extension BridgeDaemon {
         switch request.command {
         case "show-ports":
             var r = ControlResponse.success()
-            r.ports = portReports()
+            r.ports = daemon.portReports()
             return r
         case "show-stats":
             var r = ControlResponse.success()
-            r.stats = statsReport(at: now)
+            r.stats = daemon.statsReport(at: now)
             return r
         case "fdb-add", "fdb-del":
             guard let text = request.mac, let mac = MACAddress(text) else { return .failure("expected a MAC address like 02:00:00:00:00:01, got '\(request.mac ?? "")'") }
@@ -92,7 +103,7 @@ extension BridgeDaemon {
             }
             if engine.port(named: spec.name) != nil { return .failure("port \(spec.name) exists") }
             do {
-                try attachPort(spec)
+                try daemon.attachPort(spec)
             } catch {
                 return .failure(error.message)
             }
@@ -114,57 +125,4 @@ extension BridgeDaemon {
         guard let name else { return .success(nil) }
         return engine.port(named: name).map { .success($0) } ?? .failure(Errno(ENODEV))
     }
-
-    func portReports() -> [PortReport] {
-        engine.ports.map { port in
-            let a = engine.record(of: port)!, device = engine.device(of: port)!
-            let c = engine.bridge.counters(of: port)
-            let config = engine.bridge.configuration(of: port) ?? PortConfiguration()
-            var drops: [String: UInt64] = [:]
-            for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
-            let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
-            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName),
-                              state: a.kind == .remote && tunnel?.isUnreachable(port) == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
-                              flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
-                              txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
-                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.report(of: port) : nil, heldBy: a.heldBy)
-        }
-    }
-
-    /// The current name of interface `index` (nil if it is gone or out of this namespace).
-    static func interfaceName(_ index: Int32) -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-        guard if_indextoname(UInt32(index), &buffer) != nil else { return nil }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    }
-
-    func statsReport(at now: Instant) -> StatsReport {
-        let t = engine.bridge.table
-        let f = t.statistics
-        let fdb = StatsReport.FDB(entries: t.count, maxEntries: t.configuration.maximumEntries, learned: f.learned, refreshed: f.refreshed,
-                                  moved: f.moved, moveDamped: f.moveDamped, expired: f.expired, evicted: f.evicted, refused: f.refused)
-        let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable, peersRefused: $0.statistics.peersRefused,
-                                                checksumsCompleted: $0.statistics.checksumsCompleted, trainsSent: $0.statistics.trainsSent,
-                                                trainsReceived: $0.statistics.trainsReceived, framesCoalesced: $0.statistics.framesCoalesced,
-                                                trainsRefused: $0.statistics.trainsRefused) }
-        let mirror = self.mirror.map {
-            let m = $0.statistics
-            return StatsReport.Mirror(seen: m.seen, written: m.written, filteredOut: m.filtered, dropped: m.dropped, writeErrors: m.writeErrors,
-                                      rotations: m.rotations, injected: m.injected, injectDropped: m.injectDropped)
-        }
-        return StatsReport(name: options.name, version: options.version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
-                           ports: engine.ports.count, fdb: fdb, udp: udp, mirror: mirror)
-    }
-
-    /// Every counter now: the model `show stats`, the logs and Prometheus render.
-    func statistics(at now: Instant) -> Statistics { Statistics(stats: statsReport(at: now), ports: portReports()) }
-
-    /// The counters in the log (at exit, on SIGUSR1): one line per port, then the MAC table,
-    /// the UDP socket and the mirror.
-    public func reportCounters() {
-        for line in statistics(at: EventLoop.now()).logLines { logger.info("\(line)") }
-    }
-
-    /// The `--stats-interval` line.
-    func logStats() { logger.info("\(statistics(at: EventLoop.now()).summaryLine)") }
 }

@@ -1,5 +1,6 @@
 import Logging
 import TapBridgeCore
+import TapBridgeDevices
 import TapBridgePcap
 
 /// One option of the run form, declared once: the command line (`--NAME`), the config file key

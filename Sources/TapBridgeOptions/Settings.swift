@@ -1,5 +1,6 @@
 public import Logging
 public import TapBridgeCore
+import TapBridgeDevices
 public import TapBridgePcap
 
 /// Everything the run form's options say, each value parsed once, as the option table
@@ -81,33 +82,6 @@ public struct Settings: Sendable {
         }
         m.snaplen = snaplen
         return m
-    }
-
-    /// What the daemon runs with; `name` is the bridge's name as chosen at start.
-    public func daemonOptions(name: String, version: String) -> BridgeDaemon.Options {
-        func duration(_ seconds: Double) -> Duration { .milliseconds(Int64(seconds * 1000)) }
-        var options = BridgeDaemon.Options(
-            ports: ports.map(\.value),
-            bridge: Bridge.Configuration(
-                table: .init(ageingTime: duration(ageing), maximumEntries: maxMACs, maximumEntriesPerPort: maxMACsPerPort,
-                             moveHoldDown: moveHoldDown.map(duration)),
-                isHub: hub, forwardsLinkLocal: forwardLinkLocal))
-        options.remotes = remotes.map(\.value)
-        options.listen = listen?.value
-        options.encapsulation = encapsulation
-        options.vni = vni
-        options.acceptsPeers = acceptPeers
-        options.maximumPeers = maxPeers
-        options.peerTimeout = duration(peerTimeout)
-        options.splitHorizon = !noSplitHorizon
-        options.offload = offload
-        options.mirror = mirrorOptions
-        options.name = name
-        options.controlPath = control
-        options.controlGroup = controlGroup
-        options.statsInterval = statsInterval.map(duration)
-        options.version = version
-        return options
     }
 }
 

@@ -1,6 +1,8 @@
 import Foundation
 import Glibc
 public import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
 
 /// The client side of the control protocol (`tapbridge show|fdb|port`).
 public enum ControlClient {

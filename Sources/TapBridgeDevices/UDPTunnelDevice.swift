@@ -129,11 +129,8 @@ public final class UDPTunnelDevice: PortDevice {
 
     public func didRemovePort(_ port: PortID) { table.remove(port: port) }
 
-    /// The peer that is bridge port `port`, as `show ports` describes it.
-    public func report(of port: PortID) -> RemoteReport? { table.report(of: port) }
-
-    /// Whether `port`'s peer is unreachable (an ICMP error, and no frame from it since).
-    public func isUnreachable(_ port: PortID) -> Bool { table.peer(of: port)?.isUnreachable ?? false }
+    /// The peer that is bridge port `port`.
+    public func peer(of port: PortID) -> RemotePeer? { table.description(of: port) }
 
     public var dynamicPeerCount: Int { table.dynamicCount }
 
@@ -161,7 +158,7 @@ public final class UDPTunnelDevice: PortDevice {
     public func receive(into batch: FrameBatch) throws(PortError) -> Int {
         let now = ctb_monotonic_ns()
         // (at most 16, and the batch is empty: they fit)
-        var frames = holdsDatagrams ? deliverHeld(into: batch, now: now) : 0
+        var frames = holdsDatagrams ? admission!.deliverHeld(into: batch, from: self, now: now) : 0
         if let trains { return try frames + trains.receive(into: batch, from: self, now: now) }
         while !batch.isFull {
             // recvmmsg straight into the free slots, 8 bytes early (see the type's comment)
@@ -285,30 +282,6 @@ public final class UDPTunnelDevice: PortDevice {
             lastUnknownLog = now
             unknownSinceLog = 0
         }
-    }
-
-    /// The held datagrams of admitted candidates, as frames into `batch`.
-    func deliverHeld(into batch: FrameBatch, now: Int64) -> Int {
-        guard let admission else { return 0 }
-        var frames = 0
-        for k in admission.held.indices {
-            let (sender, data, length) = admission.datagram(k)
-            guard let index = table.index(for: sender) else {
-                counters.peersRefused &+= 1
-                continue
-            }
-            let port = table[index].port
-            guard let frame = innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
-            guard frame.count <= batch.frameCapacity else {
-                batch.recordDrop(on: port, .truncated, bytes: length)
-                continue
-            }
-            batch.nextSlot().baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
-            batch.commit(length: frame.count, from: port)
-            frames += 1
-        }
-        admission.held.removeAll(keepingCapacity: true)
-        return frames
     }
 
     // MARK: Sending

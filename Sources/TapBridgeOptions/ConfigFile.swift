@@ -1,5 +1,6 @@
 import Foundation
 import TapBridgeCore
+import TapBridgeDevices
 import Yams
 
 /// `--config FILE`: a YAML file that says what the command line can say. Every key is a

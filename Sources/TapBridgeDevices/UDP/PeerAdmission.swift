@@ -46,4 +46,28 @@ final class PeerAdmission {
         defer { candidates.removeAll() }
         return candidates
     }
+
+    /// The held datagrams of admitted candidates, as frames into `batch` (those of senders
+    /// not admitted count as refused).
+    func deliverHeld(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) -> Int {
+        var frames = 0
+        for k in held.indices {
+            let (sender, data, length) = datagram(k)
+            guard let index = device.table.index(for: sender) else {
+                device.counters.peersRefused &+= 1
+                continue
+            }
+            let port = device.table[index].port
+            guard let frame = device.innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
+            guard frame.count <= batch.frameCapacity else {
+                batch.recordDrop(on: port, .truncated, bytes: length)
+                continue
+            }
+            batch.nextSlot().baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+            batch.commit(length: frame.count, from: port)
+            frames += 1
+        }
+        held.removeAll(keepingCapacity: true)
+        return frames
+    }
 }

@@ -2,6 +2,8 @@ import CTapBridge
 import Foundation
 public import Glibc
 import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
 
 /// The control socket, served by the bridge's poll loop: a Unix stream socket where each
 /// connection carries one request line and gets one response.

@@ -1,6 +1,6 @@
 import Testing
 import TapBridgeCore
-@testable import TapBridgeLinux
+@testable import TapBridgeOptions
 
 /// The option table is the only declaration of the run form's options: the command line, the
 /// config keys and `--print-config` all come from it. (The binary's `--help` and man page are

@@ -1,6 +1,6 @@
 import CTapBridge
 import Glibc
-import TapBridgeCore
+public import TapBridgeCore
 
 /// The remote peers of one UDP socket, and the three ways to find one: by the exact address a
 /// datagram came from, by IP address alone for VXLAN (RFC 7348 senders, the Linux vxlan device
@@ -132,9 +132,22 @@ struct PeerTable {
     }
 
     /// The peer that is `port`, as `show ports` describes it.
-    func report(of port: PortID) -> RemoteReport? {
+    func description(of port: PortID) -> RemotePeer? {
         guard let p = peer(of: port) else { return nil }
-        return RemoteReport(endpoint: "\(p.address)", encapsulation: "\(p.encapsulation)", vni: p.encapsulation == .vxlan ? p.vni.rawValue : nil,
-                            dynamic: p.isDynamic, unreachable: p.unreachable)
+        return RemotePeer(address: p.address, encapsulation: p.encapsulation, vni: p.vni, isDynamic: p.isDynamic, unreachable: p.unreachable,
+                          isUnreachable: p.isUnreachable)
     }
+}
+
+/// A remote peer as the UDP device describes it.
+public struct RemotePeer: Sendable {
+    public var address: SocketAddress
+    public var encapsulation: Encapsulation
+    public var vni: VNI
+    /// Added by `--accept-peers` rather than configured.
+    public var isDynamic: Bool
+    /// ICMP errors for datagrams sent to it.
+    public var unreachable: UInt64
+    /// An error came for it and no well-formed frame from it since.
+    public var isUnreachable: Bool
 }

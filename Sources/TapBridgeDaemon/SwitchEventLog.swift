@@ -6,35 +6,41 @@ import TapBridgeCore
 /// refused and aged out at debug; unicast floods to unknown destinations at trace too. At
 /// most `eventsPerSecond` lines a second, then one line saying how many were left out, so that
 /// a storm cannot drown the log (or the loop).
-extension BridgeDaemon {
+final class SwitchEventLog {
     static let eventsPerSecond = 50
+    let engine: ForwardingEngine
+    let logger: Logger
+    var second: Int64 = 0
+    var lines = 0
+    var suppressed = 0
 
-    final class EventLog {
-        var second: Int64 = 0
-        var lines = 0
-        var suppressed = 0
+    /// Logs `engine`'s switch events from now on.
+    @discardableResult
+    init(engine: ForwardingEngine, logger: Logger) {
+        self.engine = engine
+        self.logger = logger
+        let trace = logger.logLevel <= .trace
+        engine.bridge.eventHandler = { [self] event in
+            if case .unknownDestination = event, !trace { return }
+            log(event)
+        }
     }
 
-    func watchEvents() {
-        let log = EventLog()
-        let trace = logger.logLevel <= .trace
-        engine.bridge.eventHandler = { [unowned self] event in
-            if case .unknownDestination = event, !trace { return }
-            let now = ctb_monotonic_ns() / 1_000_000_000
-            if now != log.second {
-                if log.suppressed > 0 { logger.debug("\(log.suppressed) more switch events in the last second were not logged") }
-                log.second = now
-                log.lines = 0
-                log.suppressed = 0
-            }
-            guard log.lines < Self.eventsPerSecond else {
-                log.suppressed += 1
-                return
-            }
-            log.lines += 1
-            let level: Logger.Level = if case .unknownDestination = event { .trace } else { .debug }
-            logger.log(level: level, "\(describe(event))")
+    func log(_ event: Bridge.Event) {
+        let now = ctb_monotonic_ns() / 1_000_000_000
+        if now != second {
+            if suppressed > 0 { logger.debug("\(suppressed) more switch events in the last second were not logged") }
+            second = now
+            lines = 0
+            suppressed = 0
         }
+        guard lines < Self.eventsPerSecond else {
+            suppressed += 1
+            return
+        }
+        lines += 1
+        let level: Logger.Level = if case .unknownDestination = event { .trace } else { .debug }
+        logger.log(level: level, "\(describe(event))")
     }
 
     func describe(_ event: Bridge.Event) -> String {

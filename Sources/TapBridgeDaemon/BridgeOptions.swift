@@ -1,5 +1,6 @@
 public import TapBridgeCore
 public import TapBridgePcap
+public import TapBridgeOptions
 
 extension BridgeDaemon {
     /// Everything the command line says.
@@ -38,5 +39,33 @@ extension BridgeDaemon {
             self.ports = ports
             self.bridge = bridge
         }
+    }
+}
+
+extension BridgeDaemon.Options {
+    /// What the daemon runs with; `name` is the bridge's name as chosen at start.
+    public init(_ settings: Settings, name: String, version: String) {
+        func duration(_ seconds: Double) -> Duration { .milliseconds(Int64(seconds * 1000)) }
+        self.init(
+            ports: settings.ports.map(\.value),
+            bridge: Bridge.Configuration(
+                table: .init(ageingTime: duration(settings.ageing), maximumEntries: settings.maxMACs, maximumEntriesPerPort: settings.maxMACsPerPort,
+                             moveHoldDown: settings.moveHoldDown.map(duration)),
+                isHub: settings.hub, forwardsLinkLocal: settings.forwardLinkLocal))
+        remotes = settings.remotes.map(\.value)
+        listen = settings.listen?.value
+        encapsulation = settings.encapsulation
+        vni = settings.vni
+        acceptsPeers = settings.acceptPeers
+        maximumPeers = settings.maxPeers
+        peerTimeout = duration(settings.peerTimeout)
+        splitHorizon = !settings.noSplitHorizon
+        offload = settings.offload
+        mirror = settings.mirrorOptions
+        self.name = name
+        controlPath = settings.control
+        controlGroup = settings.controlGroup
+        statsInterval = settings.statsInterval.map(duration)
+        self.version = version
     }
 }

@@ -1,0 +1,65 @@
+import CTapBridge
+import Logging
+import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
+
+/// Turns a `--port` spec into a port of the engine: a TAP, or a packet socket when the
+/// interface cannot be one here, described in the engine's registry (`PortRecord`).
+enum PortFactory {
+    /// Opens `spec` and adds it to `engine` (its device wrapped by `decorate`: the mirror).
+    static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, decorate: (any PortDevice) -> any PortDevice,
+                       logger: Logger) throws(StartupError) {
+        // One interface attached twice (by an altname, or by its new name after a rename)
+        // would loop every broadcast between its two ports: refuse it.
+        let existing = ctb_if_index(spec.name)
+        if existing > 0, let other = engine.ports.first(where: { engine.record(of: $0)?.interfaceIndex == existing }) {
+            throw StartupError("port \(spec.name): that interface (ifindex \(existing)) is already attached as port \(engine.name(of: other))")
+        }
+        let offload = spec.offload ?? defaultOffload
+        let (device, kind, note): (any PortDevice, PortRecord.Kind, String)
+        do {
+            (device, kind, note) = try open(spec, offload: offload)
+        } catch {
+            throw StartupError("port \(spec.name): \(error.message)")
+        }
+        // a TAP someone else holds: say who; another tapbridge there joins the two segments
+        let holder = kind == .packet ? TapHolder.find(spec.name) : nil
+        let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
+        let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload, heldBy: holder.map { "\($0.command), pid \($0.pid)" })
+        engine.addPort(record, configuration: spec.configuration, on: decorate(device))
+        logger.info("port \(spec.name): \(note), \(describe(spec.configuration))")
+        if let holder, holder.command == "tapbridge" {
+            logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
+        }
+    }
+
+    static func describe(_ c: PortConfiguration) -> String {
+        "\(c.vlanMode)" + (c.learning ? "" : ", learning off") + (c.flooding ? "" : ", flooding off")
+    }
+
+    static func open(_ spec: PortSpec, offload: Bool) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
+        func tapNote(_ tap: TapDevice) -> String {
+            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)") + ", mtu \(tap.mtu), offloads \(tap.offloadDescription)"
+        }
+        func packet(_ why: String) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
+            let device = try PacketSocketDevice(name: spec.name, mtu: spec.mtu, offload: offload)
+            return (device, .packet, "packet socket on ifindex \(device.interfaceIndex)\(why), offloads \(device.offloadDescription)")
+        }
+        if spec.mode == .packet { return try packet("") }
+        do {
+            let tap = try TapDevice(name: spec.name, mtu: spec.mtu, offload: offload)
+            return (tap, .tap, tapNote(tap))
+        } catch {
+            switch (error, spec.mode) {
+            case (.busy, .auto): return try packet(" (the TAP is held by another program)")
+            case (.notATap, .auto): return try packet(" (not a TAP)")
+            case (.busy, _):
+                throw StartupError("TAP is held by another program (a VM?); use mode=packet or mode=auto to reach it through a packet socket")
+            case (.notATap, _):
+                throw StartupError("exists and is not a TAP; use mode=packet or mode=auto to attach it through a packet socket")
+            case (.failed(let message), _): throw StartupError(message)
+            }
+        }
+    }
+}

@@ -1,0 +1,116 @@
+import CTapBridge
+import Glibc
+import Logging
+import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
+
+/// The remotes: the UDP socket serving them, each remote a port of the engine, and a source of
+/// the event loop that admits new senders (`--accept-peers`) after the batch that brought them
+/// and removes those silent for `--peer-timeout`.
+final class RemotePeers: EventSource {
+    let device: UDPTunnelDevice
+    /// The device as the engine knows it (the socket, or its mirror decorator).
+    let handle: any PortDevice
+    let engine: ForwardingEngine
+    let options: BridgeDaemon.Options
+    let logger: Logger
+    /// Told to serve the socket again when admitted senders' datagrams wait.
+    let ports: PortsSource
+    /// False once the socket failed and its ports were removed.
+    var isActive = true
+
+    /// Opens the socket (`--listen`, or every address on the first remote's port) and adds the
+    /// configured remotes.
+    init(options: BridgeDaemon.Options, engine: ForwardingEngine, ports: PortsSource, decorate: (any PortDevice) -> any PortDevice,
+         logger: Logger) throws(StartupError) {
+        guard let listenPort = options.listen?.port ?? options.remotes.first?.port else {
+            throw StartupError("--accept-peers needs --listen [ADDR:]PORT")
+        }
+        if let host = options.listen?.host {
+            let address = try SocketAddress.resolve(host: host, port: listenPort, ipv4Only: false)
+            device = try UDPTunnelDevice(listen: address, ipv4Only: address.isIPv4, offload: options.offload, logger: logger)
+        } else {
+            let any6 = try SocketAddress.resolve(host: "::", port: listenPort, ipv4Only: false)
+            do {
+                device = try UDPTunnelDevice(listen: any6, ipv4Only: false, offload: options.offload, logger: logger)
+            } catch {
+                // no IPv6 here: all IPv4 addresses
+                let any4 = try SocketAddress.resolve(host: "0.0.0.0", port: listenPort, ipv4Only: true)
+                device = try UDPTunnelDevice(listen: any4, ipv4Only: true, offload: options.offload, logger: logger)
+            }
+        }
+        handle = decorate(device)
+        self.engine = engine
+        self.options = options
+        self.logger = logger
+        self.ports = ports
+        ports.alwaysPolled = handle
+        for remote in options.remotes { try addConfigured(remote) }
+        if options.acceptsPeers { device.accept(encapsulation: options.encapsulation, vni: options.vni, limit: options.maximumPeers) }
+        logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers" : ""), split horizon \(options.splitHorizon ? "on" : "off")")
+    }
+
+    func addConfigured(_ remote: RemoteSpec) throws(StartupError) {
+        do {
+            let address = try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)
+            let encapsulation = remote.encapsulation ?? options.encapsulation
+            let vni = remote.vni ?? options.vni
+            var configuration = remote.configuration
+            configuration.splitHorizonGroup = options.splitHorizon ? 1 : 0
+            try add(remote.name, at: address, encapsulation: encapsulation, vni: vni, configuration: configuration)
+            let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
+            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), \(PortFactory.describe(configuration))")
+        } catch {
+            throw StartupError("remote \(remote.name): \(error.message)")
+        }
+    }
+
+    /// Adds one remote: a port of the engine and a peer of the socket, in one step.
+    func add(_ name: String, at address: SocketAddress, encapsulation: Encapsulation, vni: VNI, configuration: PortConfiguration,
+             isDynamic: Bool = false) throws(StartupError) {
+        let port = engine.addPort(PortRecord(name: name, kind: .remote), configuration: configuration, on: handle)
+        do {
+            try device.addPeer(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, as: port)
+        } catch {
+            engine.removePort(port)
+            throw error
+        }
+    }
+
+    // MARK: EventSource (with --accept-peers)
+
+    func register(_ fds: inout [pollfd]) {}
+
+    /// Due at once while senders wait to be admitted, else when the next dynamic peer would
+    /// have been silent for `--peer-timeout`.
+    func deadline() -> Int64? {
+        guard isActive, options.acceptsPeers else { return nil }
+        if device.holdsDatagrams { return 0 }
+        return device.nextIdleDeadline(timeout: options.peerTimeout)?.nanoseconds
+    }
+
+    /// Admits the senders of the last batch as remotes with the bridge-wide encapsulation (the
+    /// socket already checked the limit), then has their held datagrams delivered; removes
+    /// dynamic peers silent for `--peer-timeout`.
+    func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
+        guard isActive else { return nil }
+        let configuration = PortConfiguration(splitHorizonGroup: options.splitHorizon ? 1 : 0)
+        for address in device.takeCandidates() {
+            let name = "peer-\(address)"
+            do {
+                try add(name, at: address, encapsulation: options.encapsulation, vni: options.vni, configuration: configuration, isDynamic: true)
+                logger.info("remote \(name): accepted (\(options.encapsulation)), \(device.dynamicPeerCount)/\(options.maximumPeers) dynamic peers")
+            } catch {
+                logger.warning("remote \(name): not accepted: \(error.message)")
+            }
+        }
+        if device.holdsDatagrams { ports.wake() }
+        for port in device.idleDynamicPeers(timeout: options.peerTimeout, now: now) {
+            let name = engine.name(of: port)
+            engine.removePort(port)
+            logger.info("remote \(name): silent for \(options.peerTimeout), removed")
+        }
+        return nil
+    }
+}

@@ -1,0 +1,91 @@
+public import CTapBridge
+import Glibc
+public import TapBridgeDevices
+
+/// A UDP socket in memory, for the remotes' device (`UDPTunnelDevice(socket:logger:)`), like
+/// wireguard-go's bind test double: a test queues datagrams "from" any address, serves the
+/// device by hand (`engine.service`), and reads what the device sent. Send errors and ICMP
+/// errors are injected per destination. No root, no network, no time.
+public final class FakeDatagramSocket: DatagramSocket {
+    public struct Datagram: Equatable, Sendable {
+        /// Receive: the sender; sent: the destination.
+        public var address: SocketAddress
+        public var bytes: [UInt8]
+        /// A train's datagram size (UDP GSO/GRO), or 0.
+        public var segmentSize: Int
+
+        public init(address: SocketAddress, bytes: [UInt8], segmentSize: Int = 0) {
+            self.address = address
+            self.bytes = bytes
+            self.segmentSize = segmentSize
+        }
+    }
+
+    public let localAddress: SocketAddress
+    public let family: Int32
+    public let sendsTrains: Bool
+    public let receivesTrains: Bool
+    public var pollDescriptor: Int32? { nil }
+
+    /// Waiting to be received, oldest first.
+    public var inbound: [Datagram] = []
+    /// Everything the device sent, in order.
+    public private(set) var sent: [Datagram] = []
+    /// The errno each send to a destination fails with (ECONNREFUSED, EMSGSIZE, ...).
+    public var sendErrors: [SocketAddress: Int32] = [:]
+    /// ICMP errors the next receive reports (ECONNREFUSED), then hands out from its queue.
+    public var icmpErrors: [(destination: SocketAddress, error: Int32)] = []
+
+    public init(localAddress: SocketAddress, trains: Bool = false) {
+        self.localAddress = localAddress
+        family = localAddress.isIPv4 ? AF_INET : AF_INET6
+        sendsTrains = trains
+        receivesTrains = trains
+    }
+
+    /// An address from text (numeric only: no lookups).
+    public static func address(_ text: String) -> SocketAddress {
+        let (host, port) = SocketAddress.split(text)!
+        return try! SocketAddress.resolve(host: host, port: port, ipv4Only: false)
+    }
+
+    public func receive(_ datagrams: UnsafeMutablePointer<ctb_datagram>, count: Int) -> Int {
+        if let first = icmpErrors.first { return -Int(first.error) }  // as recvmmsg does with IP_RECVERR
+        let n = min(count, inbound.count)
+        for k in 0..<n {
+            let d = inbound[k]
+            let copied = min(d.bytes.count, datagrams[k].length)
+            d.bytes.withUnsafeBytes { if copied > 0 { datagrams[k].data.copyMemory(from: $0.baseAddress!, byteCount: copied) } }
+            datagrams[k].length = d.bytes.count
+            datagrams[k].segment_size = UInt32(d.segmentSize)
+            withUnsafeMutableBytes(of: &datagrams[k].peer) { _ = d.address.write(family: family, to: $0.baseAddress!) }
+        }
+        inbound.removeFirst(n)
+        return n
+    }
+
+    public func send(_ datagrams: UnsafeMutablePointer<ctb_datagram>, count: Int) {
+        for k in 0..<count {
+            let d = datagrams[k]
+            guard let destination = SocketAddress(d.destination) else {
+                datagrams[k].result = -EINVAL
+                continue
+            }
+            if let error = sendErrors[destination] {
+                datagrams[k].result = -error
+                continue
+            }
+            datagrams[k].result = 0
+            sent.append(Datagram(address: destination, bytes: Array(UnsafeRawBufferPointer(start: d.data, count: d.length)), segmentSize: Int(d.segment_size)))
+        }
+    }
+
+    public func nextError() -> (destination: SocketAddress?, error: Int32)? {
+        guard !icmpErrors.isEmpty else { return nil }
+        let e = icmpErrors.removeFirst()
+        return (e.destination, e.error)
+    }
+
+    /// Forgets what was sent.
+    public func clearSent() { sent.removeAll() }
+}

@@ -1,0 +1,86 @@
+import Glibc
+import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
+import TapBridgePcap
+import Testing
+
+/// The parsers above the core, without root: `--port`, `--remote`, `--listen` specs, socket
+/// addresses, `--mirror-rotate`.
+@Suite("Specs and addresses")
+struct SpecTests {
+    @Test func aPortSpecSaysEverything() throws {
+        let p = try PortSpec(parsing: "tap1,mode=tap,trunk=10:20-22,native=1,learning=off,flooding=no,mtu=9000,offload=off")
+        #expect(p.name == "tap1" && p.mode == .tap && p.mtu == 9000 && p.offload == false)
+        #expect(p.configuration.learning == false && p.configuration.flooding == false)
+        #expect("\(p.configuration.vlanMode)" == "trunk VLANs 10,20-22 (native 1 untagged)")
+        #expect(try PortSpec(parsing: "tap0").configuration.vlanMode.untaggedVLAN == VLANID(1))
+        #expect("\(try PortSpec(parsing: "tap0,vlan=10").configuration.vlanMode)" == "access VLAN 10")
+    }
+
+    @Test(arguments: [
+        ("", "interface name is empty"),
+        ("abcdefghijklmnop", "is 16 bytes, longer than 15"),
+        ("a/b", "contains '/'"),
+        ("x,vlan=0", "vlan must be 1-4094, got '0'"),
+        ("x,vlan=10,trunk=20", "exclude each other"),
+        ("x,native=1", "native= needs trunk="),
+        ("x,trunk=5000", "trunk must list VLANs 1-4094"),
+        ("x,mtu=10", "mtu must be 68-65521"),
+        ("x,speed=10", "unknown option 'speed'"),
+        ("x,vlan=1,vlan=2", "'vlan' given twice"),
+        ("x,vlan", "expected key=value, got 'vlan'"),
+        ("x,mode=bridge", "mode must be auto, tap or packet"),
+    ])
+    func badPortSpecsSayWhy(_ text: String, _ reason: String) {
+        #expect(throws: PortSpecError.self) { try PortSpec(parsing: text) }
+        do {
+            _ = try PortSpec(parsing: text)
+        } catch {
+            #expect(error.description.hasPrefix("--port '\(text)': ") && error.reason.contains(reason), "got: \(error)")
+        }
+    }
+
+    @Test func remoteAndListenSpecs() throws {
+        let r = try RemoteSpec(parsing: "[2001:db8::1]:4789,encap=raw,vni=7,name=vm1,vlan=10")
+        #expect(r.host == "2001:db8::1" && r.port == 4789 && r.encapsulation == .raw && r.vni == VNI(7) && r.name == "vm1")
+        #expect(try RemoteSpec(parsing: "192.0.2.5:9000").name == "192.0.2.5:9000")
+        #expect(try ListenSpec(parsing: "4789") == ListenSpec(host: nil, port: 4789))
+        #expect(try ListenSpec(parsing: "127.0.0.1:4789") == ListenSpec(host: "127.0.0.1", port: 4789))
+        for bad in ["::1:4789", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "h:1,encap=gre", "h:1,vni=16777216"] {
+            #expect(throws: PortSpecError.self, "\(bad)") { try RemoteSpec(parsing: bad) }
+        }
+        #expect(throws: PortSpecError.self) { try ListenSpec(parsing: "nope") }
+    }
+
+    @Test func socketAddressesRoundTripThroughSockaddrs() throws {
+        for (text, family) in [("127.0.0.1:4789", AF_INET), ("[::1]:5555", AF_INET6), ("10.1.2.3:1", AF_INET6)] {
+            let (host, port) = SocketAddress.split(text)!
+            let a = try SocketAddress.resolve(host: host, port: port, ipv4Only: false)
+            #expect("\(a)" == text)
+            var storage = [UInt8](repeating: 0, count: 28)
+            let length = storage.withUnsafeMutableBytes { a.write(family: family, to: $0.baseAddress!) }
+            #expect(length > 0)
+            #expect(storage.withUnsafeBytes { SocketAddress($0.baseAddress!) } == a, "\(text) as family \(family)")
+        }
+        // an IPv6 address cannot be written as IPv4
+        let v6 = try SocketAddress.resolve(host: "::1", port: 1, ipv4Only: false)
+        var storage = [UInt8](repeating: 0, count: 28)
+        #expect(storage.withUnsafeMutableBytes { v6.write(family: AF_INET, to: $0.baseAddress!) } == 0)
+        #expect(SocketAddress.split("[::1]4789") == nil && SocketAddress.split("::1:4789") == nil && SocketAddress.split(":4789") == nil)
+        #expect(throws: StartupError.self) { try SocketAddress.resolve(host: "::1", port: 1, ipv4Only: true) }
+    }
+
+    @Test(arguments: [
+        ("10M", Int64(10 << 20), 5), ("512k,3", 512 << 10, 3), ("1G,1000", 1 << 30, 1000), ("1024", 1024, 5),
+    ])
+    func rotationSizes(_ text: String, _ bytes: Int64, _ count: Int) {
+        let r = MirrorOptions.parseRotation(text)
+        #expect(r?.bytes == bytes && r?.count == count, "\(text): \(String(describing: r))")
+    }
+
+    @Test(arguments: ["", "12q", "1023", "0k", "10M,0", "10M,1001", "10M,3,4", "M"])
+    func badRotations(_ text: String) {
+        #expect(MirrorOptions.parseRotation(text) == nil, "\(text) parsed")
+    }
+}

@@ -1,0 +1,149 @@
+import Glibc
+import Logging
+import TapBridgeCore
+@testable import TapBridgeDevices
+import TapBridgeTestSupport
+import Testing
+
+/// The remotes' device over an in-memory socket: peer matching, admission of unknown senders
+/// after the batch, idle expiry, garbage, ICMP and send errors. No root, no network.
+@Suite("UDP device over a socket double")
+struct UDPDeviceTests {
+    static let vni = VNI(5)!
+    let lan = VirtualLAN(ports: 1)
+    let socket = FakeDatagramSocket(localAddress: FakeDatagramSocket.address("127.0.0.1:4789"))
+    let device: UDPTunnelDevice
+    let a = FrameFactory.host(1), b = FrameFactory.host(2)
+
+    init() {
+        device = UDPTunnelDevice(socket: socket, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+    }
+
+    /// Adds a remote at `text` as a port of the LAN's engine.
+    @discardableResult
+    func addRemote(_ text: String, encapsulation: Encapsulation = .vxlan, dynamic: Bool = false) throws -> PortID {
+        let port = lan.engine.addPort(named: text, on: device)
+        try device.addPeer(FakeDatagramSocket.address(text), encapsulation: encapsulation, vni: Self.vni, isDynamic: dynamic, as: port)
+        return port
+    }
+
+    static func vxlan(_ frame: [UInt8], vni: VNI = vni) -> [UInt8] {
+        withUnsafeBytes(of: VXLANHeader.encodedHeader(vni: vni)) { Array($0) } + frame
+    }
+
+    func serve() { _ = try? lan.engine.service(device, at: lan.clock.now) }
+
+    @Test func aPeersFramesReachTheLANAndTheLANsFramesReachThePeer() throws {
+        let remote = try addRemote("10.0.0.2:4789")
+        let frame = FrameFactory.frame(to: .broadcast, from: b)
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.2:4789"), bytes: Self.vxlan(frame)))
+        serve()
+        #expect(lan.transmitted(on: 0) == [frame])
+        #expect(lan.bridge.counters(of: remote).receivedFrames == 1)
+        // the answer goes back to the peer, behind a VXLAN header with its VNI
+        let reply = FrameFactory.frame(to: b, from: a)
+        lan.inject(reply, on: 0)
+        lan.runUntilIdle()
+        #expect(socket.sent == [.init(address: FakeDatagramSocket.address("10.0.0.2:4789"), bytes: Self.vxlan(reply))])
+        #expect(lan.bridge.counters(of: remote).transmittedFrames == 1)
+    }
+
+    /// RFC 7348 senders pick the source port from a flow hash: a VXLAN peer is known by its
+    /// IP address, unless two VXLAN peers share it (then only the exact port matches).
+    @Test func vxlanPeersAreKnownByAddressUnlessTwoShareIt() throws {
+        try addRemote("10.0.0.2:4789")
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.2:51000"), bytes: Self.vxlan(FrameFactory.frame(to: a, from: b))))
+        serve()
+        #expect(lan.transmitted(on: 0).count == 1, "another source port of the same VXLAN peer")
+        try addRemote("10.0.0.2:4790")
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.2:51000"), bytes: Self.vxlan(FrameFactory.frame(to: a, from: b))))
+        serve()
+        #expect(lan.transmitted(on: 0).isEmpty && device.statistics.unknownSender == 1, "two peers at one address: the port decides")
+        // a raw peer is only ever its exact address and port
+        try addRemote("10.0.0.3:5555", encapsulation: .raw)
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.3:5556"), bytes: FrameFactory.frame(to: a, from: b)))
+        serve()
+        #expect(lan.transmitted(on: 0).isEmpty && device.statistics.unknownSender == 2)
+    }
+
+    @Test func garbageIsCountedByReasonOnItsPeerAndStrangersApart() throws {
+        let remote = try addRemote("10.0.0.2:4789")
+        let peer = FakeDatagramSocket.address("10.0.0.2:4789")
+        let good = FrameFactory.frame(to: a, from: b)
+        for bytes in [[], [0x08, 0, 0], [UInt8](repeating: 0, count: 8) + good, Self.vxlan(good, vni: VNI(6)!), Self.vxlan([1, 2, 3])] {
+            socket.inbound.append(.init(address: peer, bytes: bytes))
+        }
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.9.9.9:4789"), bytes: Self.vxlan(good)))
+        socket.inbound.append(.init(address: peer, bytes: Self.vxlan(good)))
+        serve()
+        let c = lan.bridge.counters(of: remote)
+        #expect(c[.malformedEncapsulation] == 3 && c[.vniMismatch] == 1 && c[.runt] == 1, "\(c)")
+        #expect(device.statistics.unknownSender == 1)
+        #expect(lan.transmitted(on: 0) == [good], "the good frame after the garbage still passes")
+    }
+
+    /// `--accept-peers`: the first datagram of a new sender is held, the sender admitted after
+    /// the batch (as the daemon does), and the held frame then delivered: nothing is lost.
+    @Test func anUnknownSenderIsAdmittedAfterTheBatchAndItsFirstFrameDelivered() throws {
+        device.accept(encapsulation: .vxlan, vni: Self.vni, limit: 1)
+        let first = FrameFactory.frame(to: .broadcast, from: b)
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.7:4789"), bytes: Self.vxlan(first)))
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.8:4789"), bytes: Self.vxlan(first)))
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.9:4789"), bytes: [1, 2, 3]))
+        serve()
+        #expect(lan.transmitted(on: 0).isEmpty, "held, not forwarded before the sender is a port")
+        let candidates = device.takeCandidates()
+        #expect(candidates == [FakeDatagramSocket.address("10.0.0.7:4789")], "one fits the limit; garbage never becomes a candidate")
+        #expect(device.statistics.peersRefused == 1 && device.statistics.unknownSender == 1)
+        try addRemote("10.0.0.7:4789", dynamic: true)
+        #expect(device.holdsDatagrams)
+        serve()
+        #expect(lan.transmitted(on: 0) == [first] && !device.holdsDatagrams)
+        #expect(device.dynamicPeerCount == 1)
+    }
+
+    /// A dynamic peer is idle exactly `timeout` after its last well-formed frame; garbage does
+    /// not keep it alive.
+    @Test func aSilentDynamicPeerExpiresOnTime() throws {
+        let port = try addRemote("10.0.0.7:4789", dynamic: true)
+        let timeout = Duration.seconds(30)
+        let deadline = try #require(device.nextIdleDeadline(timeout: timeout))
+        #expect(device.idleDynamicPeers(timeout: timeout, now: Instant(nanoseconds: deadline.nanoseconds - 1)).isEmpty)
+        #expect(device.idleDynamicPeers(timeout: timeout, now: deadline) == [port])
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.7:4789"), bytes: [0xff]))
+        serve()
+        #expect(device.nextIdleDeadline(timeout: timeout) == deadline, "garbage proved nothing")
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.7:4789"), bytes: Self.vxlan(FrameFactory.frame(to: a, from: b))))
+        serve()
+        #expect(try #require(device.nextIdleDeadline(timeout: timeout)) > deadline)
+    }
+
+    /// An ICMP error marks its peer unreachable (counted); its next frame brings it back. A
+    /// send refused as unreachable counts as `link_down` on the port.
+    @Test func icmpErrorsAndRefusedSendsMarkThePeer() throws {
+        let remote = try addRemote("10.0.0.2:4789")
+        let peer = FakeDatagramSocket.address("10.0.0.2:4789")
+        socket.icmpErrors = [(peer, ECONNREFUSED), (FakeDatagramSocket.address("10.9.9.9:1"), EHOSTUNREACH)]
+        serve()
+        #expect(device.peer(of: remote)?.isUnreachable == true && device.peer(of: remote)?.unreachable == 1)
+        #expect(device.statistics.unreachable == 2)
+        socket.inbound.append(.init(address: peer, bytes: Self.vxlan(FrameFactory.frame(to: a, from: b))))
+        serve()
+        #expect(device.peer(of: remote)?.isUnreachable == false)
+        socket.sendErrors[peer] = EHOSTUNREACH
+        lan.inject(FrameFactory.frame(to: b, from: a), on: 0)
+        lan.runUntilIdle()
+        #expect(lan.bridge.counters(of: remote)[.linkDown] == 1 && device.peer(of: remote)?.isUnreachable == true)
+    }
+
+    @Test func aRemovedPeerIsForgotten() throws {
+        let remote = try addRemote("10.0.0.2:4789")
+        lan.engine.removePort(remote)
+        #expect(device.peer(of: remote) == nil)
+        socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.2:4789"), bytes: Self.vxlan(FrameFactory.frame(to: a, from: b))))
+        serve()
+        #expect(lan.transmitted(on: 0).isEmpty && device.statistics.unknownSender == 1)
+        // and the address can be a peer again
+        try addRemote("10.0.0.2:4789")
+    }
+}
