@@ -34,6 +34,13 @@ struct ctb_mirror {
     unsigned long long *ends;
     size_t ends_cap, ends_head, ends_count;
     unsigned long long flushed, lost;
+    // pcapng: blocks written here (no libpcap dumper); the interfaces (one per port) are
+    // written again at the start of every rotated file.
+    int ng;
+    uint32_t snaplen;
+    char **ifnames;
+    size_t nifs, ifcap;
+    long long header_bytes;  // the current file's header: 24 (pcap), or the SHB and IDBs
 };
 
 // Frames whose records are now wholly written.
@@ -79,6 +86,53 @@ static int cookie_close(void *cookie) {
 static size_t pending(const struct ctb_mirror *m) { return m->end - m->start; }
 static size_t room(const struct ctb_mirror *m) { return m->cap - pending(m); }
 
+// pcapng blocks go straight into the buffer (the caller checked the room).
+static void put(struct ctb_mirror *m, const void *data, size_t size) { cookie_write(m, data, size); }
+static void put32(struct ctb_mirror *m, uint32_t v) { put(m, &v, 4); }
+static void pad(struct ctb_mirror *m, size_t n) {
+    static const uint8_t zero[4] = {0};
+    put(m, zero, (4 - n % 4) % 4);
+}
+static size_t padded(size_t n) { return (n + 3) & ~(size_t)3; }
+
+// Section Header Block: byte-order magic, version 1.0, section length unknown.
+static void put_shb(struct ctb_mirror *m) {
+    static const char app[] = "tapbridge";
+    uint32_t len = 28 + 4 + (uint32_t)padded(sizeof(app) - 1) + 4;
+    put32(m, 0x0A0D0D0A);
+    put32(m, len);
+    put32(m, 0x1A2B3C4D);
+    uint16_t version[2] = {1, 0};
+    put(m, version, 4);
+    uint64_t unknown = UINT64_MAX;
+    put(m, &unknown, 8);
+    uint16_t opt[2] = {4, (uint16_t)(sizeof(app) - 1)};  // shb_userappl
+    put(m, opt, 4);
+    put(m, app, sizeof(app) - 1);
+    pad(m, sizeof(app) - 1);
+    put32(m, 0);  // opt_endofopt
+    put32(m, len);
+}
+
+static size_t idb_size(const char *name) { return 20 + 4 + padded(strlen(name)) + 4; }
+
+// Interface Description Block: Ethernet, the snap length, if_name.
+static void put_idb(struct ctb_mirror *m, const char *name) {
+    size_t n = strlen(name);
+    uint32_t len = (uint32_t)idb_size(name);
+    put32(m, 1);
+    put32(m, len);
+    uint16_t link[2] = {1, 0};  // LINKTYPE_ETHERNET, reserved
+    put(m, link, 4);
+    put32(m, m->snaplen);
+    uint16_t opt[2] = {2, (uint16_t)n};  // if_name
+    put(m, opt, 4);
+    put(m, name, n);
+    pad(m, n);
+    put32(m, 0);
+    put32(m, len);
+}
+
 static void set_err(char *err, size_t err_len, const char *fmt, const char *a, const char *b) {
     if (err && err_len) snprintf(err, err_len, fmt, a, b);
 }
@@ -94,6 +148,14 @@ static int start_file(struct ctb_mirror *m, char *err, size_t err_len) {
             return -1;
         }
     }
+    m->file_bytes = 0;
+    if (m->ng) {
+        put_shb(m);
+        for (size_t i = 0; i < m->nifs; i++) put_idb(m, m->ifnames[i]);
+        m->header_bytes = m->file_bytes;
+        return 0;
+    }
+    m->header_bytes = 24;
     cookie_io_functions_t io = {.read = NULL, .write = cookie_write, .seek = NULL, .close = cookie_close};
     m->stream = fopencookie(m, "w", io);
     if (!m->stream) {
@@ -113,9 +175,11 @@ static int start_file(struct ctb_mirror *m, char *err, size_t err_len) {
 }
 
 ctb_mirror *ctb_mirror_open(const char *path, int snaplen, size_t buffer_bytes, long long rotate_bytes,
-                            int rotate_count, char *err, size_t err_len) {
+                            int rotate_count, int pcapng, char *err, size_t err_len) {
     struct ctb_mirror *m = calloc(1, sizeof(*m));
     if (!m) return NULL;
+    m->ng = pcapng;
+    m->snaplen = (uint32_t)snaplen;
     m->is_stdout = strcmp(path, "-") == 0;
     m->path = strdup(m->is_stdout ? "standard output" : path);
     m->rotate_bytes = m->is_stdout ? 0 : rotate_bytes;
@@ -169,7 +233,7 @@ static void numbered(const struct ctb_mirror *m, int n, char *out, size_t len) {
 // Closes the current file and starts a new one: path -> path.1 -> ... -> path.(count-1).
 static int rotate(struct ctb_mirror *m) {
     if (ctb_mirror_drain(m) != 0) return -ENOBUFS;  // the old file's bytes must go first
-    pcap_dump_close(m->dumper);  // fclose(stream): the cookie close does nothing
+    if (m->dumper) pcap_dump_close(m->dumper);  // fclose(stream): the cookie close does nothing
     m->dumper = NULL;
     m->stream = NULL;
     close(m->fd);
@@ -195,7 +259,7 @@ int ctb_mirror_write(ctb_mirror *m, const uint8_t *frame, uint32_t length, int64
     uint32_t snaplen = (uint32_t)pcap_snapshot(m->dead);
     uint32_t captured = length < snaplen ? length : snaplen;
     size_t record = 16 + captured;
-    if (m->rotate_bytes > 0 && m->file_bytes > 24 && m->file_bytes + (long long)record > m->rotate_bytes) {
+    if (m->rotate_bytes > 0 && m->file_bytes > m->header_bytes && m->file_bytes + (long long)record > m->rotate_bytes) {
         int rc = rotate(m);
         if (rc < 0) return rc;
     }
@@ -211,6 +275,53 @@ int ctb_mirror_write(ctb_mirror *m, const uint8_t *frame, uint32_t length, int64
     return 0;
 }
 
+int ctb_mirror_add_interface(ctb_mirror *m, const char *name) {
+    if (m->broken) return -EIO;
+    if (room(m) < idb_size(name)) return -ENOBUFS;
+    if (m->nifs == m->ifcap) {
+        size_t cap = m->ifcap ? m->ifcap * 2 : 16;
+        char **names = realloc(m->ifnames, cap * sizeof(*names));
+        if (!names) return -ENOMEM;
+        m->ifnames = names;
+        m->ifcap = cap;
+    }
+    m->ifnames[m->nifs] = strdup(name);
+    if (!m->ifnames[m->nifs]) return -ENOMEM;
+    put_idb(m, name);
+    m->header_bytes = m->file_bytes;  // a file rotated later starts with it too
+    return (int)m->nifs++;
+}
+
+int ctb_mirror_write_ng(ctb_mirror *m, uint32_t interface, uint32_t flags, const uint8_t *frame, uint32_t length, int64_t seconds,
+                        int32_t microseconds) {
+    if (m->broken) return -EIO;
+    uint32_t captured = length < m->snaplen ? length : m->snaplen;
+    size_t record = 28 + padded(captured) + 12 + 4;
+    if (m->rotate_bytes > 0 && m->file_bytes > m->header_bytes && m->file_bytes + (long long)record > m->rotate_bytes) {
+        int rc = rotate(m);
+        if (rc < 0) return rc;
+    }
+    if (room(m) < record || m->ends_count == m->ends_cap) return -ENOBUFS;
+    uint64_t ts = (uint64_t)seconds * 1000000u + (uint64_t)microseconds;
+    put32(m, 6);
+    put32(m, (uint32_t)record);
+    put32(m, interface);
+    put32(m, (uint32_t)(ts >> 32));
+    put32(m, (uint32_t)ts);
+    put32(m, captured);
+    put32(m, length);
+    put(m, frame, captured);
+    pad(m, captured);
+    uint16_t opt[2] = {2, 4};  // epb_flags: bits 0-1 direction (1 inbound, 2 outbound)
+    put(m, opt, 4);
+    put32(m, flags);
+    put32(m, 0);
+    put32(m, (uint32_t)record);
+    m->ends[(m->ends_head + m->ends_count) % m->ends_cap] = m->bytes_in;
+    m->ends_count++;
+    return 0;
+}
+
 unsigned long long ctb_mirror_flushed(const ctb_mirror *m) { return m->flushed; }
 unsigned long long ctb_mirror_lost(const ctb_mirror *m) { return m->lost; }
 
@@ -219,7 +330,7 @@ long ctb_mirror_rotations(const ctb_mirror *m) { return m->rotations; }
 
 unsigned long long ctb_mirror_close(ctb_mirror *m, int wait_ms) {
     if (!m) return 0;
-    if (m->fd >= 0 && m->stream) {
+    if (m->fd >= 0 && (m->stream || m->ng)) {
         struct timespec t0, t;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         for (;;) {
@@ -240,6 +351,8 @@ unsigned long long ctb_mirror_close(ctb_mirror *m, int wait_ms) {
     free(m->buf);
     free(m->ends);
     free(m->path);
+    for (size_t i = 0; i < m->nifs; i++) free(m->ifnames[i]);
+    free(m->ifnames);
     free(m);
     return left;
 }

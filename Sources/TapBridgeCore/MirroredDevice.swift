@@ -2,7 +2,9 @@
 public enum MirrorDirection: Sendable {
     /// Received on the port, before the forwarding decision (so dropped frames show too).
     case ingress
-    /// Sent out of the port, as sent (after VLAN tagging or untagging).
+    /// Handed to the port to send (after VLAN tagging or untagging), as tcpdump sees a NIC's
+    /// outgoing packets: a frame the kernel then refuses (a remote's full or unreachable
+    /// socket) still shows, and is counted as a drop on the port.
     case egress
 }
 
@@ -10,6 +12,12 @@ public enum MirrorDirection: Sendable {
 public protocol FrameSink: AnyObject {
     /// Sees one frame. Must not block, keep `frame`, or allocate per frame.
     func observe(_ frame: UnsafeRawBufferPointer, on port: PortID, direction: MirrorDirection)
+    /// A port was added with this name (a pcapng file names its interfaces after the ports).
+    func didAddPort(_ port: PortID, name: String)
+}
+
+extension FrameSink {
+    public func didAddPort(_ port: PortID, name: String) {}
 }
 
 /// A decorator that shows the frames a device receives (and, optionally, sends) to a
@@ -71,6 +79,7 @@ public final class MirroredDevice: PortDevice {
     public func didAddPort(_ port: PortID, name: String) {
         if port.index >= selected.count { selected += Array(repeating: false, count: port.index + 1 - selected.count) }
         selected[port.index] = selection?.contains(name) ?? true
+        sink.didAddPort(port, name: name)
         inner.didAddPort(port, name: name)
     }
 

@@ -180,7 +180,7 @@ public enum OptionTable {
               render: { $0.mirrorFilter }) { s, v throws(OptionError) in s.mirrorFilter = v },
         list("mirror-port", configAlias: "mirror-ports", "name", .mirror, "Mirror only frames entering this port (a --port name or a remote's name). Repeatable. Default: all ports.",
              \.mirrorPorts, text: { $0 }, parse: { v throws(OptionError) in v }),
-        flag("mirror-egress", \.mirrorEgress, .mirror, "Mirror frames leaving the mirrored ports too (as sent, after VLAN tagging)."),
+        flag("mirror-egress", \.mirrorEgress, .mirror, "Mirror frames leaving the mirrored ports too (as handed to the port, after VLAN tagging: like tcpdump on a NIC, a frame the kernel then refuses still shows, and counts as a drop on the port)."),
         value("mirror-iface", "iface", .mirror, "Inject mirrored frames into this interface (a dummy or veth a capture tool or IDS reads), as a SPAN port does.", quoted: true,
               render: { $0.mirrorInterface }) { s, v throws(OptionError) in
             if let problem = InterfaceName.problem(with: v) { throw OptionError(reason: "interface name \(problem)") }
@@ -190,6 +190,11 @@ public enum OptionTable {
               quoted: true, render: { $0.mirrorRotate?.text }) { s, v throws(OptionError) in
             guard let r = MirrorOptions.parseRotation(v) else { throw OptionError(reason: "'\(v)': expected SIZE[,COUNT] with SIZE >= 1k (like 10M) and COUNT 1-1000") }
             s.mirrorRotate = Settings.Given(text: v, value: Settings.Rotation(bytes: r.bytes, count: r.count))
+        },
+        value("mirror-format", "format", .mirror, "pcapng: each port is an interface named after it and each frame says whether it came in or went out (tshark -T fields -e frame.interface_name -e frame.packet_flags_direction); pcap: classic pcap for old readers, without ports or directions.",
+              default: "pcapng", render: { $0.mirrorFormat.rawValue }) { s, v throws(OptionError) in
+            guard let f = MirrorFormat(rawValue: v) else { throw OptionError(reason: "must be pcapng or pcap, got '\(v)'") }
+            s.mirrorFormat = f
         },
         value("snaplen", "bytes", .mirror, "Bytes of each mirrored frame to keep (64-262144).", default: "262144", render: { "\($0.snaplen)" }) { s, v throws(OptionError) in
             let n = try integer(v)

@@ -29,6 +29,7 @@ public struct Settings: Sendable {
     public var mirrorInterface: String? = nil
     public var mirrorRotate: Given<Rotation>? = nil
     public var snaplen = 262_144
+    public var mirrorFormat = MirrorFormat.pcapng
     public var ageing = 300.0
     public var maxMACs = 8192
     public var maxMACsPerPort: Int? = nil
@@ -62,7 +63,8 @@ public struct Settings: Sendable {
         }
         if acceptPeers, listen == nil, remotes.isEmpty { throw OptionError("--accept-peers needs --listen [ADDR:]PORT") }
         let mirrors = mirror != nil || mirrorInterface != nil
-        for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil)]
+        for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil),
+                              ("--mirror-format", mirrorFormat != .pcapng)]
         where given && !mirrors {
             throw OptionError("\(flag) needs --mirror PATH or --mirror-iface IFACE")
         }
@@ -81,6 +83,7 @@ public struct Settings: Sendable {
             m.rotateCount = r.count
         }
         m.snaplen = snaplen
+        m.format = mirrorFormat
         return m
     }
 }

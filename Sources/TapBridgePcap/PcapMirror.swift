@@ -3,6 +3,15 @@ import Glibc
 public import Logging
 public import TapBridgeCore
 
+/// The file format of `--mirror` (`--mirror-format`).
+public enum MirrorFormat: String, Sendable, CaseIterable {
+    /// pcapng: each port is an interface named after it, and each frame says whether it was
+    /// received (inbound) or sent (outbound, `--mirror-egress`), as Wireshark and tshark show.
+    case pcapng
+    /// Classic pcap, for old readers: no port, no direction.
+    case pcap
+}
+
 /// What to mirror and where (`--mirror*`, `--snaplen`).
 public struct MirrorOptions: Sendable, Equatable {
     /// pcap file, or "-" for standard output.
@@ -20,6 +29,8 @@ public struct MirrorOptions: Sendable, Equatable {
     public var rotateCount = 5
     /// Bytes of each frame kept (default 262,144, as tcpdump).
     public var snaplen = 262_144
+    /// pcapng (default: one interface per port, each frame's direction) or classic pcap.
+    public var format = MirrorFormat.pcapng
 
     public init(path: String? = nil, interface: String? = nil) {
         self.path = path
@@ -90,6 +101,31 @@ public final class PcapMirror: FrameSink {
     /// Buffer between libpcap and the descriptor: 4 MiB.
     static let bufferBytes = 4 << 20
 
+    /// pcapng: each port's name (by port index), and its interface in the file once declared.
+    var names: [String] = []
+    var interfaces: [UInt32?] = []
+
+    /// A port's name, for its pcapng interface: declared when its first frame is written.
+    public func didAddPort(_ port: PortID, name: String) {
+        if port.index >= names.count {
+            names += Array(repeating: "", count: port.index + 1 - names.count)
+            interfaces += Array(repeating: nil, count: port.index + 1 - interfaces.count)
+        }
+        names[port.index] = name
+        interfaces[port.index] = nil  // a reused port ID: another port, another interface
+    }
+
+    /// The pcapng interface of `port`, declared now if it is not yet (nil: no room for it now).
+    func interface(of port: PortID, _ writer: OpaquePointer) -> UInt32? {
+        if port.index < interfaces.count, let id = interfaces[port.index] { return id }
+        let name = port.index < names.count && !names[port.index].isEmpty ? names[port.index] : "port \(port.index)"
+        let id = ctb_mirror_add_interface(writer, name)
+        guard id >= 0 else { return nil }
+        if port.index >= interfaces.count { didAddPort(port, name: name) }
+        interfaces[port.index] = UInt32(id)
+        return UInt32(id)
+    }
+
     public init(_ options: MirrorOptions, logger: Logger) throws(StartupError) {
         self.options = options
         self.logger = logger
@@ -99,7 +135,8 @@ public final class PcapMirror: FrameSink {
             if filter == nil { throw StartupError("--mirror-filter '\(expression)': \(Self.text(err))") }
         }
         if let path = options.path {
-            writer = ctb_mirror_open(path, Int32(options.snaplen), Self.bufferBytes, options.rotateBytes, Int32(options.rotateCount), &err, err.count)
+            writer = ctb_mirror_open(path, Int32(options.snaplen), Self.bufferBytes, options.rotateBytes, Int32(options.rotateCount),
+                                     options.format == .pcapng ? 1 : 0, &err, err.count)
             if writer == nil {
                 close()
                 throw StartupError("--mirror '\(path)': cannot write: \(Self.text(err))")
@@ -131,7 +168,18 @@ public final class PcapMirror: FrameSink {
         if let writer {
             var now = timespec()
             clock_gettime(CLOCK_REALTIME, &now)
-            if ctb_mirror_write(writer, base, length, Int64(now.tv_sec), Int32(now.tv_nsec / 1000)) == 0 {
+            let rc: Int32
+            if options.format == .pcapng {
+                guard let interface = interface(of: port, writer) else {
+                    refused &+= 1
+                    statistics.dropped &+= 1
+                    return
+                }
+                rc = ctb_mirror_write_ng(writer, interface, direction == .ingress ? 1 : 2, base, length, Int64(now.tv_sec), Int32(now.tv_nsec / 1000))
+            } else {
+                rc = ctb_mirror_write(writer, base, length, Int64(now.tv_sec), Int32(now.tv_nsec / 1000))
+            }
+            if rc == 0 {
                 taken &+= 1
                 tookSinceDrain = true
             } else {

@@ -60,6 +60,44 @@ struct MirrorTests {
         #expect(replies == (egress ? 4 : 0), "got \(replies) replies, want \(egress ? 4 : 0) (replies leave through port a)")
     }
 
+    /// pcapng (the default): tshark shows, for every frame, the port it was seen on (an
+    /// interface named after the port) and whether it came in or went out; `--mirror-egress`
+    /// copies are no longer indistinguishable duplicates.
+    @Test func pcapngNamesEachFramesPortAndDirection() throws {
+        let lab = Lab()
+        let pcap = lab.temporaryPath("ng.pcapng")
+        let (bridge, a, _, ta, tb) = try lab.pair(["--mirror", pcap, "--mirror-egress"])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
+        #expect(bridge.stop() == 0)
+        let magic = (FileManager.default.contents(atPath: pcap) ?? Data()).prefix(4)
+        #expect(Array(magic) == [0x0A, 0x0D, 0x0D, 0x0A], "not a pcapng section header: \(Array(magic))")
+        let r = Host.run(["tshark", "-r", pcap, "-Y", "icmp", "-T", "fields", "-e", "frame.interface_name", "-e", "frame.packet_flags_direction", "-e", "icmp.type"], timeout: 60)
+        #expect(r.ok, "\(r.output)")
+        var seen: [String: Int] = [:]
+        for line in r.output.split(separator: "\n") where line.split(separator: "\t").count == 3 {
+            let f = line.split(separator: "\t").map(String.init)
+            let direction = Int(f[1].hasPrefix("0x") ? String(f[1].dropFirst(2)) : f[1], radix: f[1].hasPrefix("0x") ? 16 : 10)
+            seen["\(f[0]) \(direction == 1 ? "in" : direction == 2 ? "out" : f[1]) \(f[2] == "8" ? "request" : "reply")", default: 0] += 1
+        }
+        // a request enters a and leaves b; its reply enters b and leaves a
+        let want = ["\(ta) in request": 3, "\(tb) out request": 3, "\(tb) in reply": 3, "\(ta) out reply": 3]
+        #expect(seen == want, "tshark:\n\(r.output)")
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 6, "tcpdump reads pcapng too")
+    }
+
+    /// `--mirror-format pcap`: classic pcap for old readers.
+    @Test func classicPcapStaysAvailable() throws {
+        let lab = Lab()
+        let pcap = lab.temporaryPath("classic.pcap")
+        let (bridge, a, _, _, _) = try lab.pair(["--mirror", pcap, "--mirror-format", "pcap"])
+        #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
+        #expect(bridge.stop() == 0)
+        let magic = (FileManager.default.contents(atPath: pcap) ?? Data()).prefix(4)
+        #expect(Array(magic) == [0xD4, 0xC3, 0xB2, 0xA1], "not a little-endian classic pcap: \(Array(magic))")
+        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 3)
+        #expect(try PcapMirror.count(file: pcap, filter: "icmp") == 6)
+    }
+
     @Test func rotationKeepsTheConfiguredNumberOfFiles() throws {
         let lab = Lab()
         let pcap = lab.temporaryPath("rot.pcap")
@@ -72,6 +110,8 @@ struct MirrorTests {
             let size = (try? FileManager.default.attributesOfItem(atPath: file)[.size] as? Int) ?? -1
             #expect(size > 24 && size <= 20 * 1024, "\(file): \(size) bytes, want a pcap of at most 20 KiB")
             #expect(((try? PcapMirror.count(file: file)) ?? 0) > 0, "\(file) is not a readable pcap with frames")
+            let names = Host.run(["tshark", "-r", file, "-T", "fields", "-e", "frame.interface_name"], timeout: 60).output
+            #expect(!names.isEmpty && !names.contains("port "), "\(file): each rotated file declares the ports again: \(names.prefix(200))")
         }
         #expect(!FileManager.default.fileExists(atPath: pcap + ".3"), "more than 3 files kept")
         let m = Lab.counters(in: bridge.output, section: "mirror")

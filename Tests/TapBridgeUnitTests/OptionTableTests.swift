@@ -15,7 +15,7 @@ struct OptionTableTests {
         "accept-peers": ["true"], "max-peers": ["9"], "peer-timeout": ["12.5"], "no-split-horizon": ["true"],
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"],
         "forward-link-local": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
-        "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "snaplen": ["128"], "name": ["lab"],
+        "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "mirror-format": ["pcap"], "snaplen": ["128"], "name": ["lab"],
         "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "stats-interval": ["60"], "log-level": ["debug"],
         "config": [], "print-config": [],
     ]

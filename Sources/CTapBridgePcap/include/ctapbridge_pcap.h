@@ -7,17 +7,27 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/// A pcap file writer. libpcap formats the file (DLT_EN10MB) into an in-memory buffer through
-/// a fopencookie stream; `ctb_mirror_drain` moves the buffer to a non-blocking descriptor.
+/// A pcap or pcapng file writer. For pcap, libpcap formats the file (DLT_EN10MB) into an
+/// in-memory buffer through a fopencookie stream; pcapng blocks (a section header, one
+/// interface per port, enhanced packets with a direction flag) are written into the same buffer
+/// here. `ctb_mirror_drain` moves the buffer to a non-blocking descriptor.
 /// A frame that does not fit in the buffer is dropped (counted by the caller), so a slow
 /// reader or a full disk never blocks forwarding.
 typedef struct ctb_mirror ctb_mirror;
 
 /// Opens `path` ("-" for standard output). `rotate_bytes` > 0 starts a new file once the
 /// current one would grow past it, keeping `rotate_count` files: path, path.1, ... (newest
-/// first). Returns NULL with a message in `err` on failure.
+/// first). `pcapng`: 1 for pcapng, 0 for classic pcap. Returns NULL with a message in `err` on
+/// failure.
 ctb_mirror *ctb_mirror_open(const char *path, int snaplen, size_t buffer_bytes, long long rotate_bytes,
-                            int rotate_count, char *err, size_t err_len);
+                            int rotate_count, int pcapng, char *err, size_t err_len);
+/// pcapng: declares an interface (a port) named `name`; returns its id for ctb_mirror_write_ng,
+/// or -ENOBUFS (no room now: try again later) or -EIO. Every rotated file declares it again.
+int ctb_mirror_add_interface(ctb_mirror *m, const char *name);
+/// pcapng: adds one frame seen on `interface`, `flags` its epb_flags (1 inbound, 2 outbound);
+/// returns as ctb_mirror_write.
+int ctb_mirror_write_ng(ctb_mirror *m, uint32_t interface, uint32_t flags, const uint8_t *frame, uint32_t length, int64_t seconds,
+                        int32_t microseconds);
 /// Adds one frame: 0 taken into the buffer, -ENOBUFS no room (dropped), -EIO writer broken.
 int ctb_mirror_write(ctb_mirror *m, const uint8_t *frame, uint32_t length, int64_t seconds, int32_t microseconds);
 /// Writes buffered bytes to the descriptor without blocking. Returns the bytes still pending
