@@ -19,6 +19,7 @@ public final class ReferenceBridge {
         var learning: Bool
         var flooding: Bool
         var group: UInt16
+        var isActive = true
     }
 
     let config: Bridge.Configuration
@@ -29,6 +30,9 @@ public final class ReferenceBridge {
     public private(set) var drops: [[DropReason: Int]] = []
     /// FDB counters kept the same way as `ForwardingTable.Statistics`.
     public private(set) var learned = 0, moved = 0, moveDamped = 0, evicted = 0, refused = 0
+    /// Entries removed because they aged out (by a sweep, or met aged out by a lookup, a
+    /// learn or an eviction).
+    public private(set) var expiredCount = 0
 
     public init(configuration: Bridge.Configuration) { config = configuration }
 
@@ -50,6 +54,23 @@ public final class ReferenceBridge {
     public func expire(at now: Instant) -> Int {
         let before = entries.count
         entries.removeAll { expired($0, now.nanoseconds) }
+        expiredCount += before - entries.count
+        return before - entries.count
+    }
+
+    /// Removes port `port`: its entries (static ones too) go, and it is no flood target.
+    public func removePort(_ port: Int) {
+        ports[port].isActive = false
+        entries.removeAll { $0.port == port }
+    }
+
+    /// Forgets learned entries (and static ones if asked) on `port` and in `vlan` (nil: any);
+    /// returns how many, aged-out ones not yet removed included.
+    public func flush(port: Int?, vlan: VLANID?, includingStatic: Bool) -> Int {
+        let before = entries.count
+        entries.removeAll { e in
+            (port.map { e.port == $0 } ?? true) && (vlan.map { e.vlan == $0.rawValue } ?? true) && (!e.isStatic || includingStatic)
+        }
         return before - entries.count
     }
 
@@ -60,7 +81,7 @@ public final class ReferenceBridge {
     func evictOldest(of port: Int, now: Int64) {
         let candidates = entries.indices.filter { entries[$0].port == port && !entries[$0].isStatic }
         let oldest = candidates.min { entries[$0].touchOrder < entries[$1].touchOrder }!
-        if !expired(entries[oldest], now) { evicted += 1 }
+        if !expired(entries[oldest], now) { evicted += 1 } else { expiredCount += 1 }
         entries.remove(at: oldest)
     }
 
@@ -70,6 +91,7 @@ public final class ReferenceBridge {
             if entries[i].isStatic { return }
             if expired(entries[i], now) {
                 entries.remove(at: i)
+                expiredCount += 1
             } else if entries[i].port == port {
                 entries[i].lastSeen = now
                 entries[i].touchOrder = order
@@ -108,7 +130,11 @@ public final class ReferenceBridge {
 
     func lookup(_ mac: UInt64, vlan: UInt16, now: Int64) -> Int? {
         guard let i = entries.firstIndex(where: { $0.mac == mac && $0.vlan == vlan }) else { return nil }
-        if expired(entries[i], now) { entries.remove(at: i); return nil }
+        if expired(entries[i], now) {
+            entries.remove(at: i)
+            expiredCount += 1
+            return nil
+        }
         return entries[i].port
     }
 
@@ -175,7 +201,7 @@ public final class ReferenceBridge {
 
     func floodTargets(_ ingress: Int, _ vlan: UInt16) -> [Int] {
         ports.indices.filter {
-            $0 != ingress && ports[$0].flooding && ports[$0].mode.members.contains(VLANID(vlan))
+            $0 != ingress && ports[$0].isActive && ports[$0].flooding && ports[$0].mode.members.contains(VLANID(vlan))
                 && (ports[ingress].group == 0 || ports[$0].group != ports[ingress].group)
         }
     }

@@ -187,3 +187,52 @@ public final class VirtualLAN {
     /// Counters of port `index`.
     public func counters(_ index: Int) -> PortCounters { bridge.counters(of: ports[index]) }
 }
+
+/// One device carrying several ports, as the UDP socket carries every remote: frames are
+/// received with the port they belong to, and transmits are queued and sent at `flush`, which
+/// reports how each ended (the engine counts them then).
+public final class SharedVirtualDevice: PortDevice {
+    /// Frames waiting to be received, with the port each arrives on.
+    public var receiveQueue: [(port: PortID, frame: [UInt8])] = []
+    /// Frames sent (at a flush), with their port, oldest first.
+    public var transmitted: [(port: PortID, frame: [UInt8])] = []
+    /// Queued since the last flush.
+    var queued: [(port: PortID, frame: [UInt8])] = []
+    /// The ports it carries.
+    public private(set) var ports: [PortID] = []
+
+    public init() {}
+
+    public var pollDescriptor: Int32? { nil }
+    public var offloadCapabilities: OffloadCapabilities { .none(maximumFrameLength: 70_000) }
+
+    public func didAddPort(_ port: PortID, name: String) { ports.append(port) }
+    public func didRemovePort(_ port: PortID) { ports.removeAll { $0 == port } }
+
+    public func receive(into batch: FrameBatch) throws(PortError) -> Int {
+        var n = 0
+        while !batch.isFull, !receiveQueue.isEmpty {
+            let (port, frame) = receiveQueue.removeFirst()
+            guard ports.contains(port) else { continue }
+            let slot = batch.nextSlot()
+            let length = min(frame.count, slot.count)
+            frame.withUnsafeBytes { if length > 0 { slot.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: length) } }
+            batch.commit(length: length, from: port)
+            n += 1
+        }
+        return n
+    }
+
+    public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
+        queued.append((port, Array(frame)))
+        return .queued
+    }
+
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+        for q in queued {
+            transmitted.append(q)
+            report(q.port, .sent, 1, q.frame.count)
+        }
+        queued.removeAll()
+    }
+}
