@@ -236,7 +236,9 @@ public final class PcapMirror: FrameSink {
         }
         statistics.writeErrors &+= 1
         pendingBytes = 1
-        retryAfter = now.nanoseconds + 1_000_000_000
+        // (saturating: close drains "at the end of time" and may fail too)
+        let (retry, overflow) = now.nanoseconds.addingReportingOverflow(1_000_000_000)
+        retryAfter = overflow ? .max : retry
         if !loggedWriteError {
             logger.error("mirror: write to \(options.path ?? "") failed: \(String(cString: strerror(Int32(-left)))); mirror copies are dropped (and counted) until it recovers, forwarding goes on")
             loggedWriteError = true

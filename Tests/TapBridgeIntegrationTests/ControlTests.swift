@@ -150,7 +150,7 @@ struct ControlTests {
         let pcap = lab.temporaryPath("pinned.pcap")
         let capture = try lab.capture(in: ns[2], on: taps[2], to: pcap, filter: "icmp")
         let pinned = lab.ping(from: ns[0], "10.77.0.2", count: 3, interval: "0.2")
-        usleep(300_000)
+        _ = Lab.eventually { MirrorTests.tcpdumpLines(pcap, containing: "10.77.0.1 > 10.77.0.2: ICMP echo request") >= 3 }
         _ = capture.stop(signal: SIGINT)
         #expect(pinned.received == 0, "b answered although its MAC is pinned to c")
         #expect(MirrorTests.tcpdumpLines(pcap, containing: "10.77.0.1 > 10.77.0.2: ICMP echo request") == 3, "the requests did not follow the pin to c")
@@ -280,7 +280,7 @@ struct ControlTests {
         let lab = Lab()
         let (bridge, a, _, ta, _) = try lab.pair(["--stats-interval", "1"])
         #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3)
-        usleep(1_200_000)
+        #expect(Lab.eventually { bridge.output.contains("stats: ports=2 rx_frames=") }, "no periodic stats line:\n\(bridge.output)")
         let prom = Self.client(["show", "stats", "--format", "prometheus"], name: Self.name(bridge))
         #expect(prom.ok)
         let samples = prom.output.split(separator: "\n").filter { !$0.hasPrefix("#") }

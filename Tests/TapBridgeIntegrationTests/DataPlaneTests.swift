@@ -34,7 +34,7 @@ struct DataPlaneTests {
         #expect(neigh.contains("lladdr"), "ARP did not resolve: \(neigh)")
 
         let server = try lab.background(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-p", "5301"])
-        usleep(300_000)
+        _ = Lab.eventually { lab.exec(b, ["ss", "-Htln", "sport = :5301"]).output.contains("5301") }
         let client = lab.exec(a, ["iperf3", "-c", "10.77.0.2", "-p", "5301", "-t", "3", "-J"], timeout: 20)
         #expect(client.ok, "iperf3 failed: \(client.output.prefix(400))")
         let bps = Self.receivedBitsPerSecond(client.output)
@@ -72,7 +72,7 @@ struct DataPlaneTests {
         #expect(unicast.received == 5)
         // -w: stop after 2 s (broadcast echoes get no replies); compare with what ping sent
         let sent = Lab.transmitted(lab.exec(ns[0], ["ping", "-b", "-c", "3", "-i", "0.2", "-w", "2", "10.77.0.255"], timeout: 10).output)
-        usleep(300_000)
+        _ = Lab.eventually { MirrorTests.tcpdumpLines(pcap, containing: "10.77.0.1 > 10.77.0.255:") >= sent }
         _ = capture.stop(signal: SIGINT)
         let lines = Host.run(["tcpdump", "-r", pcap, "-n"]).output.split(separator: "\n")
         let toB = lines.filter { $0.contains("10.77.0.1 > 10.77.0.2:") }

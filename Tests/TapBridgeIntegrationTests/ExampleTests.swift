@@ -94,8 +94,7 @@ struct ExampleTests {
         #expect(r.ok && r.output.contains("3 packets transmitted, 3 received"), "\(r.output)")
         let after = Host.run(["ip", "netns", "list"]).output
         #expect(!after.split(separator: "\n").contains { $0.hasPrefix("a ") || $0 == "a" || $0.hasPrefix("b ") || $0 == "b" }, "\(after)")
-        usleep(300_000)
-        #expect(!FileManager.default.fileExists(atPath: "/sys/class/net/tbA"), "the TAPs should vanish with tapbridge")
+        #expect(Lab.eventually { !FileManager.default.fileExists(atPath: "/sys/class/net/tbA") }, "the TAPs should vanish with tapbridge")
     }
 
     @Test func systemdUnitVerifies() throws {
@@ -122,9 +121,8 @@ struct ExampleTests {
         let other = lab.link("o")
         let bridge = try lab.bridge(["--port", vm, "--port", other])
         #expect(lab.waitForLinks([other]))
-        usleep(300_000)
+        #expect(Lab.eventually { bridge.output.contains("port \(vm): packet socket") && bridge.output.contains("held by another program") }, "\(bridge.output)")
         #expect(bridge.isRunning, "\(bridge.output)")
-        #expect(bridge.output.contains("port \(vm): packet socket") && bridge.output.contains("held by another program"), "\(bridge.output)")
         #expect(bridge.stop() == 0)
         _ = qemu.stop()
     }

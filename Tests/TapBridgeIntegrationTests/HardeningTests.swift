@@ -133,7 +133,7 @@ struct HardeningTests {
             usleep(200_000)
             #expect(bridge.isRunning, "signal \(signo) stopped the bridge:\n\(bridge.output)")
         }
-        #expect(bridge.output.contains("SIGUSR1: counters follow") && bridge.output.contains("counters port \(tap): rx_frames="), "\(bridge.output)")
+        #expect(Lab.eventually { bridge.output.contains("SIGUSR1: counters follow") && bridge.output.contains("counters port \(tap): rx_frames=") }, "\(bridge.output)")
         #expect(bridge.output.contains("SIGUSR2 ignored"), "\(bridge.output)")
         #expect(bridge.stop(signal: SIGQUIT) == 0, "SIGQUIT exit:\n\(bridge.output)")
         #expect(bridge.output.contains("SIGQUIT: shutting down"))
@@ -189,7 +189,7 @@ struct HardeningTests {
             s.sendto(bytes.fromhex("ffffffffffff020000000009") + b"\\x08\\x06" + bytes(46), ("127.0.0.1", int(sys.argv[1])))
             """, p])
         #expect(send.ok, "\(send.output)")
-        usleep(500_000)
+        #expect(Lab.eventually { bridge.output.contains(": accepted") }, "the sender was not accepted:\n\(bridge.output)")
         #expect(bridge.isRunning, "the bridge died on the first datagram:\n\(bridge.output)")
         let cpu = Self.idleCPU(bridge.pid)
         #expect(cpu < 0.2, "idle CPU \(cpu) s in 1 s: a deadline in the past makes the loop spin")
@@ -304,7 +304,7 @@ struct HardeningTests {
                 s.sendto(d, ("127.0.0.1", int(sys.argv[1])))
             """, p1, p2])
         #expect(sent.ok, "\(sent.output)")
-        usleep(300_000)
+        _ = Lab.eventually { OffloadTests.ports(lab, name)["peer"]?["rx_frames"] as? Int == 3 }
         let peer = OffloadTests.ports(lab, name)["peer"] ?? [:]
         #expect(peer["rx_frames"] as? Int == 3 && peer["rx_bytes"] as? Int == 36, "the remote's counters: \(peer)")
         #expect(bridge.stop() == 0)

@@ -210,6 +210,17 @@ final class Lab {
         return tcpdump
     }
 
+    /// Waits until `condition` holds, checking every 20 ms, at most `seconds`; whether it did.
+    /// Used instead of a fixed sleep wherever the outcome decides a test.
+    static func eventually(within seconds: Double = 5, _ condition: () -> Bool) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while true {
+            if condition() { return true }
+            if Date() >= deadline { return false }
+            usleep(20_000)
+        }
+    }
+
     /// Waits until every interface in `names` exists in the root namespace (or in `ns`).
     func waitForLinks(_ names: [String], in ns: String? = nil, within seconds: Double = 10) -> Bool {
         let deadline = Date().addingTimeInterval(seconds)

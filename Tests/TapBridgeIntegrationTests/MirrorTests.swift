@@ -23,8 +23,7 @@ struct MirrorTests {
         let (bridge, a, _, _, _) = try lab.pair(["--mirror", pcap])
         #expect(lab.ping(from: a, "10.77.0.2", count: 5, interval: "0.1").received == 5)
         // live: tcpdump sees the frames while tapbridge runs (flushed within a second)
-        usleep(500_000)
-        #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 5, "not visible while running")
+        #expect(Lab.eventually(within: 1) { Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 5 }, "not visible while running")
         #expect(bridge.stop() == 0)
         #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 5)
         #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo reply") == 5)
@@ -151,8 +150,8 @@ struct MirrorTests {
         #expect(lab.ping(from: a, "10.77.0.2", count: 40, interval: "0.02").received == 40)
         #expect(reader.wait(within: 5) == 0)
         #expect(lab.ping(from: a, "10.77.0.2", count: 20, interval: "0.02").received == 20, "forwarding goes on without the reader")
-        usleep(1_200_000)  // one retry after the error
-        #expect(bridge.stop() == 0)
+        #expect(Lab.eventually { bridge.output.contains("mirror: write to") }, "the reader's exit was not noticed:\n\(bridge.output)")
+        #expect(bridge.stop() == 0, "\(bridge.output)")
         let m = Lab.counters(in: bridge.output, section: "mirror")
         func count(_ key: String) -> Int { m[key] ?? -1 }
         #expect(count("seen") >= 120 && count("seen") == count("written") + count("dropped") + count("filtered_out"), "\(m)")
@@ -169,7 +168,7 @@ struct MirrorTests {
         let capture = try lab.capture(in: nil, on: ids, to: pcap, filter: "icmp")
         let (bridge, a, _, _, _) = try lab.pair(["--mirror-iface", span])
         #expect(lab.ping(from: a, "10.77.0.2", count: 3, interval: "0.1").received == 3)
-        usleep(300_000)
+        _ = Lab.eventually { Self.tcpdumpLines(pcap, containing: "ICMP echo request") >= 3 }
         _ = capture.stop(signal: SIGINT)
         #expect(bridge.stop() == 0)
         #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo request") == 3, "\(bridge.output)")
@@ -192,7 +191,13 @@ struct MirrorTests {
         let received = flood.output.split(separator: "\n").first { $0.contains("packets transmitted") }?.split(separator: " ").dropFirst(3).first.flatMap { Int($0) } ?? 0
         #expect(received >= 3900, "flood ping: \(received)/4000 answered while the mirror's disk was full")
         #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3, "forwarding stopped after the disk filled")
-        usleep(1_200_000)  // one retry after the error
+        // a retry after the error (one a second) fails again, and is not logged again
+        func writeErrors() -> Int {
+            let stats = Host.run([Host.binary, "show", "stats", "--json", "--name", ControlTests.name(bridge)]).output
+            let mirror = ((try? JSONSerialization.jsonObject(with: Data(stats.utf8))) as? [String: Any])?["mirror"] as? [String: Any]
+            return mirror?["write_errors"] as? Int ?? 0
+        }
+        #expect(Lab.eventually { writeErrors() >= 2 }, "no retry after the write error:\n\(bridge.output)")
         #expect(bridge.stop() == 0)
         let errors = bridge.output.split(separator: "\n").filter { $0.contains("mirror: write to") && $0.contains("No space left on device") }
         #expect(errors.count == 1, "want the write error logged once:\n\(bridge.output)")

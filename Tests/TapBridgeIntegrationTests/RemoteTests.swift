@@ -28,7 +28,7 @@ struct RemoteTests {
         #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b over \(encap):\n\(one.output)\n\(two.output)")
         #expect(lab.ping(from: b, "10.77.0.1").received == 3, "b -> a over \(encap)")
         let server = try lab.background(["ip", "netns", "exec", b, "iperf3", "-s", "-1", "-p", "5302"])
-        usleep(300_000)
+        _ = Lab.eventually { lab.exec(b, ["ss", "-Htln", "sport = :5302"]).output.contains("5302") }
         let client = lab.exec(a, ["iperf3", "-c", "10.77.0.2", "-p", "5302", "-t", "3", "-J"], timeout: 20)
         let bps = DataPlaneTests.receivedBitsPerSecond(client.output)
         #expect(client.ok && bps > 10_000_000, "iperf3 over \(encap): \(bps) bit/s; \(client.output.prefix(300))")
@@ -180,7 +180,7 @@ struct RemoteTests {
         defer { pcaps.forEach { try? FileManager.default.removeItem(atPath: $0) } }
         let captures = try (1...2).map { try lab.capture(in: ns[$0], on: taps[$0], to: pcaps[$0 - 1], filter: "icmp") }
         let sent = Lab.transmitted(lab.exec(ns[0], ["ping", "-b", "-c", "3", "-i", "0.2", "-w", "2", "10.77.0.255"], timeout: 10).output)
-        usleep(500_000)
+        _ = Lab.eventually { pcaps.allSatisfy { MirrorTests.tcpdumpLines($0, containing: "> 10.77.0.255:") >= sent } }
         for c in captures { _ = c.stop(signal: SIGINT) }
         for (k, pcap) in pcaps.enumerated() {
             let lines = Host.run(["tcpdump", "-r", pcap, "-n"]).output.split(separator: "\n").filter { $0.contains("> 10.77.0.255:") }
@@ -266,10 +266,9 @@ struct RemoteTests {
         #expect(peer.ok, "accepted peer: \(peer.output)\n\(bridge.output)")
         // its first datagram (an ARP request) waited for its admission, and was answered
         #expect(peer.output.contains("\"arp_requests\": 1}"), "the first datagram of a new peer was lost: \(peer.output)")
-        usleep(2_000_000)
+        #expect(Lab.eventually { bridge.output.contains("remote peer-127.0.0.1:\(p2): silent for") }, "idle peer not removed:\n\(bridge.output)")
         #expect(bridge.stop() == 0)
         #expect(bridge.output.contains("remote peer-127.0.0.1:\(p2): accepted"), "\(bridge.output)")
-        #expect(bridge.output.contains("remote peer-127.0.0.1:\(p2): silent for"), "idle peer not removed:\n\(bridge.output)")
     }
 
     static let badRemotes: [DataPlaneTests.BadStart] = [
