@@ -48,23 +48,26 @@ struct Target: ParsableArguments {
     @Option(name: .customLong("control"), help: ArgumentHelp("The bridge's control socket (default /run/tapbridge/NAME.sock).", valueName: "path"))
     var control: String?
 
-    var path: String { control ?? ControlCoding.defaultPath(name: name ?? "tapbridge") }
+    /// The socket to ask: `--control`, `--name`'s, or without either the one bridge running
+    /// here (`tapbridge` when none runs, for the usual error). Several running: which one?
+    func path() throws -> String {
+        if let control { return control }
+        if let name { return ControlCoding.defaultPath(name: name) }
+        let running = List.runningBridges()
+        if running.count > 1 {
+            throw StartupFailure(message: "\(running.count) bridges are running: \(running.map(\.stats.name).joined(separator: ", ")) (give --name)")
+        }
+        return running.first?.path ?? ControlCoding.defaultPath(name: "tapbridge")
+    }
 
     /// Sends `request`, returns the response; a failure response or an unreachable bridge is
     /// a one-line error.
     func send(_ request: ControlRequest) throws -> ControlResponse {
         let response: ControlResponse
+        let path = try path()
         do {
             response = try ControlClient.exchange(request, at: path)
         } catch {
-            // no --name, and the default bridge is not there (no socket at all; a permission
-            // error or a stopped bridge says so itself): name the ones that are
-            if name == nil, control == nil, access(path, F_OK) != 0 {
-                let others = List.runningBridges().map(\.stats.name)
-                if !others.isEmpty {
-                    throw StartupFailure(message: "no bridge named tapbridge is running; running: \(others.joined(separator: ", ")) (give --name)")
-                }
-            }
             throw StartupFailure(message: error.message)
         }
         guard response.ok else { throw StartupFailure(message: response.error ?? "the bridge refused the request") }
