@@ -139,10 +139,11 @@ struct ExampleTests {
         let t = lab.link("d")
         let bridge = try lab.bridge(["--port", t, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),encap=raw,name=vm1"])
         #expect(lab.waitForLinks([t]))
-        usleep(1_000_000)  // the new TAP's own broadcasts go to the VM
+        // the new TAP's own broadcasts go to the VM
+        #expect(Lab.eventually { (Lab.portCounters(bridge, port: "vm1")["tx_frames"] ?? 0) > 0 }, "nothing sent to the VM:\n\(bridge.output)")
         #expect(qemu.isRunning, "QEMU rejected the -netdev dgram recipe: \(qemu.output)")
+        let c = Lab.portCounters(bridge, port: "vm1")
         #expect(bridge.stop() == 0)
-        let c = Lab.counters(in: bridge.output, port: "vm1")
         #expect((c["tx_frames"] ?? 0) > 0 && c["transmit_error"] == nil && c["link_down"] == nil, "\(c)\n\(bridge.output)")
         _ = qemu.stop()
     }

@@ -317,11 +317,28 @@ final class Lab {
         return (numbers.first ?? 0, numbers.count > 1 ? numbers[1] : 0, r.output)
     }
 
-    /// The counters tapbridge logged at exit (the last `counters port NAME: k=v ...` line)
-    /// for port `name`: traffic, `drops`, and one entry per drop reason that happened.
-    static func counters(in output: String, port name: String) -> [String: Int] { counters(in: output, section: "port \(name)") }
+    /// A running bridge's counters for port `name`, from `show ports --json`: `rx_frames`,
+    /// `rx_bytes`, `tx_frames`, `tx_bytes`, ..., and one entry per drop reason that happened.
+    static func portCounters(_ bridge: Background, port name: String) -> [String: Int] {
+        let r = Host.run([Host.binary, "show", "ports", "--json", "--name", KernelTests.ControlTests.name(bridge)])
+        let list = (try? JSONSerialization.jsonObject(with: Data(r.output.utf8))) as? [[String: Any]] ?? []
+        guard let port = list.first(where: { $0["name"] as? String == name }) else { return [:] }
+        var out: [String: Int] = [:]
+        for (k, v) in port { if let n = v as? Int { out[k] = n } }
+        for (k, v) in port["drops"] as? [String: Int] ?? [:] { out[k] = v }
+        return out
+    }
 
-    /// The counters of a section (`udp`, `mirror`, `fdb`) tapbridge logged at exit.
+    /// A running bridge's `show stats --json` section (`udp`, `fdb`, `mirror`).
+    static func statsSection(_ bridge: Background, _ section: String) -> [String: Int] {
+        let r = Host.run([Host.binary, "show", "stats", "--json", "--name", KernelTests.ControlTests.name(bridge)])
+        let stats = (try? JSONSerialization.jsonObject(with: Data(r.output.utf8))) as? [String: Any] ?? [:]
+        return (stats[section] as? [String: Any] ?? [:]).compactMapValues { $0 as? Int }
+    }
+
+    /// The counters of a section (`mirror`, `fdb`, `udp`, `port NAME`) tapbridge logged at
+    /// exit: for what only exists once the bridge stopped (the mirror's final accounting after
+    /// it closed); running bridges are read through `show ... --json`.
     static func counters(in output: String, section: String) -> [String: Int] {
         guard let line = output.split(separator: "\n").last(where: { $0.contains("counters \(section): ") }) else { return [:] }
         var out: [String: Int] = [:]

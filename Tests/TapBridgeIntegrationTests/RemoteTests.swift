@@ -89,6 +89,7 @@ struct RemoteTests {
         let udp = try #require(stats.udp)
         #expect(udp.trainsSent > 0, "the TAP's super-frames should have left as trains: \(udp)")
         #expect(tooBig ? udp.trainsRefused >= 1 : udp.trainsRefused == 0, "trains refused: \(udp)")
+        let c = Lab.portCounters(bridge, port: "10.78.0.2:4789")
         #expect(bridge.stop() == 0)
         let notices = bridge.output.components(separatedBy: "refused a UDP_SEGMENT train").count - 1
         #expect(notices == (tooBig ? 1 : 0), "the fallback notice, once, only where trains were refused:\n\(bridge.output)")
@@ -103,7 +104,6 @@ struct RemoteTests {
         // fitting frames travel whole; frames too big for the underlay are fragmented
         #expect(sizes.contains { $0.1 } == tooBig, "fragments: \(sizes.filter(\.1).count) of \(sizes.count)")
         #expect(bridge.output.contains("sends inner frames with partial checksums"), "the partial-checksum notice was not logged:\n\(bridge.output)")
-        let c = Lab.counters(in: bridge.output, port: "10.78.0.2:4789")
         #expect((c["rx_frames"] ?? 0) >= 6 && c["vni_mismatch"] == nil && c["malformed_encapsulation"] == nil, "\(c)")
     }
 
@@ -186,8 +186,8 @@ struct RemoteTests {
             let lines = Host.run(["tcpdump", "-r", pcap, "-n"]).output.split(separator: "\n").filter { $0.contains("> 10.77.0.255:") }
             #expect(sent > 0 && lines.count == sent, "namespace \(ns[k + 1]) saw \(lines.count) broadcasts, want the \(sent) sent, each once")
         }
+        let c = Lab.portCounters(bridges[1], port: taps[1])
         for b in bridges { #expect(b.stop() == 0) }
-        let c = Lab.counters(in: bridges[1].output, port: taps[1])
         #expect((c["tx_frames"] ?? 1000) < 100, "bridge b sent \(c["tx_frames"] ?? -1) frames to its TAP: a loop?")
     }
 
@@ -218,12 +218,12 @@ struct RemoteTests {
         usleep(300_000)
         #expect(one.isRunning, "\(one.output)")
         #expect(lab.ping(from: a, "10.77.0.2", count: 3).received == 3, "forwarding stopped after garbage:\n\(one.output)")
+        let c = Lab.portCounters(one, port: "two")
+        let unknown = Lab.statsSection(one, "udp")["unknown_sender"]
         #expect(one.stop() == 0 && two.stop() == 0)
-        let c = Lab.counters(in: one.output, port: "two")
         for reason in ["malformed_encapsulation", "vni_mismatch", "runt"] {
             #expect(c[reason, default: 0] == expected[reason, default: -1], "\(reason): got \(c[reason, default: 0]), want \(expected[reason, default: -1])")
         }
-        let unknown = Lab.counters(in: one.output, section: "udp")["unknown_sender"]
         #expect(unknown == expected["sent"], "unknown_sender: got \(unknown ?? -1), want \(expected["sent"] ?? -1)")
         #expect(one.output.contains("dropped datagram(s) from 127.0.0.2:"), "no log line for the stranger:\n\(one.output)")
     }
@@ -246,8 +246,8 @@ struct RemoteTests {
         let big = lab.exec(a, ["ping", "-c", "2", "-i", "0.2", "-W", "1", "-M", "do", "-s", "65493", "10.77.0.2"], timeout: 10)
         #expect(!big.output.contains(" 2 received"), "a 65,535-byte frame crossed VXLAN: \(big.output)")
         #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 2, "normal frames stopped passing")
+        let c = Lab.portCounters(one, port: "two")
         #expect(one.stop() == 0 && two.stop() == 0)
-        let c = Lab.counters(in: one.output, port: "two")
         #expect(c["frame_too_large"] == 2, "frame_too_large on the remote port: got \(c["frame_too_large"] ?? 0), want 2\n\(one.output)")
     }
 
