@@ -126,7 +126,7 @@ public enum OptionTable {
     }
 
     /// 1000000 rather than 1e+06.
-    static func plain(_ x: Double) -> String { x == x.rounded() && abs(x) < 1e15 ? String(Int64(x)) : String(x) }
+    public static func plain(_ x: Double) -> String { x == x.rounded() && abs(x) < 1e15 ? String(Int64(x)) : String(x) }
 
     // MARK: The table
 

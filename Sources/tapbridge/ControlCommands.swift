@@ -10,11 +10,11 @@ import Glibc
 
 /// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
 struct ControlCommand: ParsableCommand {
-    static let names: Set<String> = ["show", "fdb", "port", "list"]
+    static let names: Set<String> = ["show", "fdb", "port", "list", "wait"]
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
         abstract: "Inspect and steer a running tapbridge through its control socket.",
-        subcommands: [Show.self, FDB.self, Port.self, List.self])
+        subcommands: [Show.self, FDB.self, Port.self, List.self, Wait.self])
 }
 
 /// `tapbridge list`: the bridges running on this host (their sockets in /run/tapbridge).
@@ -36,6 +36,33 @@ struct List: ParsableCommand {
         ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".sock") }.sorted().compactMap { file in
             let path = "\(directory)/\(file)"
             return (try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: path))?.stats.map { (path, $0) }
+        }
+    }
+}
+
+/// `tapbridge wait`: returns once a bridge that is starting answers on its control socket,
+/// which it does only when every port exists: `tapbridge --port a --port b & tapbridge wait`.
+struct Wait: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Wait until a starting bridge is ready (every port exists, the control socket answers); exit 1 after --timeout.")
+    @Option(name: .customLong("name"), help: ArgumentHelp("The bridge's --name (default: tapbridge).", valueName: "name")) var name: String?
+    @Option(name: .customLong("control"), help: ArgumentHelp("The bridge's control socket (default /run/tapbridge/NAME.sock).", valueName: "path"))
+    var control: String?
+    @Option(help: ArgumentHelp("Seconds to wait at most.", valueName: "seconds")) var timeout: Double = 10
+
+    func validate() throws {
+        guard timeout.isFinite, timeout > 0, timeout <= 3600 else { throw ValidationError("--timeout must be more than 0 and at most 3600 seconds, got \(timeout)") }
+    }
+
+    func run() throws {
+        let path = control ?? ControlCoding.defaultPath(name: name ?? "tapbridge")
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            if let stats = try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: path).stats {
+                return print("bridge \(stats.name) is ready: \(stats.ports) port(s)")
+            }
+            if Date() >= deadline { throw StartupFailure(message: "no bridge answered at \(path) within \(OptionTable.plain(timeout)) s") }
+            usleep(20_000)
         }
     }
 }

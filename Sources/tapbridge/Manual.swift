@@ -24,7 +24,7 @@ enum Manual {
             .Fl -config Ar file
             .Op Ar options
             .Nm
-            .Cm list | show | fdb | port
+            .Cm list | show | fdb | port | wait
             .Ar ...
             .Nm
             .Cm manual

@@ -62,7 +62,7 @@ enum TapBridgeCommand {
     static let usage = [
         "tapbridge --port <spec> [--port <spec> ...] [--remote <spec> ...] [<options>]",
         "tapbridge --config <file> [<options>]",
-        "tapbridge list | show | fdb | port ...   (each with --help)",
+        "tapbridge list | show | fdb | port | wait ...   (each with --help)",
         "tapbridge manual   (this page as a man page: tapbridge manual | man -l -)",
     ]
 

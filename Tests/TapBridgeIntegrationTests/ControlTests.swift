@@ -363,6 +363,21 @@ struct ControlTests {
         #expect(bridge.stop() == 0)
     }
 
+    /// `tapbridge wait` returns once a starting bridge answers (its ports exist then), and
+    /// gives up with exit 1 when none does.
+    @Test func waitReturnsOnceTheBridgeIsReady() throws {
+        let lab = Lab()
+        let name = lab.bridgeName()
+        let tap = lab.link("w")
+        let bridge = try lab.background([Host.binary, "--port", tap, "--name", name])
+        let wait = Host.run([Host.binary, "wait", "--name", name], timeout: 15)
+        #expect(wait.ok && wait.output.contains("bridge \(name) is ready: 1 port(s)"), "\(wait.output)")
+        #expect(Host.run(["ip", "link", "show", tap]).ok, "wait returned before the TAP existed")
+        #expect(bridge.stop() == 0)
+        let none = Host.run([Host.binary, "wait", "--name", lab.bridgeName(), "--timeout", "0.3"])
+        #expect(none.status == 1 && none.output.contains("within 0.3 s"), "\(none.output)")
+    }
+
     /// Two bridges started without `--name` on one host (a lab with two segments): the second
     /// takes the next free name and says so, they link through `--remote` and ping, and
     /// `tapbridge show` without `--name` lists them and asks which (with one left, reaches it).

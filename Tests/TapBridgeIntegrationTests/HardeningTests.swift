@@ -384,7 +384,7 @@ struct HardeningTests {
             #expect(lint.ok && lint.output.isEmpty, "groff warns: \(lint.output)")
         }
         for d in OptionTable.all { #expect(man.contains("Fl -\(d.name)") && help.output.contains(d.usage), "\(d.usage) missing from the man page or --help") }
-        for command in ["list", "show ports", "show fdb", "show stats", "fdb add", "fdb del", "fdb flush", "port add", "port del", "manual"] {
+        for command in ["list", "show ports", "show fdb", "show stats", "fdb add", "fdb del", "fdb flush", "port add", "port del", "wait", "manual"] {
             #expect(man.contains(".Ss tapbridge \(command)\n"), "the man page has no section for tapbridge \(command)")
         }
         #expect(!man.contains("tapbridge.help"), "the man page refers to a page that does not exist")
