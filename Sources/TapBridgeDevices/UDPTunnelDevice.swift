@@ -98,7 +98,6 @@ public final class UDPTunnelDevice: PortDevice {
     public var localAddress: SocketAddress { socket.localAddress }
     public var family: Int32 { socket.family }
     public var pollDescriptor: Int32? { socket.pollDescriptor }
-    public var receivesTrains: Bool { trains != nil }
 
     public var statistics: Statistics {
         var s = counters

@@ -243,9 +243,6 @@ public enum OptionTable {
         return out
     }()
 
-    /// The definition of `--name` (or an alias), or nil.
-    public static func definition(named name: String) -> OptionDefinition? { byName[name].map { all[$0] } }
-
     /// The config keys a file may use.
     public static var configKeys: [String] { byKey.keys.sorted() + ["split-horizon"] }
 }

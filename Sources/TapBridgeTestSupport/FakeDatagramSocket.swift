@@ -85,7 +85,4 @@ public final class FakeDatagramSocket: DatagramSocket {
         let e = icmpErrors.removeFirst()
         return (e.destination, e.error)
     }
-
-    /// Forgets what was sent.
-    public func clearSent() { sent.removeAll() }
 }

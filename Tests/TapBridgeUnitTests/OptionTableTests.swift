@@ -132,7 +132,7 @@ struct OptionTableTests {
         for entry in try ConfigFile.entries(fromYAML: yaml, file: "test.yaml") { try OptionParser.apply(entry, to: &s, file: "test.yaml") }
         var replaced: Set<String> = []
         for k in stride(from: 0, to: argv.count, by: 2) {
-            let d = OptionTable.definition(named: String(argv[k].dropFirst(2)))!
+            let d = OptionTable.all[OptionTable.byName[String(argv[k].dropFirst(2))]!]
             if replaced.insert(d.name).inserted { d.clear?(&s) }
             do {
                 try d.apply(&s, argv[k + 1])
