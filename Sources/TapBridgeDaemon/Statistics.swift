@@ -1,3 +1,5 @@
+import TapBridgeOptions
+
 /// Every counter of a running bridge, as one snapshot: the ports (`show ports`) and the
 /// bridge-wide figures (`show stats`). The one model the renderers read: the log lines (at
 /// exit, on SIGUSR1, every `--stats-interval`), `show stats` as text, and the Prometheus
@@ -34,10 +36,9 @@ public struct Statistics: Sendable {
 
     /// `name=value name=value ...`
     public static func line(_ fields: [Field]) -> String {
-        fields.map { "\($0.name)=\(number($0.value))" }.joined(separator: " ")
+        fields.map { "\($0.name)=\(OptionTable.plain($0.value))" }.joined(separator: " ")
     }
 
-    static func number(_ v: Double) -> String { v == v.rounded() && abs(v) < 1e15 ? String(Int64(v)) : String(v) }
 
     /// The log lines at exit and on SIGUSR1: one per port, then one per section.
     ///
@@ -78,7 +79,7 @@ public struct Statistics: Sendable {
         let bridge = "bridge=\"\(Self.escape(stats.name))\""
         func metric(_ name: String, _ help: String, gauge: Bool, _ samples: [(labels: String, value: Double)]) {
             out += "# HELP tapbridge_\(name) \(help)\n# TYPE tapbridge_\(name) \(gauge ? "gauge" : "counter")\n"
-            for (labels, value) in samples { out += "tapbridge_\(name){\(bridge)\(labels.isEmpty ? "" : "," + labels)} \(Self.number(value))\n" }
+            for (labels, value) in samples { out += "tapbridge_\(name){\(bridge)\(labels.isEmpty ? "" : "," + labels)} \(OptionTable.plain(value))\n" }
         }
         metric("uptime_seconds", "Seconds since the bridge started.", gauge: true, [("", stats.uptimeSeconds)])
         metric("ports", "Ports attached.", gauge: true, [("", Double(stats.ports))])
