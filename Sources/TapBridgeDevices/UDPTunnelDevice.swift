@@ -119,11 +119,8 @@ public final class UDPTunnelDevice: PortDevice {
     /// Adds a peer that is bridge port `port`. Throws if the address family does not fit the
     /// socket or the peer exists.
     public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
-        do {
-            _ = try table.add(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, port: port, family: family, now: ctb_monotonic_ns())
-        } catch {
-            throw StartupError(error.message.replacingOccurrences(of: "the listening socket", with: "the listening socket \(localAddress)"))
-        }
+        _ = try table.add(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, port: port, family: family, socket: localAddress,
+                          now: ctb_monotonic_ns())
     }
 
     public func didRemovePort(_ port: PortID) { table.remove(port: port) }

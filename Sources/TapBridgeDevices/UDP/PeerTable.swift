@@ -34,17 +34,17 @@ struct PeerTable {
     /// Peer index by bridge port index (-1: none).
     var byPort: [Int] = []
 
-    /// Adds a peer that is bridge port `port`, its datagrams sent as `family`; returns its
-    /// index. Throws if the peer exists or its address does not fit the family.
+    /// Adds a peer that is bridge port `port`, its datagrams sent from `socket` as `family`;
+    /// returns its index. Throws if the peer exists or its address does not fit the family.
     mutating func add(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool, port: PortID, family: Int32,
-                      now: Int64) throws(StartupError) -> Int {
+                      socket: SocketAddress, now: Int64) throws(StartupError) -> Int {
         if byAddress[address] != nil { throw StartupError("remote \(address) given twice") }
         let wire = UnsafeMutableRawPointer.allocate(byteCount: 8 + MemoryLayout<sockaddr_storage>.size, alignment: 8)
         wire.storeBytes(of: VXLANHeader.encodedHeader(vni: vni), as: UInt64.self)
         let length = address.write(family: family, to: wire + 8)
         guard length > 0 else {
             wire.deallocate()
-            throw StartupError("remote \(address) is IPv6 but the listening socket is IPv4 (use --listen [::]:PORT)")
+            throw StartupError("remote \(address) is IPv6 but the listening socket \(socket) is IPv4 (use --listen [::]:PORT)")
         }
         let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: port, isDynamic: isDynamic,
                         lastHeard: now, wire: wire, addressLength: length)
