@@ -19,6 +19,11 @@ public enum OptionParser {
     }
 
     public static func parse(_ arguments: [String]) throws(Failure) -> Outcome {
+        try parse(arguments) { path throws(StartupError) in try ConfigFile.entries(fromFile: path) }
+    }
+
+    /// `parse`, reading the `--config` file through `readConfig`.
+    static func parse(_ arguments: [String], readConfig: (String) throws(StartupError) -> [ConfigFile.Entry]) throws(Failure) -> Outcome {
         // (definition, value, the name as written)
         var given: [(index: Int, value: String, written: String)] = []
         given.reserveCapacity(arguments.count)
@@ -50,7 +55,7 @@ public enum OptionParser {
         var settings = Settings()
         if let path = given.last(where: { OptionTable.all[$0.index].name == "config" })?.value {
             do {
-                for entry in try ConfigFile.entries(fromFile: path) { try apply(entry, to: &settings, file: path) }
+                for entry in try readConfig(path) { try apply(entry, to: &settings, file: path) }
             } catch {
                 throw Failure(message: error.message)
             }

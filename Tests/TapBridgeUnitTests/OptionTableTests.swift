@@ -75,11 +75,11 @@ struct OptionTableTests {
         ("ageing: [1, 2]\n", ":1: 'ageing' must be a single value, got a list"),
     ])
     func configErrorsNameTheFileLineAndKey(_ yaml: String, _ message: String) {
-        #expect(throws: StartupError.self) { try settings(fromYAML: yaml) }
+        #expect(throws: OptionParser.Failure.self) { try settings(fromYAML: yaml) }
         do {
             _ = try settings(fromYAML: yaml)
         } catch {
-            #expect("\(error.message)".hasPrefix("config test.yaml\(message)"), "got: \(error.message)")
+            #expect(error.message.hasPrefix("config test.yaml\(message)"), "got: \(error.message)")
         }
     }
 
@@ -127,19 +127,12 @@ struct OptionTableTests {
         return s
     }
 
-    func settings(fromYAML yaml: String, then argv: [String] = []) throws(StartupError) -> Settings {
-        var s = Settings()
-        for entry in try ConfigFile.entries(fromYAML: yaml, file: "test.yaml") { try OptionParser.apply(entry, to: &s, file: "test.yaml") }
-        var replaced: Set<String> = []
-        for k in stride(from: 0, to: argv.count, by: 2) {
-            let d = OptionTable.all[OptionTable.byName[String(argv[k].dropFirst(2))]!]
-            if replaced.insert(d.name).inserted { d.clear?(&s) }
-            do {
-                try d.apply(&s, argv[k + 1])
-            } catch {
-                throw StartupError(error.message(flag: argv[k]))
-            }
+    /// The settings of `--config test.yaml` holding `yaml`, then `argv`, as the command reads them.
+    func settings(fromYAML yaml: String, then argv: [String] = []) throws(OptionParser.Failure) -> Settings {
+        let outcome = try OptionParser.parse(["--config", "test.yaml"] + argv) { file throws(StartupError) in
+            try ConfigFile.entries(fromYAML: yaml, file: file)
         }
+        guard case .run(let s) = outcome else { throw OptionParser.Failure(message: "not a run") }
         return s
     }
 }
