@@ -47,6 +47,11 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// A super-frame of a kind that cannot be segmented here (UDP fragmentation offload, an
     /// unknown GSO type).
     case offloadUnsupported
+    /// A super-frame cut so fine that no real stack sends it (a TCP segment size under
+    /// `OffloadFinisher.minimumTCPSegmentSize`, a UDP one of more than
+    /// `OffloadFinisher.maximumUDPSegments` segments): refused at ingress, so one frame cannot
+    /// make the switch send tens of thousands.
+    case offloadTinySegments
     /// Received on a port that was removed while its frames were on their way: counted on no
     /// port (there is none), only returned by `decide`.
     case portRemoved
@@ -76,6 +81,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .truncated: "truncated"
         case .offloadMalformed: "offload_malformed"
         case .offloadUnsupported: "offload_unsupported"
+        case .offloadTinySegments: "offload_tiny_segments"
         }
     }
 }

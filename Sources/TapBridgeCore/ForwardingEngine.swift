@@ -43,8 +43,11 @@ public final class ForwardingEngine {
     /// The receive batch, reused for every device.
     public let batch: FrameBatch
     /// Most frames `service` handles from one device per call, so that a busy device cannot
-    /// starve the others.
+    /// starve the others. A super-frame cut into segments in software counts as its segments.
     public var budgetPerService: Int
+    /// Segments cut in software for the batch being forwarded (the work beyond one transmit
+    /// per frame and port that `service` charges to the device).
+    var segmentsCut = 0
     /// Completes checksums and segments super-frames for egress ports that cannot take them.
     let finisher = OffloadFinisher()
 
@@ -156,7 +159,8 @@ public final class ForwardingEngine {
     // MARK: Forwarding
 
     /// Drains `device` until it has nothing ready or `budgetPerService` frames were handled,
-    /// forwarding each frame. Returns the number of frames handled.
+    /// forwarding each frame. Returns the number of frames handled, each super-frame cut in
+    /// software counted as its segments.
     @discardableResult
     public func service(_ device: any PortDevice, at now: Instant) throws(PortError) -> Int {
         var handled = 0
@@ -169,9 +173,10 @@ public final class ForwardingEngine {
                 handled += batch.receiveDrops.count
                 continue
             }
+            segmentsCut = 0
             for i in 0..<batch.count { forward(i, at: now) }
             flushDevices()
-            handled += n
+            handled += n + segmentsCut
         }
         return handled
     }
@@ -277,7 +282,9 @@ public final class ForwardingEngine {
             count(device.transmit(segment, to: port), on: port, bytes: segment.count)
         }
         switch result {
-        case .success: bridge.countSegmented(on: port)
+        case .success(let segments):
+            segmentsCut &+= segments
+            bridge.countSegmented(on: port)
         case .failure(let failure): bridge.countDrop(on: port, failure.dropReason)
         }
     }

@@ -26,6 +26,9 @@ public final class OffloadFinisher {
         case unsupported
         /// The segments would not fit the egress (UDP segments cannot be made smaller).
         case tooLarge
+        /// The segment size would cut the frame into more segments than any real stack sends
+        /// (see `minimumTCPSegmentSize`, `maximumUDPSegments`).
+        case tinySegments
 
         /// The drop reason counted for it.
         public var dropReason: DropReason {
@@ -33,6 +36,7 @@ public final class OffloadFinisher {
             case .malformed: .offloadMalformed
             case .unsupported: .offloadUnsupported
             case .tooLarge: .frameTooLarge
+            case .tinySegments: .offloadTinySegments
             }
         }
     }
@@ -51,6 +55,23 @@ public final class OffloadFinisher {
 
     // MARK: Checks
 
+    /// The smallest TCP segment size a super-frame may ask for: 48 bytes, Linux's floor for the
+    /// MSS it sends with (`TCP_MIN_SND_MSS`, the least `net.ipv4.tcp_min_snd_mss` takes), so no
+    /// Linux guest or container ever asks for less. The kernel itself takes any `gso_size` from
+    /// a virtio-net header; a switch that did the same would cut a 64 KiB frame with a 1-byte
+    /// segment size into 65,000 frames for every port that needs it segmented. At 48 bytes a
+    /// 64 KiB frame is at most 1,366 segments, about twice its bytes on the wire.
+    public static let minimumTCPSegmentSize = 48
+    /// The most segments a UDP super-frame may hold: the kernel's own bound for UDP GSO
+    /// (`UDP_MAX_SEGMENTS`: 64 in older kernels, 128 since 6.9), which no sender can pass.
+    public static let maximumUDPSegments = 128
+
+    /// Segments of at most `size` payload bytes that `payload` bytes make (at least 1).
+    @inline(__always)
+    public static func segmentCount(payload: Int, size: Int) -> Int {
+        size <= 0 ? 1 : max(1, (payload + size - 1) / size)
+    }
+
     /// Checks `o` against `frame` before the frame is forwarded: the checksum field inside the
     /// frame; for a super-frame, the headers it names parse and agree with the offsets.
     public static func validate(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload) -> Failure? {
@@ -64,7 +85,11 @@ public final class OffloadFinisher {
         case .none: return nil
         case .udpFragmentation: return .unsupported
         case .tcpv4, .tcpv6, .udpL4:
-            return superFrameLayout(frame, o) == nil ? .malformed : nil
+            guard let (_, headerLength) = superFrameLayout(frame, o) else { return .malformed }
+            if segmentation == .udpL4 {
+                return segmentCount(payload: frame.count - headerLength, size: Int(o.segmentSize)) > maximumUDPSegments ? .tinySegments : nil
+            }
+            return Int(o.segmentSize) < minimumTCPSegmentSize ? .tinySegments : nil
         }
     }
 

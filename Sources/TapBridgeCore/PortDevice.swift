@@ -116,6 +116,14 @@ public final class FrameBatch {
     @exclusivity(unchecked) public private(set) var count = 0
     /// Slots consumed so far (holding a frame, or read into and abandoned).
     @exclusivity(unchecked) public private(set) var used = 0
+    /// The most frames the batch's frames may become on the wire (`workLimit`): a super-frame
+    /// counts as the segments it would be cut into for a port that cannot take it whole.
+    public let workLimit: Int
+    /// What the frames so far may become on the wire: 1 per frame, a super-frame its segments
+    /// (at least `OffloadFinisher.minimumTCPSegmentSize` bytes each, as validated). The batch is
+    /// full once it reaches `workLimit`, so one batch of super-frames with tiny segments cannot
+    /// keep the loop from the other ports for long.
+    @exclusivity(unchecked) public private(set) var work = 0
     /// Drops a device noticed while receiving (a malformed datagram from a known peer, say), to
     /// be counted on that port by the engine. Capacity is reserved, so recording allocates
     /// nothing; at most `capacity` are kept per batch.
@@ -129,10 +137,14 @@ public final class FrameBatch {
     let ingress: UnsafeMutablePointer<PortID>
     let offloads: UnsafeMutablePointer<FrameOffload>
 
-    /// Allocates `capacity` slots of `frameCapacity` bytes with `headroom` bytes in front.
-    public init(capacity: Int = 64, frameCapacity: Int = 65_557, headroom: Int = 64) {
-        precondition(capacity > 0 && frameCapacity > 0 && headroom >= 0)
+    /// Allocates `capacity` slots of `frameCapacity` bytes with `headroom` bytes in front. A
+    /// batch is full when its slots are used or its frames may become `workLimit` frames on the
+    /// wire (default: 2,048, which 44 super-frames of 64 KiB cut at a 1,448-byte MSS reach, and
+    /// one cut at the smallest segment size taken nearly does).
+    public init(capacity: Int = 64, frameCapacity: Int = 65_557, headroom: Int = 64, workLimit: Int = 2_048) {
+        precondition(capacity > 0 && frameCapacity > 0 && headroom >= 0 && workLimit > 0)
         self.capacity = capacity
+        self.workLimit = workLimit
         self.headroom = headroom
         self.frameCapacity = frameCapacity
         stride = (headroom + frameCapacity + 63) & ~63
@@ -160,6 +172,7 @@ public final class FrameBatch {
     @inline(__always) public func reset() {
         count = 0
         used = 0
+        work = 0
         if !receiveDrops.isEmpty { receiveDrops.removeAll(keepingCapacity: true) }
     }
 
@@ -169,8 +182,9 @@ public final class FrameBatch {
         if receiveDrops.count < capacity { receiveDrops.append((port, reason, bytes)) }
     }
 
-    /// No slot is free, or as many drops as slots were recorded: devices stop reading.
-    @inline(__always) public var isFull: Bool { used >= capacity || receiveDrops.count >= capacity }
+    /// No slot is free, as many drops as slots were recorded, or the frames may become
+    /// `workLimit` frames on the wire: devices stop reading.
+    @inline(__always) public var isFull: Bool { used >= capacity || receiveDrops.count >= capacity || work >= workLimit }
 
     /// Free slots left.
     @inline(__always) public var remaining: Int { isFull ? 0 : capacity - used }
@@ -198,6 +212,8 @@ public final class FrameBatch {
         offloads[count] = offload
         count += 1
         used += k + 1
+        work += offload.isSegmentation
+            ? OffloadFinisher.segmentCount(payload: length, size: max(Int(offload.segmentSize), OffloadFinisher.minimumTCPSegmentSize)) : 1
     }
 
     /// Marks the next `k` free slots used without a frame (read into, then abandoned).

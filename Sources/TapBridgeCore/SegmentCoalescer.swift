@@ -21,7 +21,8 @@
 /// - its checksums verify (and the first segment's did): a corrupted segment is never merged,
 ///   because its error would vanish into a recomputed checksum.
 /// A segment with FIN or PSH, or shorter than the first, merges and closes the super-frame;
-/// one with SYN, RST, URG or CWR, a pure ACK, or anything not TCP never starts one.
+/// one with SYN, RST, URG or CWR, a pure ACK, a segment under
+/// `OffloadFinisher.minimumTCPSegmentSize` bytes, or anything not TCP never starts one.
 public struct SegmentCoalescer {
     var frame: UnsafeMutableRawPointer? = nil
     var capacity = 0
@@ -57,6 +58,8 @@ public struct SegmentCoalescer {
         let headerLength = layout.l4 + Int(view[layout.l4 + 12] >> 4) * 4
         let flags = view[layout.l4 + 13]
         guard headerLength >= layout.l4 + 20, headerLength < length, flags & 0xAF == 0 else { return }  // no FIN SYN RST PSH URG CWR
+        // segments smaller than any real stack's stay frames: a super-frame of them would be refused
+        guard length - headerLength >= OffloadFinisher.minimumTCPSegmentSize else { return }
         self.layout = layout
         self.headerLength = headerLength
         segmentSize = length - headerLength
