@@ -70,6 +70,8 @@ public final class UDPTunnelDevice: PortDevice {
     /// Super-frames leave as UDP_SEGMENT trains (off when the kernel lacks or refuses it, or
     /// with --offload off).
     public private(set) var sendsTrains: Bool
+    /// Messages (datagrams or trains) read from the socket so far.
+    var messagesRead = 0
     var lastUnknownLog: Int64 = .min
     var unknownSinceLog: UInt64 = 0
     /// `--accept-peers`, or nil: unknown senders are dropped.
@@ -153,6 +155,10 @@ public final class UDPTunnelDevice: PortDevice {
 
     public func receive(into batch: FrameBatch) throws(PortError) -> Int {
         let now = ctb_monotonic_ns()
+        let readBefore = messagesRead
+        // a wake-up that found nothing to read was the error queue (POLLERR): errors whose
+        // pending errno a send already took stay queued, and poll would report them forever
+        defer { if messagesRead == readBefore { drainErrors() } }
         // (at most 16, and the batch is empty: they fit)
         var frames = holdsDatagrams ? admission!.deliverHeld(into: batch, from: self, now: now) : 0
         if let trains { return try frames + trains.receive(into: batch, from: self, now: now) }
@@ -224,7 +230,10 @@ public final class UDPTunnelDevice: PortDevice {
     /// charged to its peer and is never fatal (call again).
     func receiveMessages(into queue: UnsafeMutablePointer<ctb_datagram>, _ count: Int) throws(PortError) -> Int? {
         let got = socket.receive(queue, count: count)
-        guard got < 0 else { return got }
+        guard got < 0 else {
+            messagesRead &+= got
+            return got
+        }
         switch -Int32(got) {
         case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
             drainErrors()

@@ -35,6 +35,12 @@ public final class FakeDatagramSocket: DatagramSocket {
     public var sendErrors: [SocketAddress: Int32] = [:]
     /// ICMP errors the next receive reports (ECONNREFUSED), then hands out from its queue.
     public var icmpErrors: [(destination: SocketAddress, error: Int32)] = []
+    /// Whether receive reports the first queued error's errno (IP_RECVERR's pending socket
+    /// error). False: another call (a send) already took that errno, so receive finds nothing
+    /// while the errors stay queued (and the kernel's poll reports POLLERR until they are read).
+    public var reportsQueuedErrors = true
+    /// Receive calls so far.
+    public private(set) var receiveCalls = 0
 
     public init(localAddress: SocketAddress, trains: Bool = false) {
         self.localAddress = localAddress
@@ -50,7 +56,8 @@ public final class FakeDatagramSocket: DatagramSocket {
     }
 
     public func receive(_ datagrams: UnsafeMutablePointer<ctb_datagram>, count: Int) -> Int {
-        if let first = icmpErrors.first { return -Int(first.error) }  // as recvmmsg does with IP_RECVERR
+        receiveCalls += 1
+        if reportsQueuedErrors, let first = icmpErrors.first { return -Int(first.error) }  // as recvmmsg does with IP_RECVERR
         let n = min(count, inbound.count)
         for k in 0..<n {
             let d = inbound[k]

@@ -136,6 +136,25 @@ struct UDPDeviceTests {
         #expect(lan.bridge.counters(of: remote)[.linkDown] == 1 && device.peer(of: remote)?.isUnreachable == true)
     }
 
+    /// A peer that went away, its ICMP errors queued but their pending errno already taken by
+    /// a send: the wake-up finds no datagram, and the errors are read all the same (left
+    /// queued, poll reports POLLERR forever and the loop spins), with trains on and off.
+    @Test(arguments: [false, true])
+    func queuedErrorsAreReadEvenWhenNoDatagramWaits(trains: Bool) throws {
+        let socket = FakeDatagramSocket(localAddress: FakeDatagramSocket.address("127.0.0.1:4789"), trains: trains)
+        let device = UDPTunnelDevice(socket: socket, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let lan = VirtualLAN(ports: 1)
+        let remote = lan.engine.addPort(named: "r", on: device)
+        let peer = FakeDatagramSocket.address("127.0.0.1:4790")
+        try device.addPeer(peer, encapsulation: .vxlan, vni: Self.vni, as: remote)
+        socket.reportsQueuedErrors = false
+        socket.icmpErrors = Array(repeating: (peer, ECONNREFUSED), count: 300)
+        let handled = try lan.engine.service(device, at: lan.clock.now)
+        #expect(handled == 0)
+        #expect(socket.icmpErrors.isEmpty, "got \(socket.icmpErrors.count) errors left queued, want 0")
+        #expect(device.peer(of: remote)?.unreachable == 300 && device.statistics.unreachable == 300)
+    }
+
     @Test func aRemovedPeerIsForgotten() throws {
         let remote = try addRemote("10.0.0.2:4789")
         lan.engine.removePort(remote)
