@@ -40,22 +40,17 @@ public final class BridgeDaemon {
     /// Where the control socket is, or nil if it is off.
     public var controlPath: String? { Self.controlPath(options) }
 
-    /// `base`, or the first of `base-2`, `base-3`, ... (up to 99) whose control socket no
-    /// running bridge holds.
-    public static func freeName(base: String) -> String {
-        for n in 1...99 {
-            let name = n == 1 ? base : "\(base)-\(n)"
-            if !ControlServer.isLive(ControlCoding.defaultPath(name: name)) { return name }
-        }
-        return base  // refused later with the usual message
-    }
-
     static func controlPath(_ options: Options) -> String? {
         options.controlPath == "none" ? nil : (options.controlPath ?? ControlCoding.defaultPath(name: options.name))
     }
 
+    /// The claim on the control socket's path (nil with `--control none`).
+    let claim: ControlClaim?
+
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
-    public init(options: Options, logger: Logger) throws(StartupError) {
+    /// `claim`: the control path's claim if the caller took it already (choosing a free name);
+    /// otherwise it is taken here, first, and a bridge holding it refuses this one.
+    public init(options: Options, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
         self.options = options
         self.logger = logger
         var names: Set<String> = []
@@ -67,10 +62,17 @@ public final class BridgeDaemon {
         loop = EventLoop(logger: logger)
         var failed: (any PortDevice, PortError) -> Void = { _, _ in }
         ports = PortsSource(engine: engine) { failed($0, $1) }
-        // Before signals are blocked for the signalfd, so SIGTERM still works while it waits
-        // (at most a second, for a bridge that is stopped).
-        if let path = Self.controlPath(options), ControlServer.isLive(path) {
-            throw StartupError("--control '\(path)': another tapbridge named '\(options.name)' is running (give this one a different --name or --control)")
+        // the name is claimed before anything is opened: of two bridges started at once with
+        // one name, one runs and the other is refused at once
+        if let path = Self.controlPath(options) {
+            var taken = claim?.path == path ? claim : nil
+            if taken == nil { taken = try ControlClaim.take(path) }
+            guard let taken else {
+                throw StartupError("--control '\(path)': another tapbridge named '\(options.name)' is running (give this one a different --name or --control)")
+            }
+            self.claim = taken
+        } else {
+            self.claim = nil
         }
         failed = { [unowned self] device, error in portFailed(device, error) }
         signals = try SignalSource(logger: logger, stop: { [unowned self] in stop() }, dump: { [unowned self] in reportCounters() })

@@ -53,24 +53,28 @@ public final class ControlServer {
     let respond: (ControlRequest) -> Reply
     var clients: [Client] = []
 
-    /// Binds `path` (mode 0600, or 0660 with `group`). A stale socket file (no process behind
-    /// it) is replaced; a live one means another bridge has that name: refused.
-    init(path: String, group: String?, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
-        self.path = path
-        self.respond = respond
+    /// Creates the directory of control socket `path` if missing (mode 0755); throws with the
+    /// cause (a read-only /run, a missing parent) rather than a later bind's ENOENT.
+    static func makeDirectory(for path: String) throws(StartupError) {
         guard path.utf8.count < 108 else { throw StartupError("--control '\(path)': longer than a Unix socket path may be (107 bytes)") }
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty, mkdir(dir, 0o755) != 0, errno != EEXIST {
-            // say why (a read-only /run, a missing parent), not the bind's later ENOENT
             let e = errno
             throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(e == EROFS ? " (give a writable --control PATH, or --control none)" : "")")
         }
+    }
+
+    /// Binds `path` (mode 0600, or 0660 with `group`); the caller holds its `ControlClaim`, so
+    /// a socket file already there is stale and is replaced.
+    init(path: String, group: String?, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
+        self.path = path
+        self.respond = respond
+        try Self.makeDirectory(for: path)
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else { throw StartupError("--control '\(path)': exists and is not a socket") }
-            if Self.isLive(path) {
-                throw StartupError("--control '\(path)': another tapbridge is running with this control socket (give a different --name or --control)")
-            }
+            // the caller holds the path's claim (`ControlClaim`): a socket there is a dead
+            // bridge's, or an exiting one's that no longer answers for the name
             unlink(path)
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -140,18 +144,6 @@ public final class ControlServer {
         }
         _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
         return .success(fd)
-    }
-
-    /// Whether a process holds `path` open for connections: it accepts them, or its backlog is
-    /// full (a bridge that is stopped is still alive). Waits at most one second.
-    static func isLive(_ path: String) -> Bool {
-        switch connectTo(path, timeout: 1) {
-        case .success(let fd):
-            Glibc.close(fd)
-            return true
-        case .failure(let e):
-            return e.code == EAGAIN
-        }
     }
 
     /// Appends the descriptors to poll.

@@ -82,12 +82,14 @@ enum TapBridgeCommand {
         }
         // every line names the bridge: two bridges' logs stay apart
         // without --name (and --control), a second bridge on this host takes the next free name
-        let name = settings.name == nil && settings.control == nil ? BridgeDaemon.freeName(base: settings.bridgeName) : settings.bridgeName
-        let logger = Logger(label: "tapbridge[\(name)]")
-        if name != settings.bridgeName { logger.notice("a bridge named \(settings.bridgeName) is running: this one is \(name) (tapbridge show ports --name \(name))") }
+        // (the free name is claimed as it is chosen: bridges started at once get one each)
         let daemon: BridgeDaemon
         do {
-            daemon = try BridgeDaemon(options: BridgeDaemon.Options(settings, name: name, version: version), logger: logger)
+            let free = settings.name == nil && settings.control == nil ? try ControlClaim.takeFreeName(base: settings.bridgeName) : nil
+            let name = free?.name ?? settings.bridgeName
+            let logger = Logger(label: "tapbridge[\(name)]")
+            if name != settings.bridgeName { logger.notice("a bridge named \(settings.bridgeName) is running: this one is \(name) (tapbridge show ports --name \(name))") }
+            daemon = try BridgeDaemon(options: BridgeDaemon.Options(settings, name: name, version: version), logger: logger, claim: free?.claim)
         } catch {
             throw StartupFailure(message: error.message)
         }

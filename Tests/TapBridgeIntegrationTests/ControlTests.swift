@@ -408,5 +408,39 @@ struct ControlTests {
         #expect(bare.ok && bare.output.contains(tb), "\(bare.output)")
         #expect(two.stop() == 0)
     }
+
+    /// Bridges without --name started at the same instant each claim their own name (the free
+    /// name was once chosen, then bound: of 4, 2 survived): five rounds of four, all up, four
+    /// names, each answering on its control socket; then two with one --name at once: one
+    /// runs, the other is refused in one line.
+    @Test func bridgesStartedAtOnceAllComeUp() throws {
+        for round in 1...5 {
+            let lab = Lab()
+            let taps = (1...4).map { lab.link("r\($0)") }
+            let bridges = try taps.map { try lab.bridge(["--port", $0], unnamed: true) }
+            #expect(lab.waitForLinks(taps), "round \(round): \(bridges.map(\.output))")
+            let names = bridges.compactMap { b -> String? in
+                var name: String? = nil
+                _ = Lab.eventually { name = b.output.components(separatedBy: "control socket /run/tapbridge/").dropFirst().first?.components(separatedBy: ".sock").first; return name != nil }
+                return name
+            }
+            let up = bridges.filter(\.isRunning).count
+            #expect(up == 4, "round \(round): \(up) of 4 up:\n\(bridges.map(\.output).joined(separator: "\n"))")
+            #expect(Set(names).count == 4, "round \(round): names \(names), want four different ones")
+            for name in names {
+                let r = Host.run([Host.binary, "show", "ports", "--json", "--name", name])
+                #expect(r.ok, "round \(round): \(name) does not answer: \(r.output.prefix(200))")
+            }
+            for b in bridges { #expect(b.stop() == 0) }
+        }
+        let lab = Lab()
+        let name = lab.bridgeName()
+        let (t1, t2) = (lab.link("s1"), lab.link("s2"))
+        let pair = [try lab.bridge(["--port", t1, "--name", name]), try lab.bridge(["--port", t2, "--name", name])]
+        #expect(Lab.eventually { pair.filter(\.isRunning).count == 1 }, "\(pair.map(\.output))")
+        let refused = pair.first { !$0.isRunning }
+        #expect(refused?.output.contains("another tapbridge named '\(name)' is running") == true, "\(refused?.output ?? "")")
+        for b in pair where b.isRunning { #expect(b.stop() == 0) }
+    }
 }
 }
