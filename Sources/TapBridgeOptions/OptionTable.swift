@@ -186,9 +186,9 @@ public enum OptionTable {
             if let problem = InterfaceName.problem(with: v) { throw OptionError(reason: "interface name \(problem)") }
             s.mirrorInterface = v
         },
-        value("mirror-rotate", "size[,count]", .mirror, "Start a new --mirror file when it reaches SIZE bytes (suffix k, M or G) and keep COUNT files (default 5): PATH is the newest, then PATH.1, PATH.2, ...",
+        value("mirror-rotate", "size[,count]", .mirror, "Start a new --mirror file when it reaches SIZE bytes (suffix k, M or G; 1k to 1024G) and keep COUNT files (default 5): PATH is the newest, then PATH.1, PATH.2, ...",
               quoted: true, render: { $0.mirrorRotate?.text }) { s, v throws(OptionError) in
-            guard let r = MirrorOptions.parseRotation(v) else { throw OptionError(reason: "'\(v)': expected SIZE[,COUNT] with SIZE >= 1k (like 10M) and COUNT 1-1000") }
+            guard let r = MirrorOptions.parseRotation(v) else { throw OptionError(reason: "'\(v)': expected SIZE[,COUNT] with SIZE from 1k to 1024G (like 10M) and COUNT 1-1000") }
             s.mirrorRotate = Settings.Given(text: v, value: Settings.Rotation(bytes: r.bytes, count: r.count))
         },
         value("mirror-format", "format", .mirror, "pcapng: each port is an interface named after it and each frame says whether it came in or went out (tshark -T fields -e frame.interface_name -e frame.packet_flags_direction); pcap: classic pcap for old readers, without ports or directions.",

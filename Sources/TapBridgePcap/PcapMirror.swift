@@ -37,7 +37,11 @@ public struct MirrorOptions: Sendable, Equatable {
         self.interface = interface
     }
 
-    /// Parses `SIZE[,COUNT]` with SIZE like 10M, 512k, 1G, 100000.
+    /// The largest rotation size taken: 1 TiB (1024G).
+    public static let maximumRotationBytes: Int64 = 1 << 40
+
+    /// Parses `SIZE[,COUNT]` with SIZE like 10M, 512k, 1G, 100000, from 1k to 1024G; nil for
+    /// anything else (a size that overflows included).
     public static func parseRotation(_ text: String) -> (bytes: Int64, count: Int)? {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false)
         guard (1...2).contains(parts.count), var digits = parts.first, !digits.isEmpty else { return nil }
@@ -49,9 +53,9 @@ public struct MirrorOptions: Sendable, Equatable {
         default: break
         }
         if scale > 1 { digits = digits.dropLast() }
-        guard let n = Int64(digits), n >= 1024 / scale || (scale == 1 && n >= 1024) else { return nil }
-        let bytes = n * scale
-        guard bytes >= 1024 else { return nil }
+        guard let n = Int64(digits), n > 0 else { return nil }
+        let (bytes, overflow) = n.multipliedReportingOverflow(by: scale)
+        guard !overflow, (1024...maximumRotationBytes).contains(bytes) else { return nil }
         var count = 5
         if parts.count == 2 {
             guard let c = Int(parts[1]), (1...1000).contains(c) else { return nil }

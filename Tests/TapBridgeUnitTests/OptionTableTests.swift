@@ -94,6 +94,7 @@ struct OptionTableTests {
         (["--mirror-filter", "icmp", "--port", "a"], "--mirror-filter needs --mirror PATH or --mirror-iface IFACE"),
         (["--mirror", "-", "--mirror-rotate", "1M"], "--mirror-rotate needs --mirror with a file path"),
         (["--mirror-rotate", "12q", "--mirror", "/tmp/x"], "--mirror-rotate '12q': expected SIZE[,COUNT]"),
+        (["--mirror-rotate", "8589934592G", "--mirror", "/tmp/x"], "--mirror-rotate '8589934592G': expected SIZE[,COUNT] with SIZE from 1k to 1024G"),
         (["--log-level", "loud"], "--log-level must be one of trace, debug"),
         (["--name", "a/b"], "--name must be 1-64 letters"),
         (["--mirror-iface", "abcdefghijklmnopq", "--mirror", "/tmp/x"], "--mirror-iface interface name"),

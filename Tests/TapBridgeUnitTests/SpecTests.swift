@@ -73,13 +73,16 @@ struct SpecTests {
 
     @Test(arguments: [
         ("10M", Int64(10 << 20), 5), ("512k,3", 512 << 10, 3), ("1G,1000", 1 << 30, 1000), ("1024", 1024, 5),
+        ("1024G", 1 << 40, 5),
     ])
     func rotationSizes(_ text: String, _ bytes: Int64, _ count: Int) {
         let r = MirrorOptions.parseRotation(text)
         #expect(r?.bytes == bytes && r?.count == count, "\(text): \(String(describing: r))")
     }
 
-    @Test(arguments: ["", "12q", "1023", "0k", "10M,0", "10M,1001", "10M,3,4", "M"])
+    @Test(arguments: ["", "12q", "1023", "0k", "10M,0", "10M,1001", "10M,3,4", "M",
+                       // past 1 TiB, and sizes whose bytes overflow 64 bits (a crash once)
+                       "1025G", "8589934592G", "9223372036854775807k", "99999999999999999999", "-5M"])
     func badRotations(_ text: String) {
         #expect(MirrorOptions.parseRotation(text) == nil, "\(text) parsed")
     }
