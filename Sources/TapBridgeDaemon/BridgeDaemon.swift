@@ -44,6 +44,8 @@ public final class BridgeDaemon {
         options.controlPath == "none" ? nil : (options.controlPath ?? ControlCoding.defaultPath(name: options.name))
     }
 
+    /// `--mirror-iface`, which no port may be (nor its veth peer).
+    var mirrorInterface: MirrorInterface? = nil
     /// The claim on the control socket's path (nil with `--control none`).
     let claim: ControlClaim?
 
@@ -80,7 +82,12 @@ public final class BridgeDaemon {
             for name in options.mirror?.ports ?? [] where !names.contains(name) {
                 throw StartupError("--mirror-port '\(name)': no such port (ports: \(names.sorted().joined(separator: ", ")))")
             }
+            if let interface = options.mirror?.interface, options.ports.contains(where: { $0.name == interface }) {
+                // (a TAP this bridge creates does not exist yet: pcap would only say "No such device")
+                throw StartupError("--mirror-iface '\(interface)': it is also a --port: mirrored frames injected into it would come back in on that port and loop forever; mirror to an interface no port uses (a dummy, or a veth whose peer is not a port)")
+            }
             if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
+            mirrorInterface = options.mirror?.interface.map(MirrorInterface.init(name:))
             for spec in options.ports { try attachPort(spec) }
             if !options.remotes.isEmpty || options.acceptsPeers {
                 remotes = try RemotePeers(options: options, engine: engine, ports: ports, decorate: decorate, logger: logger)

@@ -181,7 +181,7 @@ public enum OptionTable {
         list("mirror-port", configAlias: "mirror-ports", "name", .mirror, "Mirror only frames entering this port (a --port name or a remote's name). Repeatable. Default: all ports.",
              \.mirrorPorts, text: { $0 }, parse: { v throws(OptionError) in v }),
         flag("mirror-egress", \.mirrorEgress, .mirror, "Mirror frames leaving the mirrored ports too (as handed to the port, after VLAN tagging: like tcpdump on a NIC, a frame the kernel then refuses still shows, and counts as a drop on the port)."),
-        value("mirror-iface", "iface", .mirror, "Inject mirrored frames into this interface (a dummy or veth a capture tool or IDS reads), as a SPAN port does.", quoted: true,
+        value("mirror-iface", "iface", .mirror, "Inject mirrored frames into this interface (a dummy or veth a capture tool or IDS reads), as a SPAN port does. Never a port nor the veth peer of one (refused: the copies would loop).", quoted: true,
               render: { $0.mirrorInterface }) { s, v throws(OptionError) in
             if let problem = InterfaceName.problem(with: v) { throw OptionError(reason: "interface name \(problem)") }
             s.mirrorInterface = v

@@ -175,6 +175,44 @@ struct MirrorTests {
         #expect(Self.tcpdumpLines(pcap, containing: "ICMP echo reply") == 3)
     }
 
+    /// A mirror interface that is also a port, or the veth peer of one, would send every copy
+    /// back in to be mirrored again (one broadcast circulated at 150,000+ frames a second):
+    /// refused at start-up (a TAP the bridge would create, a persistent TAP by its altname, a
+    /// veth peer) and at `port add`, each in one line that says why.
+    @Test func aMirrorInterfaceThatIsAlsoAPortIsRefused() throws {
+        let lab = Lab()
+        let (span, peer) = (lab.link("m"), lab.link("p"))
+        #expect(Host.run(["ip", "link", "add", span, "type", "veth", "peer", "name", peer]).ok)
+        let persistent = lab.link("q")
+        #expect(Host.run(["ip", "tuntap", "add", "dev", persistent, "mode", "tap"]).ok)
+        let alt = "tb\(lab.tag)alt"
+        #expect(Host.run(["ip", "link", "property", "add", "dev", persistent, "altname", alt]).ok)
+        for link in [span, peer, persistent] { Host.run(["ip", "link", "set", link, "up"]) }
+        let fresh = lab.link("f")
+        let cases: [(args: [String], message: String)] = [
+            (["--port", fresh, "--mirror-iface", fresh], "--mirror-iface '\(fresh)': it is also a --port"),
+            (["--port", persistent, "--mirror-iface", alt], "port \(persistent): it is the mirror interface (--mirror-iface \(alt))"),
+            (["--port", "\(peer),mode=packet", "--mirror-iface", span], "port \(peer): it is the veth peer of the mirror interface"),
+            (["--port", span, "--mirror-iface", peer], "port \(span): it is the veth peer of the mirror interface"),
+        ]
+        for c in cases {
+            let r = Host.run([Host.binary] + c.args + ["--name", lab.bridgeName()])
+            #expect(r.status == 1 && r.output.contains(c.message) && r.output.split(separator: "\n").count == 1,
+                    "\(c.args): got status \(r.status): \(r.output)")
+        }
+        #expect(!Host.run(["ip", "link", "show", fresh]).ok, "the refused bridge left its TAP behind")
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", lab.link("t"), "--mirror-iface", span, "--name", name])
+        #expect(Lab.eventually { Host.run([Host.binary, "show", "ports", "--name", name]).ok }, "\(bridge.output)")
+        for candidate in ["\(peer),mode=packet", span] {
+            let add = Host.run([Host.binary, "port", "add", candidate, "--name", name])
+            #expect(!add.ok && add.output.contains("mirror interface"), "port add \(candidate): \(add.output)")
+        }
+        #expect(OffloadTests.ports(lab, name).count == 1)
+        #expect(bridge.stop() == 0)
+        Host.run(["ip", "link", "del", persistent])
+    }
+
     /// The mirror's disk (a 64 KiB tmpfs in a private mount namespace) fills mid-run: forwarding
     /// goes on, the error is logged once, and once the 4 MiB mirror buffer is full too (8,000
     /// frames of ~1.4 KiB), the copies that do not fit are dropped and counted.
