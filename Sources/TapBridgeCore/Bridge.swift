@@ -312,11 +312,12 @@ public final class Bridge {
     // MARK: The decision
 
     /// Decides where `frame`, received on `ingress` at `now`, goes; learns its source and counts
-    /// it (received bytes, or the drop reason) on `ingress`.
-    public func decide(_ frame: UnsafeRawBufferPointer, from ingress: PortID, at now: Instant) -> ForwardingDecision {
+    /// it (received bytes, or the drop reason) on `ingress`. `wireFrames`: the frames it stands
+    /// for on the wire (a super-frame: its segments), counted as received frames.
+    public func decide(_ frame: UnsafeRawBufferPointer, from ingress: PortID, at now: Instant, wireFrames: Int = 1) -> ForwardingDecision {
         let p = ingress.index
         guard p < ports.count, ports[p].isActive else { return .drop(.portRemoved) }
-        ports[p].counters.receivedFrames &+= 1
+        ports[p].counters.receivedFrames &+= UInt64(wireFrames)
         ports[p].counters.receivedBytes &+= UInt64(frame.count)
         let decision = classify(frame, ingress, now)
         if case .drop(let reason) = decision { ports[p].counters.drops[reason.rawValue] &+= 1 }

@@ -189,7 +189,8 @@ public final class ForwardingEngine {
             bridge.countReceiveDrop(on: ingress, failure.dropReason, bytes: batch.frame(i).count)
             return
         }
-        switch bridge.decide(batch.frame(i), from: ingress, at: now) {
+        let wire = offload.isSegmentation ? OffloadFinisher.wireFrames(batch.frame(i), offload) : 1
+        switch bridge.decide(batch.frame(i), from: ingress, at: now, wireFrames: wire) {
         case .drop:
             return
         case .unicast(let port, let vlan):
@@ -203,14 +204,14 @@ public final class ForwardingEngine {
                 return
             }
             if tagging == .untagged, tagged { batch.removeTag(i) }
-            transmit(i, via: device, to: port)
+            transmit(i, via: device, to: port, wireFrames: wire)
         case .flood(let vlan):
             let tagged = normalizeTag(i, vlan: vlan)
             let first: EgressTagging = tagged ? .tagged : .untagged
             var others = false
             var sent = bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
                 if tagging == first {
-                    transmit(i, via: devices[port.index], to: port)
+                    transmit(i, via: devices[port.index], to: port, wireFrames: wire)
                 } else {
                     others = true
                 }
@@ -227,7 +228,7 @@ public final class ForwardingEngine {
                     return
                 }
                 bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
-                    if tagging != first { transmit(i, via: devices[port.index], to: port) }
+                    if tagging != first { transmit(i, via: devices[port.index], to: port, wireFrames: wire) }
                     sent += 1
                 }
             }
@@ -248,8 +249,10 @@ public final class ForwardingEngine {
         return true
     }
 
+    /// Sends frame `i` to `port`: as it is if the device takes it, else finished first. A
+    /// super-frame passed whole counts as `wireFrames` transmitted frames.
     @inline(__always)
-    func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID) {
+    func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID, wireFrames: Int) {
         guard let device else { return }
         let offload = batch.offload(i)
         if !offload.isComplete, !device.offloadCapabilities.accepts(offload) {
@@ -262,14 +265,15 @@ public final class ForwardingEngine {
             bridge.countChecksumCompleted(on: port)
         }
         let frame = batch.frame(i)
-        count(device.transmit(frame, offload: batch.offload(i), to: port), on: port, bytes: frame.count)
+        let whole = batch.offload(i)
+        count(device.transmit(frame, offload: whole, to: port), on: port, bytes: frame.count, frames: whole.isSegmentation ? wireFrames : 1)
     }
 
     /// Counts what `transmit` answered: sent, dropped, or nothing yet (queued: `flush` tells).
     @inline(__always)
-    func count(_ outcome: TransmitOutcome, on port: PortID, bytes: Int) {
+    func count(_ outcome: TransmitOutcome, on port: PortID, bytes: Int, frames: Int = 1) {
         switch outcome {
-        case .sent: bridge.countTransmit(on: port, bytes: bytes)
+        case .sent: bridge.countTransmit(on: port, bytes: bytes, frames: frames)
         case .queued: break
         default: bridge.countDrop(on: port, Self.dropReason(outcome))
         }

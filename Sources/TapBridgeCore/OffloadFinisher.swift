@@ -93,6 +93,14 @@ public final class OffloadFinisher {
         }
     }
 
+    /// The frames the validated `frame` stands for on the wire: a super-frame its segments at
+    /// its segment size, any other frame 1. Frame counters count these, so a TCP stream counts
+    /// the same on a port that takes super-frames and on one that gets them cut.
+    public static func wireFrames(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload) -> Int {
+        guard o.isSegmentation, let (_, headerLength) = superFrameLayout(frame, o) else { return 1 }
+        return segmentCount(payload: frame.count - headerLength, size: Int(o.segmentSize))
+    }
+
     /// The layout and header length of a super-frame, or nil if `o` does not describe it.
     static func superFrameLayout(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload) -> (TransportLayout, headerLength: Int)? {
         guard let layout = TransportLayout(frame), Int(o.checksumStart) == layout.l4, layout.l3 + layout.ipLength == frame.count,

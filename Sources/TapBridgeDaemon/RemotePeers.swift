@@ -86,7 +86,7 @@ final class RemotePeers: EventSource {
     /// have been silent for `--peer-timeout`.
     func deadline() -> Int64? {
         guard isActive, options.acceptsPeers else { return nil }
-        if device.holdsDatagrams { return 0 }
+        if device.awaitsAdmission { return 0 }
         return device.nextIdleDeadline(timeout: options.peerTimeout)?.nanoseconds
     }
 
@@ -96,7 +96,8 @@ final class RemotePeers: EventSource {
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
         guard isActive else { return nil }
         let configuration = PortConfiguration(splitHorizonGroup: options.splitHorizon ? 1 : 0)
-        for address in device.takeCandidates() {
+        let candidates = device.takeCandidates()
+        for address in candidates {
             let name = "peer-\(address)"
             do {
                 try add(name, at: address, encapsulation: options.encapsulation, vni: options.vni, configuration: configuration, isDynamic: true)
@@ -105,7 +106,8 @@ final class RemotePeers: EventSource {
                 logger.warning("remote \(name): not accepted: \(error.message)")
             }
         }
-        if device.holdsDatagrams { ports.wake() }
+        // what the candidates sent waits in the device, already read: serve it now
+        if !candidates.isEmpty { ports.wake() }
         for port in device.idleDynamicPeers(timeout: options.peerTimeout, now: now) {
             let name = engine.name(of: port)
             engine.removePort(port)

@@ -145,11 +145,11 @@ public final class UDPTunnelDevice: PortDevice {
     }
 
     /// The senders waiting to become peers; the caller admits each with `addPeer` (or not: its
-    /// held datagrams are then dropped, counted as refused).
+    /// datagrams are then dropped, counted as refused). The device reads on once they are taken.
     public func takeCandidates() -> [SocketAddress] { admission?.take() ?? [] }
 
-    /// Whether held datagrams wait for the next receive.
-    public var holdsDatagrams: Bool { admission?.held.isEmpty == false }
+    /// Senders wait for a decision (`takeCandidates`); until then the device reads nothing.
+    public var awaitsAdmission: Bool { admission?.isWaiting == true }
 
     // MARK: Receiving
 
@@ -159,8 +159,15 @@ public final class UDPTunnelDevice: PortDevice {
         // a wake-up that found nothing to read was the error queue (POLLERR): errors whose
         // pending errno a send already took stay queued, and poll would report them forever
         defer { if messagesRead == readBefore { drainErrors() } }
-        // (at most 16, and the batch is empty: they fit)
-        var frames = holdsDatagrams ? admission!.deliverHeld(into: batch, from: self, now: now) : 0
+        var frames = 0
+        if let admission {
+            // nothing is read while strangers wait for a decision, so what they sent waits too
+            if admission.isWaiting { return 0 }
+            if admission.holds {
+                frames = admission.deliverHeld(into: batch, from: self, now: now)
+                if admission.holds { return frames }
+            }
+        }
         if let trains { return try frames + trains.receive(into: batch, from: self, now: now) }
         while !batch.isFull {
             // recvmmsg straight into the free slots, 8 bytes early (see the type's comment)
@@ -177,7 +184,7 @@ public final class UDPTunnelDevice: PortDevice {
                 if deliver(receiveQueue[k], into: batch, freeSlot: firstSlot + k - batch.used, now: now) { frames += 1 }
             }
             batch.abandon(firstSlot + got - batch.used)
-            if got < wanted { return frames }
+            if got < wanted || admission?.isWaiting == true { return frames }
         }
         return frames
     }
@@ -229,6 +236,7 @@ public final class UDPTunnelDevice: PortDevice {
     /// arrived (0: none waiting), or nil after an ICMP error for something we sent, which is
     /// charged to its peer and is never fatal (call again).
     func receiveMessages(into queue: UnsafeMutablePointer<ctb_datagram>, _ count: Int) throws(PortError) -> Int? {
+        admission?.forgetDecisions()  // what was read before the last decision is used up
         let got = socket.receive(queue, count: count)
         guard got < 0 else {
             messagesRead &+= got
@@ -257,36 +265,48 @@ public final class UDPTunnelDevice: PortDevice {
         }
     }
 
-    /// A datagram from a sender that is not a peer: dropped, counted and logged (at most one
-    /// line per 10 s), unless `--accept-peers` lets the sender in. Then the datagram must be a
-    /// well-formed frame in the bridge-wide encapsulation (empty or garbage datagrams from
-    /// spoofed addresses cannot fill the peer table) and the limit must allow; it is held, and
-    /// the sender becomes a candidate that the daemon admits after the batch.
-    func admit(_ sender: SocketAddress, _ d: ctb_datagram, _ now: Int64) {
+    /// `datagrams` datagrams from a sender that is not a peer (`d` the first): dropped, counted
+    /// and logged (at most one line per 10 s), unless `--accept-peers` lets the sender in.
+    /// Then the datagram must be a well-formed frame in the bridge-wide encapsulation (empty or
+    /// garbage datagrams from spoofed addresses cannot fill the peer table) and the limit must
+    /// allow; the sender becomes a candidate that the daemon decides on after the batch, and
+    /// true is returned. `holding`: the datagram is copied and held (the plain receive path);
+    /// otherwise the caller keeps it where it is until the decision (the train path).
+    @discardableResult
+    func admit(_ sender: SocketAddress, _ d: ctb_datagram, _ now: Int64, datagrams n: Int = 1, holding: Bool = true) -> Bool {
         let why: String
+        let count = UInt64(max(n, 1))
         if let admission {
-            if DatagramCodec.frame(in: d, encapsulation: admission.encapsulation, vni: admission.vni) == nil {
-                counters.unknownSender &+= 1
+            let isNew = !admission.isCandidate(sender)
+            if admission.wasRefused(sender) {
+                counters.peersRefused &+= count
+                why = "not admitted"
+            } else if isNew && DatagramCodec.frame(in: d, encapsulation: admission.encapsulation, vni: admission.vni) == nil {
+                counters.unknownSender &+= count
                 why = "not a well-formed \(admission.encapsulation) frame, so not accepted as a peer"
-            } else if !admission.candidates.contains(sender) && table.dynamicCount + admission.candidates.count >= admission.limit {
-                counters.peersRefused &+= 1
+            } else if isNew && table.dynamicCount + admission.candidates.count >= admission.limit {
+                counters.peersRefused &+= count
                 why = "peer limit reached"
+            } else if !holding {
+                admission.propose(sender)
+                return true
             } else if admission.hold(d, from: sender) {
-                return
+                return true
             } else {
-                counters.unknownSender &+= 1
-                why = "more than \(PeerAdmission.maximumHeld) datagrams from new peers in one batch"
+                counters.unknownSender &+= count
+                why = "more datagrams from new peers than one read holds"
             }
         } else {
-            counters.unknownSender &+= 1
+            counters.unknownSender &+= count
             why = "not a configured remote"
         }
-        unknownSinceLog &+= 1
+        unknownSinceLog &+= count
         if lastUnknownLog == .min || now - lastUnknownLog >= 10_000_000_000 {
             logger.warning("dropped datagram(s) from \(sender): \(why) (\(unknownSinceLog) since the last such line)")
             lastUnknownLog = now
             unknownSinceLog = 0
         }
+        return false
     }
 
     // MARK: Sending

@@ -96,10 +96,56 @@ struct UDPDeviceTests {
         #expect(candidates == [FakeDatagramSocket.address("10.0.0.7:4789")], "one fits the limit; garbage never becomes a candidate")
         #expect(device.statistics.peersRefused == 1 && device.statistics.unknownSender == 1)
         try addRemote("10.0.0.7:4789", dynamic: true)
-        #expect(device.holdsDatagrams)
         serve()
-        #expect(lan.transmitted(on: 0) == [first] && !device.holdsDatagrams)
+        #expect(lan.transmitted(on: 0) == [first])
         #expect(device.dynamicPeerCount == 1)
+    }
+
+    /// Strangers' datagrams, trains on and off, with a batch smaller than what they sent (8
+    /// slots) and the engine reading again before the daemon decides: every datagram of an
+    /// admitted sender is delivered, in order, and every one of a refused sender is counted.
+    /// (A 10-datagram train once delivered 1; with trains off, datagrams held across a second
+    /// read were refused although their senders were admitted.)
+    @Test(arguments: [false, true])
+    func everyDatagramOfAnAdmittedSenderIsDeliveredAndTheRestCounted(trains: Bool) throws {
+        let socket = FakeDatagramSocket(localAddress: FakeDatagramSocket.address("127.0.0.1:4789"), trains: trains)
+        let device = UDPTunnelDevice(socket: socket, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        device.accept(encapsulation: .vxlan, vni: Self.vni, limit: 2)
+        let lan = VirtualLAN(ports: 1)
+        let senders = ["10.0.0.7:4789", "10.0.0.8:4789", "10.0.0.9:4789"].map(FakeDatagramSocket.address)
+        // frame k of sender s: a broadcast from host 10s+1 carrying k (all of one length)
+        func frame(_ s: Int, _ k: Int) -> [UInt8] { FrameFactory.frame(to: .broadcast, from: FrameFactory.host(10 * s + 1), payload: [UInt8(k)] + [UInt8](repeating: 0, count: 45)) }
+        let perSender = 20
+        for s in senders.indices {
+            let datagrams = (0..<perSender).map { Self.vxlan(frame(s, $0)) }
+            if trains {
+                // one train of 20 datagrams per sender, as UDP_GRO hands them over
+                socket.inbound.append(.init(address: senders[s], bytes: datagrams.flatMap { $0 }, segmentSize: datagrams[0].count))
+            } else {
+                for d in datagrams { socket.inbound.append(.init(address: senders[s], bytes: d)) }
+            }
+        }
+        func serve() { _ = try? lan.engine.service(device, at: lan.clock.now) }
+        serve()
+        serve()  // the engine reads again before the decision: nothing may be refused by that
+        #expect(lan.transmitted(on: 0).isEmpty && device.statistics.peersRefused == 0)
+        #expect(device.awaitsAdmission)
+        // the daemon, after each batch: admits every candidate (the device keeps to the limit)
+        var admitted: [SocketAddress] = []
+        for _ in 0..<40 {
+            for address in device.takeCandidates() {
+                let port = lan.engine.addPort(named: "\(address)", on: device)
+                try device.addPeer(address, encapsulation: .vxlan, vni: Self.vni, isDynamic: true, as: port)
+                admitted.append(address)
+            }
+            serve()
+        }
+        #expect(admitted == Array(senders.prefix(2)), "got admitted \(admitted)")
+        let got = lan.transmitted(on: 0)
+        let want = (0..<2).flatMap { s in (0..<perSender).map { frame(s, $0) } }
+        #expect(got == want, "got \(got.count) frames, want the \(want.count) of the two admitted senders, in order")
+        #expect(device.statistics.peersRefused == UInt64(perSender), "got \(device.statistics.peersRefused) refused, want \(perSender): every datagram of the third sender (over the limit)")
+        #expect(device.statistics.unknownSender == 0)
     }
 
     /// A dynamic peer is idle exactly `timeout` after its last well-formed frame; garbage does

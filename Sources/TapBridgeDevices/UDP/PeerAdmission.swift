@@ -1,64 +1,109 @@
 import CTapBridge
 import TapBridgeCore
 
-/// `--accept-peers`: senders that are not peers yet, and their datagrams, held until the
-/// daemon admits them after the batch that brought them (it adds each as a port, then the
-/// device delivers what was held). At most 16 datagrams are held per batch.
+/// `--accept-peers`: senders that are not peers yet, and what they sent, waiting for the
+/// daemon, which admits them after the batch that brought them (adds each as a port) or not.
+///
+/// ```
+///   datagram from a stranger ──► well-formed, under the limit? ── no ──► counted, dropped
+///                                        │ yes
+///                                        ▼
+///                              a candidate: its datagrams are held (copied: the plain receive
+///                              path) or left where they are (the train path: the message stays
+///                              pending); the device reads nothing more until the decision
+///                                        │  take() (the daemon, after the batch)
+///                                        ▼
+///                              decided: admitted ──► every held datagram delivered, in order
+///                                       not admitted ──► every one counted as peers_refused
+/// ```
+/// Nothing an admitted peer sent is lost: the device stops reading while a decision is
+/// pending, so held datagrams are bounded by one receive call (at most 64 datagrams).
 final class PeerAdmission {
     /// The encapsulation and VNI an unknown sender's datagram must be well-formed in, and the
     /// most dynamic peers.
     let encapsulation: Encapsulation
     let vni: VNI
     let limit: Int
-    /// Senders waiting to become peers (since the last `take`).
-    var candidates: [SocketAddress] = []
-    /// Held datagrams, one slot of `TrainReceiver.slotSize` bytes each in `area`.
-    var held: [(sender: SocketAddress, length: Int)] = []
+    /// Senders waiting for the daemon's decision (since the last `take`).
+    private(set) var candidates: [SocketAddress] = []
+    /// Senders decided on at the last `take`: admitted ones are in the peer table now; the
+    /// others are refused until the data read before the decision is used up.
+    private(set) var decided: [SocketAddress] = []
+    /// Held datagrams, in arrival order, packed into `area`; `delivered` of them are done.
+    var held: [(sender: SocketAddress, offset: Int, length: Int)] = []
+    var delivered = 0
     var area: UnsafeMutableRawPointer? = nil
-    static let maximumHeld = 16
+    var areaUsed = 0
+    /// Bytes of held datagrams at most: one receive call of the largest datagrams (allocated
+    /// when the first stranger is held).
+    static let areaBytes = Int(CTB_BATCH_MAX) * TrainReceiver.slotSize
+    static let maximumHeld = Int(CTB_BATCH_MAX)
 
     init(encapsulation: Encapsulation, vni: VNI, limit: Int) {
         self.encapsulation = encapsulation
         self.vni = vni
         self.limit = limit
+        held.reserveCapacity(Self.maximumHeld)
     }
 
     deinit { area?.deallocate() }
 
+    /// A decision is pending: the device reads nothing more until `take`.
+    var isWaiting: Bool { !candidates.isEmpty }
+
+    /// Held datagrams wait to be delivered.
+    var holds: Bool { delivered < held.count }
+
+    func isCandidate(_ sender: SocketAddress) -> Bool { candidates.contains(sender) }
+
+    /// Whether `sender` (not a peer) was decided on and not admitted.
+    func wasRefused(_ sender: SocketAddress) -> Bool { decided.contains(sender) }
+
+    /// Makes `sender` a candidate (if it is not yet one).
+    func propose(_ sender: SocketAddress) {
+        if !candidates.contains(sender) { candidates.append(sender) }
+    }
+
     /// Keeps a copy of a candidate's datagram (false: no room).
     func hold(_ d: ctb_datagram, from sender: SocketAddress) -> Bool {
-        guard held.count < Self.maximumHeld, d.length <= TrainReceiver.slotSize else { return false }
-        let area = self.area ?? .allocate(byteCount: Self.maximumHeld * TrainReceiver.slotSize, alignment: 64)
+        guard held.count < Self.maximumHeld, areaUsed + d.length <= Self.areaBytes else { return false }
+        let area = self.area ?? .allocate(byteCount: Self.areaBytes, alignment: 64)
         self.area = area
-        (area + held.count * TrainReceiver.slotSize).copyMemory(from: d.data, byteCount: d.length)
-        held.append((sender, d.length))
-        if !candidates.contains(sender) { candidates.append(sender) }
+        if d.length > 0 { (area + areaUsed).copyMemory(from: d.data, byteCount: d.length) }
+        held.append((sender, areaUsed, d.length))
+        areaUsed += d.length
+        propose(sender)
         return true
     }
 
-    /// Held datagram `k`.
-    func datagram(_ k: Int) -> (sender: SocketAddress, data: UnsafeMutableRawPointer, length: Int) {
-        (held[k].sender, area! + k * TrainReceiver.slotSize, held[k].length)
-    }
-
-    /// The candidates so far, forgotten here.
+    /// The candidates so far, now decided on by the caller (forgotten as candidates).
     func take() -> [SocketAddress] {
-        defer { candidates.removeAll() }
-        return candidates
+        decided = candidates
+        candidates.removeAll()
+        return decided
     }
 
-    /// The held datagrams of admitted candidates, as frames into `batch` (those of senders
-    /// not admitted count as refused).
+    /// Called before the device reads the socket again: everything read before the last
+    /// decision is used up, so a refused sender may be considered afresh.
+    func forgetDecisions() {
+        if !decided.isEmpty { decided.removeAll() }
+    }
+
+    /// The held datagrams, once decided on, as frames into `batch` until it is full (the rest
+    /// wait for the next call): an admitted sender's are delivered, the others counted as
+    /// refused. Nothing while a decision is pending.
     func deliverHeld(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) -> Int {
+        guard !isWaiting else { return 0 }
         var frames = 0
-        for k in held.indices {
-            let (sender, data, length) = datagram(k)
+        while delivered < held.count, !batch.isFull {
+            let (sender, offset, length) = held[delivered]
+            delivered += 1
             guard let index = device.table.index(for: sender) else {
                 device.counters.peersRefused &+= 1
                 continue
             }
             let port = device.table[index].port
-            guard let frame = device.innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
+            guard let frame = device.innerFrame(area! + offset, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
             guard frame.count <= batch.frameCapacity else {
                 batch.recordDrop(on: port, .truncated, bytes: length)
                 continue
@@ -67,7 +112,11 @@ final class PeerAdmission {
             batch.commit(length: frame.count, from: port)
             frames += 1
         }
-        held.removeAll(keepingCapacity: true)
+        if delivered == held.count {
+            held.removeAll(keepingCapacity: true)
+            delivered = 0
+            areaUsed = 0
+        }
         return frames
     }
 }

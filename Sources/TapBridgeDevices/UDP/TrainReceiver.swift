@@ -43,6 +43,8 @@ final class TrainReceiver {
                 pendingOffset = 0
             }
             frames += drain(into: batch, from: device, now: now)
+            // a stranger's message waits for the daemon's decision, and everything behind it
+            if device.admission?.isWaiting == true { break }
         }
         if building != nil { frames += commitBuilt(into: batch) }
         return frames
@@ -56,12 +58,17 @@ final class TrainReceiver {
             if batch.receiveDrops.count >= batch.capacity { return frames }
             let d = queue[pendingMessage]
             let total = d.length, stride = d.segment_size > 0 ? Int(d.segment_size) : d.length
-            if pendingOffset == 0, d.segment_size > 0 { trainsReceived &+= 1 }
             var first = d
             first.length = min(stride, total)
             let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
             let index = sender.flatMap { device.table.index(for: $0) }
-            if index == nil, let sender, pendingOffset == 0 { device.admit(sender, first, now) }
+            if index == nil, let sender {
+                // every datagram of the train is the stranger's: counted, or kept here until
+                // the daemon decides (a candidate: this message stays pending)
+                let left = max(1, (total - pendingOffset + stride - 1) / max(stride, 1))
+                if device.admit(sender, first, now, datagrams: left, holding: false) { return frames }
+            }
+            if pendingOffset == 0, d.segment_size > 0 { trainsReceived &+= 1 }
             guard let index, total <= Self.slotSize else {
                 if let index { batch.recordDrop(on: device.table[index].port, .truncated, bytes: total) }
                 pendingMessage += 1
