@@ -10,8 +10,13 @@ import TapBridgeOptions
 ///
 /// Nothing a client does can stall forwarding: sockets are non-blocking, a request may be at
 /// most 64 KiB (larger: an error reply, then close), a client that has not sent a full line
-/// within 5 s is dropped, at most 16 clients are served at once, and a response that the
-/// client does not read is dropped with it after the same 5 s without progress. A large answer
+/// within 1 s is dropped (tapbridge's own client sends it at once), at most 16 clients are
+/// served at once, and a response that the client does not read is dropped with it after 5 s
+/// without progress. Slow clients cannot lock a well-behaved one out: when all 16 places are
+/// taken, a new client takes the place of the oldest one that has its answer but lingers, or
+/// else of the one that has waited longest without a complete request; only when all 16 are being answered is a newcomer told "too many control clients"
+/// (and a newcomer beyond 16 of those replaces the oldest of them, so every client gets an
+/// answer, never a reset). A large answer
 /// (`show fdb` of a million entries) is produced in bounded slices, one slice per client per
 /// poll round and only once the previous one is written, so forwarding goes on between slices
 /// and the server's memory stays bounded.
@@ -46,6 +51,8 @@ public final class ControlServer {
     static let maximumRequest = 64 * 1024
     static let maximumClients = 16
     static let timeoutNanoseconds: Int64 = 5_000_000_000
+    /// How long a client has to send its whole request line.
+    static let requestTimeoutNanoseconds: Int64 = 1_000_000_000
 
     let path: String
     let listener: Int32
@@ -158,7 +165,7 @@ public final class ControlServer {
     var nextDeadline: Int64? { clients.lazy.map(\.deadline).min() }
 
     /// Clients being turned away.
-    var rejecting: Int { clients.lazy.filter(\.rejected).count }
+    var rejecting: Int { clients.lazy.filter { $0.rejected && !$0.closing }.count }
 
     /// Marks client `k` for closing at the end of the pass.
     func markClosing(_ k: Int) { clients[k].closing = true }
@@ -177,12 +184,12 @@ public final class ControlServer {
             } else if clients[k].answered {
                 writeOut(k)
             } else {
-                readIn(k, handle: handle)
+                readIn(k, now: now, handle: handle)
             }
             // a streamed answer that moves on keeps its client alive
             if clients[k].written != before { clients[k].deadline = now + Self.timeoutNanoseconds }
         }
-        if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now) }
+        if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now, handle: handle) }
         for k in clients.indices where clients[k].deadline <= now { markClosing(k) }  // timed out
         if clients.contains(where: \.closing) {
             for c in clients where c.closing { Glibc.close(c.fd) }
@@ -190,29 +197,39 @@ public final class ControlServer {
         }
     }
 
-    func acceptAll(now: Int64) {
+    func acceptAll(now: Int64, handle: (ControlRequest) -> Reply) {
         while true {
             let fd = ctb_accept(listener)
             if fd < 0 { return }
-            let client = Client(fd: fd, deadline: now + Self.timeoutNanoseconds)
-            if clients.count - rejecting >= Self.maximumClients {
-                // Over the limit: answer with the error at once, then drain the client's
-                // request until it closes (closing with its request unread would reset the
-                // connection and lose the answer). As many more may wait so; beyond that, close.
-                guard rejecting < Self.maximumClients else {
-                    Glibc.close(fd)
+            let client = Client(fd: fd, deadline: now + Self.requestTimeoutNanoseconds)
+            let served = clients.indices.filter { !clients[$0].rejected && !clients[$0].closing }
+            if served.count >= Self.maximumClients {
+                // full: the oldest client that has its whole answer but has not closed, else
+                // the one waiting longest for its own request line makes room (the array is in
+                // arrival order), so trickling or lingering clients cannot keep others out
+                if let oldest = served.first(where: { clients[$0].draining }) ?? served.first(where: { !clients[$0].answered }) {
+                    markClosing(oldest)
+                } else {
+                    // every place is being answered: say so at once, then drain the client's
+                    // request until it closes (closing with its request unread would reset the
+                    // connection and lose the answer); past as many more, the oldest of those
+                    // (answered already) goes
+                    if rejecting >= Self.maximumClients, let oldest = clients.indices.first(where: { clients[$0].rejected && !clients[$0].closing }) {
+                        markClosing(oldest)
+                    }
+                    clients.append(client)
+                    clients[clients.count - 1].rejected = true
+                    answer(clients.count - 1, .failure("too many control clients (\(Self.maximumClients) at once), try again"), now: now)
                     continue
                 }
-                clients.append(client)
-                clients[clients.count - 1].rejected = true
-                answer(clients.count - 1, .failure("too many control clients (\(Self.maximumClients) at once), try again"))
-                continue
             }
             clients.append(client)
+            // tapbridge's own client has usually sent its request already
+            readIn(clients.count - 1, now: now, handle: handle)
         }
     }
 
-    func readIn(_ k: Int, handle: (ControlRequest) -> Reply) {
+    func readIn(_ k: Int, now: Int64, handle: (ControlRequest) -> Reply) {
         var buffer = [UInt8](repeating: 0, count: 4096)
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(clients[k].fd, $0.baseAddress, $0.count, Int32(MSG_DONTWAIT)) }
@@ -220,7 +237,7 @@ public final class ControlServer {
             if n < 0 { if errno == EINTR { continue }; if errno == EAGAIN { return }; break }
             clients[k].input += buffer[0..<n]
             if clients[k].input.count > Self.maximumRequest {
-                answer(k, .failure("request larger than \(Self.maximumRequest) bytes"))
+                answer(k, .failure("request larger than \(Self.maximumRequest) bytes"), now: now)
                 return
             }
             if clients[k].input.contains(UInt8(ascii: "\n")) { break }
@@ -231,20 +248,23 @@ public final class ControlServer {
             return
         }
         guard let request = try? ControlCoding.decoder().decode(ControlRequest.self, from: Data(line)) else {
-            return answer(k, .failure("malformed request: expected one line of JSON like {\"command\":\"show-ports\"}"))
+            return answer(k, .failure("malformed request: expected one line of JSON like {\"command\":\"show-ports\"}"), now: now)
         }
         switch handle(request) {
-        case .response(let response): answer(k, response)
+        case .response(let response): answer(k, response, now: now)
         case .stream(let next):
             clients[k].answered = true
+            clients[k].deadline = now + Self.timeoutNanoseconds
             clients[k].stream = next
             writeOut(k)
         }
     }
 
-    func answer(_ k: Int, _ response: ControlResponse) {
+    /// Starts writing `response` to client `k`; from now on it has 5 s per step of progress.
+    func answer(_ k: Int, _ response: ControlResponse, now: Int64) {
         clients[k].output = Self.encode(response)
         clients[k].answered = true
+        clients[k].deadline = now + Self.timeoutNanoseconds
         writeOut(k)
     }
 
