@@ -450,3 +450,23 @@ int64_t ctb_monotonic_ns(void) {
     clock_gettime(CLOCK_MONOTONIC, &ts);
     return (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
 }
+
+#ifndef SO_PEERGROUPS
+#define SO_PEERGROUPS 59
+#endif
+
+int ctb_peer_credentials(int fd, unsigned int *uid, unsigned int *gids, int max) {
+    struct ucred cred;
+    socklen_t length = sizeof(cred);
+    if (max < 1) return -EINVAL;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0) return -errno;
+    *uid = cred.uid;
+    gids[0] = cred.gid;
+    gid_t groups[256];
+    socklen_t size = sizeof(groups);
+    int n = 1;
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups, &size) == 0) {
+        for (size_t k = 0; k < size / sizeof(gid_t) && n < max; k++) gids[n++] = groups[k];
+    }
+    return n;
+}

@@ -94,7 +94,7 @@ public final class BridgeDaemon {
             }
             if let path = controlPath {
                 let responder = ControlResponder(daemon: self)
-                control = try ControlServer(path: path, group: options.controlGroup) { responder.reply(to: $0) }
+                control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup) { responder.reply(to: $0) }
             }
         } catch {
             mirror?.close()

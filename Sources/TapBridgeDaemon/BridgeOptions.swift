@@ -27,8 +27,10 @@ extension BridgeDaemon {
         public var name = "tapbridge"
         /// The control socket (`--control`); nil: `/run/tapbridge/NAME.sock`; "none": off.
         public var controlPath: String? = nil
-        /// Group allowed to use the control socket (mode 0660 instead of 0600).
+        /// Group allowed to read through the control socket (`show`, `list`).
         public var controlGroup: String? = nil
+        /// Group allowed to change the bridge through the control socket too.
+        public var controlAdminGroup: String? = nil
         /// Log a one-line summary this often (`--stats-interval`), or nil.
         public var statsInterval: Duration? = nil
         /// The version reported by `show stats`.
@@ -65,6 +67,7 @@ extension BridgeDaemon.Options {
         self.name = name
         controlPath = settings.control
         controlGroup = settings.controlGroup
+        controlAdminGroup = settings.controlAdminGroup
         statsInterval = settings.statsInterval.map(duration)
         self.version = version
     }

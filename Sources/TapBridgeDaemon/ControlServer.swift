@@ -43,9 +43,35 @@ public final class ControlServer {
         var written = 0
         var deadline: Int64
         var answered = false
+        /// What the client's credentials allow (SO_PEERCRED, read at accept).
+        var rights = Rights.change
         /// The response is written and the write side shut: discard input until the client
         /// closes (closing with unread input would reset the connection and lose the reply).
         var draining = false
+    }
+
+    /// What a client may do, from its credentials: root and the bridge's own user may change
+    /// the bridge, members of `--control-admin-group` too; members of `--control-group` may only
+    /// show it. (Whoever else can connect, with both groups given, may do nothing.)
+    enum Rights: Comparable {
+        case none, show, change
+    }
+
+    /// The requests that change the bridge (everything else only shows it).
+    static let changingCommands: Set<String> = ["fdb-add", "fdb-del", "fdb-flush", "port-add", "port-del"]
+
+    /// The rights of the client on `fd`.
+    func rights(of fd: Int32) -> Rights {
+        var uid: UInt32 = 0
+        var gids = [UInt32](repeating: 0, count: 257)
+        let n = Int(ctb_peer_credentials(fd, &uid, &gids, Int32(gids.count)))
+        guard n > 0 else { return .none }
+        if uid == 0 || uid == geteuid() { return .change }
+        let groups = gids.prefix(n)
+        if let adminGroup, groups.contains(adminGroup) { return .change }
+        if let readerGroup, groups.contains(readerGroup) { return .show }
+        // connecting at all took the file's permission: with one group, that group's
+        return readerGroup != nil && adminGroup != nil ? .none : (adminGroup != nil ? .change : .show)
     }
 
     static let maximumRequest = 64 * 1024
@@ -56,6 +82,9 @@ public final class ControlServer {
 
     let path: String
     let listener: Int32
+    /// `--control-group` (may show) and `--control-admin-group` (may change too), by gid.
+    let readerGroup: gid_t?
+    let adminGroup: gid_t?
     /// Answers each request (the daemon).
     let respond: (ControlRequest) -> Reply
     var clients: [Client] = []
@@ -73,9 +102,16 @@ public final class ControlServer {
 
     /// Binds `path` (mode 0600, or 0660 with `group`); the caller holds its `ControlClaim`, so
     /// a socket file already there is stale and is replaced.
-    init(path: String, group: String?, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
+    init(path: String, readers: String? = nil, admins: String? = nil, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
         self.path = path
         self.respond = respond
+        func gid(_ group: String?, _ option: String) throws(StartupError) -> gid_t? {
+            guard let group else { return nil }
+            guard let g = getgrnam(group) else { throw StartupError("--\(option) '\(group)': no such group") }
+            return g.pointee.gr_gid
+        }
+        readerGroup = try gid(readers, "control-group")
+        adminGroup = try gid(admins, "control-admin-group")
         try Self.makeDirectory(for: path)
         var st = stat()
         if lstat(path, &st) == 0 {
@@ -95,17 +131,15 @@ public final class ControlServer {
             close(fd)
             throw StartupError("--control '\(path)': \(describeErrno(e))")
         }
-        var mode: mode_t = 0o600
-        if let group {
-            guard let g = getgrnam(group) else {
-                close(fd)
-                unlink(path)
-                throw StartupError("--control-group '\(group)': no such group")
-            }
-            chown(path, getuid(), g.pointee.gr_gid)
-            mode = 0o660
+        // the file's mode is the first gate; with both groups no one group can be the file's,
+        // so anyone may connect and each request is checked against the client's credentials
+        switch (readerGroup, adminGroup) {
+        case (nil, nil): chmod(path, 0o600)
+        case (let g?, nil), (nil, let g?):
+            chown(path, getuid(), g)
+            chmod(path, 0o660)
+        case (_?, _?): chmod(path, 0o666)
         }
-        chmod(path, mode)
         listener = fd
     }
 
@@ -201,7 +235,8 @@ public final class ControlServer {
         while true {
             let fd = ctb_accept(listener)
             if fd < 0 { return }
-            let client = Client(fd: fd, deadline: now + Self.requestTimeoutNanoseconds)
+            var client = Client(fd: fd, deadline: now + Self.requestTimeoutNanoseconds)
+            client.rights = rights(of: fd)
             let served = clients.indices.filter { !clients[$0].rejected && !clients[$0].closing }
             if served.count >= Self.maximumClients {
                 // full: the oldest client that has its whole answer but has not closed, else
@@ -249,6 +284,11 @@ public final class ControlServer {
         }
         guard let request = try? ControlCoding.decoder().decode(ControlRequest.self, from: Data(line)) else {
             return answer(k, .failure("malformed request: expected one line of JSON like {\"command\":\"show-ports\"}"), now: now)
+        }
+        let needed: Rights = Self.changingCommands.contains(request.command) ? .change : .show
+        guard clients[k].rights >= needed else {
+            let what = needed == .change ? "'\(request.command)' changes the bridge: only root, the bridge's user and members of --control-admin-group may" : "only root, the bridge's user and members of --control-group or --control-admin-group may use this bridge's control socket"
+            return answer(k, .failure("permission denied: \(what)"), now: now)
         }
         switch handle(request) {
         case .response(let response): answer(k, response, now: now)

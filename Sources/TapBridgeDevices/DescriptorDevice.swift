@@ -21,6 +21,13 @@ enum ReadOutcome {
 /// per call into the batch until the descriptor is drained. Subclasses implement `readFrame`
 /// and `transmit`.
 public class DescriptorDevice: PortDevice {
+    /// The MTU of interface `name` if `wanted` would change it: what to put back later.
+    static func mtuToRestore(_ name: String, wanted: Int?) -> Int32? {
+        guard let wanted else { return nil }
+        let current = ctb_if_get_mtu(name)
+        return current > 0 && Int(current) != wanted ? current : nil
+    }
+
     /// The descriptor, closed on deinit.
     let fd: Int32
     /// The port the engine assigned.
@@ -30,6 +37,11 @@ public class DescriptorDevice: PortDevice {
     let receiveHeader = UnsafeMutablePointer<UInt8>.allocate(capacity: Int(CTB_VNET_HDR_LEN))
     let sendHeader = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(CTB_VNET_HDR_LEN), alignment: 8)
 
+    /// The MTU an existing interface had before `mtu=` changed it (its ifindex and MTU), put
+    /// back when the port goes (removed, or the bridge stops): a port leaves its interface as
+    /// it found it.
+    var restoreMTU: (index: Int32, mtu: Int32)? = nil
+
     init(fd: Int32) {
         self.fd = fd
         receiveHeader.initialize(repeating: 0, count: Int(CTB_VNET_HDR_LEN))
@@ -37,6 +49,11 @@ public class DescriptorDevice: PortDevice {
     }
 
     deinit {
+        if let (index, mtu) = restoreMTU {
+            // by index: the interface may have been renamed since
+            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
+            if if_indextoname(UInt32(index), &name) != nil { _ = ctb_if_set_mtu(name, mtu) }
+        }
         close(fd)
         receiveHeader.deallocate()
         sendHeader.deallocate()

@@ -34,16 +34,21 @@ public final class PacketSocketDevice: DescriptorDevice {
         if index < 0 {
             throw StartupError(-index == ENODEV ? "no interface named \(name)" : "cannot look up \(name): \(describeErrno(-index))")
         }
+        let previousMTU = Self.mtuToRestore(name, wanted: mtu)
         if let mtu {
             let e = ctb_if_set_mtu(name, Int32(mtu))
             if e < 0 { throw StartupError("cannot set MTU \(mtu) on \(name): \(describeErrno(-e))") }
         }
+        // a port that fails to open leaves the MTU as it found it too
+        func undo() { if let previousMTU { _ = ctb_if_set_mtu(name, previousMTU) } }
         let up = ctb_if_set_up(name)
         if up < 0 {
+            undo()
             throw StartupError(-up == EPERM ? "bringing \(name) up needs CAP_NET_ADMIN (run as root)" : "cannot bring \(name) up: \(describeErrno(-up))")
         }
         let rc = ctb_packet_open(index)
         if rc < 0 {
+            undo()
             throw StartupError(-rc == EPERM ? "a packet socket needs CAP_NET_RAW (run as root)" : "packet socket on \(name) failed: \(describeErrno(-rc))")
         }
         self.name = name
@@ -51,6 +56,7 @@ public final class PacketSocketDevice: DescriptorDevice {
         interfaceIndex = index
         self.mtu = Int(max(ctb_if_get_mtu(name), 0))
         super.init(fd: rc)
+        restoreMTU = previousMTU.map { (index, $0) }
     }
 
     /// With offloads on, everything: `packet_snd` takes a frame with a virtio-net header, and

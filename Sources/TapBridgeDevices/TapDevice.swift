@@ -51,6 +51,8 @@ public final class TapDevice: DescriptorDevice {
             default: throw .failed("TUNSETIFF failed: \(describeErrno(-rc))")
             }
         }
+        // a TAP that existed keeps living after us: its MTU is put back; a new one just goes
+        let previousMTU = existedBefore ? Self.mtuToRestore(name, wanted: requestedMTU) : nil
         if let requestedMTU {
             let e = ctb_if_set_mtu(name, Int32(requestedMTU))
             if e < 0 {
@@ -58,16 +60,20 @@ public final class TapDevice: DescriptorDevice {
                 throw .failed("cannot set MTU \(requestedMTU): \(describeErrno(-e))")
             }
         }
+        func undo() {
+            if let previousMTU { _ = ctb_if_set_mtu(name, previousMTU) }
+            close(rc)
+        }
         let up = ctb_if_set_up(name)
         if up < 0 {
-            close(rc)
+            undo()
             throw .failed("cannot bring the link up: \(describeErrno(-up))")
         }
         var negotiated: Int32 = 0
         if offload {
             negotiated = ctb_tap_negotiate_offload(rc)
             if negotiated < 0 {
-                close(rc)
+                undo()
                 throw .failed("cannot set up the vnet header: \(describeErrno(-negotiated)) (try offload=off)")
             }
         }
@@ -76,6 +82,7 @@ public final class TapDevice: DescriptorDevice {
         interfaceIndex = ctb_if_index(name)
         offloads = offload ? negotiated : -1
         super.init(fd: rc)
+        restoreMTU = previousMTU.map { (interfaceIndex, $0) }
     }
 
     /// Whether the TAP was opened with the vnet header.

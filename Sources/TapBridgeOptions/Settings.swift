@@ -40,6 +40,7 @@ public struct Settings: Sendable {
     public var name: String? = nil
     public var control: String? = nil
     public var controlGroup: String? = nil
+    public var controlAdminGroup: String? = nil
     public var statsInterval: Double? = nil
     public var config: String? = nil
     public var printConfig = false

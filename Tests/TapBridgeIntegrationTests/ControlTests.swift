@@ -409,6 +409,52 @@ struct ControlTests {
         #expect(two.stop() == 0)
     }
 
+    /// Reading and changing are separate rights: --control-group may show, only
+    /// --control-admin-group (and root) may change; whoever else can connect may do nothing.
+    /// An interface's MTU set by `mtu=` is put back when its port goes, and at exit.
+    @Test func theControlGroupMayOnlyShowAndTheAdminGroupMayChange() throws {
+        let lab = Lab()
+        let (readers, admins) = ("tbr\(lab.tag)", "tba\(lab.tag)")
+        for g in [readers, admins] { try #require(Host.run(["groupadd", g]).ok, "groupadd \(g)") }
+        defer { for g in [readers, admins] { Host.run(["groupdel", g]) } }
+        func gid(_ group: String) -> String { Host.run(["getent", "group", group]).output.split(separator: ":").dropFirst(2).first.map(String.init) ?? "" }
+        /// Runs the client as nobody (uid 65534) with `group` as its only group.
+        func client(_ group: String?, _ args: [String], name: String) -> Host.Result {
+            let g = group.map(gid) ?? "65534"
+            return Host.run(["setpriv", "--reuid=65534", "--regid=\(g)", "--groups=\(g)", Host.binary] + args + ["--name", name])
+        }
+        let (vh, vk) = (lab.link("h"), lab.link("k"))
+        #expect(Host.run(["ip", "link", "add", vh, "type", "veth", "peer", "name", vk]).ok)
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", lab.link("t"), "--control-group", readers, "--control-admin-group", admins, "--name", name])
+        #expect(Lab.eventually { Host.run([Host.binary, "show", "ports", "--name", name]).ok }, "\(bridge.output)")
+
+        let show = client(readers, ["show", "ports"], name: name)
+        #expect(show.ok, "a reader cannot show: \(show.output)")
+        for change in [["port", "add", "\(vk),mode=packet"], ["fdb", "flush"], ["port", "del", lab.link("t")]] {
+            let r = client(readers, change, name: name)
+            #expect(!r.ok && r.output.contains("permission denied") && r.output.contains("changes the bridge"), "reader \(change): \(r.output)")
+        }
+        let stranger = client(nil, ["show", "ports"], name: name)
+        #expect(!stranger.ok && stranger.output.contains("permission denied"), "nobody in neither group: \(stranger.output)")
+        #expect(OffloadTests.ports(lab, name).count == 1)
+
+        // an admin adds the veth with another MTU and removes it: the MTU is back
+        let add = client(admins, ["port", "add", "\(vk),mode=packet,mtu=1400"], name: name)
+        #expect(add.ok, "an admin cannot add a port: \(add.output)")
+        #expect(Host.run(["cat", "/sys/class/net/\(vk)/mtu"]).output.hasPrefix("1400"))
+        let del = client(admins, ["port", "del", vk], name: name)
+        #expect(del.ok, "\(del.output)")
+        #expect(Lab.eventually { Host.run(["cat", "/sys/class/net/\(vk)/mtu"]).output.hasPrefix("1500") }, "the MTU was not put back after port del")
+        #expect(bridge.stop() == 0)
+
+        // set at start, put back at exit
+        let second = try lab.bridge(["--port", "\(vk),mode=packet,mtu=1280", "--name", lab.bridgeName()])
+        #expect(Lab.eventually { Host.run(["cat", "/sys/class/net/\(vk)/mtu"]).output.hasPrefix("1280") }, "\(second.output)")
+        #expect(second.stop() == 0)
+        #expect(Host.run(["cat", "/sys/class/net/\(vk)/mtu"]).output.hasPrefix("1500"), "the MTU was not put back at exit")
+    }
+
     /// Bridges without --name started at the same instant each claim their own name (the free
     /// name was once chosen, then bound: of 4, 2 survived): five rounds of four, all up, four
     /// names, each answering on its control socket; then two with one --name at once: one

@@ -16,7 +16,7 @@ struct OptionTableTests {
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"],
         "forward-link-local": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
         "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "mirror-format": ["pcap"], "snaplen": ["128"], "name": ["lab"],
-        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "stats-interval": ["60"], "log-level": ["debug"],
+        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "control-admin-group": ["sudo"], "stats-interval": ["60"], "log-level": ["debug"],
         "config": [], "print-config": [],
     ]
 

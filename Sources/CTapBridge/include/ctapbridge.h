@@ -124,6 +124,10 @@ int ctb_signalfd_read(int fd);
 
 /// accept4(2) with SOCK_NONBLOCK | SOCK_CLOEXEC: the new fd, or -errno (-EAGAIN: none waiting).
 int ctb_accept(int fd);
+/// The credentials of the process at the other end of Unix socket `fd` (SO_PEERCRED,
+/// SO_PEERGROUPS): its uid in `*uid`, and up to `max` group IDs in `gids` (the primary group
+/// first, then the supplementary ones). Returns how many group IDs were stored, or -errno.
+int ctb_peer_credentials(int fd, unsigned int *uid, unsigned int *gids, int max);
 
 /// sd_notify(3): sends `state` as one datagram to the Unix socket `path` ($NOTIFY_SOCKET; a
 /// leading '@' is an abstract address). 0 or -errno.
