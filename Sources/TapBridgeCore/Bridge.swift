@@ -298,6 +298,11 @@ public final class Bridge {
         table.flush(port: port, vlan: vlan, includingStatic: includingStatic)
     }
 
+    /// One slice of a flush (see `ForwardingTable.flush(from:positions:port:vlan:includingStatic:)`).
+    public func flush(from start: Int, positions: Int, port: PortID? = nil, vlan: VLANID? = nil, includingStatic: Bool = false) -> (removed: Int, next: Int?) {
+        table.flush(from: start, positions: positions, port: port, vlan: vlan, includingStatic: includingStatic)
+    }
+
     /// Removes aged-out entries; call when `nextDeadline` has passed.
     @discardableResult
     public func expire(at now: Instant) -> Int {

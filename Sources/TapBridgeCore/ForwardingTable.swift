@@ -283,16 +283,30 @@ public struct ForwardingTable: Sendable {
     /// `includingStatic`. `flush()` empties the learned part of the table. Returns how many.
     @discardableResult
     public mutating func flush(port: PortID? = nil, vlan: VLANID? = nil, includingStatic: Bool = false) -> Int {
-        var victims: [Int32] = []
-        for (key, slot) in index.pairs {
-            let e = slab[Int(slot)]
-            if let port, e.port != port { continue }
-            if let vlan, UInt16(truncatingIfNeeded: key >> 48) != vlan.rawValue { continue }
-            if e.isStatic && !includingStatic { continue }
-            victims.append(slot)
+        flush(from: 0, positions: slab.count, port: port, vlan: vlan, includingStatic: includingStatic).removed
+    }
+
+    /// Flushes, as `flush(port:vlan:includingStatic:)`, the entries at slab positions `start
+    /// ..< start + positions`; returns how many it removed and where to go on (`nil`: the end).
+    /// A large table is flushed in slices between forwarding rounds this way (an entry keeps
+    /// its position while it lives): two million entries at once held the loop for 370 ms.
+    public mutating func flush(from start: Int, positions: Int, port: PortID? = nil, vlan: VLANID? = nil, includingStatic: Bool = false)
+        -> (removed: Int, next: Int?)
+    {
+        let end = min(slab.count, max(0, start) + max(positions, 0))
+        var removed = 0
+        var i = max(0, start)
+        while i < end {
+            let e = slab[i]
+            if index[e.key] == Int32(i), port == nil || e.port == port,
+                vlan == nil || UInt16(truncatingIfNeeded: e.key >> 48) == vlan!.rawValue, !e.isStatic || includingStatic
+            {
+                remove(slot: Int32(i))
+                removed += 1
+            }
+            i += 1
         }
-        for slot in victims { remove(slot: slot) }
-        return victims.count
+        return (removed, end < slab.count ? end : nil)
     }
 
     /// Every entry that has not aged out at `now`, sorted by VLAN then MAC.

@@ -9,6 +9,36 @@ public enum ControlClient {
     /// Sends one request to the bridge at `path` and returns its response (5-second limit).
     /// Throws a one-line message when the bridge cannot be reached or answers nonsense.
     public static func exchange(_ request: ControlRequest, at path: String) throws(StartupError) -> ControlResponse {
+        var reply: [UInt8] = []
+        let sendError = try converse(request, at: path) { reply += $0 }
+        return try decode(reply, sendError: sendError, path: path)
+    }
+
+    /// `show fdb`: the streamed answer read into a listing as it arrives (see `FDBListing`);
+    /// an error answer throws its message.
+    public static func fdb(_ request: ControlRequest, at path: String) throws(StartupError) -> FDBListing {
+        var listing = FDBListing()
+        let sendError = try converse(request, at: path) { piece throws(StartupError) in try listing.feed(piece) }
+        guard listing.isComplete else {
+            let response = try decode(listing.other, sendError: sendError, path: path)
+            throw StartupError(response.ok ? "unreadable answer from \(path)" : response.error ?? "the bridge refused the request")
+        }
+        return listing
+    }
+
+    /// The response in `reply`, or why there is none.
+    static func decode(_ reply: [UInt8], sendError: Int32?, path: String) throws(StartupError) -> ControlResponse {
+        guard let response = try? ControlCoding.decoder().decode(ControlResponse.self, from: Data(reply)) else {
+            if let sendError, reply.isEmpty { throw StartupError("sending to \(path): \(describeErrno(sendError))") }
+            throw StartupError("unreadable answer from \(path)")
+        }
+        return response
+    }
+
+    /// Sends `request` and hands each piece of the answer to `body` as it arrives (a long
+    /// answer, `show fdb` of millions of entries, is never held whole). Returns the errno of a
+    /// send that failed (the server may have answered before reading), or nil.
+    public static func converse(_ request: ControlRequest, at path: String, _ body: (ArraySlice<UInt8>) throws(StartupError) -> Void) throws(StartupError) -> Int32? {
         guard path.utf8.count < 108 else { throw StartupError("control socket path too long: \(path)") }
         let fd: Int32
         switch ControlServer.connectTo(path) {
@@ -39,22 +69,19 @@ public enum ControlClient {
             }
             sent += n
         }
-        var reply: [UInt8] = []
-        var buffer = [UInt8](repeating: 0, count: 65_536)
+        var received = 0
+        var buffer = [UInt8](repeating: 0, count: 1 << 20)
         while true {
             let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
             if n == 0 { break }
             if n < 0 {
                 if errno == EINTR { continue }
-                if !reply.isEmpty || sendError == nil { throw StartupError("reading from \(path): \(describeErrno(errno == EAGAIN ? ETIMEDOUT : errno))") }
+                if received > 0 || sendError == nil { throw StartupError("reading from \(path): \(describeErrno(errno == EAGAIN ? ETIMEDOUT : errno))") }
                 break
             }
-            reply += buffer[0..<n]
+            received += n
+            try body(buffer[0..<n])
         }
-        guard let response = try? ControlCoding.decoder().decode(ControlResponse.self, from: Data(reply)) else {
-            if let sendError, reply.isEmpty { throw StartupError("sending to \(path): \(describeErrno(sendError))") }
-            throw StartupError("unreadable answer from \(path)")
-        }
-        return response
+        return sendError
     }
 }

@@ -17,9 +17,13 @@ final class ControlResponder {
     /// Entries per slice of a streamed `show fdb` answer (about 200 KB of JSON).
     static let fdbSliceEntries = 2048
 
-    /// Answers one control request: `show fdb` as a stream of slices (a million entries must
-    /// not stall forwarding nor be held in memory at once), the rest at once.
+    /// Slab positions an `fdb flush` slice visits (a few milliseconds of work).
+    static let flushSlicePositions = 32_768
+
+    /// Answers one control request: `show fdb` and `fdb flush` as streams of slices (a million
+    /// entries must not stall forwarding nor be held in memory at once), the rest at once.
     func reply(to request: ControlRequest) -> ControlServer.Reply {
+        if request.command == "fdb-flush" { return flush(request) }
         guard request.command == "show-fdb" else { return .response(handle(request)) }
         guard case .success(let port) = optionalPort(request.port) else { return .response(.failure("no port named '\(request.port ?? "")'")) }
         var position = 0
@@ -83,16 +87,6 @@ final class ControlResponder {
             guard engine.bridge.table.peek(mac, vlan: vlan, at: now) == port else { return .failure("\(mac) is not on \(name) in VLAN \(vlan)") }
             engine.bridge.removeEntry(mac, vlan: vlan)
             return .success("\(mac) removed from \(name) in VLAN \(vlan)")
-        case "fdb-flush":
-            guard case .success(let port) = optionalPort(request.port) else { return .failure("no port named '\(request.port ?? "")'") }
-            var vlan: VLANID? = nil
-            if let v = request.vlan {
-                guard let id = VLANID(validating: v) else { return .failure("VLAN must be 1-4094, got \(v)") }
-                vlan = id
-            }
-            var r = ControlResponse.success()
-            r.flushed = engine.bridge.flush(port: port, vlan: vlan, includingStatic: request.spec == "static")
-            return r
         case "port-add":
             guard let text = request.spec else { return .failure("port-add needs a spec, like tap3,vlan=10") }
             let spec: PortSpec
@@ -117,6 +111,31 @@ final class ControlResponder {
             return .success("port \(name) removed")
         default:
             return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del)")
+        }
+    }
+
+    /// `fdb flush`, a slice of the table per poll round; the answer (how many went) at the end.
+    func flush(_ request: ControlRequest) -> ControlServer.Reply {
+        guard case .success(let port) = optionalPort(request.port) else { return .response(.failure("no port named '\(request.port ?? "")'")) }
+        var vlan: VLANID? = nil
+        if let v = request.vlan {
+            guard let id = VLANID(validating: v) else { return .response(.failure("VLAN must be 1-4094, got \(v)")) }
+            vlan = id
+        }
+        var position = 0
+        var flushed = 0
+        return .stream { [unowned self] out in
+            let (removed, next) = engine.bridge.flush(from: position, positions: Self.flushSlicePositions, port: port, vlan: vlan,
+                                                      includingStatic: request.spec == "static")
+            flushed += removed
+            if let next {
+                position = next
+                return true
+            }
+            var r = ControlResponse.success()
+            r.flushed = flushed
+            out += ControlServer.encode(r)
+            return false
         }
     }
 

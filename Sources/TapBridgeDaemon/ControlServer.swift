@@ -38,6 +38,8 @@ public final class ControlServer {
         var rejected = false
         /// The rest of a streamed answer, while there is more.
         var stream: ((inout [UInt8]) -> Bool)? = nil
+        /// Slices of the streamed answer produced so far (a slice may write nothing: a flush).
+        var slices = 0
         var input: [UInt8] = []
         var output: [UInt8] = []
         var written = 0
@@ -212,7 +214,7 @@ public final class ControlServer {
             let revents = fds[index].revents
             index += 1
             if revents == 0 || clients[k].closing { continue }
-            let before = clients[k].written
+            let before = (clients[k].written, clients[k].slices)
             if clients[k].draining {
                 discardInput(k)
             } else if clients[k].answered {
@@ -221,7 +223,7 @@ public final class ControlServer {
                 readIn(k, now: now, handle: handle)
             }
             // a streamed answer that moves on keeps its client alive
-            if clients[k].written != before { clients[k].deadline = now + Self.timeoutNanoseconds }
+            if (clients[k].written, clients[k].slices) != before { clients[k].deadline = now + Self.timeoutNanoseconds }
         }
         if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now, handle: handle) }
         for k in clients.indices where clients[k].deadline <= now { markClosing(k) }  // timed out
@@ -320,6 +322,7 @@ public final class ControlServer {
         if clients[k].written == clients[k].output.count, let next = clients[k].stream {
             clients[k].output.removeAll(keepingCapacity: true)
             clients[k].written = 0
+            clients[k].slices += 1
             if !next(&clients[k].output) { clients[k].stream = nil }
         }
         while clients[k].written < clients[k].output.count {

@@ -262,6 +262,35 @@ struct TableTests {
         #expect(t.flush(includingStatic: true) == 1)
         #expect(t.count == 0)
     }
+
+    /// A flush in slices (as the control socket does it, between forwarding rounds) removes
+    /// exactly what one flush would, whatever the slice size, and the table stays usable.
+    @Test(arguments: [1, 7, 1000])
+    func aFlushInSlicesRemovesWhatOneFlushWould(_ positions: Int) {
+        func table() -> ForwardingTable {
+            var t = ForwardingTable(configuration: .init(maximumEntries: 5000))
+            for i in 0..<3000 { t.learn(FrameFactory.host(i), on: PortID(UInt16(i % 4)), vlan: VLANID(UInt16(1 + i % 3)), at: .zero) }
+            for i in 0..<100 { t.addStatic(FrameFactory.host(10_000 + i), on: PortID(UInt16(i % 4)), vlan: 1) }
+            for i in stride(from: 0, to: 3000, by: 5) { t.remove(FrameFactory.host(i), vlan: VLANID(UInt16(1 + i % 3))) }  // holes
+            return t
+        }
+        for (port, vlan, statics) in [(nil, nil, false), (PortID(1), nil, false), (nil, VLANID(2), true), (PortID(3), VLANID(1), true)] as [(PortID?, VLANID?, Bool)] {
+            var whole = table(), sliced = table()
+            let want = whole.flush(port: port, vlan: vlan, includingStatic: statics)
+            var got = 0
+            var position: Int? = 0
+            var calls = 0
+            while let p = position {
+                let (removed, next) = sliced.flush(from: p, positions: positions, port: port, vlan: vlan, includingStatic: statics)
+                got += removed
+                position = next
+                calls += 1
+            }
+            #expect(got == want && sliced.count == whole.count, "port \(String(describing: port)) vlan \(String(describing: vlan)): got \(got) removed, want \(want)")
+            #expect(calls >= 3000 / positions, "got \(calls) slices")
+            #expect(sliced.learn(FrameFactory.host(77_777), on: PortID(0), vlan: 1, at: .zero) != .refused(.tableFull))
+        }
+    }
 }
 
 @Suite("Port flags and faults")
