@@ -136,6 +136,9 @@ public struct PortCounters: Equatable, Sendable {
     public var checksumsCompleted: UInt64 = 0
     /// Super-frames cut into segments for this port (each segment counts as a transmitted frame).
     public var framesSegmented: UInt64 = 0
+    /// Super-frames handed whole to this port, which takes them (each counts as its segments
+    /// in `transmittedFrames`, as it will be on the wire).
+    public var superFramesPassed: UInt64 = 0
     /// Drops by `DropReason.rawValue`.
     public var drops: [UInt64] = Array(repeating: 0, count: DropReason.allCases.count)
 
@@ -428,6 +431,13 @@ public final class Bridge {
     public func countSegmented(on port: PortID) {
         guard port.index < ports.count else { return }
         ports[port.index].counters.framesSegmented &+= 1
+    }
+
+    /// Counts a super-frame handed whole to `port`.
+    @inline(__always)
+    public func countSuperFramePassed(on port: PortID) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.superFramesPassed &+= 1
     }
 
     /// Counts `frames` drops (default one) for `reason` on `port`.

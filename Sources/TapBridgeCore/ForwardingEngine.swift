@@ -266,7 +266,9 @@ public final class ForwardingEngine {
         }
         let frame = batch.frame(i)
         let whole = batch.offload(i)
-        count(device.transmit(frame, offload: whole, to: port), on: port, bytes: frame.count, frames: whole.isSegmentation ? wireFrames : 1)
+        let outcome = device.transmit(frame, offload: whole, to: port)
+        if whole.isSegmentation, outcome == .sent || outcome == .queued { bridge.countSuperFramePassed(on: port) }
+        count(outcome, on: port, bytes: frame.count, frames: whole.isSegmentation ? wireFrames : 1)
     }
 
     /// Counts what `transmit` answered: sent, dropped, or nothing yet (queued: `flush` tells).

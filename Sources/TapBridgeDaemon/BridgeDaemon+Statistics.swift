@@ -18,7 +18,7 @@ extension BridgeDaemon {
                               state: tunnel?.peer(of: port)?.isUnreachable == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
-                              framesSegmented: c.framesSegmented, drops: drops, remote: a.kind == .remote ? tunnel?.peer(of: port).map(RemoteReport.init) : nil, heldBy: a.heldBy)
+                              framesSegmented: c.framesSegmented, superFramesPassed: c.superFramesPassed, drops: drops, remote: a.kind == .remote ? tunnel?.peer(of: port).map(RemoteReport.init) : nil, heldBy: a.heldBy)
         }
     }
 

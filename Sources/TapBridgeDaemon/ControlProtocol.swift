@@ -49,6 +49,9 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var checksumsCompleted: UInt64
     /// Super-frames (GSO) cut into MTU-sized frames for this port.
     public var framesSegmented: UInt64
+    /// Super-frames (GSO) handed whole to this port (it takes them; `tx_frames` counts their
+    /// segments).
+    public var superFramesPassed: UInt64
     /// Drops by reason (snake_case names, see Docs/Operations.md); only reasons with a count.
     public var drops: [String: UInt64]
     /// For a remote: where it is and how frames travel to it; absent for other ports.
@@ -142,6 +145,9 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var fdb: FDB
     public var udp: UDP?
     public var mirror: Mirror?
+    /// The control socket the answer came through: set by `tapbridge list` (the bridge does
+    /// not send it).
+    public var control: String? = nil
 }
 
 /// The answer to one request.

@@ -98,7 +98,7 @@ public final class ControlServer {
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty, mkdir(dir, 0o755) != 0, errno != EEXIST {
             let e = errno
-            throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(e == EROFS ? " (give a writable --control PATH, or --control none)" : "")")
+            throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(e == EROFS || e == EACCES ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : "")")
         }
     }
 
@@ -131,7 +131,7 @@ public final class ControlServer {
         if bound < 0 || listen(fd, 16) < 0 {
             let e = errno
             close(fd)
-            throw StartupError("--control '\(path)': \(describeErrno(e))")
+            throw StartupError("--control '\(path)': \(describeErrno(e))\(e == EACCES || e == EROFS ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : "")")
         }
         // the file's mode is the first gate; with both groups no one group can be the file's,
         // so anyone may connect and each request is checked against the client's credentials

@@ -121,6 +121,7 @@ extension PortReport {
             .init(name: "tx_bytes", value: Double(p?.txBytes ?? 0), help: "Bytes sent out of a port."),
             .init(name: "checksums_completed", value: Double(p?.checksumsCompleted ?? 0), help: "Partial checksums (offloaded by the sender) completed for a port."),
             .init(name: "frames_segmented", value: Double(p?.framesSegmented ?? 0), help: "Super-frames (GSO) cut into segments for a port."),
+            .init(name: "super_frames_passed", value: Double(p?.superFramesPassed ?? 0), help: "Super-frames (GSO) handed whole to a port that takes them."),
         ]
     }
 

@@ -37,6 +37,20 @@ public final class TapDevice: DescriptorDevice {
         case failed(String)
     }
 
+    /// Why opening TAP `name` was refused, with the fix that applies: the device node itself
+    /// (`/dev/net/tun` not readable and writable by this user: a capability does not help),
+    /// or the capability (creating a TAP, or attaching one this user does not own).
+    static func permissionProblem(_ name: String, existed: Bool) -> String {
+        if access("/dev/net/tun", R_OK | W_OK) != 0, errno == EACCES {
+            var st = stat()
+            let mode = stat("/dev/net/tun", &st) == 0 ? String(st.st_mode & 0o777, radix: 8) : "?"
+            return "cannot open /dev/net/tun: permission denied (its mode is 0\(mode); a capability does not open it: run as root, or make it usable as most distributions ship it: chmod 0666 /dev/net/tun, where the kernel still checks CAP_NET_ADMIN or the TAP's owner)"
+        }
+        return existed
+            ? "attaching TAP \(name) needs CAP_NET_ADMIN, or a persistent TAP made for your user (ip tuntap add dev \(name) mode tap user $USER); run as root, or: setcap cap_net_admin,cap_net_raw+ep $(command -v tapbridge)"
+            : "creating TAP \(name) needs CAP_NET_ADMIN: run as root, or: setcap cap_net_admin,cap_net_raw+ep $(command -v tapbridge) (or pre-create it for your user: ip tuntap add dev \(name) mode tap user $USER)"
+    }
+
     /// Attaches to (or creates) TAP `name`, brings it up, sets `mtu` if given; `offload`: open
     /// it with the vnet header and negotiate offloads.
     public init(name: String, mtu requestedMTU: Int?, offload: Bool = true) throws(OpenError) {
@@ -46,7 +60,7 @@ public final class TapDevice: DescriptorDevice {
             switch -rc {
             case EBUSY: throw .busy
             case EINVAL where existedBefore: throw .notATap
-            case EPERM, EACCES: throw .failed("creating or attaching a TAP needs CAP_NET_ADMIN (run as root, or grant the capability: setcap cap_net_admin+ep tapbridge)")
+            case EPERM, EACCES: throw .failed(Self.permissionProblem(name, existed: existedBefore))
             case ENOENT, ENODEV, ENXIO: throw .failed("/dev/net/tun is missing (load the tun module: modprobe tun)")
             default: throw .failed("TUNSETIFF failed: \(describeErrno(-rc))")
             }

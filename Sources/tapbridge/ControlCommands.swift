@@ -24,19 +24,47 @@ struct List: ParsableCommand {
     @Flag(help: "JSON: an array of the bridges' show stats answers.") var json = false
 
     func run() throws {
-        let running = Self.runningBridges(in: directory)
-        if json { return try ControlOutput.printJSON(running.map(\.stats)) }
-        if running.isEmpty { return print("no bridge is running (no control socket answers in \(directory))") }
+        var denied: [String] = []
+        let running = Self.runningBridges(in: directory, denied: &denied)
+        // bridges this user may not ask still run: say so (on standard error with --json)
+        let note = denied.isEmpty ? nil : "\(denied.count) more bridge(s) run here that you may not ask (permission denied): \(denied.joined(separator: ", ")); run as root, or as a member of their --control-group"
+        if json {
+            if let note { FileHandle.standardError.write(Data(("tapbridge: " + note + "\n").utf8)) }
+            return try ControlOutput.printJSON(running.map { var s = $0.stats; s.control = $0.path; return s })
+        }
+        if running.isEmpty {
+            print(note ?? "no bridge is running (no control socket answers in \(directory))")
+            return
+        }
         print(table(["NAME", "PORTS", "UP", "CONTROL"], running.map { [$0.stats.name, "\($0.stats.ports)", "\(Int($0.stats.uptimeSeconds)) s", $0.path] }))
+        if let note { print(note) }
     }
 
     /// The bridges whose control sockets in `directory` answer `show stats`, by socket name (a
     /// socket file whose bridge is gone does not answer, and is left out).
     static func runningBridges(in directory: String = "/run/tapbridge") -> [(path: String, stats: StatsReport)] {
-        ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter { $0.hasSuffix(".sock") }.sorted().compactMap { file in
+        var denied: [String] = []
+        return runningBridges(in: directory, denied: &denied)
+    }
+
+    /// The same; `denied` gets the sockets this user may not connect to or ask (a bridge runs
+    /// behind each, but whose is not for us to see).
+    static func runningBridges(in directory: String, denied: inout [String]) -> [(path: String, stats: StatsReport)] {
+        var out: [(path: String, stats: StatsReport)] = []
+        for file in ((try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []).filter({ $0.hasSuffix(".sock") }).sorted() {
             let path = "\(directory)/\(file)"
-            return (try? ControlClient.exchange(ControlRequest(command: "show-stats"), at: path))?.stats.map { (path, $0) }
+            do {
+                let r = try ControlClient.exchange(ControlRequest(command: "show-stats"), at: path)
+                if let stats = r.stats {
+                    out.append((path, stats))
+                } else if r.error?.hasPrefix("permission denied") == true {
+                    denied.append(path)
+                }
+            } catch {
+                if error.message.hasPrefix("no permission") { denied.append(path) }
+            }
         }
+        return out
     }
 }
 

@@ -437,6 +437,13 @@ struct ControlTests {
         }
         let stranger = client(nil, ["show", "ports"], name: name)
         #expect(!stranger.ok && stranger.output.contains("permission denied"), "nobody in neither group: \(stranger.output)")
+        // list: a bridge this user may not ask is still said to run (it once said "no bridge is
+        // running"); as root, --json names each bridge's control socket as the text does
+        let list = Host.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", Host.binary, "list"])
+        #expect(list.output.contains("that you may not ask (permission denied)") && list.output.contains("/run/tapbridge/\(name).sock"), "list as nobody: \(list.output)")
+        let json = Host.run([Host.binary, "list", "--json"])
+        let listed = (try? JSONSerialization.jsonObject(with: Data(json.output.utf8))) as? [[String: Any]] ?? []
+        #expect(listed.contains { $0["name"] as? String == name && $0["control"] as? String == "/run/tapbridge/\(name).sock" }, "list --json: \(json.output.prefix(400))")
         #expect(OffloadTests.ports(lab, name).count == 1)
 
         // an admin adds the veth with another MTU and removes it: the MTU is back

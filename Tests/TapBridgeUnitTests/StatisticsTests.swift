@@ -7,7 +7,7 @@ struct StatisticsTests {
     static let model: Statistics = {
         let port = PortReport(name: "tap\"0", kind: "tap", interface: "tap\"0", state: "up", offloads: "csum tso", vlans: "access VLAN 1", learning: true, flooding: true,
                               rxFrames: 12, rxBytes: 1200, txFrames: 7, txBytes: 700, checksumsCompleted: 1, framesSegmented: 2,
-                              drops: ["no_egress_port": 3, "runt": 1])
+                              superFramesPassed: 3, drops: ["no_egress_port": 3, "runt": 1])
         let stats = StatsReport(name: "lab", version: "0.1.0", uptimeSeconds: 5.5, ports: 1,
                                 fdb: .init(entries: 3, maxEntries: 8192, learned: 4, refreshed: 9, moved: 1, moveDamped: 0, expired: 1, evicted: 0, refused: 0),
                                 udp: .init(listen: "[::]:4789", unknownSender: 2, unreachable: 0, peersRefused: 0, checksumsCompleted: 0,
@@ -18,7 +18,7 @@ struct StatisticsTests {
 
     @Test func logLinesAreNameEqualsValue() {
         let lines = Self.model.logLines
-        #expect(lines.first == "counters port tap\"0: rx_frames=12 rx_bytes=1200 tx_frames=7 tx_bytes=700 checksums_completed=1 frames_segmented=2 drops=4 no_egress_port=3 runt=1")
+        #expect(lines.first == "counters port tap\"0: rx_frames=12 rx_bytes=1200 tx_frames=7 tx_bytes=700 checksums_completed=1 frames_segmented=2 super_frames_passed=3 drops=4 no_egress_port=3 runt=1")
         #expect(lines.contains("counters fdb: entries=3 max_entries=8192 learned=4 refreshed=9 moved=1 move_damped=0 expired=1 evicted=0 refused=0"))
         #expect(lines.contains { $0.hasPrefix("counters udp: unknown_sender=2 ") && $0.contains(" trains_sent=6 ") })
         #expect(!lines.contains { $0.hasPrefix("counters mirror") }, "no mirror, no line")
