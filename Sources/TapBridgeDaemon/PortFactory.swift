@@ -12,6 +12,8 @@ enum PortFactory {
     /// `mirror`: the interfaces the mirror injects into, which no port may be.
     static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, decorate: (any PortDevice) -> any PortDevice,
                        mirror: MirrorInterface?, logger: Logger) throws(StartupError) {
+        // a TAP removed just before (port del) is gone once its descriptor is closed
+        DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
         // would loop every broadcast between its two ports: refuse it.
         let existing = ctb_if_index(spec.name)

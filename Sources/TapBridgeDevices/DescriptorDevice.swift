@@ -41,6 +41,8 @@ public class DescriptorDevice: PortDevice {
     /// back when the port goes (removed, or the bridge stops): a port leaves its interface as
     /// it found it.
     var restoreMTU: (index: Int32, mtu: Int32)? = nil
+    /// The interface that goes away when the descriptor closes (a TAP tapbridge created).
+    var closesInterface: String? = nil
 
     init(fd: Int32) {
         self.fd = fd
@@ -54,7 +56,7 @@ public class DescriptorDevice: PortDevice {
             var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
             if if_indextoname(UInt32(index), &name) != nil { _ = ctb_if_set_mtu(name, mtu) }
         }
-        close(fd)
+        DescriptorCloser.close(fd, interface: closesInterface)  // a TAP's interface goes away off the loop
         receiveHeader.deallocate()
         sendHeader.deallocate()
     }

@@ -97,6 +97,7 @@ public final class TapDevice: DescriptorDevice {
         offloads = offload ? negotiated : -1
         super.init(fd: rc)
         restoreMTU = previousMTU.map { (interfaceIndex, $0) }
+        if !existedBefore { closesInterface = name }
     }
 
     /// Whether the TAP was opened with the vnet header.
