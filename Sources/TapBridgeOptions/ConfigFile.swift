@@ -55,6 +55,21 @@ public enum ConfigFile {
         return try entries(fromYAML: String(decoding: data, as: UTF8.self), file: path)
     }
 
+    /// A YAML syntax error as `:LINE: not valid YAML: PROBLEM (CONTEXT)`, on one line (the
+    /// parser's own text quotes the source over three lines, with a caret).
+    static func oneLine(_ error: any Error) -> String {
+        if let e = error as? YamlError {
+            switch e {
+            case .scanner(let context, let problem, let mark, _), .parser(let context, let problem, let mark, _),
+                .composer(let context, let problem, let mark, _):
+                return ":\(mark.line): not valid YAML: \(problem) at column \(mark.column)" + (context.map { " (\($0.text) at line \($0.mark.line))" } ?? "")
+            default: break
+            }
+        }
+        let text = "\(error)".split(separator: "\n").prefix(2).joined(separator: " ")
+        return ": not valid YAML: \(text)"
+    }
+
     /// The entries of YAML text; `file` names it in errors.
     static func entries(fromYAML text: String, file: String) throws(StartupError) -> [Entry] {
         func fail(_ node: Node?, _ message: String) -> StartupError {
@@ -64,7 +79,7 @@ public enum ConfigFile {
         do {
             root = try Yams.compose(yaml: text)
         } catch {
-            throw StartupError("config \(file): not valid YAML: \(error)")
+            throw StartupError("config \(file)\(Self.oneLine(error))")
         }
         guard let root else { return [] }  // an empty file says nothing
         guard let mapping = root.mapping else { throw fail(root, "expected a mapping of option: value") }
@@ -78,8 +93,10 @@ public enum ConfigFile {
                 continue
             }
             guard let index = OptionTable.byKey[key] else {
-                let known = OptionTable.configKeys.joined(separator: ", ")
-                throw fail(keyNode, OptionTable.byName[key] != nil ? "'\(key)' is for the command line only" : "unknown key '\(key)' (known: \(known))")
+                // the near miss, not a list of 40 keys cut short by the error's length limit
+                let near = OptionParser.nearest(key, among: OptionTable.configKeys).map { "did you mean '\($0)'? " } ?? ""
+                throw fail(keyNode, OptionTable.byName[key] != nil ? "'\(key)' is for the command line only"
+                    : "unknown key '\(key)' (\(near)every key is the long name of an option in tapbridge --help)")
             }
             let definition = OptionTable.all[index]
             switch definition.arity {

@@ -92,9 +92,15 @@ public enum OptionParser {
 
     /// ` (did you mean '--ageing'?)` for a near miss, or nothing.
     static func suggestion(for name: String) -> String {
-        let best = OptionTable.byName.keys.map { ($0, distance($0, name)) }.min { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
-        guard let best, best.1 <= max(1, name.count / 4) else { return "" }
-        return " (did you mean '--\(best.0)'?)"
+        nearest(name, among: OptionTable.byName.keys).map { " (did you mean '--\($0)'?)" } ?? ""
+    }
+
+    /// The one of `names` nearest to `name` if it is a near miss (a quarter of its letters
+    /// off; at least one, two from four letters on, so that a swap like `prot` is one), else nil.
+    static func nearest(_ name: String, among names: some Sequence<String>) -> String? {
+        let best = names.map { ($0, distance($0, name)) }.min { $0.1 < $1.1 || ($0.1 == $1.1 && $0.0 < $1.0) }
+        guard let best, best.1 <= max(name.count >= 4 ? 2 : 1, name.count / 4) else { return nil }
+        return best.0
     }
 
     /// Levenshtein distance (names are short).

@@ -11,6 +11,19 @@ import Glibc
 /// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
 struct ControlCommand: ParsableCommand {
     static let names: Set<String> = ["show", "fdb", "port", "list", "wait"]
+
+    /// Why `arguments` name no subcommand of a group (`show prots`), or nil. The argument
+    /// parser would report the first option it cannot place instead (`Unknown option '--name'`).
+    static func unknownSubcommand(_ arguments: [String]) -> String? {
+        func name(_ command: any ParsableCommand.Type) -> String {
+            command.configuration.commandName ?? String(describing: command).lowercased()
+        }
+        guard arguments.count >= 2, let group = configuration.subcommands.first(where: { name($0) == arguments[0] }) else { return nil }
+        let known = group.configuration.subcommands.map { name($0) }
+        let word = arguments[1]
+        guard !known.isEmpty, !word.hasPrefix("-"), word != "help", !known.contains(word) else { return nil }
+        return "unknown command 'tapbridge \(arguments[0]) \(word)' (known: \(known.map { "\(arguments[0]) \($0)" }.joined(separator: ", ")))"
+    }
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
         abstract: "Inspect and steer a running tapbridge through its control socket.",
@@ -257,6 +270,12 @@ struct FDB: ParsableCommand {
         @Argument(help: "The MAC address, like 02:00:00:00:00:01.") var mac: String
         @Argument(help: "The port's name.") var port: String
         @Option(help: ArgumentHelp("VLAN (default: the port's untagged VLAN, its access VLAN or a trunk's native one; a trunk without one needs --vlan).", valueName: "n")) var vlan: Int?
+
+        /// A malformed MAC or VLAN is a usage error (exit 64), caught before asking the bridge.
+        func validate() throws {
+            guard MACAddress(mac) != nil else { throw ValidationError("expected a MAC address like 02:00:00:00:00:01, got '\(mac)'") }
+            if let vlan, VLANID(validating: vlan) == nil { throw ValidationError("--vlan must be 1-4094, got \(vlan)") }
+        }
 
         func send(_ command: String) throws {
             print(try target.send(ControlRequest(command: command, mac: mac, port: port, vlan: vlan)).message ?? "ok")

@@ -118,6 +118,7 @@ enum Main {
         if let first = arguments.first, ControlCommand.names.contains(first)
             || (first == "help" && arguments.count > 1 && ControlCommand.names.contains(arguments[1]))
         {
+            if let problem = ControlCommand.unknownSubcommand(arguments) { fail(problem + " (see 'tapbridge \(arguments[0]) --help')", status: 64) }
             run(ControlCommand.self, arguments)
         }
         do {

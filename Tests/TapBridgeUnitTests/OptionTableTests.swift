@@ -70,7 +70,9 @@ struct OptionTableTests {
         ("port:\n  - a\n  - b,vlan=0\n", ":3: 'port' 'b,vlan=0': vlan must be 1-4094"),
         ("max-macs: 0\n", ":1: 'max-macs' must be at least 1, got 0"),
         ("print-config: true\n", ":1: 'print-config' is for the command line only"),
-        ("ageng: 5\n", ":1: unknown key 'ageng'"),
+        ("ageng: 5\n", ":1: unknown key 'ageng' (did you mean 'ageing'?"),
+        ("prot: [a]\n", ":1: unknown key 'prot' (did you mean 'port'?"),
+        ("ports: [a\nageing: 5\n", ":2: not valid YAML: did not find expected ',' or ']' at column 7 (while parsing a flow sequence at line 1)"),
         ("hub: maybe\n", ":1: 'hub' must be true or false, got 'maybe'"),
         ("ageing: [1, 2]\n", ":1: 'ageing' must be a single value, got a list"),
     ])
@@ -80,6 +82,7 @@ struct OptionTableTests {
             _ = try settings(fromYAML: yaml)
         } catch {
             #expect(error.message.hasPrefix("config test.yaml\(message)"), "got: \(error.message)")
+            #expect(!error.message.contains("\n") && error.message.utf8.count < 300, "one short line, got: \(error.message)")
         }
     }
 
