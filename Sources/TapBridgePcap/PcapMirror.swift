@@ -228,11 +228,13 @@ public final class PcapMirror: FrameSink {
         }
         let left = ctb_mirror_drain(writer)
         statistics.rotations = ctb_mirror_rotations(writer)
+        let writtenBefore = statistics.written
         statistics.written = ctb_mirror_flushed(writer)
         statistics.dropped = refused &+ ctb_mirror_lost(writer)
         if left >= 0 {
             pendingBytes = left
-            if loggedWriteError, left == 0 {
+            // (only once something was written again: nothing to write proves nothing)
+            if loggedWriteError, left == 0, statistics.written != writtenBefore {
                 logger.info("mirror: writing to \(options.path ?? "") again")
                 loggedWriteError = false
             }
@@ -240,6 +242,15 @@ public final class PcapMirror: FrameSink {
         }
         statistics.writeErrors &+= 1
         pendingBytes = 1
+        if -left == EPIPE {
+            // the reader of the pipe is gone for good: no retries, no "again"
+            retryAfter = .max
+            if !loggedWriteError {
+                logger.notice("mirror: the reader of \(options.path == "-" ? "standard output" : options.path ?? "the pipe") went away; mirroring stops (copies are dropped and counted), forwarding goes on")
+                loggedWriteError = true
+            }
+            return
+        }
         // (saturating: close drains "at the end of time" and may fail too)
         let (retry, overflow) = now.nanoseconds.addingReportingOverflow(1_000_000_000)
         retryAfter = overflow ? .max : retry
