@@ -53,7 +53,9 @@ final class DifferentialLAN {
 /// Runs `steps` random frames through `Bridge` (via the engine, virtual ports and one device
 /// shared by several ports) and `ReferenceBridge`, with sweeps, flushes and a port removed on
 /// the way; returns a failure description or nil.
-func differential(seed: UInt64, steps: Int) -> String? {
+/// `delivered` grows by the frames both bridges delivered (a run that delivers nothing agrees
+/// vacuously, so callers check it).
+func differential(seed: UInt64, steps: Int, delivered: inout Int) -> String? {
     var rng = SplitMix64(state: seed)
     let portModes: [VLANMode] = [
         .access(1), .access(1), .access(10),
@@ -129,6 +131,7 @@ func differential(seed: UInt64, steps: Int) -> String? {
             return "step \(step): frame \(hexString(frame.prefix(22))) on port \(ingress): got ports \(gotPairs.map(\.0)), want \(want.map(\.port))"
                 + (gotPairs.map(\.0) == want.map(\.port) ? " (bytes differ)" : "")
         }
+        delivered += want.count
     }
     for p in active {
         let counters = lan.bridge.counters(of: lan.ports[p])
@@ -159,21 +162,22 @@ struct DifferentialTests {
             base = UInt64.random(in: 0...UInt64.max)
         }
         print("differential test base seed: \(base) (replay: TAPBRIDGE_SEED=\(base))")
-        var total = 0
+        var delivered = 0
         for k in 0..<20 {
             let seed = base &+ UInt64(k)
-            if let failure = differential(seed: seed, steps: 600) {
+            if let failure = differential(seed: seed, steps: 600, delivered: &delivered) {
                 Issue.record("seed \(seed) (base \(base), replay with TAPBRIDGE_SEED=\(seed)): \(failure)")
                 return
             }
-            total += 600
         }
-        #expect(total >= 10_000)
+        // 12,000 frames compared: the agreement means something only if many were delivered
+        #expect(delivered > 5_000, "base seed \(base): the bridges agreed on only \(delivered) deliveries in 12,000 frames")
     }
 
     @Test(arguments: [UInt64(1), 2, 3, 42, 0xDEAD_BEEF])
     func fixedSeedsAgree(seed: UInt64) {
-        let failure = differential(seed: seed, steps: 1000)
+        var delivered = 0  // (some seeds deliver nothing: their drops and statistics are compared)
+        let failure = differential(seed: seed, steps: 1000, delivered: &delivered)
         #expect(failure == nil, "seed \(seed): \(failure ?? "")")
     }
 }

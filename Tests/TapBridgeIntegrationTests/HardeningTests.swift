@@ -233,9 +233,16 @@ struct HardeningTests {
         lab.place(ta, in: a, address: "10.77.0.1/24", from: t)
         // bursts of broadcasts: many frames per batch, each flooded to the five remotes
         lab.exec(a, ["ping", "-b", "-l", "600", "-c", "600", "-w", "3", "10.77.0.255"], timeout: 15)
-        usleep(300_000)
-        let ports = lab.exec(t, [Host.binary, "show", "ports", "--json", "--name", name]).output
-        let list = (try? JSONSerialization.jsonObject(with: Data(ports.utf8)) as? [[String: Any]]) ?? []
+        // every flooded frame ends counted on every remote: wait for that, not for a time
+        var list: [[String: Any]] = []
+        _ = Lab.eventually {
+            let ports = lab.exec(t, [Host.binary, "show", "ports", "--json", "--name", name]).output
+            list = (try? JSONSerialization.jsonObject(with: Data(ports.utf8)) as? [[String: Any]]) ?? []
+            let flooded = list.first { $0["name"] as? String == ta }?["rx_frames"] as? Int ?? 0
+            return flooded >= 600 && list.filter { $0["kind"] as? String == "remote" }.allSatisfy {
+                ($0["drops"] as? [String: Int] ?? [:]).values.reduce(0, +) == flooded
+            }
+        }
         let tap = list.first { $0["name"] as? String == ta } ?? [:]
         let flooded = (tap["rx_frames"] as? Int ?? 0)
         #expect(flooded >= 600, "the TAP received \(flooded) frames, want the 600 broadcasts")
@@ -268,7 +275,8 @@ struct HardeningTests {
                     s.sendto(d, ("127.0.0.1", int(sys.argv[1])))
             """, p1])
         #expect(spoof.ok, "\(spoof.output)")
-        usleep(300_000)
+        // the 24 spoofed datagrams are read and refused before the real peer speaks
+        #expect(Lab.eventually { Lab.statsSection(bridge, "udp")["unknown_sender"] == 24 }, "\(Lab.statsSection(bridge, "udp"))")
         let peer = Host.run(["/usr/bin/python3", "\(RemoteTests.peers)/raw_peer.py", "--listen", p2, "--bridge", "127.0.0.1:\(p1)",
                              "--ip", "10.77.0.9", "--target", "10.77.0.1"], timeout: 20)
         #expect(peer.ok, "the legitimate peer was not admitted: \(peer.output)\n\(bridge.output)")
