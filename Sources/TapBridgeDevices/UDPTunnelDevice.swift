@@ -13,7 +13,9 @@ public import TapBridgeCore
 /// ```
 /// Datagrams are read with recvmmsg, 8 bytes before each batch slot, into the headroom, so that
 /// a VXLAN datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into
-/// the headroom: received frames are never copied. Sent frames are queued (copied, with their
+/// the headroom: received frames are never copied. A batch with less headroom gets datagrams
+/// read only as early as its headroom reaches (never before a slot: with none, a VXLAN frame
+/// then starts 8 bytes into its slot, and a slot holds 8 bytes less). Sent frames are queued (copied, with their
 /// VXLAN header) and leave with one sendmmsg per batch, when the engine calls `flush`.
 ///
 /// With offloads on (the default) the socket also moves datagrams in trains, as wireguard-go
@@ -169,19 +171,21 @@ public final class UDPTunnelDevice: PortDevice {
             }
         }
         if let trains { return try frames + trains.receive(into: batch, from: self, now: now) }
+        // recvmmsg straight into the free slots, 8 bytes early (see the type's comment), or as
+        // early as the batch's headroom allows: never before a slot's own bytes
+        let lead = min(batch.headroom, VXLANHeader.length)
         while !batch.isFull {
-            // recvmmsg straight into the free slots, 8 bytes early (see the type's comment)
             let wanted = min(batch.remaining, Int(CTB_BATCH_MAX))
             let firstSlot = batch.used
             for k in 0..<wanted {
                 let slot = batch.freeSlot(k)
-                receiveQueue[k].data = slot.baseAddress! - VXLANHeader.length
-                receiveQueue[k].length = slot.count + VXLANHeader.length
+                receiveQueue[k].data = slot.baseAddress! - lead
+                receiveQueue[k].length = slot.count + lead
             }
             guard let got = try receiveMessages(into: receiveQueue, wanted) else { continue }
             if got == 0 { return frames }
             for k in 0..<got {
-                if deliver(receiveQueue[k], into: batch, freeSlot: firstSlot + k - batch.used, now: now) { frames += 1 }
+                if deliver(receiveQueue[k], into: batch, freeSlot: firstSlot + k - batch.used, lead: lead, now: now) { frames += 1 }
             }
             batch.abandon(firstSlot + got - batch.used)
             if got < wanted || admission?.isWaiting == true { return frames }
@@ -189,22 +193,23 @@ public final class UDPTunnelDevice: PortDevice {
         return frames
     }
 
-    /// Turns one received datagram into a frame in the batch (true), or counts why not.
+    /// Turns one received datagram, read `lead` bytes before free slot `k`, into a frame in
+    /// the batch (true), or counts why not.
     @inline(__always)
-    func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, now: Int64) -> Bool {
+    func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, lead: Int, now: Int64) -> Bool {
         guard let sender = withUnsafeBytes(of: d.peer, { SocketAddress($0.baseAddress!) }) else { return false }
         guard let index = table.index(for: sender) else {
             admit(sender, d, now)
             return false
         }
         let port = table[index].port
-        if d.length > batch.frameCapacity + VXLANHeader.length {
+        if d.length > batch.frameCapacity + lead {  // (MSG_TRUNC: longer than the buffer)
             batch.recordDrop(on: port, .truncated, bytes: d.length)
             return false
         }
         guard let frame = innerFrame(d.data, length: d.length, peer: index, port: port, batch: batch, now: now) else { return false }
-        // the slot starts 8 bytes after the datagram (see the type's comment)
-        batch.commit(length: frame.count, from: port, shift: frame.baseAddress! - (d.data + VXLANHeader.length), freeSlot: k)
+        // the slot starts `lead` bytes after the datagram
+        batch.commit(length: frame.count, from: port, shift: frame.baseAddress! - (d.data + lead), freeSlot: k)
         return true
     }
 
