@@ -48,6 +48,11 @@ public final class ForwardingEngine {
     /// Segments cut in software for the batch being forwarded (the work beyond one transmit
     /// per frame and port that `service` charges to the device).
     var segmentsCut = 0
+    /// The frame being sent is a flood: a port whose link is down is then not a drop (the
+    /// kernel bridge floods only to ports whose link is up; a fresh TAP whose host has not
+    /// brought it up yet, or one taken down, is simply not there), while a unicast to a MAC
+    /// behind it is one (`link_down`).
+    var isFlooding = false
     /// Completes checksums and segments super-frames for egress ports that cannot take them.
     let finisher = OffloadFinisher()
 
@@ -206,6 +211,8 @@ public final class ForwardingEngine {
             if tagging == .untagged, tagged { batch.removeTag(i) }
             transmit(i, via: device, to: port, wireFrames: wire)
         case .flood(let vlan):
+            isFlooding = true
+            defer { isFlooding = false }
             let tagged = normalizeTag(i, vlan: vlan)
             let first: EgressTagging = tagged ? .tagged : .untagged
             var others = false
@@ -277,6 +284,7 @@ public final class ForwardingEngine {
         switch outcome {
         case .sent: bridge.countTransmit(on: port, bytes: bytes, frames: frames)
         case .queued: break
+        case .linkDown where isFlooding: break
         default: bridge.countDrop(on: port, Self.dropReason(outcome))
         }
     }

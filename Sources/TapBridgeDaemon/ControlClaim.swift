@@ -43,7 +43,7 @@ public final class ControlClaim {
             let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             if fd < 0 {
                 let e = errno
-                throw StartupError("--control '\(path)': cannot create the lock file \(lockPath): \(describeErrno(e))\(e == EROFS || e == EACCES ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : "")")
+                throw StartupError("--control '\(path)': cannot create the lock file \(lockPath): \(describeErrno(e))\(ControlServer.unwritableHint(e))")
             }
             if flock(fd, LOCK_EX | LOCK_NB) != 0 {
                 let e = errno

@@ -14,12 +14,12 @@ import TapBridgeOptions
 /// served at once, and a response that the client does not read is dropped with it after 5 s
 /// without progress. Slow clients cannot lock a well-behaved one out: when all 16 places are
 /// taken, a new client takes the place of the oldest one that has its answer but lingers, or
-/// else of the one that has waited longest without a complete request; only when all 16 are being answered is a newcomer told "too many control clients"
-/// (and a newcomer beyond 16 of those replaces the oldest of them, so every client gets an
-/// answer, never a reset). A large answer
-/// (`show fdb` of a million entries) is produced in bounded slices, one slice per client per
-/// poll round and only once the previous one is written, so forwarding goes on between slices
-/// and the server's memory stays bounded.
+/// else of the one that has waited longest without a complete request; only when all 16 are
+/// being answered is a newcomer told "too many control clients" (and a newcomer beyond 16 of
+/// those replaces the oldest of them, so every client gets an answer, never a reset). A large
+/// answer (`show fdb` of a million entries, `fdb flush` of as many) is produced in bounded
+/// slices, one slice per client per poll round and only once the previous one is written, so
+/// forwarding goes on between slices and the server's memory stays bounded.
 public final class ControlServer {
     /// What a request gets: a response, or a stream produced slice by slice.
     enum Reply {
@@ -91,6 +91,12 @@ public final class ControlServer {
     let respond: (ControlRequest) -> Reply
     var clients: [Client] = []
 
+    /// What to do when the control socket's place is not writable (`errno` EACCES or EROFS),
+    /// as the end of an error line; nothing for other errors.
+    static func unwritableHint(_ errno: Int32) -> String {
+        errno == EACCES || errno == EROFS ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : ""
+    }
+
     /// Creates the directory of control socket `path` if missing (mode 0755); throws with the
     /// cause (a read-only /run, a missing parent) rather than a later bind's ENOENT.
     static func makeDirectory(for path: String) throws(StartupError) {
@@ -98,12 +104,14 @@ public final class ControlServer {
         let dir = (path as NSString).deletingLastPathComponent
         if !dir.isEmpty, mkdir(dir, 0o755) != 0, errno != EEXIST {
             let e = errno
-            throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(e == EROFS || e == EACCES ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : "")")
+            throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(unwritableHint(e))")
         }
     }
 
-    /// Binds `path` (mode 0600, or 0660 with `group`); the caller holds its `ControlClaim`, so
-    /// a socket file already there is stale and is replaced.
+    /// Binds `path`: mode 0600; 0660 and the group's with one of `readers` (`--control-group`)
+    /// and `admins` (`--control-admin-group`); 0666 with both, each request then checked
+    /// against the client's credentials. The caller holds the path's `ControlClaim`, so a
+    /// socket file already there is stale and is replaced.
     init(path: String, readers: String? = nil, admins: String? = nil, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
         self.path = path
         self.respond = respond
@@ -131,7 +139,7 @@ public final class ControlServer {
         if bound < 0 || listen(fd, 16) < 0 {
             let e = errno
             close(fd)
-            throw StartupError("--control '\(path)': \(describeErrno(e))\(e == EACCES || e == EROFS ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : "")")
+            throw StartupError("--control '\(path)': \(describeErrno(e))\(Self.unwritableHint(e))")
         }
         // the file's mode is the first gate; with both groups no one group can be the file's,
         // so anyone may connect and each request is checked against the client's credentials

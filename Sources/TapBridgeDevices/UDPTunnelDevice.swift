@@ -15,8 +15,9 @@ public import TapBridgeCore
 /// a VXLAN datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into
 /// the headroom: received frames are never copied. A batch with less headroom gets datagrams
 /// read only as early as its headroom reaches (never before a slot: with none, a VXLAN frame
-/// then starts 8 bytes into its slot, and a slot holds 8 bytes less). Sent frames are queued (copied, with their
-/// VXLAN header) and leave with one sendmmsg per batch, when the engine calls `flush`.
+/// then starts 8 bytes into its slot, and a slot holds 8 bytes less). Sent frames are queued
+/// (copied, with their VXLAN header) and leave with one sendmmsg per batch, when the engine
+/// calls `flush`.
 ///
 /// With offloads on (the default) the socket also moves datagrams in trains, as wireguard-go
 /// does for its UDP side:

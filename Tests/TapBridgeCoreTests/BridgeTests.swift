@@ -310,15 +310,22 @@ struct PortFlagTests {
         lan.discardTransmitted()
     }
 
+    /// A full queue is a drop on the egress port, flood or not; a port whose link is down is
+    /// left out of a flood without a drop (the kernel bridge floods only to ports that are up),
+    /// and a unicast to a MAC behind it is a `link_down` drop.
     @Test func linkDownAndFullQueueAreCountedOnTheEgressPortAndOthersStillGetTheFrame() {
         let lan = VirtualLAN(ports: 4)
+        lan.send(FrameFactory.frame(to: A, from: B), on: 1)  // B is behind port 1
+        lan.discardTransmitted()
         lan.devices[1].isLinkDown = true
         lan.devices[2].isQueueFull = true
         let out = lan.send(FrameFactory.frame(to: .broadcast, from: A), on: 0)
         #expect(receivers(out) == [3])
-        #expect(lan.counters(1)[.linkDown] == 1)
+        #expect(lan.counters(1)[.linkDown] == 0, "a flood counts no drop on a port that is down")
         #expect(lan.counters(2)[.transmitQueueFull] == 1)
-        #expect(lan.counters(3).transmittedFrames == 1)
+        #expect(lan.counters(3).transmittedFrames == 2, "B's frame and the broadcast")
+        lan.send(FrameFactory.frame(to: B, from: A), on: 0)
+        #expect(lan.counters(1)[.linkDown] == 1, "a unicast to a MAC behind a down port is a drop")
     }
 
     @Test func aFrameTooLargeForAPortIsCountedThere() {

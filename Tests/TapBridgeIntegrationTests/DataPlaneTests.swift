@@ -222,6 +222,33 @@ struct DataPlaneTests {
         #expect(r.output == "tapbridge: error: port \(t): /dev/net/tun is missing (load the tun module: modprobe tun)\n", "got: \(r.output)")
     }
 
+    /// A fresh TAP whose host has not brought its link up yet counts no `link_down` for the
+    /// broadcasts flooded to it meanwhile (the kernel bridge floods only to ports that are up);
+    /// a unicast to a host behind a port whose link went down is a `link_down` drop.
+    @Test func aFreshPortCountsNoLinkDownUntilItsLinkWasUp() throws {
+        let lab = Lab()
+        let (a, c) = (lab.namespace("a"), lab.namespace("c"))
+        let (ta, tc) = (lab.link("a"), lab.link("c"))
+        let bridge = try lab.bridge(["--port", ta, "--port", tc])
+        #expect(lab.waitForLinks([ta, tc]), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        Host.run(["ip", "link", "set", tc, "netns", c])  // moved, and down: not brought up yet
+        let early = lab.ping(from: a, "10.77.0.3", count: 3, interval: "0.2")  // ARP broadcasts, flooded to c
+        #expect(early.received == 0)
+        #expect(Lab.eventually { (Lab.portCounters(bridge, port: ta)["rx_frames"] ?? 0) >= 3 })
+        #expect(Lab.portCounters(bridge, port: tc)["link_down"] == nil, "a port never up counted drops: \(Lab.portCounters(bridge, port: tc))")
+        lab.exec(c, ["ip", "addr", "add", "10.77.0.3/24", "dev", tc])
+        lab.exec(c, ["ip", "link", "set", tc, "up"])
+        lab.exec(a, ["ip", "neigh", "flush", "all"])  // forget the failed resolution
+        #expect(Lab.eventually { lab.ping(from: a, "10.77.0.3", count: 1).received == 1 }, "c is not reachable once up")
+        #expect(Lab.portCounters(bridge, port: tc)["link_down"] == nil)
+        lab.exec(c, ["ip", "link", "set", tc, "down"])
+        // a knows c's MAC: its pings are unicasts to a port whose link is down
+        lab.exec(a, ["ping", "-c", "3", "-i", "0.2", "-W", "1", "10.77.0.3"])
+        #expect(Lab.eventually { (Lab.portCounters(bridge, port: tc)["link_down"] ?? 0) >= 3 }, "\(Lab.portCounters(bridge, port: tc))")
+        #expect(bridge.stop() == 0)
+    }
+
     /// Without privileges each failure names its real cause and the fix, in one line: first
     /// the control socket's directory (with the --control to use instead), then the TAP: the
     /// device node when it is not open to the user (a capability would not help), else the
