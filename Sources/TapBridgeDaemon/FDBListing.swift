@@ -226,9 +226,10 @@ public struct FDBListing {
     public func text(_ write: ([UInt8]) -> Void) {
         let names = portNames.map { Array($0.utf8) }
         let vlanWidth = max(4, entries.lazy.map { $0.vlan >= 1000 ? 4 : $0.vlan >= 100 ? 3 : $0.vlan >= 10 ? 2 : 1 }.max() ?? 0)
-        let portWidth = max(4, entries.isEmpty ? 0 : Set(entries.lazy.map(\.port)).map { names[Int($0)].count }.max() ?? 0)
-        let ages = entries.lazy.filter { !$0.isStatic }.map { Self.age($0.age).count }
-        let ageWidth = max(3, ages.max() ?? 1)
+        // (every name was interned from an entry; the widest age is the oldest one's)
+        let portWidth = max(4, names.lazy.map(\.count).max() ?? 0)
+        let oldest = entries.lazy.filter { !$0.isStatic }.map(\.age).max()
+        let ageWidth = max(3, oldest.map { Self.age($0).count } ?? 1)
         var out: [UInt8] = []
         out.reserveCapacity(1 << 20 + 256)
         Self.appendPadded("MAC".utf8, width: 17, to: &out)
