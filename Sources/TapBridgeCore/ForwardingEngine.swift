@@ -190,11 +190,15 @@ public final class ForwardingEngine {
     func forward(_ i: Int, at now: Instant) {
         let ingress = batch.ingressPort(i)
         let offload = batch.offload(i)
-        if !offload.isComplete, let failure = OffloadFinisher.validate(batch.frame(i), offload) {
-            bridge.countReceiveDrop(on: ingress, failure.dropReason, bytes: batch.frame(i).count)
-            return
+        var wire = 1  // the frames it stands for on the wire (a super-frame: its segments)
+        if !offload.isComplete {
+            switch OffloadFinisher.inspect(batch.frame(i), offload) {
+            case .success(let frames): wire = frames
+            case .failure(let failure):
+                bridge.countReceiveDrop(on: ingress, failure.dropReason, bytes: batch.frame(i).count)
+                return
+            }
         }
-        let wire = offload.isSegmentation ? OffloadFinisher.wireFrames(batch.frame(i), offload) : 1
         switch bridge.decide(batch.frame(i), from: ingress, at: now, wireFrames: wire) {
         case .drop:
             return

@@ -75,30 +75,30 @@ public final class OffloadFinisher {
     /// Checks `o` against `frame` before the frame is forwarded: the checksum field inside the
     /// frame; for a super-frame, the headers it names parse and agree with the offsets.
     public static func validate(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload) -> Failure? {
-        if o.isComplete { return nil }
-        guard let segmentation = o.segmentation else { return .unsupported }
-        if o.needsChecksum {
-            let start = Int(o.checksumStart), field = start + Int(o.checksumOffset)
-            guard start >= 14, field + 2 <= frame.count else { return .malformed }
-        }
-        switch segmentation {
-        case .none: return nil
-        case .udpFragmentation: return .unsupported
-        case .tcpv4, .tcpv6, .udpL4:
-            guard let (_, headerLength) = superFrameLayout(frame, o) else { return .malformed }
-            if segmentation == .udpL4 {
-                return segmentCount(payload: frame.count - headerLength, size: Int(o.segmentSize)) > maximumUDPSegments ? .tinySegments : nil
-            }
-            return Int(o.segmentSize) < minimumTCPSegmentSize ? .tinySegments : nil
-        }
+        if case .failure(let failure) = inspect(frame, o) { return failure }
+        return nil
     }
 
-    /// The frames the validated `frame` stands for on the wire: a super-frame its segments at
-    /// its segment size, any other frame 1. Frame counters count these, so a TCP stream counts
-    /// the same on a port that takes super-frames and on one that gets them cut.
-    public static func wireFrames(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload) -> Int {
-        guard o.isSegmentation, let (_, headerLength) = superFrameLayout(frame, o) else { return 1 }
-        return segmentCount(payload: frame.count - headerLength, size: Int(o.segmentSize))
+    /// `validate`, and when the frame passes, the frames it stands for on the wire: a
+    /// super-frame its segments at its segment size, any other frame 1 (frame counters count
+    /// these, so a TCP stream counts the same on a port that takes super-frames and on one that
+    /// gets them cut). The headers are parsed once for both.
+    public static func inspect(_ frame: UnsafeRawBufferPointer, _ o: FrameOffload) -> Result<Int, Failure> {
+        if o.isComplete { return .success(1) }
+        guard let segmentation = o.segmentation else { return .failure(.unsupported) }
+        if o.needsChecksum {
+            let start = Int(o.checksumStart), field = start + Int(o.checksumOffset)
+            guard start >= 14, field + 2 <= frame.count else { return .failure(.malformed) }
+        }
+        switch segmentation {
+        case .none: return .success(1)
+        case .udpFragmentation: return .failure(.unsupported)
+        case .tcpv4, .tcpv6, .udpL4:
+            guard let (_, headerLength) = superFrameLayout(frame, o) else { return .failure(.malformed) }
+            let segments = segmentCount(payload: frame.count - headerLength, size: Int(o.segmentSize))
+            let tiny = segmentation == .udpL4 ? segments > maximumUDPSegments : Int(o.segmentSize) < minimumTCPSegmentSize
+            return tiny ? .failure(.tinySegments) : .success(segments)
+        }
     }
 
     /// The layout and header length of a super-frame, or nil if `o` does not describe it.
