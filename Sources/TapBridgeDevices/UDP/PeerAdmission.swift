@@ -29,14 +29,13 @@ final class PeerAdmission {
     /// Senders decided on at the last `take`: admitted ones are in the peer table now; the
     /// others are refused until the data read before the decision is used up.
     private(set) var decided: [SocketAddress] = []
-    /// Held datagrams, in arrival order, packed into `area`; `delivered` of them are done.
-    var held: [(sender: SocketAddress, offset: Int, length: Int)] = []
+    /// Held datagrams, in arrival order, datagram k in slot k of `area`; `delivered` of them
+    /// are done.
+    var held: [(sender: SocketAddress, length: Int)] = []
     var delivered = 0
+    /// One receive call's worth of the largest datagrams, in slots of `TrainReceiver.slotSize`
+    /// bytes (allocated when the first stranger is held).
     var area: UnsafeMutableRawPointer? = nil
-    var areaUsed = 0
-    /// Bytes of held datagrams at most: one receive call of the largest datagrams (allocated
-    /// when the first stranger is held).
-    static let areaBytes = Int(CTB_BATCH_MAX) * TrainReceiver.slotSize
     static let maximumHeld = Int(CTB_BATCH_MAX)
 
     init(encapsulation: Encapsulation, vni: VNI, limit: Int) {
@@ -66,12 +65,11 @@ final class PeerAdmission {
 
     /// Keeps a copy of a candidate's datagram (false: no room).
     func hold(_ d: ctb_datagram, from sender: SocketAddress) -> Bool {
-        guard held.count < Self.maximumHeld, areaUsed + d.length <= Self.areaBytes else { return false }
-        let area = self.area ?? .allocate(byteCount: Self.areaBytes, alignment: 64)
+        guard held.count < Self.maximumHeld, d.length <= TrainReceiver.slotSize else { return false }
+        let area = self.area ?? .allocate(byteCount: Self.maximumHeld * TrainReceiver.slotSize, alignment: 64)
         self.area = area
-        if d.length > 0 { (area + areaUsed).copyMemory(from: d.data, byteCount: d.length) }
-        held.append((sender, areaUsed, d.length))
-        areaUsed += d.length
+        if d.length > 0 { (area + held.count * TrainReceiver.slotSize).copyMemory(from: d.data, byteCount: d.length) }
+        held.append((sender, d.length))
         propose(sender)
         return true
     }
@@ -96,14 +94,15 @@ final class PeerAdmission {
         guard !isWaiting else { return 0 }
         var frames = 0
         while delivered < held.count, !batch.isFull {
-            let (sender, offset, length) = held[delivered]
+            let (sender, length) = held[delivered]
+            let data = area! + delivered * TrainReceiver.slotSize
             delivered += 1
             guard let index = device.table.index(for: sender) else {
                 device.counters.peersRefused &+= 1
                 continue
             }
             let port = device.table[index].port
-            guard let frame = device.innerFrame(area! + offset, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
+            guard let frame = device.innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
             guard frame.count <= batch.frameCapacity else {
                 batch.recordDrop(on: port, .truncated, bytes: length)
                 continue
@@ -115,7 +114,6 @@ final class PeerAdmission {
         if delivered == held.count {
             held.removeAll(keepingCapacity: true)
             delivered = 0
-            areaUsed = 0
         }
         return frames
     }
