@@ -14,19 +14,12 @@ extension BridgeDaemon {
             var drops: [String: UInt64] = [:]
             for reason in DropReason.allCases where c[reason] > 0 { drops["\(reason)"] = c[reason] }
             let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
-            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap(Self.interfaceName),
+            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap { interfaceName(ofIndex: $0) },
                               state: tunnel?.peer(of: port)?.isUnreachable == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
                               framesSegmented: c.framesSegmented, superFramesPassed: c.superFramesPassed, drops: drops, remote: a.kind == .remote ? tunnel?.peer(of: port).map(RemoteReport.init) : nil, heldBy: a.heldBy)
         }
-    }
-
-    /// The current name of interface `index` (nil if it is gone or out of this namespace).
-    static func interfaceName(_ index: Int32) -> String? {
-        var buffer = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-        guard if_indextoname(UInt32(index), &buffer) != nil else { return nil }
-        return String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
     func statsReport(at now: Instant) -> StatsReport {

@@ -51,11 +51,8 @@ public class DescriptorDevice: PortDevice {
     }
 
     deinit {
-        if let (index, mtu) = restoreMTU {
-            // by index: the interface may have been renamed since
-            var name = [CChar](repeating: 0, count: Int(IF_NAMESIZE) + 1)
-            if if_indextoname(UInt32(index), &name) != nil { _ = ctb_if_set_mtu(name, mtu) }
-        }
+        // by index: the interface may have been renamed since
+        if let (index, mtu) = restoreMTU, let name = interfaceName(ofIndex: index) { _ = ctb_if_set_mtu(name, mtu) }
         DescriptorCloser.close(fd, interface: closesInterface)  // a TAP's interface goes away off the loop
         receiveHeader.deallocate()
         sendHeader.deallocate()
