@@ -265,7 +265,7 @@ fail:;
     return -e;
 }
 
-int ctb_udp_read_error(int fd, unsigned char *peer, int *error) {
+int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu) {
     char control[256];
     char byte;
     struct iovec iov = {.iov_base = &byte, .iov_len = sizeof(byte)};
@@ -280,15 +280,36 @@ int ctb_udp_read_error(int fd, unsigned char *peer, int *error) {
     msg.msg_controllen = sizeof(control);
     if (recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return errno == EAGAIN ? 0 : -errno;
     *error = 0;
+    *mtu = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {
         if ((cm->cmsg_level == IPPROTO_IP && cm->cmsg_type == IP_RECVERR) ||
             (cm->cmsg_level == IPPROTO_IPV6 && cm->cmsg_type == IPV6_RECVERR)) {
             struct sock_extended_err ee;
             memcpy(&ee, CMSG_DATA(cm), sizeof(ee));
             *error = (int)ee.ee_errno;
+            // ICMP "fragmentation needed" / ICMPv6 "packet too big": ee_info is the next hop's MTU
+            *mtu = ee.ee_errno == EMSGSIZE ? (int)ee.ee_info : 0;
         }
     }
     return 1;
+}
+
+int ctb_path_mtu(const struct sockaddr *addr, unsigned int addr_len) {
+    int fd = socket(addr->sa_family, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -errno;
+    // connect(2) on a UDP socket sends nothing: it looks up the route (and its cached path MTU)
+    if (connect(fd, addr, addr_len) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    int mtu = 0;
+    socklen_t len = sizeof(mtu);
+    int rc = addr->sa_family == AF_INET6 ? getsockopt(fd, IPPROTO_IPV6, IPV6_MTU, &mtu, &len)
+                                         : getsockopt(fd, IPPROTO_IP, IP_MTU, &mtu, &len);
+    int e = errno;
+    close(fd);
+    return rc < 0 ? -e : mtu;
 }
 
 #ifndef UDP_SEGMENT

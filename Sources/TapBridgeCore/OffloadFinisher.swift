@@ -185,6 +185,20 @@ public final class OffloadFinisher {
         return InternetChecksum.fold(InternetChecksum.sum(p + layout.l4, count: layout.l4Length, initial: pseudo)) == 0xFFFF
     }
 
+    /// The offload state that has `segment` cut a complete TCP frame (one segment, not a
+    /// super-frame) into smaller ones: for a frame larger than its path, which TCP lets be sent
+    /// as several segments instead of IP fragments. Nil for anything else, and for a frame
+    /// whose checksum does not verify (cutting would give its pieces good checksums: it is
+    /// left to fail at the receiver as it is).
+    public static func tcpCut(of frame: UnsafeRawBufferPointer) -> FrameOffload? {
+        guard let layout = TransportLayout(frame), layout.proto == 6, layout.l3 + layout.ipLength == frame.count else { return nil }
+        let header = layout.l4 + Int(frame[layout.l4 + 12] >> 4) * 4
+        let payload = frame.count - header
+        guard header >= layout.l4 + 20, payload >= minimumTCPSegmentSize, payload <= Int(UInt16.max), verifiesChecksum(frame) == true else { return nil }
+        return FrameOffload(needsChecksum: false, segmentation: layout.isIPv6 ? .tcpv6 : .tcpv4, segmentSize: UInt16(payload),
+                            checksumStart: UInt16(layout.l4), checksumOffset: 16)
+    }
+
     /// Hands `body` the complete frame(s) that `frame` (offload state `o`) stands for, without
     /// touching `frame`: itself if complete; a copy with its checksum completed; or its
     /// segments, as the kernel would cut them. For observers (the mirror) that must show what

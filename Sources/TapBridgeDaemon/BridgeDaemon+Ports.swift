@@ -7,7 +7,8 @@ import TapBridgeOptions
 /// registry (`PortRecord`); nothing here keeps a list of its own.
 extension BridgeDaemon {
     func attachPort(_ spec: PortSpec) throws(StartupError) {
-        try PortFactory.attach(spec, to: engine, offload: options.offload, decorate: decorate, mirror: mirrorInterface, logger: logger)
+        try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate, mirror: mirrorInterface,
+                               logger: logger)
     }
 
     /// A device failed (its interface deleted underneath, an error): its ports go, forwarding

@@ -30,7 +30,8 @@ extension BridgeDaemon {
         let udp = tunnel.map { StatsReport.UDP(listen: "\($0.localAddress)", unknownSender: $0.statistics.unknownSender, unreachable: $0.statistics.unreachable, peersRefused: $0.statistics.peersRefused,
                                                 checksumsCompleted: $0.statistics.checksumsCompleted, trainsSent: $0.statistics.trainsSent,
                                                 trainsReceived: $0.statistics.trainsReceived, framesCoalesced: $0.statistics.framesCoalesced,
-                                                trainsRefused: $0.statistics.trainsRefused) }
+                                                trainsRefused: $0.statistics.trainsRefused, fragmented: $0.statistics.fragmented,
+                                                pathMtuLowered: $0.statistics.pathMTULowered) }
         let mirror = self.mirror.map {
             let m = $0.statistics
             return StatsReport.Mirror(seen: m.seen, written: m.written, filteredOut: m.filtered, dropped: m.dropped, writeErrors: m.writeErrors,

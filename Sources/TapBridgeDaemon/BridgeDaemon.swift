@@ -88,10 +88,13 @@ public final class BridgeDaemon {
             }
             if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
             mirrorInterface = options.mirror?.interface.map(MirrorInterface.init(name:))
-            for spec in options.ports { try attachPort(spec) }
+            // the remotes' socket and paths first (a TAP created here gets the MTU that fits
+            // them), their ports after the others
             if !options.remotes.isEmpty || options.acceptsPeers {
                 remotes = try RemotePeers(options: options, engine: engine, ports: ports, decorate: decorate, logger: logger)
             }
+            for spec in options.ports { try attachPort(spec) }
+            try remotes?.addConfigured()
             if let path = controlPath {
                 let responder = ControlResponder(daemon: self)
                 control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup) { responder.reply(to: $0) }

@@ -73,10 +73,16 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var dynamic: Bool
     /// ICMP errors (port or host unreachable, no route) for datagrams sent to it.
     public var unreachable: UInt64
+    /// The IP MTU of the path towards it (absent from bridges before it was known).
+    public var pathMtu: Int? = nil
+    /// Datagrams sent to it larger than its path, fragmented by the kernel.
+    public var fragmented: UInt64? = nil
 
     public init(_ peer: RemotePeer) {
         self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .vxlan ? peer.vni.rawValue : nil,
                   dynamic: peer.isDynamic, unreachable: peer.unreachable)
+        pathMtu = peer.pathMTU
+        fragmented = peer.fragmented
     }
 
     public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool, unreachable: UInt64 = 0) {
@@ -125,8 +131,13 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var trainsReceived: UInt64
         /// Super-frames built by merging the TCP segments of received trains.
         public var framesCoalesced: UInt64
-        /// Trains the kernel refused (UDP GSO then turned off).
+        /// Trains the kernel refused (then a remote's path MTU was lowered, or UDP GSO turned off).
         public var trainsRefused: UInt64
+        /// Datagrams larger than their remote's path MTU, fragmented by the kernel (absent
+        /// from bridges before it was counted).
+        public var fragmented: UInt64? = nil
+        /// Times a remote's path MTU was lowered (ICMP, or a refused train).
+        public var pathMtuLowered: UInt64? = nil
     }
     public struct Mirror: Codable, Sendable, Equatable {
         public var seen: UInt64

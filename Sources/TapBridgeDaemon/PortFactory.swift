@@ -10,8 +10,10 @@ import TapBridgeOptions
 enum PortFactory {
     /// Opens `spec` and adds it to `engine` (its device wrapped by `decorate`: the mirror).
     /// `mirror`: the interfaces the mirror injects into, which no port may be.
-    static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, decorate: (any PortDevice) -> any PortDevice,
-                       mirror: MirrorInterface?, logger: Logger) throws(StartupError) {
+    /// `defaultMTU`: the MTU a TAP created here gets without `mtu=` (what fits the remotes'
+    /// paths), and why.
+    static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
+                       decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, logger: Logger) throws(StartupError) {
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -24,7 +26,7 @@ enum PortFactory {
         let offload = spec.offload ?? defaultOffload
         let (device, kind, note): (any PortDevice, PortRecord.Kind, String)
         do {
-            (device, kind, note) = try open(spec, offload: offload)
+            (device, kind, note) = try open(spec, offload: offload, defaultMTU: defaultMTU)
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
@@ -43,9 +45,10 @@ enum PortFactory {
         "\(c.vlanMode)" + (c.learning ? "" : ", learning off") + (c.flooding ? "" : ", flooding off")
     }
 
-    static func open(_ spec: PortSpec, offload: Bool) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
+    static func open(_ spec: PortSpec, offload: Bool, defaultMTU: (mtu: Int, why: String)?) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
         func tapNote(_ tap: TapDevice) -> String {
-            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)") + ", mtu \(tap.mtu), offloads \(tap.offloadDescription)"
+            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)") + ", mtu \(tap.mtu)"
+                + (tap.mtuWasDefault ? " (\(defaultMTU?.why ?? "default"); mtu=N sets another)" : "") + ", offloads \(tap.offloadDescription)"
         }
         func packet(_ why: String) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
             let device = try PacketSocketDevice(name: spec.name, mtu: spec.mtu, offload: offload)
@@ -53,7 +56,7 @@ enum PortFactory {
         }
         if spec.mode == .packet { return try packet("") }
         do {
-            let tap = try TapDevice(name: spec.name, mtu: spec.mtu, offload: offload)
+            let tap = try TapDevice(name: spec.name, mtu: spec.mtu, defaultMTU: defaultMTU?.mtu, offload: offload)
             return (tap, .tap, tapNote(tap))
         } catch {
             switch (error, spec.mode) {

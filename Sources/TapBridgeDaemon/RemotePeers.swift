@@ -46,21 +46,52 @@ final class RemotePeers: EventSource {
         self.logger = logger
         self.ports = ports
         ports.alwaysPolled = handle
-        for remote in options.remotes { try addConfigured(remote) }
+        for remote in options.remotes {
+            do {
+                planned.append((remote, try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)))
+            } catch {
+                throw StartupError("remote \(remote.name): \(error.message)")
+            }
+        }
         if options.acceptsPeers { device.accept(encapsulation: options.encapsulation, vni: options.vni, limit: options.maximumPeers) }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers" : ""), split horizon \(options.splitHorizon ? "on" : "off")")
     }
 
-    func addConfigured(_ remote: RemoteSpec) throws(StartupError) {
+    /// The configured remotes, resolved, until `addConfigured` makes them ports.
+    var planned: [(spec: RemoteSpec, address: SocketAddress)] = []
+
+    /// The IP MTU a TAP created without `mtu=` gets: what fits the narrowest path among the
+    /// remotes (configured ones included before they are added), at most 1500; and why, for the
+    /// port's start line. Nil without remotes (only `--accept-peers`: no path is known yet).
+    var innerMTU: (mtu: Int, why: String)? {
+        var best: (mtu: Int, why: String)? = nil
+        for (spec, address) in planned {
+            let encapsulation = spec.encapsulation ?? options.encapsulation
+            let (inner, path) = device.innerMTU(towards: address, encapsulation: encapsulation)
+            if inner < best?.mtu ?? .max { best = (inner, "fits the \(path)-byte path to remote \(spec.name) over \(encapsulation)") }
+        }
+        if let mtu = device.innerMTU, mtu < best?.mtu ?? .max, let narrowest = device.narrowestPath {
+            best = (mtu, "fits the \(narrowest.mtu)-byte path to remote \(narrowest.address)")
+        }
+        return best
+    }
+
+    /// Makes the configured remotes ports (after the other ports, so that they are listed last).
+    func addConfigured() throws(StartupError) {
+        for (remote, address) in planned { try addConfigured(remote, at: address) }
+        planned.removeAll()
+    }
+
+    func addConfigured(_ remote: RemoteSpec, at address: SocketAddress) throws(StartupError) {
         do {
-            let address = try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)
             let encapsulation = remote.encapsulation ?? options.encapsulation
             let vni = remote.vni ?? options.vni
             var configuration = remote.configuration
             configuration.splitHorizonGroup = options.splitHorizon ? 1 : 0
             try add(remote.name, at: address, encapsulation: encapsulation, vni: vni, configuration: configuration)
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
-            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), \(PortFactory.describe(configuration))")
+            let path = engine.port(named: remote.name).flatMap { device.peer(of: $0) }?.pathMTU ?? 0
+            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), path MTU \(path), \(PortFactory.describe(configuration))")
         } catch {
             throw StartupError("remote \(remote.name): \(error.message)")
         }

@@ -160,7 +160,9 @@ extension StatsReport.UDP {
             .init(name: "trains_sent", value: Double(trainsSent), help: "Trains of datagrams sent with one UDP_SEGMENT message."),
             .init(name: "trains_received", value: Double(trainsReceived), help: "Trains of datagrams received whole (UDP_GRO)."),
             .init(name: "frames_coalesced", value: Double(framesCoalesced), help: "Super-frames built from the TCP segments of received trains."),
-            .init(name: "trains_refused", value: Double(trainsRefused), help: "Trains the kernel refused (UDP GSO turned off)."),
+            .init(name: "trains_refused", value: Double(trainsRefused), help: "Trains the kernel refused (a remote's path MTU lowered, or UDP GSO turned off)."),
+            .init(name: "fragmented", value: Double(fragmented ?? 0), help: "Datagrams larger than their remote's path MTU, fragmented by the kernel."),
+            .init(name: "path_mtu_lowered", value: Double(pathMtuLowered ?? 0), help: "Times a remote's path MTU was lowered (ICMP, or a refused train)."),
         ]
     }
 }

@@ -22,6 +22,8 @@ public final class TapDevice: DescriptorDevice {
     public let existedBefore: Bool
     /// The MTU at attach time (IP MTU: frames are up to MTU + 14, + 4 per VLAN tag).
     public let mtu: Int
+    /// The MTU was set from the bridge's default (the remotes' path), not by `mtu=`.
+    public let mtuWasDefault: Bool
     /// The interface index.
     public let interfaceIndex: Int32
     /// What the TAP takes, as negotiated (`CTB_OFFLOAD_*` bits; 0 without the vnet header).
@@ -51,10 +53,13 @@ public final class TapDevice: DescriptorDevice {
             : "creating TAP \(name) needs CAP_NET_ADMIN: run as root, or: setcap cap_net_admin,cap_net_raw+ep $(command -v tapbridge) (or pre-create it for your user: ip tuntap add dev \(name) mode tap user $USER)"
     }
 
-    /// Attaches to (or creates) TAP `name`, brings it up, sets `mtu` if given; `offload`: open
+    /// Attaches to (or creates) TAP `name`, brings it up, sets `mtu` if given (else
+    /// `defaultMTU`, on a TAP it creates only: one that existed keeps its own); `offload`: open
     /// it with the vnet header and negotiate offloads.
-    public init(name: String, mtu requestedMTU: Int?, offload: Bool = true) throws(OpenError) {
+    public init(name: String, mtu givenMTU: Int?, defaultMTU: Int? = nil, offload: Bool = true) throws(OpenError) {
         existedBefore = ctb_if_index(name) > 0
+        let requestedMTU = givenMTU ?? (existedBefore ? nil : defaultMTU)
+        mtuWasDefault = givenMTU == nil && requestedMTU != nil
         let rc = ctb_tap_open(name, offload ? 1 : 0)
         if rc < 0 {
             switch -rc {

@@ -56,9 +56,16 @@ public final class UDPTunnelDevice: PortDevice {
         public var trainsReceived: UInt64 = 0
         /// Super-frames built by merging the TCP segments of received trains.
         public var framesCoalesced: UInt64 = 0
-        /// Trains the kernel refused (UDP_SEGMENT unusable on the route): each was sent again
-        /// one datagram at a time, and trains were turned off.
+        /// Trains the kernel refused: each was sent again one datagram at a time; then either
+        /// the path towards that peer had shrunk (its path MTU is lowered, trains go on) or
+        /// UDP_SEGMENT is unusable on the route (trains are turned off).
         public var trainsRefused: UInt64 = 0
+        /// Datagrams sent larger than their peer's path MTU, which the kernel fragments (frames
+        /// other than TCP super-frames: those are cut to fit).
+        public var fragmented: UInt64 = 0
+        /// Times a peer's path MTU was lowered (ICMP fragmentation needed / packet too big, or
+        /// a train refused as too large).
+        public var pathMTULowered: UInt64 = 0
     }
 
     public let socket: any DatagramSocket
@@ -67,11 +74,11 @@ public final class UDPTunnelDevice: PortDevice {
     var counters = Statistics()
     /// The plain receive path's queue: recvmmsg straight into the batch's free slots.
     let receiveQueue = UnsafeMutablePointer<ctb_datagram>.allocate(capacity: Int(CTB_BATCH_MAX))
-    var sendQueue: DatagramSendQueue! = nil
+    let sendQueue: DatagramSendQueue
     /// With UDP_GRO; nil without.
     let trains: TrainReceiver?
-    /// Super-frames leave as UDP_SEGMENT trains (off when the kernel lacks or refuses it, or
-    /// with --offload off).
+    /// Segments of super-frames leave as UDP_SEGMENT trains (off when the kernel lacks or
+    /// refuses it, or with --offload off: then one datagram each).
     public private(set) var sendsTrains: Bool
     /// Messages (datagrams or trains) read from the socket so far.
     var messagesRead = 0
@@ -92,7 +99,7 @@ public final class UDPTunnelDevice: PortDevice {
         sendsTrains = socket.sendsTrains
         trains = socket.receivesTrains ? TrainReceiver() : nil
         receiveQueue.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
-        sendQueue = DatagramSendQueue(socket: socket, classify: { [unowned self] in outcome($0, port: $1) }, refused: { [unowned self] in refuseTrains($0) })
+        sendQueue = DatagramSendQueue(socket: socket)
     }
 
     deinit {
@@ -112,20 +119,38 @@ public final class UDPTunnelDevice: PortDevice {
         return s
     }
 
-    /// With trains, TCP and UDP super-frames are taken whole (cut here, into a train); their
-    /// segments leave with complete checksums, so partial ones are completed before.
+    /// TCP and UDP super-frames are taken whole and cut here, to each peer's path (into trains
+    /// where the kernel takes them); their segments leave with complete checksums, so partial
+    /// ones are completed before.
     public var offloadCapabilities: OffloadCapabilities {
-        sendsTrains ? OffloadCapabilities(partialChecksum: false, tcpSegmentation: true, udpSegmentation: true, maximumFrameLength: 65_557)
-            : .none()
+        OffloadCapabilities(partialChecksum: false, tcpSegmentation: true, udpSegmentation: true, maximumFrameLength: 65_557)
     }
 
     // MARK: Peers
 
-    /// Adds a peer that is bridge port `port`. Throws if the address family does not fit the
-    /// socket or the peer exists.
+    /// Adds a peer that is bridge port `port`, with the path MTU of the route towards it (1500
+    /// if there is no route now). Throws if the address family does not fit the socket or the
+    /// peer exists.
     public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
         _ = try table.add(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, port: port, family: family, socket: localAddress,
-                          now: ctb_monotonic_ns())
+                          pathMTU: socket.pathMTU(to: address) ?? 1500, now: ctb_monotonic_ns())
+    }
+
+    /// The IP MTU a port's stack may use so that its frames fit the path towards `address` in
+    /// `encapsulation` (at most 1500), and that path's MTU (1500 if there is no route now).
+    public func innerMTU(towards address: SocketAddress, encapsulation: Encapsulation) -> (inner: Int, path: Int) {
+        let path = socket.pathMTU(to: address) ?? 1500
+        return (min(PeerTable.frameLimit(pathMTU: path, to: address, encapsulation: encapsulation) - 14, 1500), path)
+    }
+
+    /// The IP MTU a port's stack may use so that its frames fit every peer's path as they are
+    /// (at most 1500, as an Ethernet port has): 1450 for VXLAN over a 1500-byte IPv4 path; nil
+    /// without peers.
+    public var innerMTU: Int? { table.smallestInnerMTU.map { min($0, 1500) } }
+
+    /// The peer whose path is the smallest, and that path's MTU.
+    public var narrowestPath: (address: SocketAddress, mtu: Int)? {
+        table.peers.lazy.compactMap { $0 }.min { $0.maximumFrameLength < $1.maximumFrameLength }.map { ($0.address, $0.pathMTU) }
     }
 
     public func didRemovePort(_ port: PortID) { table.remove(port: port) }
@@ -249,7 +274,7 @@ public final class UDPTunnelDevice: PortDevice {
             return got
         }
         switch -Int32(got) {
-        case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+        case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN, EMSGSIZE:
             drainErrors()
             return nil
         default: throw PortError(.failed, code: -Int32(got), operation: "recvmmsg")
@@ -317,21 +342,44 @@ public final class UDPTunnelDevice: PortDevice {
 
     // MARK: Sending
 
-    /// Queues `frame` for `port`'s peer; `flush` sends the queue with one sendmmsg.
+    /// Queues `frame` for `port`'s peer; `flush` sends the queue with one sendmmsg. A frame
+    /// larger than the peer's path: a TCP segment is cut into segments that fit (TCP allows
+    /// it); anything else leaves whole, for the kernel to fragment (counted).
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
-        guard let peer = table.peer(of: port) else { return .failed }
-        return sendQueue.queue(frame, to: peer)
+        guard let index = table.index(of: port) else { return .failed }
+        if frame.count > table[index].maximumFrameLength {
+            if let cut = OffloadFinisher.tcpCut(of: frame) { return transmit(frame, offload: cut, to: port) }
+            countFragmented(index, 1)
+        }
+        return sendQueue.queue(frame, to: table[index])
     }
 
-    /// A super-frame (the engine passes one only while `sendsTrains`): cut into segments that
-    /// leave as one or two trains.
+    /// A super-frame: cut into segments that fit the peer's path, which leave as trains where
+    /// the kernel takes them.
     public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
         guard offload.isSegmentation else { return transmit(frame, to: port) }
-        guard let peer = table.peer(of: port) else { return .failed }
-        return sendQueue.queueTrain(frame, offload: offload, to: peer)
+        guard let index = table.index(of: port) else { return .failed }
+        let outcome = sendQueue.queueSegments(frame, offload: offload, to: table[index], trains: sendsTrains)
+        for (port, count) in sendQueue.oversized {
+            if let i = table.index(of: port) { countFragmented(i, count) }
+        }
+        sendQueue.oversized.removeAll(keepingCapacity: true)
+        return outcome
     }
 
-    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) { sendQueue.flush(report) }
+    func countFragmented(_ index: Int, _ count: Int) {
+        table[index].fragmented &+= UInt64(count)
+        counters.fragmented &+= UInt64(count)
+    }
+
+    /// Sends the queue; reports how each frame ended (an unreachable peer is marked; a refused
+    /// train lowers its peer's path or turns trains off).
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+        let endings = sendQueue.flush()
+        for refusal in sendQueue.refusals { refuseTrain(refusal.error, port: refusal.port) }
+        sendQueue.refusals.removeAll(keepingCapacity: true)
+        for e in endings { report(e.port, outcome(e.error, port: e.port), e.frames, e.bytes) }
+    }
 
     /// How a datagram to `port`'s peer ended, from its errno (an unreachable one marks the peer).
     func outcome(_ error: Int32, port: PortID) -> TransmitOutcome {
@@ -348,13 +396,27 @@ public final class UDPTunnelDevice: PortDevice {
 
     /// Reads every ICMP error queued on the socket and charges each to the peer it concerns.
     func drainErrors() {
-        while let (destination, error) = socket.nextError() {
-            if let destination, let index = table.byAddress[destination] {
-                markUnreachable(index, error)
+        while let e = socket.nextError() {
+            let index = e.destination.flatMap { table.byAddress[$0] }
+            if e.error == EMSGSIZE {
+                // fragmentation needed / packet too big: the path shrank, the peer is still there
+                if let index, e.mtu > 0 { lowerPath(index, to: e.mtu, because: "the network reported a smaller path (ICMP)") }
+            } else if let index {
+                markUnreachable(index, e.error)
             } else {
                 counters.unreachable &+= 1
             }
         }
+    }
+
+    /// Lowers peer `index`'s path MTU to `mtu` (ignored unless smaller, and at least 552:
+    /// smaller values reported are taken as 552, the floor Linux keeps, `min_pmtu`). Logged.
+    func lowerPath(_ index: Int, to reported: Int, because why: String) {
+        let mtu = max(reported, 552)
+        guard mtu < table[index].pathMTU else { return }
+        table.setPathMTU(mtu, of: index)
+        counters.pathMTULowered &+= 1
+        logger.notice("remote \(table[index].address): path MTU now \(mtu) (\(why)); TCP segments for it are cut to fit, frames up to \(table[index].maximumFrameLength) bytes travel whole, larger ones are fragmented by the kernel")
     }
 
     /// Counts an unreachable error for peer `index`; logs when the peer goes from up to
@@ -369,14 +431,21 @@ public final class UDPTunnelDevice: PortDevice {
         }
     }
 
-    /// The kernel refused a train: from now on super-frames are cut by the engine and leave one
-    /// datagram per frame. Logged once.
-    func refuseTrains(_ error: Int32) {
+    /// The kernel refused a train for `port`'s peer. Too large (EINVAL, EMSGSIZE) with a path
+    /// that shrank since it was measured: the peer's path MTU is lowered and trains go on.
+    /// Otherwise super-frames leave one datagram per segment from now on. Logged once.
+    func refuseTrain(_ error: Int32, port: PortID) {
         counters.trainsRefused &+= 1
+        if error == EINVAL || error == EMSGSIZE, let index = table.index(of: port), let mtu = socket.pathMTU(to: table[index].address),
+            mtu < table[index].pathMTU
+        {
+            lowerPath(index, to: mtu, because: "the kernel refused a train larger than the route's MTU")
+            return
+        }
         guard sendsTrains else { return }
         sendsTrains = false
         let why = error == EIO ? "the route's device has no checksum offload" : error == EINVAL || error == EMSGSIZE ? "datagrams larger than the path MTU: lower the inner MTU" : "unsupported"
-        logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error)): \(why)): super-frames for remotes are now cut by the switch and sent one datagram per frame (no UDP GSO)")
+        logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error)): \(why)): super-frames for remotes are now sent one datagram per segment (no UDP GSO)")
     }
 }
 

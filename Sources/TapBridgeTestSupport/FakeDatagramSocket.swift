@@ -33,12 +33,21 @@ public final class FakeDatagramSocket: DatagramSocket {
     public private(set) var sent: [Datagram] = []
     /// The errno each send to a destination fails with (ECONNREFUSED, EMSGSIZE, ...).
     public var sendErrors: [SocketAddress: Int32] = [:]
+    /// The errno each train (an entry with a segment size) to a destination fails with, as
+    /// the kernel refuses UDP_SEGMENT (EINVAL: larger than the path; EIO: no checksum offload).
+    public var trainErrors: [SocketAddress: Int32] = [:]
     /// ICMP errors the next receive reports (ECONNREFUSED), then hands out from its queue.
     public var icmpErrors: [(destination: SocketAddress, error: Int32)] = []
     /// Whether receive reports the first queued error's errno (IP_RECVERR's pending socket
     /// error). False: another call (a send) already took that errno, so receive finds nothing
     /// while the errors stay queued (and the kernel's poll reports POLLERR until they are read).
     public var reportsQueuedErrors = true
+    /// The MTU an EMSGSIZE error among `icmpErrors` reports (fragmentation needed).
+    public var reportedMTU = 0
+    /// The route MTU towards each address (`pathMTU(to:)`); others get `defaultPathMTU`.
+    public var pathMTUs: [SocketAddress: Int] = [:]
+    /// Loopback's 65,536 unless a test sets a smaller one.
+    public var defaultPathMTU: Int? = 65_536
     /// Receive calls so far.
     public private(set) var receiveCalls = 0
 
@@ -78,7 +87,7 @@ public final class FakeDatagramSocket: DatagramSocket {
                 datagrams[k].result = -EINVAL
                 continue
             }
-            if let error = sendErrors[destination] {
+            if let error = sendErrors[destination] ?? (d.segment_size > 0 ? trainErrors[destination] : nil) {
                 datagrams[k].result = -error
                 continue
             }
@@ -87,9 +96,11 @@ public final class FakeDatagramSocket: DatagramSocket {
         }
     }
 
-    public func nextError() -> (destination: SocketAddress?, error: Int32)? {
+    public func nextError() -> QueuedError? {
         guard !icmpErrors.isEmpty else { return nil }
         let e = icmpErrors.removeFirst()
-        return (e.destination, e.error)
+        return QueuedError(destination: e.destination, error: e.error, mtu: e.error == EMSGSIZE ? reportedMTU : 0)
     }
+
+    public func pathMTU(to address: SocketAddress) -> Int? { pathMTUs[address] ?? defaultPathMTU }
 }

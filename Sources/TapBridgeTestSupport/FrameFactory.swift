@@ -29,6 +29,38 @@ public enum FrameFactory {
         frame(to: destination, from: source, tags: [VLANTag(vlan: vlan, priority: priority)], etherType: etherType, payload: payload)
     }
 
+    /// An IPv4 (or IPv6) TCP segment from 10.0.0.1 (fd00::1) to 10.0.0.2 (fd00::2) with
+    /// `payload` bytes (byte k is k mod 251), TCP flags `flags` (ACK by default), and every
+    /// checksum complete. With `segmentSize`, the offload state that makes it a TSO
+    /// super-frame of that segment size (`.none` otherwise).
+    public static func tcp(
+        to destination: MACAddress = host(2), from source: MACAddress = host(1), payload: Int, ipv6: Bool = false,
+        flags: UInt8 = 0x10, segmentSize: Int? = nil
+    ) -> (frame: [UInt8], offload: FrameOffload) {
+        let data = (0..<payload).map { UInt8($0 % 251) }
+        var tcp: [UInt8] = [0x9C, 0x40, 0x14, 0x51, 0, 0, 0x03, 0xE8, 0, 0, 0, 1, 0x50, flags, 0xFA, 0xF0, 0, 0, 0, 0] + data
+        var ip: [UInt8]
+        let pseudo: [UInt8]
+        if ipv6 {
+            let a: [UInt8] = [0xFD] + Array(repeating: 0, count: 14) + [1], b: [UInt8] = [0xFD] + Array(repeating: 0, count: 14) + [2]
+            ip = [0x60, 0, 0, 0, UInt8(tcp.count >> 8), UInt8(tcp.count & 0xFF), 6, 64] + a + b
+            pseudo = a + b + [0, 0, UInt8(tcp.count >> 8), UInt8(tcp.count & 0xFF), 0, 0, 0, 6]
+        } else {
+            let total = 20 + tcp.count
+            ip = [0x45, 0, UInt8(total >> 8), UInt8(total & 0xFF), 0, 7, 0x40, 0, 64, 6, 0, 0, 10, 0, 0, 1, 10, 0, 0, 2]
+            let c = ~InternetChecksum.fold(ip.withUnsafeBytes { InternetChecksum.sum($0.baseAddress!, count: 20) })
+            withUnsafeBytes(of: c) { ip[10] = $0[0]; ip[11] = $0[1] }
+            pseudo = [10, 0, 0, 1, 10, 0, 0, 2, 0, 6, UInt8(tcp.count >> 8), UInt8(tcp.count & 0xFF)]
+        }
+        let sum = (pseudo + tcp + (tcp.count % 2 == 1 ? [0] : [])).withUnsafeBytes { InternetChecksum.sum($0.baseAddress!, count: $0.count) }
+        let c = ~InternetChecksum.fold(sum)
+        withUnsafeBytes(of: c) { tcp[16] = $0[0]; tcp[17] = $0[1] }
+        let frame = self.frame(to: destination, from: source, etherType: ipv6 ? 0x86DD : 0x0800, payload: ip + tcp)
+        guard let segmentSize else { return (frame, .none) }
+        return (frame, FrameOffload(needsChecksum: false, segmentation: ipv6 ? .tcpv6 : .tcpv4, segmentSize: UInt16(segmentSize),
+                                    checksumStart: UInt16(14 + ip.count), checksumOffset: 16))
+    }
+
     /// Parses hex with optional whitespace, `:` and `#`-to-end-of-line comments, for fixtures:
     /// `"ffffffffffff # dst\n 020000000001 # src\n 0806 # ARP"`.
     public static func bytes(hex: String) -> [UInt8] {

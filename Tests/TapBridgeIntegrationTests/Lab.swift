@@ -283,6 +283,14 @@ final class Lab {
 
     /// The checksum and header error counters of `ns` that are not zero (`nstat -az`: TCP, UDP,
     /// UDP6, ICMP, IP header and checksum errors): an empty dictionary is a clean stack.
+    /// IP fragments the kernel of `ns` made (IPv4 and IPv6, `nstat` absolute counters).
+    func fragmentsCreated(in ns: String) -> Int {
+        exec(ns, ["nstat", "-az", "IpFragCreates", "Ip6FragCreates"]).output.split(separator: "\n").reduce(0) { sum, line in
+            let f = line.split(separator: " ", omittingEmptySubsequences: true)
+            return sum + (f.count >= 2 && f[0].hasSuffix("FragCreates") ? Int(f[1]) ?? 0 : 0)
+        }
+    }
+
     func checksumErrors(in ns: String) -> [String: Int] {
         var out: [String: Int] = [:]
         for line in exec(ns, ["nstat", "-az"]).output.split(separator: "\n") {

@@ -31,7 +31,8 @@ struct OffloadTests {
     /// Runs iperf3 both ways between `a` and `b` (server address `bAddress`, then the reverse)
     /// and checks that TCP went through each way and both stacks' error counters are clean
     /// (how fast is the benchmark's business: Docs/bench/netbench.py).
-    static func tcpBothWays(_ lab: Lab, _ a: String, _ b: String, _ bAddress: String, context: @autoclosure () -> String) throws {
+    @discardableResult
+    static func tcpBothWays(_ lab: Lab, _ a: String, _ b: String, _ bAddress: String, context: @autoclosure () -> String) throws -> (forward: Double, reverse: Double) {
         let forward = try lab.iperf(from: a, to: b, address: bAddress)
         #expect(forward.bps > 0, "iperf3 \(a) -> \(bAddress) failed\n\(forward.output)\n\(context())")
         let reverse = try lab.iperf(from: a, to: b, address: bAddress, reverse: true)
@@ -40,6 +41,7 @@ struct OffloadTests {
             let errors = lab.checksumErrors(in: ns)
             #expect(errors.isEmpty, "checksum/header errors in \(ns): \(errors), want none")
         }
+        return (forward.bps, reverse.bps)
     }
 
     /// Gives the k-th device of `pairs` (moved into its namespace first with `move`) the

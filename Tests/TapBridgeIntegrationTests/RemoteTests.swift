@@ -36,75 +36,114 @@ struct RemoteTests {
         #expect(one.stop() == 0 && two.stop() == 0)
     }
 
-    /// tapbridge in namespace t, the Linux vxlan device in namespace v, a veth underlay.
+    /// tapbridge in namespace t, the Linux vxlan device in namespace v, a veth underlay of 1500.
     /// ```
     ///  ns a (10.79.0.1) ── tap ── tapbridge [ns t, 10.78.0.1] ══ veth ══ [ns v, 10.78.0.2] vxlan42 (10.79.0.2)
     /// ```
-    /// The underlay plays a NIC without UDP segmentation offload: the kernel cuts tapbridge's
-    /// trains into datagrams before they leave, so a capture on the far end sees what a wire
-    /// would carry. `fits`: the vxlan device's MTU (1450) makes both stacks send frames whose
-    /// datagrams fit the 1500-byte underlay; the far end must see only such datagrams, no
-    /// fragments, and TCP passes both ways. `too-big`: the far end's underlay is 1600 and its
-    /// vxlan MTU 1500, so frames from a make 1550-byte datagrams on tapbridge's 1500-byte
-    /// underlay: the kernel refuses such trains (EINVAL), tapbridge says so once and sends one
-    /// datagram per frame, which the kernel fragments (WireFormats.md, "Sizes and MTU"); TCP
-    /// passes a to v.
-    @Test(arguments: ["fits", "too-big"])
-    func linuxKernelVXLANDeviceIsAPeer(_ underlay: String) throws {
+    /// tapbridge as WireFormats.md writes it (no `mtu=`): the TAP it creates gets 1450, what fits
+    /// the path. `documented`: the vxlan device exactly as WireFormats.md writes it, without a
+    /// lower device, so its MTU is 1500 and its stack would send 1460-byte segments that only
+    /// fit as fragments; the MSS tapbridge clamps in the SYNs that cross the remote keeps them
+    /// at 1410 both ways. `lower-device`: `dev` given, the vxlan MTU is 1450 too. Either way:
+    /// TCP both ways with no checksum error and no IP fragment made by either kernel; the
+    /// underlay plays a NIC without UDP segmentation offload (the kernel cuts tapbridge's trains
+    /// into datagrams before they leave), so a capture on the far end sees what a wire would
+    /// carry, none above 1500 bytes.
+    @Test(arguments: ["documented", "lower-device"])
+    func linuxKernelVXLANDeviceIsAPeer(_ variant: String) throws {
         let lab = Lab()
         let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
         let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
         #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
         lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
         lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
-        let tooBig = underlay == "too-big"
-        if tooBig { lab.exec(v, ["ip", "link", "set", uv, "mtu", "1600"]) }
-        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789", "dev", uv])
+        let lower = variant == "lower-device" ? ["dev", uv] : []
+        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789"] + lower)
         try #require(made.ok, "cannot create a vxlan device: \(made.output)")
         lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
-        if tooBig { lab.exec(v, ["ip", "link", "set", vx, "mtu", "1500"]) }
+        let vxlanMTU = lab.exec(v, ["cat", "/sys/class/net/\(vx)/mtu"]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(vxlanMTU == (lower.isEmpty ? "1500" : "1450"), "the vxlan device's MTU: got \(vxlanMTU)")
 
         let bridge = try lab.bridge(["--port", ta, "--remote", "10.78.0.2:4789,vni=42"], in: t)
         #expect(lab.waitForLinks([ta], in: t), "\(bridge.output)")
+        #expect(bridge.output.contains("mtu 1450 (fits the 1500-byte path to remote 10.78.0.2:4789 over vxlan"), "the TAP's default MTU:\n\(bridge.output)")
         lab.place(ta, in: a, address: "10.79.0.1/24", from: t)
         #expect(lab.ping(from: a, "10.79.0.2").received == 3, "tapbridge -> kernel vxlan:\n\(bridge.output)")
         #expect(lab.ping(from: v, "10.79.0.1").received == 3, "kernel vxlan -> tapbridge")
         let ethtool = lab.exec(t, ["ethtool", "-K", ut, "tx-udp-segmentation", "off"])
         try #require(ethtool.ok, "ethtool: \(ethtool.output)")
+        let fragmentsBefore = (lab.fragmentsCreated(in: t), lab.fragmentsCreated(in: v))
         let pcap = lab.temporaryPath("underlay.pcap")
-        let capture = try lab.background(["ip", "netns", "exec", v, "tcpdump", "-i", uv, "-n", "-U", "-s", "96", "-w", pcap, "udp port 4789"])
+        let capture = try lab.background(["ip", "netns", "exec", v, "tcpdump", "-i", uv, "-n", "-U", "-s", "96", "-w", pcap, "udp port 4789 or ip[6:2] & 0x1fff != 0"])
         let deadline = Date().addingTimeInterval(10)
         while !capture.output.contains("listening on"), capture.isRunning, Date() < deadline { usleep(20_000) }
-        if tooBig {
-            let forward = try lab.iperf(from: a, to: v, address: "10.79.0.2")
-            #expect(forward.bps > 0, "iperf3 a -> v failed\n\(forward.output)\n\(bridge.output)")
-            for ns in [a, v] { #expect(lab.checksumErrors(in: ns).isEmpty, "\(ns): \(lab.checksumErrors(in: ns))") }
-        } else {
-            // TCP both ways with the vxlan device's default offloads: its inner checksums arrive
-            // partial (nothing on a veth underlay completes them) and tapbridge completes them.
-            try OffloadTests.tcpBothWays(lab, a, v, "10.79.0.2", context: bridge.output)
-        }
+        // TCP both ways with the vxlan device's default offloads: its inner checksums arrive
+        // partial (nothing on a veth underlay completes them) and tapbridge completes them.
+        let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, v, "10.79.0.2", context: bridge.output)
+        #expect(min(forward, reverse) * 2 >= max(forward, reverse), "the two directions within 2x of each other: a->v \(forward), v->a \(reverse) bit/s")
         _ = capture.stop(signal: SIGINT)
+        let fragments = (lab.fragmentsCreated(in: t) - fragmentsBefore.0, lab.fragmentsCreated(in: v) - fragmentsBefore.1)
+        #expect(fragments == (0, 0), "IP fragments made for TCP (tapbridge's side, the vxlan side): got \(fragments), want none")
         let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(bridge)))
         let udp = try #require(stats.udp)
         #expect(udp.trainsSent > 0, "the TAP's super-frames should have left as trains: \(udp)")
-        #expect(tooBig ? udp.trainsRefused >= 1 : udp.trainsRefused == 0, "trains refused: \(udp)")
+        #expect(udp.trainsRefused == 0 && udp.fragmented == 0, "trains refused, datagrams fragmented: \(udp)")
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(bridge)))
+        #expect(ports.first { $0.kind == "remote" }?.remote?.pathMtu == 1500, "the remote's path MTU in show ports: \(ports.map(\.remote))")
         let c = Lab.portCounters(bridge, port: "10.78.0.2:4789")
         #expect(bridge.stop() == 0)
-        let notices = bridge.output.components(separatedBy: "refused a UDP_SEGMENT train").count - 1
-        #expect(notices == (tooBig ? 1 : 0), "the fallback notice, once, only where trains were refused:\n\(bridge.output)")
-        let sizes = Host.run(["tcpdump", "-r", pcap, "-n", "-v", "src", "10.78.0.1"]).output
-            .split(separator: "\n").compactMap { line -> (Int, Bool)? in
-                guard let r = line.range(of: ", length ") ?? nil, line.contains("proto UDP") else { return nil }
-                let digits = line[r.upperBound...].prefix { $0.isNumber }
-                return Int(digits).map { ($0, line.contains("flags [+]") || line.contains("offset ") && !line.contains("offset 0,")) }
-            }
+        #expect(!bridge.output.contains("refused a UDP_SEGMENT train"), "no train refused:\n\(bridge.output)")
+        // (-v puts the IP header on a line of its own: the length and flags are there)
+        let lines = Host.run(["tcpdump", "-r", pcap, "-n", "-v"]).output.split(separator: "\n")
+        let ours = Host.run(["tcpdump", "-r", pcap, "-n", "-v", "src", "10.78.0.1"]).output.split(separator: "\n")
+        let sizes = ours.filter { $0.contains("proto UDP") }.compactMap { line -> Int? in
+            guard let r = line.range(of: ", length ") else { return nil }
+            return Int(line[r.upperBound...].prefix { $0.isNumber })
+        }
         #expect(sizes.count > 1_000, "too few datagrams from tapbridge captured: \(sizes.count)")
-        #expect(sizes.allSatisfy { $0.0 <= 1500 }, "datagrams above the 1500-byte path MTU: \(sizes.filter { $0.0 > 1500 }.prefix(5))")
-        // fitting frames travel whole; frames too big for the underlay are fragmented
-        #expect(sizes.contains { $0.1 } == tooBig, "fragments: \(sizes.filter(\.1).count) of \(sizes.count)")
+        #expect(sizes.allSatisfy { $0 <= 1500 }, "datagrams above the 1500-byte path MTU: \(sizes.filter { $0 > 1500 }.prefix(5))")
+        let fragmentLines = lines.filter { $0.contains("flags [+]") || ($0.contains("offset ") && !$0.contains("offset 0,")) }
+        #expect(fragmentLines.isEmpty, "fragments on the underlay: \(fragmentLines.count), e.g. \(fragmentLines.prefix(2))")
         #expect(bridge.output.contains("sends inner frames with partial checksums"), "the partial-checksum notice was not logged:\n\(bridge.output)")
         #expect((c["rx_frames"] ?? 0) >= 6 && c["vni_mismatch"] == nil && c["malformed_encapsulation"] == nil, "\(c)")
+    }
+
+    /// The "two hosts" recipe exactly as `--help` writes it, no `mtu=`, on two namespaces
+    /// joined by a 1500-byte veth:
+    /// ```
+    ///  ns a ── tap ── tapbridge [ns h1, 10.76.0.1] ══ veth ══ [ns h2, 10.76.0.2] tapbridge ── tap ── ns b
+    /// ```
+    /// The TAPs get 1450 by themselves; TCP both ways with no checksum error and no IP fragment
+    /// made on either host, and as fast as the same recipe with `mtu=1450` given, measured in
+    /// the same test (loosely: 0.6×, as one run of each on 2 shared cores moves ±15 % and more;
+    /// Docs/Benchmarks.md has the interleaved figures). Before, this recipe fragmented every
+    /// full-size frame: 0.68 Gbit/s against 5.9.
+    @Test func theTwoHostsRecipeAsWrittenNeedsNoFragments() throws {
+        var figures: [String: Double] = [:]
+        for mtu in ["", ",mtu=1450"] {
+            let lab = Lab()
+            let (a, b, h1, h2) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("h1"), lab.namespace("h2"))
+            let (ta, tb, u1, u2) = (lab.link("a"), lab.link("b"), lab.link("u1"), lab.link("u2"))
+            #expect(Host.run(["ip", "link", "add", u1, "netns", h1, "type", "veth", "peer", "name", u2, "netns", h2]).ok)
+            lab.exec(h1, ["ip", "addr", "add", "10.76.0.1/24", "dev", u1]); lab.exec(h1, ["ip", "link", "set", u1, "up"])
+            lab.exec(h2, ["ip", "addr", "add", "10.76.0.2/24", "dev", u2]); lab.exec(h2, ["ip", "link", "set", u2, "up"])
+            let one = try lab.bridge(["--port", ta + mtu, "--remote", "10.76.0.2:4789"], in: h1)
+            let two = try lab.bridge(["--port", tb + mtu, "--remote", "10.76.0.1:4789"], in: h2)
+            #expect(lab.waitForLinks([ta], in: h1) && lab.waitForLinks([tb], in: h2), "\(one.output)\(two.output)")
+            if mtu.isEmpty { #expect(one.output.contains("mtu 1450 (fits the 1500-byte path"), "the TAP's default MTU:\n\(one.output)") }
+            lab.place(ta, in: a, address: "10.77.0.1/24", from: h1)
+            lab.place(tb, in: b, address: "10.77.0.2/24", from: h2)
+            #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b:\n\(one.output)\n\(two.output)")
+            let before = (lab.fragmentsCreated(in: h1), lab.fragmentsCreated(in: h2))
+            let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
+            let fragments = (lab.fragmentsCreated(in: h1) - before.0, lab.fragmentsCreated(in: h2) - before.1)
+            #expect(fragments == (0, 0), "IP fragments made on the hosts (mtu '\(mtu)'): got \(fragments), want none")
+            figures[mtu] = (forward + reverse) / 2
+            #expect(one.stop() == 0 && two.stop() == 0)
+        }
+        let (asWritten, given) = (figures[""] ?? 0, figures[",mtu=1450"] ?? 0)
+        print("two hosts recipe: as written \(asWritten / 1e9) Gbit/s, with mtu=1450 \(given / 1e9) Gbit/s")
+        #expect(asWritten >= 0.6 * given, "as written \(asWritten) bit/s against \(given) with mtu=1450")
     }
 
     /// A remote nobody listens for: the kernel's ICMP port-unreachable errors mark it

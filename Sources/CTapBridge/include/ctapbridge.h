@@ -73,9 +73,13 @@ int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_
 
 /// Reads one ICMP error from the socket's error queue (IP_RECVERR / IPV6_RECVERR are on): the
 /// address the failed datagram was sent to goes to `peer` (28 bytes, sockaddr_in or
-/// sockaddr_in6) and its errno (ECONNREFUSED, EHOSTUNREACH, ...) to `error`. Returns 1, or 0
-/// when the queue is empty, or -errno.
-int ctb_udp_read_error(int fd, unsigned char *peer, int *error);
+/// sockaddr_in6), its errno (ECONNREFUSED, EHOSTUNREACH, EMSGSIZE, ...) to `error`, and for
+/// EMSGSIZE (ICMP fragmentation needed / packet too big) the MTU it reported to `mtu` (else 0).
+/// Returns 1, or 0 when the queue is empty, or -errno.
+int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu);
+/// The MTU of the route towards `addr` (the kernel's cached path MTU if it learned a smaller
+/// one), found by connecting a throwaway UDP socket (nothing is sent); or -errno.
+int ctb_path_mtu(const struct sockaddr *addr, unsigned int addr_len);
 
 /// Most datagrams one ctb_udp_recv_batch / ctb_udp_send_batch call handles.
 #define CTB_BATCH_MAX 64

@@ -4,9 +4,13 @@ import TapBridgeCore
 
 /// The UDP device's send side: frames for remotes are copied, each behind its peer's VXLAN
 /// header, into a pool of 64 slots and leave with one sendmmsg per batch (`flush`). A TCP or
-/// UDP super-frame is cut into segments that go back to back into one slot and leave as one
-/// entry with UDP_SEGMENT: a train of datagrams. A train the kernel refuses is sent again one
-/// datagram at a time.
+/// UDP super-frame is cut into segments that fit the peer's path; with trains, they go back to
+/// back into one slot and leave as one entry with UDP_SEGMENT. A train the kernel refuses is
+/// sent again one datagram at a time.
+///
+/// The queue knows sockets and slots, not peers' fate: each entry's errno is kept with its
+/// port (`Ending`) and the device decides at `flush` what it means (an unreachable peer, a
+/// full buffer). Nothing here calls back into the device.
 final class DatagramSendQueue {
     /// Largest datagram tapbridge sends: a 64 KiB frame plus the VXLAN header.
     static let slotSize = 65_536 + 8
@@ -14,6 +18,14 @@ final class DatagramSendQueue {
     /// and at most 64 datagrams (the kernel's UDP_MAX_SEGMENTS).
     static let trainBytes = 65_507
     static let trainDatagrams = 64
+
+    /// How the entries for one port ended with one errno (0: sent), summed since the last flush.
+    struct Ending: Equatable {
+        var port: PortID
+        var error: Int32
+        var frames: Int
+        var bytes: Int
+    }
 
     let datagrams = UnsafeMutablePointer<ctb_datagram>.allocate(capacity: Int(CTB_BATCH_MAX))
     let pool = UnsafeMutableRawPointer.allocate(byteCount: Int(CTB_BATCH_MAX) * slotSize, alignment: 64)
@@ -26,27 +38,27 @@ final class DatagramSendQueue {
     var queued = 0
     /// Trains sent (each one UDP_SEGMENT entry).
     var trainsSent: UInt64 = 0
-    /// How queued frames ended since the last flush, summed by port and outcome (sends forced
-    /// by a full queue happen before the flush, which reports them).
-    var outcomes: [(port: PortID, outcome: TransmitOutcome, frames: Int, bytes: Int)] = []
+    /// How queued frames ended since the last flush (sends forced by a full queue happen
+    /// before the flush, which reports them): a short list, one item per port and errno.
+    var endings: [Ending] = []
+    /// Trains the kernel refused since the device last looked: the errno and the port of each
+    /// (each was sent again one datagram at a time).
+    var refusals: [(error: Int32, port: PortID)] = []
+    /// Segments of UDP super-frames larger than their peer's path, sent alone for the kernel
+    /// to fragment, since the device last looked (by port).
+    var oversized: [(port: PortID, count: Int)] = []
     /// Cuts super-frames into the segments of a train.
     let finisher = OffloadFinisher()
     let socket: any DatagramSocket
-    /// What an errno means for a datagram to `port` (the device marks unreachable peers).
-    let classify: (Int32, PortID) -> TransmitOutcome
-    /// A train was refused with this errno (the device turns trains off).
-    let refused: (Int32) -> Void
 
-    init(socket: any DatagramSocket, classify: @escaping (Int32, PortID) -> TransmitOutcome, refused: @escaping (Int32) -> Void) {
+    init(socket: any DatagramSocket) {
         self.socket = socket
-        self.classify = classify
-        self.refused = refused
         datagrams.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
         ports.initialize(repeating: PortID(0), count: Int(CTB_BATCH_MAX))
         frameBytes.initialize(repeating: 0, count: Int(CTB_BATCH_MAX))
         frameCounts.initialize(repeating: 0, count: Int(CTB_BATCH_MAX))
         split.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX))
-        outcomes.reserveCapacity(Int(CTB_BATCH_MAX))
+        endings.reserveCapacity(Int(CTB_BATCH_MAX))
     }
 
     deinit {
@@ -59,7 +71,8 @@ final class DatagramSendQueue {
     }
 
     /// Queues `frame` for `peer` (copied, with its VXLAN header, because the engine may rewrite
-    /// its buffer in place before the flush: VLAN tagging for the next port of a flood).
+    /// its buffer in place before the flush: VLAN tagging for the next port of a flood). A TCP
+    /// SYN's MSS is lowered, in the copy, to what fits the peer's path (`MSSClamp`).
     @inline(__always)
     func queue(_ frame: UnsafeRawBufferPointer, to peer: PeerTable.Peer) -> TransmitOutcome {
         let header = peer.encapsulation.headerLength
@@ -67,14 +80,22 @@ final class DatagramSendQueue {
         let slot = nextSlot()
         if header > 0 { slot.copyMemory(from: peer.wire, byteCount: header) }
         (slot + header).copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+        _ = MSSClamp.clamp(UnsafeMutableRawBufferPointer(start: slot + header, count: frame.count), maximumFrameLength: peer.maximumFrameLength)
         enqueue(slot, length: header + frame.count, segmentSize: 0, frames: 1, frameBytes: frame.count, peer: peer)
         return .queued
     }
 
-    /// Cuts super-frame `frame` into segments that leave as one or two trains to `peer`.
-    func queueTrain(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to peer: PeerTable.Peer) -> TransmitOutcome {
+    /// Cuts super-frame `frame` into segments for `peer`. TCP segments are cut to fit the
+    /// peer's path whatever segment size the sender chose (a TCP stream never needs an IP
+    /// fragment); UDP ones keep their size (each is a datagram of the sender's), and one larger
+    /// than the path leaves alone, for the kernel to fragment (counted in `oversized`). With
+    /// `trains`, segments of one size go back to back into one entry (UDP_SEGMENT): one or
+    /// two trains per super-frame; without, one entry each.
+    func queueSegments(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to peer: PeerTable.Peer, trains: Bool) -> TransmitOutcome {
         let header = peer.encapsulation.headerLength
-        var slot = pool, used = 0, count = 0, size = 0, bytes = 0
+        let fits = peer.maximumFrameLength
+        let isTCP = offload.segmentation == .tcpv4 || offload.segmentation == .tcpv6
+        var slot = pool, used = 0, count = 0, size = 0, bytes = 0, oversize = 0
         func close() {
             guard count > 0 else { return }
             enqueue(slot, length: used, segmentSize: count > 1 ? size : 0, frames: count, frameBytes: bytes, peer: peer)
@@ -82,9 +103,11 @@ final class DatagramSendQueue {
             count = 0
             bytes = 0
         }
-        let result = finisher.segment(frame, offload, maximumFrameLength: 65_557) { segment in
+        let result = finisher.segment(frame, offload, maximumFrameLength: isTCP ? fits : 65_557) { segment in
             let length = header + segment.count
-            if count > 0, used + length > Self.trainBytes || count == Self.trainDatagrams || length > size { close() }
+            let alone = segment.count > fits  // (UDP only) fragmented by the kernel: never in a train
+            if alone { oversize += 1 }
+            if count > 0, !trains || alone || used + length > Self.trainBytes || count == Self.trainDatagrams || length > size { close() }
             if count == 0 {
                 slot = nextSlot()
                 size = length
@@ -94,9 +117,10 @@ final class DatagramSendQueue {
             used += length
             count += 1
             bytes += segment.count
-            if length < size { close() }  // a shorter datagram ends a train
+            if length < size || alone { close() }  // a shorter datagram ends a train
         }
         close()
+        if oversize > 0 { oversized.append((peer.port, oversize)) }
         switch result {
         case .success: return .queued
         case .failure(let failure): return failure == .tooLarge ? .tooLarge : .failed
@@ -124,24 +148,27 @@ final class DatagramSendQueue {
         queued += 1
     }
 
-    /// Sends what is queued and reports how every frame since the last flush ended.
-    func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+    /// Sends what is queued; returns how every frame since the last flush ended (the list is
+    /// reused: read it before the next call).
+    func flush() -> [Ending] {
         if queued > 0 { send() }
-        for o in outcomes { report(o.port, o.outcome, o.frames, o.bytes) }
-        outcomes.removeAll(keepingCapacity: true)
+        defer { endings.removeAll(keepingCapacity: true) }
+        return endings
     }
 
-    /// Sends the queue and notes how each entry ended.
+    /// Sends the queue and notes how each entry ended. A refused train (no checksum offload on
+    /// the route, or datagrams larger than the path) is sent again one datagram at a time and
+    /// noted in `refusals`.
     func send() {
         socket.send(datagrams, count: queued)
         for k in 0..<queued {
             let error = -datagrams[k].result
             if datagrams[k].segment_size > 0, error == EIO || error == EINVAL || error == EMSGSIZE || error == EOPNOTSUPP {
-                refused(error)
+                refusals.append((error, ports[k]))
                 sendSplit(k)
                 continue
             }
-            note(ports[k], classify(error, ports[k]), frames: frameCounts[k], bytes: frameBytes[k])
+            note(ports[k], error, frames: frameCounts[k], bytes: frameBytes[k])
         }
         queued = 0
     }
@@ -158,18 +185,18 @@ final class DatagramSendQueue {
         }
         socket.send(split, count: count)
         for i in 0..<count {
-            note(ports[k], classify(-split[i].result, ports[k]), frames: 1, bytes: split[i].length - header)
+            note(ports[k], -split[i].result, frames: 1, bytes: split[i].length - header)
         }
     }
 
-    /// Adds an outcome to `outcomes` (a short list: one item per port and outcome).
+    /// Adds an ending to `endings` (a short list: one item per port and errno).
     @inline(__always)
-    func note(_ port: PortID, _ outcome: TransmitOutcome, frames: Int, bytes: Int) {
-        for i in outcomes.indices where outcomes[i].port == port && outcomes[i].outcome == outcome {
-            outcomes[i].frames += frames
-            outcomes[i].bytes += bytes
+    func note(_ port: PortID, _ error: Int32, frames: Int, bytes: Int) {
+        for i in endings.indices where endings[i].port == port && endings[i].error == error {
+            endings[i].frames += frames
+            endings[i].bytes += bytes
             return
         }
-        outcomes.append((port, outcome, frames, bytes))
+        endings.append(Ending(port: port, error: error, frames: frames, bytes: bytes))
     }
 }

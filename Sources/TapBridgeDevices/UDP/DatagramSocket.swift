@@ -21,9 +21,27 @@ public protocol DatagramSocket: AnyObject {
     func receive(_ datagrams: UnsafeMutablePointer<ctb_datagram>, count: Int) -> Int
     /// sendmmsg: sends `count` entries, each `result` 0 or -errno.
     func send(_ datagrams: UnsafeMutablePointer<ctb_datagram>, count: Int)
-    /// The next queued ICMP error: where the failed datagram went, and its errno; nil when
-    /// the queue is empty.
-    func nextError() -> (destination: SocketAddress?, error: Int32)?
+    /// The next queued ICMP error; nil when the queue is empty.
+    func nextError() -> QueuedError?
+    /// The MTU of the route towards `address` (the IP packet size it takes, with the kernel's
+    /// path MTU if it learned a smaller one); nil if there is no route now.
+    func pathMTU(to address: SocketAddress) -> Int?
+}
+
+/// An ICMP error the kernel queued on the socket (IP_RECVERR) for a datagram it sent.
+public struct QueuedError: Sendable, Equatable {
+    /// Where the failed datagram went (nil if the kernel did not say).
+    public var destination: SocketAddress?
+    /// ECONNREFUSED, EHOSTUNREACH, ..., or EMSGSIZE (fragmentation needed / packet too big).
+    public var error: Int32
+    /// With EMSGSIZE, the MTU the router reported; else 0.
+    public var mtu: Int
+
+    public init(destination: SocketAddress?, error: Int32, mtu: Int = 0) {
+        self.destination = destination
+        self.error = error
+        self.mtu = mtu
+    }
 }
 
 /// The kernel's UDP socket: non-blocking, 4 MiB buffers, IP_RECVERR, and UDP GSO/GRO where the
@@ -71,10 +89,18 @@ public final class KernelDatagramSocket: DatagramSocket {
         _ = ctb_udp_send_batch(fd, datagrams, UInt32(count))
     }
 
-    public func nextError() -> (destination: SocketAddress?, error: Int32)? {
+    public func nextError() -> QueuedError? {
         var address = (UInt64(0), UInt64(0), UInt64(0), UInt32(0))  // 28 bytes
-        var error: Int32 = 0
-        guard withUnsafeMutableBytes(of: &address, { ctb_udp_read_error(fd, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), &error) }) == 1 else { return nil }
-        return (withUnsafeBytes(of: &address) { SocketAddress($0.baseAddress!) }, error)
+        var error: Int32 = 0, mtu: Int32 = 0
+        guard withUnsafeMutableBytes(of: &address, { ctb_udp_read_error(fd, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), &error, &mtu) }) == 1 else { return nil }
+        return QueuedError(destination: withUnsafeBytes(of: &address) { SocketAddress($0.baseAddress!) }, error: error, mtu: Int(mtu))
+    }
+
+    public func pathMTU(to address: SocketAddress) -> Int? {
+        var storage = sockaddr_storage()
+        let length = withUnsafeMutableBytes(of: &storage) { address.write(family: address.isIPv4 ? AF_INET : AF_INET6, to: $0.baseAddress!) }
+        guard length > 0 else { return nil }
+        let mtu = withUnsafeBytes(of: &storage) { ctb_path_mtu($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), UInt32(length)) }
+        return mtu > 0 ? Int(mtu) : nil
     }
 }

@@ -24,6 +24,21 @@ struct PeerTable {
         var unreachable: UInt64 = 0
         /// An error came for this peer and no well-formed frame from it since.
         var isUnreachable = false
+        /// The IP MTU of the path towards the peer: the route's, lowered when the kernel
+        /// reports a smaller one (ICMP fragmentation needed / packet too big).
+        var pathMTU: Int
+        /// The largest inner frame whose datagram fits `pathMTU` (see `frameLimit`).
+        var maximumFrameLength: Int
+        /// Datagrams sent to it larger than its path, which the kernel fragments.
+        var fragmented: UInt64 = 0
+    }
+
+    /// The largest inner frame in `encapsulation` whose datagram fits an IP packet of
+    /// `pathMTU` bytes towards `address`: the path less the outer IP header (20 bytes, 40 for
+    /// IPv6), UDP's 8 and the encapsulation's header (VXLAN's 8). 1,450 for VXLAN over a
+    /// 1500-byte IPv4 path, plus the 14 of the inner Ethernet header: 1,464. Never below 128.
+    static func frameLimit(pathMTU: Int, to address: SocketAddress, encapsulation: Encapsulation) -> Int {
+        max(pathMTU - (address.isIPv4 ? 20 : 40) - 8 - encapsulation.headerLength, 128)
     }
 
     var peers: [Peer?] = []
@@ -37,7 +52,7 @@ struct PeerTable {
     /// Adds a peer that is bridge port `port`, its datagrams sent from `socket` as `family`;
     /// returns its index. Throws if the peer exists or its address does not fit the family.
     mutating func add(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool, port: PortID, family: Int32,
-                      socket: SocketAddress, now: Int64) throws(StartupError) -> Int {
+                      socket: SocketAddress, pathMTU: Int, now: Int64) throws(StartupError) -> Int {
         if byAddress[address] != nil { throw StartupError("remote \(address) given twice") }
         let wire = UnsafeMutableRawPointer.allocate(byteCount: 8 + MemoryLayout<sockaddr_storage>.size, alignment: 8)
         wire.storeBytes(of: VXLANHeader.encodedHeader(vni: vni), as: UInt64.self)
@@ -47,7 +62,8 @@ struct PeerTable {
             throw StartupError("remote \(address) is IPv6 but the listening socket \(socket) is IPv4 (use --listen [::]:PORT)")
         }
         let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: port, isDynamic: isDynamic,
-                        lastHeard: now, wire: wire, addressLength: length)
+                        lastHeard: now, wire: wire, addressLength: length, pathMTU: pathMTU,
+                        maximumFrameLength: Self.frameLimit(pathMTU: pathMTU, to: address, encapsulation: encapsulation))
         let index = peers.firstIndex { $0 == nil } ?? peers.count
         if index == peers.count { peers.append(peer) } else { peers[index] = peer }
         byAddress[address] = index
@@ -109,6 +125,16 @@ struct PeerTable {
 
     @inline(__always) func peer(of port: PortID) -> Peer? { index(of: port).flatMap { peers[$0] } }
 
+    /// Sets peer `index`'s path MTU (and the frame limit that follows from it).
+    mutating func setPathMTU(_ mtu: Int, of index: Int) {
+        self[index].pathMTU = mtu
+        self[index].maximumFrameLength = Self.frameLimit(pathMTU: mtu, to: self[index].address, encapsulation: self[index].encapsulation)
+    }
+
+    /// The smallest path MTU among the peers, as an inner MTU (the IP MTU a port's stack may
+    /// use so that its frames fit every path): nil without peers.
+    var smallestInnerMTU: Int? { peers.lazy.compactMap { $0.map { $0.maximumFrameLength - 14 } }.min() }
+
     /// The peer at `index` (which must exist).
     @inline(__always) subscript(index: Int) -> Peer {
         get { peers[index]! }
@@ -135,7 +161,7 @@ struct PeerTable {
     func description(of port: PortID) -> RemotePeer? {
         guard let p = peer(of: port) else { return nil }
         return RemotePeer(address: p.address, encapsulation: p.encapsulation, vni: p.vni, isDynamic: p.isDynamic, unreachable: p.unreachable,
-                          isUnreachable: p.isUnreachable)
+                          isUnreachable: p.isUnreachable, pathMTU: p.pathMTU, fragmented: p.fragmented)
     }
 }
 
@@ -150,4 +176,8 @@ public struct RemotePeer: Sendable {
     public var unreachable: UInt64
     /// An error came for it and no well-formed frame from it since.
     public var isUnreachable: Bool
+    /// The IP MTU of the path towards it.
+    public var pathMTU: Int
+    /// Datagrams sent to it larger than its path (fragmented by the kernel).
+    public var fragmented: UInt64
 }
