@@ -164,6 +164,10 @@ public struct PortCounters: Equatable, Sendable {
 /// ```
 /// The bridge imports nothing and reads no clock: `now` is an argument.
 public final class Bridge {
+    /// Frames split horizon kept from a port: copies of flooded frames not sent to a port of
+    /// the ingress port's group, and unicast frames dropped for it (also counted per port as
+    /// `split_horizon`). For `show stats`.
+    public internal(set) var horizonWithheld: UInt64 = 0
     /// Bridge-wide settings.
     public struct Configuration: Sendable, Equatable {
         /// The forwarding database's ageing time and limits.
@@ -371,6 +375,7 @@ public final class Bridge {
         if egress == ingress { return .drop(.sameSegment) }
         let group = ports[p].configuration.splitHorizonGroup
         if group != 0, egress.index < ports.count, ports[egress.index].configuration.splitHorizonGroup == group {
+            horizonWithheld &+= 1
             return .drop(.splitHorizon)
         }
         return .unicast(egress, vlan: vlan)
@@ -388,14 +393,18 @@ public final class Bridge {
 
     /// Calls `body` for every port a flooded frame in `vlan` from `ingress` goes to (flooding on,
     /// member of the VLAN, not in the ingress port's split-horizon group), in ascending order. Returns how many ports that was.
+    /// `countWithheld`: count the ports the horizon kept the frame from in `horizonWithheld`
+    /// (once per frame: a second walk over the same flood passes false).
     @inline(__always) @discardableResult
-    public func forEachFloodPort(vlan: VLANID, excluding ingress: PortID, _ body: (PortID, EgressTagging) -> Void) -> Int {
+    public func forEachFloodPort(vlan: VLANID, excluding ingress: PortID, countWithheld: Bool = true, _ body: (PortID, EgressTagging) -> Void) -> Int {
         var n = 0
         let group = ingress.index < ports.count ? ports[ingress.index].configuration.splitHorizonGroup : 0
         for port in activePorts where port != ingress {
-            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan),
-                group == 0 || ports[port.index].configuration.splitHorizonGroup != group
-            else { continue }
+            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan) else { continue }
+            if group != 0, ports[port.index].configuration.splitHorizonGroup == group {
+                if countWithheld { horizonWithheld &+= 1 }
+                continue
+            }
             body(port, ports[port.index].untaggedVLAN == vlan ? .untagged : .tagged)
             n += 1
         }

@@ -233,12 +233,12 @@ public final class ForwardingEngine {
                     batch.removeTag(i)
                 } else if !batch.insertTag(i, tagProtocol: bridge.configuration.vlanProtocol, controlInformation: vlan.rawValue) {
                     // no room for the tag: every port that needed it misses this frame
-                    bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
+                    bridge.forEachFloodPort(vlan: vlan, excluding: ingress, countWithheld: false) { port, tagging in
                         if tagging != first { bridge.countDrop(on: port, .frameTooLarge) }
                     }
                     return
                 }
-                bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
+                bridge.forEachFloodPort(vlan: vlan, excluding: ingress, countWithheld: false) { port, tagging in
                     if tagging != first { transmit(i, via: devices[port.index], to: port, wireFrames: wire) }
                     sent += 1
                 }

@@ -18,7 +18,11 @@ extension BridgeDaemon {
                               state: tunnel?.peer(of: port)?.isUnreachable == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, rxFrames: c.receivedFrames, rxBytes: c.receivedBytes,
                               txFrames: c.transmittedFrames, txBytes: c.transmittedBytes, checksumsCompleted: c.checksumsCompleted,
-                              framesSegmented: c.framesSegmented, superFramesPassed: c.superFramesPassed, drops: drops, remote: a.kind == .remote ? tunnel?.peer(of: port).map(RemoteReport.init) : nil, heldBy: a.heldBy)
+                              framesSegmented: c.framesSegmented, superFramesPassed: c.superFramesPassed, drops: drops, remote: a.kind == .remote ? tunnel?.peer(of: port).map {
+                                var r = RemoteReport($0)
+                                r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
+                                return r
+                              } : nil, heldBy: a.heldBy)
         }
     }
 
@@ -31,7 +35,7 @@ extension BridgeDaemon {
                                                 checksumsCompleted: $0.statistics.checksumsCompleted, trainsSent: $0.statistics.trainsSent,
                                                 trainsReceived: $0.statistics.trainsReceived, framesCoalesced: $0.statistics.framesCoalesced,
                                                 trainsRefused: $0.statistics.trainsRefused, fragmented: $0.statistics.fragmented,
-                                                pathMtuLowered: $0.statistics.pathMTULowered) }
+                                                pathMtuLowered: $0.statistics.pathMTULowered, splitHorizon: engine.bridge.horizonWithheld) }
         let mirror = self.mirror.map {
             let m = $0.statistics
             return StatsReport.Mirror(seen: m.seen, written: m.written, filteredOut: m.filtered, dropped: m.dropped, writeErrors: m.writeErrors,

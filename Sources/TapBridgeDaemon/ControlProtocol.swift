@@ -77,6 +77,8 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var pathMtu: Int? = nil
     /// Datagrams sent to it larger than its path, fragmented by the kernel.
     public var fragmented: UInt64? = nil
+    /// Its split horizon: `mesh`, `off` or `group N` (see `--remote`'s `horizon=`).
+    public var horizon: String? = nil
 
     public init(_ peer: RemotePeer) {
         self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .vxlan ? peer.vni.rawValue : nil,
@@ -138,6 +140,9 @@ public struct StatsReport: Codable, Sendable, Equatable {
         public var fragmented: UInt64? = nil
         /// Times a remote's path MTU was lowered (ICMP, or a refused train).
         public var pathMtuLowered: UInt64? = nil
+        /// Frames split horizon kept from a remote: flooded copies not sent to, and unicast
+        /// frames dropped for, a remote of the sender's group.
+        public var splitHorizon: UInt64? = nil
     }
     public struct Mirror: Codable, Sendable, Equatable {
         public var seen: UInt64

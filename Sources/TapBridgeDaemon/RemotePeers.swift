@@ -54,7 +54,7 @@ final class RemotePeers: EventSource {
             }
         }
         if options.acceptsPeers { device.accept(encapsulation: options.encapsulation, vni: options.vni, limit: options.maximumPeers) }
-        logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers" : ""), split horizon \(options.splitHorizon ? "on" : "off")")
+        logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers (horizon \(Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon)))" : "")\(options.splitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
     }
 
     /// The configured remotes, resolved, until `addConfigured` makes them ports.
@@ -87,11 +87,12 @@ final class RemotePeers: EventSource {
             let encapsulation = remote.encapsulation ?? options.encapsulation
             let vni = remote.vni ?? options.vni
             var configuration = remote.configuration
-            configuration.splitHorizonGroup = options.splitHorizon ? 1 : 0
+            let horizon = remote.horizon ?? Horizon.standard(for: encapsulation, splitHorizon: options.splitHorizon)
+            configuration.splitHorizonGroup = horizon.group
             try add(remote.name, at: address, encapsulation: encapsulation, vni: vni, configuration: configuration)
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
             let path = engine.port(named: remote.name).flatMap { device.peer(of: $0) }?.pathMTU ?? 0
-            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), path MTU \(path), \(PortFactory.describe(configuration))")
+            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), path MTU \(path), horizon \(horizon), \(PortFactory.describe(configuration))")
         } catch {
             throw StartupError("remote \(remote.name): \(error.message)")
         }
@@ -126,7 +127,7 @@ final class RemotePeers: EventSource {
     /// dynamic peers silent for `--peer-timeout`.
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
         guard isActive else { return nil }
-        let configuration = PortConfiguration(splitHorizonGroup: options.splitHorizon ? 1 : 0)
+        let configuration = PortConfiguration(splitHorizonGroup: Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon).group)
         let candidates = device.takeCandidates()
         for address in candidates {
             let name = "peer-\(address)"

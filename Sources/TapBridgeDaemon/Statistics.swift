@@ -163,6 +163,7 @@ extension StatsReport.UDP {
             .init(name: "trains_refused", value: Double(trainsRefused), help: "Trains the kernel refused (a remote's path MTU lowered, or UDP GSO turned off)."),
             .init(name: "fragmented", value: Double(fragmented ?? 0), help: "Datagrams larger than their remote's path MTU, fragmented by the kernel."),
             .init(name: "path_mtu_lowered", value: Double(pathMtuLowered ?? 0), help: "Times a remote's path MTU was lowered (ICMP, or a refused train)."),
+            .init(name: "split_horizon", value: Double(splitHorizon ?? 0), help: "Frames split horizon kept from a remote of the sender's group (flooded copies and unicast)."),
         ]
     }
 }

@@ -144,8 +144,10 @@ public struct RemoteSpec: Sendable, Equatable {
     /// The port's name in logs (default: `endpoint`).
     public var name: String
     public var configuration = PortConfiguration()
+    /// `horizon=`; nil: the default for the encapsulation (see `Horizon`).
+    public var horizon: Horizon? = nil
 
-    public static let syntax = "HOST:PORT[,encap=vxlan|raw][,vni=N][,name=NAME][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
+    public static let syntax = "HOST:PORT[,encap=vxlan|raw][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
 
     public init(parsing text: String) throws(PortSpecError) {
         let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
@@ -167,18 +169,74 @@ public struct RemoteSpec: Sendable, Equatable {
                 case "vni":
                     guard let v = Int(value).flatMap(VNI.init) else { throw PortSpecError(text, "vni must be 0-16777215, got '\(value)'") }
                     vni = v
+                case "horizon":
+                    guard let h = Horizon(parsing: value) else { throw PortSpecError(text, "horizon must be mesh, off or a group number 1-65535, got '\(value)'") }
+                    horizon = h
                 case "name":
                     guard !value.isEmpty, value.count <= 64, !value.contains(where: \.isWhitespace) else {
                         throw PortSpecError(text, "name must be 1-64 characters without white space")
                     }
                     name = value
                 default:
-                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, vni, name, \(SharedPortOptions.keys))")
+                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, vni, name, horizon, \(SharedPortOptions.keys))")
                 }
             }
             configuration = try shared.configuration(in: text)
         } catch {
             throw PortSpecError(error.spec, error.reason, flag: "--remote")
+        }
+    }
+}
+
+/// A remote's split horizon: which other remotes its frames are never forwarded to.
+///
+/// Split horizon keeps a mesh of bridges loop-free: a frame that came from one bridge of the
+/// mesh is never sent to another (each already heard it from the sender directly). An
+/// endpoint (a QEMU `-netdev dgram` VM) is not a bridge: it must reach the other endpoints.
+/// ```
+///   mesh   group 1: the default for VXLAN remotes (tapbridges, Linux vxlan devices)
+///   off    no group: the default for raw remotes (QEMU VMs); reaches every port
+///   N      group N (1-65535): remotes of one group are never forwarded to each other
+/// ```
+public enum Horizon: Equatable, Sendable, CustomStringConvertible {
+    case mesh
+    case off
+    case group(UInt16)
+
+    /// `mesh`, `off`, or a group number 1-65535 (1 is `mesh`).
+    public init?(parsing text: String) {
+        switch text.lowercased() {
+        case "mesh": self = .mesh
+        case "off", "none": self = .off
+        default:
+            guard let n = UInt16(text), n > 0 else { return nil }
+            self = n == 1 ? .mesh : .group(n)
+        }
+    }
+
+    /// From a port's split-horizon group.
+    public init(group: UInt16) { self = group == 0 ? .off : group == 1 ? .mesh : .group(group) }
+
+    /// The default for a remote: VXLAN peers are bridges (mesh), raw ones endpoints (off);
+    /// every remote is off with `--no-split-horizon`.
+    public static func standard(for encapsulation: Encapsulation, splitHorizon: Bool) -> Horizon {
+        splitHorizon && encapsulation == .vxlan ? .mesh : .off
+    }
+
+    /// The port's split-horizon group (`PortConfiguration.splitHorizonGroup`).
+    public var group: UInt16 {
+        switch self {
+        case .mesh: 1
+        case .off: 0
+        case .group(let n): n
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .mesh: "mesh"
+        case .off: "off"
+        case .group(let n): "group \(n)"
         }
     }
 }

@@ -183,7 +183,7 @@ struct Show: ParsableCommand {
 
     struct Ports: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason; each remote's endpoint, encapsulation, VNI and path MTU.")
+            commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason; each remote's endpoint, encapsulation, VNI, horizon and path MTU.")
         @OptionGroup var target: Target
         @OptionGroup var output: TextOrJSON
 
@@ -199,8 +199,8 @@ struct Show: ParsableCommand {
             let remotes = ports.compactMap { p in p.remote.map { (p.name, $0) } }
             if !remotes.isEmpty {
                 print("")
-                print(table(["REMOTE", "ENDPOINT", "ENCAP", "VNI", "PATH MTU", "FRAGMENTED", "UNREACHABLE", "ADDED"], remotes.map { name, r in
-                    [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", r.pathMtu.map(String.init) ?? "-", r.fragmented.map(String.init) ?? "-",
+                print(table(["REMOTE", "ENDPOINT", "ENCAP", "VNI", "HORIZON", "PATH MTU", "FRAGMENTED", "UNREACHABLE", "ADDED"], remotes.map { name, r in
+                    [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", r.horizon ?? "-", r.pathMtu.map(String.init) ?? "-", r.fragmented.map(String.init) ?? "-",
                      "\(r.unreachable)", r.dynamic ? "accepted (--accept-peers)" : "configured"]
                 }))
             }

@@ -33,6 +33,26 @@ struct SplitHorizonTests {
         #expect(receivers(lan.send(FrameFactory.frame(to: .broadcast, from: B), on: 1)) == [0, 2])
     }
 
+    /// Groups as remotes get them: 1 and 2 a mesh of bridges (group 1), 3 and 4 endpoints
+    /// (QEMU VMs: no group), 5 in a group of its own (2). A broadcast from a mesh bridge
+    /// reaches everyone but the other mesh bridge; one from an endpoint reaches everyone; the
+    /// copies withheld are counted bridge-wide, unicast drops on the port too.
+    @Test func groupsDecideFloodingAsEachRemoteIsConfigured() {
+        let lan = VirtualLAN(ports: 6, portConfigurations: [.init(), .init(splitHorizonGroup: 1), .init(splitHorizonGroup: 1), .init(), .init(),
+                                                            .init(splitHorizonGroup: 2)])
+        #expect(receivers(lan.send(FrameFactory.frame(to: .broadcast, from: B), on: 1)) == [0, 3, 4, 5])
+        #expect(lan.bridge.horizonWithheld == 1, "got \(lan.bridge.horizonWithheld) withheld, want 1 (port 2)")
+        lan.discardTransmitted()
+        #expect(receivers(lan.send(FrameFactory.frame(to: .broadcast, from: C), on: 3)) == [0, 1, 2, 4, 5])
+        lan.discardTransmitted()
+        // endpoint 4 answers endpoint 3 (learned on port 3 above): unicast, not held back
+        #expect(receivers(lan.send(FrameFactory.frame(to: C, from: FrameFactory.host(0xD)), on: 4)) == [3])
+        lan.discardTransmitted()
+        // mesh bridge 2 to a station learned on mesh bridge 1: dropped and counted
+        #expect(receivers(lan.send(FrameFactory.frame(to: B, from: FrameFactory.host(0xD)), on: 2)).isEmpty)
+        #expect(lan.counters(2)[.splitHorizon] == 1 && lan.bridge.horizonWithheld == 2, "\(lan.counters(2)), withheld \(lan.bridge.horizonWithheld)")
+    }
+
     @Test func dropsADeviceReportsAreCountedAsReceivedOnThatPort() {
         let lan = VirtualLAN(ports: 2)
         lan.devices[0].dropsOnNextReceive = [.vniMismatch, .malformedEncapsulation, .vniMismatch]

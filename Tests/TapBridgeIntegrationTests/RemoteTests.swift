@@ -226,6 +226,11 @@ struct RemoteTests {
             #expect(sent > 0 && lines.count == sent, "namespace \(ns[k + 1]) saw \(lines.count) broadcasts, want the \(sent) sent, each once")
         }
         let c = Lab.portCounters(bridges[1], port: taps[1])
+        // the broadcasts from a that b did not pass on to c: counted, and each remote a mesh one
+        let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(bridges[1])))
+        #expect((stats.udp?.splitHorizon ?? 0) >= UInt64(sent), "split horizon withheld: \(String(describing: stats.udp))")
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(bridges[1])))
+        #expect(ports.compactMap { $0.remote?.horizon } == ["mesh", "mesh"], "\(ports.map(\.remote))")
         for b in bridges { #expect(b.stop() == 0) }
         #expect((c["tx_frames"] ?? 1000) < 100, "bridge b sent \(c["tx_frames"] ?? -1) frames to its TAP: a loop?")
     }

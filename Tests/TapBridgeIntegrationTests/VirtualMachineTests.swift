@@ -1,3 +1,4 @@
+import TapBridgeDaemon
 import Foundation
 import Testing
 
@@ -53,6 +54,49 @@ struct VirtualMachineTests {
         } else {
             #expect(OffloadTests.finishedFrames(tap) > 0, "the guest's offloaded frames never needed finishing (is QEMU's vnet header off?): \(tap)")
         }
+        #expect(bridge.stop() == 0)
+    }
+
+    /// Two VMs on `-netdev dgram` (no TAP at all), the QEMU example's recipe 2 with one remote
+    /// per VM, plus a TAP in a namespace. Raw remotes are endpoints: their horizon is off, so
+    /// the VMs reach each other (before, both were in the remotes' split-horizon group, and
+    /// neither answered the other; nothing said why).
+    /// ```
+    ///  guest 1 (10.77.0.3) ═ dgram ═╗                  ╔═ tap b ── ns b (10.77.0.2)
+    ///                               ╠═ tapbridge ══════╣
+    ///  guest 2 (10.77.0.4) ═ dgram ═╝  (127.0.0.1:P0)
+    /// ```
+    @Test func twoVMsOnDgramRemotesReachEachOther() throws {
+        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
+        let built = Host.run(["bash", "\(Self.peers)/build-guest.sh", Self.guestDirectory], timeout: 300)
+        try #require(built.ok, "cannot build the guest: \(built.output)")
+        let lab = Lab()
+        let b = lab.namespace("b")
+        let tb = lab.link("b")
+        let (p0, p1, p2) = (lab.udpPort(0), lab.udpPort(1), lab.udpPort(2))
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p0)", "--remote", "127.0.0.1:\(p1),encap=raw,name=vm1",
+                                     "--remote", "127.0.0.1:\(p2),encap=raw,name=vm2", "--name", name])
+        #expect(lab.waitForLinks([tb]), "\(bridge.output)")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        func guest(_ k: Int, port: String, address: String, ping: String) throws -> Background {
+            try lab.background([
+                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
+                "-kernel", "\(Self.guestDirectory)/vmlinuz", "-initrd", "\(Self.guestDirectory)/initrd.gz",
+                "-append", "console=ttyS0 quiet panic=-1 tb.addr=\(address)/24 tb.ping=\(ping)",
+                "-netdev", "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=\(port),remote.type=inet,remote.host=127.0.0.1,remote.port=\(p0)",
+                "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0\(k)",
+            ])
+        }
+        let one = try guest(1, port: p1, address: "10.77.0.3", ping: "10.77.0.4")
+        let two = try guest(2, port: p2, address: "10.77.0.4", ping: "10.77.0.3")
+        let finished = [one, two].map { $0.wait(within: 240) != nil }
+        for (k, vm) in [one, two].enumerated() {
+            #expect(finished[k] && vm.output.contains("TB-PING 0"), "guest \(k + 1) did not reach the other:\n\(vm.output.suffix(1200))\n\(bridge.output)")
+        }
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        let horizons = ports.compactMap { p in p.remote.map { "\(p.name): \($0.horizon ?? "?")" } }
+        #expect(horizons == ["vm1: off", "vm2: off"], "got \(horizons)")
         #expect(bridge.stop() == 0)
     }
 }

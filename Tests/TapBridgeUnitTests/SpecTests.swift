@@ -47,7 +47,13 @@ struct SpecTests {
         #expect(try RemoteSpec(parsing: "192.0.2.5:9000").name == "192.0.2.5:9000")
         #expect(try ListenSpec(parsing: "4789") == ListenSpec(host: nil, port: 4789))
         #expect(try ListenSpec(parsing: "127.0.0.1:4789") == ListenSpec(host: "127.0.0.1", port: 4789))
-        for bad in ["::1:4789", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "h:1,encap=gre", "h:1,vni=16777216"] {
+        #expect(try RemoteSpec(parsing: "h:1").horizon == nil)
+        #expect(try RemoteSpec(parsing: "h:1,horizon=mesh").horizon == .mesh && RemoteSpec(parsing: "h:1,horizon=1").horizon == .mesh)
+        #expect(try RemoteSpec(parsing: "h:1,horizon=off").horizon == .off && RemoteSpec(parsing: "h:1,horizon=7").horizon == .group(7))
+        #expect(Horizon.standard(for: .vxlan, splitHorizon: true) == .mesh && Horizon.standard(for: .raw, splitHorizon: true) == .off)
+        #expect(Horizon.standard(for: .vxlan, splitHorizon: false) == .off)
+        for bad in ["::1:4789", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "h:1,encap=gre", "h:1,vni=16777216", "h:1,horizon=0", "h:1,horizon=x",
+                    "h:1,horizon=65536"] {
             #expect(throws: PortSpecError.self, "\(bad)") { try RemoteSpec(parsing: bad) }
         }
         #expect(throws: PortSpecError.self) { try ListenSpec(parsing: "nope") }

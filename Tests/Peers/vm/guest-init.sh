@@ -1,7 +1,10 @@
 #!/bin/busybox sh
-# PID 1 of the test guest (modules in dependency order, read from their depends= fields). Kernel command line: tb.addr=CIDR tb.peer=IP tb.port=N tb.bytes=N.
+# PID 1 of the test guest (modules in dependency order, read from their depends= fields). Kernel command line: tb.addr=CIDR tb.peer=IP tb.port=N tb.bytes=N,
+# or tb.addr=CIDR tb.ping=IP.
 # Brings eth0 (virtio-net) up, sends tb.bytes bytes of a known pattern to tb.peer:tb.port over
-# TCP, prints "TB-RESULT <nc exit status>" on the console and powers off.
+# TCP, prints "TB-RESULT <nc exit status>" on the console and powers off. With tb.ping: pings
+# that address until it answers (at most 90 tries), prints "TB-PING <0 if it answered>", stays
+# up 20 s more to answer the other side's pings, and powers off.
 /bin/busybox --install -s /bin
 export PATH=/bin
 mount -t proc proc /proc
@@ -18,6 +21,17 @@ ip link set lo up
 ip link set eth0 up
 ip addr add "$tb_addr" dev eth0
 echo "TB-OFFLOADS $(cat /sys/class/net/eth0/features 2>/dev/null)"
+if [ -n "${tb_ping:-}" ]; then
+	rc=1
+	i=0
+	while [ $i -lt 90 ]; do
+		if ping -c 1 -W 1 "$tb_ping" >/dev/null 2>&1; then rc=0; break; fi
+		i=$((i + 1))
+	done
+	echo "TB-PING $rc"
+	sleep 20
+	poweroff -f
+fi
 rc=1
 i=0
 while [ $i -lt 60 ]; do
