@@ -1,3 +1,4 @@
+import Glibc
 import Logging
 import TapBridgeCore
 import TapBridgeDevices
@@ -9,6 +10,54 @@ extension BridgeDaemon {
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate, mirror: mirrorInterface,
                                logger: logger)
+    }
+
+    /// `remote add SPEC`: a remote joins the running bridge, with `--remote`'s grammar and
+    /// errors (a HOST without PORT gets the bridge's UDP port). A bridge without a UDP socket
+    /// opens one, as `--remote` would have at start (every address, on the remote's port).
+    /// Returns the answer's line.
+    func addRemote(_ text: String) throws(StartupError) -> String {
+        let spec: RemoteSpec
+        do {
+            spec = try RemoteSpec(parsing: text, defaultPort: remotes?.device.localAddress.port, flag: "remote add")
+        } catch {
+            throw StartupError(error.description)
+        }
+        if engine.port(named: spec.name) != nil { throw StartupError("remote add '\(text)': a port named \(spec.name) exists (give name=...)") }
+        if let remotes {
+            try remotes.addAtRunTime(spec)
+        } else {
+            var o = options
+            o.remotes = [spec]
+            let opened = try RemotePeers(options: o, engine: engine, ports: ports, decorate: decorate, logger: logger)
+            try opened.addConfigured()
+            remotes = opened
+        }
+        let peer = engine.port(named: spec.name).flatMap { tunnel?.peer(of: $0) }
+        logger.info("control: remote \(spec.name) added")
+        return "remote \(spec.name) added" + (peer.map { " (\($0.address), \($0.encapsulation), path MTU \($0.pathMTU))" } ?? "")
+    }
+
+    /// `remote del NAME|ADDRESS:PORT`: the remote's port goes (its MAC entries with it); the
+    /// UDP socket stays for the others (and for `remote add`).
+    func removeRemote(_ which: String) throws(StartupError) -> String {
+        guard let tunnel else { throw StartupError("remote del '\(which)': this bridge has no remotes") }
+        let remotePorts = engine.ports.filter { engine.record(of: $0)?.kind == .remote }
+        var port = engine.port(named: which)
+        if let named = port, !remotePorts.contains(named) { throw StartupError("remote del '\(which)': \(which) is not a remote (use port del)") }
+        if port == nil, let (host, udpPort) = SocketAddress.split(which),
+            let address = try? SocketAddress.resolve(host: host, port: udpPort, ipv4Only: tunnel.family == AF_INET)
+        {
+            port = remotePorts.first { tunnel.peer(of: $0)?.address == address }
+        }
+        guard let port else {
+            let names = remotePorts.map { engine.name(of: $0) }
+            throw StartupError("remote del '\(which)': no such remote (remotes: \(names.isEmpty ? "none" : names.joined(separator: ", ")))")
+        }
+        let name = engine.name(of: port)
+        engine.removePort(port)
+        logger.info("control: remote \(name) removed")
+        return "remote \(name) removed"
     }
 
     /// A device failed (its interface deleted underneath, an error): its ports go, forwarding

@@ -109,8 +109,22 @@ final class ControlResponder {
             engine.removePort(port)
             logger.info("control: port \(name) removed")
             return .success("port \(name) removed")
+        case "remote-add":
+            guard let text = request.spec else { return .failure("remote-add needs a spec, like 192.0.2.5:4789,vni=7") }
+            do {
+                return .success(try daemon.addRemote(text))
+            } catch {
+                return .failure(error.message)
+            }
+        case "remote-del":
+            guard let which = request.port else { return .failure("remote-del needs a remote's name or ADDRESS:PORT") }
+            do {
+                return .success(try daemon.removeRemote(which))
+            } catch {
+                return .failure(error.message)
+            }
         default:
-            return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del)")
+            return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del, remote-add, remote-del)")
         }
     }
 

@@ -82,6 +82,18 @@ final class RemotePeers: EventSource {
         planned.removeAll()
     }
 
+    /// `remote add`: resolves and adds one remote to the running bridge.
+    func addAtRunTime(_ remote: RemoteSpec) throws(StartupError) {
+        guard isActive else { throw StartupError("the UDP socket failed earlier; restart the bridge to use remotes") }
+        let address: SocketAddress
+        do {
+            address = try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)
+        } catch {
+            throw StartupError("remote \(remote.name): \(error.message)")
+        }
+        try addConfigured(remote, at: address)
+    }
+
     func addConfigured(_ remote: RemoteSpec, at address: SocketAddress) throws(StartupError) {
         do {
             let encapsulation = remote.encapsulation ?? options.encapsulation

@@ -149,10 +149,17 @@ public struct RemoteSpec: Sendable, Equatable {
 
     public static let syntax = "HOST:PORT[,encap=vxlan|raw][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
 
-    public init(parsing text: String) throws(PortSpecError) {
-        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+    /// `defaultPort`: the port of a HOST given without one (`remote add 192.0.2.5`: the bridge's
+    /// UDP port); nil: HOST:PORT is required. `flag` names the option in errors.
+    public init(parsing text: String, defaultPort: UInt16? = nil, flag: String = "--remote") throws(PortSpecError) {
+        var parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        if let defaultPort, SocketAddress.split(parts[0]) == nil, !parts[0].isEmpty,
+            !parts[0].contains(":") || (parts[0].hasPrefix("[") && parts[0].hasSuffix("]"))
+        {
+            parts[0] += ":\(defaultPort)"
+        }
         guard let (host, port) = SocketAddress.split(parts[0]) else {
-            throw PortSpecError(text, "expected HOST:PORT with PORT 1-65535 (IPv6 in brackets: [2001:db8::1]:4789), got '\(parts[0])'", flag: "--remote")
+            throw PortSpecError(text, "expected HOST:PORT with PORT 1-65535 (IPv6 in brackets: [2001:db8::1]:4789), got '\(parts[0])'", flag: flag)
         }
         endpoint = parts[0]
         self.host = host
@@ -183,7 +190,7 @@ public struct RemoteSpec: Sendable, Equatable {
             }
             configuration = try shared.configuration(in: text)
         } catch {
-            throw PortSpecError(error.spec, error.reason, flag: "--remote")
+            throw PortSpecError(error.spec, error.reason, flag: flag)
         }
     }
 }

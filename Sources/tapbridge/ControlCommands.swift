@@ -10,7 +10,7 @@ import Glibc
 
 /// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
 struct ControlCommand: ParsableCommand {
-    static let names: Set<String> = ["show", "fdb", "port", "list", "wait"]
+    static let names: Set<String> = ["show", "fdb", "port", "remote", "list", "wait"]
 
     /// Why `arguments` name no subcommand of a group (`show prots`), or nil. The argument
     /// parser would report the first option it cannot place instead (`Unknown option '--name'`).
@@ -27,7 +27,7 @@ struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
         abstract: "Inspect and steer a running tapbridge through its control socket.",
-        subcommands: [Show.self, FDB.self, Port.self, List.self, Wait.self])
+        subcommands: [Show.self, FDB.self, Port.self, Remote.self, List.self, Wait.self])
 }
 
 /// `tapbridge list`: the bridges running on this host (their sockets in /run/tapbridge).
@@ -324,5 +324,26 @@ struct Port: ParsableCommand {
         @OptionGroup var target: Target
         @Argument(help: "The port's name.") var name: String
         func run() throws { print(try target.send(ControlRequest(command: "port-del", port: name)).message ?? "ok") }
+    }
+}
+
+struct Remote: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "remote", abstract: "Add or remove remote peers of a running bridge (hosts and VMs join a lab without a restart).",
+        subcommands: [Add.self, Del.self])
+
+    struct Add: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Add a remote: the same SPEC as --remote (HOST[:PORT][,encap=vxlan|raw][,vni=N][,name=NAME][,horizon=mesh|off|N]...); without PORT, the bridge's UDP port.")
+        @OptionGroup var target: Target
+        @Argument(help: "The remote spec.") var spec: String
+        func run() throws { print(try target.send(ControlRequest(command: "remote-add", spec: spec)).message ?? "ok") }
+    }
+
+    struct Del: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Remove a remote, by name or by ADDRESS:PORT (its MAC entries go with it).")
+        @OptionGroup var target: Target
+        @Argument(help: "The remote's name or ADDRESS:PORT.") var remote: String
+        func run() throws { print(try target.send(ControlRequest(command: "remote-del", port: remote)).message ?? "ok") }
     }
 }

@@ -146,6 +146,52 @@ struct RemoteTests {
         #expect(asWritten >= 0.6 * given, "as written \(asWritten) bit/s against \(given) with mtu=1450")
     }
 
+    /// Remotes at run time: bridge one starts with no remote (and so no UDP socket); `remote
+    /// add` opens its socket on `--listen` and joins bridge two; ping and TCP both ways pass;
+    /// `remote del` (by address) makes it silent again. Bad input gets one line and a non-zero
+    /// exit, and changes nothing.
+    /// ```
+    ///  ns a ── tap a ── tapbridge one [127.0.0.1:P1]  ══ remote add / del ══  tapbridge two [P2] ── tap b ── ns b
+    /// ```
+    @Test func remotesAddedAndRemovedAtRunTime() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)"])
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"])
+        #expect(lab.waitForLinks([ta, tb]), "\(one.output)\(two.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        let name = ControlTests.name(one)
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 0, "one has no remote yet")
+        lab.exec(a, ["ip", "neigh", "flush", "dev", ta])  // (a's kernel would not ask again for a while)
+
+        let added = ControlTests.client(["remote", "add", "127.0.0.1:\(p2),name=two"], name: name)
+        #expect(added.ok && added.output.contains("remote two added (127.0.0.1:\(p2), vxlan, path MTU "), "\(added.output)\n\(one.output)")
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "after remote add:\n\(one.output)\n\(two.output)")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(ports.map(\.name) == [ta, "two"] && ports.last?.remote?.endpoint == "127.0.0.1:\(p2)", "\(ports.map(\.name))")
+
+        // bad input: one line each, exit non-zero, nothing changed
+        for (args, why) in [(["remote", "add", "127.0.0.1:\(p2),name=two"], "a port named two exists"),
+                            (["remote", "add", "127.0.0.1:\(p2),encap=gre"], "encap must be vxlan or raw"),
+                            (["remote", "add", "127.0.0.1:99999"], "expected HOST:PORT"),
+                            (["remote", "del", "10.9.9.9:1"], "no such remote (remotes: two)"),
+                            (["remote", "del", ta], "is not a remote (use port del)")] {
+            let r = ControlTests.client(args, name: name)
+            #expect(!r.ok && r.output.contains(why) && r.output.split(separator: "\n").count == 1, "\(args): got \(r.output)")
+        }
+
+        let removed = ControlTests.client(["remote", "del", "127.0.0.1:\(p2)"], name: name)
+        #expect(removed.ok && removed.output.contains("remote two removed"), "\(removed.output)")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 0, "after remote del, a still reaches b")
+        let after = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(after.map(\.name) == [ta], "\(after.map(\.name))")
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
+
     /// A remote nobody listens for: the kernel's ICMP port-unreachable errors mark it
     /// `unreachable` (counted per remote, logged once); once its bridge starts and a frame
     /// arrives from it, it is `up` again (logged).
