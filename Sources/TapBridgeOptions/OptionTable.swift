@@ -145,7 +145,11 @@ public enum OptionTable {
              discussion: """
                  HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at start. Each remote is a port \
                  of the switch. encap=vxlan (RFC 7348, default) or raw (one Ethernet frame per datagram, as QEMU's -netdev \
-                 dgram speaks); vni= sets the VXLAN network identifier. Only configured peers are accepted.
+                 dgram speaks); vni= sets the VXLAN network identifier. Only configured peers are accepted. horizon=: mesh \
+                 (the default for vxlan: a bridge of a full mesh, never forwarded to another mesh remote), off (the default \
+                 for raw: an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
+                 is measured: TCP is cut to fit it and SYNs crossing it get their MSS lowered, so nothing needs mtu=. \
+                 At run time: tapbridge remote add|del.
                  """, \.remotes, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try RemoteSpec(parsing: v) }) }),
         value("listen", "[addr:]port", .remotes, "The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", quoted: true,
               render: { $0.listen?.text }, apply: { s, v throws(OptionError) in s.listen = Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try ListenSpec(parsing: v) }) }),
@@ -162,7 +166,7 @@ public enum OptionTable {
         value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", default: "300", render: { "\($0.peerTimeout)" }) { s, v throws(OptionError) in
             s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)
         },
-        flag("no-split-horizon", \.noSplitHorizon, .remotes, "Forward between remotes (hub-and-spoke relays). Loops if the remotes also reach each other directly."),
+        flag("no-split-horizon", \.noSplitHorizon, .remotes, "Every remote's horizon defaults to off: forward between VXLAN remotes too (hub-and-spoke relays). Loops if the remotes also reach each other directly."),
         value("ageing", aliases: ["aging"], "seconds", .table, "Seconds a learned MAC lives without traffic.", default: "300", render: { "\($0.ageing)" }) { s, v throws(OptionError) in
             s.ageing = try seconds(v, above: 0, atMost: 1_000_000)
         },

@@ -43,8 +43,12 @@ enum TapBridgeCommand {
                   --remote 127.0.0.1:5556,encap=raw
 
             Remotes: VXLAN adds 50 bytes per frame on an IPv4 underlay (8 VXLAN + 8 UDP + 20 IP \
-            + 14 inner Ethernet), so on a 1500-byte underlay give the TAPs mtu=1450. A remote is \
-            never forwarded to another remote (split horizon) unless --no-split-horizon.
+            + 14 inner Ethernet). tapbridge measures each remote's path: a TAP it creates gets \
+            the MTU that fits (1450 on a 1500-byte underlay), TCP is cut to fit the path and \
+            SYNs crossing a remote get their MSS lowered, so no mtu= is needed and TCP never \
+            fragments. VXLAN remotes are a mesh: a frame from one is never forwarded to another \
+            (split horizon; horizon= per remote, --no-split-horizon for all); raw remotes (QEMU \
+            VMs) reach each other. Add and remove remotes at run time: tapbridge remote add|del.
 
             Mirroring: --mirror writes what the bridge receives to a pcap file every tool reads; \
             a mirror that cannot keep up (slow reader, full disk) drops and counts copies and \
@@ -52,8 +56,8 @@ enum TapBridgeCommand {
             tcpdump -n -r -
 
             Inspect and steer a running bridge through its control socket: tapbridge show \
-            ports|fdb|stats, tapbridge fdb add|del|flush, tapbridge port add|del (each with \
-            --help).
+            ports|fdb|stats, tapbridge fdb add|del|flush, tapbridge port add|del, tapbridge \
+            remote add|del (each with --help).
 
             SIGINT/SIGTERM stop the bridge cleanly (exit 0); SIGHUP is logged and ignored. \
             Logs go to standard error, one line per event, never one per frame at info level.
@@ -62,7 +66,7 @@ enum TapBridgeCommand {
     static let usage = [
         "tapbridge --port <spec> [--port <spec> ...] [--remote <spec> ...] [<options>]",
         "tapbridge --config <file> [<options>]",
-        "tapbridge list | show | fdb | port | wait ...   (each with --help)",
+        "tapbridge list | show | fdb | port | remote | wait ...   (each with --help)",
         "tapbridge manual   (this page as a man page: tapbridge manual | man -l -)",
     ]
 
