@@ -375,10 +375,10 @@ public final class UDPTunnelDevice: PortDevice {
     /// Sends the queue; reports how each frame ended (an unreachable peer is marked; a refused
     /// train lowers its peer's path or turns trains off).
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
-        let endings = sendQueue.flush()
+        if sendQueue.queued > 0 { sendQueue.send() }
         for refusal in sendQueue.refusals { refuseTrain(refusal.error, port: refusal.port) }
         sendQueue.refusals.removeAll(keepingCapacity: true)
-        for e in endings { report(e.port, outcome(e.error, port: e.port), e.frames, e.bytes) }
+        sendQueue.flush { e in report(e.port, outcome(e.error, port: e.port), e.frames, e.bytes) }
     }
 
     /// How a datagram to `port`'s peer ended, from its errno (an unreachable one marks the peer).

@@ -171,7 +171,8 @@ struct DifferentialTests {
             }
         }
         // 12,000 frames compared: the agreement means something only if many were delivered
-        #expect(delivered > 5_000, "base seed \(base): the bridges agreed on only \(delivered) deliveries in 12,000 frames")
+        // (random bases deliver 4,400-9,200 of them: 12 runs; 5,000 failed about one in six)
+        #expect(delivered > 2_000, "base seed \(base): the bridges agreed on only \(delivered) deliveries in 12,000 frames")
     }
 
     @Test(arguments: [UInt64(1), 2, 3, 42, 0xDEAD_BEEF])

@@ -148,12 +148,12 @@ final class DatagramSendQueue {
         queued += 1
     }
 
-    /// Sends what is queued; returns how every frame since the last flush ended (the list is
-    /// reused: read it before the next call).
-    func flush() -> [Ending] {
+    /// Sends what is queued; hands `body` how every frame since the last flush ended (the list
+    /// is kept and reused: no allocation per flush).
+    func flush(_ body: (Ending) -> Void) {
         if queued > 0 { send() }
-        defer { endings.removeAll(keepingCapacity: true) }
-        return endings
+        for e in endings { body(e) }
+        endings.removeAll(keepingCapacity: true)
     }
 
     /// Sends the queue and notes how each entry ended. A refused train (no checksum offload on
