@@ -3,12 +3,13 @@
 
 usage (as root, from the repository root):
     Docs/bench/netbench.py [-r ROUNDS] [-t SECONDS] [-o RUN.jsonl] [--plot RUN.png]
-                           [-x 'TAPBRIDGE ARGS' --tag NAME] [CASE ...]
+                           [-x 'TAPBRIDGE ARGS' --tag NAME] [--baseline OLD-BUILD] [CASE ...]
     Docs/bench/netbench.py --summarize RUN.jsonl [--plot RUN.png]
 
 Every case joins two network namespaces, A (10.99.0.1/24) and B (10.99.0.2/24), MTU 1500, and
 measures, A to B: iperf3 TCP (Gbit/s, retransmits), iperf3 UDP with 64-byte payloads at an
-unlimited offered rate (datagrams delivered per second), the forwarder's CPU during the TCP
+unlimited offered rate (datagrams delivered per second), the ping round trip on an idle path
+(median of 40 pings, 20 ms apart, in ms), the forwarder's CPU during the TCP
 test (% of one core, all its processes) and its peak memory (VmHWM). Rounds are interleaved
 (round 1 of every case, then round 2, ...); the summary gives median (min-max) per case and
 the ratios of tapbridge to each anchor, from the same run. Raw results: one JSON object per
@@ -29,7 +30,9 @@ Cases:
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
 Default: all of them. -x adds arguments to every tapbridge command of the run (say, a mirror) and
 --tag names its cases CASE+NAME in the results, so that variants run one after the other can be
-summarized together (Docs/bench/mirror-bench.sh does that). The anchors are built or installed by this script: relay from its source
+summarized together (Docs/bench/mirror-bench.sh does that). --baseline PATH runs every tapbridge
+case a second time, right after the first, with the tapbridge binary at PATH (an older build),
+recorded as CASE+base: what a change bought, from one interleaved run. The anchors are built or installed by this script: relay from its source
 here (cc), vde_switch from Debian's vde2, iperf3 and gnuplot from Debian.
 
 Traffic stays inside the namespaces the script creates and on 127.0.0.1. Every process it starts
@@ -50,6 +53,7 @@ import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TAPBRIDGE = os.environ.get("TAPBRIDGE") or os.path.join(ROOT, ".build/release/tapbridge")  # TAPBRIDGE=...: another build
+BUILD = [TAPBRIDGE]  # the binary the current run of a case uses (--baseline switches it)
 PREFIX = "tbnb"
 NS_A, NS_B = PREFIX + "a", PREFIX + "b"
 IP_A, IP_B = "10.99.0.1", "10.99.0.2"
@@ -64,7 +68,7 @@ CASES = ["tap-tap", "tap-tap-off", "kernel-bridge", "relay", "relay-vnet", "vde"
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off")]
-METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"),
+METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
 
@@ -171,7 +175,7 @@ def setup(case, r, tools):
     off = ["--offload", "off"] if case.endswith("-off") else []
     base = case.removesuffix("-off")
     if base == "tap-tap":
-        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off, *EXTRA])
+        r.start("tapbridge", [BUILD[0], "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off, *EXTRA])
         taps_into_namespaces(r)
     elif base == "relay" or base == "relay-vnet":
         r.start("relay", [tools["relay"], *(["-v"] if base == "relay-vnet" else []), TAP0, TAP1])
@@ -198,13 +202,13 @@ def setup(case, r, tools):
     elif base == "tap-veth":
         run(["ip", "link", "add", PREFIX + "h", "type", "veth", "peer", "name", PREFIX + "va", "netns", NS_A])
         address(NS_A, PREFIX + "va", IP_A)
-        r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, "--port", PREFIX + "h,mode=packet", "--port", TAP1, *off, *EXTRA])
+        r.start("tapbridge", [BUILD[0], "--name", PREFIX, "--port", PREFIX + "h,mode=packet", "--port", TAP1, *off, *EXTRA])
         wait_for([TAP1], r)
         run(["ip", "link", "set", TAP1, "netns", NS_B])
         address(NS_B, TAP1, IP_B)
     elif base == "tap-remote-tap":
         for name, tap, mine, theirs in (("a", TAP0, UDP_A, UDP_B), ("b", TAP1, UDP_B, UDP_A)):
-            r.start("tapbridge-" + name, [TAPBRIDGE, "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
+            r.start("tapbridge-" + name, [BUILD[0], "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
                                           "--remote", f"127.0.0.1:{theirs}", *off, *EXTRA])
         taps_into_namespaces(r)
     elif base == "kernel-vxlan":
@@ -256,6 +260,7 @@ def measure(case, r, seconds):
             break
     else:
         raise RuntimeError(f"no connectivity {IP_A} -> {IP_B}")
+    rtt = ping_rtt_ms()
     r.start("iperf3-server", ["ip", "netns", "exec", NS_B, "iperf3", "-s", "-B", IP_B], forwarder=False)
     time.sleep(0.3)
     before, t0 = ticks(r.pids), time.time()
@@ -267,10 +272,23 @@ def measure(case, r, seconds):
         "tcp_gbps": round(gbps, 3),
         "tcp_retransmits": tcp["sum_sent"].get("retransmits", 0),
         "udp64_kpps": round((udp["packets"] - udp["lost_packets"]) / udp["seconds"] / 1000, 1),
+        "rtt_ms": rtt,
         "cpu_pct": round(cpu, 1) if r.pids else None,
         "cpu_per_gbps": round(cpu / gbps, 2) if r.pids and gbps > 0 else None,
         "rss_mib": peak_rss_mib(r.pids) if r.pids else None,
     }
+
+
+def is_tapbridge(case):
+    return case.startswith("tap") or case == "eight-ports"
+
+
+def ping_rtt_ms():
+    """Median round trip A to B of 40 pings 20 ms apart, on the idle path (ms, 3 decimals)."""
+    out = subprocess.run(["ip", "netns", "exec", NS_A, "ping", "-n", "-c", "40", "-i", "0.02", "-W", "1", IP_B],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30).stdout
+    times = [float(w.split("=")[1]) for line in out.splitlines() for w in line.split() if w.startswith("time=")]
+    return round(statistics.median(times), 3) if times else None
 
 
 def eight_ports(r, seconds):
@@ -278,7 +296,7 @@ def eight_ports(r, seconds):
     spaces = [f"{PREFIX}{i}" for i in range(1, 9)]
     taps = [f"{PREFIX}t{i}" for i in range(1, 9)]
     namespaces(*spaces)
-    r.start("tapbridge", [TAPBRIDGE, "--name", PREFIX, *sum((["--port", t] for t in taps), []), *EXTRA])
+    r.start("tapbridge", [BUILD[0], "--name", PREFIX, *sum((["--port", t] for t in taps), []), *EXTRA])
     wait_for(taps, r)
     for i, (t, n) in enumerate(zip(taps, spaces), 1):
         run(["ip", "link", "set", t, "netns", n])
@@ -337,13 +355,14 @@ def summarize(rows, plot=None):
         all_runs = [r for r in rows if r["case"] == c]
         lines.append(f"| {c} | {len(ok[c])}/{len(all_runs)} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in METRICS) + " |")
     med = lambda c, k: statistics.median([r[k] for r in ok.get(c, []) if isinstance(r.get(k), (int, float))] or [float("nan")])
-    lines += ["", "| tapbridge case ÷ anchor | TCP | UDP64 | CPU per Gbit/s |", "|---|---|---|---|"]
+    lines += ["", "| tapbridge case ÷ anchor | TCP | UDP64 | ping RTT | CPU per Gbit/s |", "|---|---|---|---|---|"]
     variants = [(t, a) for t, a in RATIOS if t in ok and a in ok]
-    variants += [(c, c.split("+")[0]) for c in cases if "+" in c and c.split("+")[0] in ok]
+    variants += [(c, c.split("+")[0]) for c in cases if "+" in c and not c.endswith("+base") and c.split("+")[0] in ok]
+    variants += [(c.split("+")[0], c) for c in cases if c.endswith("+base") and c.split("+")[0] in ok]
     for t, a in variants:
         if ok.get(t) and ok.get(a):
             cells = []
-            for k in ("tcp_gbps", "udp64_kpps", "cpu_per_gbps"):
+            for k in ("tcp_gbps", "udp64_kpps", "rtt_ms", "cpu_per_gbps"):
                 x, y = med(t, k), med(a, k)
                 cells.append(f"{x / y:.2f}×" if y and y == y and x == x else "-")
             lines.append(f"| {t} ÷ {a} | " + " | ".join(cells) + " |")
@@ -389,6 +408,7 @@ def main():
     p.add_argument("--summarize", metavar="RUN.jsonl", nargs="+", help="print the summary of earlier runs")
     p.add_argument("-x", "--tapbridge-args", default="", help="extra arguments for every tapbridge command")
     p.add_argument("--tag", help="record cases as CASE+TAG")
+    p.add_argument("--baseline", metavar="PATH", help="also run each tapbridge case with this build, as CASE+base")
     p.add_argument("cases", nargs="*", metavar="CASE")
     a = p.parse_args()
     if a.summarize:
@@ -411,9 +431,13 @@ def main():
     rows = []
     with open(a.output, "w") as out:
         for rnd in range(1, a.rounds + 1):
-            for case in cases:
+            runs = [(c, TAPBRIDGE, f"+{a.tag}" if a.tag else "") for c in cases]
+            if a.baseline:
+                runs = [x for c in cases for x in [(c, TAPBRIDGE, ""), (c, a.baseline, "+base")][: 2 if is_tapbridge(c) else 1]]
+            for case, build, suffix in runs:
+                BUILD[0] = build
                 r = Run(tools["work"])
-                row = {"case": case + (f"+{a.tag}" if a.tag else ""), "round": rnd, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
+                row = {"case": case + suffix, "round": rnd, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
                 try:
                     if case == "eight-ports":
                         row.update(eight_ports(r, a.seconds))

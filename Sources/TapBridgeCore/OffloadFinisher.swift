@@ -226,6 +226,17 @@ public final class OffloadFinisher {
     public func segment(
         _ frame: UnsafeRawBufferPointer, _ o: FrameOffload, maximumFrameLength: Int, _ body: (UnsafeRawBufferPointer) -> Void
     ) -> Result<Int, Failure> {
+        let out = scratch
+        return segment(frame, o, maximumFrameLength: maximumFrameLength, into: { _ in out }, body)
+    }
+
+    /// `segment`, building each segment where `destination` says (it is given the segment's
+    /// length and returns room for that many bytes): straight into a send slot, say, instead
+    /// of the scratch buffer and a copy from there (one copy of every byte fewer for remotes).
+    public func segment(
+        _ frame: UnsafeRawBufferPointer, _ o: FrameOffload, maximumFrameLength: Int, into destination: (Int) -> UnsafeMutableRawPointer,
+        _ body: (UnsafeRawBufferPointer) -> Void
+    ) -> Result<Int, Failure> {
         guard let segmentation = o.segmentation, segmentation != .udpFragmentation else { return .failure(.unsupported) }
         guard let (layout, headerLength) = Self.superFrameLayout(frame, o) else { return .failure(.malformed) }
         let limit = min(maximumFrameLength, capacity)
@@ -235,18 +246,19 @@ public final class OffloadFinisher {
             guard isTCP, limit > headerLength else { return .failure(.tooLarge) }
             size = limit - headerLength
         }
-        let p = frame.baseAddress!, out = scratch
+        let p = frame.baseAddress!
         let payload = frame.count - headerLength
         let count = max(1, (payload + size - 1) / size)
         let sequence = UInt32(bigEndian: p.loadUnaligned(fromByteOffset: layout.l4 + 4, as: UInt32.self))
         let identification = layout.isIPv6 ? 0 : UInt16(bigEndian: p.loadUnaligned(fromByteOffset: layout.l3 + 4, as: UInt16.self))
         let tcpFlags = isTCP ? p.load(fromByteOffset: layout.l4 + 13, as: UInt8.self) : 0
         let field = layout.l4 + layout.checksumOffset
-        out.copyMemory(from: p, byteCount: headerLength)
         for i in 0..<count {
             let offset = i * size
             let chunk = min(size, payload - offset)
             let length = headerLength + chunk
+            let out = destination(length)
+            out.copyMemory(from: p, byteCount: headerLength)
             (out + headerLength).copyMemory(from: p + headerLength + offset, byteCount: chunk)
             if layout.isIPv6 {
                 out.storeBytes(of: UInt16(length - layout.l3 - 40).bigEndian, toByteOffset: layout.l3 + 4, as: UInt16.self)
