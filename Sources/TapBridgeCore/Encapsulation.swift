@@ -1,4 +1,5 @@
-/// How Ethernet frames travel in UDP datagrams to a remote peer.
+/// How Ethernet frames travel in UDP datagrams to a remote peer: the name a user gives
+/// (`encap=`), from which each peer gets its `EncapsulationFormat`.
 public enum Encapsulation: String, Sendable, CaseIterable, CustomStringConvertible {
     /// RFC 7348 VXLAN: an 8-byte header, then the frame.
     case vxlan
@@ -8,7 +9,98 @@ public enum Encapsulation: String, Sendable, CaseIterable, CustomStringConvertib
     /// Bytes in front of the frame.
     public var headerLength: Int { self == .vxlan ? VXLANHeader.length : 0 }
 
+    /// The format a peer with this encapsulation (and `vni`, for VXLAN) uses.
+    public func format(vni: VNI) -> any EncapsulationFormat {
+        switch self {
+        case .vxlan: VXLANFormat(vni: vni)
+        case .raw: RawFormat()
+        }
+    }
+
     public var description: String { rawValue }
+}
+
+/// A received datagram, opened: the inner frame (in place, inside the datagram), or why it is
+/// dropped.
+public enum OpenedDatagram {
+    case frame(UnsafeMutableRawBufferPointer)
+    case drop(DropReason)
+}
+
+/// The seam between the UDP device and the bytes on the wire: how a frame becomes a datagram
+/// and back, for one peer. The device never asks which format it has.
+///
+/// ```
+///   send:    [ headerLength ][ frame (written by the caller) ][ trailerLength ]
+///            seal(datagram, frameLength) writes the header in front and the trailer after, in
+///            place (a sealing format encrypts the frame there), and returns the length
+///   receive: open(datagram) finds the inner frame in place, or names the drop
+/// ```
+/// VXLAN and raw are stateless; a format with per-peer state (keys, counters, a replay
+/// window) is a class instance per peer, which is why the protocol is class-bound. `open` may
+/// change the datagram's bytes (decrypting in place): a datagram is opened once.
+public protocol EncapsulationFormat: AnyObject {
+    /// The encapsulation's name (`show ports`, logs).
+    var encapsulation: Encapsulation { get }
+    /// Bytes in front of every frame.
+    var headerLength: Int { get }
+    /// Bytes after every frame (an authentication tag; 0 for VXLAN and raw).
+    var trailerLength: Int { get }
+    /// A peer in this format is also known by its IP address alone, from any source port
+    /// (RFC 7348 senders pick the source port from a hash of the inner flow).
+    var matchesAnySourcePort: Bool { get }
+    /// Turns the frame of `frameLength` bytes at `datagram + headerLength` into the datagram
+    /// to send, in place; returns the datagram's length (`headerLength + frameLength +
+    /// trailerLength`). `datagram` has room for all of it.
+    func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int
+    /// The inner frame of `datagram`, in place, or why it is dropped.
+    func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram
+}
+
+/// RFC 7348 VXLAN with one VNI: the 8-byte header is computed once.
+public final class VXLANFormat: EncapsulationFormat {
+    public let vni: VNI
+    let header: UInt64
+
+    public init(vni: VNI) {
+        self.vni = vni
+        header = VXLANHeader.encodedHeader(vni: vni)
+    }
+
+    public var encapsulation: Encapsulation { .vxlan }
+    public var headerLength: Int { VXLANHeader.length }
+    public var trailerLength: Int { 0 }
+    public var matchesAnySourcePort: Bool { true }
+
+    @inline(__always)
+    public func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int {
+        datagram.storeBytes(of: header, as: UInt64.self)
+        return VXLANHeader.length + frameLength
+    }
+
+    /// Too short or without the I flag: `malformed_encapsulation`; another VNI: `vni_mismatch`.
+    @inline(__always)
+    public func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram {
+        switch VXLANHeader.decode(UnsafeRawBufferPointer(datagram)) {
+        case .frame(let got, let inner):
+            guard got == vni else { return .drop(.vniMismatch) }
+            return .frame(UnsafeMutableRawBufferPointer(start: datagram.baseAddress! + VXLANHeader.length, count: inner))
+        case .tooShort, .flagsInvalid:
+            return .drop(.malformedEncapsulation)
+        }
+    }
+}
+
+/// One Ethernet frame per datagram, nothing added.
+public final class RawFormat: EncapsulationFormat {
+    public init() {}
+    public var encapsulation: Encapsulation { .raw }
+    public var headerLength: Int { 0 }
+    public var trailerLength: Int { 0 }
+    public var matchesAnySourcePort: Bool { false }
+    @inline(__always) public func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int { frameLength }
+    /// The datagram is the frame (a runt is found by the bridge, like any short frame).
+    @inline(__always) public func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram { .frame(datagram) }
 }
 
 /// A 24-bit VXLAN network identifier.

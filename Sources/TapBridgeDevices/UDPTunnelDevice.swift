@@ -13,7 +13,8 @@ public import TapBridgeCore
 /// ```
 /// Datagrams are read with recvmmsg, 8 bytes before each batch slot, into the headroom, so that
 /// a VXLAN datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into
-/// the headroom: received frames are never copied. A batch with less headroom gets datagrams
+/// the headroom: received frames are never copied. Each peer's `EncapsulationFormat` wraps and
+/// opens its frames (VXLAN, raw); the device never switches on which one it is. A batch with less headroom gets datagrams
 /// read only as early as its headroom reaches (never before a slot: with none, a VXLAN frame
 /// then starts 8 bytes into its slot, and a slot holds 8 bytes less). Sent frames are queued
 /// (copied, with their VXLAN header) and leave with one sendmmsg per batch, when the engine
@@ -132,15 +133,15 @@ public final class UDPTunnelDevice: PortDevice {
     /// if there is no route now). Throws if the address family does not fit the socket or the
     /// peer exists.
     public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
-        _ = try table.add(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, port: port, family: family, socket: localAddress,
-                          pathMTU: socket.pathMTU(to: address) ?? 1500, now: ctb_monotonic_ns())
+        _ = try table.add(address, format: encapsulation.format(vni: vni), vni: vni, isDynamic: isDynamic, port: port, family: family,
+                          socket: localAddress, pathMTU: socket.pathMTU(to: address) ?? 1500, now: ctb_monotonic_ns())
     }
 
     /// The IP MTU a port's stack may use so that its frames fit the path towards `address` in
     /// `encapsulation` (at most 1500), and that path's MTU (1500 if there is no route now).
     public func innerMTU(towards address: SocketAddress, encapsulation: Encapsulation) -> (inner: Int, path: Int) {
         let path = socket.pathMTU(to: address) ?? 1500
-        return (min(PeerTable.frameLimit(pathMTU: path, to: address, encapsulation: encapsulation) - 14, 1500), path)
+        return (min(PeerTable.frameLimit(pathMTU: path, to: address, format: encapsulation.format(vni: VNI(0)!)) - 14, 1500), path)
     }
 
     /// The IP MTU a port's stack may use so that its frames fit every peer's path as they are
@@ -169,7 +170,7 @@ public final class UDPTunnelDevice: PortDevice {
     /// Lets unknown senders in (`--accept-peers`): their datagrams must be well-formed in
     /// `encapsulation` and `vni`, and at most `limit` dynamic peers.
     public func accept(encapsulation: Encapsulation, vni: VNI, limit: Int) {
-        admission = PeerAdmission(encapsulation: encapsulation, vni: vni, limit: limit)
+        admission = PeerAdmission(format: encapsulation.format(vni: vni), limit: limit)
     }
 
     /// The senders waiting to become peers; the caller admits each with `addPeer` (or not: its
@@ -245,9 +246,9 @@ public final class UDPTunnelDevice: PortDevice {
     @inline(__always)
     func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer? {
         let frame: UnsafeMutableRawBufferPointer
-        switch DatagramCodec.decode(data, length: length, encapsulation: table[index].encapsulation, vni: table[index].vni) {
-        case .success(let inner): frame = inner
-        case .failure(let reason):
+        switch table[index].format.open(UnsafeMutableRawBufferPointer(start: data, count: length)) {
+        case .frame(let inner): frame = inner
+        case .drop(let reason):
             batch.recordDrop(on: port, reason, bytes: length)
             return nil
         }
@@ -312,9 +313,9 @@ public final class UDPTunnelDevice: PortDevice {
             if admission.wasRefused(sender) {
                 counters.peersRefused &+= count
                 why = "not admitted"
-            } else if isNew && DatagramCodec.frame(in: d, encapsulation: admission.encapsulation, vni: admission.vni) == nil {
+            } else if isNew && !admission.isWellFormed(d) {
                 counters.unknownSender &+= count
-                why = "not a well-formed \(admission.encapsulation) frame, so not accepted as a peer"
+                why = "not a well-formed \(admission.format.encapsulation) frame, so not accepted as a peer"
             } else if isNew && table.dynamicCount + admission.candidates.count >= admission.limit {
                 counters.peersRefused &+= count
                 why = "peer limit reached"
@@ -446,39 +447,5 @@ public final class UDPTunnelDevice: PortDevice {
         sendsTrains = false
         let why = error == EIO ? "the route's device has no checksum offload" : error == EINVAL || error == EMSGSIZE ? "datagrams larger than the path MTU: lower the inner MTU" : "unsupported"
         logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error)): \(why)): super-frames for remotes are now sent one datagram per segment (no UDP GSO)")
-    }
-}
-
-/// What a datagram holds, in an encapsulation: the inner frame, or why it is not one.
-enum DatagramCodec {
-    enum Decoded {
-        case success(UnsafeMutableRawBufferPointer)
-        case failure(DropReason)
-    }
-
-    /// The inner frame of the datagram of `length` bytes at `data` in `encapsulation` (and
-    /// `vni`), or why it is not one (`malformed_encapsulation`, `vni_mismatch`).
-    @inline(__always)
-    static func decode(_ data: UnsafeMutableRawPointer, length: Int, encapsulation: Encapsulation, vni: VNI) -> Decoded {
-        switch encapsulation {
-        case .raw:
-            return .success(UnsafeMutableRawBufferPointer(start: data, count: length))
-        case .vxlan:
-            switch VXLANHeader.decode(UnsafeRawBufferPointer(start: data, count: length)) {
-            case .frame(let got, let inner):
-                return got == vni ? .success(UnsafeMutableRawBufferPointer(start: data + VXLANHeader.length, count: inner)) : .failure(.vniMismatch)
-            case .tooShort, .flagsInvalid:
-                return .failure(.malformedEncapsulation)
-            }
-        }
-    }
-
-    /// The inner frame of datagram `d` if it is a well-formed frame in `encapsulation` (and
-    /// `vni`) with a station as its source; nil otherwise.
-    static func frame(in d: ctb_datagram, encapsulation: Encapsulation, vni: VNI) -> UnsafeRawBufferPointer? {
-        guard case .success(let frame) = decode(d.data, length: d.length, encapsulation: encapsulation, vni: vni),
-            let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource
-        else { return nil }
-        return UnsafeRawBufferPointer(frame)
     }
 }

@@ -158,6 +158,41 @@ struct RemotePathTests {
     }
 }
 
+/// Every encapsulation through two UDP devices over socket doubles, trains on and off: what
+/// one device sends for a frame and a TCP super-frame, the other, given those datagrams (a
+/// train as one UDP_GRO message), turns back into the same frame and the same TCP payload.
+@Suite("Encapsulations round-trip through two devices")
+struct EncapsulationRoundTripTests {
+    static let addressA = FakeDatagramSocket.address("10.0.0.1:4789"), addressB = FakeDatagramSocket.address("10.0.0.2:4789")
+
+    static func arguments() -> [(Encapsulation, Bool)] { Encapsulation.allCases.flatMap { e in [(e, true), (e, false)] } }
+
+    @Test(arguments: arguments())
+    func framesAndSuperFramesArriveAsTheyLeft(_ encapsulation: Encapsulation, trains: Bool) throws {
+        let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let (lanA, lanB) = (VirtualLAN(ports: 1), VirtualLAN(ports: 1))
+        let (socketA, socketB) = (FakeDatagramSocket(localAddress: Self.addressA, trains: trains), FakeDatagramSocket(localAddress: Self.addressB, trains: trains))
+        let (deviceA, deviceB) = (UDPTunnelDevice(socket: socketA, logger: quiet), UDPTunnelDevice(socket: socketB, logger: quiet))
+        try deviceA.addPeer(Self.addressB, encapsulation: encapsulation, vni: VNI(9)!, as: lanA.engine.addPort(named: "b", on: deviceA))
+        try deviceB.addPeer(Self.addressA, encapsulation: encapsulation, vni: VNI(9)!, as: lanB.engine.addPort(named: "a", on: deviceB))
+        let plain = FrameFactory.frame(to: .broadcast, from: FrameFactory.host(7))
+        let (superFrame, offload) = FrameFactory.tcp(to: FrameFactory.host(9), from: FrameFactory.host(7), payload: 30_000, segmentSize: 1448)
+        lanA.inject(plain, on: 0)
+        lanA.inject(superFrame, on: 0, offload: offload)
+        lanA.runUntilIdle()
+        #expect(socketA.sent.contains { $0.segmentSize > 0 } == trains, "trains sent: \(socketA.sent.map(\.segmentSize))")
+        socketB.inbound = socketA.sent.map { .init(address: Self.addressA, bytes: $0.bytes, segmentSize: $0.segmentSize) }
+        for _ in 0..<10 { _ = try lanB.engine.service(deviceB, at: lanB.clock.now) }
+        lanB.runUntilIdle()
+        let got = lanB.transmitted(on: 0)
+        #expect(got.first == plain, "the plain frame: got \(got.first.map { hexString($0.prefix(20)) } ?? "nothing")")
+        let payload = got.dropFirst().flatMap { $0.dropFirst(54) }
+        #expect(payload == Array(superFrame.dropFirst(54)), "the super-frame's payload: got \(payload.count) bytes, want 30000")
+        #expect(got.dropFirst().allSatisfy { f in f.withUnsafeBytes { OffloadFinisher.verifiesChecksum($0) } == true })
+        #expect(lanB.bridge.counters(of: lanB.engine.port(named: "a")!).drops.allSatisfy { $0 == 0 }, "\(lanB.bridge.counters(of: lanB.engine.port(named: "a")!))")
+    }
+}
+
 /// A golden SYN (scapy), MSS 1460, for tests here.
 enum MSSClampTests {
     static let ipv4SYN = "02000000000202000000000108004500003c00070000400666b30a0000010a0000029c401451000003e800000000a002faf084920000020405b40402080a000000010000000001030307"

@@ -2,8 +2,8 @@ import CTapBridge
 import Glibc
 import TapBridgeCore
 
-/// The UDP device's send side: frames for remotes are copied, each behind its peer's VXLAN
-/// header, into a pool of 64 slots and leave with one sendmmsg per batch (`flush`). A TCP or
+/// The UDP device's send side: frames for remotes are copied, each sealed in its peer's
+/// format (`EncapsulationFormat`: VXLAN's header in front), into a pool of 64 slots and leave with one sendmmsg per batch (`flush`). A TCP or
 /// UDP super-frame is cut into segments that fit the peer's path; with trains, they go back to
 /// back into one slot and leave as one entry with UDP_SEGMENT. A train the kernel refuses is
 /// sent again one datagram at a time.
@@ -12,8 +12,8 @@ import TapBridgeCore
 /// port (`Ending`) and the device decides at `flush` what it means (an unreachable peer, a
 /// full buffer). Nothing here calls back into the device.
 final class DatagramSendQueue {
-    /// Largest datagram tapbridge sends: a 64 KiB frame plus the VXLAN header.
-    static let slotSize = 65_536 + 8
+    /// Largest datagram tapbridge sends: a 64 KiB frame plus what a format adds around it.
+    static let slotSize = 65_536 + 64
     /// Largest train: every datagram of it in one IPv4 packet's worth (65,535 - 20 - 8 bytes),
     /// and at most 64 datagrams (the kernel's UDP_MAX_SEGMENTS).
     static let trainBytes = 65_507
@@ -70,18 +70,18 @@ final class DatagramSendQueue {
         split.deallocate()
     }
 
-    /// Queues `frame` for `peer` (copied, with its VXLAN header, because the engine may rewrite
+    /// Queues `frame` for `peer` (copied, then sealed in the peer's format, because the engine may rewrite
     /// its buffer in place before the flush: VLAN tagging for the next port of a flood). A TCP
     /// SYN's MSS is lowered, in the copy, to what fits the peer's path (`MSSClamp`).
     @inline(__always)
     func queue(_ frame: UnsafeRawBufferPointer, to peer: PeerTable.Peer) -> TransmitOutcome {
-        let header = peer.encapsulation.headerLength
-        guard header + frame.count <= Self.slotSize else { return .tooLarge }
+        let format = peer.format, header = format.headerLength
+        guard header + frame.count + format.trailerLength <= Self.slotSize else { return .tooLarge }
         let slot = nextSlot()
-        if header > 0 { slot.copyMemory(from: peer.wire, byteCount: header) }
         (slot + header).copyMemory(from: frame.baseAddress!, byteCount: frame.count)
         _ = MSSClamp.clamp(UnsafeMutableRawBufferPointer(start: slot + header, count: frame.count), maximumFrameLength: peer.maximumFrameLength)
-        enqueue(slot, length: header + frame.count, segmentSize: 0, frames: 1, frameBytes: frame.count, peer: peer)
+        let length = format.seal(slot, frameLength: frame.count)
+        enqueue(slot, length: length, segmentSize: 0, frames: 1, frameBytes: frame.count, peer: peer)
         return .queued
     }
 
@@ -115,12 +115,12 @@ final class DatagramSendQueue {
     }
     @exclusivity(unchecked) var train = Train(trains: false)
 
-    /// Room for the next segment (`frameLength` bytes) in the train for `peer`, behind its
-    /// VXLAN header: the train is closed first if the segment cannot join it.
+    /// Room for the next segment (`frameLength` bytes) in the train for `peer`, behind the
+    /// room for its header: the train is closed first if the segment cannot join it.
     @inline(__always)
     func reserve(_ frameLength: Int, to peer: PeerTable.Peer) -> UnsafeMutableRawPointer {
-        let header = peer.encapsulation.headerLength
-        let length = header + frameLength
+        let header = peer.format.headerLength
+        let length = header + frameLength + peer.format.trailerLength
         let alone = frameLength > peer.maximumFrameLength  // (UDP only) fragmented by the kernel: never in a train
         if train.count > 0, !train.trains || alone || train.used + length > Self.trainBytes || train.count == Self.trainDatagrams || length > train.size {
             closeTrain(to: peer)
@@ -129,15 +129,13 @@ final class DatagramSendQueue {
             train.slot = nextSlot()
             train.size = length
         }
-        let slot = train.slot! + train.used
-        if header > 0 { slot.copyMemory(from: peer.wire, byteCount: header) }
-        return slot + header
+        return train.slot! + train.used + header
     }
 
-    /// Counts the segment just built where `reserve` said into the train.
+    /// Seals the segment just built where `reserve` said and counts it into the train.
     @inline(__always)
     func add(_ segment: UnsafeRawBufferPointer, to peer: PeerTable.Peer) {
-        let length = peer.encapsulation.headerLength + segment.count
+        let length = peer.format.seal(train.slot! + train.used, frameLength: segment.count)
         let alone = segment.count > peer.maximumFrameLength
         if alone { train.oversize += 1 }
         train.used += length
@@ -168,7 +166,7 @@ final class DatagramSendQueue {
         datagrams[queued].data = slot
         datagrams[queued].length = length
         datagrams[queued].segment_size = UInt32(segmentSize)
-        datagrams[queued].destination = UnsafeRawPointer(peer.wire + 8)
+        datagrams[queued].destination = UnsafeRawPointer(peer.sockaddr)
         datagrams[queued].destination_length = peer.addressLength
         ports[queued] = peer.port
         frameBytes[queued] = bytes
@@ -205,7 +203,7 @@ final class DatagramSendQueue {
     /// Sends entry `k`, a refused train, one datagram at a time.
     func sendSplit(_ k: Int) {
         let d = datagrams[k], size = Int(d.segment_size), count = frameCounts[k]
-        let header = (d.length - frameBytes[k]) / count  // the same for every datagram
+        let overhead = (d.length - frameBytes[k]) / count  // what the format adds: the same for every datagram
         for i in 0..<count {
             split[i] = d
             split[i].data = d.data + i * size
@@ -214,7 +212,7 @@ final class DatagramSendQueue {
         }
         socket.send(split, count: count)
         for i in 0..<count {
-            note(ports[k], -split[i].result, frames: 1, bytes: split[i].length - header)
+            note(ports[k], -split[i].result, frames: 1, bytes: split[i].length - overhead)
         }
     }
 

@@ -19,10 +19,9 @@ import TapBridgeCore
 /// Nothing an admitted peer sent is lost: the device stops reading while a decision is
 /// pending, so held datagrams are bounded by one receive call (at most 64 datagrams).
 final class PeerAdmission {
-    /// The encapsulation and VNI an unknown sender's datagram must be well-formed in, and the
-    /// most dynamic peers.
-    let encapsulation: Encapsulation
-    let vni: VNI
+    /// The format an unknown sender's datagram must be well-formed in (the bridge-wide
+    /// encapsulation and VNI), and the most dynamic peers.
+    let format: any EncapsulationFormat
     let limit: Int
     /// Senders waiting for the daemon's decision (since the last `take`).
     private(set) var candidates: [SocketAddress] = []
@@ -38,14 +37,16 @@ final class PeerAdmission {
     var area: UnsafeMutableRawPointer? = nil
     static let maximumHeld = Int(CTB_BATCH_MAX)
 
-    init(encapsulation: Encapsulation, vni: VNI, limit: Int) {
-        self.encapsulation = encapsulation
-        self.vni = vni
+    init(format: any EncapsulationFormat, limit: Int) {
+        self.format = format
         self.limit = limit
         held.reserveCapacity(Self.maximumHeld)
     }
 
-    deinit { area?.deallocate() }
+    deinit {
+        area?.deallocate()
+        probe?.deallocate()
+    }
 
     /// A decision is pending: the device reads nothing more until `take`.
     var isWaiting: Bool { !candidates.isEmpty }
@@ -62,6 +63,22 @@ final class PeerAdmission {
     func propose(_ sender: SocketAddress) {
         if !candidates.contains(sender) { candidates.append(sender) }
     }
+
+    /// Whether datagram `d` is a well-formed frame in the bridge-wide format with a station as
+    /// its source (garbage from spoofed addresses must not fill the peer table). Opens a copy
+    /// (opening may change a datagram's bytes, and a candidate's is opened again once admitted).
+    func isWellFormed(_ d: ctb_datagram) -> Bool {
+        guard d.length <= TrainReceiver.slotSize else { return false }
+        let copy = probe ?? .allocate(byteCount: TrainReceiver.slotSize, alignment: 64)
+        probe = copy
+        if d.length > 0 { copy.copyMemory(from: d.data, byteCount: d.length) }
+        guard case .frame(let frame) = format.open(UnsafeMutableRawBufferPointer(start: copy, count: d.length)),
+            let header = EthernetHeader(UnsafeRawBufferPointer(frame))
+        else { return false }
+        return header.source.isValidSource
+    }
+    /// The copy `isWellFormed` opens (allocated at the first stranger).
+    var probe: UnsafeMutableRawPointer? = nil
 
     /// Keeps a copy of a candidate's datagram (false: no room).
     func hold(_ d: ctb_datagram, from sender: SocketAddress) -> Bool {

@@ -10,13 +10,15 @@ struct PeerTable {
     /// One remote peer.
     struct Peer {
         var address: SocketAddress
-        var encapsulation: Encapsulation
+        /// How frames to and from it are wrapped (the device never asks which format).
+        let format: any EncapsulationFormat
+        var encapsulation: Encapsulation { format.encapsulation }
         var vni: VNI
         var port: PortID
         var isDynamic: Bool
         var lastHeard: Int64
-        /// The VXLAN header (8 bytes) and the sockaddr (up to 28 bytes), allocated once.
-        var wire: UnsafeMutableRawPointer
+        /// The sockaddr datagrams go to (up to 28 bytes), allocated once.
+        var sockaddr: UnsafeMutableRawPointer
         var addressLength: socklen_t
         /// Whether the partial-checksum notice was logged for this peer.
         var reportedPartialChecksums = false
@@ -33,37 +35,36 @@ struct PeerTable {
         var fragmented: UInt64 = 0
     }
 
-    /// The largest inner frame in `encapsulation` whose datagram fits an IP packet of
-    /// `pathMTU` bytes towards `address`: the path less the outer IP header (20 bytes, 40 for
-    /// IPv6), UDP's 8 and the encapsulation's header (VXLAN's 8). 1,450 for VXLAN over a
+    /// The largest inner frame in `format` whose datagram fits an IP packet of `pathMTU` bytes
+    /// towards `address`: the path less the outer IP header (20 bytes, 40 for IPv6), UDP's 8
+    /// and what the format adds (VXLAN's 8-byte header). 1,450 for VXLAN over a
     /// 1500-byte IPv4 path, plus the 14 of the inner Ethernet header: 1,464. Never below 128.
-    static func frameLimit(pathMTU: Int, to address: SocketAddress, encapsulation: Encapsulation) -> Int {
-        max(pathMTU - (address.isIPv4 ? 20 : 40) - 8 - encapsulation.headerLength, 128)
+    static func frameLimit(pathMTU: Int, to address: SocketAddress, format: any EncapsulationFormat) -> Int {
+        max(pathMTU - (address.isIPv4 ? 20 : 40) - 8 - format.headerLength - format.trailerLength, 128)
     }
 
     var peers: [Peer?] = []
     var byAddress: [SocketAddress: Int] = [:]
-    /// VXLAN peers by IP address alone (port 0); -1 marks an address shared by several VXLAN
-    /// peers: those need the exact port.
+    /// Peers known by IP address alone (port 0: VXLAN's, `matchesAnySourcePort`); -1 marks an
+    /// address shared by several such peers: those need the exact port.
     var vxlanByHost: [SocketAddress: Int] = [:]
     /// Peer index by bridge port index (-1: none).
     var byPort: [Int] = []
 
     /// Adds a peer that is bridge port `port`, its datagrams sent from `socket` as `family`;
     /// returns its index. Throws if the peer exists or its address does not fit the family.
-    mutating func add(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool, port: PortID, family: Int32,
+    mutating func add(_ address: SocketAddress, format: any EncapsulationFormat, vni: VNI, isDynamic: Bool, port: PortID, family: Int32,
                       socket: SocketAddress, pathMTU: Int, now: Int64) throws(StartupError) -> Int {
         if byAddress[address] != nil { throw StartupError("remote \(address) given twice") }
-        let wire = UnsafeMutableRawPointer.allocate(byteCount: 8 + MemoryLayout<sockaddr_storage>.size, alignment: 8)
-        wire.storeBytes(of: VXLANHeader.encodedHeader(vni: vni), as: UInt64.self)
-        let length = address.write(family: family, to: wire + 8)
+        let sockaddr = UnsafeMutableRawPointer.allocate(byteCount: MemoryLayout<sockaddr_storage>.size, alignment: 8)
+        let length = address.write(family: family, to: sockaddr)
         guard length > 0 else {
-            wire.deallocate()
+            sockaddr.deallocate()
             throw StartupError("remote \(address) is IPv6 but the listening socket \(socket) is IPv4 (use --listen [::]:PORT)")
         }
-        let peer = Peer(address: address, encapsulation: encapsulation, vni: vni, port: port, isDynamic: isDynamic,
-                        lastHeard: now, wire: wire, addressLength: length, pathMTU: pathMTU,
-                        maximumFrameLength: Self.frameLimit(pathMTU: pathMTU, to: address, encapsulation: encapsulation))
+        let peer = Peer(address: address, format: format, vni: vni, port: port, isDynamic: isDynamic,
+                        lastHeard: now, sockaddr: sockaddr, addressLength: length, pathMTU: pathMTU,
+                        maximumFrameLength: Self.frameLimit(pathMTU: pathMTU, to: address, format: format))
         let index = peers.firstIndex { $0 == nil } ?? peers.count
         if index == peers.count { peers.append(peer) } else { peers[index] = peer }
         byAddress[address] = index
@@ -73,12 +74,12 @@ struct PeerTable {
         return index
     }
 
-    /// Removes the peer that is `port`; returns it (its wire buffer already freed).
+    /// Removes the peer that is `port`; returns it (its sockaddr already freed).
     @discardableResult
     mutating func remove(port: PortID) -> Peer? {
         guard let index = index(of: port), let peer = peers[index] else { return nil }
         byAddress[peer.address] = nil
-        peer.wire.deallocate()
+        peer.sockaddr.deallocate()
         peers[index] = nil
         byPort[port.index] = -1
         reindexHost(of: peer.address)
@@ -87,7 +88,7 @@ struct PeerTable {
 
     /// Frees every peer's buffer (the device is going away).
     mutating func removeAll() {
-        for case let p? in peers { p.wire.deallocate() }
+        for case let p? in peers { p.sockaddr.deallocate() }
         peers.removeAll()
         byAddress.removeAll()
         vxlanByHost.removeAll()
@@ -99,7 +100,7 @@ struct PeerTable {
         var host = address
         host.port = 0
         let sharing = peers.indices.filter {
-            guard let p = peers[$0], p.encapsulation == .vxlan else { return false }
+            guard let p = peers[$0], p.format.matchesAnySourcePort else { return false }
             var h = p.address
             h.port = 0
             return h == host
@@ -128,7 +129,7 @@ struct PeerTable {
     /// Sets peer `index`'s path MTU (and the frame limit that follows from it).
     mutating func setPathMTU(_ mtu: Int, of index: Int) {
         self[index].pathMTU = mtu
-        self[index].maximumFrameLength = Self.frameLimit(pathMTU: mtu, to: self[index].address, encapsulation: self[index].encapsulation)
+        self[index].maximumFrameLength = Self.frameLimit(pathMTU: mtu, to: self[index].address, format: self[index].format)
     }
 
     /// The smallest path MTU among the peers, as an inner MTU (the IP MTU a port's stack may
