@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Many new senders at once, for a bridge with --accept-peers --encap raw: each sender (its own
-UDP socket on 127.0.0.1) sends bursts of raw Ethernet broadcasts (EtherType 0x88b5, a source
-MAC of its own). With --train each burst leaves as one UDP_SEGMENT train (the receiving socket
+UDP socket on 127.0.0.1) sends bursts of raw Ethernet frames (EtherType 0x88b5, a source
+MAC of its own) to --destination (default: broadcast). With --train each burst leaves as one UDP_SEGMENT train (the receiving socket
 takes it whole with UDP_GRO); without, one datagram at a time.
 
 Bounded: senders x bursts x per-burst datagrams, paced by --gap seconds between bursts.
@@ -12,9 +12,9 @@ import argparse, json, socket, struct, time
 
 SOL_UDP, UDP_SEGMENT = 17, 103
 
-def frame(sender, k):
+def frame(sender, k, destination=b"\xff" * 6):
     src = bytes([0x02, 0x00, (sender >> 16) & 0xFF, (sender >> 8) & 0xFF, sender & 0xFF, 0x01])
-    return b"\xff" * 6 + src + b"\x88\xb5" + struct.pack("!HH", sender, k) + bytes(96)
+    return destination + src + b"\x88\xb5" + struct.pack("!HH", sender, k) + bytes(96)
 
 def main():
     p = argparse.ArgumentParser()
@@ -24,7 +24,9 @@ def main():
     p.add_argument("--per-burst", type=int, default=64)
     p.add_argument("--train", action="store_true")
     p.add_argument("--gap", type=float, default=0.002)
+    p.add_argument("--destination", default="ff:ff:ff:ff:ff:ff", help="the frames' destination MAC")
     a = p.parse_args()
+    destination = bytes(int(x, 16) for x in a.destination.split(":"))
     host, port = a.bridge.rsplit(":", 1)
     target = (host, int(port))
     socks = []
@@ -35,7 +37,7 @@ def main():
     sent = 0
     for burst in range(min(a.bursts, 1000)):
         for n, s in enumerate(socks):
-            frames = [frame(n, burst * a.per_burst + k) for k in range(min(a.per_burst, 64))]
+            frames = [frame(n, burst * a.per_burst + k, destination) for k in range(min(a.per_burst, 64))]
             if a.train:
                 size = len(frames[0])
                 s.sendmsg([b"".join(frames)], [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", size))], 0, target)
