@@ -176,12 +176,15 @@ public final class ForwardingEngine {
             if n == 0 {
                 if batch.receiveDrops.isEmpty { break }
                 handled += batch.receiveDrops.count
+                if batch.drained { break }
                 continue
             }
             segmentsCut = 0
             for i in 0..<batch.count { forward(i, at: now) }
             flushDevices()
             handled += n + segmentsCut
+            // the device found its queue empty: what arrives now wakes the next poll
+            if batch.drained { break }
         }
         return handled
     }

@@ -128,6 +128,11 @@ public final class FrameBatch {
     /// be counted on that port by the engine. Capacity is reserved, so recording allocates
     /// nothing; at most `capacity` are kept per batch.
     @exclusivity(unchecked) public private(set) var receiveDrops: [(port: PortID, reason: DropReason, bytes: Int)] = []
+    /// Set by a device that read until its queue was empty (EAGAIN, or fewer messages than it
+    /// asked for): asking it again before the next poll would only cost a system call that
+    /// finds nothing (two or three per wake-up, once: one read more per device, and for a UDP
+    /// socket a read of its error queue too).
+    @exclusivity(unchecked) public var drained = false
 
     let stride: Int
     let base: UnsafeMutableRawPointer
@@ -173,6 +178,7 @@ public final class FrameBatch {
         count = 0
         used = 0
         work = 0
+        drained = false
         if !receiveDrops.isEmpty { receiveDrops.removeAll(keepingCapacity: true) }
     }
 

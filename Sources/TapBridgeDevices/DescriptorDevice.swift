@@ -86,6 +86,7 @@ public class DescriptorDevice: PortDevice {
             case .dropped(let reason):
                 batch.recordDrop(on: port, reason)
             case .drained:
+                batch.drained = true
                 return n
             case .skipped:
                 continue

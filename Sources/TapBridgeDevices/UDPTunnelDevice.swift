@@ -210,6 +210,7 @@ public final class UDPTunnelDevice: PortDevice {
                 receiveQueue[k].length = slot.count + lead
             }
             guard let got = try receiveMessages(into: receiveQueue, wanted) else { continue }
+            if got < wanted { batch.drained = true }
             if got == 0 { return frames }
             for k in 0..<got {
                 if deliver(receiveQueue[k], into: batch, freeSlot: firstSlot + k - batch.used, lead: lead, now: now) { frames += 1 }

@@ -193,6 +193,30 @@ struct EncapsulationRoundTripTests {
     }
 }
 
+/// A wake-up that brings one datagram costs one read of the socket: the device says it found
+/// the socket empty (fewer messages than it asked for), and the engine does not ask again
+/// before the next poll (it used to: a second read that found nothing, and for the UDP socket a
+/// read of its error queue after it).
+@Suite("Reads per wake-up")
+struct ReadsPerWakeUpTests {
+    @Test(arguments: [true, false])
+    func oneDatagramIsOneRead(trains: Bool) throws {
+        let quiet = Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() })
+        let lan = VirtualLAN(ports: 1)
+        let socket = FakeDatagramSocket(localAddress: FakeDatagramSocket.address("127.0.0.1:4789"), trains: trains)
+        let device = UDPTunnelDevice(socket: socket, logger: quiet)
+        let peer = FakeDatagramSocket.address("10.0.0.2:4789")
+        try device.addPeer(peer, encapsulation: .raw, vni: VNI(1)!, as: lan.engine.addPort(named: "r", on: device))
+        socket.inbound = [.init(address: peer, bytes: FrameFactory.frame(to: .broadcast, from: FrameFactory.host(3)))]
+        _ = try lan.engine.service(device, at: lan.clock.now)
+        #expect(lan.transmitted(on: 0).count == 1)
+        #expect(socket.receiveCalls == 1, "got \(socket.receiveCalls) reads of the socket for one datagram, want 1")
+        // a wake-up with nothing to read (POLLERR: an ICMP error) still reads, once
+        _ = try lan.engine.service(device, at: lan.clock.now)
+        #expect(socket.receiveCalls == 2)
+    }
+}
+
 /// A golden SYN (scapy), MSS 1460, for tests here.
 enum MSSClampTests {
     static let ipv4SYN = "02000000000202000000000108004500003c00070000400666b30a0000010a0000029c401451000003e800000000a002faf084920000020405b40402080a000000010000000001030307"

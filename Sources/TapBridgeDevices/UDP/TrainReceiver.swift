@@ -19,6 +19,9 @@ final class TrainReceiver {
     /// `queue`, the first from byte `pendingOffset`.
     var pendingMessage = 0, pendingCount = 0, pendingOffset = 0
     var trainsReceived: UInt64 = 0
+    /// The last read brought fewer messages than asked: once they are used up, the socket is
+    /// empty (no read more until the next poll).
+    var lastReadShort = false
     var framesCoalesced: UInt64 = 0
 
     init() { queue.initialize(repeating: ctb_datagram(), count: Int(CTB_BATCH_MAX)) }
@@ -32,12 +35,21 @@ final class TrainReceiver {
         var frames = 0
         while !batch.isFull {
             if pendingMessage >= pendingCount {
+                if lastReadShort {
+                    lastReadShort = false
+                    batch.drained = true
+                    break
+                }
                 for k in 0..<Int(CTB_BATCH_MAX) {
                     queue[k].data = area + k * Self.slotSize
                     queue[k].length = Self.slotSize
                 }
                 guard let got = try device.receiveMessages(into: queue, Int(CTB_BATCH_MAX)) else { continue }
-                if got == 0 { break }
+                if got == 0 {
+                    batch.drained = true
+                    break
+                }
+                lastReadShort = got < Int(CTB_BATCH_MAX)
                 pendingCount = got
                 pendingMessage = 0
                 pendingOffset = 0
