@@ -87,8 +87,10 @@ struct AttackTests {
             #expect(sent > 0, "the sender wrote nothing: \(sender.output)")
             let attackedMax = Self.maximumRTT(attacked.output) ?? .infinity
             #expect(attacked.received == 40, "gso_size \(size): ping lost \(40 - attacked.received) of 40 during the attack\n\(attacked.output)")
-            // the quiet figure is tens of microseconds; a frame cut into 64,000 took 165 ms
-            #expect(attackedMax < max(20, quietMax * 20), "gso_size \(size): ping max \(attackedMax) ms during the attack, \(quietMax) ms without")
+            // the quiet figure is tens of microseconds; a frame cut into 64,000 took 165 ms, and
+            // 48-byte segments 307 ms, before. Typically 2-3 ms now; one run in about ten on 2
+            // shared cores saw a single 36 ms spike, so the bound is 60 ms (5x under the defect)
+            #expect(attackedMax < max(60, quietMax * 20), "gso_size \(size): ping max \(attackedMax) ms during the attack, \(quietMax) ms without")
             let counters = Lab.portCounters(bridge, port: vk)
             let tx = (Lab.portCounters(bridge, port: ta)["tx_frames"] ?? 0) - before
             if refused {
