@@ -13,12 +13,13 @@ public import TapBridgeCore
 /// ```
 /// Datagrams are read with recvmmsg, 8 bytes before each batch slot, into the headroom, so that
 /// a VXLAN datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into
-/// the headroom: received frames are never copied. Each peer's `EncapsulationFormat` wraps and
-/// opens its frames (VXLAN, raw); the device never switches on which one it is. A batch with less headroom gets datagrams
+/// the headroom: received frames are never copied. A batch with less headroom gets datagrams
 /// read only as early as its headroom reaches (never before a slot: with none, a VXLAN frame
 /// then starts 8 bytes into its slot, and a slot holds 8 bytes less). Sent frames are queued
-/// (copied, with their VXLAN header) and leave with one sendmmsg per batch, when the engine
-/// calls `flush`.
+/// (copied, then sealed in their peer's format) and leave with one sendmmsg per batch, when
+/// the engine calls `flush`. Each peer's `EncapsulationFormat` seals and opens its frames
+/// (VXLAN, raw); the device never switches on which one it is. Each peer's path MTU decides
+/// how TCP is cut for it and how SYNs to it are clamped (WireFormats.md, "Sizes and MTU").
 ///
 /// With offloads on (the default) the socket also moves datagrams in trains, as wireguard-go
 /// does for its UDP side:
@@ -31,10 +32,10 @@ public import TapBridgeCore
 ///       (SegmentCoalescer: checksums verified first) ──► one super-frame with a TSO state
 /// ```
 /// On the wire nothing changes: every datagram is a plain VXLAN or raw frame that a Linux vxlan
-/// device or QEMU's `-netdev dgram` takes as before. A kernel that refuses a train (EIO: no
-/// checksum offload on the route; EINVAL or EMSGSIZE: datagrams larger than the path MTU) makes
-/// the device send it again one datagram at a time and fall back to that for good, logged once
-/// and counted.
+/// device or QEMU's `-netdev dgram` takes as before. A train the kernel refuses is sent again
+/// one datagram at a time: if the route's MTU shrank (EINVAL, EMSGSIZE) the peer's path is
+/// lowered and trains go on; otherwise (EIO: no checksum offload on the route) trains are off
+/// for good, logged once and counted.
 ///
 /// The parts: `PeerTable` (who the peers are), `DatagramSendQueue` (sends, trains),
 /// `TrainReceiver` (receives with UDP_GRO), `PeerAdmission` (`--accept-peers`), and the socket
