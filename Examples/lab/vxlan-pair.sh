@@ -3,12 +3,13 @@
 # TAP and the other as its VXLAN remote: one L2 segment over UDP.
 #
 #   ns host1-PID                                        ns host2-PID
-#   TAP vx1-PID 10.91.0.1/24 (mtu 1450)                 TAP vx2-PID 10.91.0.2/24 (mtu 1450)
+#   TAP vx1-PID 10.91.0.1/24 (mtu 1450, by itself)      TAP vx2-PID 10.91.0.2/24 (mtu 1450)
 #        │                                                   │
 #   tapbridge --remote 10.92.0.2:4789 ── veth underlay ── tapbridge --remote 10.92.0.1:4789
 #                     10.92.0.1/24                        10.92.0.2/24
 #
-# mtu 1450 leaves room for VXLAN's 50 bytes on the 1500-byte underlay. Cleans up on exit.
+# No mtu= needed: tapbridge measures the 1500-byte path to the remote and gives the TAPs it
+# creates 1450, which leaves room for VXLAN's 50 bytes. Cleans up on exit.
 # Run as root: Examples/lab/vxlan-pair.sh   (uses .build/release/tapbridge, or $TAPBRIDGE)
 set -euo pipefail
 tb=${TAPBRIDGE:-$(cd "$(dirname "$0")/../.." && pwd)/.build/release/tapbridge}
@@ -35,7 +36,7 @@ done
 
 for n in 1 2; do
 	other=$((3 - n))
-	ip netns exec "host$n-$id" "$tb" --name "vx$n-$id" --port "vx$n-$id,mtu=1450" --remote "10.92.0.$other:4789" \
+	ip netns exec "host$n-$id" "$tb" --name "vx$n-$id" --port "vx$n-$id" --remote "10.92.0.$other:4789" \
 		2>"/tmp/vx$n-$id.log" &
 	pids+=($!)
 done
@@ -46,5 +47,6 @@ for n in 1 2; do
 done
 
 ip netns exec "host1-$id" ping -c 3 -W 2 10.91.0.2
+[ "$(ip -n "host1-$id" -o link show "vx1-$id" | grep -o 'mtu [0-9]*')" = "mtu 1450" ] || { echo "the TAP's MTU is not 1450" >&2; exit 1; }
 ip netns exec "host2-$id" ping -c 3 -W 2 -M do -s 1422 10.91.0.1   # a full 1450-byte packet
 echo "vxlan pair: both ways, full-size frames included"

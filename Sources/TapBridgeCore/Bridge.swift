@@ -113,8 +113,9 @@ public struct PortConfiguration: Sendable, Equatable {
     /// Accept flooded frames: unknown unicast, broadcast, multicast (default on).
     public var flooding = true
     /// Split-horizon group: frames are never forwarded between two ports of the same non-zero
-    /// group (flooded or unicast). 0 (default) is no group. tapbridge puts every remote peer in
-    /// group 1 unless split horizon is turned off.
+    /// group (flooded or unicast). 0 (default) is no group. tapbridge puts a remote in group 1
+    /// (`horizon=mesh`, the default for VXLAN), in none (`off`, the default for raw), or in the
+    /// group its `horizon=N` names.
     public var splitHorizonGroup: UInt16 = 0
 
     public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true, splitHorizonGroup: UInt16 = 0) {
