@@ -6,9 +6,6 @@ public enum Encapsulation: String, Sendable, CaseIterable, CustomStringConvertib
     /// The frame alone, one per datagram (QEMU `-netdev dgram`, `-netdev socket,udp=`).
     case raw
 
-    /// Bytes in front of the frame.
-    public var headerLength: Int { self == .vxlan ? VXLANHeader.length : 0 }
-
     /// The format a peer with this encapsulation (and `vni`, for VXLAN) uses.
     public func format(vni: VNI) -> any EncapsulationFormat {
         switch self {

@@ -96,12 +96,10 @@ final class ControlResponder {
                 return .failure(error.description)
             }
             if engine.port(named: spec.name) != nil { return .failure("port \(spec.name) exists") }
-            do {
+            return answer { () throws(StartupError) in
                 try daemon.attachPort(spec)
-            } catch {
-                return .failure(error.message)
+                return "port \(spec.name) added"
             }
-            return .success("port \(spec.name) added")
         case "port-del":
             guard let name = request.port, let port = engine.port(named: name) else {
                 return .failure("no port named '\(request.port ?? "")'")
@@ -111,20 +109,21 @@ final class ControlResponder {
             return .success("port \(name) removed")
         case "remote-add":
             guard let text = request.spec else { return .failure("remote-add needs a spec, like 192.0.2.5:4789,vni=7") }
-            do {
-                return .success(try daemon.addRemote(text))
-            } catch {
-                return .failure(error.message)
-            }
+            return answer { () throws(StartupError) in try daemon.addRemote(text) }
         case "remote-del":
             guard let which = request.port else { return .failure("remote-del needs a remote's name or ADDRESS:PORT") }
-            do {
-                return .success(try daemon.removeRemote(which))
-            } catch {
-                return .failure(error.message)
-            }
+            return answer { () throws(StartupError) in try daemon.removeRemote(which) }
         default:
             return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del, remote-add, remote-del)")
+        }
+    }
+
+    /// The answer to a change that succeeds with a message or fails with a `StartupError`.
+    func answer(_ change: () throws(StartupError) -> String) -> ControlResponse {
+        do {
+            return .success(try change())
+        } catch {
+            return .failure(error.message)
         }
     }
 

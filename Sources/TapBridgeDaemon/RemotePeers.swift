@@ -47,11 +47,12 @@ final class RemotePeers: EventSource {
         self.ports = ports
         ports.alwaysPolled = handle
         for remote in options.remotes {
-            do {
-                planned.append((remote, try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)))
-            } catch {
-                throw StartupError("remote \(remote.name): \(error.message)")
-            }
+            let address = try resolve(remote)
+            planned.append((remote, address))
+            // the path is measured once here, not at each port's attach
+            let encapsulation = remote.encapsulation ?? options.encapsulation
+            let (inner, path) = device.innerMTU(towards: address, encapsulation: encapsulation)
+            if inner < plannedInnerMTU?.mtu ?? .max { plannedInnerMTU = (inner, "fits the \(path)-byte path to remote \(remote.name) over \(encapsulation)") }
         }
         if options.acceptsPeers { device.accept(encapsulation: options.encapsulation, vni: options.vni, limit: options.maximumPeers) }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers (horizon \(Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon)))" : "")\(options.splitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
@@ -59,39 +60,37 @@ final class RemotePeers: EventSource {
 
     /// The configured remotes, resolved, until `addConfigured` makes them ports.
     var planned: [(spec: RemoteSpec, address: SocketAddress)] = []
+    /// What fits the narrowest path among them, measured once (see `innerMTU`).
+    var plannedInnerMTU: (mtu: Int, why: String)? = nil
 
     /// The IP MTU a TAP created without `mtu=` gets: what fits the narrowest path among the
     /// remotes (configured ones included before they are added), at most 1500; and why, for the
     /// port's start line. Nil without remotes (only `--accept-peers`: no path is known yet).
     var innerMTU: (mtu: Int, why: String)? {
-        var best: (mtu: Int, why: String)? = nil
-        for (spec, address) in planned {
-            let encapsulation = spec.encapsulation ?? options.encapsulation
-            let (inner, path) = device.innerMTU(towards: address, encapsulation: encapsulation)
-            if inner < best?.mtu ?? .max { best = (inner, "fits the \(path)-byte path to remote \(spec.name) over \(encapsulation)") }
-        }
-        if let mtu = device.innerMTU, mtu < best?.mtu ?? .max, let narrowest = device.narrowestPath {
-            best = (mtu, "fits the \(narrowest.mtu)-byte path to remote \(narrowest.address)")
-        }
-        return best
+        guard let narrowest = device.narrowestPath, narrowest.innerMTU < plannedInnerMTU?.mtu ?? .max else { return plannedInnerMTU }
+        return (narrowest.innerMTU, "fits the \(narrowest.mtu)-byte path to remote \(narrowest.address)")
     }
 
     /// Makes the configured remotes ports (after the other ports, so that they are listed last).
     func addConfigured() throws(StartupError) {
         for (remote, address) in planned { try addConfigured(remote, at: address) }
         planned.removeAll()
+        plannedInnerMTU = nil
     }
 
     /// `remote add`: resolves and adds one remote to the running bridge.
     func addAtRunTime(_ remote: RemoteSpec) throws(StartupError) {
         guard isActive else { throw StartupError("the UDP socket failed earlier; restart the bridge to use remotes") }
-        let address: SocketAddress
+        try addConfigured(remote, at: try resolve(remote))
+    }
+
+    /// The address of `remote`, for this socket's family; the error names the remote.
+    func resolve(_ remote: RemoteSpec) throws(StartupError) -> SocketAddress {
         do {
-            address = try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)
+            return try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: device.family == AF_INET)
         } catch {
             throw StartupError("remote \(remote.name): \(error.message)")
         }
-        try addConfigured(remote, at: address)
     }
 
     func addConfigured(_ remote: RemoteSpec, at address: SocketAddress) throws(StartupError) {
@@ -101,9 +100,9 @@ final class RemotePeers: EventSource {
             var configuration = remote.configuration
             let horizon = remote.horizon ?? Horizon.standard(for: encapsulation, splitHorizon: options.splitHorizon)
             configuration.splitHorizonGroup = horizon.group
-            try add(remote.name, at: address, encapsulation: encapsulation, vni: vni, configuration: configuration)
+            let port = try add(remote.name, at: address, encapsulation: encapsulation, vni: vni, configuration: configuration)
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
-            let path = engine.port(named: remote.name).flatMap { device.peer(of: $0) }?.pathMTU ?? 0
+            let path = device.peer(of: port)?.pathMTU ?? 0
             logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), path MTU \(path), horizon \(horizon), \(PortFactory.describe(configuration))")
         } catch {
             throw StartupError("remote \(remote.name): \(error.message)")
@@ -111,8 +110,9 @@ final class RemotePeers: EventSource {
     }
 
     /// Adds one remote: a port of the engine and a peer of the socket, in one step.
+    @discardableResult
     func add(_ name: String, at address: SocketAddress, encapsulation: Encapsulation, vni: VNI, configuration: PortConfiguration,
-             isDynamic: Bool = false) throws(StartupError) {
+             isDynamic: Bool = false) throws(StartupError) -> PortID {
         let port = engine.addPort(PortRecord(name: name, kind: .remote), configuration: configuration, on: handle)
         do {
             try device.addPeer(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, as: port)
@@ -120,6 +120,7 @@ final class RemotePeers: EventSource {
             engine.removePort(port)
             throw error
         }
+        return port
     }
 
     // MARK: EventSource (with --accept-peers)

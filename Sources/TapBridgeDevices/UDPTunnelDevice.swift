@@ -145,14 +145,12 @@ public final class UDPTunnelDevice: PortDevice {
         return (min(PeerTable.frameLimit(pathMTU: path, to: address, format: encapsulation.format(vni: VNI(0)!)) - 14, 1500), path)
     }
 
-    /// The IP MTU a port's stack may use so that its frames fit every peer's path as they are
-    /// (at most 1500, as an Ethernet port has): 1450 for VXLAN over a 1500-byte IPv4 path; nil
-    /// without peers.
-    public var innerMTU: Int? { table.smallestInnerMTU.map { min($0, 1500) } }
-
-    /// The peer whose path is the smallest, and that path's MTU.
-    public var narrowestPath: (address: SocketAddress, mtu: Int)? {
-        table.peers.lazy.compactMap { $0 }.min { $0.maximumFrameLength < $1.maximumFrameLength }.map { ($0.address, $0.pathMTU) }
+    /// The peer whose path takes the smallest frames, that path's MTU, and the IP MTU a port's
+    /// stack may use so that its frames fit every peer's path as they are (at most 1500, as an
+    /// Ethernet port has: 1450 for VXLAN over a 1500-byte IPv4 path); nil without peers.
+    public var narrowestPath: (address: SocketAddress, mtu: Int, innerMTU: Int)? {
+        table.peers.lazy.compactMap { $0 }.min { $0.maximumFrameLength < $1.maximumFrameLength }
+            .map { ($0.address, $0.pathMTU, min($0.maximumFrameLength - 14, 1500)) }
     }
 
     public func didRemovePort(_ port: PortID) { table.remove(port: port) }
@@ -362,11 +360,8 @@ public final class UDPTunnelDevice: PortDevice {
     public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
         guard offload.isSegmentation else { return transmit(frame, to: port) }
         guard let index = table.index(of: port) else { return .failed }
-        let outcome = sendQueue.queueSegments(frame, offload: offload, to: table[index], trains: sendsTrains)
-        for (port, count) in sendQueue.oversized {
-            if let i = table.index(of: port) { countFragmented(i, count) }
-        }
-        sendQueue.oversized.removeAll(keepingCapacity: true)
+        let (outcome, oversize) = sendQueue.queueSegments(frame, offload: offload, to: table[index], trains: sendsTrains)
+        if oversize > 0 { countFragmented(index, oversize) }
         return outcome
     }
 

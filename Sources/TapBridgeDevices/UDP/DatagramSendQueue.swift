@@ -44,9 +44,6 @@ final class DatagramSendQueue {
     /// Trains the kernel refused since the device last looked: the errno and the port of each
     /// (each was sent again one datagram at a time).
     var refusals: [(error: Int32, port: PortID)] = []
-    /// Segments of UDP super-frames larger than their peer's path, sent alone for the kernel
-    /// to fragment, since the device last looked (by port).
-    var oversized: [(port: PortID, count: Int)] = []
     /// Cuts super-frames into the segments of a train.
     let finisher = OffloadFinisher()
     let socket: any DatagramSocket
@@ -88,20 +85,21 @@ final class DatagramSendQueue {
     /// Cuts super-frame `frame` into segments for `peer`. TCP segments are cut to fit the
     /// peer's path whatever segment size the sender chose (a TCP stream never needs an IP
     /// fragment); UDP ones keep their size (each is a datagram of the sender's), and one larger
-    /// than the path leaves alone, for the kernel to fragment (counted in `oversized`). With
+    /// than the path leaves alone, for the kernel to fragment (returned: `oversize`). With
     /// `trains`, segments of one size go back to back into one entry (UDP_SEGMENT): one or
     /// two trains per super-frame; without, one entry each.
-    func queueSegments(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to peer: PeerTable.Peer, trains: Bool) -> TransmitOutcome {
+    func queueSegments(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to peer: PeerTable.Peer, trains: Bool)
+        -> (outcome: TransmitOutcome, oversize: Int)
+    {
         let isTCP = offload.segmentation == .tcpv4 || offload.segmentation == .tcpv6
         train = Train(trains: trains)
         // each segment is built in place, behind its VXLAN header in the train's slot
         let result = finisher.segment(frame, offload, maximumFrameLength: isTCP ? peer.maximumFrameLength : 65_557,
                                       into: { reserve($0, to: peer) }, { add($0, to: peer) })
         closeTrain(to: peer)
-        if train.oversize > 0 { oversized.append((peer.port, train.oversize)) }
         switch result {
-        case .success: return .queued
-        case .failure(let failure): return failure == .tooLarge ? .tooLarge : .failed
+        case .success: return (.queued, train.oversize)
+        case .failure(let failure): return (failure == .tooLarge ? .tooLarge : .failed, train.oversize)
         }
     }
 

@@ -132,10 +132,6 @@ struct PeerTable {
         self[index].maximumFrameLength = Self.frameLimit(pathMTU: mtu, to: self[index].address, format: self[index].format)
     }
 
-    /// The smallest path MTU among the peers, as an inner MTU (the IP MTU a port's stack may
-    /// use so that its frames fit every path): nil without peers.
-    var smallestInnerMTU: Int? { peers.lazy.compactMap { $0.map { $0.maximumFrameLength - 14 } }.min() }
-
     /// The peer at `index` (which must exist).
     @inline(__always) subscript(index: Int) -> Peer {
         get { peers[index]! }
