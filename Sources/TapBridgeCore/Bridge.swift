@@ -150,6 +150,40 @@ public struct PortCounters: Equatable, Sendable {
     public var totalDrops: UInt64 { drops.reduce(0, &+) }
 }
 
+extension PortCounters: CounterOwner {
+    public static let counters: [Counter<PortCounters>] = [
+        .init("rx_frames", \.receivedFrames, "Frames received on a port."),
+        .init("rx_bytes", \.receivedBytes, "Bytes received on a port."),
+        .init("tx_frames", \.transmittedFrames, "Frames sent out of a port."),
+        .init("tx_bytes", \.transmittedBytes, "Bytes sent out of a port."),
+        .init("checksums_completed", \.checksumsCompleted, "Partial checksums (offloaded by the sender) completed for a port."),
+        .init("frames_segmented", \.framesSegmented, "Super-frames (GSO) cut into segments for a port."),
+        .init("super_frames_passed", \.superFramesPassed, "Super-frames (GSO) handed whole to a port that takes them."),
+    ]
+
+    /// Drops by reason name, only the reasons with a count: `drops` in `show ports`.
+    public var dropsByName: [String: UInt64] {
+        var out: [String: UInt64] = [:]
+        for reason in DropReason.allCases where self[reason] > 0 { out["\(reason)"] = self[reason] }
+        return out
+    }
+
+    private enum DropsKey: String, CodingKey { case drops }
+
+    public init(from decoder: any Decoder) throws {
+        self.init()
+        try decodeCounters(from: decoder)
+        let byName = try decoder.container(keyedBy: DropsKey.self).decodeIfPresent([String: UInt64].self, forKey: .drops) ?? [:]
+        for reason in DropReason.allCases { drops[reason.rawValue] = byName["\(reason)"] ?? 0 }
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        try encodeCounters(to: encoder)
+        var container = encoder.container(keyedBy: DropsKey.self)
+        try container.encode(dropsByName, forKey: .drops)
+    }
+}
+
 /// The learning switch: validates each frame, learns its source, decides where it goes.
 ///
 /// `decide` follows the Linux bridge's order (`br_handle_frame`, `br_handle_frame_finish`):

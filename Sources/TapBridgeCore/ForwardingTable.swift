@@ -86,8 +86,12 @@ public struct ForwardingTable: Sendable {
         case staticEntry
     }
 
-    /// Lifetime counters.
+    /// Lifetime counters, and the table's size and limit when they were read.
     public struct Statistics: Equatable, Sendable {
+        /// Entries in the table (a gauge).
+        public var entries: UInt64 = 0
+        /// The table's size limit (a gauge).
+        public var maximumEntries: UInt64 = 0
         /// New entries created by learning.
         public var learned: UInt64 = 0
         /// Sources seen again on the port they are known on.
@@ -133,7 +137,15 @@ public struct ForwardingTable: Sendable {
     }
 
     public let configuration: Configuration
-    public private(set) var statistics = Statistics()
+    /// The lifetime counters as they are bumped; `statistics` adds the size.
+    var counts = Statistics()
+    /// The counters and the table's size now.
+    public var statistics: Statistics {
+        var s = counts
+        s.entries = UInt64(count)
+        s.maximumEntries = UInt64(configuration.maximumEntries)
+        return s
+    }
 
     var index: MACIndex
     var slab: [Entry] = []
@@ -179,14 +191,14 @@ public struct ForwardingTable: Sendable {
             if e.isStatic { return .ignored(.staticEntry) }
             if isExpired(e, t) {
                 remove(slot: slot)
-                statistics.expired &+= 1
+                counts.expired &+= 1
             } else if e.port == port {
                 touch(slot, at: t)
-                statistics.refreshed &+= 1
+                counts.refreshed &+= 1
                 return .refreshed
             } else {
                 if let hold = holdDownNanoseconds, e.lastMoved != .min, t &- e.lastMoved < hold {
-                    statistics.moveDamped &+= 1
+                    counts.moveDamped &+= 1
                     return .refused(.moveDamped)
                 }
                 let from = e.port
@@ -196,17 +208,17 @@ public struct ForwardingTable: Sendable {
                 slab[Int(slot)].lastSeen = t
                 slab[Int(slot)].lastMoved = t
                 link(slot)
-                statistics.moved &+= 1
+                counts.moved &+= 1
                 return .moved(from: from)
             }
         }
         makeRoomOnPort(port, at: t)
         if index.count >= configuration.maximumEntries, !makeRoomInTable(at: t) {
-            statistics.refused &+= 1
+            counts.refused &+= 1
             return .refused(.tableFull)
         }
         insert(Entry(key: key, port: port, isStatic: false, lastSeen: t, lastMoved: .min, prev: -1, next: -1))
-        statistics.learned &+= 1
+        counts.learned &+= 1
         return .learned
     }
 
@@ -217,7 +229,7 @@ public struct ForwardingTable: Sendable {
         let e = slab[Int(slot)]
         if isExpired(e, now.nanoseconds) {
             remove(slot: slot)
-            statistics.expired &+= 1
+            counts.expired &+= 1
             return nil
         }
         return e.port
@@ -243,7 +255,7 @@ public struct ForwardingTable: Sendable {
                 removed += 1
             }
         }
-        statistics.expired &+= UInt64(removed)
+        counts.expired &+= UInt64(removed)
         return removed
     }
 
@@ -351,7 +363,7 @@ public struct ForwardingTable: Sendable {
         ensurePort(port)
         while ports[port.index].learned >= limit, ports[port.index].head >= 0 {
             let head = ports[port.index].head
-            if isExpired(slab[Int(head)], t) { statistics.expired &+= 1 } else { statistics.evicted &+= 1 }
+            if isExpired(slab[Int(head)], t) { counts.expired &+= 1 } else { counts.evicted &+= 1 }
             remove(slot: head)
         }
     }
@@ -366,7 +378,7 @@ public struct ForwardingTable: Sendable {
         }
         guard victimPort >= 0 else { return false }
         remove(slot: ports[victimPort].head)
-        statistics.evicted &+= 1
+        counts.evicted &+= 1
         return true
     }
 
@@ -426,4 +438,18 @@ public struct ForwardingTable: Sendable {
             link(slot)
         }
     }
+}
+
+extension ForwardingTable.Statistics: CounterOwner {
+    public static let counters: [Counter<Self>] = [
+        .init("entries", \.entries, "MAC table entries.", gauge: true),
+        .init("max_entries", \.maximumEntries, "MAC table size limit.", gauge: true),
+        .init("learned", \.learned, "MACs learned."),
+        .init("refreshed", \.refreshed, "MACs seen again on their port."),
+        .init("moved", \.moved, "MACs that moved to another port."),
+        .init("move_damped", \.moveDamped, "Moves refused by the hold-down."),
+        .init("expired", \.expired, "Entries aged out."),
+        .init("evicted", \.evicted, "Entries evicted to make room."),
+        .init("refused", \.refused, "MACs not learned: table full of static entries."),
+    ]
 }

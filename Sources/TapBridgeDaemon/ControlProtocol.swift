@@ -1,5 +1,7 @@
 public import Foundation
+public import TapBridgeCore
 public import TapBridgeDevices
+public import TapBridgePcap
 
 /// The control protocol: a client connects to the Unix socket, writes one request as a line of
 /// JSON, reads one response (JSON, then a newline) and the server closes the connection.
@@ -41,24 +43,60 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var vlans: String
     public var learning: Bool
     public var flooding: Bool
-    public var rxFrames: UInt64
-    public var rxBytes: UInt64
-    public var txFrames: UInt64
-    public var txBytes: UInt64
-    /// Frames whose partial checksum tapbridge completed for this port (offloaded by the sender).
-    public var checksumsCompleted: UInt64
-    /// Super-frames (GSO) cut into MTU-sized frames for this port.
-    public var framesSegmented: UInt64
-    /// Super-frames (GSO) handed whole to this port (it takes them; `tx_frames` counts their
-    /// segments).
-    public var superFramesPassed: UInt64
-    /// Drops by reason (snake_case names, see Docs/Operations.md); only reasons with a count.
-    public var drops: [String: UInt64]
+    /// The port's counters (`PortCounters.counters`: `rx_frames`, `rx_bytes`, ...), in the
+    /// JSON beside the fields above, and `drops`: by reason (snake_case names, see
+    /// Docs/Operations.md), only reasons with a count.
+    public var counters: PortCounters
     /// For a remote: where it is and how frames travel to it; absent for other ports.
     public var remote: RemoteReport? = nil
     /// A TAP reached through a packet socket because another program holds it: which one,
     /// `qemu-system-x86, pid 812`; absent otherwise.
     public var heldBy: String? = nil
+
+    public init(name: String, kind: String, interface: String?, state: String, offloads: String, vlans: String, learning: Bool, flooding: Bool,
+                counters: PortCounters, remote: RemoteReport? = nil, heldBy: String? = nil) {
+        self.name = name
+        self.kind = kind
+        self.interface = interface
+        self.state = state
+        self.offloads = offloads
+        self.vlans = vlans
+        self.learning = learning
+        self.flooding = flooding
+        self.counters = counters
+        self.remote = remote
+        self.heldBy = heldBy
+    }
+
+    /// Drops by reason name.
+    public var drops: [String: UInt64] { counters.dropsByName }
+
+    enum CodingKeys: String, CodingKey { case name, kind, interface, state, offloads, vlans, learning, flooding, remote, heldBy }
+
+    public init(from decoder: any Decoder) throws {
+        let c = try decoder.container(keyedBy: CodingKeys.self)
+        self.init(name: try c.decode(String.self, forKey: .name), kind: try c.decode(String.self, forKey: .kind),
+                  interface: try c.decodeIfPresent(String.self, forKey: .interface), state: try c.decode(String.self, forKey: .state),
+                  offloads: try c.decode(String.self, forKey: .offloads), vlans: try c.decode(String.self, forKey: .vlans),
+                  learning: try c.decode(Bool.self, forKey: .learning), flooding: try c.decode(Bool.self, forKey: .flooding),
+                  counters: try PortCounters(from: decoder), remote: try c.decodeIfPresent(RemoteReport.self, forKey: .remote),
+                  heldBy: try c.decodeIfPresent(String.self, forKey: .heldBy))
+    }
+
+    public func encode(to encoder: any Encoder) throws {
+        var c = encoder.container(keyedBy: CodingKeys.self)
+        try c.encode(name, forKey: .name)
+        try c.encode(kind, forKey: .kind)
+        try c.encodeIfPresent(interface, forKey: .interface)
+        try c.encode(state, forKey: .state)
+        try c.encode(offloads, forKey: .offloads)
+        try c.encode(vlans, forKey: .vlans)
+        try c.encode(learning, forKey: .learning)
+        try c.encode(flooding, forKey: .flooding)
+        try c.encodeIfPresent(remote, forKey: .remote)
+        try c.encodeIfPresent(heldBy, forKey: .heldBy)
+        try counters.encode(to: encoder)
+    }
 }
 
 /// A remote's peer in `show ports`.
@@ -106,61 +144,39 @@ public struct FDBReport: Codable, Sendable, Equatable {
     public var `static`: Bool
 }
 
-/// Bridge-wide counters in `show stats`.
+/// Bridge-wide counters in `show stats`: each section is its owner's counters, as declared
+/// there (`ForwardingTable.Statistics`, `UDPTunnelDevice.Statistics`, `PcapMirror.Statistics`).
 public struct StatsReport: Codable, Sendable, Equatable {
-    public struct FDB: Codable, Sendable, Equatable {
-        public var entries: Int
-        public var maxEntries: Int
-        public var learned: UInt64
-        public var refreshed: UInt64
-        public var moved: UInt64
-        public var moveDamped: UInt64
-        public var expired: UInt64
-        public var evicted: UInt64
-        public var refused: UInt64
-    }
+    /// The UDP socket: where it listens, and its counters beside that in the JSON.
     public struct UDP: Codable, Sendable, Equatable {
         public var listen: String
-        public var unknownSender: UInt64
-        public var unreachable: UInt64
-        /// Well-formed frames from unknown senders refused because `--max-peers` was reached.
-        public var peersRefused: UInt64
-        /// Inner frames that arrived with a partial checksum (same-host kernel VTEP) and were completed.
-        public var checksumsCompleted: UInt64
-        /// Trains of datagrams sent with one UDP_SEGMENT message each.
-        public var trainsSent: UInt64
-        /// Trains received whole (UDP_GRO).
-        public var trainsReceived: UInt64
-        /// Super-frames built by merging the TCP segments of received trains.
-        public var framesCoalesced: UInt64
-        /// Trains the kernel refused (then a remote's path MTU was lowered, or UDP GSO turned off).
-        public var trainsRefused: UInt64
-        /// Datagrams larger than their remote's path MTU, fragmented by the kernel (absent
-        /// from bridges before it was counted).
-        public var fragmented: UInt64? = nil
-        /// Times a remote's path MTU was lowered (ICMP, or a refused train).
-        public var pathMtuLowered: UInt64? = nil
-        /// Frames split horizon kept from a remote: flooded copies not sent to, and unicast
-        /// frames dropped for, a remote of the sender's group.
-        public var splitHorizon: UInt64? = nil
-    }
-    public struct Mirror: Codable, Sendable, Equatable {
-        public var seen: UInt64
-        public var written: UInt64
-        public var filteredOut: UInt64
-        public var dropped: UInt64
-        public var writeErrors: UInt64
-        public var rotations: Int
-        public var injected: UInt64
-        public var injectDropped: UInt64
+        public var counters: UDPTunnelDevice.Statistics
+
+        public init(listen: String, counters: UDPTunnelDevice.Statistics) {
+            self.listen = listen
+            self.counters = counters
+        }
+
+        enum CodingKeys: String, CodingKey { case listen }
+
+        public init(from decoder: any Decoder) throws {
+            self.init(listen: try decoder.container(keyedBy: CodingKeys.self).decode(String.self, forKey: .listen),
+                      counters: try UDPTunnelDevice.Statistics(from: decoder))
+        }
+
+        public func encode(to encoder: any Encoder) throws {
+            var c = encoder.container(keyedBy: CodingKeys.self)
+            try c.encode(listen, forKey: .listen)
+            try counters.encode(to: encoder)
+        }
     }
     public var name: String
     public var version: String
     public var uptimeSeconds: Double
     public var ports: Int
-    public var fdb: FDB
+    public var fdb: ForwardingTable.Statistics
     public var udp: UDP?
-    public var mirror: Mirror?
+    public var mirror: PcapMirror.Statistics?
     /// The control socket the answer came through: set by `tapbridge list` (the bridge does
     /// not send it).
     public var control: String? = nil

@@ -42,7 +42,7 @@ public import TapBridgeCore
 /// behind the `DatagramSocket` protocol (the kernel's, or a test double).
 public final class UDPTunnelDevice: PortDevice {
     /// Counters of things that belong to no port.
-    public struct Statistics: Sendable {
+    public struct Statistics: Sendable, Equatable {
         /// Datagrams from senders that are not peers.
         public var unknownSender: UInt64 = 0
         /// ICMP errors (port or host unreachable) reported on the socket.
@@ -68,6 +68,10 @@ public final class UDPTunnelDevice: PortDevice {
         /// Times a peer's path MTU was lowered (ICMP fragmentation needed / packet too big, or
         /// a train refused as too large).
         public var pathMTULowered: UInt64 = 0
+        /// Frames split horizon kept from a remote: not the device's count but the bridge's
+        /// (`Bridge.horizonWithheld`), which the report puts here, beside the remotes'.
+        public var splitHorizon: UInt64 = 0
+        public init() {}
     }
 
     public let socket: any DatagramSocket
@@ -445,4 +449,20 @@ public final class UDPTunnelDevice: PortDevice {
         let why = error == EIO ? "the route's device has no checksum offload" : error == EINVAL || error == EMSGSIZE ? "datagrams larger than the path MTU: lower the inner MTU" : "unsupported"
         logger.notice("the kernel refused a UDP_SEGMENT train (\(describeErrno(error)): \(why)): super-frames for remotes are now sent one datagram per segment (no UDP GSO)")
     }
+}
+
+extension UDPTunnelDevice.Statistics: CounterOwner {
+    public static let counters: [Counter<Self>] = [
+        .init("unknown_sender", \.unknownSender, "Datagrams from senders that are not remotes."),
+        .init("unreachable", \.unreachable, "ICMP unreachable errors on the UDP socket."),
+        .init("peers_refused", \.peersRefused, "Well-formed frames from unknown senders refused: --max-peers reached."),
+        .init("checksums_completed", \.checksumsCompleted, "Inner frames from remotes whose partial checksum was completed."),
+        .init("trains_sent", \.trainsSent, "Trains of datagrams sent with one UDP_SEGMENT message."),
+        .init("trains_received", \.trainsReceived, "Trains of datagrams received whole (UDP_GRO)."),
+        .init("frames_coalesced", \.framesCoalesced, "Super-frames built from the TCP segments of received trains."),
+        .init("trains_refused", \.trainsRefused, "Trains the kernel refused (a remote's path MTU lowered, or UDP GSO turned off)."),
+        .init("fragmented", \.fragmented, "Datagrams larger than their remote's path MTU, fragmented by the kernel."),
+        .init("path_mtu_lowered", \.pathMTULowered, "Times a remote's path MTU was lowered (ICMP, or a refused train)."),
+        .init("split_horizon", \.splitHorizon, "Frames split horizon kept from a remote of the sender's group (flooded copies and unicast)."),
+    ]
 }

@@ -69,7 +69,7 @@ public struct MirrorOptions: Sendable, Equatable {
 /// injects into an interface, after an optional BPF filter.
 public final class PcapMirror: FrameSink {
     /// Counters.
-    public struct Statistics: Sendable {
+    public struct Statistics: Sendable, Equatable {
         /// Frames offered to the mirror.
         public var seen: UInt64 = 0
         /// Frames the filter did not match.
@@ -87,7 +87,8 @@ public final class PcapMirror: FrameSink {
         public var injected: UInt64 = 0
         public var injectDropped: UInt64 = 0
         /// New files started by rotation.
-        public var rotations: Int = 0
+        public var rotations: UInt64 = 0
+        public init() {}
     }
 
     public private(set) var statistics = Statistics()
@@ -227,7 +228,7 @@ public final class PcapMirror: FrameSink {
             retryAfter = 0
         }
         let left = ctb_mirror_drain(writer)
-        statistics.rotations = ctb_mirror_rotations(writer)
+        statistics.rotations = UInt64(ctb_mirror_rotations(writer))
         let writtenBefore = statistics.written
         statistics.written = ctb_mirror_flushed(writer)
         statistics.dropped = refused &+ ctb_mirror_lost(writer)
@@ -285,4 +286,17 @@ public final class PcapMirror: FrameSink {
         if n < 0 { throw StartupError(text(err)) }
         return n
     }
+}
+
+extension PcapMirror.Statistics: CounterOwner {
+    public static let counters: [Counter<Self>] = [
+        .init("seen", \.seen, "Frames offered to the mirror."),
+        .init("written", \.written, "Frames written to the pcap file."),
+        .init("filtered_out", \.filtered, "Frames the mirror filter did not match."),
+        .init("dropped", \.dropped, "Mirror copies dropped (slow reader, full disk)."),
+        .init("write_errors", \.writeErrors, "Write errors on the pcap file."),
+        .init("rotations", \.rotations, "pcap files started by rotation."),
+        .init("injected", \.injected, "Frames injected into the mirror interface."),
+        .init("inject_dropped", \.injectDropped, "Frames the mirror interface refused."),
+    ]
 }

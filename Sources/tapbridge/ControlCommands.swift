@@ -193,7 +193,7 @@ struct Show: ParsableCommand {
             if output.isJSON { return try ControlOutput.printJSON(ports) }
             print(table(["PORT", "KIND", "STATE", "OFFLOADS", "VLANS", "RX FRAMES", "RX BYTES", "TX FRAMES", "TX BYTES", "DROPS"], ports.map { p in
                 [p.name + (p.interface.map { $0 == p.name ? "" : " (now \($0))" } ?? "") + (p.heldBy.map { " (TAP held by \($0))" } ?? ""), p.kind, p.state, p.offloads, p.vlans + (p.learning ? "" : ", no learning") + (p.flooding ? "" : ", no flooding"),
-                 "\(p.rxFrames)", "\(p.rxBytes)", "\(p.txFrames)", "\(p.txBytes)",
+                 "\(p.counters.receivedFrames)", "\(p.counters.receivedBytes)", "\(p.counters.transmittedFrames)", "\(p.counters.transmittedBytes)",
                  p.drops.isEmpty ? "-" : p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
             }))
             let remotes = ports.compactMap { p in p.remote.map { (p.name, $0) } }

@@ -61,10 +61,10 @@ struct ControlTests {
         let transmitReasons: Set = ["link_down", "transmit_queue_full", "frame_too_large", "transmit_error"]
         let ingressDropsA = pa.drops.filter { !transmitReasons.contains($0.key) }.values.reduce(0, +)
         let transmitDropsB = pb.drops.filter { transmitReasons.contains($0.key) }.values.reduce(0, +)
-        #expect(pa.rxFrames == pb.txFrames + ingressDropsA + transmitDropsB,
-                "rx(a) \(pa.rxFrames) != tx(b) \(pb.txFrames) + ingress drops(a) \(ingressDropsA) + transmit drops(b) \(transmitDropsB): \(pa.drops) \(pb.drops)")
-        #expect(pa.rxFrames >= 21 && pa.rxFrames <= 20 + 10, "rx(a) \(pa.rxFrames): 20 echo requests plus ARP and early IPv6 noise (at most 10)")
-        #expect(pb.rxFrames >= 21 && pb.rxFrames <= 20 + 10, "rx(b) \(pb.rxFrames): 20 echo replies plus noise")
+        #expect(pa.counters.receivedFrames == pb.counters.transmittedFrames + ingressDropsA + transmitDropsB,
+                "rx(a) \(pa.counters.receivedFrames) != tx(b) \(pb.counters.transmittedFrames) + ingress drops(a) \(ingressDropsA) + transmit drops(b) \(transmitDropsB): \(pa.drops) \(pb.drops)")
+        #expect(pa.counters.receivedFrames >= 21 && pa.counters.receivedFrames <= 20 + 10, "rx(a) \(pa.counters.receivedFrames): 20 echo requests plus ARP and early IPv6 noise (at most 10)")
+        #expect(pb.counters.receivedFrames >= 21 && pb.counters.receivedFrames <= 20 + 10, "rx(b) \(pb.counters.receivedFrames): 20 echo replies plus noise")
         #expect(pa.kind == "tap" && pa.state == "up" && pa.vlans == "access VLAN 1")
         #expect(bridge.stop() == 0)
     }

@@ -126,7 +126,7 @@ struct OffloadTests {
         try Self.tcpBothWays(lab, a, b, address, context: one.output + two.output)
         for name in [n1, n2] {
             let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: name))
-            let udp = try #require(stats.udp)
+            let udp = try #require(stats.udp).counters
             if offload == "on" {
                 #expect(udp.trainsSent > 0 && udp.trainsReceived > 0 && udp.framesCoalesced > 0, "\(name): super-frames should cross in trains: \(udp)")
                 #expect(udp.trainsRefused == 0, "\(udp)")

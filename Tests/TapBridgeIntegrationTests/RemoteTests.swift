@@ -85,7 +85,7 @@ struct RemoteTests {
         let fragments = (lab.fragmentsCreated(in: t) - fragmentsBefore.0, lab.fragmentsCreated(in: v) - fragmentsBefore.1)
         #expect(fragments == (0, 0), "IP fragments made for TCP (tapbridge's side, the vxlan side): got \(fragments), want none")
         let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(bridge)))
-        let udp = try #require(stats.udp)
+        let udp = try #require(stats.udp).counters
         #expect(udp.trainsSent > 0, "the TAP's super-frames should have left as trains: \(udp)")
         #expect(udp.trainsRefused == 0 && udp.fragmented == 0, "trains refused, datagrams fragmented: \(udp)")
         let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(bridge)))
@@ -193,14 +193,14 @@ struct RemoteTests {
         _ = lab.exec(b, ["ping", "-M", "do", "-s", "1400", "-c", "2", "-i", "0.3", "-W", "1", "10.77.0.1"])
         let big = lab.exec(b, ["ping", "-M", "do", "-s", "1400", "-c", "3", "-i", "0.3", "-W", "1", "10.77.0.1"])
         #expect(big.output.contains(" 3 received"), "large pings after the path was lowered: \(big.output)\n\(two.output)")
-        let fragmented = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(two))).udp?.fragmented
+        let fragmented = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(two))).udp?.counters.fragmented
         #expect((fragmented ?? 0) >= 3, "bridge two's datagrams sent for the kernel to fragment: \(String(describing: fragmented))")
         for (bridge, remote) in [(one, "10.75.3.1:4789"), (two, "10.75.1.1:4789")] {
             let name = ControlTests.name(bridge)
             let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
             #expect(ports.first { $0.name == remote }?.remote?.pathMtu == 1400, "\(remote): \(ports.map(\.remote))\n\(bridge.output)")
             let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: name))
-            #expect((stats.udp?.pathMtuLowered ?? 0) >= 1, "\(String(describing: stats.udp))")
+            #expect((stats.udp?.counters.pathMTULowered ?? 0) >= 1, "\(String(describing: stats.udp))")
             #expect(bridge.output.contains("path MTU now 1400"), "the lowered path is logged:\n\(bridge.output)")
         }
         #expect(one.stop() == 0 && two.stop() == 0)
@@ -334,7 +334,7 @@ struct RemoteTests {
         let c = Lab.portCounters(bridges[1], port: taps[1])
         // the broadcasts from a that b did not pass on to c: counted, and each remote a mesh one
         let stats = try ControlTests.decode(StatsReport.self, ControlTests.client(["show", "stats", "--json"], name: ControlTests.name(bridges[1])))
-        #expect((stats.udp?.splitHorizon ?? 0) >= UInt64(sent), "split horizon withheld: \(String(describing: stats.udp))")
+        #expect((stats.udp?.counters.splitHorizon ?? 0) >= UInt64(sent), "split horizon withheld: \(String(describing: stats.udp))")
         let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(bridges[1])))
         #expect(ports.compactMap { $0.remote?.horizon } == ["mesh", "mesh"], "\(ports.map(\.remote))")
         for b in bridges { #expect(b.stop() == 0) }

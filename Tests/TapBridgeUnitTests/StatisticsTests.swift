@@ -1,18 +1,27 @@
+import Foundation
+import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeDevices
+import TapBridgePcap
 import Testing
 
 /// One statistics model, four renderers that agree on names and values.
 @Suite("Statistics renderers")
 struct StatisticsTests {
     static let model: Statistics = {
+        var counters = PortCounters()
+        (counters.receivedFrames, counters.receivedBytes, counters.transmittedFrames, counters.transmittedBytes) = (12, 1200, 7, 700)
+        (counters.checksumsCompleted, counters.framesSegmented, counters.superFramesPassed) = (1, 2, 3)
+        counters.drops[DropReason.noEgressPort.rawValue] = 3
+        counters.drops[DropReason.runt.rawValue] = 1
         let port = PortReport(name: "tap\"0", kind: "tap", interface: "tap\"0", state: "up", offloads: "csum tso", vlans: "access VLAN 1", learning: true, flooding: true,
-                              rxFrames: 12, rxBytes: 1200, txFrames: 7, txBytes: 700, checksumsCompleted: 1, framesSegmented: 2,
-                              superFramesPassed: 3, drops: ["no_egress_port": 3, "runt": 1])
-        let stats = StatsReport(name: "lab", version: "0.1.0", uptimeSeconds: 5.5, ports: 1,
-                                fdb: .init(entries: 3, maxEntries: 8192, learned: 4, refreshed: 9, moved: 1, moveDamped: 0, expired: 1, evicted: 0, refused: 0),
-                                udp: .init(listen: "[::]:4789", unknownSender: 2, unreachable: 0, peersRefused: 0, checksumsCompleted: 0,
-                                           trainsSent: 6, trainsReceived: 5, framesCoalesced: 4, trainsRefused: 0),
-                                mirror: nil)
+                              counters: counters)
+        var fdb = ForwardingTable.Statistics()
+        (fdb.entries, fdb.maximumEntries, fdb.learned, fdb.refreshed, fdb.moved, fdb.expired) = (3, 8192, 4, 9, 1, 1)
+        var udp = UDPTunnelDevice.Statistics()
+        (udp.unknownSender, udp.trainsSent, udp.trainsReceived, udp.framesCoalesced) = (2, 6, 5, 4)
+        let stats = StatsReport(name: "lab", version: "0.1.0", uptimeSeconds: 5.5, ports: 1, fdb: fdb,
+                                udp: .init(listen: "[::]:4789", counters: udp), mirror: nil)
         return Statistics(stats: stats, ports: [port])
     }()
 
@@ -46,5 +55,46 @@ struct StatisticsTests {
         for (name, fields) in Self.model.sections {
             for f in fields { #expect(text.contains("\(f.name)=\(Int(f.value))"), "\(name).\(f.name) missing from show stats") }
         }
+    }
+
+    /// The JSON the control protocol carries: every declared counter under its name, flat
+    /// beside the report's other fields, as bridges before the declarations wrote it; read
+    /// back whole.
+    @Test func theWireKeepsItsNamesAndReadsBackWhole() throws {
+        let response = { var r = ControlResponse.success(); r.ports = Self.model.ports; r.stats = Self.model.stats; return r }()
+        let json = try ControlCoding.encoder().encode(response)
+        let object = try #require(JSONSerialization.jsonObject(with: json) as? [String: Any])
+        let port = try #require((object["ports"] as? [[String: Any]])?.first)
+        #expect(port["rx_frames"] as? Int == 12 && port["super_frames_passed"] as? Int == 3 && port["name"] as? String == "tap\"0")
+        #expect(port["drops"] as? [String: Int] == ["no_egress_port": 3, "runt": 1])
+        let stats = try #require(object["stats"] as? [String: Any])
+        #expect((stats["fdb"] as? [String: Any])?["max_entries"] as? Int == 8192)
+        let udp = try #require(stats["udp"] as? [String: Any])
+        #expect(udp["listen"] as? String == "[::]:4789" && udp["trains_sent"] as? Int == 6 && udp["path_mtu_lowered"] as? Int == 0)
+        for counter in UDPTunnelDevice.Statistics.counters { #expect(udp[counter.name] != nil, "udp.\(counter.name) missing from the JSON") }
+        let back = try ControlCoding.decoder().decode(ControlResponse.self, from: json)
+        #expect(back.ports == Self.model.ports && back.stats == Self.model.stats)
+    }
+
+    /// An older bridge's answer (without the counters added since) reads as zero for those.
+    @Test func anOlderBridgesAnswerReadsWithZeroForWhatItLacks() throws {
+        let old = #"{"listen":"0.0.0.0:4789","unknown_sender":5,"unreachable":0,"peers_refused":0,"checksums_completed":0,"trains_sent":1,"trains_received":0,"frames_coalesced":0,"trains_refused":0}"#
+        let udp = try ControlCoding.decoder().decode(StatsReport.UDP.self, from: Data(old.utf8))
+        #expect(udp.listen == "0.0.0.0:4789" && udp.counters.unknownSender == 5 && udp.counters.trainsSent == 1 && udp.counters.fragmented == 0)
+    }
+
+    /// Names are snake_case and unique per owner, and each has its help.
+    @Test func everyDeclarationIsNamedOnceWithHelp() {
+        func check<Owner: CounterOwner>(_: Owner.Type) {
+            let names = Owner.counters.map(\.name)
+            #expect(Set(names).count == names.count, "\(Owner.self): a name declared twice")
+            for c in Owner.counters {
+                #expect(c.name.allSatisfy { $0.isLowercase || $0 == "_" } && !c.help.isEmpty, "\(Owner.self).\(c.name)")
+            }
+        }
+        check(PortCounters.self)
+        check(ForwardingTable.Statistics.self)
+        check(UDPTunnelDevice.Statistics.self)
+        check(PcapMirror.Statistics.self)
     }
 }
