@@ -40,7 +40,7 @@ public import TapBridgeCore
 /// The parts: `PeerTable` (who the peers are), `DatagramSendQueue` (sends, trains),
 /// `TrainReceiver` (receives with UDP_GRO), `PeerAdmission` (`--accept-peers`), and the socket
 /// behind the `DatagramSocket` protocol (the kernel's, or a test double).
-public final class UDPTunnelDevice: PortDevice {
+public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     /// Counters of things that belong to no port.
     public struct Statistics: Sendable, Equatable {
         /// Datagrams from senders that are not peers.
@@ -196,7 +196,7 @@ public final class UDPTunnelDevice: PortDevice {
             // nothing is read while strangers wait for a decision, so what they sent waits too
             if admission.isWaiting { return 0 }
             if admission.holds {
-                frames = admission.deliverHeld(into: batch, from: self, now: now)
+                frames = deliverHeld(admission, into: batch, now: now)
                 if admission.holds { return frames }
             }
         }
@@ -224,16 +224,37 @@ public final class UDPTunnelDevice: PortDevice {
         return frames
     }
 
+    /// The datagrams held for admission, once decided on, as frames into `batch` until it is
+    /// full (the rest wait for the next call): an admitted sender's are delivered (copied), the
+    /// others counted as refused.
+    func deliverHeld(_ admission: PeerAdmission, into batch: FrameBatch, now: Int64) -> Int {
+        var frames = 0
+        while !batch.isFull, let (sender, data, length) = admission.nextHeld() {
+            guard let (index, port) = peer(sentFrom: sender) else {
+                counters.peersRefused &+= 1
+                continue
+            }
+            guard let frame = innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
+            guard frame.count <= batch.frameCapacity else {
+                batch.recordDrop(on: port, .truncated, bytes: length)
+                continue
+            }
+            batch.nextSlot().baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+            batch.commit(length: frame.count, from: port)
+            frames += 1
+        }
+        return frames
+    }
+
     /// Turns one received datagram, read `lead` bytes before free slot `k`, into a frame in
     /// the batch (true), or counts why not.
     @inline(__always)
     func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, lead: Int, now: Int64) -> Bool {
         guard let sender = withUnsafeBytes(of: d.peer, { SocketAddress($0.baseAddress!) }) else { return false }
-        guard let index = table.index(for: sender) else {
-            admit(sender, d, now)
+        guard let (index, port) = peer(sentFrom: sender) else {
+            stranger(sender, d, now: now)
             return false
         }
-        let port = table[index].port
         if d.length > batch.frameCapacity + lead {  // (MSG_TRUNC: longer than the buffer)
             batch.recordDrop(on: port, .truncated, bytes: d.length)
             return false
@@ -242,6 +263,12 @@ public final class UDPTunnelDevice: PortDevice {
         // the slot starts `lead` bytes after the datagram
         batch.commit(length: frame.count, from: port, shift: frame.baseAddress! - (d.data + lead), freeSlot: k)
         return true
+    }
+
+    /// The peer that sends from `sender`: its index in the table and its port; nil for a stranger.
+    @inline(__always)
+    func peer(sentFrom sender: SocketAddress) -> (index: Int, port: PortID)? {
+        table.index(for: sender).map { ($0, table[$0].port) }
     }
 
     /// The inner frame of one datagram of `length` bytes at `data` from peer `index`, or nil
@@ -309,7 +336,7 @@ public final class UDPTunnelDevice: PortDevice {
     /// true is returned. `holding`: the datagram is copied and held (the plain receive path);
     /// otherwise the caller keeps it where it is until the decision (the train path).
     @discardableResult
-    func admit(_ sender: SocketAddress, _ d: ctb_datagram, _ now: Int64, datagrams n: Int = 1, holding: Bool = true) -> Bool {
+    func stranger(_ sender: SocketAddress, _ d: ctb_datagram, now: Int64, datagrams n: Int = 1, holding: Bool = true) -> Bool {
         let why: String
         let count = UInt64(max(n, 1))
         if let admission {

@@ -104,34 +104,19 @@ final class PeerAdmission {
         if !decided.isEmpty { decided.removeAll() }
     }
 
-    /// The held datagrams, once decided on, as frames into `batch` until it is full (the rest
-    /// wait for the next call): an admitted sender's are delivered, the others counted as
-    /// refused. Nothing while a decision is pending.
-    func deliverHeld(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) -> Int {
-        guard !isWaiting else { return 0 }
-        var frames = 0
-        while delivered < held.count, !batch.isFull {
-            let (sender, length) = held[delivered]
-            let data = area! + delivered * TrainReceiver.slotSize
-            delivered += 1
-            guard let index = device.table.index(for: sender) else {
-                device.counters.peersRefused &+= 1
-                continue
-            }
-            let port = device.table[index].port
-            guard let frame = device.innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
-            guard frame.count <= batch.frameCapacity else {
-                batch.recordDrop(on: port, .truncated, bytes: length)
-                continue
-            }
-            batch.nextSlot().baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
-            batch.commit(length: frame.count, from: port)
-            frames += 1
-        }
+    /// The next held datagram to deliver, once decided on (nil while a decision is pending or
+    /// when none is left): the caller turns an admitted sender's into a frame and counts the
+    /// others as refused. Its bytes stay valid until the next call.
+    func nextHeld() -> (sender: SocketAddress, data: UnsafeMutableRawPointer, length: Int)? {
+        guard !isWaiting, delivered < held.count else { return nil }
+        let (sender, length) = held[delivered]
+        let data = area! + delivered * TrainReceiver.slotSize
+        delivered += 1
         if delivered == held.count {
+            // the last one's bytes stay in the area until the next `hold`, after this delivery
             held.removeAll(keepingCapacity: true)
             delivered = 0
         }
-        return frames
+        return (sender, data, length)
     }
 }

@@ -1,6 +1,25 @@
 import CTapBridge
 import TapBridgeCore
 
+/// What the receive parts (`TrainReceiver`) need from the device, as one argument: the
+/// socket's read, who a sender is, how a peer's datagram becomes its inner frame, and what
+/// becomes of a stranger's. They see nothing else of it (the peer table, the counters and
+/// the admission stay the device's).
+protocol DatagramInbox: AnyObject {
+    /// recvmmsg of up to `count` messages into `queue`: how many arrived (0: none waiting),
+    /// or nil after an ICMP error (call again).
+    func receiveMessages(into queue: UnsafeMutablePointer<ctb_datagram>, _ count: Int) throws(PortError) -> Int?
+    /// The peer that sends from `sender`: its index and port; nil for a stranger.
+    func peer(sentFrom sender: SocketAddress) -> (index: Int, port: PortID)?
+    /// `datagrams` datagrams from a stranger (`first` the first of them): counted and dropped
+    /// (false), or, with `--accept-peers`, a candidate the caller keeps pending (true).
+    func stranger(_ sender: SocketAddress, _ first: ctb_datagram, now: Int64, datagrams: Int, holding: Bool) -> Bool
+    /// The inner frame of a peer's datagram, opened in place, or nil (the drop is recorded).
+    func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer?
+    /// Strangers wait for the daemon's decision: nothing more is read until then.
+    var awaitsAdmission: Bool { get }
+}
+
 /// The UDP device's receive side with trains on (UDP_GRO): up to 64 messages (each one
 /// datagram, or a train of datagrams of `segment_size` bytes from one sender) into a train
 /// area, then frames from them into the batch, copied (the only copy): consecutive TCP
@@ -31,7 +50,7 @@ final class TrainReceiver {
         area.deallocate()
     }
 
-    func receive(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) throws(PortError) -> Int {
+    func receive<Inbox: DatagramInbox>(into batch: FrameBatch, from device: Inbox, now: Int64) throws(PortError) -> Int {
         var frames = 0
         while !batch.isFull {
             if pendingMessage >= pendingCount {
@@ -56,14 +75,14 @@ final class TrainReceiver {
             }
             frames += drain(into: batch, from: device, now: now)
             // a stranger's message waits for the daemon's decision, and everything behind it
-            if device.admission?.isWaiting == true { break }
+            if device.awaitsAdmission { break }
         }
         if building != nil { frames += commitBuilt(into: batch) }
         return frames
     }
 
     /// Frames from the received messages into `batch` until it is full or they are used up.
-    func drain(into batch: FrameBatch, from device: UDPTunnelDevice, now: Int64) -> Int {
+    func drain<Inbox: DatagramInbox>(into batch: FrameBatch, from device: Inbox, now: Int64) -> Int {
         var frames = 0
         while pendingMessage < pendingCount {
             // no room to record another drop: the rest waits for the next call
@@ -73,21 +92,20 @@ final class TrainReceiver {
             var first = d
             first.length = min(stride, total)
             let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
-            let index = sender.flatMap { device.table.index(for: $0) }
-            if index == nil, let sender {
+            let peer = sender.flatMap { device.peer(sentFrom: $0) }
+            if peer == nil, let sender {
                 // every datagram of the train is the stranger's: counted, or kept here until
                 // the daemon decides (a candidate: this message stays pending)
                 let left = max(1, (total - pendingOffset + stride - 1) / max(stride, 1))
-                if device.admit(sender, first, now, datagrams: left, holding: false) { return frames }
+                if device.stranger(sender, first, now: now, datagrams: left, holding: false) { return frames }
             }
             if pendingOffset == 0, d.segment_size > 0 { trainsReceived &+= 1 }
-            guard let index, total <= Self.slotSize else {
-                if let index { batch.recordDrop(on: device.table[index].port, .truncated, bytes: total) }
+            guard let (index, port) = peer, total <= Self.slotSize else {
+                if let peer { batch.recordDrop(on: peer.port, .truncated, bytes: total) }
                 pendingMessage += 1
                 pendingOffset = 0
                 continue
             }
-            let port = device.table[index].port
             // (an empty datagram is one datagram too: counted as malformed, not skipped)
             let step = max(stride, 1)
             while pendingOffset < max(total, 1) {
