@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
     ],
     targets: [
         // Pure forwarding logic: imports nothing but the standard library.
@@ -31,10 +32,13 @@ let package = Package(
             dependencies: ["TapBridgeCore", "CTapBridgePcap", .product(name: "Logging", package: "swift-log")],
             swiftSettings: strict),
         // Ports that call the kernel: TAP and packet-socket devices, the UDP socket of the
-        // remotes (its peer table, trains, admission), socket addresses.
+        // remotes (its peer table, trains, admission, the sealed encapsulation), socket addresses.
         .target(
             name: "TapBridgeDevices",
-            dependencies: ["TapBridgeCore", "CTapBridge", .product(name: "Logging", package: "swift-log")],
+            dependencies: [
+                "TapBridgeCore", "CTapBridge", .product(name: "Logging", package: "swift-log"),
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict),
         // What a bridge is told: the option table, --port/--remote specs, config files.
         .target(
@@ -57,7 +61,7 @@ let package = Package(
         .executableTarget(
             name: "tapbridge",
             dependencies: [
-                "TapBridgeDaemon", "TapBridgeOptions", "TapBridgeCore",
+                "TapBridgeDaemon", "TapBridgeOptions", "TapBridgeCore", "TapBridgeDevices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],

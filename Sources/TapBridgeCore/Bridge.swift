@@ -37,8 +37,14 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case splitHorizon
     /// Receive: a datagram whose encapsulation header is malformed (too short, flags wrong).
     case malformedEncapsulation
-    /// Receive: a VXLAN datagram for another VNI.
+    /// Receive: a VXLAN (or sealed) datagram for another VNI.
     case vniMismatch
+    /// Receive: a sealed datagram that failed authentication (wrong key, changed on the
+    /// way, or forged); dropped before its frame is looked at.
+    case unauthenticated
+    /// Receive: a sealed datagram already received (a duplicate, a replay) or too old for the
+    /// replay window, or from a session older than the clock allows.
+    case replayed
     /// Receive: a datagram or frame larger than the receive buffer.
     case truncated
     /// Offload metadata that does not match the frame (checksum offsets outside it, a
@@ -78,6 +84,8 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .portRemoved: "port_removed"
         case .malformedEncapsulation: "malformed_encapsulation"
         case .vniMismatch: "vni_mismatch"
+        case .unauthenticated: "unauthenticated"
+        case .replayed: "replayed"
         case .truncated: "truncated"
         case .offloadMalformed: "offload_malformed"
         case .offloadUnsupported: "offload_unsupported"

@@ -1,18 +1,13 @@
 /// How Ethernet frames travel in UDP datagrams to a remote peer: the name a user gives
-/// (`encap=`), from which each peer gets its `EncapsulationFormat`.
+/// (`encap=`), from which each peer gets its `EncapsulationFormat` (the UDP device's
+/// `WireFormat` makes them: a sealed one needs its key).
 public enum Encapsulation: String, Sendable, CaseIterable, CustomStringConvertible {
     /// RFC 7348 VXLAN: an 8-byte header, then the frame.
     case vxlan
     /// The frame alone, one per datagram (QEMU `-netdev dgram`, `-netdev socket,udp=`).
     case raw
-
-    /// The format a peer with this encapsulation (and `vni`, for VXLAN) uses.
-    public func format(vni: VNI) -> any EncapsulationFormat {
-        switch self {
-        case .vxlan: VXLANFormat(vni: vni)
-        case .raw: RawFormat()
-        }
-    }
+    /// tapbridge's own: authenticated and encrypted with a pre-shared key (ChaCha20-Poly1305).
+    case sealed
 
     public var description: String { rawValue }
 }

@@ -15,6 +15,8 @@ extension BridgeDaemon {
         /// Let unknown senders become remotes (up to `maximumPeers`, dropped after
         /// `peerTimeout` of silence).
         public var acceptsPeers = false
+        /// `--key-file`: the key of sealed remotes that do not set key=.
+        public var keyFile: String? = nil
         public var maximumPeers = 64
         public var peerTimeout: Duration = .seconds(300)
         /// Never forward between two remotes (default on).
@@ -59,6 +61,7 @@ extension BridgeDaemon.Options {
         encapsulation = settings.encapsulation
         vni = settings.vni
         acceptsPeers = settings.acceptPeers
+        keyFile = settings.keyFile
         maximumPeers = settings.maxPeers
         peerTimeout = duration(settings.peerTimeout)
         splitHorizon = !settings.noSplitHorizon

@@ -119,7 +119,7 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var horizon: String? = nil
 
     public init(_ peer: RemotePeer) {
-        self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .vxlan ? peer.vni.rawValue : nil,
+        self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .raw ? nil : peer.vni.rawValue,
                   dynamic: peer.isDynamic, unreachable: peer.unreachable)
         pathMtu = peer.pathMTU
         fragmented = peer.fragmented

@@ -50,12 +50,41 @@ final class RemotePeers: EventSource {
             let address = try resolve(remote)
             planned.append((remote, address))
             // the path is measured once here, not at each port's attach
-            let encapsulation = remote.encapsulation ?? options.encapsulation
-            let (inner, path) = device.innerMTU(towards: address, encapsulation: encapsulation)
-            if inner < plannedInnerMTU?.mtu ?? .max { plannedInnerMTU = (inner, "fits the \(path)-byte path to remote \(remote.name) over \(encapsulation)") }
+            let format = try wireFormat(of: remote)
+            let (inner, path) = device.innerMTU(towards: address, format: format)
+            if inner < plannedInnerMTU?.mtu ?? .max { plannedInnerMTU = (inner, "fits the \(path)-byte path to remote \(remote.name) over \(format.encapsulation)") }
         }
-        if options.acceptsPeers { device.accept(encapsulation: options.encapsulation, vni: options.vni, limit: options.maximumPeers) }
+        if options.acceptsPeers {
+            device.accept(format: try acceptedFormat, limit: options.maximumPeers)
+            if options.encapsulation != .sealed {
+                logger.warning("--accept-peers without a key: anyone who can send to UDP port \(device.localAddress.port) joins the segment; --encap sealed --key-file PATH admits only holders of the key")
+            }
+        }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers (horizon \(Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon)))" : "")\(options.splitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
+    }
+
+    /// The key rings of the key files in use, by path: the remotes with one key share its ring
+    /// (its sessions and replay windows).
+    var keyrings: [String: SealedKeyring] = [:]
+
+    /// How `remote`'s datagrams are made: its encapsulation and VNI, or the bridge's, and for
+    /// sealed its key (`key=`, or `--key-file`), read once per file.
+    func wireFormat(of remote: RemoteSpec) throws(StartupError) -> WireFormat {
+        try wireFormat(remote.encapsulation ?? options.encapsulation, vni: remote.vni ?? options.vni, keyFile: remote.keyFile ?? options.keyFile)
+    }
+
+    /// The format `--accept-peers` admits new senders in.
+    var acceptedFormat: WireFormat {
+        get throws(StartupError) { try wireFormat(options.encapsulation, vni: options.vni, keyFile: options.keyFile) }
+    }
+
+    func wireFormat(_ encapsulation: Encapsulation, vni: VNI, keyFile: String?) throws(StartupError) -> WireFormat {
+        guard encapsulation == .sealed else { return try WireFormat(encapsulation, vni: vni) }
+        guard let keyFile else { return try WireFormat(encapsulation, vni: vni) }  // throws: no key
+        if let ring = keyrings[keyFile] { return try WireFormat(.sealed, vni: vni, keyring: ring) }
+        let ring = SealedKeyring(key: try SealedKey(file: keyFile))
+        keyrings[keyFile] = ring
+        return try WireFormat(.sealed, vni: vni, keyring: ring)
     }
 
     /// The configured remotes, resolved, until `addConfigured` makes them ports.
@@ -95,15 +124,14 @@ final class RemotePeers: EventSource {
 
     func addConfigured(_ remote: RemoteSpec, at address: SocketAddress) throws(StartupError) {
         do {
-            let encapsulation = remote.encapsulation ?? options.encapsulation
-            let vni = remote.vni ?? options.vni
+            let format = try wireFormat(of: remote)
             var configuration = remote.configuration
-            let horizon = remote.horizon ?? Horizon.standard(for: encapsulation, splitHorizon: options.splitHorizon)
+            let horizon = remote.horizon ?? Horizon.standard(for: format.encapsulation, splitHorizon: options.splitHorizon)
             configuration.splitHorizonGroup = horizon.group
-            let port = try add(remote.name, at: address, encapsulation: encapsulation, vni: vni, configuration: configuration)
+            let port = try add(remote.name, at: address, format: format, configuration: configuration)
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
             let path = device.peer(of: port)?.pathMTU ?? 0
-            logger.info("remote \(remote.name)\(shown): \(encapsulation)\(encapsulation == .vxlan ? " VNI \(vni)" : ""), path MTU \(path), horizon \(horizon), \(PortFactory.describe(configuration))")
+            logger.info("remote \(remote.name)\(shown): \(format.encapsulation)\(format.encapsulation == .raw ? "" : " VNI \(format.vni)"), path MTU \(path), horizon \(horizon), \(PortFactory.describe(configuration))")
         } catch {
             throw StartupError("remote \(remote.name): \(error.message)")
         }
@@ -111,11 +139,11 @@ final class RemotePeers: EventSource {
 
     /// Adds one remote: a port of the engine and a peer of the socket, in one step.
     @discardableResult
-    func add(_ name: String, at address: SocketAddress, encapsulation: Encapsulation, vni: VNI, configuration: PortConfiguration,
+    func add(_ name: String, at address: SocketAddress, format: WireFormat, configuration: PortConfiguration,
              isDynamic: Bool = false) throws(StartupError) -> PortID {
         let port = engine.addPort(PortRecord(name: name, kind: .remote), configuration: configuration, on: handle)
         do {
-            try device.addPeer(address, encapsulation: encapsulation, vni: vni, isDynamic: isDynamic, as: port)
+            try device.addPeer(address, format: format, isDynamic: isDynamic, as: port)
         } catch {
             engine.removePort(port)
             throw error
@@ -145,7 +173,7 @@ final class RemotePeers: EventSource {
         for address in candidates {
             let name = "peer-\(address)"
             do {
-                try add(name, at: address, encapsulation: options.encapsulation, vni: options.vni, configuration: configuration, isDynamic: true)
+                try add(name, at: address, format: try acceptedFormat, configuration: configuration, isDynamic: true)
                 logger.info("remote \(name): accepted (\(options.encapsulation)), \(device.dynamicPeerCount)/\(options.maximumPeers) dynamic peers")
             } catch {
                 logger.warning("remote \(name): not accepted: \(error.message)")

@@ -134,19 +134,24 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
 
     // MARK: Peers
 
-    /// Adds a peer that is bridge port `port`, with the path MTU of the route towards it (1500
-    /// if there is no route now). Throws if the address family does not fit the socket or the
-    /// peer exists.
-    public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
-        _ = try table.add(address, format: encapsulation.format(vni: vni), vni: vni, isDynamic: isDynamic, port: port, family: family,
+    /// Adds a peer that is bridge port `port`, whose datagrams are made as `format` says,
+    /// with the path MTU of the route towards it (1500 if there is no route now). Throws if the
+    /// address family does not fit the socket or the peer exists.
+    public func addPeer(_ address: SocketAddress, format: WireFormat, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
+        _ = try table.add(address, format: format.make(), vni: format.vni, isDynamic: isDynamic, port: port, family: family,
                           socket: localAddress, pathMTU: socket.pathMTU(to: address) ?? 1500, now: ctb_monotonic_ns())
     }
 
+    /// A VXLAN or raw peer (`addPeer(_:format:...)`).
+    public func addPeer(_ address: SocketAddress, encapsulation: Encapsulation, vni: VNI, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
+        try addPeer(address, format: .plain(encapsulation, vni: vni), isDynamic: isDynamic, as: port)
+    }
+
     /// The IP MTU a port's stack may use so that its frames fit the path towards `address` in
-    /// `encapsulation` (at most 1500), and that path's MTU (1500 if there is no route now).
-    public func innerMTU(towards address: SocketAddress, encapsulation: Encapsulation) -> (inner: Int, path: Int) {
+    /// `format` (at most 1500), and that path's MTU (1500 if there is no route now).
+    public func innerMTU(towards address: SocketAddress, format: WireFormat) -> (inner: Int, path: Int) {
         let path = socket.pathMTU(to: address) ?? 1500
-        return (min(PeerTable.frameLimit(pathMTU: path, to: address, format: encapsulation.format(vni: VNI(0)!)) - 14, 1500), path)
+        return (min(PeerTable.frameLimit(pathMTU: path, to: address, format: format.make(probing: true)) - 14, 1500), path)
     }
 
     /// The peer whose path takes the smallest frames, that path's MTU, and the IP MTU a port's
@@ -171,9 +176,9 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     public func nextIdleDeadline(timeout: Duration) -> Instant? { table.nextIdleDeadline(timeout: timeout) }
 
     /// Lets unknown senders in (`--accept-peers`): their datagrams must be well-formed in
-    /// `encapsulation` and `vni`, and at most `limit` dynamic peers.
-    public func accept(encapsulation: Encapsulation, vni: VNI, limit: Int) {
-        admission = PeerAdmission(format: encapsulation.format(vni: vni), limit: limit)
+    /// `format` (sealed: they must hold its key), and at most `limit` dynamic peers.
+    public func accept(format: WireFormat, limit: Int) {
+        admission = PeerAdmission(format: format.make(probing: true), limit: limit)
     }
 
     /// The senders waiting to become peers; the caller admits each with `addPeer` (or not: its

@@ -144,24 +144,28 @@ public enum OptionTable {
         list("remote", aliases: ["peer"], configAlias: "remotes", "spec", .remotes, "A remote peer over UDP: \(RemoteSpec.syntax). Repeatable.",
              discussion: """
                  HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at start. Each remote is a port \
-                 of the switch. encap=vxlan (RFC 7348, default) or raw (one Ethernet frame per datagram, as QEMU's -netdev \
-                 dgram speaks); vni= sets the VXLAN network identifier. Only configured peers are accepted. horizon=: mesh \
-                 (the default for vxlan: a bridge of a full mesh, never forwarded to another mesh remote), off (the default \
+                 of the switch. encap=vxlan (RFC 7348, default), raw (one Ethernet frame per datagram, as QEMU's -netdev \
+                 dgram speaks) or sealed (tapbridge to tapbridge, authenticated and encrypted with the pre-shared key of \
+                 key=PATH or --key-file; see Docs/Security.md); vni= sets the network identifier. Only configured peers are \
+                 accepted. horizon=: mesh (the default for vxlan and sealed: a bridge of a full mesh, never forwarded to \
+                 another mesh remote), off (the default \
                  for raw: an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
                  is measured: TCP is cut to fit it and SYNs crossing it get their MSS lowered, so nothing needs mtu=. \
                  At run time: tapbridge remote add|del.
                  """, \.remotes, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try RemoteSpec(parsing: v) }) }),
         value("listen", "[addr:]port", .remotes, "The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", quoted: true,
               render: { $0.listen?.text }, apply: { s, v throws(OptionError) in s.listen = Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try ListenSpec(parsing: v) }) }),
-        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: vxlan or raw.", default: "vxlan", render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
-            guard let e = Encapsulation(rawValue: v) else { throw OptionError(reason: "must be vxlan or raw, got '\(v)'") }
+        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: vxlan, raw or sealed.", default: "vxlan", render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
+            guard let e = Encapsulation(rawValue: v) else { throw OptionError(reason: "must be vxlan, raw or sealed, got '\(v)'") }
             s.encapsulation = e
         },
+        value("key-file", "path", .remotes, "The pre-shared key of sealed remotes that do not set key= (64 hex digits, readable by its owner alone: tapbridge genkey > PATH). With --accept-peers and --encap sealed, only senders holding it are admitted.",
+              quoted: true, render: { $0.keyFile }) { s, v throws(OptionError) in s.keyFile = v },
         value("vni", "n", .remotes, "VXLAN network identifier of remotes that do not set vni= (0-16777215).", default: "1", render: { "\($0.vni.rawValue)" }) { s, v throws(OptionError) in
             guard let n = Int(v), let vni = VNI(n) else { throw OptionError(reason: "must be 0-16777215, got \(v)") }
             s.vni = vni
         },
-        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence). Without authentication this trusts the network: anyone who can reach the port joins the segment."),
+        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence). Without a key this trusts the network: anyone who can reach the port joins the segment; with --encap sealed and --key-file, only holders of the key."),
         value("max-peers", "n", .remotes, "Most remotes --accept-peers adds.", default: "64", render: { "\($0.maxPeers)" }) { s, v throws(OptionError) in s.maxPeers = try atLeastOne(v) },
         value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", default: "300", render: { "\($0.peerTimeout)" }) { s, v throws(OptionError) in
             s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)

@@ -146,8 +146,10 @@ public struct RemoteSpec: Sendable, Equatable {
     public var configuration = PortConfiguration()
     /// `horizon=`; nil: the default for the encapsulation (see `Horizon`).
     public var horizon: Horizon? = nil
+    /// `key=PATH`: the pre-shared key of a sealed remote; nil: the bridge-wide `--key-file`.
+    public var keyFile: String? = nil
 
-    public static let syntax = "HOST:PORT[,encap=vxlan|raw][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
+    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
 
     /// `defaultPort`: the port of a HOST given without one (`remote add 192.0.2.5`: the bridge's
     /// UDP port); nil: HOST:PORT is required. `flag` names the option in errors.
@@ -171,11 +173,14 @@ public struct RemoteSpec: Sendable, Equatable {
                 if try shared.take(key, value, in: text) { continue }
                 switch key {
                 case "encap":
-                    guard let e = Encapsulation(rawValue: value) else { throw PortSpecError(text, "encap must be vxlan or raw, got '\(value)'") }
+                    guard let e = Encapsulation(rawValue: value) else { throw PortSpecError(text, "encap must be vxlan, raw or sealed, got '\(value)'") }
                     encapsulation = e
                 case "vni":
                     guard let v = Int(value).flatMap(VNI.init) else { throw PortSpecError(text, "vni must be 0-16777215, got '\(value)'") }
                     vni = v
+                case "key":
+                    guard !value.isEmpty else { throw PortSpecError(text, "key= needs the path of a key file (tapbridge genkey writes one)") }
+                    keyFile = value
                 case "horizon":
                     guard let h = Horizon(parsing: value) else { throw PortSpecError(text, "horizon must be mesh, off or a group number 1-65535, got '\(value)'") }
                     horizon = h
@@ -185,9 +190,10 @@ public struct RemoteSpec: Sendable, Equatable {
                     }
                     name = value
                 default:
-                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, vni, name, horizon, \(SharedPortOptions.keys))")
+                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, key, vni, name, horizon, \(SharedPortOptions.keys))")
                 }
             }
+            if keyFile != nil, let e = encapsulation, e != .sealed { throw PortSpecError(text, "key= is for encap=sealed (set encap=sealed too)") }
             configuration = try shared.configuration(in: text)
         } catch {
             throw PortSpecError(error.spec, error.reason, flag: flag)
@@ -227,7 +233,7 @@ public enum Horizon: Equatable, Sendable, CustomStringConvertible {
     /// The default for a remote: VXLAN peers are bridges (mesh), raw ones endpoints (off);
     /// every remote is off with `--no-split-horizon`.
     public static func standard(for encapsulation: Encapsulation, splitHorizon: Bool) -> Horizon {
-        splitHorizon && encapsulation == .vxlan ? .mesh : .off
+        splitHorizon && encapsulation != .raw ? .mesh : .off
     }
 
     /// The port's split-horizon group (`PortConfiguration.splitHorizonGroup`).

@@ -19,6 +19,8 @@ public struct Settings: Sendable {
     public var encapsulation = Encapsulation.vxlan
     public var vni = VNI(1)!
     public var acceptPeers = false
+    /// `--key-file`: the pre-shared key of sealed remotes that do not set key=.
+    public var keyFile: String? = nil
     public var maxPeers = 64
     public var peerTimeout = 300.0
     public var noSplitHorizon = false
@@ -63,6 +65,16 @@ public struct Settings: Sendable {
             throw OptionError("port \(name): given twice (each --port and --remote is one port, named once)")
         }
         if acceptPeers, listen == nil, remotes.isEmpty { throw OptionError("--accept-peers needs --listen [ADDR:]PORT") }
+        for remote in remotes.map(\.value) {
+            let sealed = (remote.encapsulation ?? encapsulation) == .sealed
+            if sealed, remote.keyFile == nil, keyFile == nil {
+                throw OptionError("remote \(remote.name): encap=sealed needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
+            }
+            if !sealed, remote.keyFile != nil { throw OptionError("remote \(remote.name): key= is for encap=sealed (the bridge-wide --encap is \(encapsulation))") }
+        }
+        if acceptPeers, encapsulation == .sealed, keyFile == nil {
+            throw OptionError("--accept-peers with --encap sealed needs --key-file PATH: the key new peers must hold")
+        }
         let mirrors = mirror != nil || mirrorInterface != nil
         for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil),
                               ("--mirror-format", mirrorFormat != .pcapng)]

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import TapBridgeCore
 import TapBridgeDaemon
+import TapBridgeDevices
 import TapBridgeOptions
 
 #if canImport(Glibc)
@@ -10,7 +11,7 @@ import Glibc
 
 /// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
 struct ControlCommand: ParsableCommand {
-    static let names: Set<String> = ["show", "fdb", "port", "remote", "list", "wait"]
+    static let names: Set<String> = ["show", "fdb", "port", "remote", "list", "wait", "genkey"]
 
     /// Why `arguments` name no subcommand of a group (`show prots`), or nil. The argument
     /// parser would report the first option it cannot place instead (`Unknown option '--name'`).
@@ -27,7 +28,36 @@ struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
         abstract: "Inspect and steer a running tapbridge through its control socket.",
-        subcommands: [Show.self, FDB.self, Port.self, Remote.self, List.self, Wait.self])
+        subcommands: [Show.self, FDB.self, Port.self, Remote.self, List.self, Wait.self, Genkey.self])
+}
+
+/// `tapbridge genkey`: a fresh pre-shared key for sealed remotes.
+struct Genkey: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write a fresh key for encap=sealed: 64 hex digits, readable by its owner alone (mode 0600).",
+        discussion: """
+            tapbridge genkey > key (stdout redirected to a file: the file is made mode 0600), or tapbridge genkey PATH \
+            (created with mode 0600; an existing file is not overwritten). Copy the same key to every bridge of the \
+            segment, over a channel you trust (ssh). See Docs/Security.md.
+            """)
+    @Argument(help: ArgumentHelp("The key file to create (default: standard output).", valueName: "path")) var path: String?
+
+    func run() throws {
+        let key = SealedKey.generate() + "\n"
+        guard let path else {
+            var st = stat()
+            if fstat(1, &st) == 0, st.st_mode & S_IFMT == S_IFREG, fchmod(1, 0o600) != 0 {
+                throw ValidationError("cannot make the key file readable by its owner alone: \(String(cString: strerror(errno)))")
+            }
+            print(key, terminator: "")
+            return
+        }
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        guard fd >= 0 else { throw ValidationError("\(path): \(String(cString: strerror(errno)))\(errno == EEXIST ? " (a key file is never overwritten: remove it first)" : "")") }
+        defer { close(fd) }
+        let written = key.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, key.utf8.count) }
+        guard written == key.utf8.count else { throw ValidationError("\(path): \(String(cString: strerror(errno)))") }
+    }
 }
 
 /// `tapbridge list`: the bridges running on this host (their sockets in /run/tapbridge).

@@ -34,10 +34,13 @@ struct EncapsulationFormatTests {
         }
     }
 
-    @Test(arguments: Encapsulation.allCases)
-    func whatIsSealedOpensToTheSameFrame(_ encapsulation: Encapsulation) {
-        let format = encapsulation.format(vni: VNI(42)!)
-        #expect(format.encapsulation == encapsulation)
+    /// The formats without a key (the sealed one, which needs swift-crypto, is tested with the
+    /// UDP device: SealedTests).
+    static func plainFormats() -> [any EncapsulationFormat] { [VXLANFormat(vni: VNI(42)!), RawFormat()] }
+
+    @Test(arguments: 0..<2)
+    func whatIsSealedOpensToTheSameFrame(_ k: Int) {
+        let format = Self.plainFormats()[k]
         let datagram = Self.seal(Self.frame, format)
         #expect(datagram.count == format.headerLength + Self.frame.count + format.trailerLength)
         #expect(Self.open(datagram, format) == .frame(Self.frame))

@@ -12,7 +12,7 @@ struct OptionTableTests {
     static let samples: [String: [String]] = [
         "port": ["tap0", "tap1,vlan=10,mtu=1400", "tap2,trunk=10:20,native=1,offload=off"], "offload": ["off"],
         "remote": ["127.0.0.1:4789,vni=42", "[::1]:5555,encap=raw,name=vm1"], "listen": ["127.0.0.1:4789"], "encap": ["raw"], "vni": ["7"],
-        "accept-peers": ["true"], "max-peers": ["9"], "peer-timeout": ["12.5"], "no-split-horizon": ["true"],
+        "accept-peers": ["true"], "key-file": ["/etc/tapbridge/lab.key"], "max-peers": ["9"], "peer-timeout": ["12.5"], "no-split-horizon": ["true"],
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"],
         "forward-link-local": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
         "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "mirror-format": ["pcap"], "snaplen": ["128"], "name": ["lab"],
@@ -122,6 +122,25 @@ struct OptionTableTests {
     @Test func twentyThousandPortsParseOnceEach() throws {
         let s = try settings((0..<20_000).flatMap { ["--port", "p\($0)"] })
         #expect(s.ports.count == 20_000 && s.ports.last?.value.name == "p19999")
+    }
+
+    /// A sealed remote needs a key, from key= or --key-file; key= on a remote that is not
+    /// sealed, or --accept-peers sealed without a key, is refused before anything starts.
+    @Test(arguments: [
+        (["--remote", "127.0.0.1:4789,encap=sealed"], "encap=sealed needs a key"),
+        (["--encap", "sealed", "--remote", "127.0.0.1:4789"], "encap=sealed needs a key"),
+        (["--remote", "127.0.0.1:4789,key=/k"], "key= is for encap=sealed"),
+        (["--encap", "sealed", "--listen", "4789", "--accept-peers"], "--accept-peers with --encap sealed needs --key-file"),
+    ])
+    func sealedRemotesNeedTheirKey(_ argv: [String], _ message: String) {
+        do {
+            _ = try settings(argv)
+            Issue.record("\(argv) was taken")
+        } catch {
+            #expect(error.message.contains(message), "\(error.message)")
+        }
+        #expect((try? settings(["--encap", "sealed", "--key-file", "/k", "--remote", "127.0.0.1:4789"])) != nil)
+        #expect((try? settings(["--remote", "127.0.0.1:4789,encap=sealed,key=/k"])) != nil)
     }
 
     // helpers

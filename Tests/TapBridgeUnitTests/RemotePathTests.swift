@@ -173,8 +173,12 @@ struct EncapsulationRoundTripTests {
         let (lanA, lanB) = (VirtualLAN(ports: 1), VirtualLAN(ports: 1))
         let (socketA, socketB) = (FakeDatagramSocket(localAddress: Self.addressA, trains: trains), FakeDatagramSocket(localAddress: Self.addressB, trains: trains))
         let (deviceA, deviceB) = (UDPTunnelDevice(socket: socketA, logger: quiet), UDPTunnelDevice(socket: socketB, logger: quiet))
-        try deviceA.addPeer(Self.addressB, encapsulation: encapsulation, vni: VNI(9)!, as: lanA.engine.addPort(named: "b", on: deviceA))
-        try deviceB.addPeer(Self.addressA, encapsulation: encapsulation, vni: VNI(9)!, as: lanB.engine.addPort(named: "a", on: deviceB))
+        // (sealed: each bridge its own key ring of one key)
+        func format() throws -> WireFormat {
+            try WireFormat(encapsulation, vni: VNI(9)!, keyring: encapsulation == .sealed ? SealedKeyring(key: SealedTests.key) : nil)
+        }
+        try deviceA.addPeer(Self.addressB, format: format(), as: lanA.engine.addPort(named: "b", on: deviceA))
+        try deviceB.addPeer(Self.addressA, format: format(), as: lanB.engine.addPort(named: "a", on: deviceB))
         let plain = FrameFactory.frame(to: .broadcast, from: FrameFactory.host(7))
         let (superFrame, offload) = FrameFactory.tcp(to: FrameFactory.host(9), from: FrameFactory.host(7), payload: 30_000, segmentSize: 1448)
         lanA.inject(plain, on: 0)

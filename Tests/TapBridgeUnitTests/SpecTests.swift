@@ -51,9 +51,12 @@ struct SpecTests {
         #expect(try RemoteSpec(parsing: "h:1,horizon=mesh").horizon == .mesh && RemoteSpec(parsing: "h:1,horizon=1").horizon == .mesh)
         #expect(try RemoteSpec(parsing: "h:1,horizon=off").horizon == .off && RemoteSpec(parsing: "h:1,horizon=7").horizon == .group(7))
         #expect(Horizon.standard(for: .vxlan, splitHorizon: true) == .mesh && Horizon.standard(for: .raw, splitHorizon: true) == .off)
-        #expect(Horizon.standard(for: .vxlan, splitHorizon: false) == .off)
+        #expect(Horizon.standard(for: .vxlan, splitHorizon: false) == .off && Horizon.standard(for: .sealed, splitHorizon: true) == .mesh)
+        let sealed = try RemoteSpec(parsing: "h:1,encap=sealed,key=/etc/tapbridge/lab.key")
+        #expect(sealed.encapsulation == .sealed && sealed.keyFile == "/etc/tapbridge/lab.key")
+        #expect(try RemoteSpec(parsing: "h:1,key=/k").keyFile == "/k", "key= without encap=: the bridge-wide --encap decides (checked with the settings)")
         for bad in ["::1:4789", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "h:1,encap=gre", "h:1,vni=16777216", "h:1,horizon=0", "h:1,horizon=x",
-                    "h:1,horizon=65536"] {
+                    "h:1,horizon=65536", "h:1,encap=vxlan,key=/k", "h:1,encap=sealed,key="] {
             #expect(throws: PortSpecError.self, "\(bad)") { try RemoteSpec(parsing: bad) }
         }
         #expect(throws: PortSpecError.self) { try ListenSpec(parsing: "nope") }

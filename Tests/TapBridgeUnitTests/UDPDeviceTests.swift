@@ -85,7 +85,7 @@ struct UDPDeviceTests {
     /// `--accept-peers`: the first datagram of a new sender is held, the sender admitted after
     /// the batch (as the daemon does), and the held frame then delivered: nothing is lost.
     @Test func anUnknownSenderIsAdmittedAfterTheBatchAndItsFirstFrameDelivered() throws {
-        device.accept(encapsulation: .vxlan, vni: Self.vni, limit: 1)
+        device.accept(format: .plain(.vxlan, vni: Self.vni), limit: 1)
         let first = FrameFactory.frame(to: .broadcast, from: b)
         socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.7:4789"), bytes: Self.vxlan(first)))
         socket.inbound.append(.init(address: FakeDatagramSocket.address("10.0.0.8:4789"), bytes: Self.vxlan(first)))
@@ -110,7 +110,7 @@ struct UDPDeviceTests {
     func everyDatagramOfAnAdmittedSenderIsDeliveredAndTheRestCounted(trains: Bool) throws {
         let socket = FakeDatagramSocket(localAddress: FakeDatagramSocket.address("127.0.0.1:4789"), trains: trains)
         let device = UDPTunnelDevice(socket: socket, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
-        device.accept(encapsulation: .vxlan, vni: Self.vni, limit: 2)
+        device.accept(format: .plain(.vxlan, vni: Self.vni), limit: 2)
         let lan = VirtualLAN(ports: 1)
         let senders = ["10.0.0.7:4789", "10.0.0.8:4789", "10.0.0.9:4789"].map(FakeDatagramSocket.address)
         // frame k of sender s: a broadcast from host 10s+1 carrying k (all of one length)

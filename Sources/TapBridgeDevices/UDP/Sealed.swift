@@ -1,0 +1,286 @@
+import Crypto
+import Foundation
+import Glibc
+public import TapBridgeCore
+
+/// `encap=sealed`: tapbridge's own authenticated, encrypted encapsulation (Docs/Security.md
+/// has the format byte by byte and the threat model).
+///
+/// ```
+///  0       1       2       3       4       5       6       7
+/// +-------+-------+-------+-------+-------+-------+-------+-------+
+/// | ver=1 |   0   |   0   |   0   |      VNI (24 bits)    |   0   |
+/// +-------+-------+-------+-------+-------+-------+-------+-------+
+/// |  session: start time (s, 32 bits)  |  random (32 bits)      |
+/// +-------+-------+-------+-------+-------+-------+-------+-------+
+/// |                     counter (64 bits)                         |
+/// +-------+-------+-------+-------+-------+-------+-------+-------+
+/// |  the frame, encrypted (ChaCha20)  ...                         |
+/// +---------------------------------------------------------------+
+/// |  Poly1305 tag (16 bytes) over the 24 header bytes and the     |
+/// |  encrypted frame                                              |
+/// +---------------------------------------------------------------+
+/// ```
+/// Every sender picks a session (its start time and 32 random bits) and derives its own key
+/// from the pre-shared key with HKDF-SHA256, salted with the session; the nonce is the
+/// counter. A (key, nonce) pair is thus never used twice: not across directions or peers
+/// (each bridge has its own sessions), nor across restarts (a new session), nor within a
+/// session (the counter only grows; a session is replaced every two minutes).
+public enum Sealed {
+    public static let headerLength = 24
+    public static let tagLength = 16
+    static let version: UInt8 = 1
+    /// A sender starts a new session after this long (so no session outlives it by much).
+    static let sessionLifetime: UInt64 = 120
+    /// A receiver takes a new session whose start is at most this far from its own clock;
+    /// older ones are refused as replays (their datagrams may have been captured), so the
+    /// sessions it forgets after that long can never come back. Clocks of the bridges must
+    /// agree within this, less a session's lifetime.
+    static let sessionMaximumAge: UInt64 = 900
+    /// Sessions a receiver keeps per key; a new one past this is refused (only a key holder
+    /// can make one).
+    static let maximumSessions = 4096
+    static let info = Array("tapbridge sealed v1".utf8)
+}
+
+/// A pre-shared key: 32 random bytes, written as 64 hex digits on one line
+/// (`tapbridge genkey`). (Sendable: a `SymmetricKey` is never changed after it is made.)
+public struct SealedKey: @unchecked Sendable {
+    let key: SymmetricKey
+
+    /// A fresh key, as the key file holds it.
+    public static func generate() -> String {
+        var g = SystemRandomNumberGenerator()
+        return (0..<32).map { _ in
+            let b = UInt8.random(in: 0...255, using: &g)
+            return String(b >> 4, radix: 16) + String(b & 15, radix: 16)
+        }.joined()
+    }
+
+    /// The key in `text` (64 hex digits, surrounding white space ignored).
+    public init(hex text: String) throws(StartupError) {
+        let t = text.trimmingCharacters(in: .whitespacesAndNewlines)
+        let digits = Array(t.utf8)
+        guard digits.count == 64 else {
+            throw StartupError("a key is 64 hex digits (tapbridge genkey writes one), got \(digits.count) characters")
+        }
+        var bytes = [UInt8]()
+        for i in stride(from: 0, to: 64, by: 2) {
+            guard let b = UInt8(String(decoding: digits[i..<i + 2], as: UTF8.self), radix: 16) else {
+                throw StartupError("a key is 64 hex digits (tapbridge genkey writes one); this one has other characters")
+            }
+            bytes.append(b)
+        }
+        key = SymmetricKey(data: bytes)
+    }
+
+    /// The key in the file at `path`, which only its owner may read or write: a key that
+    /// others can read is refused, as ssh refuses such a private key.
+    public init(file path: String) throws(StartupError) {
+        var st = stat()
+        guard stat(path, &st) == 0 else { throw StartupError("key file \(path): \(String(cString: strerror(errno)))") }
+        guard st.st_mode & S_IFMT == S_IFREG else { throw StartupError("key file \(path): not a regular file") }
+        guard st.st_mode & 0o077 == 0 else {
+            throw StartupError("key file \(path) can be read or written by others (mode \(String(st.st_mode & 0o777, radix: 8))); make it the owner's alone: chmod 600 \(path)")
+        }
+        guard let data = FileManager.default.contents(atPath: path) else { throw StartupError("key file \(path): cannot be read") }
+        do { try self.init(hex: String(decoding: data, as: UTF8.self)) } catch { throw StartupError("key file \(path): \(error.message)") }
+    }
+
+    init(bytes: [UInt8]) { key = SymmetricKey(data: bytes) }
+
+    /// The key of session `session`.
+    func sessionKey(_ session: UInt64) -> SymmetricKey {
+        withUnsafeBytes(of: session.bigEndian) { salt in
+            HKDF<SHA256>.deriveKey(inputKeyMaterial: key, salt: salt, info: Sealed.info, outputByteCount: 32)
+        }
+    }
+}
+
+/// The sessions under one key in one bridge: the one it sends in, and those of the senders it
+/// has heard (each with its key and replay window). Every sealed peer with that key shares
+/// it, so a datagram is taken once by the bridge, whatever address it comes from.
+public final class SealedKeyring {
+    let key: SealedKey
+    /// Seconds since the epoch (the session's start time, the age of a new session).
+    let clock: () -> UInt64
+    let random: () -> UInt32
+
+    var sendSession: UInt64 = 0
+    var sendKey: SymmetricKey
+    var sendCounter: UInt64 = 0
+    var sendStarted: UInt64 = 0
+
+    struct Session {
+        let key: SymmetricKey
+        var window = ReplayWindow()
+    }
+    var sessions: [UInt64: Session] = [:]
+    /// Sessions started after a restart of this bridge's clock source or by peers (logging).
+    var sessionsStarted: UInt64 = 0
+
+    public convenience init(key: SealedKey) {
+        self.init(key: key, clock: { UInt64(max(time(nil), 0)) }, random: { UInt32.random(in: .min ... .max) })
+    }
+
+    /// With an injected clock and random source (tests: a restart, sessions of a given age).
+    public init(key: SealedKey, clock: @escaping () -> UInt64, random: @escaping () -> UInt32) {
+        self.key = key
+        self.clock = clock
+        self.random = random
+        sendKey = key.key
+        startSession(at: clock())
+    }
+
+    func startSession(at now: UInt64) {
+        sendSession = UInt64(UInt32(truncatingIfNeeded: now)) << 32 | UInt64(random())
+        sendKey = key.sessionKey(sendSession)
+        sendCounter = 0
+        sendStarted = now
+    }
+
+    /// The session and counter of the next datagram sent.
+    func nextSend() -> (session: UInt64, counter: UInt64, key: SymmetricKey) {
+        let now = clock()
+        if now &- sendStarted >= Sealed.sessionLifetime || sendCounter >= 1 << 62 { startSession(at: now) }
+        defer { sendCounter += 1 }
+        return (sendSession, sendCounter, sendKey)
+    }
+
+    /// The key of a sender's session and whether `counter` is new in it; nil if the session
+    /// is too old (or from too far ahead) to be taken, or no more can be kept.
+    func receiveKey(_ session: UInt64, counter: UInt64) -> (key: SymmetricKey, fresh: Bool)? {
+        if let s = sessions[session] { return (s.key, s.window.check(counter)) }
+        let started = UInt32(truncatingIfNeeded: session >> 32), now = UInt32(truncatingIfNeeded: clock())
+        // distance on the 32-bit circle of seconds (wraps in 2106)
+        let age = min(now &- started, started &- now)
+        guard UInt64(age) <= Sealed.sessionMaximumAge else { return nil }
+        if sessions.count >= Sealed.maximumSessions { forgetOldSessions() }
+        guard sessions.count < Sealed.maximumSessions else { return nil }
+        return (key.sessionKey(session), true)
+    }
+
+    /// Records an authenticated datagram: its session (new ones are kept from now on) and
+    /// its counter.
+    func accept(_ session: UInt64, counter: UInt64, key: SymmetricKey) {
+        if sessions[session] == nil {
+            sessions[session] = Session(key: key)
+            sessionsStarted &+= 1
+            if sessions.count > 64 { forgetOldSessions() }
+        }
+        sessions[session]!.window.accept(counter)
+    }
+
+    /// Forgets sessions older than a new one could be: their datagrams are refused by age.
+    func forgetOldSessions() {
+        let now = UInt32(truncatingIfNeeded: clock())
+        sessions = sessions.filter { session, _ in
+            let started = UInt32(truncatingIfNeeded: session >> 32)
+            return UInt64(min(now &- started, started &- now)) <= Sealed.sessionMaximumAge
+        }
+    }
+}
+
+/// The sealed format of one peer (or of the admission of new ones: `probing`, which checks a
+/// datagram without recording it, as the admitted peer opens it again).
+public final class SealedFormat: EncapsulationFormat {
+    public let keyring: SealedKeyring
+    public let vni: VNI
+    let probing: Bool
+
+    public init(keyring: SealedKeyring, vni: VNI, probing: Bool = false) {
+        self.keyring = keyring
+        self.vni = vni
+        self.probing = probing
+    }
+
+    public var encapsulation: Encapsulation { .sealed }
+    public var headerLength: Int { Sealed.headerLength }
+    public var trailerLength: Int { Sealed.tagLength }
+    public var matchesAnySourcePort: Bool { false }
+
+    /// The nonce of datagram `counter`: 4 zero bytes, then the counter (big-endian).
+    static func nonce(_ counter: UInt64) -> ChaChaPoly.Nonce {
+        var bytes = [UInt8](repeating: 0, count: 12)
+        for i in 0..<8 { bytes[4 + i] = UInt8(truncatingIfNeeded: counter >> (56 - 8 * UInt64(i))) }
+        return try! ChaChaPoly.Nonce(data: bytes)  // 12 bytes: the size it takes
+    }
+
+    public func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int {
+        let (session, counter, key) = keyring.nextSend()
+        let h = datagram.assumingMemoryBound(to: UInt8.self)
+        h[0] = Sealed.version
+        h[1] = 0; h[2] = 0; h[3] = 0
+        h[4] = UInt8(truncatingIfNeeded: vni.rawValue >> 16); h[5] = UInt8(truncatingIfNeeded: vni.rawValue >> 8); h[6] = UInt8(truncatingIfNeeded: vni.rawValue)
+        h[7] = 0
+        (datagram + 8).storeBytes(of: session.bigEndian, as: UInt64.self)
+        (datagram + 16).storeBytes(of: counter.bigEndian, as: UInt64.self)
+        let length = Sealed.headerLength + frameLength + Sealed.tagLength
+        let frame = UnsafeMutableRawBufferPointer(start: datagram + Sealed.headerLength, count: frameLength)
+        // (seal throws only for a key or nonce of the wrong size: never; the datagram would
+        // then fail authentication at the peer)
+        guard let box = try? ChaChaPoly.seal(UnsafeRawBufferPointer(frame), using: key, nonce: Self.nonce(counter),
+                                             authenticating: UnsafeRawBufferPointer(start: datagram, count: Sealed.headerLength))
+        else { return length }
+        box.ciphertext.copyBytes(to: frame)
+        box.tag.copyBytes(to: UnsafeMutableRawBufferPointer(start: datagram + Sealed.headerLength + frameLength, count: Sealed.tagLength))
+        return length
+    }
+
+    /// In order: too short or another version: `malformed_encapsulation`; another VNI:
+    /// `vni_mismatch`; a counter seen already, or a session too old to take: `replayed`
+    /// (none of these costs a cipher operation); then the tag: `unauthenticated` if it does
+    /// not verify. Only then is the frame decrypted, in place, and the counter recorded.
+    public func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram {
+        guard datagram.count >= Sealed.headerLength + Sealed.tagLength, datagram[0] == Sealed.version else { return .drop(.malformedEncapsulation) }
+        let got = UInt32(datagram[4]) << 16 | UInt32(datagram[5]) << 8 | UInt32(datagram[6])
+        guard got == vni.rawValue else { return .drop(.vniMismatch) }
+        let base = datagram.baseAddress!
+        let session = UInt64(bigEndian: (base + 8).loadUnaligned(as: UInt64.self))
+        let counter = UInt64(bigEndian: (base + 16).loadUnaligned(as: UInt64.self))
+        guard let (key, fresh) = keyring.receiveKey(session, counter: counter), fresh else { return .drop(.replayed) }
+        let n = datagram.count - Sealed.headerLength - Sealed.tagLength
+        let frame = UnsafeMutableRawBufferPointer(start: base + Sealed.headerLength, count: n)
+        guard let box = try? ChaChaPoly.SealedBox(nonce: Self.nonce(counter), ciphertext: UnsafeRawBufferPointer(frame),
+                                                   tag: UnsafeRawBufferPointer(start: base + Sealed.headerLength + n, count: Sealed.tagLength)),
+            let plain = try? ChaChaPoly.open(box, using: key, authenticating: UnsafeRawBufferPointer(start: base, count: Sealed.headerLength))
+        else { return .drop(.unauthenticated) }
+        if !probing { keyring.accept(session, counter: counter, key: key) }
+        plain.copyBytes(to: frame)
+        return .frame(frame)
+    }
+}
+
+/// What a remote's datagrams are made of: its encapsulation, its VNI and, sealed, the key
+/// ring of its key. Each peer gets its own format from it (`make`).
+public struct WireFormat {
+    public let encapsulation: Encapsulation
+    public let vni: VNI
+    public let keyring: SealedKeyring?
+
+    /// Throws for `sealed` without a key ring.
+    public init(_ encapsulation: Encapsulation, vni: VNI, keyring: SealedKeyring? = nil) throws(StartupError) {
+        guard encapsulation != .sealed || keyring != nil else {
+            throw StartupError("encap=sealed needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
+        }
+        self.encapsulation = encapsulation
+        self.vni = vni
+        self.keyring = keyring
+    }
+
+    /// VXLAN or raw, which need no key.
+    public static func plain(_ encapsulation: Encapsulation, vni: VNI) -> WireFormat {
+        precondition(encapsulation != .sealed, "a sealed format needs its key ring")
+        return try! WireFormat(encapsulation, vni: vni)
+    }
+
+    /// A peer's format (`probing`: the admission's, which checks a stranger's datagram
+    /// without recording it).
+    public func make(probing: Bool = false) -> any EncapsulationFormat {
+        switch encapsulation {
+        case .vxlan: VXLANFormat(vni: vni)
+        case .raw: RawFormat()
+        case .sealed: SealedFormat(keyring: keyring!, vni: vni, probing: probing)
+        }
+    }
+}
