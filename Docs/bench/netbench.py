@@ -26,6 +26,9 @@ Cases:
   tap-veth-off     the same with --offload off
   tap-remote-tap   two tapbridges, one TAP each, joined by VXLAN over 127.0.0.1
   tap-remote-tap-off  the same with --offload off (no trains, no offloads: as before them)
+  tap-remote-tap-sealed  the same with --encap sealed (ChaCha20-Poly1305, a key made by tapbridge genkey)
+  tap-remote-tap-1500  tap-remote-tap over a veth underlay of MTU 1500 between two namespaces (each
+                   datagram at most 1500 bytes, as between two hosts), and -sealed-1500 the same sealed
   kernel-vxlan     two Linux vxlan devices over a veth underlay (MTU 1600)
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
 Default: all of them. -x adds arguments to every tapbridge command of the run (say, a mirror) and
@@ -63,11 +66,13 @@ UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
 
 CASES = ["tap-tap", "tap-tap-off", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
-         "tap-remote-tap", "tap-remote-tap-off", "kernel-vxlan", "eight-ports"]
+         "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
+         "kernel-vxlan", "eight-ports"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
-          ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off")]
+          ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
+          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -206,11 +211,40 @@ def setup(case, r, tools):
         wait_for([TAP1], r)
         run(["ip", "link", "set", TAP1, "netns", NS_B])
         address(NS_B, TAP1, IP_B)
-    elif base == "tap-remote-tap":
-        for name, tap, mine, theirs in (("a", TAP0, UDP_A, UDP_B), ("b", TAP1, UDP_B, UDP_A)):
-            r.start("tapbridge-" + name, [BUILD[0], "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
-                                          "--remote", f"127.0.0.1:{theirs}", *off, *EXTRA])
-        taps_into_namespaces(r)
+    elif base.startswith("tap-remote-tap"):
+        sealed = []
+        if "-sealed" in base:
+            key = os.path.join(r.work, "key")
+            if os.path.exists(key):
+                os.unlink(key)  # (genkey never overwrites one)
+            run([BUILD[0], "genkey", key])
+            sealed = ["--encap", "sealed", "--key-file", key]
+        if base.endswith("-1500"):
+            # two hosts: each tapbridge in its own namespace, a veth of MTU 1500 between them;
+            # the TAPs are made there and moved on into A and B
+            hosts = (PREFIX + "ha", PREFIX + "hb")
+            namespaces(*hosts)
+            run(["ip", "link", "add", PREFIX + "ua", "netns", hosts[0], "type", "veth", "peer", "name", PREFIX + "ub", "netns", hosts[1]])
+            for h, side, mine in ((hosts[0], "a", "10.97.0.1"), (hosts[1], "b", "10.97.0.2")):
+                ns(h, "ip", "addr", "add", mine + "/24", "dev", PREFIX + "u" + side)
+                ns(h, "ip", "link", "set", PREFIX + "u" + side, "up")
+            for h, name, tap, theirs in ((hosts[0], "a", TAP0, "10.97.0.2"), (hosts[1], "b", TAP1, "10.97.0.1")):
+                r.start("tapbridge-" + name, ["ip", "netns", "exec", h, BUILD[0], "--name", PREFIX + name, "--port", tap,
+                                              "--remote", f"{theirs}:4789", *sealed, *off, *EXTRA])
+            for h, tap, dest, ip in ((hosts[0], TAP0, NS_A, IP_A), (hosts[1], TAP1, NS_B, IP_B)):
+                for _ in range(200):
+                    if subprocess.run(["ip", "-n", h, "link", "show", tap], capture_output=True).returncode == 0:
+                        break
+                    time.sleep(0.05)
+                ns(h, "ip", "link", "set", tap, "netns", dest)
+                # the MTU the TAP was made with (what fits the path), as a user gets it
+                ns(dest, "ip", "addr", "add", ip + "/24", "dev", tap)
+                ns(dest, "ip", "link", "set", tap, "up")
+        else:
+            for name, tap, mine, theirs in (("a", TAP0, UDP_A, UDP_B), ("b", TAP1, UDP_B, UDP_A)):
+                r.start("tapbridge-" + name, [BUILD[0], "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
+                                              "--remote", f"127.0.0.1:{theirs}", *sealed, *off, *EXTRA])
+            taps_into_namespaces(r)
     elif base == "kernel-vxlan":
         run(["ip", "link", "add", PREFIX + "ua", "netns", NS_A, "type", "veth", "peer", "name", PREFIX + "ub", "netns", NS_B])
         for n, side, underlay, peer, ip in ((NS_A, "a", "10.98.0.1", "10.98.0.2", IP_A), (NS_B, "b", "10.98.0.2", "10.98.0.1", IP_B)):

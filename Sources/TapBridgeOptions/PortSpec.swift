@@ -207,7 +207,7 @@ public struct RemoteSpec: Sendable, Equatable {
 /// mesh is never sent to another (each already heard it from the sender directly). An
 /// endpoint (a QEMU `-netdev dgram` VM) is not a bridge: it must reach the other endpoints.
 /// ```
-///   mesh   group 1: the default for VXLAN remotes (tapbridges, Linux vxlan devices)
+///   mesh   group 1: the default for VXLAN and sealed remotes (tapbridges, Linux vxlan devices)
 ///   off    no group: the default for raw remotes (QEMU VMs); reaches every port
 ///   N      group N (1-65535): remotes of one group are never forwarded to each other
 /// ```
@@ -230,7 +230,7 @@ public enum Horizon: Equatable, Sendable, CustomStringConvertible {
     /// From a port's split-horizon group.
     public init(group: UInt16) { self = group == 0 ? .off : group == 1 ? .mesh : .group(group) }
 
-    /// The default for a remote: VXLAN peers are bridges (mesh), raw ones endpoints (off);
+    /// The default for a remote: VXLAN and sealed peers are bridges (mesh), raw ones endpoints (off);
     /// every remote is off with `--no-split-horizon`.
     public static func standard(for encapsulation: Encapsulation, splitHorizon: Bool) -> Horizon {
         splitHorizon && encapsulation != .raw ? .mesh : .off

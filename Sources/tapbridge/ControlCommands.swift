@@ -364,7 +364,7 @@ struct Remote: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Add a remote: the same SPEC as --remote (HOST[:PORT][,encap=vxlan|raw][,vni=N][,name=NAME][,horizon=mesh|off|N]...); without PORT, the bridge's UDP port.")
+            abstract: "Add a remote: the same SPEC as --remote (HOST[:PORT][,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,name=NAME][,horizon=mesh|off|N]...); without PORT, the bridge's UDP port.")
         @OptionGroup var target: Target
         @Argument(help: "The remote spec.") var spec: String
         func run() throws { print(try target.send(ControlRequest(command: "remote-add", spec: spec)).message ?? "ok") }

@@ -38,6 +38,11 @@ enum TapBridgeCommand {
               Two hosts, one segment (VXLAN, VNI 1, UDP port 4789 on both):
                 host1$ tapbridge --port tap0 --remote 192.0.2.2:4789
                 host2$ tapbridge --port tap0 --remote 192.0.2.1:4789
+              The same across a network you do not own: sealed (encrypted, authenticated) with
+              a pre-shared key made once and copied to both hosts:
+                host1$ tapbridge genkey /etc/tapbridge/lab.key
+                host1$ tapbridge --port tap0 --encap sealed --key-file /etc/tapbridge/lab.key \\
+                         --remote 192.0.2.2:4789
               A QEMU VM with no TAP at all (-netdev dgram speaks raw frames over UDP):
                 tapbridge --port tap0 --listen 127.0.0.1:5555 \\
                   --remote 127.0.0.1:5556,encap=raw
@@ -48,7 +53,9 @@ enum TapBridgeCommand {
             SYNs crossing a remote get their MSS lowered, so no mtu= is needed and TCP never \
             fragments. VXLAN remotes are a mesh: a frame from one is never forwarded to another \
             (split horizon; horizon= per remote, --no-split-horizon for all); raw remotes (QEMU \
-            VMs) reach each other. Add and remove remotes at run time: tapbridge remote add|del.
+            VMs) reach each other. Add and remove remotes at run time: tapbridge remote add|del. \
+            Sealed remotes (tapbridge to tapbridge) add 40 bytes and drop, counted, every \
+            datagram that was changed, replayed or sealed with another key (Docs/Security.md).
 
             Mirroring: --mirror writes what the bridge receives to a pcap file every tool reads; \
             a mirror that cannot keep up (slow reader, full disk) drops and counts copies and \
@@ -67,6 +74,7 @@ enum TapBridgeCommand {
         "tapbridge --port <spec> [--port <spec> ...] [--remote <spec> ...] [<options>]",
         "tapbridge --config <file> [<options>]",
         "tapbridge list | show | fdb | port | remote | wait ...   (each with --help)",
+        "tapbridge genkey [<path>]   (a key for --encap sealed)",
         "tapbridge manual   (this page as a man page: tapbridge manual | man -l -)",
     ]
 

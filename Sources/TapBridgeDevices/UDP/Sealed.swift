@@ -222,8 +222,10 @@ public final class SealedFormat: EncapsulationFormat {
         guard let box = try? ChaChaPoly.seal(UnsafeRawBufferPointer(frame), using: key, nonce: Self.nonce(counter),
                                              authenticating: UnsafeRawBufferPointer(start: datagram, count: Sealed.headerLength))
         else { return length }
-        box.ciphertext.copyBytes(to: frame)
-        box.tag.copyBytes(to: UnsafeMutableRawBufferPointer(start: datagram + Sealed.headerLength + frameLength, count: Sealed.tagLength))
+        // (withUnsafeBytes and a plain copy: Data's generic copyBytes(to:) walked regions and
+        // looked up generic metadata on every call, a tenth of the sender's time)
+        box.ciphertext.withUnsafeBytes { frame.copyMemory(from: $0) }
+        box.tag.withUnsafeBytes { (datagram + Sealed.headerLength + frameLength).copyMemory(from: $0.baseAddress!, byteCount: Sealed.tagLength) }
         return length
     }
 
@@ -246,7 +248,7 @@ public final class SealedFormat: EncapsulationFormat {
             let plain = try? ChaChaPoly.open(box, using: key, authenticating: UnsafeRawBufferPointer(start: base, count: Sealed.headerLength))
         else { return .drop(.unauthenticated) }
         if !probing { keyring.accept(session, counter: counter, key: key) }
-        plain.copyBytes(to: frame)
+        plain.withUnsafeBytes { frame.copyMemory(from: $0) }
         return .frame(frame)
     }
 }
