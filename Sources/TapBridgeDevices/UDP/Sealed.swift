@@ -116,8 +116,6 @@ public final class SealedKeyring {
         var window = ReplayWindow()
     }
     var sessions: [UInt64: Session] = [:]
-    /// Sessions started after a restart of this bridge's clock source or by peers (logging).
-    var sessionsStarted: UInt64 = 0
 
     public convenience init(key: SealedKey) {
         self.init(key: key, clock: { UInt64(max(time(nil), 0)) }, random: { UInt32.random(in: .min ... .max) })
@@ -165,7 +163,6 @@ public final class SealedKeyring {
     func accept(_ session: UInt64, counter: UInt64, key: SymmetricKey) {
         if sessions[session] == nil {
             sessions[session] = Session(key: key)
-            sessionsStarted &+= 1
             if sessions.count > 64 { forgetOldSessions() }
         }
         sessions[session]!.window.accept(counter)
