@@ -9,7 +9,14 @@ import TapBridgeOptions
 extension BridgeDaemon {
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate, mirror: mirrorInterface,
-                               logger: logger)
+                               namespaces: namespaces, logger: logger)
+    }
+
+    /// Removes a port (`port del`); a namespace this bridge made for it goes with its last port.
+    func removePort(_ port: PortID) {
+        let name = engine.name(of: port)
+        engine.removePort(port)
+        namespaces.release(port: name)
     }
 
     /// `remote add SPEC`: a remote joins the running bridge, with `--remote`'s grammar and
@@ -63,9 +70,11 @@ extension BridgeDaemon {
     /// A device failed (its interface deleted underneath, an error): its ports go, forwarding
     /// goes on between the others.
     func portFailed(_ device: any PortDevice, _ error: PortError) {
-        let names = engine.ports(of: device).map { engine.name(of: $0) }.joined(separator: ", ")
+        let removed = engine.ports(of: device).map { engine.name(of: $0) }
+        let names = removed.joined(separator: ", ")
         logger.error("port \(names): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
         engine.removeDevice(device)
+        for name in removed { namespaces.release(port: name) }
         if let remotes, device === remotes.handle {
             remotes.isActive = false
             self.remotes = nil

@@ -48,6 +48,8 @@ public final class BridgeDaemon {
     var mirrorInterface: MirrorInterface? = nil
     /// The claim on the control socket's path (nil with `--control none`).
     let claim: ControlClaim?
+    /// The namespaces of `netns=` ports: those this bridge made go with their last port.
+    let namespaces: Namespaces
 
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     /// `claim`: the control path's claim if the caller took it already (choosing a free name);
@@ -55,6 +57,7 @@ public final class BridgeDaemon {
     public init(options: Options, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
         self.options = options
         self.logger = logger
+        namespaces = Namespaces(logger: logger)
         var names: Set<String> = []
         for name in options.ports.map(\.name) + options.remotes.map(\.name) where !names.insert(name).inserted {
             throw StartupError("port \(name): given twice")
@@ -101,6 +104,8 @@ public final class BridgeDaemon {
             }
         } catch {
             mirror?.close()
+            for port in engine.ports { engine.removePort(port) }
+            namespaces.releaseAll()
             throw error
         }
         assembleLoop()
@@ -172,6 +177,7 @@ public final class BridgeDaemon {
     /// Closes every port: TAPs tapbridge created disappear with their descriptor.
     public func shutdown() {
         for port in engine.ports { engine.removePort(port) }
+        namespaces.releaseAll()
         remotes?.isActive = false
         remotes = nil
         ports.alwaysPolled = nil

@@ -104,7 +104,7 @@ final class ControlResponder {
             guard let name = request.port, let port = engine.port(named: name) else {
                 return .failure("no port named '\(request.port ?? "")'")
             }
-            engine.removePort(port)
+            daemon.removePort(port)
             logger.info("control: port \(name) removed")
             return .success("port \(name) removed")
         case "remote-add":

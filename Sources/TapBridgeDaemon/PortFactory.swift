@@ -12,8 +12,10 @@ enum PortFactory {
     /// `mirror`: the interfaces the mirror injects into, which no port may be.
     /// `defaultMTU`: the MTU a TAP created here gets without `mtu=` (what fits the remotes'
     /// paths), and why.
+    /// `namespaces`: where a `netns=` port's TAP goes before it joins the engine.
     static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
-                       decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, logger: Logger) throws(StartupError) {
+                       decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
+                       logger: Logger) throws(StartupError) {
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -24,9 +26,17 @@ enum PortFactory {
         }
         if let mirror, let problem = mirror.conflict(withPort: spec.name, index: existing) { throw StartupError("port \(spec.name): \(problem)") }
         let offload = spec.offload ?? defaultOffload
-        let (device, kind, note): (any PortDevice, PortRecord.Kind, String)
-        do {
-            (device, kind, note) = try open(spec, offload: offload, defaultMTU: defaultMTU)
+        let (device, kind, opened): (any PortDevice, PortRecord.Kind, String)
+        var note = ""
+        do throws(StartupError) {
+            (device, kind, opened) = try open(spec, offload: offload, defaultMTU: defaultMTU)
+            note = opened
+            if spec.namespace != nil {
+                guard let tap = device as? TapDevice, !tap.existedBefore else {
+                    throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
+                }
+                note += try namespaces.place(spec)
+            }
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
@@ -55,6 +65,9 @@ enum PortFactory {
             return (device, .packet, "packet socket on ifindex \(device.interfaceIndex)\(why), offloads \(device.offloadDescription)")
         }
         if spec.mode == .packet { return try packet("") }
+        if spec.namespace != nil, ctb_if_index(spec.name) > 0 {
+            throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
+        }
         do {
             let tap = try TapDevice(name: spec.name, mtu: spec.mtu, defaultMTU: defaultMTU?.mtu, offload: offload)
             return (tap, .tap, tapNote(tap))

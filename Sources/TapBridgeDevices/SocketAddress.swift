@@ -80,6 +80,16 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         String(decoding: chars.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
     }
 
+    public enum Family: Sendable { case v4, v6 }
+
+    /// The family of a numeric address (`10.0.0.1`, `fd00::1`); nil if `host` is neither.
+    public static func family(ofNumericHost host: String) -> Family? {
+        var buffer = [UInt8](repeating: 0, count: 16)
+        if inet_pton(AF_INET, host, &buffer) == 1 { return .v4 }
+        if inet_pton(AF_INET6, host, &buffer) == 1 { return .v6 }
+        return nil
+    }
+
     /// Splits `HOST:PORT` or `[IPV6]:PORT`; `nil` on a syntax error.
     public static func split(_ text: String) -> (host: String, port: UInt16)? {
         let host: Substring, rest: Substring

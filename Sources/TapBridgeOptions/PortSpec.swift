@@ -25,6 +25,13 @@ public struct PortSpec: Sendable, Equatable {
     public var mtu: Int? = nil
     /// Offloads on this port (`nil`: the bridge's `--offload`).
     public var offload: Bool? = nil
+    /// `netns=NS`: the TAP is made here, then moved into network namespace NS (created if
+    /// missing), addressed (`addr=`) and brought up there.
+    public var namespace: String? = nil
+    /// `addr=CIDR`: the address the TAP gets in its namespace (`10.0.0.1/24`, `fd00::1/64`).
+    public var address: InterfaceAddress? = nil
+    /// `mac=MAC`: the TAP's MAC address (else the kernel's random one).
+    public var mac: MACAddress? = nil
 
     public init(name: String, mode: PortMode = .auto, configuration: PortConfiguration = PortConfiguration(), mtu: Int? = nil) {
         self.name = name
@@ -34,7 +41,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,mtu=N][,offload=off]"
+    public static let syntax = "NAME[,mode=auto|tap|packet][,netns=NS[,addr=CIDR][,mac=MAC]][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,mtu=N][,offload=off]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
@@ -56,10 +63,27 @@ public struct PortSpec: Sendable, Equatable {
             case "offload":
                 guard let b = Self.boolean(value) else { throw PortSpecError(text, "offload must be on or off, got '\(value)'") }
                 offload = b
+            case "netns":
+                if let problem = NamespaceName.problem(with: value) { throw PortSpecError(text, "netns name \(problem)") }
+                namespace = value
+            case "addr":
+                guard let a = InterfaceAddress(value) else {
+                    throw PortSpecError(text, "addr must be an address with its prefix length (CIDR: 10.0.0.1/24, fd00::1/64), got '\(value)'")
+                }
+                address = a
+            case "mac":
+                guard let m = MACAddress(value), m.isValidSource else {
+                    throw PortSpecError(text, "mac must be a unicast MAC address (02:00:00:00:00:01), got '\(value)'")
+                }
+                mac = m
             default:
-                throw PortSpecError(text, "unknown option '\(key)' (known: mode, mtu, offload, \(SharedPortOptions.keys))")
+                throw PortSpecError(text, "unknown option '\(key)' (known: mode, netns, addr, mac, mtu, offload, \(SharedPortOptions.keys))")
             }
         }
+        if namespace == nil, address != nil || mac != nil {
+            throw PortSpecError(text, "addr= and mac= go with netns= (the TAP tapbridge makes and moves there); for a TAP here, use ip addr / ip link")
+        }
+        if namespace != nil, mode == .packet { throw PortSpecError(text, "netns= makes a TAP: it cannot go with mode=packet") }
         configuration = try shared.configuration(in: text)
     }
 
@@ -304,4 +328,38 @@ public enum InterfaceName {
         if name.utf8.contains(0) { return "contains a NUL byte" }
         return nil
     }
+}
+
+/// A network namespace name as `ip netns` takes it (a file in /run/netns).
+public enum NamespaceName {
+    /// Why `name` cannot name a namespace, or nil.
+    public static func problem(with name: String) -> String? {
+        if name.isEmpty { return "is empty" }
+        if name.utf8.count > 64 { return "'\(name)' is longer than 64 bytes" }
+        if name == "." || name == ".." { return "'\(name)' is reserved" }
+        if name.contains(where: { !($0.isLetter || $0.isNumber || "-_.".contains($0)) || !$0.isASCII }) {
+            return "'\(name)' may hold only letters, digits, '-', '_' and '.'"
+        }
+        return nil
+    }
+}
+
+/// An interface address with its prefix length: `10.0.0.1/24`, `fd00::1/64`.
+public struct InterfaceAddress: Sendable, Equatable, CustomStringConvertible {
+    public let address: String
+    public let prefixLength: Int
+    public let isIPv6: Bool
+
+    public init?(_ text: String) {
+        let parts = text.split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 2, let length = Int(parts[1]), parts[1].allSatisfy(\.isNumber) else { return nil }
+        let host = String(parts[0])
+        guard let family = SocketAddress.family(ofNumericHost: host) else { return nil }
+        isIPv6 = family == .v6
+        guard (0...(isIPv6 ? 128 : 32)).contains(length) else { return nil }
+        address = host
+        prefixLength = length
+    }
+
+    public var description: String { "\(address)/\(prefixLength)" }
 }

@@ -236,8 +236,9 @@ struct RemoteTests {
 
         // bad input: one line each, exit non-zero, nothing changed
         for (args, why) in [(["remote", "add", "127.0.0.1:\(p2),name=two"], "a port named two exists"),
-                            (["remote", "add", "127.0.0.1:\(p2),encap=gre"], "encap must be vxlan or raw"),
+                            (["remote", "add", "127.0.0.1:\(p2),encap=gre"], "encap must be vxlan, raw or sealed"),
                             (["remote", "add", "127.0.0.1:99999"], "expected HOST:PORT"),
+                            (["remote", "add", "127.0.0.1:\(p2),encap=sealed,name=s"], "encap=sealed needs a key"),
                             (["remote", "del", "10.9.9.9:1"], "no such remote (remotes: two)"),
                             (["remote", "del", ta], "is not a remote (use port del)")] {
             let r = ControlTests.client(args, name: name)
@@ -466,7 +467,7 @@ struct RemoteTests {
         .init(name: "remote without port", args: ["--remote", "127.0.0.1"], status: 64, message: "--remote '127.0.0.1': expected HOST:PORT"),
         .init(name: "IPv6 without brackets", args: ["--remote", "::1:4789"], status: 64, message: "IPv6 in brackets"),
         .init(name: "port out of range", args: ["--remote", "127.0.0.1:70000"], status: 64, message: "PORT 1-65535"),
-        .init(name: "bad encap", args: ["--remote", "127.0.0.1:4789,encap=gre"], status: 64, message: "encap must be vxlan or raw"),
+        .init(name: "bad encap", args: ["--remote", "127.0.0.1:4789,encap=gre"], status: 64, message: "encap must be vxlan, raw or sealed"),
         .init(name: "bad vni", args: ["--vni", "16777216", "--remote", "127.0.0.1:4789"], status: 64, message: "--vni must be 0-16777215"),
         .init(name: "bad listen", args: ["--listen", "nope", "--remote", "127.0.0.1:4789"], status: 64, message: "--listen 'nope'"),
         .init(name: "accept-peers without a port", args: ["--accept-peers"], status: 64, message: "--accept-peers needs --listen"),
