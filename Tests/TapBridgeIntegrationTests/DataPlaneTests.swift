@@ -199,6 +199,8 @@ struct DataPlaneTests {
         BadStart(name: "packet mode on a missing interface", args: ["--port", "tbnosuch0,mode=packet"], status: 1, message: "port tbnosuch0: no interface named tbnosuch0"),
         BadStart(name: "tap mode on a non-TAP", args: ["--port", "lo,mode=tap"], status: 1, message: "port lo: exists and is not a TAP"),
         BadStart(name: "same port twice", args: ["--port", "tbdup0", "--port", "tbdup0"], status: 64, message: "given twice"),
+        BadStart(name: "netns= on an interface that exists", args: ["--port", "lo,netns=tbnsbad"], status: 1, message: "an interface lo exists here already"),
+        BadStart(name: "netns= with an address that is not a CIDR", args: ["--port", "tbns0,netns=tbnsbad,addr=10.0.0.1"], status: 64, message: "addr must be an address with its prefix length"),
         BadStart(name: "a remote named like a port", args: ["--port", "tbdup0", "--remote", "127.0.0.1:4000,name=tbdup0"], status: 64, message: "given twice"),
     ]
 

@@ -162,6 +162,17 @@ final class Lab {
         return name
     }
 
+    /// A unique namespace name, not created (tapbridge's `netns=` makes it); removed at
+    /// teardown if it is left.
+    func namespaceName(_ suffix: String) -> String {
+        let name = "tbns-\(tag)-\(suffix)"
+        namespaces.append(name)
+        return name
+    }
+
+    /// Whether namespace `name` exists.
+    static func namespaceExists(_ name: String) -> Bool { FileManager.default.fileExists(atPath: "/run/netns/\(name)") }
+
     /// Runs a command inside `ns`.
     @discardableResult
     func exec(_ ns: String, _ args: [String], timeout: Int = 20) -> Host.Result {

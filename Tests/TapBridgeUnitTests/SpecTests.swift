@@ -31,6 +31,14 @@ struct SpecTests {
         ("x,vlan=1,vlan=2", "'vlan' given twice"),
         ("x,vlan", "expected key=value, got 'vlan'"),
         ("x,mode=bridge", "mode must be auto, tap or packet"),
+        ("x,netns=a/b", "netns name 'a/b' may hold only"),
+        ("x,netns=", "netns name is empty"),
+        ("x,netns=h1,addr=10.0.0.1", "addr must be an address with its prefix length"),
+        ("x,netns=h1,addr=10.0.0.1/33", "addr must be"),
+        ("x,netns=h1,addr=host/24", "addr must be"),
+        ("x,netns=h1,mac=01:00:5e:00:00:01", "mac must be a unicast MAC address"),
+        ("x,addr=10.0.0.1/24", "addr= and mac= go with netns="),
+        ("x,netns=h1,mode=packet", "cannot go with mode=packet"),
     ])
     func badPortSpecsSayWhy(_ text: String, _ reason: String) {
         #expect(throws: PortSpecError.self) { try PortSpec(parsing: text) }
@@ -39,6 +47,13 @@ struct SpecTests {
         } catch {
             #expect(error.description.hasPrefix("--port '\(text)': ") && error.reason.contains(reason), "got: \(error)")
         }
+    }
+
+    @Test func aPortIntoANamespace() throws {
+        let p = try PortSpec(parsing: "h1,netns=lab-h1,addr=10.0.0.1/24,mac=02:00:00:00:00:01")
+        #expect(p.namespace == "lab-h1" && p.address?.description == "10.0.0.1/24" && p.address?.isIPv6 == false && p.mac == MACAddress("02:00:00:00:00:01"))
+        #expect(try PortSpec(parsing: "h2,netns=h2,addr=fd00::2/64").address?.isIPv6 == true)
+        #expect(try PortSpec(parsing: "h3,netns=h3").address == nil)
     }
 
     @Test func remoteAndListenSpecs() throws {
