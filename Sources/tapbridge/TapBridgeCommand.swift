@@ -31,6 +31,9 @@ enum TapBridgeCommand {
             EXAMPLES
               Link two TAPs (created if missing):
                 tapbridge --port tap0 --port tap1
+              A two-host lab: each TAP in a namespace of its own, addressed (gone on exit):
+                tapbridge --port h1,netns=h1,addr=10.0.0.1/24 --port h2,netns=h2,addr=10.0.0.2/24
+                ip netns exec h1 ping 10.0.0.2
               A VM's tap held by QEMU, bridged to a veth, with a 120 s ageing time:
                 tapbridge --port vm0 --port veth-host,mode=packet --ageing 120
               Access port in VLAN 10; trunk with VLANs 10, 20 tagged and VLAN 1 untagged:
