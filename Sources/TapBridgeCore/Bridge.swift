@@ -47,6 +47,11 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     case replayed
     /// Receive: a datagram or frame larger than the receive buffer.
     case truncated
+    /// Receive: a flooded frame (broadcast, multicast, unknown unicast) over the port's
+    /// `storm=` limit.
+    case stormControl
+    /// A frame from or to a port blocked because a loop was found through it (`--loop-protect`).
+    case loopBlocked
     /// Offload metadata that does not match the frame (checksum offsets outside it, a
     /// super-frame whose headers do not parse).
     case offloadMalformed
@@ -87,6 +92,8 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .unauthenticated: "unauthenticated"
         case .replayed: "replayed"
         case .truncated: "truncated"
+        case .stormControl: "storm_control"
+        case .loopBlocked: "loop_blocked"
         case .offloadMalformed: "offload_malformed"
         case .offloadUnsupported: "offload_unsupported"
         case .offloadTinySegments: "offload_tiny_segments"
@@ -125,12 +132,18 @@ public struct PortConfiguration: Sendable, Equatable {
     /// (`horizon=mesh`, the default for VXLAN), in none (`off`, the default for raw), or in the
     /// group its `horizon=N` names.
     public var splitHorizonGroup: UInt16 = 0
+    /// Storm control: the most flooded frames (broadcast, multicast, unknown unicast) a second
+    /// taken from this port, in bursts of a tenth of that (at least 10); the rest are dropped
+    /// as `storm_control`. nil (default): no limit.
+    public var stormLimit: Int? = nil
 
-    public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true, splitHorizonGroup: UInt16 = 0) {
+    public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true, splitHorizonGroup: UInt16 = 0,
+                stormLimit: Int? = nil) {
         self.vlanMode = vlanMode
         self.learning = learning
         self.flooding = flooding
         self.splitHorizonGroup = splitHorizonGroup
+        self.stormLimit = stormLimit
     }
 }
 
@@ -226,16 +239,22 @@ public final class Bridge {
         /// Longest frame accepted, in bytes without FCS. Default 65,557: the largest IPv4 packet
         /// a GSO/TSO TAP can hand over (65,535) plus an Ethernet header with two tags (22).
         public var maximumFrameLength = 65_557
+        /// When a loop is found (see `LoopWatch`), block the port of the two with the higher
+        /// number (the one added later) for `loopBlockTime`; then it is tried again. Off: the
+        /// loop is only reported.
+        public var loopProtect = true
+        public var loopBlockTime: Duration = .seconds(10)
 
         public init(
             table: ForwardingTable.Configuration = .init(), isHub: Bool = false, forwardsLinkLocal: Bool = false,
-            vlanProtocol: UInt16 = VLANTag.customerTagProtocol, maximumFrameLength: Int = 65_557
+            vlanProtocol: UInt16 = VLANTag.customerTagProtocol, maximumFrameLength: Int = 65_557, loopProtect: Bool = true
         ) {
             self.table = table
             self.isHub = isHub
             self.forwardsLinkLocal = forwardsLinkLocal
             self.vlanProtocol = vlanProtocol
             self.maximumFrameLength = maximumFrameLength
+            self.loopProtect = loopProtect
         }
     }
 
@@ -245,7 +264,19 @@ public final class Bridge {
         var members = VLANSet()
         var untaggedVLAN: VLANID? = nil
         var counters = PortCounters()
+        /// Storm control's bucket: flooded frames it may still take, as of `stormRefilled`.
+        var stormTokens = 0.0
+        var stormRefilled: Instant? = nil  // nil: full (the first flooded frame)
+        /// Blocked by loop protection until then (nil: not blocked).
+        var blockedUntil: Instant? = nil
     }
+
+    /// Loops found, ports blocked for them, and ports blocked now.
+    public private(set) var loopStatistics = LoopStatistics()
+    /// Told of each loop found (at most once per pair of ports per `loopBlockTime`), and of
+    /// each port unblocked: the daemon logs them.
+    public var loopHandler: ((LoopReport) -> Void)? = nil
+    var loopWatch = LoopWatch()
 
     /// What the bridge did that an operator may want to watch (`--log-level debug`, `trace`).
     public enum Event: Sendable, Equatable {
@@ -297,6 +328,7 @@ public final class Bridge {
     /// Removes a port and every FDB entry pointing to it, static ones included.
     public func removePort(_ port: PortID) {
         guard isActive(port) else { return }
+        if ports[port.index].blockedUntil != nil { loopStatistics.portsBlocked &-= 1 }
         ports[port.index].isActive = false
         activePorts.removeAll { $0 == port }
         table.flush(port: port, includingStatic: true)
@@ -353,16 +385,27 @@ public final class Bridge {
         table.flush(from: start, positions: positions, port: port, vlan: vlan, includingStatic: includingStatic)
     }
 
-    /// Removes aged-out entries; call when `nextDeadline` has passed.
+    /// Removes aged-out entries and unblocks ports whose loop block is over; call when
+    /// `nextDeadline` has passed.
     @discardableResult
     public func expire(at now: Instant) -> Int {
         let n = table.expire(at: now)
         if n > 0 { eventHandler?(.expired(count: n)) }
+        for port in activePorts {
+            guard let until = ports[port.index].blockedUntil, until <= now else { continue }
+            ports[port.index].blockedUntil = nil
+            loopStatistics.portsBlocked &-= 1
+            loopHandler?(.unblocked(port))
+        }
         return n
     }
 
     /// When `expire(at:)` next has work to do, or `nil`.
-    public var nextDeadline: Instant? { table.nextExpiry }
+    public var nextDeadline: Instant? {
+        let unblock = activePorts.compactMap { ports[$0.index].blockedUntil }.min()
+        guard let expiry = table.nextExpiry else { return unblock }
+        return unblock.map { min($0, expiry) } ?? expiry
+    }
 
     // MARK: The decision
 
@@ -374,7 +417,10 @@ public final class Bridge {
         guard p < ports.count, ports[p].isActive else { return .drop(.portRemoved) }
         ports[p].counters.receivedFrames &+= UInt64(wireFrames)
         ports[p].counters.receivedBytes &+= UInt64(frame.count)
-        let decision = classify(frame, ingress, now)
+        var decision = classify(frame, ingress, now)
+        if case .flood = decision, let limit = ports[p].configuration.stormLimit, !takeStormToken(p, limit: limit, now: now) {
+            decision = .drop(.stormControl)
+        }
         if case .drop(let reason) = decision { ports[p].counters.drops[reason.rawValue] &+= 1 }
         return decision
     }
@@ -382,6 +428,7 @@ public final class Bridge {
     @inline(__always)
     func classify(_ frame: UnsafeRawBufferPointer, _ ingress: PortID, _ now: Instant) -> ForwardingDecision {
         guard let header = EthernetHeader(frame) else { return .drop(.runt) }
+        if ports[ingress.index].blockedUntil != nil { return .drop(.loopBlocked) }
         if frame.count > configuration.maximumFrameLength { return .drop(.oversized) }
         if header.isTruncated { return .drop(.truncatedTag) }
         if !header.source.isValidSource { return .drop(.invalidSource) }
@@ -401,6 +448,7 @@ public final class Bridge {
         if configuration.isHub { return .flood(vlan: vlan) }
         if ports[p].configuration.learning {
             let outcome = table.learn(header.source, on: ingress, vlan: vlan, at: now)
+            if case .moved(let from) = outcome { watchMove(from: from, to: ingress, mac: header.source, at: now) }
             if let eventHandler {
                 switch outcome {
                 case .learned: eventHandler(.learned(header.source, vlan: vlan, port: ingress))
@@ -416,6 +464,7 @@ public final class Bridge {
             return .flood(vlan: vlan)
         }
         if egress == ingress { return .drop(.sameSegment) }
+        if egress.index < ports.count, ports[egress.index].blockedUntil != nil { return .drop(.loopBlocked) }
         let group = ports[p].configuration.splitHorizonGroup
         if group != 0, egress.index < ports.count, ports[egress.index].configuration.splitHorizonGroup == group {
             horizonWithheld &+= 1
@@ -443,7 +492,7 @@ public final class Bridge {
         var n = 0
         let group = ingress.index < ports.count ? ports[ingress.index].configuration.splitHorizonGroup : 0
         for port in activePorts where port != ingress {
-            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan) else { continue }
+            guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan), ports[port.index].blockedUntil == nil else { continue }
             if group != 0, ports[port.index].configuration.splitHorizonGroup == group {
                 if countWithheld { horizonWithheld &+= 1 }
                 continue
@@ -497,5 +546,103 @@ public final class Bridge {
     public func countDrop(on port: PortID, _ reason: DropReason, frames: Int = 1) {
         guard port.index < ports.count else { return }
         ports[port.index].counters.drops[reason.rawValue] &+= UInt64(frames)
+    }
+}
+
+// MARK: Storms and loops
+
+/// What loop protection found: a loop through two ports (and the port it blocked, if it did),
+/// or a port unblocked once its time was over.
+public enum LoopReport: Sendable, Equatable {
+    case loop(PortID, PortID, moves: Int, blocked: PortID?)
+    case unblocked(PortID)
+}
+
+/// Bridge-wide loop counters (`show stats`, section `loops`).
+public struct LoopStatistics: Sendable, Equatable {
+    /// Loops found: MACs moving back and forth between two ports many times a second.
+    public var detected: UInt64 = 0
+    /// Times a port was blocked for one.
+    public var blocks: UInt64 = 0
+    /// Ports blocked now (a gauge).
+    public var portsBlocked: UInt64 = 0
+    public init() {}
+    public init(detected: UInt64, blocks: UInt64, portsBlocked: UInt64) {
+        self.detected = detected
+        self.blocks = blocks
+        self.portsBlocked = portsBlocked
+    }
+}
+
+extension LoopStatistics: CounterOwner {
+    public static let counters: [Counter<Self>] = [
+        .init("detected", \.detected, "Loops found: MACs moving back and forth between two ports many times a second."),
+        .init("blocks", \.blocks, "Times a port was blocked because of a loop (--loop-protect)."),
+        .init("ports_blocked", \.portsBlocked, "Ports blocked by loop protection now.", gauge: true),
+    ]
+}
+
+/// How a loop shows itself to a learning switch: the same sources seen on two ports in turn.
+/// A station that moves does it once; in a loop (both ends of a veth bridged, two bridges
+/// linked twice) every flooded frame comes back through the other port, and its source moves
+/// between the two ports thousands of times a second. `moves` MAC moves between one pair of
+/// ports within one `window` is a loop.
+struct LoopWatch {
+    static let moves = 8
+    static let window: Duration = .seconds(1)
+    /// The pair of ports (lower first) being watched, its moves and when its window began.
+    var pair: (PortID, PortID)? = nil
+    var count = 0
+    var since = Instant(nanoseconds: 0)
+    /// When each pair was last reported (one report per pair per block time).
+    var reported: [UInt32: Instant] = [:]
+}
+
+extension Bridge {
+    /// Storm control: takes a token from port `p`'s bucket (rate `limit` a second, burst a
+    /// tenth of it, at least 10); false when it is empty.
+    @inline(__always)
+    func takeStormToken(_ p: Int, limit: Int, now: Instant) -> Bool {
+        let burst = Double(max(limit / 10, 10))
+        if let refilled = ports[p].stormRefilled {
+            let elapsed = Double(now.nanoseconds &- refilled.nanoseconds) / 1e9
+            ports[p].stormTokens = min(burst, ports[p].stormTokens + max(elapsed, 0) * Double(limit))
+        } else {
+            ports[p].stormTokens = burst
+        }
+        ports[p].stormRefilled = now
+        guard ports[p].stormTokens >= 1 else { return false }
+        ports[p].stormTokens -= 1
+        return true
+    }
+
+    /// A MAC moved from `from` to `to`: counts it for the pair; enough in one window is a loop.
+    func watchMove(from: PortID, to: PortID, mac: MACAddress, at now: Instant) {
+        let pair = from < to ? (from, to) : (to, from)
+        if let watched = loopWatch.pair, watched == pair, now.nanoseconds &- loopWatch.since.nanoseconds < LoopWatch.window.nanoseconds {
+            loopWatch.count += 1
+        } else {
+            loopWatch.pair = pair
+            loopWatch.count = 1
+            loopWatch.since = now
+        }
+        guard loopWatch.count >= LoopWatch.moves else { return }
+        let moves = loopWatch.count
+        loopWatch.pair = nil
+        let key = UInt32(pair.0.rawValue) << 16 | UInt32(pair.1.rawValue)
+        var blocked: PortID? = nil
+        if configuration.loopProtect, ports[pair.1.index].blockedUntil == nil {
+            blocked = pair.1
+            ports[pair.1.index].blockedUntil = Instant(nanoseconds: now.nanoseconds &+ configuration.loopBlockTime.nanoseconds)
+            loopStatistics.blocks &+= 1
+            loopStatistics.portsBlocked &+= 1
+            // the entries the loop moved to either port may point the wrong way now
+            table.flush(port: pair.0)
+            table.flush(port: pair.1)
+        }
+        if let last = loopWatch.reported[key], now.nanoseconds &- last.nanoseconds < configuration.loopBlockTime.nanoseconds, blocked == nil { return }
+        loopWatch.reported[key] = now
+        loopStatistics.detected &+= 1
+        loopHandler?(.loop(pair.0, pair.1, moves: moves, blocked: blocked))
     }
 }

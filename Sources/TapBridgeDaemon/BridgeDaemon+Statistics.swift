@@ -28,7 +28,8 @@ extension BridgeDaemon {
             return StatsReport.UDP(listen: "\($0.localAddress)", counters: counters)
         }
         return StatsReport(name: options.name, version: options.version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
-                           ports: engine.ports.count, fdb: engine.bridge.table.statistics, udp: udp, mirror: mirror?.statistics)
+                           ports: engine.ports.count, fdb: engine.bridge.table.statistics, udp: udp, mirror: mirror?.statistics,
+                           loops: engine.bridge.loopStatistics)
     }
 
     /// Every counter now: the model `show stats`, the logs and Prometheus render.

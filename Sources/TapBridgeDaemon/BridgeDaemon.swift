@@ -108,6 +108,14 @@ public final class BridgeDaemon {
             namespaces.releaseAll()
             throw error
         }
+        engine.bridge.loopHandler = { [unowned engine, logger, options] report in
+            switch report {
+            case .loop(let a, let b, let moves, let blocked):
+                logger.warning("probable loop between ports \(engine.name(of: a)) and \(engine.name(of: b)): MACs moved between them \(moves) times within a second (both ends of one link bridged? two bridges linked twice?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(options.bridge.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
+            case .unblocked(let port):
+                logger.notice("port \(engine.name(of: port)): unblocked after a loop; it is blocked again if the loop is still there")
+            }
+        }
         assembleLoop()
         if logger.logLevel <= .debug { SwitchEventLog(engine: engine, logger: logger) }
         if let m = options.mirror {

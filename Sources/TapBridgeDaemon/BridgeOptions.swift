@@ -55,7 +55,7 @@ extension BridgeDaemon.Options {
             bridge: Bridge.Configuration(
                 table: .init(ageingTime: duration(settings.ageing), maximumEntries: settings.maxMACs, maximumEntriesPerPort: settings.maxMACsPerPort,
                              moveHoldDown: settings.moveHoldDown.map(duration)),
-                isHub: settings.hub, forwardsLinkLocal: settings.forwardLinkLocal))
+                isHub: settings.hub, forwardsLinkLocal: settings.forwardLinkLocal, loopProtect: settings.loopProtect))
         remotes = settings.remotes.map(\.value)
         listen = settings.listen?.value
         encapsulation = settings.encapsulation

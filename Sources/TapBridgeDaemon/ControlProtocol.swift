@@ -177,6 +177,8 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var fdb: ForwardingTable.Statistics
     public var udp: UDP?
     public var mirror: PcapMirror.Statistics?
+    /// Loops found and ports blocked for them (absent from bridges before loop protection).
+    public var loops: LoopStatistics? = nil
     /// The control socket the answer came through: set by `tapbridge list` (the bridge does
     /// not send it).
     public var control: String? = nil

@@ -94,7 +94,7 @@ final class Namespaces {
 
     private func writeMarker(_ path: String) {
         try? FileManager.default.createDirectory(atPath: Self.markers, withIntermediateDirectories: true)
-        FileManager.default.createFile(atPath: path, contents: Data("\(getpid())\n".utf8))
+        _ = FileManager.default.createFile(atPath: path, contents: Data("\(getpid())\n".utf8))
     }
 
     /// Port `name` is gone: a namespace this bridge owns goes with its last port.

@@ -37,6 +37,7 @@ public struct Statistics: Sendable {
         var out = [("fdb", Self.fields(stats.fdb))]
         if let u = stats.udp { out.append(("udp", Self.fields(u.counters))) }
         if let m = stats.mirror { out.append(("mirror", Self.fields(m))) }
+        if let l = stats.loops { out.append(("loops", Self.fields(l))) }
         return out
     }
 

@@ -41,7 +41,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet][,netns=NS[,addr=CIDR][,mac=MAC]][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,mtu=N][,offload=off]"
+    public static let syntax = "NAME[,mode=auto|tap|packet][,netns=NS[,addr=CIDR][,mac=MAC]][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS][,mtu=N][,offload=off]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
@@ -112,12 +112,13 @@ func keyValues(_ parts: ArraySlice<String>, in text: String) throws(PortSpecErro
 
 /// The options every kind of port takes: VLAN membership, learning, flooding.
 struct SharedPortOptions {
-    static let keys = "vlan, trunk, native, learning, flooding"
+    static let keys = "vlan, trunk, native, learning, flooding, storm"
     var access: VLANID? = nil
     var trunk: VLANSet? = nil
     var native: VLANID? = nil
     var learning = true
     var flooding = true
+    var storm: Int? = nil
 
     /// Consumes `key` if it is a shared option; `false` if it is not one.
     mutating func take(_ key: String, _ value: String, in text: String) throws(PortSpecError) -> Bool {
@@ -136,6 +137,15 @@ struct SharedPortOptions {
         case "learning", "flooding":
             guard let on = PortSpec.boolean(value) else { throw PortSpecError(text, "\(key) must be on or off, got '\(value)'") }
             if key == "learning" { learning = on } else { flooding = on }
+        case "storm":
+            if value == "off" {
+                storm = nil
+            } else {
+                guard let n = Int(value), (1...100_000_000).contains(n) else {
+                    throw PortSpecError(text, "storm must be the most flooded frames a second (1-100000000) or off, got '\(value)'")
+                }
+                storm = n
+            }
         default:
             return false
         }
@@ -145,7 +155,7 @@ struct SharedPortOptions {
     func configuration(in text: String) throws(PortSpecError) -> PortConfiguration {
         if access != nil, trunk != nil { throw PortSpecError(text, "vlan= (access port) and trunk= exclude each other") }
         if native != nil, trunk == nil { throw PortSpecError(text, "native= needs trunk=") }
-        var c = PortConfiguration(learning: learning, flooding: flooding)
+        var c = PortConfiguration(learning: learning, flooding: flooding, stormLimit: storm)
         if let trunk {
             c.vlanMode = .trunk(allowed: trunk, native: native)
         } else if let access {
@@ -173,7 +183,7 @@ public struct RemoteSpec: Sendable, Equatable {
     /// `key=PATH`: the pre-shared key of a sealed remote; nil: the bridge-wide `--key-file`.
     public var keyFile: String? = nil
 
-    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off]"
+    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS]"
 
     /// `defaultPort`: the port of a HOST given without one (`remote add 192.0.2.5`: the bridge's
     /// UDP port); nil: HOST:PORT is required. `flag` names the option in errors.

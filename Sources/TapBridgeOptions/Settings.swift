@@ -39,6 +39,7 @@ public struct Settings: Sendable {
     public var offload = true
     public var hub = false
     public var forwardLinkLocal = false
+    public var loopProtect = true
     public var name: String? = nil
     public var control: String? = nil
     public var controlGroup: String? = nil
