@@ -1,3 +1,4 @@
+import CTapBridge
 import Glibc
 import Logging
 import TapBridgeCore
@@ -8,8 +9,31 @@ import TapBridgeOptions
 /// registry (`PortRecord`); nothing here keeps a list of its own.
 extension BridgeDaemon {
     func attachPort(_ spec: PortSpec) throws(StartupError) {
-        try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate, mirror: mirrorInterface,
-                               namespaces: namespaces, logger: logger)
+        let comesBack = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
+                                               mirror: mirrorInterface, namespaces: namespaces, logger: logger)
+        if comesBack { returning[spec.name] = spec }
+    }
+
+    /// Ports whose interface went away (a VM stopped, a veth deleted), kept as `absent`:
+    /// attached again when an interface of their name appears. Checked twice a second while
+    /// there are any (one if_nametoindex each).
+    func checkAbsent(at now: Instant) {
+        nextAbsentCheck = now.advanced(by: .milliseconds(500)).nanoseconds
+        for (name, entry) in absent.sorted(by: { $0.key < $1.key }) {
+            let index = ctb_if_index(name)
+            guard index > 0 else { continue }
+            do {
+                try attachPort(entry.spec)
+                absent[name] = nil
+                logger.notice("port \(name): interface \(name) is back (ifindex \(index)): attached again")
+            } catch {
+                // said once per appearance of the interface, not twice a second
+                if absent[name]?.failedIndex != index {
+                    absent[name]?.failedIndex = index
+                    logger.warning("port \(name): interface \(name) is back but cannot be attached: \(error.message); tried again while it exists")
+                }
+            }
+        }
     }
 
     /// Removes a port (`port del`); a namespace this bridge made for it goes with its last port.
@@ -17,6 +41,7 @@ extension BridgeDaemon {
         let name = engine.name(of: port)
         engine.removePort(port)
         namespaces.release(port: name)
+        returning[name] = nil
     }
 
     /// `remote add SPEC`: a remote joins the running bridge, with `--remote`'s grammar and
@@ -71,10 +96,18 @@ extension BridgeDaemon {
     /// goes on between the others.
     func portFailed(_ device: any PortDevice, _ error: PortError) {
         let removed = engine.ports(of: device).map { engine.name(of: $0) }
-        let names = removed.joined(separator: ", ")
-        logger.error("port \(names): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
         engine.removeDevice(device)
-        for name in removed { namespaces.release(port: name) }
+        for name in removed {
+            namespaces.release(port: name)
+            if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
+                absent[name] = (spec, 0)
+                nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
+                logger.warning("port \(name): interface is gone (\(error.operation): \(describeErrno(error.code))); kept as absent, attached again when an interface named \(name) appears (a VM started again, a veth made again); forwarding continues between the others")
+            } else {
+                returning[name] = nil
+                logger.error("port \(name): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
+            }
+        }
         if let remotes, device === remotes.handle {
             remotes.isActive = false
             self.remotes = nil

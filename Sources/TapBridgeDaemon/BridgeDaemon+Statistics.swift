@@ -7,6 +7,14 @@ import TapBridgeOptions
 /// Every counter now: the model `show`, the logs and Prometheus render (`Statistics`).
 extension BridgeDaemon {
     func portReports() -> [PortReport] {
+        present() + absent.keys.sorted().map { name in
+            let spec = absent[name]!.spec
+            return PortReport(name: name, kind: "packet", interface: nil, state: "absent", offloads: "none", vlans: "\(spec.configuration.vlanMode)",
+                              learning: spec.configuration.learning, flooding: spec.configuration.flooding, counters: PortCounters())
+        }
+    }
+
+    private func present() -> [PortReport] {
         engine.ports.map { port in
             let a = engine.record(of: port)!, device = engine.device(of: port)!
             let config = engine.bridge.configuration(of: port) ?? PortConfiguration()

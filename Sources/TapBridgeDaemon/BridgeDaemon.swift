@@ -50,6 +50,12 @@ public final class BridgeDaemon {
     let claim: ControlClaim?
     /// The namespaces of `netns=` ports: those this bridge made go with their last port.
     let namespaces: Namespaces
+    /// Ports on interfaces tapbridge did not make, by name: they come back with their interface.
+    var returning: [String: PortSpec] = [:]
+    /// Those whose interface is gone, waiting for it (`failedIndex`: the ifindex an attach
+    /// failed on, so that failure is logged once).
+    var absent: [String: (spec: PortSpec, failedIndex: Int32)] = [:]
+    var nextAbsentCheck: Int64? = nil
 
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     /// `claim`: the control path's claim if the caller took it already (choosing a free name);
@@ -132,6 +138,7 @@ public final class BridgeDaemon {
         loop.add(ports)
         if let remotes, options.acceptsPeers { loop.add(remotes) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
+        loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         if let interval = options.statsInterval {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
             loop.add(TimerSource(due: { next }, action: { [unowned self] now in

@@ -33,8 +33,10 @@ public struct PortReport: Codable, Sendable, Equatable {
     /// The interface's current name (it may have been renamed since it was attached as
     /// `name`); absent for remotes.
     public var interface: String?
-    /// `up`, or for a remote `unreachable` (an ICMP error came for it, and no frame from it
-    /// since); a port whose interface vanished is removed, so it is never listed as down.
+    /// `up`; for a remote `unreachable` (an ICMP error came for it, and no frame from it
+    /// since); `absent` for a port on an interface tapbridge did not make (a packet socket, a
+    /// TAP that existed) whose interface is gone: it is attached again when the interface
+    /// comes back. A TAP tapbridge made whose interface vanished is removed.
     public var state: String
     /// What the port takes as it is: `csum tso uso` (partial checksums, TCP and UDP
     /// super-frames), `none`, or `off` (`--offload off`); remotes: `none`.

@@ -96,11 +96,16 @@ final class ControlResponder {
                 return .failure(error.description)
             }
             if engine.port(named: spec.name) != nil { return .failure("port \(spec.name) exists") }
+            if daemon.absent[spec.name] != nil { return .failure("port \(spec.name) exists (absent: waiting for its interface; port del \(spec.name) first)") }
             return answer { () throws(StartupError) in
                 try daemon.attachPort(spec)
                 return "port \(spec.name) added"
             }
         case "port-del":
+            if let name = request.port, daemon.absent.removeValue(forKey: name) != nil {
+                logger.info("control: port \(name) (absent) removed")
+                return .success("port \(name) removed (it was absent)")
+            }
             guard let name = request.port, let port = engine.port(named: name) else {
                 return .failure("no port named '\(request.port ?? "")'")
             }

@@ -12,10 +12,13 @@ enum PortFactory {
     /// `mirror`: the interfaces the mirror injects into, which no port may be.
     /// `defaultMTU`: the MTU a TAP created here gets without `mtu=` (what fits the remotes'
     /// paths), and why.
-    /// `namespaces`: where a `netns=` port's TAP goes before it joins the engine.
+    /// `namespaces`: where a `netns=` port's TAP goes before it joins the engine. Returns
+    /// whether the port is on an interface tapbridge did not make (a packet socket, or a TAP
+    /// that existed): such a port comes back when its interface does.
+    @discardableResult
     static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                        decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
-                       logger: Logger) throws(StartupError) {
+                       logger: Logger) throws(StartupError) -> Bool {
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -49,6 +52,7 @@ enum PortFactory {
         if let holder, holder.command == "tapbridge" {
             logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
         }
+        return kind == .packet || (device as? TapDevice)?.existedBefore == true
     }
 
     static func describe(_ c: PortConfiguration) -> String {

@@ -140,7 +140,10 @@ public enum OptionTable {
                  away from it. mtu=N sets the interface's MTU (the IP MTU, as ip-link shows it). netns=NS moves the TAP \
                  tapbridge makes into network namespace NS (made if missing and removed on exit, as ip netns add makes \
                  it), gives it addr=CIDR and mac=MAC there and brings it up: --port h1,netns=h1,addr=10.0.0.1/24 \
-                 --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab.
+                 --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab. storm=PPS takes at most PPS flooded frames \
+                 (broadcast, multicast, unknown unicast) a second from the port. A port on an interface tapbridge did \
+                 not make (a VM's tap, a veth) whose interface goes away stays, absent, and is attached again when it \
+                 comes back.
                  """, \.ports, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try PortSpec(parsing: v) }) }),
         value("offload", "on|off", .ports, "on: TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, remotes send and receive them as trains of datagrams (UDP GSO/GRO), and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.",
               default: "on", render: { $0.offload ? "on" : "off" }, apply: { s, v throws(OptionError) in s.offload = try onOff(v) }),

@@ -95,3 +95,49 @@ struct LoopTests {
     }
 }
 }
+
+/// A port on an interface tapbridge did not make (a veth here, as a VM's tap held by QEMU)
+/// outlives its interface: `absent` while it is gone, attached again when it is back.
+extension KernelTests {
+@Suite("Ports that come back")
+struct ReturningPortTests {
+    /// ```
+    ///  ns a (10.77.0.1) ── TAP ── tapbridge ── packet socket on veth v1 ══ v2 (10.77.0.2) in ns b
+    ///                                          (deleted, then made again: as a VM restarts)
+    /// ```
+    @Test func aVethDeletedAndMadeAgainIsForwardedToAgain() throws {
+        let lab = Lab()
+        let (a, b, ta, v1, v2) = (lab.namespace("a"), lab.namespace("b"), lab.link("a"), lab.link("v1"), lab.link("v2"))
+        // v2 keeps its MAC across the remake, as a VM does (QEMU's mac=): a's ARP entry stays right
+        func makeVeth() {
+            #expect(Host.run(["ip", "link", "add", v1, "type", "veth", "peer", "name", v2, "netns", b, "address", "02:00:00:77:00:02"]).ok)
+            Host.run(["ip", "link", "set", v1, "up"])
+            lab.addAddress("10.77.0.2/24", to: v2, in: b)
+            lab.exec(b, ["ip", "link", "set", v2, "up"])
+        }
+        makeVeth()
+        let bridge = try lab.bridge(["--port", ta, "--port", v1])
+        #expect(lab.waitForLinks([ta]), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "\(bridge.output)")
+        Host.run(["ip", "link", "del", v1])
+        #expect(Lab.eventually { bridge.output.contains("port \(v1): interface is gone") && bridge.output.contains("kept as absent") }, "\(bridge.output)")
+        let ports = { try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(bridge))) }
+        #expect(try ports().first { $0.name == v1 }?.state == "absent")
+        makeVeth()
+        #expect(Lab.eventually { bridge.output.contains("port \(v1): interface \(v1) is back") }, "\(bridge.output)")
+        #expect(Lab.eventually { lab.ping(from: a, "10.77.0.2", count: 1).received == 1 }, "\(bridge.output)")
+        #expect(try ports().first { $0.name == v1 }?.state == "up")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
+        // an absent port can be removed for good
+        Host.run(["ip", "link", "del", v1])
+        #expect(Lab.eventually { (try? ports().first { $0.name == v1 }?.state) == "absent" })
+        let del = ControlTests.client(["port", "del", v1], name: ControlTests.name(bridge))
+        #expect(del.ok && del.output.contains("absent"), "\(del.output)")
+        makeVeth()
+        Thread.sleep(forTimeInterval: 1.2)
+        #expect(try ports().allSatisfy { $0.name != v1 }, "a removed port came back")
+        #expect(bridge.stop() == 0)
+    }
+}
+}
