@@ -9,9 +9,16 @@ import TapBridgeOptions
 /// registry (`PortRecord`); nothing here keeps a list of its own.
 extension BridgeDaemon {
     func attachPort(_ spec: PortSpec) throws(StartupError) {
-        let comesBack = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
-                                               mirror: mirrorInterface, namespaces: namespaces, logger: logger)
+        let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
+                                                           mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
+        if let impaired {
+            self.impaired[spec.name] = impaired
+            if !loggedSeed {
+                loggedSeed = true
+                logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
+            }
+        }
     }
 
     /// Ports whose interface went away (a VM stopped, a veth deleted), kept as `absent`:
@@ -39,6 +46,7 @@ extension BridgeDaemon {
     /// Removes a port (`port del`); a namespace this bridge made for it goes with its last port.
     func removePort(_ port: PortID) {
         let name = engine.name(of: port)
+        impaired[name] = nil
         engine.removePort(port)
         namespaces.release(port: name)
         returning[name] = nil
@@ -98,6 +106,7 @@ extension BridgeDaemon {
         let removed = engine.ports(of: device).map { engine.name(of: $0) }
         engine.removeDevice(device)
         for name in removed {
+            impaired[name] = nil
             namespaces.release(port: name)
             if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
                 absent[name] = (spec, 0)

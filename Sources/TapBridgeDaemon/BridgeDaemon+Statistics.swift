@@ -26,6 +26,12 @@ extension BridgeDaemon {
                                 r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
                                 return r
                               } : nil, heldBy: a.heldBy)
+        }.map { report in
+            guard let device = impaired[report.name] else { return report }
+            var r = report
+            r.link = "\(device.emulator.impairment)"
+            r.emulation = device.emulator.statistics
+            return r
         }
     }
 

@@ -56,6 +56,10 @@ public final class BridgeDaemon {
     /// failed on, so that failure is logged once).
     var absent: [String: (spec: PortSpec, failedIndex: Int32)] = [:]
     var nextAbsentCheck: Int64? = nil
+    /// Ports with an emulated link (`delay=`, `loss=`, ...), by name: their delayed frames leave
+    /// from the event loop's timer.
+    var impaired: [String: ImpairedDevice] = [:]
+    var loggedSeed = false
 
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     /// `claim`: the control path's claim if the caller took it already (choosing a free name);
@@ -139,6 +143,8 @@ public final class BridgeDaemon {
         if let remotes, options.acceptsPeers { loop.add(remotes) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
+        loop.add(TimerSource(due: { [unowned self] in impaired.values.compactMap { $0.nextDeparture?.nanoseconds }.min() },
+                             action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
         if let interval = options.statsInterval {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
             loop.add(TimerSource(due: { next }, action: { [unowned self] now in

@@ -17,6 +17,9 @@ extension BridgeDaemon {
         public var acceptsPeers = false
         /// `--key-file`: the key of sealed remotes that do not set key=.
         public var keyFile: String? = nil
+        /// The link emulation's seed (`--seed`, or a random one) and whether it was given.
+        public var seed: UInt64 = 0
+        public var seedGiven = false
         public var maximumPeers = 64
         public var peerTimeout: Duration = .seconds(300)
         /// Never forward between two remotes (default on).
@@ -62,6 +65,8 @@ extension BridgeDaemon.Options {
         vni = settings.vni
         acceptsPeers = settings.acceptPeers
         keyFile = settings.keyFile
+        seed = settings.seed ?? UInt64.random(in: 0...UInt64.max)
+        seedGiven = settings.seed != nil
         maximumPeers = settings.maxPeers
         peerTimeout = duration(settings.peerTimeout)
         splitHorizon = !settings.noSplitHorizon

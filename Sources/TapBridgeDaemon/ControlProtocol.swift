@@ -54,6 +54,9 @@ public struct PortReport: Codable, Sendable, Equatable {
     /// A TAP reached through a packet socket because another program holds it: which one,
     /// `qemu-system-x86, pid 812`; absent otherwise.
     public var heldBy: String? = nil
+    /// The port's emulated link (`delay=50ms loss=1%`) and what it did; absent without one.
+    public var link: String? = nil
+    public var emulation: LinkEmulator.Statistics? = nil
 
     public init(name: String, kind: String, interface: String?, state: String, offloads: String, vlans: String, learning: Bool, flooding: Bool,
                 counters: PortCounters, remote: RemoteReport? = nil, heldBy: String? = nil) {
@@ -73,7 +76,7 @@ public struct PortReport: Codable, Sendable, Equatable {
     /// Drops by reason name.
     public var drops: [String: UInt64] { counters.dropsByName }
 
-    enum CodingKeys: String, CodingKey { case name, kind, interface, state, offloads, vlans, learning, flooding, remote, heldBy }
+    enum CodingKeys: String, CodingKey { case name, kind, interface, state, offloads, vlans, learning, flooding, remote, heldBy, link, emulation }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -83,6 +86,8 @@ public struct PortReport: Codable, Sendable, Equatable {
                   learning: try c.decode(Bool.self, forKey: .learning), flooding: try c.decode(Bool.self, forKey: .flooding),
                   counters: try PortCounters(from: decoder), remote: try c.decodeIfPresent(RemoteReport.self, forKey: .remote),
                   heldBy: try c.decodeIfPresent(String.self, forKey: .heldBy))
+        link = try c.decodeIfPresent(String.self, forKey: .link)
+        emulation = try c.decodeIfPresent(LinkEmulator.Statistics.self, forKey: .emulation)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -97,6 +102,8 @@ public struct PortReport: Codable, Sendable, Equatable {
         try c.encode(flooding, forKey: .flooding)
         try c.encodeIfPresent(remote, forKey: .remote)
         try c.encodeIfPresent(heldBy, forKey: .heldBy)
+        try c.encodeIfPresent(link, forKey: .link)
+        try c.encodeIfPresent(emulation, forKey: .emulation)
         try counters.encode(to: encoder)
     }
 }

@@ -187,6 +187,11 @@ public enum OptionTable {
         value("move-hold-down", "seconds", .table, "Seconds a MAC that moved between ports stays put before it may move again (default: off).",
               render: { $0.moveHoldDown.map { "\($0)" } }) { s, v throws(OptionError) in s.moveHoldDown = try seconds(v, above: 0, atMost: 3600) },
         flag("hub", \.hub, .table, "Flood every frame and learn nothing (debugging)."),
+        value("seed", "n", .ports, "Seed of the link emulation's random choices (loss=, jitter=, duplicate=, corrupt=, reorder=): the same seed and traffic give the same run. Default: a random seed, logged at start.",
+              render: { $0.seed.map(String.init) }) { s, v throws(OptionError) in
+            guard let n = UInt64(v) else { throw OptionError(reason: "must be a number 0-18446744073709551615, got \(v)") }
+            s.seed = n
+        },
         value("loop-protect", "on|off", .table, "on: a loop (MACs moving back and forth between two ports, 8 times within a second) blocks the port of the two added later for 10 s, then it is tried again; off: the loop is only logged and counted. Either way it is named in the log and counted in show stats.",
               default: "on", render: { $0.loopProtect ? "on" : "off" }, apply: { s, v throws(OptionError) in s.loopProtect = try onOff(v) }),
         flag("forward-link-local", \.forwardLinkLocal, .table, "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default."),

@@ -32,6 +32,9 @@ public struct PortSpec: Sendable, Equatable {
     public var address: InterfaceAddress? = nil
     /// `mac=MAC`: the TAP's MAC address (else the kernel's random one).
     public var mac: MACAddress? = nil
+    /// `delay=`, `jitter=`, `loss=`, `duplicate=`, `corrupt=`, `reorder=`, `rate=`: a bad link
+    /// on the way out of the port.
+    public var impairment = Impairment()
 
     public init(name: String, mode: PortMode = .auto, configuration: PortConfiguration = PortConfiguration(), mtu: Int? = nil) {
         self.name = name
@@ -41,7 +44,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet][,netns=NS[,addr=CIDR][,mac=MAC]][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS][,mtu=N][,offload=off]"
+    public static let syntax = "NAME[,mode=auto|tap|packet][,netns=NS[,addr=CIDR][,mac=MAC]][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS][,mtu=N][,offload=off][,delay=T][,jitter=T][,loss=P%][,duplicate=P%][,corrupt=P%][,reorder=P%][,rate=R]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
@@ -63,6 +66,30 @@ public struct PortSpec: Sendable, Equatable {
             case "offload":
                 guard let b = Self.boolean(value) else { throw PortSpecError(text, "offload must be on or off, got '\(value)'") }
                 offload = b
+            case "delay", "jitter":
+                guard let d = Self.duration(value) else {
+                    throw PortSpecError(text, "\(key) must be a time like 50ms, 1.5s or 200us (at most 60s), got '\(value)'")
+                }
+                if key == "delay" { impairment.delay = d } else { impairment.jitter = d }
+            case "loss":
+                let parts = value.split(separator: ":", omittingEmptySubsequences: false).map(String.init)
+                guard parts.count <= 2, let p = Self.percent(parts[0]), parts.count == 1 || Self.percent(parts[1]) != nil else {
+                    throw PortSpecError(text, "loss must be a percentage like 1% (and optionally a correlation: 10%:25%), got '\(value)'")
+                }
+                impairment.loss = p
+                impairment.lossCorrelation = parts.count == 2 ? Self.percent(parts[1])! : 0
+            case "duplicate", "corrupt", "reorder":
+                guard let p = Self.percent(value) else { throw PortSpecError(text, "\(key) must be a percentage like 1%, got '\(value)'") }
+                switch key {
+                case "duplicate": impairment.duplicate = p
+                case "corrupt": impairment.corrupt = p
+                default: impairment.reorder = p
+                }
+            case "rate":
+                guard let r = Self.bitRate(value) else {
+                    throw PortSpecError(text, "rate must be bits a second like 10mbit, 512kbit or 1gbit (at least 8bit), got '\(value)'")
+                }
+                impairment.rate = r
             case "netns":
                 if let problem = NamespaceName.problem(with: value) { throw PortSpecError(text, "netns name \(problem)") }
                 namespace = value
@@ -77,14 +104,43 @@ public struct PortSpec: Sendable, Equatable {
                 }
                 mac = m
             default:
-                throw PortSpecError(text, "unknown option '\(key)' (known: mode, netns, addr, mac, mtu, offload, \(SharedPortOptions.keys))")
+                throw PortSpecError(text, "unknown option '\(key)' (known: mode, netns, addr, mac, mtu, offload, delay, jitter, loss, duplicate, corrupt, reorder, rate, \(SharedPortOptions.keys))")
             }
         }
         if namespace == nil, address != nil || mac != nil {
             throw PortSpecError(text, "addr= and mac= go with netns= (the TAP tapbridge makes and moves there); for a TAP here, use ip addr / ip link")
         }
         if namespace != nil, mode == .packet { throw PortSpecError(text, "netns= makes a TAP: it cannot go with mode=packet") }
+        if impairment.jitter > impairment.delay { throw PortSpecError(text, "jitter= must not exceed delay= (a frame never leaves before it was sent)") }
         configuration = try shared.configuration(in: text)
+    }
+
+    /// `50ms`, `1.5s`, `200us`, `0`: at most 60 s.
+    public static func duration(_ text: String) -> Duration? {
+        let units: [(String, Double)] = [("us", 1e-6), ("ms", 1e-3), ("s", 1)]
+        if text == "0" { return .zero }
+        for (suffix, scale) in units where text.hasSuffix(suffix) {
+            guard let v = Double(text.dropLast(suffix.count)), v >= 0, v * scale <= 60 else { return nil }
+            return .nanoseconds(Int64((v * scale * 1e9).rounded()))
+        }
+        return nil
+    }
+
+    /// `1%`, `0.5%`, `25` (percent): a probability 0-1.
+    public static func percent(_ text: String) -> Double? {
+        let t = text.hasSuffix("%") ? String(text.dropLast()) : text
+        guard let v = Double(t), v >= 0, v <= 100 else { return nil }
+        return v / 100
+    }
+
+    /// `10mbit`, `512kbit`, `1gbit`, `8000bit` (tc's units, powers of 1000): bits a second.
+    public static func bitRate(_ text: String) -> UInt64? {
+        let units: [(String, Double)] = [("gbit", 1e9), ("mbit", 1e6), ("kbit", 1e3), ("bit", 1)]
+        for (suffix, scale) in units where text.lowercased().hasSuffix(suffix) {
+            guard let v = Double(text.dropLast(suffix.count)), v * scale >= 8, v * scale <= 1e12 else { return nil }
+            return UInt64(v * scale)
+        }
+        return nil
     }
 
     /// on/yes/true/1 or off/no/false/0 (any case); nil for anything else.

@@ -40,6 +40,8 @@ public struct Settings: Sendable {
     public var hub = false
     public var forwardLinkLocal = false
     public var loopProtect = true
+    /// `--seed`: the link emulation's generator seed (nil: a random one, logged).
+    public var seed: UInt64? = nil
     public var name: String? = nil
     public var control: String? = nil
     public var controlGroup: String? = nil

@@ -141,3 +141,55 @@ struct ReturningPortTests {
     }
 }
 }
+
+/// An emulated link on a port, with real traffic: the delay ping measures, the rate iperf3
+/// measures, the loss ping counts. netem is not there on this kernel; this is.
+extension KernelTests {
+@Suite("Link emulation")
+struct LinkEmulationKernelTests {
+    /// Two hosts in one command, the link to h1 impaired: returns the bridge and the names.
+    static func lab(_ lab: Lab, _ link: String) throws -> (bridge: Background, h1: String, h2: String) {
+        let (h1, h2, t1, t2) = (lab.namespaceName("h1"), lab.namespaceName("h2"), lab.link("1"), lab.link("2"))
+        let bridge = try lab.bridge(["--port", "\(t1),netns=\(h1),addr=10.77.0.1/24,\(link)", "--port", "\(t2),netns=\(h2),addr=10.77.0.2/24", "--seed", "7"])
+        #expect(Lab.eventually { lab.exec(h2, ["ip", "-br", "addr", "show", t2]).output.contains("10.77.0.2") }, "\(bridge.output)")
+        #expect(bridge.output.contains("link \(link.replacingOccurrences(of: ",", with: " "))"), "\(bridge.output)")
+        return (bridge, h1, h2)
+    }
+
+    @Test func aDelayIsWhatPingMeasures() throws {
+        let lab = Lab()
+        let (bridge, h1, h2) = try Self.lab(lab, "delay=50ms")
+        _ = lab.ping(from: h2, "10.77.0.1", count: 1)  // ARP first
+        let r = lab.exec(h2, ["ping", "-c", "10", "-i", "0.1", "-W", "2", "10.77.0.1"], timeout: 30)
+        // rtt min/avg/max/mdev = 50.123/50.456/51.234/0.321 ms
+        let rtt = r.output.split(separator: "\n").first { $0.hasPrefix("rtt") }.flatMap { $0.split(separator: "=").last }?
+            .split(separator: "/").compactMap { Double($0.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") } ?? []
+        #expect(rtt.count >= 3 && rtt[0] >= 50 && rtt[2] < 56, "RTT through delay=50ms: \(r.output)")
+        #expect(bridge.stop() == 0)
+    }
+
+    @Test func aRateIsWhatIperfMeasures() throws {
+        let lab = Lab()
+        let (bridge, h1, h2) = try Self.lab(lab, "rate=10mbit")
+        _ = lab.ping(from: h2, "10.77.0.1", count: 1)
+        let r = try lab.iperf(from: h2, to: h1, address: "10.77.0.1", seconds: 4)
+        #expect(r.bps >= 9e6 && r.bps <= 10.5e6, "iperf3 through rate=10mbit: \(r.bps / 1e6) Mbit/s\n\(r.output)")
+        #expect(bridge.stop() == 0)
+    }
+
+    @Test func aLossIsWhatPingCounts() throws {
+        let lab = Lab()
+        let (bridge, h1, h2) = try Self.lab(lab, "loss=10%")
+        _ = lab.exec(h2, ["ping", "-c", "3", "-i", "0.05", "-W", "1", "10.77.0.1"])  // ARP (may itself be lost)
+        let r = lab.exec(h2, ["ping", "-c", "200", "-i", "0.01", "-W", "1", "10.77.0.1"], timeout: 30)
+        let received = r.output.split(separator: "\n").first { $0.contains("packets transmitted") }
+            .flatMap { $0.split(separator: ",").dropFirst().first?.split(separator: " ").first.flatMap { Int($0) } } ?? 0
+        let lost = 200 - received
+        #expect((10...30).contains(lost), "lost \(lost) of 200 pings through loss=10% (5-15 %): \(r.output.suffix(300))")
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(bridge)))
+        #expect((ports.first?.emulation?.lost ?? 0) >= 10 && ports.first?.link == "loss=10%", "\(String(describing: ports.first))")
+        _ = h1
+        #expect(bridge.stop() == 0)
+    }
+}
+}
