@@ -143,7 +143,8 @@ public enum OptionTable {
                  --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab. storm=PPS takes at most PPS flooded frames \
                  (broadcast, multicast, unknown unicast) a second from the port. A port on an interface tapbridge did \
                  not make (a VM's tap, a veth) whose interface goes away stays, absent, and is attached again when it \
-                 comes back.
+                 comes back. A bad link on the way out (netem's, without netem): delay=50ms, jitter=5ms, loss=1% (or \
+                 1%:25% correlated), duplicate=, corrupt=, reorder= (percentages), rate=10mbit; --seed replays a run.
                  """, \.ports, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try PortSpec(parsing: v) }) }),
         value("offload", "on|off", .ports, "on: TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, remotes send and receive them as trains of datagrams (UDP GSO/GRO), and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.",
               default: "on", render: { $0.offload ? "on" : "off" }, apply: { s, v throws(OptionError) in s.offload = try onOff(v) }),
