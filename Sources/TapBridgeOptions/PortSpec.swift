@@ -44,7 +44,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet][,netns=NS[,addr=CIDR][,mac=MAC]][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS][,mtu=N][,offload=off][,delay=T][,jitter=T][,loss=P%][,duplicate=P%][,corrupt=P%][,reorder=P%][,rate=R]"
+    public static let syntax = "NAME[,mode=auto|tap|packet] [,netns=NS[,addr=CIDR][,mac=MAC]] [,vlan=N | ,trunk=V[:V...][,native=N]] [,learning=off][,flooding=off][,storm=PPS] [,mtu=N][,offload=off] [,delay=T][,jitter=T][,loss=P%][,duplicate=P%] [,corrupt=P%][,reorder=P%][,rate=R]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
