@@ -97,7 +97,8 @@ public struct LinkEmulator {
         var departure: Int64
         var released = false
     }
-    let ring: UnsafeMutableRawPointer
+    /// Allocated at the first frame queued: a port without an impairment costs nothing.
+    var ring: UnsafeMutableRawPointer? = nil
     let capacity: Int
     var entries: [Entry] = []
     var head = 0  // the oldest entry not released (its bytes are the oldest in use)
@@ -113,13 +114,10 @@ public struct LinkEmulator {
         self.impairment = impairment
         generator = SeededGenerator(seed: seed)
         self.capacity = capacity
-        ring = .allocate(byteCount: capacity, alignment: 64)
-        entries.reserveCapacity(Self.maximumFrames)
-        due.reserveCapacity(Self.maximumFrames)
     }
 
     /// Frees the ring (the owner calls it once, when the port goes).
-    public func deallocate() { ring.deallocate() }
+    public func deallocate() { ring?.deallocate() }
 
     /// Changes the impairment; frames already waiting keep their departure.
     public mutating func reconfigure(_ new: Impairment) { impairment = new }
@@ -183,6 +181,15 @@ public struct LinkEmulator {
     mutating func enqueue(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, departure: Int64, corrupt: Bool) -> Bool {
         let n = frame.count
         guard n <= capacity, entries.count - head < Self.maximumFrames else { return false }
+        let ring: UnsafeMutableRawPointer
+        if let r = self.ring {
+            ring = r
+        } else {
+            ring = .allocate(byteCount: capacity, alignment: 64)
+            self.ring = ring
+            entries.reserveCapacity(Self.maximumFrames)
+            due.reserveCapacity(Self.maximumFrames)
+        }
         let offset: Int
         if head == entries.count {
             entries.removeAll(keepingCapacity: true)
@@ -224,7 +231,7 @@ public struct LinkEmulator {
         for k in due {
             entries[k].released = true
             let e = entries[k]
-            body(UnsafeRawBufferPointer(start: ring + e.offset, count: e.length), e.offload)
+            body(UnsafeRawBufferPointer(start: ring! + e.offset, count: e.length), e.offload)
         }
         earliest = next
         while head < entries.count, entries[head].released { head += 1 }
@@ -262,11 +269,14 @@ public final class ImpairedDevice: PortDevice {
     public private(set) var emulator: LinkEmulator
     let clock: () -> Instant
     var port: PortID? = nil
+    /// No impairment: frames go straight through (once the queue is empty).
+    var isPlain: Bool
 
     public init(_ inner: any PortDevice, impairment: Impairment, seed: UInt64, clock: @escaping () -> Instant) {
         self.inner = inner
         self.clock = clock
         emulator = LinkEmulator(impairment, seed: seed)
+        isPlain = impairment.isNone
     }
 
     deinit { emulator.deallocate() }
@@ -284,31 +294,38 @@ public final class ImpairedDevice: PortDevice {
         transmit(frame, offload: .none, to: port)
     }
 
-    /// A lost frame counts as sent (it left, and the link lost it, as on a wire).
+    /// A lost frame counts as sent (it left, and the link lost it, as on a wire). Without an
+    /// impairment (and nothing still queued) a frame goes straight to the device.
     public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
-        switch emulator.send(frame, offload: offload, now: clock().nanoseconds) {
+        if isPlain && emulator.isEmpty { return inner.transmit(frame, offload: offload, to: port) }
+        return switch emulator.send(frame, offload: offload, now: clock().nanoseconds) {
         case .queued, .lost: .sent
         case .queueFull: .wouldBlock
         }
     }
 
-    /// Sends the frames due now (those without a delay leave at the end of the batch).
-    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) { releaseDue(at: clock()) }
+    /// Sends the frames due now (those without a delay leave at the end of the batch), and
+    /// lets the device send what it queued.
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+        if !emulator.isEmpty { releaseDue(at: clock()) }
+        inner.flush(report)
+    }
 
     /// When the next delayed frame is due.
     public var nextDeparture: Instant? { emulator.nextDeparture.map { Instant(nanoseconds: $0) } }
 
-    /// Sends every frame due at `now` through the device. They were counted when the link took
-    /// them: what the device says of them now is not counted again.
+    /// Sends every frame due at `now` through the device (a TAP or a packet socket: they send
+    /// at once, and report nothing at `flush`). They were counted when the link took them: what
+    /// the device says of them now is not counted again.
     public func releaseDue(at now: Instant) {
         guard let port else { return }
-        var any = false
         emulator.release(now: now.nanoseconds) { frame, offload in
             _ = inner.transmit(frame, offload: offload, to: port)
-            any = true
         }
-        if any { inner.flush { _, _, _, _ in } }
     }
 
-    public func reconfigure(_ impairment: Impairment) { emulator.reconfigure(impairment) }
+    public func reconfigure(_ impairment: Impairment) {
+        emulator.reconfigure(impairment)
+        isPlain = impairment.isNone
+    }
 }

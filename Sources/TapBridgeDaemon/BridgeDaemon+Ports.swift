@@ -12,8 +12,8 @@ extension BridgeDaemon {
         let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
-        if let impaired {
-            self.impaired[spec.name] = impaired
+        self.impaired[spec.name] = impaired
+        if !spec.impairment.isNone {
             if !loggedSeed {
                 loggedSeed = true
                 logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
@@ -41,6 +41,49 @@ extension BridgeDaemon {
                 }
             }
         }
+    }
+
+    /// `port set NAME OPTIONS`: gives port NAME a new emulated link (the link keys given;
+    /// those not given are off, `none` clears it) and, with `storm=`, a new storm limit.
+    /// Returns the answer's line.
+    func setPort(_ name: String, _ text: String) throws(StartupError) -> String {
+        guard let port = engine.port(named: name), let device = impaired[name] else {
+            throw StartupError(engine.port(named: name) == nil ? "no port named '\(name)'" : "port \(name) is a remote: port set changes TAP and packet ports")
+        }
+        let words = text.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
+        let linkKeys: Set<String> = ["delay", "jitter", "loss", "duplicate", "corrupt", "reorder", "rate"]
+        var link: [String] = []
+        var storm: String? = nil
+        for word in words where word != "none" {
+            let key = String(word.prefix { $0 != "=" })
+            if key == "storm" { storm = word } else if linkKeys.contains(key) { link.append(word) } else {
+                throw StartupError("port set \(name): '\(word)': port set changes delay, jitter, loss, duplicate, corrupt, reorder, rate and storm (none clears the link)")
+            }
+        }
+        let spec: PortSpec
+        do {
+            spec = try PortSpec(parsing: ([name] + link + (storm.map { [$0] } ?? [])).joined(separator: ","))
+        } catch {
+            throw StartupError("port set \(name): \(error.reason)")
+        }
+        var changed: [String] = []
+        if !link.isEmpty || words.contains("none") {
+            device.reconfigure(spec.impairment)
+            changed.append("link \(spec.impairment)")
+            if !spec.impairment.isNone, !loggedSeed {
+                loggedSeed = true
+                logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
+            }
+        }
+        if storm != nil, var configuration = engine.bridge.configuration(of: port) {
+            configuration.stormLimit = spec.configuration.stormLimit
+            engine.bridge.reconfigure(port, configuration)
+            changed.append("storm \(configuration.stormLimit.map { "\($0) frames/s" } ?? "off")")
+        }
+        guard !changed.isEmpty else { throw StartupError("port set \(name): nothing to set (delay=50ms, loss=1%, rate=10mbit, storm=1000, none, ...)") }
+        let line = "port \(name): \(changed.joined(separator: ", "))"
+        logger.info("control: \(line)")
+        return line
     }
 
     /// Removes a port (`port del`); a namespace this bridge made for it goes with its last port.

@@ -27,7 +27,7 @@ extension BridgeDaemon {
                                 return r
                               } : nil, heldBy: a.heldBy)
         }.map { report in
-            guard let device = impaired[report.name] else { return report }
+            guard let device = impaired[report.name], !(device.emulator.impairment.isNone && device.emulator.statistics == .init()) else { return report }
             var r = report
             r.link = "\(device.emulator.impairment)"
             r.emulation = device.emulator.statistics

@@ -112,6 +112,9 @@ final class ControlResponder {
             daemon.removePort(port)
             logger.info("control: port \(name) removed")
             return .success("port \(name) removed")
+        case "port-set":
+            guard let name = request.port, let text = request.spec else { return .failure("port-set needs a port and options, like delay=50ms loss=1%") }
+            return answer { () throws(StartupError) in try daemon.setPort(name, text) }
         case "remote-add":
             guard let text = request.spec else { return .failure("remote-add needs a spec, like 192.0.2.5:4789,vni=7") }
             return answer { () throws(StartupError) in try daemon.addRemote(text) }

@@ -60,7 +60,7 @@ public final class ControlServer {
     }
 
     /// The requests that change the bridge (everything else only shows it).
-    static let changingCommands: Set<String> = ["fdb-add", "fdb-del", "fdb-flush", "port-add", "port-del", "remote-add", "remote-del"]
+    static let changingCommands: Set<String> = ["fdb-add", "fdb-del", "fdb-flush", "port-add", "port-del", "port-set", "remote-add", "remote-del"]
 
     /// The rights of the client on `fd`.
     func rights(of fd: Int32) -> Rights {

@@ -18,7 +18,7 @@ enum PortFactory {
     @discardableResult
     static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                        decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
-                       seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice?) {
+                       seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -47,10 +47,12 @@ enum PortFactory {
         let holder = kind == .packet ? TapHolder.find(spec.name) : nil
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
         let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload, heldBy: holder.map { "\($0.command), pid \($0.pid)" })
-        // the bad link outermost: the mirror and the device see frames as they leave it
-        let impaired = spec.impairment.isNone ? nil : ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
-        engine.addPort(record, configuration: spec.configuration, on: impaired ?? decorate(device))
-        logger.info("port \(spec.name): \(note), \(describe(spec.configuration))\(impaired.map { ", link \($0.emulator.impairment)" } ?? "")")
+        // the emulated link outermost (the mirror and the device see frames as they leave it);
+        // every port has one, so `port set` can give a port a bad link at run time; without an
+        // impairment a frame passes straight through
+        let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
+        engine.addPort(record, configuration: spec.configuration, on: impaired)
+        logger.info("port \(spec.name): \(note), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
         if let holder, holder.command == "tapbridge" {
             logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
         }

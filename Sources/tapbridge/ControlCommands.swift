@@ -340,13 +340,25 @@ struct FDB: ParsableCommand {
 
 struct Port: ParsableCommand {
     static let configuration = CommandConfiguration(
-        commandName: "port", abstract: "Add or remove ports of a running bridge (VMs come and go).", subcommands: [Add.self, Del.self])
+        commandName: "port", abstract: "Add, change or remove ports of a running bridge (VMs come and go).", subcommands: [Add.self, SetLink.self, Del.self])
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Add a port: the same SPEC as --port (NAME[,mode=...][,vlan=N]...).")
         @OptionGroup var target: Target
         @Argument(help: "The port spec.") var spec: String
         func run() throws { print(try target.send(ControlRequest(command: "port-add", spec: spec)).message ?? "ok") }
+    }
+
+    struct SetLink: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "set",
+            abstract: "Change a port's emulated link or storm limit: port set NAME delay=50ms jitter=5ms loss=1% rate=10mbit (the link as a whole: keys not given are off), port set NAME none, port set NAME storm=1000.")
+        @OptionGroup var target: Target
+        @Argument(help: "The port's name.") var name: String
+        @Argument(help: "delay=T jitter=T loss=P%[:C%] duplicate=P% corrupt=P% reorder=P% rate=R storm=PPS|off, or none.") var options: [String]
+        func run() throws {
+            print(try target.send(ControlRequest(command: "port-set", port: name, spec: options.joined(separator: ","))).message ?? "ok")
+        }
     }
 
     struct Del: ParsableCommand {

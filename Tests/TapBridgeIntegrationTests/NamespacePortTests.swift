@@ -177,6 +177,35 @@ struct LinkEmulationKernelTests {
         #expect(bridge.stop() == 0)
     }
 
+    /// `port set` gives a running port a bad link and takes it away again.
+    @Test func portSetChangesTheLinkAtRunTime() throws {
+        let lab = Lab()
+        let (h1, h2, t1, t2) = (lab.namespaceName("h1"), lab.namespaceName("h2"), lab.link("1"), lab.link("2"))
+        let bridge = try lab.bridge(["--port", "\(t1),netns=\(h1),addr=10.77.0.1/24", "--port", "\(t2),netns=\(h2),addr=10.77.0.2/24"])
+        #expect(Lab.eventually { lab.ping(from: h2, "10.77.0.1", count: 1).received == 1 }, "\(bridge.output)")
+        func rtt() -> Double {
+            let r = lab.exec(h2, ["ping", "-c", "5", "-i", "0.1", "-W", "2", "10.77.0.1"], timeout: 20)
+            return r.output.split(separator: "\n").first { $0.hasPrefix("rtt") }.flatMap { $0.split(separator: "=").last }?
+                .split(separator: "/").first.flatMap { Double($0.trimmingCharacters(in: .whitespaces)) } ?? -1  // the minimum
+        }
+        let name = ControlTests.name(bridge)
+        let set = ControlTests.client(["port", "set", t1, "delay=40ms", "loss=0%"], name: name)
+        #expect(set.ok && set.output.contains("port \(t1): link delay=40ms"), "\(set.output)")
+        let slow = rtt()
+        #expect(slow >= 40 && slow < 46, "least RTT after port set delay=40ms: \(slow) ms")
+        let cleared = ControlTests.client(["port", "set", t1, "none"], name: name)
+        #expect(cleared.ok && cleared.output.contains("link none"), "\(cleared.output)")
+        let fast = rtt()
+        #expect(fast >= 0 && fast < 5, "least RTT after port set none: \(fast) ms")
+        let storm = ControlTests.client(["port", "set", t1, "storm=500"], name: name)
+        #expect(storm.ok && storm.output.contains("storm 500 frames/s"), "\(storm.output)")
+        for (args, why) in [([t1, "vlan=3"], "port set changes delay"), ([t1, "delay=soon"], "delay must be a time"), (["nosuch", "delay=1ms"], "no port named")] {
+            let r = ControlTests.client(["port", "set"] + args, name: name)
+            #expect(!r.ok && r.output.contains(why) && r.output.split(separator: "\n").count == 1, "\(args): \(r.output)")
+        }
+        #expect(bridge.stop() == 0)
+    }
+
     @Test func aLossIsWhatPingCounts() throws {
         let lab = Lab()
         let (bridge, h1, h2) = try Self.lab(lab, "loss=10%")
