@@ -13,12 +13,14 @@ extension BridgeDaemon {
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
         self.impaired[spec.name] = impaired
-        if !spec.impairment.isNone {
-            if !loggedSeed {
-                loggedSeed = true
-                logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
-            }
-        }
+        if !spec.impairment.isNone { logSeedOnce() }
+    }
+
+    /// The link emulation's seed, once, when the first port gets an impairment.
+    func logSeedOnce() {
+        guard !loggedSeed else { return }
+        loggedSeed = true
+        logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
     }
 
     /// Ports whose interface went away (a VM stopped, a veth deleted), kept as `absent`:
@@ -70,10 +72,7 @@ extension BridgeDaemon {
         if !link.isEmpty || words.contains("none") {
             device.reconfigure(spec.impairment)
             changed.append("link \(spec.impairment)")
-            if !spec.impairment.isNone, !loggedSeed {
-                loggedSeed = true
-                logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
-            }
+            if !spec.impairment.isNone { logSeedOnce() }
         }
         if storm != nil, var configuration = engine.bridge.configuration(of: port) {
             configuration.stormLimit = spec.configuration.stormLimit

@@ -61,6 +61,15 @@ public final class BridgeDaemon {
     var impaired: [String: ImpairedDevice] = [:]
     var loggedSeed = false
 
+    /// When the next delayed frame of any port is due (asked at every wake-up: no allocation).
+    var nextDeparture: Int64? {
+        var next: Int64? = nil
+        for device in impaired.values {
+            if let due = device.nextDeparture?.nanoseconds { next = min(next ?? due, due) }
+        }
+        return next
+    }
+
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     /// `claim`: the control path's claim if the caller took it already (choosing a free name);
     /// otherwise it is taken here, first, and a bridge holding it refuses this one.
@@ -143,7 +152,7 @@ public final class BridgeDaemon {
         if let remotes, options.acceptsPeers { loop.add(remotes) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
-        loop.add(TimerSource(due: { [unowned self] in impaired.values.compactMap { $0.nextDeparture?.nanoseconds }.min() },
+        loop.add(TimerSource(due: { [unowned self] in nextDeparture },
                              action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
         if let interval = options.statsInterval {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
