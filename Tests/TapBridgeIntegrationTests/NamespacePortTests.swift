@@ -161,10 +161,13 @@ struct LinkEmulationKernelTests {
         let (bridge, h1, h2) = try Self.lab(lab, "delay=50ms")
         _ = lab.ping(from: h2, "10.77.0.1", count: 1)  // ARP first
         let r = lab.exec(h2, ["ping", "-c", "10", "-i", "0.1", "-W", "2", "10.77.0.1"], timeout: 30)
-        // rtt min/avg/max/mdev = 50.123/50.456/51.234/0.321 ms
-        let rtt = r.output.split(separator: "\n").first { $0.hasPrefix("rtt") }.flatMap { $0.split(separator: "=").last }?
-            .split(separator: "/").compactMap { Double($0.trimmingCharacters(in: .whitespaces).split(separator: " ").first ?? "") } ?? []
-        #expect(rtt.count >= 3 && rtt[0] >= 50 && rtt[2] < 56, "RTT through delay=50ms: \(r.output)")
+        // "64 bytes from 10.77.0.1: icmp_seq=1 ttl=64 time=50.3 ms": never early, and the median
+        // within a few ms (not the maximum: one late wake-up of a loaded CI host is not the link)
+        let rtt = r.output.split(separator: "\n").compactMap { line -> Double? in
+            guard let t = line.range(of: "time=") else { return nil }
+            return Double(line[t.upperBound...].prefix { $0.isNumber || $0 == "." })
+        }.sorted()
+        #expect(rtt.count >= 8 && rtt[0] >= 50 && rtt[rtt.count / 2] < 55, "RTT through delay=50ms: \(r.output)")
         #expect(bridge.stop() == 0)
     }
 

