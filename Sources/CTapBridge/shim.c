@@ -476,6 +476,14 @@ int64_t ctb_monotonic_ns(void) {
 #define SO_PEERGROUPS 59
 #endif
 
+int ctb_peer_pid(int fd, unsigned int *uid) {
+    struct ucred cred;
+    socklen_t length = sizeof(cred);
+    if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) < 0) return -errno;
+    *uid = cred.uid;
+    return cred.pid;
+}
+
 int ctb_peer_credentials(int fd, unsigned int *uid, unsigned int *gids, int max) {
     struct ucred cred;
     socklen_t length = sizeof(cred);

@@ -3,7 +3,7 @@
 public struct PortRecord: Sendable {
     /// How a port reaches its network.
     public enum Kind: String, Sendable {
-        case tap, packet, remote, virtual
+        case tap, packet, remote, stream, virtual
     }
 
     public var name: String
@@ -16,8 +16,11 @@ public struct PortRecord: Sendable {
     /// A TAP reached through a packet socket because this program holds it:
     /// `qemu-system-x86, pid 812`.
     public var heldBy: String?
+    /// Who is on the other end of a stream port: `unix:/run/lab/vm.sock, pid 812, uid 1000`.
+    public var peer: String?
 
-    public init(name: String, kind: Kind = .virtual, interfaceIndex: Int32? = nil, offloadsOn: Bool = true, heldBy: String? = nil) {
+    public init(name: String, kind: Kind = .virtual, interfaceIndex: Int32? = nil, offloadsOn: Bool = true, heldBy: String? = nil, peer: String? = nil) {
+        self.peer = peer
         self.name = name
         self.kind = kind
         self.interfaceIndex = interfaceIndex

@@ -283,6 +283,8 @@ public final class ImpairedDevice: PortDevice {
 
     public var pollDescriptor: Int32? { inner.pollDescriptor }
     public var offloadCapabilities: OffloadCapabilities { inner.offloadCapabilities }
+    public var awaitsWritable: Bool { inner.awaitsWritable }
+    public func writable() { inner.writable() }
     public func receive(into batch: FrameBatch) throws(PortError) -> Int { try inner.receive(into: batch) }
     public func didAddPort(_ port: PortID, name: String) {
         self.port = port

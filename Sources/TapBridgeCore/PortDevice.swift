@@ -21,6 +21,9 @@ public struct PortError: Error, Equatable, Sendable, CustomStringConvertible {
         /// The underlying interface is gone (deleted, or the fd reports EBADFD/ENODEV): remove
         /// the device's ports and keep serving the others.
         case deviceRemoved
+        /// The peer of a connection (a stream port) closed it, or broke its framing: remove
+        /// the port and keep serving the others (`operation` says what happened).
+        case disconnected
         /// An unexpected error; the device is unusable.
         case failed
     }
@@ -36,7 +39,9 @@ public struct PortError: Error, Equatable, Sendable, CustomStringConvertible {
         self.operation = operation
     }
 
-    public var description: String { "\(operation) failed (\(kind == .deviceRemoved ? "device removed" : "error"), errno \(code))" }
+    public var description: String {
+        kind == .disconnected ? operation : "\(operation) failed (\(kind == .deviceRemoved ? "device removed" : "error"), errno \(code))"
+    }
 }
 
 /// The I/O seam between the bridge and the outside world.
@@ -80,6 +85,13 @@ public protocol PortDevice: AnyObject {
     /// `.sent` or why it was dropped, frames, bytes; several frames may be reported at once):
     /// every queued frame is reported exactly once, whatever the batch size.
     func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void)
+
+    /// The device holds bytes its descriptor did not take yet (a stream port whose peer reads
+    /// slower than the bridge sends): the loop polls for writability too, and calls `writable`.
+    var awaitsWritable: Bool { get }
+
+    /// The descriptor is writable: send what waits.
+    func writable()
 }
 
 extension PortDevice {
@@ -90,6 +102,8 @@ extension PortDevice {
     public func didAddPort(_ port: PortID, name: String) {}
     public func didRemovePort(_ port: PortID) {}
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {}
+    public var awaitsWritable: Bool { false }
+    public func writable() {}
 }
 
 /// A reusable batch of frame buffers, allocated once.

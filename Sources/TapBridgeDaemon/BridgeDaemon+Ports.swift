@@ -29,6 +29,10 @@ extension BridgeDaemon {
     func checkAbsent(at now: Instant) {
         nextAbsentCheck = now.advanced(by: .milliseconds(500)).nanoseconds
         for (name, entry) in absent.sorted(by: { $0.key < $1.key }) {
+            if entry.spec.stream != nil {
+                reconnect(entry.spec)
+                continue
+            }
             let index = ctb_if_index(name)
             guard index > 0 else { continue }
             do {
@@ -41,6 +45,29 @@ extension BridgeDaemon {
                     absent[name]?.failedIndex = index
                     logger.warning("port \(name): interface \(name) is back but cannot be attached: \(error.message); tried again while it exists")
                 }
+            }
+        }
+    }
+
+    /// A `stream=` port at start: connected now, or absent and tried again until its peer
+    /// listens (a QEMU started after the bridge).
+    func connectStream(_ spec: PortSpec) {
+        absent[spec.name] = (spec, 0)
+        nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
+        reconnect(spec)
+    }
+
+    /// A `stream=` port whose connection closed or never opened: connect again (twice a
+    /// second while it fails; the failure is logged once, when it changes).
+    func reconnect(_ spec: PortSpec) {
+        do {
+            try attachPort(spec)
+            absent[spec.name] = nil
+        } catch {
+            let code = Int32(truncatingIfNeeded: error.message.hashValue)
+            if absent[spec.name]?.failedIndex != code {
+                absent[spec.name]?.failedIndex = code
+                logger.warning("\(error.message); connecting again twice a second")
             }
         }
     }
@@ -89,6 +116,7 @@ extension BridgeDaemon {
     func removePort(_ port: PortID) {
         let name = engine.name(of: port)
         impaired[name] = nil
+        releaseStream(name, nil)
         engine.removePort(port)
         namespaces.release(port: name)
         returning[name] = nil
@@ -150,6 +178,17 @@ extension BridgeDaemon {
         for name in removed {
             impaired[name] = nil
             namespaces.release(port: name)
+            if error.kind == .disconnected {
+                if releaseStream(name, error) {
+                    let line = "port \(name): \(error.operation); port removed"
+                    if error.code == EPROTO { logger.warning("\(line)") } else { logger.info("\(line)") }
+                } else if let spec = returning[name] {
+                    absent[name] = (spec, 0)
+                    nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
+                    logger.warning("port \(name): \(error.operation); connecting to \(spec.stream.map { "\($0)" } ?? "?") again")
+                }
+                continue
+            }
             if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
                 absent[name] = (spec, 0)
                 nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds

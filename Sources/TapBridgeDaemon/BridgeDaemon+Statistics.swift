@@ -9,8 +9,11 @@ extension BridgeDaemon {
     func portReports() -> [PortReport] {
         present() + absent.keys.sorted().map { name in
             let spec = absent[name]!.spec
-            return PortReport(name: name, kind: "packet", interface: nil, state: "absent", offloads: "none", vlans: "\(spec.configuration.vlanMode)",
-                              learning: spec.configuration.learning, flooding: spec.configuration.flooding, counters: PortCounters())
+            var r = PortReport(name: name, kind: spec.stream == nil ? "packet" : "stream", interface: nil, state: "absent", offloads: "none",
+                               vlans: "\(spec.configuration.vlanMode)", learning: spec.configuration.learning, flooding: spec.configuration.flooding,
+                               counters: PortCounters())
+            r.peer = spec.stream.map { "\($0) (connecting)" }
+            return r
         }
     }
 
@@ -27,6 +30,8 @@ extension BridgeDaemon {
                                 return r
                               } : nil, heldBy: a.heldBy)
         }.map { report in
+            var report = report
+            report.peer = engine.port(named: report.name).flatMap { engine.record(of: $0)?.peer }
             guard let device = impaired[report.name], !(device.emulator.impairment.isNone && device.emulator.statistics == .init()) else { return report }
             var r = report
             r.link = "\(device.emulator.impairment)"
@@ -43,7 +48,7 @@ extension BridgeDaemon {
         }
         return StatsReport(name: options.name, version: options.version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
                            ports: engine.ports.count, fdb: engine.bridge.table.statistics, udp: udp, mirror: mirror?.statistics,
-                           loops: engine.bridge.loopStatistics)
+                           loops: engine.bridge.loopStatistics, streams: streamStatistics)
     }
 
     /// Every counter now: the model `show stats`, the logs and Prometheus render.

@@ -60,6 +60,9 @@ public final class BridgeDaemon {
     /// from the event loop's timer.
     var impaired: [String: ImpairedDevice] = [:]
     var loggedSeed = false
+    /// `--stream-listen` sockets, and which of them each accepted stream port came through.
+    var streamListeners: [StreamListener] = []
+    var streamOrigin: [String: StreamListener] = [:]
 
     /// When the next delayed frame of any port is due (asked at every wake-up: no allocation).
     var nextDeparture: Int64? {
@@ -115,7 +118,10 @@ public final class BridgeDaemon {
             if !options.remotes.isEmpty || options.acceptsPeers {
                 remotes = try RemotePeers(options: options, engine: engine, ports: ports, decorate: decorate, logger: logger)
             }
-            for spec in options.ports { try attachPort(spec) }
+            for spec in options.ports {
+                if spec.stream != nil { connectStream(spec) } else { try attachPort(spec) }
+            }
+            try openStreamListeners()
             try remotes?.addConfigured()
             if let path = controlPath {
                 let responder = ControlResponder(daemon: self)
@@ -125,6 +131,7 @@ public final class BridgeDaemon {
             mirror?.close()
             for port in engine.ports { engine.removePort(port) }
             namespaces.releaseAll()
+            streamListeners.removeAll()
             throw error
         }
         engine.bridge.loopHandler = { [unowned engine, logger, options] report in
@@ -150,6 +157,7 @@ public final class BridgeDaemon {
         loop.add(signals)
         loop.add(ports)
         if let remotes, options.acceptsPeers { loop.add(remotes) }
+        for listener in streamListeners { loop.add(listener) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },
@@ -183,7 +191,7 @@ public final class BridgeDaemon {
         let table = engine.bridge.configuration.table
         let count = engine.ports.count
         logger.info("forwarding between \(count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
-        if count < 2 && !options.acceptsPeers && control == nil { logger.warning("only \(count) port(s): nothing to forward between") }
+        if count < 2 && !options.acceptsPeers && control == nil && streamListeners.isEmpty { logger.warning("only \(count) port(s): nothing to forward between") }
         if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports --name \(options.name))") }
     }
 
@@ -208,6 +216,8 @@ public final class BridgeDaemon {
     public func shutdown() {
         for port in engine.ports { engine.removePort(port) }
         namespaces.releaseAll()
+        streamListeners.removeAll()
+        streamOrigin.removeAll()
         remotes?.isActive = false
         remotes = nil
         ports.alwaysPolled = nil

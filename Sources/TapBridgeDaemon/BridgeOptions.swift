@@ -9,6 +9,9 @@ extension BridgeDaemon {
         public var remotes: [RemoteSpec] = []
         /// `nil`: all addresses, on the first remote's port.
         public var listen: ListenSpec? = nil
+        /// `--stream-listen`: where stream ports are accepted, and `--stream-group`.
+        public var streamListeners: [StreamListenSpec] = []
+        public var streamGroup: String? = nil
         /// Default encapsulation and VNI for remotes that do not say.
         public var encapsulation: Encapsulation = .vxlan
         public var vni = VNI(1)!
@@ -61,6 +64,8 @@ extension BridgeDaemon.Options {
                 isHub: settings.hub, forwardsLinkLocal: settings.forwardLinkLocal, loopProtect: settings.loopProtect))
         remotes = settings.remotes.map(\.value)
         listen = settings.listen?.value
+        streamListeners = settings.streamListen.map(\.value)
+        streamGroup = settings.streamGroup
         encapsulation = settings.encapsulation
         vni = settings.vni
         acceptsPeers = settings.acceptPeers

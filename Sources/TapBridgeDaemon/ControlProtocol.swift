@@ -57,6 +57,9 @@ public struct PortReport: Codable, Sendable, Equatable {
     /// The port's emulated link (`delay=50ms loss=1%`) and what it did; absent without one.
     public var link: String? = nil
     public var emulation: LinkEmulator.Statistics? = nil
+    /// A stream port's peer: `unix:/run/lab/vm.sock, pid 812, uid 1000`, `127.0.0.1:40188`;
+    /// for one that connects out, where to.
+    public var peer: String? = nil
 
     public init(name: String, kind: String, interface: String?, state: String, offloads: String, vlans: String, learning: Bool, flooding: Bool,
                 counters: PortCounters, remote: RemoteReport? = nil, heldBy: String? = nil) {
@@ -76,7 +79,7 @@ public struct PortReport: Codable, Sendable, Equatable {
     /// Drops by reason name.
     public var drops: [String: UInt64] { counters.dropsByName }
 
-    enum CodingKeys: String, CodingKey { case name, kind, interface, state, offloads, vlans, learning, flooding, remote, heldBy, link, emulation }
+    enum CodingKeys: String, CodingKey { case name, kind, interface, state, offloads, vlans, learning, flooding, remote, heldBy, link, emulation, peer }
 
     public init(from decoder: any Decoder) throws {
         let c = try decoder.container(keyedBy: CodingKeys.self)
@@ -88,6 +91,7 @@ public struct PortReport: Codable, Sendable, Equatable {
                   heldBy: try c.decodeIfPresent(String.self, forKey: .heldBy))
         link = try c.decodeIfPresent(String.self, forKey: .link)
         emulation = try c.decodeIfPresent(LinkEmulator.Statistics.self, forKey: .emulation)
+        peer = try c.decodeIfPresent(String.self, forKey: .peer)
     }
 
     public func encode(to encoder: any Encoder) throws {
@@ -104,6 +108,7 @@ public struct PortReport: Codable, Sendable, Equatable {
         try c.encodeIfPresent(heldBy, forKey: .heldBy)
         try c.encodeIfPresent(link, forKey: .link)
         try c.encodeIfPresent(emulation, forKey: .emulation)
+        try c.encodeIfPresent(peer, forKey: .peer)
         try counters.encode(to: encoder)
     }
 }
@@ -188,6 +193,8 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var mirror: PcapMirror.Statistics?
     /// Loops found and ports blocked for them (absent from bridges before loop protection).
     public var loops: LoopStatistics? = nil
+    /// The stream listeners' connections (absent without --stream-listen).
+    public var streams: StreamStatistics? = nil
     /// The control socket the answer came through: set by `tapbridge list` (the bridge does
     /// not send it).
     public var control: String? = nil

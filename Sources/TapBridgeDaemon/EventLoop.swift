@@ -153,7 +153,10 @@ public final class PortsSource: EventSource {
             owners = devices.filter { $0.pollDescriptor != nil }
             descriptors = owners.map { $0.pollDescriptor! }
         }
-        for fd in descriptors { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+        for (k, fd) in descriptors.enumerated() {
+            // (a stream port with bytes its peer has not taken yet: writability too)
+            fds.append(pollfd(fd: fd, events: Int16(owners[k].awaitsWritable ? POLLIN | POLLOUT : POLLIN), revents: 0))
+        }
     }
 
     public func deadline() -> Int64? { pending ? 0 : nil }
@@ -162,6 +165,10 @@ public final class PortsSource: EventSource {
         let all = pending
         pending = false
         for (k, entry) in zip(owners.indices, ready) where entry.revents != 0 || all {
+            if entry.revents & Int16(POLLOUT) != 0 {
+                owners[k].writable()
+                if entry.revents == Int16(POLLOUT) && !all { continue }
+            }
             do {
                 if try engine.service(owners[k], at: now) >= engine.budgetPerService { pending = true }
             } catch {

@@ -19,6 +19,7 @@ enum PortFactory {
     static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                        decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
                        seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
+        if spec.stream != nil { return try attachStream(spec, to: engine, decorate: decorate, seed: seed, logger: logger) }
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -57,6 +58,25 @@ enum PortFactory {
             logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
         }
         return (kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
+    }
+
+    /// A `stream=` port: a connection to its endpoint (a TCP one may still be connecting; if
+    /// it fails, the port goes and is tried again, as when it closes).
+    static func attachStream(_ spec: PortSpec, to engine: ForwardingEngine, decorate: (any PortDevice) -> any PortDevice, seed: UInt64,
+                             logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
+        guard let endpoint = spec.stream else { preconditionFailure("not a stream port") }
+        let fd: Int32
+        do throws(StartupError) {
+            fd = try endpoint.connect()
+        } catch {
+            throw StartupError("port \(spec.name): \(error.message)")
+        }
+        let device = StreamDevice(fd: fd, peer: "\(endpoint)")
+        let record = PortRecord(name: spec.name, kind: .stream, offloadsOn: false, peer: "\(endpoint)")
+        let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
+        engine.addPort(record, configuration: spec.configuration, on: impaired)
+        logger.info("port \(spec.name): stream to \(endpoint), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
+        return (true, impaired)
     }
 
     /// A port's own seed from the bridge's: the same name gets the same choices.

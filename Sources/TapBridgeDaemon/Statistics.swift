@@ -38,6 +38,7 @@ public struct Statistics: Sendable {
         if let u = stats.udp { out.append(("udp", Self.fields(u.counters))) }
         if let m = stats.mirror { out.append(("mirror", Self.fields(m))) }
         if let l = stats.loops { out.append(("loops", Self.fields(l))) }
+        if let s = stats.streams { out.append(("streams", Self.fields(s))) }
         return out
     }
 

@@ -146,6 +146,19 @@ public enum OptionTable {
                  comes back. A bad link on the way out (netem's, without netem): delay=50ms, jitter=5ms, loss=1% (or \
                  1%:25% correlated), duplicate=, corrupt=, reorder= (percentages), rate=10mbit; --seed replays a run.
                  """, \.ports, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try PortSpec(parsing: v) }) }),
+        list("stream-listen", configAlias: "stream-listens", "endpoint", .ports, "Accept stream ports here: \(StreamListenSpec.syntax). Repeatable.",
+             discussion: """
+                 Each connection is a port, in QEMU's stream framing (a 4-byte big-endian length before each frame): a VM \
+                 started by any user who may open the socket joins with -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH \
+                 (or -netdev socket,connect=127.0.0.1:PORT), no root and no TAP. The Unix socket is mode 0600, or 0660 and \
+                 the group's with --stream-group; a PORT alone listens on 127.0.0.1 only. Ports are named after the peer \
+                 (vm-PID for a Unix peer, the address for TCP), take the VLAN, storm and link keys given here, and go with \
+                 their connection; max=N (default 64) bounds how many are served at once. --port NAME,stream=ENDPOINT \
+                 connects out instead (to a QEMU with server=on), and connects again when the connection closes.
+                 """, \.streamListen, text: \.text,
+             parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try StreamListenSpec(parsing: v) }) }),
+        value("stream-group", "group", .ports, "Let this group connect to the --stream-listen Unix sockets (mode 0660; default 0600, the bridge's user only).", quoted: true,
+              render: { $0.streamGroup }) { s, v throws(OptionError) in s.streamGroup = v },
         value("offload", "on|off", .ports, "on: TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, remotes send and receive them as trains of datagrams (UDP GSO/GRO), and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.",
               default: "on", render: { $0.offload ? "on" : "off" }, apply: { s, v throws(OptionError) in s.offload = try onOff(v) }),
         list("remote", aliases: ["peer"], configAlias: "remotes", "spec", .remotes, "A remote peer over UDP: \(RemoteSpec.syntax). Repeatable.",

@@ -1,5 +1,5 @@
 public import TapBridgeCore
-import TapBridgeDevices
+public import TapBridgeDevices
 
 /// How a `--port` reaches its interface.
 public enum PortMode: String, Sendable, CaseIterable {
@@ -35,6 +35,9 @@ public struct PortSpec: Sendable, Equatable {
     /// `delay=`, `jitter=`, `loss=`, `duplicate=`, `corrupt=`, `reorder=`, `rate=`: a bad link
     /// on the way out of the port.
     public var impairment = Impairment()
+    /// `stream=unix:PATH|HOST:PORT`: no interface; frames in QEMU's stream framing over a
+    /// connection tapbridge opens there (and opens again when it closes).
+    public var stream: StreamEndpoint? = nil
 
     public init(name: String, mode: PortMode = .auto, configuration: PortConfiguration = PortConfiguration(), mtu: Int? = nil) {
         self.name = name
@@ -44,7 +47,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet] [,netns=NS[,addr=CIDR][,mac=MAC]] [,vlan=N | ,trunk=V[:V...][,native=N]] [,learning=off][,flooding=off][,storm=PPS] [,mtu=N][,offload=off] [,delay=T][,jitter=T][,loss=P%][,duplicate=P%] [,corrupt=P%][,reorder=P%][,rate=R]"
+    public static let syntax = "NAME[,mode=auto|tap|packet | ,stream=unix:PATH|HOST:PORT] [,netns=NS[,addr=CIDR][,mac=MAC]] [,vlan=N | ,trunk=V[:V...][,native=N]] [,learning=off][,flooding=off][,storm=PPS] [,mtu=N][,offload=off] [,delay=T][,jitter=T][,loss=P%][,duplicate=P%] [,corrupt=P%][,reorder=P%][,rate=R]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
@@ -98,17 +101,27 @@ public struct PortSpec: Sendable, Equatable {
                     throw PortSpecError(text, "addr must be an address with its prefix length (CIDR: 10.0.0.1/24, fd00::1/64), got '\(value)'")
                 }
                 address = a
+            case "stream":
+                do {
+                    stream = try StreamEndpoint(parsing: value, listening: false)
+                } catch {
+                    throw PortSpecError(text, "stream: \(error.message)")
+                }
             case "mac":
                 guard let m = MACAddress(value), m.isValidSource else {
                     throw PortSpecError(text, "mac must be a unicast MAC address (02:00:00:00:00:01), got '\(value)'")
                 }
                 mac = m
             default:
-                throw PortSpecError(text, "unknown option '\(key)' (known: mode, netns, addr, mac, mtu, offload, delay, jitter, loss, duplicate, corrupt, reorder, rate, \(SharedPortOptions.keys))")
+                throw PortSpecError(text, "unknown option '\(key)' (known: mode, stream, netns, addr, mac, mtu, offload, delay, jitter, loss, duplicate, corrupt, reorder, rate, \(SharedPortOptions.keys))")
             }
         }
         if namespace == nil, address != nil || mac != nil {
             throw PortSpecError(text, "addr= and mac= go with netns= (the TAP tapbridge makes and moves there); for a TAP here, use ip addr / ip link")
+        }
+        if stream != nil {
+            let interfaceKeys = ["mode", "netns", "mtu", "offload"].filter { k in parts.dropFirst().contains { $0.hasPrefix(k + "=") } }
+            if let key = interfaceKeys.first { throw PortSpecError(text, "\(key)= is for interfaces; a stream= port has none (its peer sets its own MTU)") }
         }
         if namespace != nil, mode == .packet { throw PortSpecError(text, "netns= makes a TAP: it cannot go with mode=packet") }
         if impairment.jitter > impairment.delay { throw PortSpecError(text, "jitter= must not exceed delay= (a frame never leaves before it was sent)") }
@@ -340,6 +353,46 @@ public enum Horizon: Equatable, Sendable, CustomStringConvertible {
         case .mesh: "mesh"
         case .off: "off"
         case .group(let n): "group \(n)"
+        }
+    }
+}
+
+/// A `--stream-listen unix:PATH|[ADDR:]PORT[,max=N][,port options]` argument: where QEMU
+/// stream NICs (and other stream peers) connect; each connection becomes a port with the
+/// options given here (VLAN, learning, flooding, storm, the emulated link).
+public struct StreamListenSpec: Sendable, Equatable {
+    public var endpoint: StreamEndpoint
+    /// What each connection's port gets (its name is made per connection).
+    public var port: PortSpec
+    /// The most connections served at once; more are refused (counted, logged).
+    public var maximumConnections = 64
+
+    public static let syntax = "unix:PATH|[ADDR:]PORT[,max=N][,vlan=N | ,trunk=...][,storm=PPS][,delay=T,...]"
+
+    public init(parsing text: String) throws(PortSpecError) {
+        let parts = text.split(separator: ",", omittingEmptySubsequences: false).map(String.init)
+        do {
+            endpoint = try StreamEndpoint(parsing: parts[0], listening: true)
+        } catch {
+            throw PortSpecError(text, error.message, flag: "--stream-listen")
+        }
+        var rest: [String] = []
+        for part in parts.dropFirst() {
+            if part.hasPrefix("max=") {
+                guard let n = Int(part.dropFirst(4)), (1...4096).contains(n) else {
+                    throw PortSpecError(text, "max must be 1-4096 connections, got '\(part.dropFirst(4))'", flag: "--stream-listen")
+                }
+                maximumConnections = n
+            } else if let key = ["mode", "netns", "addr", "mac", "mtu", "offload", "stream"].first(where: { part.hasPrefix($0 + "=") }) {
+                throw PortSpecError(text, "\(key)= is for --port; a stream listener takes max=, the VLAN keys, learning, flooding, storm and the link keys", flag: "--stream-listen")
+            } else {
+                rest.append(part)
+            }
+        }
+        do {
+            port = try PortSpec(parsing: (["stream"] + rest).joined(separator: ","))
+        } catch {
+            throw PortSpecError(text, error.reason, flag: "--stream-listen")
         }
     }
 }

@@ -16,6 +16,8 @@ public struct Settings: Sendable {
     public var ports: [Given<PortSpec>] = []
     public var remotes: [Given<RemoteSpec>] = []
     public var listen: Given<ListenSpec>? = nil
+    public var streamListen: [Given<StreamListenSpec>] = []
+    public var streamGroup: String? = nil
     public var encapsulation = Encapsulation.vxlan
     public var vni = VNI(1)!
     public var acceptPeers = false
@@ -77,6 +79,13 @@ public struct Settings: Sendable {
         }
         if acceptPeers, encapsulation == .sealed, keyFile == nil {
             throw OptionError("--accept-peers with --encap sealed needs --key-file PATH: the key new peers must hold")
+        }
+        if streamGroup != nil, !streamListen.contains(where: { if case .unix = $0.value.endpoint { true } else { false } }) {
+            throw OptionError("--stream-group needs --stream-listen unix:PATH (a group can be given a Unix socket, not a TCP port)")
+        }
+        var endpoints: Set<String> = []
+        for l in streamListen where !endpoints.insert("\(l.value.endpoint)").inserted {
+            throw OptionError("--stream-listen \(l.value.endpoint): given twice")
         }
         let mirrors = mirror != nil || mirrorInterface != nil
         for (flag, given) in [("--mirror-filter", mirrorFilter != nil), ("--mirror-port", !mirrorPorts.isEmpty), ("--mirror-egress", mirrorEgress), ("--mirror-rotate", mirrorRotate != nil),

@@ -86,8 +86,8 @@ enum TapBridgeCommand {
     static func run(_ settings: Settings) throws {
         if settings.printConfig { return print(OptionParser.yaml(settings)) }
         // Checked here rather than in validate(), so that --print-config prints an empty bridge.
-        if settings.ports.isEmpty && settings.remotes.isEmpty && !settings.acceptPeers {
-            throw OptionParser.Failure(message: "give at least one --port or --remote (e.g. --port tap0 --port tap1)")
+        if settings.ports.isEmpty && settings.remotes.isEmpty && !settings.acceptPeers && settings.streamListen.isEmpty {
+            throw OptionParser.Failure(message: "give at least one --port, --remote or --stream-listen (e.g. --port tap0 --port tap1)")
         }
         let level = settings.logLevel
         LoggingSystem.bootstrap { label in

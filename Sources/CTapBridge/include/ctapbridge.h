@@ -133,6 +133,9 @@ int ctb_accept(int fd);
 /// first, then the supplementary ones). Returns how many group IDs were stored, or -errno.
 int ctb_peer_credentials(int fd, unsigned int *uid, unsigned int *gids, int max);
 
+/// The process at the other end of Unix socket `fd` (SO_PEERCRED): its pid, or -errno.
+int ctb_peer_pid(int fd, unsigned int *uid);
+
 /// sd_notify(3): sends `state` as one datagram to the Unix socket `path` ($NOTIFY_SOCKET; a
 /// leading '@' is an abstract address). 0 or -errno.
 int ctb_notify(const char *path, const char *state);

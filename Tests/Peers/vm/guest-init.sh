@@ -1,8 +1,9 @@
 #!/bin/busybox sh
-# PID 1 of the test guest (modules in dependency order, read from their depends= fields). Kernel command line: tb.addr=CIDR tb.peer=IP tb.port=N tb.bytes=N,
+# PID 1 of the test guest (modules in dependency order, read from their depends= fields). Kernel command line: tb.addr=CIDR tb.peer=IP tb.port=N tb.bytes=N [tb.listen=N],
 # or tb.addr=CIDR tb.ping=IP.
 # Brings eth0 (virtio-net) up, sends tb.bytes bytes of a known pattern to tb.peer:tb.port over
-# TCP, prints "TB-RESULT <nc exit status>" on the console and powers off. With tb.ping: pings
+# TCP, prints "TB-RESULT <nc exit status>" on the console; with tb.listen, then accepts one TCP
+# connection on that port and prints "TB-RECEIVED <bytes> <md5>" of what it carried; powers off. With tb.ping: pings
 # that address until it answers (at most 90 tries), prints "TB-PING <0 if it answered>", stays
 # up 20 s more to answer the other side's pings, and powers off.
 /bin/busybox --install -s /bin
@@ -40,4 +41,10 @@ while [ $i -lt 60 ]; do
 	sleep 1
 done
 echo "TB-RESULT $rc"
+if [ -n "${tb_listen:-}" ]; then
+	# the other way: one TCP connection into the guest, read to its end
+	echo "TB-LISTENING $tb_listen"
+	timeout 120 nc -l -p "$tb_listen" > /received
+	echo "TB-RECEIVED $(wc -c < /received) $(md5sum < /received | cut -d ' ' -f 1)"
+fi
 poweroff -f

@@ -1,0 +1,148 @@
+import CTapBridge
+import Glibc
+import Logging
+public import TapBridgeCore
+import TapBridgeDevices
+import TapBridgeOptions
+
+/// What the stream listeners did, bridge-wide (`show stats`, section `streams`).
+public struct StreamStatistics: CounterOwner {
+    public var accepted: UInt64 = 0
+    public var refused: UInt64 = 0
+    public var closedByPeer: UInt64 = 0
+    public var malformed: UInt64 = 0
+
+    public init() {}
+
+    public static let counters: [Counter<Self>] = [
+        Counter("accepted", \.accepted, "Stream connections accepted (each became a port)"),
+        Counter("refused", \.refused, "Stream connections refused: a listener already served its max= connections"),
+        Counter("closed_by_peer", \.closedByPeer, "Stream ports whose peer closed the connection (a VM stopped, a client went away)"),
+        Counter("malformed", \.malformed, "Stream connections closed for a frame length of 0 or above 69632 (the framing was lost)"),
+    ]
+}
+
+/// The `--stream-listen` sockets: each accepted connection becomes a stream port, with the
+/// listener's port options, named after its peer (`stream-PID` for a Unix peer, its address
+/// for TCP). At most `max=` connections per listener; more are closed at once, counted.
+final class StreamListener: EventSource {
+    let spec: StreamListenSpec
+    let fd: Int32
+    /// Adds the port of an accepted connection (the daemon).
+    let accept: (StreamDevice, StreamListener) -> Void
+    /// The ports this listener's connections hold now.
+    var live: Set<String> = []
+    var statistics = StreamStatistics()
+    let logger: Logger
+    var lastRefusalLog: Int64 = .min
+
+    init(_ spec: StreamListenSpec, group: String?, logger: Logger, accept: @escaping (StreamDevice, StreamListener) -> Void) throws(StartupError) {
+        var gid: UInt32? = nil
+        if let group {
+            guard let g = getgrnam(group) else { throw StartupError("--stream-group '\(group)': no such group") }
+            gid = g.pointee.gr_gid
+        }
+        self.spec = spec
+        self.logger = logger
+        self.accept = accept
+        fd = try spec.endpoint.listen(mode: gid == nil ? 0o600 : 0o660, group: gid)
+    }
+
+    deinit {
+        close(fd)
+        if case .unix(let path) = spec.endpoint { unlink(path) }
+    }
+
+    func register(_ fds: inout [pollfd]) { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+    func deadline() -> Int64? { nil }
+
+    func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
+        // (a bounded number per round: a flood of connections cannot hold the loop)
+        for _ in 0..<64 {
+            let c = ctb_accept(fd)
+            if c < 0 {
+                if -c != EAGAIN && -c != EINTR && -c != ECONNABORTED { logger.warning("--stream-listen \(spec.endpoint): accept: \(describeErrno(-c))") }
+                return nil
+            }
+            guard live.count < spec.maximumConnections else {
+                close(c)
+                statistics.refused += 1
+                if now.nanoseconds - lastRefusalLog > 10_000_000_000 {
+                    lastRefusalLog = now.nanoseconds
+                    logger.warning("--stream-listen \(spec.endpoint): refused a connection: \(spec.maximumConnections) served already (max=); \(statistics.refused) refused so far")
+                }
+                continue
+            }
+            statistics.accepted += 1
+            accept(StreamDevice(fd: c, peer: StreamDevice.describePeer(c, listening: spec.endpoint)), self)
+        }
+        return nil
+    }
+
+    /// A name for the port of a connection from `device`, free among `taken`.
+    func portName(for device: StreamDevice, taken: (String) -> Bool) -> String {
+        let base: String
+        switch spec.endpoint {
+        case .unix: base = "stream-\(StreamDevice.peerProcess(device.fd))"
+        case .tcp: base = device.peer
+        }
+        var name = base
+        var k = 2
+        while taken(name) {
+            name = "\(base)-\(k)"
+            k += 1
+        }
+        return name
+    }
+}
+
+extension BridgeDaemon {
+    /// Opens the `--stream-listen` sockets.
+    func openStreamListeners() throws(StartupError) {
+        for spec in options.streamListeners {
+            let listener = try StreamListener(spec, group: options.streamGroup, logger: logger) { [unowned self] device, listener in
+                addAcceptedStream(device, from: listener)
+            }
+            streamListeners.append(listener)
+            let who = if case .unix = spec.endpoint { options.streamGroup.map { "its owner and group \($0)" } ?? "its owner" } else { "any local program" }
+            logger.info("stream ports: listening on \(spec.endpoint) (\(who) may connect; at most \(spec.maximumConnections); each port \(PortFactory.describe(spec.port.configuration))\(spec.port.impairment.isNone ? "" : ", link \(spec.port.impairment)"))")
+        }
+    }
+
+    /// A connection accepted by `listener` joins as a port.
+    func addAcceptedStream(_ device: StreamDevice, from listener: StreamListener) {
+        let name = listener.portName(for: device) { [engine, absent] in engine.port(named: $0) != nil || absent[$0] != nil }
+        var spec = listener.spec.port
+        spec.name = name
+        let record = PortRecord(name: name, kind: .stream, offloadsOn: false, peer: device.peer)
+        let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: options.seed ^ PortFactory.fnv1a(name), clock: EventLoop.now)
+        engine.addPort(record, configuration: spec.configuration, on: impaired)
+        self.impaired[name] = impaired
+        listener.live.insert(name)
+        streamOrigin[name] = listener
+        if !spec.impairment.isNone { logSeedOnce() }
+        logger.info("port \(name): stream from \(device.peer), \(PortFactory.describe(spec.configuration))")
+    }
+
+    /// A stream port went (its peer closed, broke the framing, or port del): its listener may
+    /// take another connection. Returns whether it was an accepted one.
+    @discardableResult
+    func releaseStream(_ name: String, _ error: PortError?) -> Bool {
+        guard let listener = streamOrigin.removeValue(forKey: name) else { return false }
+        listener.live.remove(name)
+        if let error {
+            if error.code == EPROTO { listener.statistics.malformed += 1 } else { listener.statistics.closedByPeer += 1 }
+        }
+        return true
+    }
+
+    /// Every listener's counters, added.
+    var streamStatistics: StreamStatistics? {
+        guard !streamListeners.isEmpty else { return nil }
+        var total = StreamStatistics()
+        for l in streamListeners {
+            for c in StreamStatistics.counters { total[keyPath: c.field] += l.statistics[keyPath: c.field] }
+        }
+        return total
+    }
+}
