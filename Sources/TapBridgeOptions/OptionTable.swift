@@ -152,7 +152,7 @@ public enum OptionTable {
                  started by any user who may open the socket joins with -netdev stream,id=n0,server=off,addr.type=unix,addr.path=PATH \
                  (or -netdev socket,connect=127.0.0.1:PORT), no root and no TAP. The Unix socket is mode 0600, or 0660 and \
                  the group's with --stream-group; a PORT alone listens on 127.0.0.1 only. Ports are named after the peer \
-                 (vm-PID for a Unix peer, the address for TCP), take the VLAN, storm and link keys given here, and go with \
+                 (stream-PID for a Unix peer, the address for TCP), take the VLAN, storm and link keys given here, and go with \
                  their connection; max=N (default 64) bounds how many are served at once. --port NAME,stream=ENDPOINT \
                  connects out instead (to a QEMU with server=on), and connects again when the connection closes.
                  """, \.streamListen, text: \.text,
