@@ -72,7 +72,7 @@ enum PortFactory {
             throw StartupError("port \(spec.name): \(error.message)")
         }
         let device = StreamDevice(fd: fd, peer: "\(endpoint)")
-        let record = PortRecord(name: spec.name, kind: .stream, offloadsOn: false, peer: "\(endpoint)")
+        let record = PortRecord(name: spec.name, kind: .stream, peer: "\(endpoint)")
         let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
         engine.addPort(record, configuration: spec.configuration, on: impaired)
         logger.info("port \(spec.name): stream to \(endpoint), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")

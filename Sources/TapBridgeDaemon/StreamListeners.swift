@@ -114,7 +114,7 @@ extension BridgeDaemon {
         let name = listener.portName(for: device) { [engine, absent] in engine.port(named: $0) != nil || absent[$0] != nil }
         var spec = listener.spec.port
         spec.name = name
-        let record = PortRecord(name: name, kind: .stream, offloadsOn: false, peer: device.peer)
+        let record = PortRecord(name: name, kind: .stream, peer: device.peer)
         let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: options.seed ^ PortFactory.fnv1a(name), clock: EventLoop.now)
         engine.addPort(record, configuration: spec.configuration, on: impaired)
         self.impaired[name] = impaired

@@ -30,8 +30,9 @@ public enum ConfigFile {
         var values: [(text: String, line: Int?)]
     }
 
-    static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload"]
-    static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "vlan", "trunk", "native", "learning", "flooding"]
+    static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload", "stream", "netns", "addr", "mac",
+                                "storm", "delay", "jitter", "loss", "duplicate", "corrupt", "reorder", "rate"]
+    static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "key", "horizon", "vlan", "trunk", "native", "learning", "flooding", "storm"]
 
     /// Largest config file read: 1 MiB (a real configuration is a few hundred bytes; a larger
     /// file is a mistake, and parsing it would take seconds and memory).
@@ -70,10 +71,57 @@ public enum ConfigFile {
         return ": not valid YAML: \(text)"
     }
 
+    /// `${NAME}` and `${NAME:-default}` in `text` replaced from `environment`, so one lab file
+    /// serves several runs (`LAB=t1 tapbridge --config lab.yaml`); nil names the variable that
+    /// is unset and has no default. `$$` is one `$`.
+    static func expand(_ text: String, environment: [String: String]) -> Result<String, ExpansionError> {
+        guard text.contains("$") else { return .success(text) }
+        var out = ""
+        var rest = Substring(text)
+        while let dollar = rest.firstIndex(of: "$") {
+            out += rest[..<dollar]
+            let after = rest[rest.index(after: dollar)...]
+            if after.hasPrefix("$") {
+                out += "$"
+                rest = after.dropFirst()
+                continue
+            }
+            guard after.hasPrefix("{"), let close = after.firstIndex(of: "}") else {
+                out += "$"
+                rest = after
+                continue
+            }
+            let body = after[after.index(after: after.startIndex)..<close]
+            let (name, fallback): (Substring, Substring?) = body.range(of: ":-").map { (body[..<$0.lowerBound], body[$0.upperBound...]) } ?? (body, nil)
+            guard !name.isEmpty, name.allSatisfy({ $0.isLetter || $0.isNumber || $0 == "_" }) else { return .failure(.badName(String(body))) }
+            if let value = environment[String(name)], !value.isEmpty {
+                out += value
+            } else if let fallback {
+                out += fallback
+            } else {
+                return .failure(.unset(String(name)))
+            }
+            rest = after[after.index(after: close)...]
+        }
+        return .success(out + rest)
+    }
+
+    enum ExpansionError: Error {
+        case unset(String)
+        case badName(String)
+    }
+
     /// The entries of YAML text; `file` names it in errors.
-    static func entries(fromYAML text: String, file: String) throws(StartupError) -> [Entry] {
+    static func entries(fromYAML text: String, file: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws(StartupError) -> [Entry] {
         func fail(_ node: Node?, _ message: String) -> StartupError {
             StartupError("config \(file)\(node?.mark.map { ":\($0.line)" } ?? ""): \(message)")
+        }
+        func expanded(_ text: String, _ node: Node) throws(StartupError) -> String {
+            switch expand(text, environment: environment) {
+            case .success(let s): return s
+            case .failure(.unset(let name)): throw fail(node, "${\(name)} is not set (give it a default: ${\(name):-value})")
+            case .failure(.badName(let body)): throw fail(node, "'${\(body)}': a variable is ${NAME} or ${NAME:-default}, NAME of letters, digits and _ ($$ is a $)")
+            }
         }
         let root: Node?
         do {
@@ -102,7 +150,7 @@ public enum ConfigFile {
             switch definition.arity {
             case .value:
                 guard case .scalar(let s) = value, !s.string.isEmpty else { throw fail(value, "'\(key)' must be a single value, got a \(describe(value))") }
-                entries.append(Entry(index: index, key: key, values: [(s.string, line)]))
+                entries.append(Entry(index: index, key: key, values: [(try expanded(s.string, value), line)]))
             case .flag:
                 guard let on = value.bool else { throw fail(value, "'\(key)' must be true or false, got '\(value.string ?? "a \(describe(value))")'") }
                 entries.append(Entry(index: index, key: key, values: [("\(on)", line)]))
@@ -113,11 +161,11 @@ public enum ConfigFile {
                 for item in items {
                     switch (definition.name, item) {
                     case (_, .scalar(let s)):
-                        values.append((s.string, item.mark?.line))
+                        values.append((try expanded(s.string, item), item.mark?.line))
                     case ("port", .mapping(let m)):
-                        values.append((try specFromMapping(m, first: "name", allowed: portKeys, key: key, fail: fail), item.mark?.line))
+                        values.append((try expanded(try specFromMapping(m, first: "name", allowed: portKeys, key: key, fail: fail), item), item.mark?.line))
                     case ("remote", .mapping(let m)):
-                        values.append((try specFromMapping(m, first: "endpoint", allowed: remoteKeys, key: key, fail: fail), item.mark?.line))
+                        values.append((try expanded(try specFromMapping(m, first: "endpoint", allowed: remoteKeys, key: key, fail: fail), item), item.mark?.line))
                     default:
                         throw fail(item, "items of '\(key)' must be \(definition.name == "mirror-port" ? "strings" : "spec strings or mappings")")
                     }

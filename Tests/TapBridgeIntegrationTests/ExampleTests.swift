@@ -7,21 +7,61 @@ extension KernelTests {
 struct ExampleTests {
     static let examples = Host.packageRoot.appendingPathComponent("Examples").path
 
-    static func runScript(_ name: String) -> Host.Result {
-        Host.run(["env", "TAPBRIDGE=\(Host.binary)", "bash", "\(examples)/lab/\(name)"], timeout: 60)
+    static func runScript(_ name: String, lab: String? = nil, timeout: Int = 60) -> Host.Result {
+        Host.run(["env", "TAPBRIDGE=\(Host.binary)"] + (lab.map { ["LAB=\($0)"] } ?? []) + ["bash", "\(examples)/lab/\(name)"], timeout: timeout)
     }
 
+    /// A short name no other test or run uses (the lab's interfaces are NAME-a ..., at most 15 bytes).
+    static func labName() -> String { "tl\(getpid() % 100_000)\(Int.random(in: 10...99))" }
+
     @Test func threeHostLabScriptReachesEveryPairAndCleansUp() {
-        let r = Self.runScript("three-hosts.sh")
+        let name = Self.labName()
+        let r = Self.runScript("three-hosts.sh", lab: name)
         #expect(r.ok && r.output.contains("6/6 host pairs reachable"), "\(r.output)")
         #expect(r.output.contains("learned"), "no MAC table shown: \(r.output)")
-        #expect(!Host.run(["ip", "netns", "list"]).output.contains("lab-"), "the lab script left namespaces behind")
+        #expect(!Host.run(["ip", "netns", "list"]).output.contains(name), "the lab script left namespaces behind")
+    }
+
+    /// The three-host lab file as it is, under a name of the test's own (`LAB`): the hosts
+    /// exist, addressed; the link to host c is slow (its least RTT at least 35 ms: delay=40ms,
+    /// jitter=5ms) and the others are not; TCP passes both ways across the lossy, rate-limited
+    /// link with no checksum error; SIGTERM removes every namespace the file made.
+    @Test func threeHostLabFileIsALabInOneCommand() throws {
+        let lab = Lab()
+        let name = Self.labName()
+        let bridge = try lab.bridge(["--config", "\(Self.examples)/lab/three-hosts.yaml"], environment: ["LAB": name], unnamed: true)
+        let wait = Host.run([Host.binary, "wait", "--name", name], timeout: 15)
+        try #require(wait.ok, "\(wait.output)\n\(bridge.output)")
+        let (a, b, c) = ("\(name)-a", "\(name)-b", "\(name)-c")
+        func leastRTT(_ from: String, _ to: String) -> Double {
+            let r = lab.exec(from, ["ping", "-c", "5", "-i", "0.2", "-W", "2", to], timeout: 20)
+            return r.output.split(separator: "\n").first { $0.hasPrefix("rtt") }.flatMap { $0.split(separator: "=").last }?
+                .split(separator: "/").first.flatMap { Double($0.trimmingCharacters(in: .whitespaces)) } ?? -1
+        }
+        let slow = leastRTT(a, "10.90.0.3"), fast = leastRTT(a, "10.90.0.2")
+        #expect(slow >= 35 && fast >= 0 && fast < 5, "least RTT a->c \(slow) ms (the 40 ms link), a->b \(fast) ms\n\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, a, c, "10.90.0.3", context: bridge.output)
+        #expect(bridge.output.contains("link delay=40ms jitter=5ms loss=2% rate=20mbit"), "\(bridge.output)")
+        #expect(bridge.stop() == 0)
+        #expect(![a, b, c].contains(where: Lab.namespaceExists), "namespaces left after SIGTERM")
+    }
+
+    /// The two-VM lab: its script boots two guests under QEMU as nobody on the file's stream
+    /// socket; each reaches the other, and the namespace host reaches both.
+    @Test func twoVMLabJoinsUnprivilegedVMsOverAStreamSocket() throws {
+        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
+        let name = Self.labName()
+        let r = Self.runScript("two-vms.sh", lab: name, timeout: 300)
+        #expect(r.ok && r.output.contains("2/2 reached the other, the host reached 2/2"), "\(r.output)")
+        #expect(r.output.contains("uid 65534"), "the VMs' ports should name QEMU's user: \(r.output)")
+        #expect(!Host.run(["ip", "netns", "list"]).output.contains(name) && !FileManager.default.fileExists(atPath: "/run/\(name).sock"), "the lab left things behind")
     }
 
     @Test func vxlanPairScriptPassesFullSizeFramesBothWays() {
-        let r = Self.runScript("vxlan-pair.sh")
+        let name = Self.labName()
+        let r = Self.runScript("vxlan-pair.sh", lab: name)
         #expect(r.ok && r.output.contains("vxlan pair: both ways"), "\(r.output)")
-        #expect(!Host.run(["ip", "netns", "list"]).output.contains("host1-"), "the script left namespaces behind")
+        #expect(!Host.run(["ip", "netns", "list"]).output.contains(name), "the script left namespaces behind")
     }
 
     @Test func exampleConfigIsTheSameBridgeAsItsCommandLine() throws {

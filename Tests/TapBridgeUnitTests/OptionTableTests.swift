@@ -152,6 +152,30 @@ struct OptionTableTests {
     }
 
     /// The settings of `--config test.yaml` holding `yaml`, then `argv`, as the command reads them.
+    /// `${NAME}` and `${NAME:-default}` in a file's values come from the environment, so one
+    /// lab file serves several runs side by side; an unset one without a default is an error
+    /// naming the line; `$$` is a `$`; comments and keys are left alone.
+    @Test func aFileTakesVariablesFromTheEnvironment() throws {
+        let yaml = """
+            # ${NOT_EXPANDED} in a comment
+            name: ${LAB:-lab}
+            port:
+              - name: ${LAB:-lab}-a
+                netns: ${LAB:-lab}-a
+                delay: 40ms
+              - ${LAB}-b,vlan=${VLAN:-7}
+            mirror: /tmp/$$x-${LAB}.pcap
+            """
+        let entries = try ConfigFile.entries(fromYAML: yaml, file: "lab.yaml", environment: ["LAB": "t1"])
+        let values = entries.flatMap { $0.values.map(\.text) }
+        #expect(values == ["t1", "t1-a,netns=t1-a,delay=40ms", "t1-b,vlan=7", "/tmp/$x-t1.pcap"], "\(values)")
+        #expect {
+            try ConfigFile.entries(fromYAML: "name: ${LAB}", file: "lab.yaml", environment: [:])
+        } throws: { ($0 as? StartupError)?.message == "config lab.yaml:1: ${LAB} is not set (give it a default: ${LAB:-value})" }
+        #expect(throws: StartupError.self) { try ConfigFile.entries(fromYAML: "name: ${A B}", file: "lab.yaml", environment: [:]) }
+        #expect((try? ConfigFile.entries(fromYAML: "name: ${LAB:-}x", file: "f", environment: [:]))?.first?.values.first?.text == "x")
+    }
+
     func settings(fromYAML yaml: String, then argv: [String] = []) throws(OptionParser.Failure) -> Settings {
         let outcome = try OptionParser.parse(["--config", "test.yaml"] + argv) { file throws(StartupError) in
             try ConfigFile.entries(fromYAML: yaml, file: file)
