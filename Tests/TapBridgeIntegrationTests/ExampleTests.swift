@@ -46,6 +46,29 @@ struct ExampleTests {
         #expect(![a, b, c].contains(where: Lab.namespaceExists), "namespaces left after SIGTERM")
     }
 
+    /// Two segments joined by a router namespace (Docs/Labs.md): VLANs 10 and 20 on one
+    /// bridge, the router's two ports in one namespace. With the three route commands the file
+    /// names, TCP passes both ways from a to b through the router; a and b never see each
+    /// other's frames (the bridge learns a's MAC in VLAN 10 only).
+    @Test func twoSegmentsJoinedByARouterNamespace() throws {
+        let lab = Lab()
+        let name = Self.labName()
+        let bridge = try lab.bridge(["--config", "\(Self.examples)/lab/two-segments.yaml"], environment: ["LAB": name], unnamed: true)
+        let wait = Host.run([Host.binary, "wait", "--name", name], timeout: 15)
+        try #require(wait.ok, "\(wait.output)\n\(bridge.output)")
+        let (a, b, r) = ("\(name)-a", "\(name)-b", "\(name)-r")
+        #expect(lab.exec(a, ["ip", "route", "add", "default", "via", "10.1.0.1"]).ok && lab.exec(b, ["ip", "route", "add", "default", "via", "10.2.0.1"]).ok)
+        #expect(lab.exec(r, ["sysctl", "-qw", "net.ipv4.ip_forward=1"]).ok)
+        #expect(lab.ping(from: a, "10.2.0.2").received == 3, "a -> b through the router\n\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.2.0.2", context: bridge.output)
+        let fdb = Host.run([Host.binary, "show", "fdb", "--name", name]).output
+        let aMAC = lab.exec(a, ["cat", "/sys/class/net/\(a)/address"]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+        let aLines = fdb.split(separator: "\n").filter { $0.hasPrefix(aMAC) }
+        #expect(aLines.count == 1 && aLines[0].split(separator: " ", omittingEmptySubsequences: true)[1] == "10", "a's MAC, in VLAN 10 only:\n\(fdb)")
+        #expect(bridge.stop() == 0)
+        #expect(![a, b, r].contains(where: Lab.namespaceExists), "namespaces left after SIGTERM")
+    }
+
     /// The two-VM lab: its script boots two guests under QEMU as nobody on the file's stream
     /// socket; each reaches the other, and the namespace host reaches both.
     @Test func twoVMLabJoinsUnprivilegedVMsOverAStreamSocket() throws {
