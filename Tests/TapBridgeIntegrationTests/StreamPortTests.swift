@@ -147,3 +147,45 @@ extension KernelTests.VirtualMachineTests {
         #expect(bridge.stop() == 0)
     }
 }
+
+extension KernelTests.VirtualMachineTests {
+    /// A VM rebooted: QEMU stops (its tap goes, the port turns `absent`) and is started again
+    /// on the same tap name; tapbridge attaches it again by itself, and the new guest reaches
+    /// the namespace. tapbridge is never touched.
+    /// ```
+    ///  guest (10.77.0.3) ── QEMU ══ tap v (held) ── packet socket ─ tapbridge ─ tap b ── ns b (10.77.0.2)
+    /// ```
+    @Test func aVMRestartedOnItsTapIsForwardedToAgain() throws {
+        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
+        let built = Host.run(["bash", "\(Self.peers)/build-guest.sh", Self.guestDirectory], timeout: 300)
+        try #require(built.ok, "cannot build the guest: \(built.output)")
+        let lab = Lab()
+        let b = lab.namespaceName("b")
+        let (v, tb) = (lab.link("v"), lab.link("b"))
+        func boot() throws -> Background {
+            try lab.background([
+                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
+                "-kernel", "\(Self.guestDirectory)/vmlinuz", "-initrd", "\(Self.guestDirectory)/initrd.gz",
+                "-append", "console=ttyS0 quiet panic=-1 tb.addr=10.77.0.3/24 tb.ping=10.77.0.2",
+                "-netdev", "tap,id=n0,ifname=\(v),script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0",
+            ])
+        }
+        let first = try boot()
+        #expect(lab.waitForLinks([v]), "QEMU did not create its TAP:\n\(first.output)")
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", v, "--port", "\(tb),netns=\(b),addr=10.77.0.2/24", "--name", name])
+        #expect(Lab.eventually(within: 120) { first.output.contains("TB-PING") }, "\(first.output.suffix(800))")
+        #expect(first.output.contains("TB-PING 0"), "the first guest did not reach ns b:\n\(first.output.suffix(800))\n\(bridge.output)")
+        _ = first.stop()
+        #expect(Lab.eventually(within: 10) { bridge.output.contains("port \(v): interface is gone") }, "\(bridge.output)")
+        let absent = try KernelTests.ControlTests.decode([PortReport].self, KernelTests.ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(absent.first { $0.name == v }?.state == "absent", "\(absent.map { "\($0.name) \($0.state)" })")
+        let second = try boot()
+        #expect(Lab.eventually(within: 10) { bridge.output.contains("port \(v): interface \(v) is back") }, "\(bridge.output)")
+        #expect(Lab.eventually(within: 120) { second.output.contains("TB-PING") }, "\(second.output.suffix(800))")
+        #expect(second.output.contains("TB-PING 0"), "the restarted guest did not reach ns b:\n\(second.output.suffix(800))\n\(bridge.output)")
+        #expect(lab.ping(from: b, "10.77.0.3").received == 3, "ns b -> the restarted guest")
+        _ = second.stop()
+        #expect(bridge.stop() == 0)
+    }
+}
