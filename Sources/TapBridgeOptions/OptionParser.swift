@@ -22,6 +22,12 @@ public enum OptionParser {
         try parse(arguments) { path throws(StartupError) in try ConfigFile.entries(fromFile: path) }
     }
 
+    /// `parse` with `--config FILE` whose text is `yaml` (read from nowhere): what a config
+    /// file of that text and these arguments make (the config fuzz target's way in).
+    public static func parse(_ arguments: [String], configText yaml: String, environment: [String: String] = [:]) throws(Failure) -> Outcome {
+        try parse(["--config", "fuzz.yaml"] + arguments) { file throws(StartupError) in try ConfigFile.entries(fromYAML: yaml, file: file, environment: environment) }
+    }
+
     /// `parse`, reading the `--config` file through `readConfig`.
     static func parse(_ arguments: [String], readConfig: (String) throws(StartupError) -> [ConfigFile.Entry]) throws(Failure) -> Outcome {
         // (definition, value, the name as written)
