@@ -10,7 +10,10 @@ enum Host {
     static let packageRoot = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
     /// The release binary the tests drive.
-    static let binary = packageRoot.appendingPathComponent(".build/release/tapbridge").path
+    /// The binary under test: `.build/release/tapbridge`, or `$TAPBRIDGE_BINARY` (an
+    /// AddressSanitizer build: README.md, "Sanitizers").
+    static let binary = ProcessInfo.processInfo.environment["TAPBRIDGE_BINARY"].flatMap { $0.isEmpty ? nil : $0 }
+        ?? packageRoot.appendingPathComponent(".build/release/tapbridge").path
 
     static var hasBinary: Bool { FileManager.default.isExecutableFile(atPath: binary) }
 
