@@ -80,6 +80,7 @@ public final class BridgeDaemon {
         self.options = options
         self.logger = logger
         namespaces = Namespaces(logger: logger)
+        try options.user?.check(options.ports)
         var names: Set<String> = []
         for name in options.ports.map(\.name) + options.remotes.map(\.name) where !names.insert(name).inserted {
             throw StartupError("port \(name): given twice")
@@ -127,6 +128,8 @@ public final class BridgeDaemon {
                 let responder = ControlResponder(daemon: self)
                 control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup) { responder.reply(to: $0) }
             }
+            // the last step of start-up: everything is open
+            if let user = options.user { try dropPrivileges(to: user) }
         } catch {
             mirror?.close()
             for port in engine.ports { engine.removePort(port) }

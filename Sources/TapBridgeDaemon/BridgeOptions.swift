@@ -41,6 +41,8 @@ extension BridgeDaemon {
         public var controlAdminGroup: String? = nil
         /// Log a one-line summary this often (`--stats-interval`), or nil.
         public var statsInterval: Duration? = nil
+        /// `--user USER[:GROUP]`: who the bridge becomes once everything is open.
+        public var user: RunAs? = nil
         /// The version reported by `show stats`.
         public var version = ""
         public var bridge: Bridge.Configuration
@@ -82,6 +84,7 @@ extension BridgeDaemon.Options {
         controlGroup = settings.controlGroup
         controlAdminGroup = settings.controlAdminGroup
         statsInterval = settings.statsInterval.map(duration)
+        user = settings.user?.value
         self.version = version
     }
 }

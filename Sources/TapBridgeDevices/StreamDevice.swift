@@ -1,5 +1,5 @@
 import CTapBridge
-public import Glibc
+import Glibc
 public import TapBridgeCore
 
 /// Where a stream port connects, or a stream listener listens: a Unix socket path or a TCP

@@ -86,7 +86,9 @@ public final class TapDevice: DescriptorDevice {
         let up = ctb_if_set_up(name)
         if up < 0 {
             undo()
-            throw .failed("cannot bring the link up: \(describeErrno(-up))")
+            throw .failed(-up == EPERM
+                ? "the TAP is down, and bringing it up needs CAP_NET_ADMIN: bring it up once as root (ip link set \(name) up), or run with the capability"
+                : "cannot bring the link up: \(describeErrno(-up))")
         }
         var negotiated: Int32 = 0
         if offload {

@@ -49,6 +49,8 @@ public struct Settings: Sendable {
     public var controlGroup: String? = nil
     public var controlAdminGroup: String? = nil
     public var statsInterval: Double? = nil
+    /// `--user USER[:GROUP]`, looked up when given.
+    public var user: Given<RunAs>? = nil
     public var config: String? = nil
     public var printConfig = false
     public var logLevel = Logger.Level.info

@@ -11,7 +11,7 @@ struct OptionTableTests {
     /// `everyOptionHasASample`, so it cannot escape the round trip below.
     static let samples: [String: [String]] = [
         "port": ["tap0", "tap1,vlan=10,mtu=1400", "tap2,trunk=10:20,native=1,offload=off", "vm2,stream=unix:/run/lab/vm2.sock"], "offload": ["off"],
-        "stream-listen": ["unix:/run/lab/vm.sock,vlan=10,max=8", "5555"], "stream-group": ["kvm"],
+        "stream-listen": ["unix:/run/lab/vm.sock,vlan=10,max=8", "5555"], "stream-group": ["kvm"], "user": ["nobody"],
         "remote": ["127.0.0.1:4789,vni=42", "[::1]:5555,encap=raw,name=vm1"], "listen": ["127.0.0.1:4789"], "encap": ["raw"], "vni": ["7"],
         "accept-peers": ["true"], "key-file": ["/etc/tapbridge/lab.key"], "max-peers": ["9"], "peer-timeout": ["12.5"], "no-split-horizon": ["true"],
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"], "loop-protect": ["off"], "seed": ["42"],

@@ -133,6 +133,15 @@ int ctb_accept(int fd);
 /// first, then the supplementary ones). Returns how many group IDs were stored, or -errno.
 int ctb_peer_credentials(int fd, unsigned int *uid, unsigned int *gids, int max);
 
+/// Becomes user `uid`, group `gid` with supplementary `groups`, keeping only the capabilities
+/// in mask `keep` (bit N: capability N) in the permitted, effective and bounding sets, and sets
+/// no_new_privs. Must be called as root. Returns 0 or -errno (the process may then be half
+/// way: the caller exits).
+int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *groups, int ngroups, unsigned long long keep);
+
+/// The effective capability mask, or -errno.
+long long ctb_effective_capabilities(void);
+
 /// The process at the other end of Unix socket `fd` (SO_PEERCRED): its pid, or -errno.
 int ctb_peer_pid(int fd, unsigned int *uid);
 

@@ -1,0 +1,114 @@
+import Foundation
+import Glibc
+import TapBridgeDaemon
+import Testing
+
+/// Least privilege: `--user` drops root once everything is open; a user's own TAPs need no
+/// root at all; every permission failure says its real cause and fix in one line.
+extension KernelTests {
+@Suite("Least privilege")
+struct PrivilegeTests {
+    /// `/proc/PID/status` lines of a running process, by key.
+    static func status(_ pid: Int32) -> [String: String] {
+        let text = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        var out: [String: String] = [:]
+        for line in text.split(separator: "\n") {
+            let kv = line.split(separator: ":", maxSplits: 1)
+            if kv.count == 2 { out[String(kv[0])] = kv[1].trimmingCharacters(in: .whitespaces) }
+        }
+        return out
+    }
+
+    /// Runs `args` as nobody:nogroup with no capability, in a mount namespace whose
+    /// /dev/net/tun is mode 0666 (as most distributions ship it; this machine's is 0600, and
+    /// the test changes nothing outside its namespace).
+    static func asNobody(_ args: [String], openTun: Bool = true) -> [String] {
+        let drop = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
+        guard openTun else { return drop + args }
+        let quoted = (drop + args).map { "'\($0)'" }.joined(separator: " ")
+        let node = "/tmp/tbtest-tun-\(getpid())-\(Int.random(in: 0..<1_000_000))"
+        return ["unshare", "-m", "sh", "-c", "mknod -m 666 \(node) c 10 200 && mount --bind \(node) /dev/net/tun && rm \(node) && exec \(quoted)"]
+    }
+
+    /// ```
+    ///  ns a ── tap ── tapbridge --user nobody ── tap ── ns b
+    /// ```
+    /// It runs as nobody with CAP_NET_ADMIN and CAP_NET_RAW only and no new privileges, TCP
+    /// passes both ways, and `show ports` answers root and nobody (the socket is nobody's now).
+    @Test func userNobodyForwardsTCPAndAnswersItsOwner() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", ta, "--port", tb, "--user", "nobody", "--name", name])
+        #expect(lab.waitForLinks([ta, tb]), "\(bridge.output)")
+        #expect(Lab.eventually { bridge.output.contains("running as nobody (uid 65534)") }, "\(bridge.output)")
+        let s = Self.status(bridge.process.processIdentifier)
+        #expect(s["Uid"]?.hasPrefix("65534\t65534\t65534") == true && s["CapEff"] == "0000000000003000" && s["CapBnd"] == "0000000000003000"
+                && s["NoNewPrivs"] == "1", "\(s.filter { ["Uid", "CapEff", "CapPrm", "CapBnd", "NoNewPrivs"].contains($0.key) })")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
+        let asRoot = ControlTests.client(["show", "ports"], name: name)
+        let asUser = Host.run(Self.asNobody([Host.binary, "show", "ports", "--name", name], openTun: false))
+        #expect(asRoot.ok && asRoot.output.contains(ta), "\(asRoot.output)")
+        #expect(asUser.ok && asUser.output.contains(tb), "the bridge's own user: \(asUser.output)")
+        #expect(bridge.stop() == 0)
+    }
+
+    /// Two TAPs made for nobody beforehand (`ip tuntap add ... user nobody`, up), and tapbridge
+    /// run by nobody with no capability at all: TCP both ways.
+    @Test func aUsersOwnTAPsNeedNoRoot() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        for t in [ta, tb] {
+            #expect(Host.run(["ip", "tuntap", "add", "dev", t, "mode", "tap", "user", "nobody", "vnet_hdr"]).ok)
+            #expect(Host.run(["ip", "link", "set", t, "up"]).ok)
+        }
+        let control = lab.temporaryPath("nobody-control")
+        #expect(Host.run(["mkdir", "-m", "777", control]).ok)
+        let bridge = try lab.background(Self.asNobody([Host.binary, "--port", ta, "--port", tb, "--control", "\(control)/x.sock"]))
+        #expect(Lab.eventually { bridge.output.contains("forwarding between 2 port(s)") }, "\(bridge.output)")
+        #expect(bridge.output.contains("port \(ta): TAP attached (kept on exit)"), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
+        _ = bridge.stop()
+        for t in [ta, tb] { _ = Host.run(["ip", "link", "del", t]) }
+        _ = Host.run(["rm", "-rf", control])
+    }
+
+    /// Each permission failure: one line, its cause and its fix.
+    @Test func permissionFailuresNameTheirCause() throws {
+        let lab = Lab()
+        let t = lab.link("p")
+        let dir = lab.temporaryPath("nobody-dir")
+        #expect(Host.run(["mkdir", "-m", "777", dir]).ok)
+        defer { _ = Host.run(["rm", "-rf", dir]) }
+        let cases: [([String], String)] = [
+            // the device node, whatever the capabilities
+            (Self.asNobody([Host.binary, "--port", t, "--control", "none"], openTun: false), "cannot open /dev/net/tun: permission denied (its mode is 0600"),
+            // the capability, once the node opens
+            (Self.asNobody([Host.binary, "--port", t, "--control", "none"]), "creating TAP \(t) needs CAP_NET_ADMIN"),
+            // the control directory
+            (Self.asNobody([Host.binary, "--port", t, "--name", "tbtest-nobody"]), "give a writable --control PATH"),
+            // --user needs root to start
+            (Self.asNobody([Host.binary, "--port", t, "--control", "\(dir)/x.sock", "--user", "nobody"]), "changing user needs root"),
+            ([Host.binary, "--port", "\(t),netns=tbtest-nns", "--user", "nobody", "--control", "none"], "--user with netns="),
+            ([Host.binary, "--port", t, "--user", "no-such-user-here", "--control", "none"], "--user 'no-such-user-here': no user named"),
+        ]
+        for (args, want) in cases {
+            let r = Host.run(args, timeout: 10)
+            let lines = r.output.split(separator: "\n").filter { $0.contains("error") }
+            #expect(!r.ok && r.output.contains(want) && lines.count == 1, "\(args.suffix(6)): want '\(want)', got:\n\(r.output)")
+        }
+        #expect(!Host.run(["ip", "link", "show", t]).ok, "a failed start left \(t) behind")
+        // a TAP of nobody's that is down: bringing it up is the capability's
+        #expect(Host.run(["ip", "tuntap", "add", "dev", t, "mode", "tap", "user", "nobody"]).ok)
+        defer { _ = Host.run(["ip", "link", "del", t]) }
+        let down = Host.run(Self.asNobody([Host.binary, "--port", t, "--control", "none"]), timeout: 10)
+        #expect(!down.ok && down.output.contains("the TAP is down, and bringing it up needs CAP_NET_ADMIN: bring it up once as root (ip link set \(t) up)"), "\(down.output)")
+    }
+}
+}
