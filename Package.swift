@@ -77,16 +77,16 @@ let package = Package(
         .executableTarget(
             name: "VirtualLAN", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
             path: "Examples/VirtualLAN", swiftSettings: strict),
-        // Fuzz targets (Fuzz/README.md): each replays its corpus in a plain build, and runs
-        // under libFuzzer when built by Fuzz/run.
-        .target(name: "FuzzSupport", path: "Fuzz/FuzzSupport"),
-        .executableTarget(name: "fuzz-stream", dependencies: ["FuzzSupport", "TapBridgeCore"], path: "Fuzz/fuzz-stream"),
-        .executableTarget(name: "fuzz-offload", dependencies: ["FuzzSupport", "TapBridgeCore"], path: "Fuzz/fuzz-offload"),
-        .executableTarget(name: "fuzz-coalescer", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Fuzz/fuzz-coalescer"),
-        .executableTarget(name: "fuzz-bridge", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Fuzz/fuzz-bridge"),
-        .executableTarget(name: "fuzz-encapsulation", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeDevices"], path: "Fuzz/fuzz-encapsulation"),
-        .executableTarget(name: "fuzz-control", dependencies: ["FuzzSupport", "TapBridgeDaemon"], path: "Fuzz/fuzz-control"),
-        .executableTarget(name: "fuzz-specs", dependencies: ["FuzzSupport", "TapBridgeOptions"], path: "Fuzz/fuzz-specs"),
+        // Fuzz targets (Tests/Fuzz/README.md): each replays its corpus in a plain build, and runs
+        // under libFuzzer when built by Tests/Fuzz/run.
+        .target(name: "FuzzSupport", path: "Tests/Fuzz/FuzzSupport"),
+        .executableTarget(name: "fuzz-stream", dependencies: ["FuzzSupport", "TapBridgeCore"], path: "Tests/Fuzz/fuzz-stream"),
+        .executableTarget(name: "fuzz-offload", dependencies: ["FuzzSupport", "TapBridgeCore"], path: "Tests/Fuzz/fuzz-offload"),
+        .executableTarget(name: "fuzz-coalescer", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Tests/Fuzz/fuzz-coalescer"),
+        .executableTarget(name: "fuzz-bridge", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Tests/Fuzz/fuzz-bridge"),
+        .executableTarget(name: "fuzz-encapsulation", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeDevices"], path: "Tests/Fuzz/fuzz-encapsulation"),
+        .executableTarget(name: "fuzz-control", dependencies: ["FuzzSupport", "TapBridgeDaemon"], path: "Tests/Fuzz/fuzz-control"),
+        .executableTarget(name: "fuzz-specs", dependencies: ["FuzzSupport", "TapBridgeOptions"], path: "Tests/Fuzz/fuzz-specs"),
         .testTarget(
             name: "TapBridgeCoreTests", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
             swiftSettings: strict),

@@ -160,16 +160,36 @@ struct ExampleTests {
         #expect(Lab.eventually { !FileManager.default.fileExists(atPath: "/sys/class/net/tbA") }, "the TAPs should vanish with tapbridge")
     }
 
-    @Test func systemdUnitVerifies() throws {
+    /// Examples/install.sh (--no-build) into a staging root: the binary, the man page (which `man` finds
+    /// under the prefix), the unit with ExecStart at the installed binary, which `systemd-analyze
+    /// verify` passes and `systemd-analyze security` rates OK (below 3.0; Operations.md has
+    /// the score); --uninstall removes them.
+    @Test func installedUnitVerifiesAndIsHardened() throws {
         let lab = Lab()
-        let dir = lab.temporaryPath("systemd")
-        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-        defer { try? FileManager.default.removeItem(atPath: dir) }
-        let unit = try String(contentsOfFile: "\(Self.examples)/systemd/tapbridge@.service", encoding: .utf8)
-            .replacingOccurrences(of: "/usr/local/bin/tapbridge", with: Host.binary)
-        try unit.write(toFile: "\(dir)/tapbridge@lab.service", atomically: true, encoding: .utf8)
-        let r = Host.run(["systemd-analyze", "verify", "--man=no", "\(dir)/tapbridge@lab.service"])
-        #expect(r.ok && r.output.isEmpty, "systemd-analyze verify: \(r.output)")
+        let stage = lab.temporaryPath("stage")
+        defer { try? FileManager.default.removeItem(atPath: stage) }
+        let env = ["env", "DESTDIR=\(stage)", "PREFIX=/opt/tbtest"]
+        // (--no-build: the binary under test; a build now would wait for this test's own swift)
+        let installed = Host.run(env + ["bash", "\(Self.examples)/install.sh", "--no-build"], timeout: 30)
+        try #require(installed.ok, "\(installed.output)")
+        for file in ["/opt/tbtest/bin/tapbridge", "/opt/tbtest/share/man/man1/tapbridge.1", "/etc/systemd/system/tapbridge@.service", "/etc/tapbridge/example.yaml"] {
+            #expect(FileManager.default.fileExists(atPath: stage + file), "not installed: \(file)")
+        }
+        let man = Host.run(["env", "MANPATH=\(stage)/opt/tbtest/share/man", "man", "-w", "tapbridge"])
+        #expect(man.output.contains("\(stage)/opt/tbtest/share/man/man1/tapbridge.1"), "man -w: \(man.output)")
+        let unitText = try String(contentsOfFile: "\(stage)/etc/systemd/system/tapbridge@.service", encoding: .utf8)
+        #expect(unitText.contains("ExecStart=/opt/tbtest/bin/tapbridge --name %i"), "ExecStart not pointed at the installed binary")
+        // verify checks that ExecStart exists: the instance, with the staged binary's path
+        let unit = "\(stage)/tapbridge@lab.service"
+        try unitText.replacingOccurrences(of: "/opt/tbtest/bin/tapbridge", with: "\(stage)/opt/tbtest/bin/tapbridge").write(toFile: unit, atomically: true, encoding: .utf8)
+        let verify = Host.run(["systemd-analyze", "verify", "--man=no", unit])
+        #expect(verify.ok && verify.output.isEmpty, "systemd-analyze verify: \(verify.output)")
+        let security = Host.run(["systemd-analyze", "security", "--offline=yes", unit])
+        let score = security.output.split(separator: "\n").first { $0.contains("Overall exposure level") }
+            .flatMap { $0.split(separator: ":").last?.split(separator: " ").first }.flatMap { Double($0) } ?? 99
+        #expect(score < 3.0, "systemd-analyze security: \(score)\n\(security.output.suffix(600))")
+        let removed = Host.run(env + ["bash", "\(Self.examples)/install.sh", "--uninstall"])
+        #expect(removed.ok && !FileManager.default.fileExists(atPath: "\(stage)/opt/tbtest/bin/tapbridge"), "\(removed.output)")
     }
 
     /// Recipe 1 of Examples/qemu/README.md with the real QEMU (paused, no disk): QEMU holds

@@ -2,11 +2,11 @@
 import Glibc
 #endif
 
-/// What every fuzz target shares. Built for fuzzing (`Fuzz/run`: `swift build
+/// What every fuzz target shares. Built for fuzzing (`Tests/Fuzz/run`: `swift build
 /// --sanitize=fuzzer -Xswiftc -DFUZZING`), a target is `LLVMFuzzerTestOneInput` and libFuzzer's
 /// own main drives it (a corpus directory, `-max_total_time=N`, ...). Built plainly (`swift
 /// build`), its main replays the files or directories given, or its seed corpus
-/// (`Fuzz/corpus/NAME`), once each: every crash a fuzzer found stays a regression test that
+/// (`Tests/Fuzz/corpus/NAME`), once each: every crash a fuzzer found stays a regression test that
 /// runs without a fuzzer.
 ///
 /// A target is one function, `@_silgen_name("tapbridge_fuzz_one") func fuzz(_ data:
@@ -54,11 +54,11 @@ public enum FuzzDriver {
         return 0
     }
 
-    /// `Fuzz/corpus/NAME` beside this source file's package.
+    /// `Tests/Fuzz/corpus/NAME`, beside this file's directory.
     static func corpusDirectory(_ name: String) -> String {
         var path = #filePath
-        for _ in 0..<3 { path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]) }
-        return "\(path)/Fuzz/corpus/\(name)"
+        for _ in 0..<2 { path = String(path[..<(path.lastIndex(of: "/") ?? path.startIndex)]) }
+        return "\(path)/corpus/\(name)"
     }
 
     static func read(_ path: String) -> [UInt8]? {
