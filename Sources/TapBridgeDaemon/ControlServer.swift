@@ -160,16 +160,7 @@ public final class ControlServer {
     }
 
     /// The Unix socket address of `path` (cut to what `sun_path` holds).
-    public static func address(_ path: String) -> sockaddr_un {
-        var address = sockaddr_un()
-        address.sun_family = sa_family_t(AF_UNIX)
-        withUnsafeMutableBytes(of: &address.sun_path) { raw in
-            let bytes = Array(path.utf8.prefix(raw.count - 1))
-            raw.copyBytes(from: bytes)
-            raw[bytes.count] = 0
-        }
-        return address
-    }
+    public static func address(_ path: String) -> sockaddr_un { StreamEndpoint.unixAddress(path) }
 
     /// A blocking stream socket connected to `path`, or the errno of the failure. Never waits
     /// longer than `timeout` seconds: the connect is non-blocking, and a full backlog (a bridge

@@ -1,5 +1,5 @@
 import CTapBridge
-import Glibc
+public import Glibc
 public import TapBridgeCore
 
 /// Where a stream port connects, or a stream listener listens: a Unix socket path or a TCP
@@ -35,18 +35,24 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// The Unix socket address of `path` (cut to what `sun_path` holds).
+    public static func unixAddress(_ path: String) -> sockaddr_un {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            let bytes = Array(path.utf8.prefix(raw.count - 1))
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        return address
+    }
+
     /// The socket address, resolved now.
     func address() throws(StartupError) -> (storage: sockaddr_storage, length: socklen_t, family: Int32) {
         var storage = sockaddr_storage()
         switch self {
         case .unix(let path):
-            var sun = sockaddr_un()
-            sun.sun_family = sa_family_t(AF_UNIX)
-            withUnsafeMutableBytes(of: &sun.sun_path) { raw in
-                let bytes = Array(path.utf8.prefix(raw.count - 1))
-                raw.copyBytes(from: bytes)
-                raw[bytes.count] = 0
-            }
+            let sun = Self.unixAddress(path)
             withUnsafeMutableBytes(of: &storage) { $0.storeBytes(of: sun, as: sockaddr_un.self) }
             return (storage, socklen_t(MemoryLayout<sockaddr_un>.size), AF_UNIX)
         case .tcp(let host, let port):

@@ -158,7 +158,7 @@ struct LinkEmulationKernelTests {
 
     @Test func aDelayIsWhatPingMeasures() throws {
         let lab = Lab()
-        let (bridge, h1, h2) = try Self.lab(lab, "delay=50ms")
+        let (bridge, _, h2) = try Self.lab(lab, "delay=50ms")
         _ = lab.ping(from: h2, "10.77.0.1", count: 1)  // ARP first
         let r = lab.exec(h2, ["ping", "-c", "10", "-i", "0.1", "-W", "2", "10.77.0.1"], timeout: 30)
         // "64 bytes from 10.77.0.1: icmp_seq=1 ttl=64 time=50.3 ms": never early, and the median

@@ -115,9 +115,7 @@ extension KernelTests.VirtualMachineTests {
     ///  guest (10.77.0.3) ── virtio-net ══ QEMU (user nobody) ══ unix:SOCK ══ tapbridge ── tap b ── ns b (10.77.0.2)
     /// ```
     @Test func anUnprivilegedVMJoinsOverAStreamSocket() throws {
-        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
-        let built = Host.run(["bash", "\(Self.peers)/build-guest.sh", Self.guestDirectory], timeout: 300)
-        try #require(built.ok, "cannot build the guest: \(built.output)")
+        try Self.requireGuest()
         let lab = Lab()
         let b = lab.namespaceName("b")
         let tb = lab.link("b")
@@ -126,13 +124,10 @@ extension KernelTests.VirtualMachineTests {
         let bridge = try lab.bridge(["--port", "\(tb),netns=\(b),addr=10.77.0.2/24", "--stream-listen", "unix:\(socket)", "--stream-group", "nogroup", "--name", name])
         #expect(Lab.eventually { FileManager.default.fileExists(atPath: socket) }, "\(bridge.output)")
         let bytes = 4 << 20
-        let qemu = try lab.background([
-            "setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
-            "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
-            "-kernel", "\(Self.guestDirectory)/vmlinuz", "-initrd", "\(Self.guestDirectory)/initrd.gz",
-            "-append", "console=ttyS0 quiet panic=-1 tb.addr=10.77.0.3/24 tb.peer=10.77.0.2 tb.port=5011 tb.bytes=\(bytes) tb.listen=5012",
-            "-netdev", "stream,id=n0,server=off,addr.type=unix,addr.path=\(socket)", "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:03",
-        ])
+        let qemu = try lab.background(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
+                + Self.qemu("tb.addr=10.77.0.3/24 tb.peer=10.77.0.2 tb.port=5011 tb.bytes=\(bytes) tb.listen=5012",
+                            netdev: "stream,id=n0,server=off,addr.type=unix,addr.path=\(socket)", device: "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:03"))
         let receiver = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/receive.py", "10.77.0.2", "5011", String(bytes), "150"], timeout: 170)
         #expect(receiver.output.contains("received \(bytes) match True"), "guest -> ns: \(receiver.output)\nguest console:\n\(qemu.output.suffix(1500))\n\(bridge.output)")
         #expect(Lab.eventually(within: 30) { qemu.output.contains("TB-LISTENING") }, "\(qemu.output.suffix(800))")
@@ -156,19 +151,12 @@ extension KernelTests.VirtualMachineTests {
     ///  guest (10.77.0.3) ── QEMU ══ tap v (held) ── packet socket ─ tapbridge ─ tap b ── ns b (10.77.0.2)
     /// ```
     @Test func aVMRestartedOnItsTapIsForwardedToAgain() throws {
-        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
-        let built = Host.run(["bash", "\(Self.peers)/build-guest.sh", Self.guestDirectory], timeout: 300)
-        try #require(built.ok, "cannot build the guest: \(built.output)")
+        try Self.requireGuest()
         let lab = Lab()
         let b = lab.namespaceName("b")
         let (v, tb) = (lab.link("v"), lab.link("b"))
         func boot() throws -> Background {
-            try lab.background([
-                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
-                "-kernel", "\(Self.guestDirectory)/vmlinuz", "-initrd", "\(Self.guestDirectory)/initrd.gz",
-                "-append", "console=ttyS0 quiet panic=-1 tb.addr=10.77.0.3/24 tb.ping=10.77.0.2",
-                "-netdev", "tap,id=n0,ifname=\(v),script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0",
-            ])
+            try lab.background(Self.qemu("tb.addr=10.77.0.3/24 tb.ping=10.77.0.2", netdev: "tap,id=n0,ifname=\(v),script=no,downscript=no"))
         }
         let first = try boot()
         #expect(lab.waitForLinks([v]), "QEMU did not create its TAP:\n\(first.output)")

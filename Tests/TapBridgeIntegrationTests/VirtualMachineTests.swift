@@ -19,23 +19,32 @@ struct VirtualMachineTests {
     static let guestDirectory = "/var/tmp/tapbridge-guest"
     static let peers = Host.packageRoot.appendingPathComponent("Tests/Peers/vm").path
 
+    /// QEMU is there and the guest is built (once, cached in `guestDirectory`).
+    static func requireGuest() throws {
+        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
+        let built = Host.run(["bash", "\(peers)/build-guest.sh", guestDirectory], timeout: 300)
+        try #require(built.ok, "cannot build the guest: \(built.output)")
+    }
+
+    /// QEMU's command line for the test guest: its kernel arguments (`tb.*`, guest-init.sh) and
+    /// its NIC (`-netdev` and `-device` values).
+    static func qemu(_ arguments: String, netdev: String, device: String = "virtio-net-pci,netdev=n0") -> [String] {
+        ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
+         "-kernel", "\(guestDirectory)/vmlinuz", "-initrd", "\(guestDirectory)/initrd.gz",
+         "-append", "console=ttyS0 quiet panic=-1 \(arguments)", "-netdev", netdev, "-device", device]
+    }
+
     /// `offload`: tapbridge's `--offload` (on: the guest's super-frames reach tap b whole; off:
     /// they are segmented and checksummed in software).
     @Test(arguments: ["on", "off"])
     func aGuestOnQEMUsDefaultTapMovesTCPThroughTapbridge(_ offload: String) throws {
-        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
-        let built = Host.run(["bash", "\(Self.peers)/build-guest.sh", Self.guestDirectory], timeout: 300)
-        try #require(built.ok, "cannot build the guest: \(built.output)")
+        try Self.requireGuest()
         let lab = Lab()
         let b = lab.namespace("b")
         let (v, tb) = (lab.link("v"), lab.link("b"))
         let bytes = 8 << 20
-        let qemu = try lab.background([
-            "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
-            "-kernel", "\(Self.guestDirectory)/vmlinuz", "-initrd", "\(Self.guestDirectory)/initrd.gz",
-            "-append", "console=ttyS0 quiet panic=-1 tb.addr=10.77.0.3/24 tb.peer=10.77.0.2 tb.port=5009 tb.bytes=\(bytes)",
-            "-netdev", "tap,id=n0,ifname=\(v),script=no,downscript=no", "-device", "virtio-net-pci,netdev=n0",
-        ])
+        let qemu = try lab.background(Self.qemu("tb.addr=10.77.0.3/24 tb.peer=10.77.0.2 tb.port=5009 tb.bytes=\(bytes)",
+                                                netdev: "tap,id=n0,ifname=\(v),script=no,downscript=no"))
         #expect(lab.waitForLinks([v]), "QEMU did not create its TAP:\n\(qemu.output)")
         let name = lab.bridgeName()
         let bridge = try lab.bridge(["--port", v, "--port", tb, "--name", name, "--offload", offload])
@@ -67,9 +76,7 @@ struct VirtualMachineTests {
     ///  guest 2 (10.77.0.4) ═ dgram ═╝  (127.0.0.1:P0)
     /// ```
     @Test func twoVMsOnDgramRemotesReachEachOther() throws {
-        try #require(Host.has("qemu-system-x86_64"), "needs qemu-system-x86 (CI installs it)")
-        let built = Host.run(["bash", "\(Self.peers)/build-guest.sh", Self.guestDirectory], timeout: 300)
-        try #require(built.ok, "cannot build the guest: \(built.output)")
+        try Self.requireGuest()
         let lab = Lab()
         let b = lab.namespace("b")
         let tb = lab.link("b")
@@ -80,13 +87,9 @@ struct VirtualMachineTests {
         #expect(lab.waitForLinks([tb]), "\(bridge.output)")
         lab.place(tb, in: b, address: "10.77.0.2/24")
         func guest(_ k: Int, port: String, address: String, ping: String) throws -> Background {
-            try lab.background([
-                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-m", "256", "-nographic", "-no-reboot",
-                "-kernel", "\(Self.guestDirectory)/vmlinuz", "-initrd", "\(Self.guestDirectory)/initrd.gz",
-                "-append", "console=ttyS0 quiet panic=-1 tb.addr=\(address)/24 tb.ping=\(ping)",
-                "-netdev", "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=\(port),remote.type=inet,remote.host=127.0.0.1,remote.port=\(p0)",
-                "-device", "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0\(k)",
-            ])
+            try lab.background(Self.qemu("tb.addr=\(address)/24 tb.ping=\(ping)",
+                                         netdev: "dgram,id=n0,local.type=inet,local.host=127.0.0.1,local.port=\(port),remote.type=inet,remote.host=127.0.0.1,remote.port=\(p0)",
+                                         device: "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0\(k)"))
         }
         let one = try guest(1, port: p1, address: "10.77.0.3", ping: "10.77.0.4")
         let two = try guest(2, port: p2, address: "10.77.0.4", ping: "10.77.0.3")

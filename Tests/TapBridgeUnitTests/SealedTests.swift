@@ -167,7 +167,7 @@ struct SealedTests {
         #expect(throws: StartupError.self) { try SealedKey(hex: String(repeating: "zz", count: 32)) }
         let path = "/tmp/tapbridge-key-\(getpid())"
         defer { unlink(path) }
-        FileManager.default.createFile(atPath: path, contents: Data((generated + "\n").utf8), attributes: [.posixPermissions: 0o644])
+        #expect(FileManager.default.createFile(atPath: path, contents: Data((generated + "\n").utf8), attributes: [.posixPermissions: 0o644]))
         do {
             _ = try SealedKey(file: path)
             Issue.record("a key file others can read was taken")
