@@ -36,3 +36,52 @@ long long ctb_effective_capabilities(void) {
     if (syscall(SYS_capget, &header, data) < 0) return -errno;
     return (long long)data[0].effective | ((long long)data[1].effective << 32);
 }
+
+#include <spawn.h>
+#include <sys/wait.h>
+#include <fcntl.h>
+
+extern char **environ;
+
+int ctb_run(const char *path, char *const argv[], char *errors, int errors_size) {
+    int pipefd[2];
+    if (pipe2(pipefd, O_CLOEXEC) < 0) return -errno;
+    posix_spawn_file_actions_t actions;
+    posix_spawn_file_actions_init(&actions);
+    posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    posix_spawn_file_actions_adddup2(&actions, pipefd[1], 2);
+    // the child starts with no signal blocked (tapbridge blocks the ones its signalfd reads)
+    posix_spawnattr_t attr;
+    posix_spawnattr_init(&attr);
+    sigset_t none;
+    sigemptyset(&none);
+    posix_spawnattr_setsigmask(&attr, &none);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    pid_t pid;
+    int rc = posix_spawn(&pid, path, &actions, &attr, argv, environ);
+    posix_spawn_file_actions_destroy(&actions);
+    posix_spawnattr_destroy(&attr);
+    close(pipefd[1]);
+    if (rc != 0) {
+        close(pipefd[0]);
+        return -rc;
+    }
+    int used = 0;
+    for (;;) {
+        char scratch[256];
+        char *into = used < errors_size - 1 ? errors + used : scratch;
+        int room = used < errors_size - 1 ? errors_size - 1 - used : (int)sizeof(scratch);
+        ssize_t n = read(pipefd[0], into, (size_t)room);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) break;
+        if (into != scratch) used += (int)n;
+    }
+    if (errors_size > 0) errors[used] = 0;
+    close(pipefd[0]);
+    int status = 0;
+    while (waitpid(pid, &status, 0) < 0) {
+        if (errno != EINTR) return -errno;
+    }
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
+}

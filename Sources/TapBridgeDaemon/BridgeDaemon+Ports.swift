@@ -9,6 +9,7 @@ import TapBridgeOptions
 /// registry (`PortRecord`); nothing here keeps a list of its own.
 extension BridgeDaemon {
     func attachPort(_ spec: PortSpec) throws(StartupError) {
+        if spec.stream != nil { return connectStream(spec) }
         let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
@@ -30,7 +31,7 @@ extension BridgeDaemon {
         nextAbsentCheck = now.advanced(by: .milliseconds(500)).nanoseconds
         for (name, entry) in absent.sorted(by: { $0.key < $1.key }) {
             if entry.spec.stream != nil {
-                reconnect(entry.spec)
+                connector.attempt(entry.spec)
                 continue
             }
             let index = ctb_if_index(name)
@@ -49,27 +50,21 @@ extension BridgeDaemon {
         }
     }
 
-    /// A `stream=` port at start: connected now, or absent and tried again until its peer
-    /// listens (a QEMU started after the bridge).
+    /// A `stream=` port (at start, `port add`, or after its connection closed): absent until
+    /// `StreamConnector` has connected it, tried again twice a second meanwhile, never
+    /// waiting in the loop (a TCP peer that drops the handshake costs nothing but the tries).
     func connectStream(_ spec: PortSpec) {
         absent[spec.name] = (spec, 0)
         nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
-        reconnect(spec)
+        connector.attempt(spec)
     }
 
-    /// A `stream=` port whose connection closed or never opened: connect again (twice a
-    /// second while it fails; the failure is logged once, when it changes).
-    func reconnect(_ spec: PortSpec) {
-        do {
-            try attachPort(spec)
-            absent[spec.name] = nil
-        } catch {
-            let code = Int32(truncatingIfNeeded: error.message.hashValue)
-            if absent[spec.name]?.failedIndex != code {
-                absent[spec.name]?.failedIndex = code
-                logger.warning("\(error.message); connecting again twice a second")
-            }
-        }
+    /// The connector's connection for `spec`: the port joins.
+    func attachConnected(_ spec: PortSpec, fd: Int32) {
+        absent[spec.name] = nil
+        returning[spec.name] = spec
+        impaired[spec.name] = PortFactory.attachStream(spec, fd: fd, to: engine, decorate: decorate, seed: options.seed, logger: logger)
+        if !spec.impairment.isNone { logSeedOnce() }
     }
 
     /// `port set NAME OPTIONS`: gives port NAME a new emulated link (the link keys given;
@@ -77,7 +72,7 @@ extension BridgeDaemon {
     /// Returns the answer's line.
     func setPort(_ name: String, _ text: String) throws(StartupError) -> String {
         guard let port = engine.port(named: name), let device = impaired[name] else {
-            throw StartupError(engine.port(named: name) == nil ? "no port named '\(name)'" : "port \(name) is a remote: port set changes TAP and packet ports")
+            throw StartupError(engine.port(named: name) == nil ? "no port named '\(name)'" : "port \(name) is a remote: port set changes TAP, packet and stream ports; emulate a link to another host on the TAP at either end")
         }
         let words = text.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
         let linkKeys: Set<String> = ["delay", "jitter", "loss", "duplicate", "corrupt", "reorder", "rate"]
@@ -115,6 +110,7 @@ extension BridgeDaemon {
     /// Removes a port (`port del`); a namespace this bridge made for it goes with its last port.
     func removePort(_ port: PortID) {
         let name = engine.name(of: port)
+        connector.cancel(name)
         impaired[name] = nil
         releaseStream(name, nil)
         engine.removePort(port)
@@ -183,9 +179,8 @@ extension BridgeDaemon {
                     let line = "port \(name): \(error.operation); port removed"
                     if error.code == EPROTO { logger.warning("\(line)") } else { logger.info("\(line)") }
                 } else if let spec = returning[name] {
-                    absent[name] = (spec, 0)
-                    nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
                     logger.warning("port \(name): \(error.operation); connecting to \(spec.stream.map { "\($0)" } ?? "?") again")
+                    connectStream(spec)
                 }
                 continue
             }

@@ -63,6 +63,8 @@ public final class BridgeDaemon {
     /// `--stream-listen` sockets, and which of them each accepted stream port came through.
     var streamListeners: [StreamListener] = []
     var streamOrigin: [String: StreamListener] = [:]
+    /// `stream=` ports being connected.
+    var connector: StreamConnector! = nil
 
     /// When the next delayed frame of any port is due (asked at every wake-up: no allocation).
     var nextDeparture: Int64? {
@@ -103,6 +105,7 @@ public final class BridgeDaemon {
             self.claim = nil
         }
         failed = { [unowned self] device, error in portFailed(device, error) }
+        connector = StreamConnector(logger: logger) { [unowned self] spec, fd in attachConnected(spec, fd: fd) }
         signals = try SignalSource(logger: logger, stop: { [unowned self] in stop() }, dump: { [unowned self] in reportCounters() })
         do throws(StartupError) {
             for name in options.mirror?.ports ?? [] where !names.contains(name) {
@@ -119,9 +122,7 @@ public final class BridgeDaemon {
             if !options.remotes.isEmpty || options.acceptsPeers {
                 remotes = try RemotePeers(options: options, engine: engine, ports: ports, decorate: decorate, logger: logger)
             }
-            for spec in options.ports {
-                if spec.stream != nil { connectStream(spec) } else { try attachPort(spec) }
-            }
+            for spec in options.ports { try attachPort(spec) }
             try openStreamListeners()
             try remotes?.addConfigured()
             if let path = controlPath {
@@ -161,6 +162,7 @@ public final class BridgeDaemon {
         loop.add(ports)
         if let remotes, options.acceptsPeers { loop.add(remotes) }
         for listener in streamListeners { loop.add(listener) }
+        loop.add(connector)
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },
@@ -221,6 +223,7 @@ public final class BridgeDaemon {
         namespaces.releaseAll()
         streamListeners.removeAll()
         streamOrigin.removeAll()
+        connector.cancelAll()
         remotes?.isActive = false
         remotes = nil
         ports.alwaysPolled = nil

@@ -99,10 +99,14 @@ final class ControlResponder {
             if daemon.absent[spec.name] != nil { return .failure("port \(spec.name) exists (absent: waiting for its interface; port del \(spec.name) first)") }
             return answer { () throws(StartupError) in
                 try daemon.attachPort(spec)
+                if let endpoint = spec.stream, engine.port(named: spec.name) == nil {
+                    return "port \(spec.name) added, connecting to \(endpoint) (show ports says when it is up)"
+                }
                 return "port \(spec.name) added"
             }
         case "port-del":
             if let name = request.port, daemon.absent.removeValue(forKey: name) != nil {
+                daemon.connector.cancel(name)
                 logger.info("control: port \(name) (absent) removed")
                 return .success("port \(name) removed (it was absent)")
             }

@@ -1,7 +1,9 @@
+import CTapBridge
 import Foundation
 import Glibc
 import Logging
 import TapBridgeCore
+import TapBridgeDevices
 import TapBridgeOptions
 
 /// The network namespaces of `netns=` ports. They are made and used with iproute2's `ip`, as
@@ -123,21 +125,18 @@ final class Namespaces {
     }
 
     /// Runs `ip ARGS` and waits for it (a few milliseconds); its error line if it fails.
+    /// (posix_spawn and waitpid: Foundation's Process waited forever for an `ip` that had
+    /// exited when tapbridge itself ran under `ip netns exec`, its child left a zombie.)
     private func ip(_ args: [String]) throws(StartupError) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"].first { FileManager.default.isExecutableFile(atPath: $0) } ?? "/usr/sbin/ip")
-        p.arguments = args
-        let errors = Pipe()
-        p.standardError = errors
-        p.standardOutput = FileHandle.nullDevice
-        do {
-            try p.run()
-        } catch {
-            throw StartupError("netns= needs iproute2's ip (apt-get install iproute2): \(error.localizedDescription)")
-        }
-        let text = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-        p.waitUntilExit()
-        guard p.terminationStatus == 0 else {
+        let candidates: [String] = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
+        let path = candidates.first { access($0, X_OK) == 0 } ?? "/usr/sbin/ip"
+        var argv: [UnsafeMutablePointer<CChar>?] = ([path] + args).map { strdup($0) } + [nil]
+        defer { for p in argv { free(p) } }
+        var errors = [CChar](repeating: 0, count: 1024)
+        let status = ctb_run(path, &argv, &errors, Int32(errors.count))
+        if status < 0 { throw StartupError("netns= needs iproute2's ip (apt-get install iproute2): \(describeErrno(-status))") }
+        guard status == 0 else {
+            let text = String(decoding: errors.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
             throw StartupError("ip \(args.joined(separator: " ")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
         }
     }

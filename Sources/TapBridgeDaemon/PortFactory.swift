@@ -19,7 +19,6 @@ enum PortFactory {
     static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                        decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
                        seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
-        if spec.stream != nil { return try attachStream(spec, to: engine, decorate: decorate, seed: seed, logger: logger) }
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -60,23 +59,16 @@ enum PortFactory {
         return (kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
     }
 
-    /// A `stream=` port: a connection to its endpoint (a TCP one may still be connecting; if
-    /// it fails, the port goes and is tried again, as when it closes).
-    static func attachStream(_ spec: PortSpec, to engine: ForwardingEngine, decorate: (any PortDevice) -> any PortDevice, seed: UInt64,
-                             logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
-        guard let endpoint = spec.stream else { preconditionFailure("not a stream port") }
-        let fd: Int32
-        do throws(StartupError) {
-            fd = try endpoint.connect()
-        } catch {
-            throw StartupError("port \(spec.name): \(error.message)")
-        }
-        let device = StreamDevice(fd: fd, peer: "\(endpoint)")
-        let record = PortRecord(name: spec.name, kind: .stream, peer: "\(endpoint)")
+    /// A `stream=` port on `fd`, a connection to its endpoint made by `StreamConnector`.
+    static func attachStream(_ spec: PortSpec, fd: Int32, to engine: ForwardingEngine, decorate: (any PortDevice) -> any PortDevice, seed: UInt64,
+                             logger: Logger) -> ImpairedDevice {
+        let endpoint = spec.stream.map { "\($0)" } ?? "?"
+        let device = StreamDevice(fd: fd, peer: endpoint)
+        let record = PortRecord(name: spec.name, kind: .stream, peer: endpoint)
         let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
         engine.addPort(record, configuration: spec.configuration, on: impaired)
-        logger.info("port \(spec.name): stream to \(endpoint), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
-        return (true, impaired)
+        logger.info("port \(spec.name): stream to \(endpoint), connected, \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
+        return impaired
     }
 
     /// A port's own seed from the bridge's: the same name gets the same choices.

@@ -146,3 +146,80 @@ extension BridgeDaemon {
         return total
     }
 }
+
+/// Connects `stream=` ports without ever waiting in the loop: a connect that does not finish at
+/// once (a TCP handshake) is polled for writability and its outcome read then. A port joins
+/// once connected; a failure is logged once per distinct reason (not twice a second) and the
+/// daemon's absent-port timer tries again.
+final class StreamConnector: EventSource {
+    struct InFlight {
+        var spec: PortSpec
+        var fd: Int32
+    }
+    var inFlight: [InFlight] = []
+    /// The last failure logged per port, so a peer that stays away is said once.
+    var lastFailure: [String: String] = [:]
+    let logger: Logger
+    let connected: (PortSpec, Int32) -> Void
+
+    init(logger: Logger, connected: @escaping (PortSpec, Int32) -> Void) {
+        self.logger = logger
+        self.connected = connected
+    }
+
+    deinit { cancelAll() }
+
+    /// Starts connecting `spec`'s endpoint, unless a connect for it is under way.
+    func attempt(_ spec: PortSpec) {
+        guard let endpoint = spec.stream, !inFlight.contains(where: { $0.spec.name == spec.name }) else { return }
+        do {
+            let (fd, done) = try endpoint.connect()
+            if done { succeeded(spec, fd) } else { inFlight.append(InFlight(spec: spec, fd: fd)) }
+        } catch {
+            failed(spec, error.message)
+        }
+    }
+
+    func succeeded(_ spec: PortSpec, _ fd: Int32) {
+        lastFailure[spec.name] = nil
+        connected(spec, fd)
+    }
+
+    func failed(_ spec: PortSpec, _ message: String) {
+        guard lastFailure[spec.name] != message else { return }
+        lastFailure[spec.name] = message
+        logger.warning("port \(spec.name): \(message); trying again twice a second")
+    }
+
+    /// Forgets port `name` (port del): a connect under way is closed.
+    func cancel(_ name: String) {
+        for f in inFlight where f.spec.name == name { close(f.fd) }
+        inFlight.removeAll { $0.spec.name == name }
+        lastFailure[name] = nil
+    }
+
+    func cancelAll() {
+        for f in inFlight { close(f.fd) }
+        inFlight.removeAll()
+    }
+
+    func register(_ fds: inout [pollfd]) {
+        for f in inFlight { fds.append(pollfd(fd: f.fd, events: Int16(POLLOUT), revents: 0)) }
+    }
+
+    func deadline() -> Int64? { nil }
+
+    func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
+        let done = zip(inFlight, ready).filter { $0.1.revents != 0 }.map(\.0)
+        inFlight.removeAll { f in done.contains { $0.fd == f.fd } }
+        for f in done {
+            if let error = f.spec.stream?.outcome(of: f.fd) {
+                close(f.fd)
+                failed(f.spec, error.message)
+            } else {
+                succeeded(f.spec, f.fd)
+            }
+        }
+        return nil
+    }
+}

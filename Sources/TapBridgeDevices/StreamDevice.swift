@@ -63,35 +63,39 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
-    /// A non-blocking stream socket connected to this endpoint (waiting at most `timeout`
-    /// seconds for a TCP handshake), or why not.
-    public func connect(timeout: Double = 2) throws(StartupError) -> Int32 {
+    /// Starts connecting a non-blocking stream socket to this endpoint, never waiting: `fd` is
+    /// connected, or (`connected` false: a TCP handshake under way) becomes writable once the
+    /// connection is made or has failed (`StreamEndpoint.outcome(of:)` says which). Throws
+    /// what fails at once (a Unix socket nobody listens on, a refused loopback port).
+    public func connect() throws(StartupError) -> (fd: Int32, connected: Bool) {
         var (storage, length, family) = try address()
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw StartupError("\(self): socket: \(describeErrno(errno))") }
-        let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
-        var e = rc == 0 ? 0 : errno
-        if e == EINPROGRESS {
-            var p = pollfd(fd: fd, events: Int16(POLLOUT), revents: 0)
-            if poll(&p, 1, Int32(timeout * 1000)) == 1 {
-                var code: Int32 = 0
-                var size = socklen_t(MemoryLayout<Int32>.size)
-                getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &size)
-                e = code
-            } else {
-                e = ETIMEDOUT
-            }
-        }
-        if e != 0 {
-            close(fd)
-            let hint = e == ENOENT || e == ECONNREFUSED ? " (nothing listens there yet)" : e == EACCES ? " (the socket's permissions keep this user out)" : ""
-            throw StartupError("cannot connect to \(self): \(describeErrno(e))\(hint)")
-        }
         if family != AF_UNIX {
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
         }
-        return fd
+        let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
+        let e = rc == 0 ? 0 : errno
+        if e == EINPROGRESS { return (fd, false) }
+        if e != 0 {
+            close(fd)
+            throw failure(e)
+        }
+        return (fd, true)
+    }
+
+    /// How the connect under way on `fd` ended, once it is writable: nil if connected.
+    public func outcome(of fd: Int32) -> StartupError? {
+        var code: Int32 = 0
+        var size = socklen_t(MemoryLayout<Int32>.size)
+        if getsockopt(fd, SOL_SOCKET, SO_ERROR, &code, &size) < 0 { code = errno }
+        return code == 0 ? nil : failure(code)
+    }
+
+    func failure(_ e: Int32) -> StartupError {
+        let hint = e == ENOENT || e == ECONNREFUSED ? " (nothing listens there yet)" : e == EACCES ? " (the socket's permissions keep this user out)" : ""
+        return StartupError("cannot connect to \(self): \(describeErrno(e))\(hint)")
     }
 
     /// A non-blocking listening socket on this endpoint. A Unix path gets `mode` (and `group`,
@@ -103,7 +107,8 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
             var st = stat()
             if lstat(path, &st) == 0 {
                 guard st.st_mode & S_IFMT == S_IFSOCK else { throw StartupError("--stream-listen \(self): \(path) exists and is not a socket") }
-                if let fd = try? StreamEndpoint.unix(path).connect(timeout: 0.5) {
+                // (a Unix connect never waits: it is taken or refused at once)
+                if let (fd, _) = try? StreamEndpoint.unix(path).connect() {
                     close(fd)
                     throw StartupError("--stream-listen \(self): another program listens on \(path) (another tapbridge?)")
                 }
