@@ -190,6 +190,7 @@ extension BridgeDaemon {
                 logger.warning("port \(name): interface is gone (\(error.operation): \(describeErrno(error.code))); kept as absent, attached again when an interface named \(name) appears (a VM started again, a veth made again); forwarding continues between the others")
             } else {
                 returning[name] = nil
+                releaseStream(name, nil)  // an accepted stream port's place goes back to its listener
                 logger.error("port \(name): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
             }
         }
