@@ -13,8 +13,20 @@ extension BridgeDaemon {
         let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
-        self.impaired[spec.name] = impaired
+        joined(spec, impaired)
+    }
+
+    /// Port `spec.name` joined behind emulated link `device` (for `port set` and the timer).
+    func joined(_ spec: PortSpec, _ device: ImpairedDevice) {
+        impaired[spec.name] = device
         if !spec.impairment.isNone { logSeedOnce() }
+    }
+
+    /// Port `spec` waits, `absent`: for its interface, or (`stream=`) for a connection. The
+    /// absent-port timer looks twice a second.
+    func markAbsent(_ spec: PortSpec) {
+        absent[spec.name] = (spec, 0)
+        nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
     }
 
     /// The link emulation's seed, once, when the first port gets an impairment.
@@ -54,8 +66,7 @@ extension BridgeDaemon {
     /// `StreamConnector` has connected it, tried again twice a second meanwhile, never
     /// waiting in the loop (a TCP peer that drops the handshake costs nothing but the tries).
     func connectStream(_ spec: PortSpec) {
-        absent[spec.name] = (spec, 0)
-        nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
+        markAbsent(spec)
         connector.attempt(spec)
     }
 
@@ -63,8 +74,9 @@ extension BridgeDaemon {
     func attachConnected(_ spec: PortSpec, fd: Int32) {
         absent[spec.name] = nil
         returning[spec.name] = spec
-        impaired[spec.name] = PortFactory.attachStream(spec, fd: fd, to: engine, decorate: decorate, seed: options.seed, logger: logger)
-        if !spec.impairment.isNone { logSeedOnce() }
+        let endpoint = spec.stream.map { "\($0)" } ?? "?"
+        joined(spec, PortFactory.attachStream(StreamDevice(fd: fd, peer: endpoint), spec, how: "stream to \(endpoint), connected", to: engine,
+                                              decorate: decorate, seed: options.seed, logger: logger))
     }
 
     /// `port set NAME OPTIONS`: gives port NAME a new emulated link (the link keys given;
@@ -185,8 +197,7 @@ extension BridgeDaemon {
                 continue
             }
             if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
-                absent[name] = (spec, 0)
-                nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
+                markAbsent(spec)
                 logger.warning("port \(name): interface is gone (\(error.operation): \(describeErrno(error.code))); kept as absent, attached again when an interface named \(name) appears (a VM started again, a veth made again); forwarding continues between the others")
             } else {
                 returning[name] = nil

@@ -47,11 +47,7 @@ enum PortFactory {
         let holder = kind == .packet ? TapHolder.find(spec.name) : nil
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
         let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload, heldBy: holder.map { "\($0.command), pid \($0.pid)" })
-        // the emulated link outermost (the mirror and the device see frames as they leave it);
-        // every port has one, so `port set` can give a port a bad link at run time; without an
-        // impairment a frame passes straight through
-        let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
-        engine.addPort(record, configuration: spec.configuration, on: impaired)
+        let impaired = join(device, record, spec, to: engine, decorate: decorate, seed: seed)
         logger.info("port \(spec.name): \(note), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
         if let holder, holder.command == "tapbridge" {
             logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
@@ -59,15 +55,23 @@ enum PortFactory {
         return (kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
     }
 
-    /// A `stream=` port on `fd`, a connection to its endpoint made by `StreamConnector`.
-    static func attachStream(_ spec: PortSpec, fd: Int32, to engine: ForwardingEngine, decorate: (any PortDevice) -> any PortDevice, seed: UInt64,
-                             logger: Logger) -> ImpairedDevice {
-        let endpoint = spec.stream.map { "\($0)" } ?? "?"
-        let device = StreamDevice(fd: fd, peer: endpoint)
-        let record = PortRecord(name: spec.name, kind: .stream, peer: endpoint)
+    /// A stream connection as port `spec.name`: one `stream=` made (`how`: "stream to
+    /// ENDPOINT, connected") or a listener accepted ("stream from PEER").
+    static func attachStream(_ device: StreamDevice, _ spec: PortSpec, how: String, to engine: ForwardingEngine,
+                             decorate: (any PortDevice) -> any PortDevice, seed: UInt64, logger: Logger) -> ImpairedDevice {
+        let impaired = join(device, PortRecord(name: spec.name, kind: .stream, peer: device.peer), spec, to: engine, decorate: decorate, seed: seed)
+        logger.info("port \(spec.name): \(how), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
+        return impaired
+    }
+
+    /// Adds `device` to the engine as `record`, behind the mirror (`decorate`) and the emulated
+    /// link, outermost (the mirror and the device see frames as they leave it): every port has
+    /// one, so `port set` can give it a bad link at run time; without an impairment a frame
+    /// passes straight through.
+    static func join(_ device: any PortDevice, _ record: PortRecord, _ spec: PortSpec, to engine: ForwardingEngine,
+                     decorate: (any PortDevice) -> any PortDevice, seed: UInt64) -> ImpairedDevice {
         let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
         engine.addPort(record, configuration: spec.configuration, on: impaired)
-        logger.info("port \(spec.name): stream to \(endpoint), connected, \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
         return impaired
     }
 

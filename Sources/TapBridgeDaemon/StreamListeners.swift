@@ -118,14 +118,9 @@ extension BridgeDaemon {
         let name = listener.portName(for: device) { [engine, absent] in engine.port(named: $0) != nil || absent[$0] != nil }
         var spec = listener.spec.port
         spec.name = name
-        let record = PortRecord(name: name, kind: .stream, peer: device.peer)
-        let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: options.seed ^ PortFactory.fnv1a(name), clock: EventLoop.now)
-        engine.addPort(record, configuration: spec.configuration, on: impaired)
-        self.impaired[name] = impaired
         listener.live.insert(name)
         streamOrigin[name] = listener
-        if !spec.impairment.isNone { logSeedOnce() }
-        logger.info("port \(name): stream from \(device.peer), \(PortFactory.describe(spec.configuration))")
+        joined(spec, PortFactory.attachStream(device, spec, how: "stream from \(device.peer)", to: engine, decorate: decorate, seed: options.seed, logger: logger))
     }
 
     /// A stream port went (its peer closed, broke the framing, or port del): its listener may
