@@ -94,7 +94,10 @@ let package = Package(
         // addresses, statistics renderers, the UDP device over a socket double.
         .testTarget(
             name: "TapBridgeUnitTests",
-            dependencies: ["TapBridgeDaemon", "TapBridgeOptions", "TapBridgeDevices", "TapBridgeCore", "TapBridgePcap", "TapBridgeTestSupport"],
+            dependencies: [
+                "TapBridgeDaemon", "TapBridgeOptions", "TapBridgeDevices", "TapBridgeCore", "TapBridgePcap", "TapBridgeTestSupport",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ],
             swiftSettings: strict),
         // Real TAPs, namespaces, ping and iperf3 through the release binary (root only).
         .testTarget(

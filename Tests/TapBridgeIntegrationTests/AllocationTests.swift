@@ -16,16 +16,25 @@ struct AllocationTests {
     }
 
     /// Allocations of a bridge (started with `extra`) that forwards `pings` echo requests and
-    /// replies between two namespaces; over VXLAN to a second bridge when `remote`.
-    static func allocations(pings: Int, extra: [String], remote: Bool) throws -> Int {
+    /// replies between two namespaces; to a second bridge over a remote when `remote` is
+    /// "vxlan" or "sealed" (then every datagram is sealed and opened: the cipher must not
+    /// allocate either).
+    static func allocations(pings: Int, extra: [String], remote: String?) throws -> Int {
         let lab = Lab()
         let so = try shim(lab)
         let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
         let (a, b) = (lab.namespace("a"), lab.namespace("b"))
         let (ta, tb) = (lab.link("a"), lab.link("b"))
-        let first = remote ? ["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)"] : ["--port", ta, "--port", tb]
+        var encap = ["--encap", remote ?? "vxlan"]
+        if remote == "sealed" {
+            let key = lab.temporaryPath("lab.key")
+            let made = Host.run([Host.binary, "genkey", key])
+            try #require(made.ok, "\(made.output)")
+            encap += ["--key-file", key]
+        }
+        let first = remote != nil ? ["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)"] + encap : ["--port", ta, "--port", tb]
         let counted = try lab.background(["env", "LD_PRELOAD=\(so)", Host.binary] + lab.named(first + extra))
-        if remote { _ = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"]) }
+        if remote != nil { _ = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"] + encap) }
         #expect(lab.waitForLinks([ta, tb]), "\(counted.output)")
         lab.place(ta, in: a, address: "10.77.0.1/24")
         lab.place(tb, in: b, address: "10.77.0.2/24")
@@ -37,11 +46,12 @@ struct AllocationTests {
     }
 
     @Test(arguments: [
-        ("TAP to TAP", [String](), false),
-        ("VXLAN remote", [], true),
-        ("VXLAN remote, mirrored through a filter", ["--mirror", "/dev/null", "--mirror-filter", "icmp"], true),
-    ])
-    func allocationsDoNotGrowWithTraffic(_ name: String, _ extra: [String], _ remote: Bool) throws {
+        ("TAP to TAP", [String](), nil),
+        ("VXLAN remote", [], "vxlan"),
+        ("sealed remote", [], "sealed"),
+        ("VXLAN remote, mirrored through a filter", ["--mirror", "/dev/null", "--mirror-filter", "icmp"], "vxlan"),
+    ] as [(String, [String], String?)])
+    func allocationsDoNotGrowWithTraffic(_ name: String, _ extra: [String], _ remote: String?) throws {
         let few = try Self.allocations(pings: 100, extra: extra, remote: remote)
         let many = try Self.allocations(pings: 1000, extra: extra, remote: remote)
         #expect(few > 0 && many > 0, "no ALLOCS line")

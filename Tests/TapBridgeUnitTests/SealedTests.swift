@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import Glibc
 import Logging
@@ -121,6 +122,49 @@ struct SealedTests {
         #expect(try wrongKey.receive(wrongKey.send([Self.frame(1)])).isEmpty && wrongKey.drops(.unauthenticated) == 1)
         let wrongVNI = try Pair(trains: false, receiverVNI: VNI(10)!)
         #expect(try wrongVNI.receive(wrongVNI.send([Self.frame(1)])).isEmpty && wrongVNI.drops(.vniMismatch) == 1)
+    }
+
+    /// The in-place cipher (BoringSSL's AEAD context) is ChaCha20-Poly1305 exactly as
+    /// swift-crypto's `ChaChaPoly` computes it, with the format's nonce (4 zero bytes and the
+    /// counter) and the 24 header bytes authenticated: what one seals the other opens, both
+    /// ways, so bridges of either build understand each other.
+    @Test(arguments: [0, 1, 100, 1418, 9000])
+    func theInPlaceCipherIsSwiftCryptosChaChaPoly(length: Int) throws {
+        let ring = SealedKeyring(key: Self.key, clock: { 1_800_000_000 }, random: { 77 })
+        let format = SealedFormat(keyring: ring, vni: VNI(9)!)
+        let frame = (0..<length).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ 7) }
+        for _ in 0..<3 { _ = ring.nextSend() }  // a counter that is not 0
+        var datagram = [UInt8](repeating: 0, count: Sealed.headerLength + length + Sealed.tagLength)
+        datagram.replaceSubrange(Sealed.headerLength..<Sealed.headerLength + length, with: frame)
+        let n = datagram.withUnsafeMutableBytes { format.seal($0.baseAddress!, frameLength: length) }
+        #expect(n == datagram.count)
+        let session = UInt64(bigEndian: datagram.withUnsafeBytes { $0.loadUnaligned(fromByteOffset: 8, as: UInt64.self) })
+        let counter = Array(datagram[16..<24])
+        #expect(counter == [0, 0, 0, 0, 0, 0, 0, 3])
+        let nonce = try ChaChaPoly.Nonce(data: [0, 0, 0, 0] + counter)
+        let sessionKey = Self.key.sessionKey(session)
+        let header = Array(datagram[0..<Sealed.headerLength])
+        // sealed here, opened by swift-crypto
+        let box = try ChaChaPoly.SealedBox(nonce: nonce, ciphertext: datagram[Sealed.headerLength..<Sealed.headerLength + length],
+                                           tag: datagram[(Sealed.headerLength + length)...])
+        #expect(try Array(ChaChaPoly.open(box, using: sessionKey, authenticating: header)) == frame)
+        // sealed by swift-crypto, opened here (by a receiver with its own ring)
+        let theirs = try ChaChaPoly.seal(frame.reversed(), using: sessionKey, nonce: nonce, authenticating: header)
+        var datagram2 = header + Array(theirs.ciphertext) + Array(theirs.tag)
+        let receiver = SealedFormat(keyring: SealedKeyring(key: Self.key, clock: { 1_800_000_000 }, random: { 78 }), vni: VNI(9)!)
+        let opened: [UInt8]? = datagram2.withUnsafeMutableBytes { d in
+            if case .frame(let f) = receiver.open(d) { return Array(f) }
+            return nil
+        }
+        #expect(opened == frame.reversed())
+        // one bit of the tag changed: refused
+        datagram2[datagram2.count - 1] ^= 1
+        let again = SealedFormat(keyring: SealedKeyring(key: Self.key, clock: { 1_800_000_000 }, random: { 79 }), vni: VNI(9)!)
+        let refused = datagram2.withUnsafeMutableBytes { d -> Bool in
+            if case .drop(.unauthenticated) = again.open(d) { return true }
+            return false
+        }
+        #expect(refused)
     }
 
     /// A restart is a new session: its key is new, so its counter may start again; the
