@@ -29,6 +29,9 @@ Cases:
   tap-remote-tap-sealed  the same with --encap sealed (ChaCha20-Poly1305, a key made by tapbridge genkey)
   tap-remote-tap-1500  tap-remote-tap over a veth underlay of MTU 1500 between two namespaces (each
                    datagram at most 1500 bytes, as between two hosts), and -sealed-1500 the same sealed
+  tap-tap-busy, tap-remote-tap-busy  the same as tap-tap, tap-remote-tap with --busy-poll 50ms on every
+                   tapbridge (polls without sleeping while traffic comes within 50 ms: the RTT
+                   without wake-ups, for a busy core)
   kernel-vxlan     two Linux vxlan devices over a veth underlay (MTU 1600)
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
 Default: all of them. -x adds arguments to every tapbridge command of the run (say, a mirror) and
@@ -65,14 +68,17 @@ EXTRA = []  # -x: added to every tapbridge command
 UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
 
-CASES = ["tap-tap", "tap-tap-off", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
-         "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
+BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
+CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
+         "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
          "kernel-vxlan", "eight-ports"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
-          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan")]
+          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
+          ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
+          ("tap-remote-tap-busy", "tap-remote-tap")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -178,7 +184,9 @@ def setup(case, r, tools):
     """Builds the case between NS_A and NS_B."""
     namespaces(NS_A, NS_B)
     off = ["--offload", "off"] if case.endswith("-off") else []
-    base = case.removesuffix("-off")
+    if case.endswith("-busy"):
+        off = ["--busy-poll", BUSY_POLL]  # (the flags every tapbridge of the case gets)
+    base = case.removesuffix("-off").removesuffix("-busy")
     if base == "tap-tap":
         r.start("tapbridge", [BUILD[0], "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off, *EXTRA])
         taps_into_namespaces(r)

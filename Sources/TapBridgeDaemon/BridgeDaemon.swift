@@ -90,6 +90,7 @@ public final class BridgeDaemon {
         let engine = ForwardingEngine(bridge: Bridge(configuration: options.bridge))
         self.engine = engine
         loop = EventLoop(logger: logger)
+        loop.busyPoll = options.busyPoll.nanoseconds
         var failed: (any PortDevice, PortError) -> Void = { _, _ in }
         ports = PortsSource(engine: engine) { failed($0, $1) }
         // the name is claimed before anything is opened: of two bridges started at once with

@@ -41,6 +41,9 @@ extension BridgeDaemon {
         public var controlAdminGroup: String? = nil
         /// Log a one-line summary this often (`--stats-interval`), or nil.
         public var statsInterval: Duration? = nil
+        /// `--busy-poll`: how long the event loop polls without sleeping after a round that
+        /// found traffic (zero: it sleeps in poll(2) at once).
+        public var busyPoll: Duration = .zero
         /// `--user USER[:GROUP]`: who the bridge becomes once everything is open.
         public var user: RunAs? = nil
         /// The version reported by `show stats`.
@@ -84,6 +87,7 @@ extension BridgeDaemon.Options {
         controlGroup = settings.controlGroup
         controlAdminGroup = settings.controlAdminGroup
         statsInterval = settings.statsInterval.map(duration)
+        busyPoll = settings.busyPoll
         user = settings.user?.value
         self.version = version
     }

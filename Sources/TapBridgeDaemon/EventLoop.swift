@@ -39,6 +39,13 @@ public final class EventLoop {
     var deadlines: [Int64?] = []
     var fds: [pollfd] = []
     let logger: Logger
+    /// `--busy-poll`: for this long after a round that found something ready, poll without
+    /// sleeping (nanoseconds; 0: never). A frame that comes within it is read without a
+    /// wake-up from sleep (most of a round trip's time on an idle virtual machine), at the
+    /// cost of a busy core for as long as traffic comes no further apart.
+    public var busyPoll: Int64 = 0
+    /// When the last round found something ready (monotonic nanoseconds).
+    var lastReady: Int64 = .min / 2
 
     public init(logger: Logger) {
         self.logger = logger
@@ -71,13 +78,16 @@ public final class EventLoop {
             deadlines[k] = sources[k].deadline()
             if let d = deadlines[k] { earliest = min(earliest ?? d, d) }
         }
-        let rc = poll(&fds, nfds_t(fds.count), Self.timeout(until: earliest, now: Self.now()))
+        let before = Self.now()
+        let spinning = busyPoll > 0 && before.nanoseconds - lastReady < busyPoll
+        let rc = poll(&fds, nfds_t(fds.count), spinning ? 0 : Self.timeout(until: earliest, now: before))
         if rc < 0 {
             if errno == EINTR { return nil }
             logger.critical("poll failed: \(describeErrno(errno))")
             return 1
         }
         let now = Self.now()
+        if rc > 0 { lastReady = now.nanoseconds }
         var start = 0
         for k in sources.indices {
             let mine = fds[start..<ends[k]]

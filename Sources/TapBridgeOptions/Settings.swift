@@ -49,6 +49,8 @@ public struct Settings: Sendable {
     public var controlGroup: String? = nil
     public var controlAdminGroup: String? = nil
     public var statsInterval: Double? = nil
+    /// `--busy-poll`: how long the loop polls without sleeping after traffic (0: never).
+    public var busyPoll: Duration = .zero
     /// `--user USER[:GROUP]`, looked up when given.
     public var user: Given<RunAs>? = nil
     public var config: String? = nil

@@ -36,6 +36,38 @@ struct RemoteTests {
         #expect(one.stop() == 0 && two.stop() == 0)
     }
 
+    /// `--busy-poll` on both bridges of a remote: TCP both ways with clean stacks; the bridge
+    /// keeps a core busy while traffic comes within the window (pings 100 ms apart, window
+    /// 500 ms) and sleeps again once it has passed: an idle bridge never spins.
+    @Test func busyPollingBridgesForwardTCPAndSleepWhenTrafficStops() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)", "--busy-poll", "500ms"])
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)", "--busy-poll", "500ms"])
+        #expect(lab.waitForLinks([ta, tb]), "\(one.output)\(two.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "\(one.output)\(two.output)")
+        for reverse in [false, true] {
+            let (bps, output) = try lab.iperf(from: a, to: b, address: "10.77.0.2", reverse: reverse)
+            #expect(bps > 100_000_000, "TCP \(reverse ? "b to a" : "a to b") with --busy-poll: \(bps) bit/s\n\(output)")
+        }
+        #expect(lab.checksumErrors(in: a).isEmpty && lab.checksumErrors(in: b).isEmpty, "\(lab.checksumErrors(in: a)) \(lab.checksumErrors(in: b))")
+        // traffic 100 ms apart, inside the window: the bridge does not sleep between frames
+        let pinging = try lab.background(["ip", "netns", "exec", a, "ping", "-q", "-c", "20", "-i", "0.1", "10.77.0.2"])
+        usleep(300_000)
+        let busy = HardeningTests.idleCPU(one.pid, over: 1)
+        _ = pinging.wait(within: 5)
+        // 2 s after the last frame, four windows later: asleep
+        usleep(2_000_000)
+        let idle = HardeningTests.idleCPU(one.pid, over: 1)
+        #expect(busy > 0.5, "a bridge with --busy-poll 500ms used \(busy) s of CPU in 1 s of pings 100 ms apart: it slept between them")
+        #expect(idle < 0.05, "a bridge with --busy-poll used \(idle) s of CPU in 1 s without traffic: it spins when idle")
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
+
     /// tapbridge in namespace t, the Linux vxlan device in namespace v, a veth underlay of 1500.
     /// ```
     ///  ns a (10.79.0.1) ── tap ── tapbridge [ns t, 10.78.0.1] ══ veth ══ [ns v, 10.78.0.2] vxlan42 (10.79.0.2)

@@ -17,7 +17,7 @@ struct OptionTableTests {
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"], "loop-protect": ["off"], "seed": ["42"],
         "forward-link-local": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
         "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "mirror-format": ["pcap"], "snaplen": ["128"], "name": ["lab"],
-        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "control-admin-group": ["sudo"], "stats-interval": ["60"], "log-level": ["debug"],
+        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "control-admin-group": ["sudo"], "stats-interval": ["60"], "busy-poll": ["50ms"], "log-level": ["debug"],
         "config": [], "print-config": [],
     ]
 
@@ -103,6 +103,9 @@ struct OptionTableTests {
         (["--name", "a/b"], "--name must be 1-64 letters"),
         (["--mirror-iface", "abcdefghijklmnopq", "--mirror", "/tmp/x"], "--mirror-iface interface name"),
         (["--accept-peers"], "--accept-peers needs --listen"),
+        (["--busy-poll", "50"], "--busy-poll must be a duration such as 200us, 50ms or 1s (at most 60s), or 0, got 50"),
+        (["--busy-poll", "2min"], "--busy-poll must be a duration"),
+        (["--busy-poll", "61s"], "--busy-poll must be a duration"),
     ])
     func commandLineErrorsSayWhatIsWrong(_ argv: [String], _ message: String) {
         do {
@@ -145,6 +148,20 @@ struct OptionTableTests {
     }
 
     // helpers
+
+    /// --busy-poll takes what link emulation's durations take, and --print-config writes it
+    /// back in a form that parses to the same value.
+    @Test(arguments: [("200us", "200us"), ("50ms", "50ms"), ("1.5s", "1500ms"), ("2s", "2s"), ("0", nil)] as [(String, String?)])
+    func busyPollIsADuration(_ given: String, _ printed: String?) throws {
+        let s = try settings(["--busy-poll", given])
+        #expect(s.busyPoll == PortSpec.duration(given))
+        let yaml = OptionParser.yaml(s)
+        if let printed {
+            #expect(yaml.contains("busy-poll: \(printed)"), "\(yaml)")
+        } else {
+            #expect(!yaml.contains("busy-poll"), "\(yaml)")
+        }
+    }
 
     func settings(_ argv: [String]) throws(OptionParser.Failure) -> Settings {
         guard case .run(let s) = try OptionParser.parse(argv) else { throw OptionParser.Failure(message: "not a run") }
