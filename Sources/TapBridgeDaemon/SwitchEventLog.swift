@@ -8,7 +8,10 @@ import TapBridgeCore
 /// a storm cannot drown the log (or the loop).
 final class SwitchEventLog {
     static let eventsPerSecond = 50
-    let engine: ForwardingEngine
+    /// (unowned: the engine's bridge keeps this log alive through its event handler; a strong
+    /// reference back made a cycle, and the engine was never freed, as AddressSanitizer's
+    /// leak check at exit found)
+    unowned let engine: ForwardingEngine
     let logger: Logger
     var second: Int64 = 0
     var lines = 0

@@ -6,7 +6,8 @@ extension KernelTests {
 /// LD_PRELOAD shim) must not grow with the traffic. Each case forwards 100 and then 1,000
 /// pings (200 and 2,000 frames, one poll wake-up each) through a fresh bridge; the counts
 /// may differ by a handful (timers, the log line of a slower run), not by hundreds.
-@Suite("Allocations", .enabled(if: Host.has("cc"), "needs a C compiler (cc) to build the malloc-counting shim"))
+@Suite("Allocations", .enabled(if: Host.has("cc"), "needs a C compiler (cc) to build the malloc-counting shim"),
+       .disabled(if: Host.binaryIsSanitized, "the binary under test is a sanitizer build: its runtime owns malloc, which the counting shim needs"))
 struct AllocationTests {
     static func shim(_ lab: Lab) throws -> String {
         let so = lab.temporaryPath("malloc_count.so")

@@ -17,6 +17,13 @@ enum Host {
 
     static var hasBinary: Bool { FileManager.default.isExecutableFile(atPath: binary) }
 
+    /// Whether the binary under test was built with a sanitizer (its runtime takes over
+    /// malloc, so an LD_PRELOAD malloc counter cannot run beside it).
+    static let binaryIsSanitized: Bool = {
+        guard let data = FileManager.default.contents(atPath: binary) else { return false }
+        return ["__asan_init", "__tsan_init"].contains { data.range(of: Data($0.utf8)) != nil }
+    }()
+
     static func has(_ tool: String) -> Bool {
         ["/usr/bin/", "/usr/sbin/", "/bin/", "/sbin/"].contains { FileManager.default.isExecutableFile(atPath: $0 + tool) }
     }
