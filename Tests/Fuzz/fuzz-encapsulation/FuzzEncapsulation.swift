@@ -6,8 +6,10 @@ import TapBridgeDevices
 /// 0-1: the bytes as a VXLAN datagram (VNI 42) and as a raw one: an opened frame is the
 /// datagram's bytes after the header, in place; 2-255: sealed datagrams, made by a sender
 /// holding the key from the input's frames, then some corrupted (the input says which byte
-/// and how) and some repeated: every intact datagram opens to exactly its frame, once, and no
-/// corrupted or repeated one opens at all.
+/// and how) and some repeated, with time passing: every intact datagram opens to exactly its
+/// frame, once, and no corrupted or repeated one opens at all. The receiver opens each at the
+/// time it was sent (a datagram opened 15 minutes after its session began is refused as a
+/// replay, rightly: the harness once opened them all at the end, and that was its own bug).
 nonisolated(unsafe) let vxlan = VXLANFormat(vni: VNI(42)!)
 nonisolated(unsafe) let raw = RawFormat()
 let key = try! SealedKey(hex: String(repeating: "5a", count: 32))
@@ -29,10 +31,10 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
         return
     }
     // sealed: records of [length][edit position][edit value][frame bytes]
-    var clock: UInt64 = 1_800_000_000
+    var clock: UInt64 = 1_800_000_000, receiverClock = clock
     let sender = SealedFormat(keyring: SealedKeyring(key: key, clock: { clock }, random: { 7 }), vni: VNI(42)!)
-    let receiver = SealedFormat(keyring: SealedKeyring(key: key, clock: { clock }, random: { 9 }), vni: VNI(42)!)
-    var sent: [(datagram: [UInt8], frame: [UInt8]?)] = []  // frame nil: must not open
+    let receiver = SealedFormat(keyring: SealedKeyring(key: key, clock: { receiverClock }, random: { 9 }), vni: VNI(42)!)
+    var sent: [(datagram: [UInt8], frame: [UInt8]?, at: UInt64)] = []  // frame nil: must not open
     var k = 0
     while k + 3 <= body.count, sent.count < 64 {
         let length = min(Int(body[k]) * 4 + 14, body.count - k - 3)
@@ -49,14 +51,15 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
         if edit.1 != 0, edit.0 % 3 == 0 {
             let at = (edit.0 * 7 + Int(edit.1)) % datagram.count
             datagram[at] ^= edit.1
-            sent.append((datagram, nil))  // corrupted: must not open
+            sent.append((datagram, nil, clock))  // corrupted: must not open
         } else {
-            sent.append((datagram, frame))
+            sent.append((datagram, frame, clock))
         }
-        if edit.0 % 5 == 1, let last = sent.last { sent.append((last.datagram, nil)) }  // a replay: must not open
+        if edit.0 % 5 == 1, let last = sent.last { sent.append((last.datagram, nil, clock)) }  // a replay: must not open
         if edit.0 % 11 == 2 { clock += 30 }
     }
-    for (datagram, frame) in sent {
+    for (datagram, frame, at) in sent {
+        receiverClock = at
         var copy = datagram
         let opened: [UInt8]? = copy.withUnsafeMutableBytes { d in
             if case .frame(let f) = receiver.open(d) { return Array(f) }
