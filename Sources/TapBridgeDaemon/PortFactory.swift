@@ -48,7 +48,7 @@ enum PortFactory {
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
         let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload, heldBy: holder.map { "\($0.command), pid \($0.pid)" })
         let impaired = join(device, record, spec, to: engine, decorate: decorate, seed: seed)
-        logger.info("port \(spec.name): \(note), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
+        announce(spec, note, logger: logger)
         if let holder, holder.command == "tapbridge" {
             logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
         }
@@ -60,8 +60,13 @@ enum PortFactory {
     static func attachStream(_ device: StreamDevice, _ spec: PortSpec, how: String, to engine: ForwardingEngine,
                              decorate: (any PortDevice) -> any PortDevice, seed: UInt64, logger: Logger) -> ImpairedDevice {
         let impaired = join(device, PortRecord(name: spec.name, kind: .stream, peer: device.peer), spec, to: engine, decorate: decorate, seed: seed)
-        logger.info("port \(spec.name): \(how), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
+        announce(spec, how, logger: logger)
         return impaired
+    }
+
+    /// The start line of a port that joined: what it is (`how`), its VLANs and its link.
+    static func announce(_ spec: PortSpec, _ how: String, logger: Logger) {
+        logger.info("port \(spec.name): \(how), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
     }
 
     /// Adds `device` to the engine as `record`, behind the mirror (`decorate`) and the emulated

@@ -74,10 +74,7 @@ final class StreamListener: EventSource {
                 continue
             }
             statistics.accepted += 1
-            if case .tcp = spec.endpoint {
-                var one: Int32 = 1  // frames go out as they come, not held for more
-                setsockopt(c, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            }
+            if case .tcp = spec.endpoint { StreamEndpoint.sendAtOnce(c) }
             accept(StreamDevice(fd: c, peer: StreamDevice.describePeer(c, listening: spec.endpoint)), self)
         }
         return nil

@@ -63,6 +63,13 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
         }
     }
 
+    /// TCP_NODELAY on a TCP stream socket (either end): frames go out as they come, not held
+    /// for more.
+    public static func sendAtOnce(_ fd: Int32) {
+        var one: Int32 = 1
+        setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+    }
+
     /// Starts connecting a non-blocking stream socket to this endpoint, never waiting: `fd` is
     /// connected, or (`connected` false: a TCP handshake under way) becomes writable once the
     /// connection is made or has failed (`StreamEndpoint.outcome(of:)` says which). Throws
@@ -71,10 +78,7 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
         var (storage, length, family) = try address()
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw StartupError("\(self): socket: \(describeErrno(errno))") }
-        if family != AF_UNIX {
-            var one: Int32 = 1
-            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-        }
+        if family != AF_UNIX { Self.sendAtOnce(fd) }
         let rc = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, length) } }
         let e = rc == 0 ? 0 : errno
         if e == EINPROGRESS { return (fd, false) }
