@@ -17,8 +17,30 @@ public struct VLANSet: Hashable, Sendable, Sequence, ExpressibleByArrayLiteral, 
     public mutating func remove(_ v: VLANID) { words[Int(v.rawValue >> 6)] &= ~(1 << UInt64(v.rawValue & 63)) }
     public var isEmpty: Bool { words.allSatisfy { $0 == 0 } }
 
-    public func makeIterator() -> some IteratorProtocol<VLANID> {
-        (0..<4096).lazy.map { VLANID(UInt16($0)) }.filter { self.contains($0) }.makeIterator()
+    public func makeIterator() -> Iterator { Iterator(words) }
+
+    /// The members in ascending order, a set bit at a time: an empty 64-VLAN word costs one
+    /// comparison, so walking a port's one or two VLANs does not test all 4096.
+    public struct Iterator: IteratorProtocol {
+        let words: [UInt64]
+        var index = 0
+        var word: UInt64
+
+        init(_ words: [UInt64]) {
+            self.words = words
+            word = words[0]
+        }
+
+        public mutating func next() -> VLANID? {
+            while word == 0 {
+                index += 1
+                guard index < words.count else { return nil }
+                word = words[index]
+            }
+            let bit = word.trailingZeroBitCount
+            word &= word - 1
+            return VLANID(UInt16(index << 6 | bit))
+        }
     }
 
     /// Compact form, e.g. `10-20,30`.

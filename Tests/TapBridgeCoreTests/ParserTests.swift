@@ -153,6 +153,17 @@ struct EthernetHeaderTests {
         if text != "all" { #expect(set?.description == text) }
     }
 
+    @Test func vlanSetIteratesItsMembersInOrder() {
+        let ids: [UInt16] = [1, 2, 63, 64, 65, 127, 128, 1000, 4032, 4094]
+        #expect(Array(VLANSet(ids.map { VLANID($0) })).map(\.rawValue) == ids)
+        #expect(Array(VLANSet()).isEmpty)
+        let all = Array(VLANSet.all).map(\.rawValue)
+        #expect(all == Array(1...4094))
+        var set = VLANSet.all
+        for v in 1...4094 where v % 7 != 0 { set.remove(VLANID(UInt16(v))) }
+        #expect(Array(set).map(\.rawValue) == (1...4094).filter { $0 % 7 == 0 }.map(UInt16.init))
+    }
+
     @Test(arguments: ["0", "4095", "5-3", "x", "", "1,,2", "10-"])
     func vlanSetRejects(text: String) {
         #expect(VLANSet(parsing: text) == nil, "\(text) parsed")

@@ -18,6 +18,7 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
     _ = OffloadFinisher.verifiesChecksum(frame)
     _ = OffloadFinisher.tcpCut(of: frame)
     _ = OffloadFinisher.repairPartialChecksum(copy)
+    clampKeepsTheChecksum(frame, limit: 600 + Int(data[9]) * 4)
     switch OffloadFinisher.inspect(frame, offload) {
     case .failure:
         return
@@ -33,6 +34,23 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
             copy.copyMemory(from: frame)
             OffloadFinisher.completeChecksum(copy, offload)
         }
+    }
+}
+
+/// The MSS clamp (a SYN crossing a remote) on any frame: it changes nothing but the option's
+/// two bytes and the checksum's two, and a segment whose checksum verified still verifies.
+func clampKeepsTheChecksum(_ frame: UnsafeRawBufferPointer, limit: Int) {
+    let copy = UnsafeMutableRawBufferPointer.allocate(byteCount: frame.count, alignment: 8)
+    defer { copy.deallocate() }
+    copy.copyMemory(from: frame)
+    guard MSSClamp.clamp(copy, maximumFrameLength: limit) else {
+        precondition(copy.elementsEqual(frame), "a frame the clamp left alone changed")
+        return
+    }
+    let changed = (0..<frame.count).filter { copy[$0] != frame[$0] }
+    precondition(changed.count <= 4, "the clamp changed \(changed.count) bytes")
+    if OffloadFinisher.verifiesChecksum(frame) == true {
+        precondition(OffloadFinisher.verifiesChecksum(UnsafeRawBufferPointer(copy)) == true, "the clamp broke a good checksum")
     }
 }
 
