@@ -8,9 +8,15 @@ import TapBridgeOptions
 /// Ports that come and go while the bridge runs. Each port is one entry of the engine's
 /// registry (`PortRecord`); nothing here keeps a list of its own.
 extension BridgeDaemon {
+    /// The IP MTU a TAP made without `mtu=` gets: what fits the narrowest path of any remote,
+    /// tapbridge's or the kernel's (nil without remotes), and why.
+    var innerMTU: (mtu: Int, why: String)? {
+        [remotes?.innerMTU, kernelRemotes?.innerMTU].compactMap { $0 }.min { $0.mtu < $1.mtu }
+    }
+
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         if spec.stream != nil { return connectStream(spec) }
-        let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: remotes?.innerMTU, decorate: decorate,
+        let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: innerMTU, decorate: decorate,
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
         joined(spec, impaired)
@@ -142,6 +148,12 @@ extension BridgeDaemon {
             throw StartupError(error.description)
         }
         if engine.port(named: spec.name) != nil { throw StartupError("remote add '\(text)': a port named \(spec.name) exists (give name=...)") }
+        if spec.datapath == .kernel {
+            throw StartupError("remote add '\(text)': datapath=kernel remotes are given at start (--remote), where their vxlan device is made; remote add adds remotes to tapbridge's own datapath (leave datapath= out)")
+        }
+        if remotes == nil, let kernelRemotes, kernelRemotes.uses(port: spec.port) {
+            throw StartupError("remote add '\(text)': UDP port \(spec.port) is the kernel vxlan device's (datapath=kernel); tapbridge's own socket needs another (restart with --listen PORT)")
+        }
         if let remotes {
             try remotes.addAtRunTime(spec)
         } else {

@@ -30,6 +30,8 @@ public final class BridgeDaemon {
     var signals: SignalSource! = nil
     /// The remotes and their UDP socket, if any.
     var remotes: RemotePeers? = nil
+    /// The vxlan devices of `datapath=kernel` remotes, if any.
+    var kernelRemotes: KernelVXLAN? = nil
     /// The UDP socket serving the remotes, if any.
     public var tunnel: UDPTunnelDevice? { remotes?.device }
     /// The mirror, if `--mirror` or `--mirror-iface` was given.
@@ -118,12 +120,22 @@ public final class BridgeDaemon {
             }
             if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
             mirrorInterface = options.mirror?.interface.map(MirrorInterface.init(name:))
-            // the remotes' socket and paths first (a TAP created here gets the MTU that fits
-            // them), their ports after the others
-            if !options.remotes.isEmpty || options.acceptsPeers {
-                remotes = try RemotePeers(options: options, engine: engine, ports: ports, decorate: decorate, logger: logger)
+            // the remotes' devices, socket and paths first (a TAP created here gets the MTU
+            // that fits them), their ports after the others
+            let kernelSpecs = options.remotes.filter { $0.datapath == .kernel }
+            var userOptions = options
+            userOptions.remotes = options.remotes.filter { $0.datapath == .user }
+            if !kernelSpecs.isEmpty {
+                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, logger: logger)
+            }
+            if !userOptions.remotes.isEmpty || options.acceptsPeers {
+                if let kernelRemotes, let port = options.listen?.port ?? userOptions.remotes.first?.port, kernelRemotes.uses(port: port) {
+                    throw StartupError("UDP port \(port): the kernel's vxlan device of the datapath=kernel remotes listens there, so tapbridge's own socket (the datapath=user remotes\(options.acceptsPeers ? ", --accept-peers" : "")) cannot; give it another with --listen")
+                }
+                remotes = try RemotePeers(options: userOptions, engine: engine, ports: ports, decorate: decorate, logger: logger)
             }
             for spec in options.ports { try attachPort(spec) }
+            for spec in kernelRemotes?.ports ?? [] { try attachPort(spec) }
             try openStreamListeners()
             try remotes?.addConfigured()
             if let path = controlPath {
@@ -136,6 +148,7 @@ public final class BridgeDaemon {
             mirror?.close()
             for port in engine.ports { engine.removePort(port) }
             namespaces.releaseAll()
+            kernelRemotes?.releaseAll()
             streamListeners.removeAll()
             throw error
         }
@@ -222,6 +235,8 @@ public final class BridgeDaemon {
     public func shutdown() {
         for port in engine.ports { engine.removePort(port) }
         namespaces.releaseAll()
+        kernelRemotes?.releaseAll()
+        kernelRemotes = nil
         streamListeners.removeAll()
         streamOrigin.removeAll()
         connector.cancelAll()

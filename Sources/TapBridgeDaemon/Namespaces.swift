@@ -124,20 +124,5 @@ final class Namespaces {
         unlink("\(Self.markers)/\(ns)")
     }
 
-    /// Runs `ip ARGS` and waits for it (a few milliseconds); its error line if it fails.
-    /// (posix_spawn and waitpid: Foundation's Process waited forever for an `ip` that had
-    /// exited when tapbridge itself ran under `ip netns exec`, its child left a zombie.)
-    private func ip(_ args: [String]) throws(StartupError) {
-        let candidates: [String] = ["/usr/sbin/ip", "/sbin/ip", "/usr/bin/ip", "/bin/ip"]
-        let path = candidates.first { access($0, X_OK) == 0 } ?? "/usr/sbin/ip"
-        var argv: [UnsafeMutablePointer<CChar>?] = ([path] + args).map { strdup($0) } + [nil]
-        defer { for p in argv { free(p) } }
-        var errors = [CChar](repeating: 0, count: 1024)
-        let status = ctb_run(path, &argv, &errors, Int32(errors.count))
-        if status < 0 { throw StartupError("netns= needs iproute2's ip (apt-get install iproute2): \(describeErrno(-status))") }
-        guard status == 0 else {
-            let text = String(decoding: errors.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            throw StartupError("ip \(args.joined(separator: " ")): \(text.trimmingCharacters(in: .whitespacesAndNewlines))")
-        }
-    }
+    private func ip(_ args: [String]) throws(StartupError) { try IPRoute.run("ip", args, for: "netns=") }
 }

@@ -1,3 +1,4 @@
+import CTapBridge
 public import Glibc
 public import TapBridgeCore
 
@@ -60,12 +61,25 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     }
 
     /// `192.0.2.5:9000` or `[2001:db8::1]:9000`.
-    public var description: String {
+    public var description: String { isIPv4 ? "\(host):\(port)" : "[\(host)]:\(port)" }
+
+    /// The MTU of the route towards this address, as a UDP socket connected to it sees it
+    /// (IP_MTU); nil without a route.
+    public var pathMTU: Int? {
+        var storage = sockaddr_storage()
+        let length = withUnsafeMutableBytes(of: &storage) { write(family: isIPv4 ? AF_INET : AF_INET6, to: $0.baseAddress!) }
+        guard length > 0 else { return nil }
+        let mtu = withUnsafeBytes(of: &storage) { ctb_path_mtu($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), UInt32(length)) }
+        return mtu > 0 ? Int(mtu) : nil
+    }
+
+    /// The address alone: `192.0.2.5` or `2001:db8::1`.
+    public var host: String {
         var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
         if isIPv4 {
             var a = in_addr(s_addr: UInt32(truncatingIfNeeded: low >> 32))
             inet_ntop(AF_INET, &a, &text, socklen_t(text.count))
-            return "\(Self.string(text)):\(port)"
+            return Self.string(text)
         }
         var a6 = in6_addr()
         withUnsafeMutableBytes(of: &a6) {
@@ -73,7 +87,7 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
             $0.storeBytes(of: low, toByteOffset: 8, as: UInt64.self)
         }
         inet_ntop(AF_INET6, &a6, &text, socklen_t(text.count))
-        return "[\(Self.string(text))]:\(port)"
+        return Self.string(text)
     }
 
     private static func string(_ chars: [CChar]) -> String {

@@ -32,7 +32,7 @@ public enum ConfigFile {
 
     static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload", "stream", "netns", "addr", "mac",
                                 "storm", "delay", "jitter", "loss", "duplicate", "corrupt", "reorder", "rate"]
-    static let remoteKeys: Set = ["endpoint", "encap", "vni", "name", "key", "horizon", "vlan", "trunk", "native", "learning", "flooding", "storm"]
+    static let remoteKeys: Set = ["endpoint", "encap", "vni", "datapath", "name", "key", "horizon", "vlan", "trunk", "native", "learning", "flooding", "storm"]
 
     /// Largest config file read: 1 MiB (a real configuration is a few hundred bytes; a larger
     /// file is a mistake, and parsing it would take seconds and memory).

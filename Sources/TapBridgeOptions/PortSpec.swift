@@ -251,8 +251,10 @@ public struct RemoteSpec: Sendable, Equatable {
     public var horizon: Horizon? = nil
     /// `key=PATH`: the pre-shared key of a sealed remote; nil: the bridge-wide `--key-file`.
     public var keyFile: String? = nil
+    /// `datapath=`: who moves the remote's frames (see `Datapath`).
+    public var datapath = Datapath.user
 
-    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS]"
+    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,datapath=user|kernel][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS]"
 
     /// `defaultPort`: the port of a HOST given without one (`remote add 192.0.2.5`: the bridge's
     /// UDP port); nil: HOST:PORT is required. `flag` names the option in errors.
@@ -292,16 +294,39 @@ public struct RemoteSpec: Sendable, Equatable {
                         throw PortSpecError(text, "name must be 1-64 characters without white space")
                     }
                     name = value
+                case "datapath":
+                    guard let d = Datapath(rawValue: value) else { throw PortSpecError(text, "datapath must be user or kernel, got '\(value)'") }
+                    datapath = d
                 default:
-                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, key, vni, name, horizon, \(SharedPortOptions.keys))")
+                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, key, vni, datapath, name, horizon, \(SharedPortOptions.keys))")
                 }
             }
             if keyFile != nil, let e = encapsulation, e != .sealed { throw PortSpecError(text, "key= is for encap=sealed (set encap=sealed too)") }
+            if datapath == .kernel {
+                if let e = encapsulation, e != .vxlan {
+                    throw PortSpecError(text, "datapath=kernel is the kernel's vxlan device: it carries encap=vxlan only (\(e) remotes run in tapbridge, datapath=user)")
+                }
+                if let h = horizon, h != .mesh {
+                    throw PortSpecError(text, "datapath=kernel remotes share one port, the kernel's vxlan device, which never forwards between them: horizon=\(h) cannot apply")
+                }
+            }
             configuration = try shared.configuration(in: text)
         } catch {
             throw PortSpecError(error.spec, error.reason, flag: flag)
         }
     }
+}
+
+/// Who moves a remote's frames.
+/// ```
+///   user     tapbridge's own UDP socket (every encapsulation; peers at run time, counters
+///            per remote, --accept-peers)
+///   kernel   a Linux vxlan device tapbridge makes for it, attached as a packet-socket port:
+///            the kernel encapsulates, segments and coalesces (VXLAN only); remotes of one
+///            VNI and UDP port share the device, and so one port
+/// ```
+public enum Datapath: String, Sendable, Equatable {
+    case user, kernel
 }
 
 /// A remote's split horizon: which other remotes its frames are never forwarded to.

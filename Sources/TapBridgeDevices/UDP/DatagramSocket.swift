@@ -96,11 +96,5 @@ public final class KernelDatagramSocket: DatagramSocket {
         return QueuedError(destination: withUnsafeBytes(of: &address) { SocketAddress($0.baseAddress!) }, error: error, mtu: Int(mtu))
     }
 
-    public func pathMTU(to address: SocketAddress) -> Int? {
-        var storage = sockaddr_storage()
-        let length = withUnsafeMutableBytes(of: &storage) { address.write(family: address.isIPv4 ? AF_INET : AF_INET6, to: $0.baseAddress!) }
-        guard length > 0 else { return nil }
-        let mtu = withUnsafeBytes(of: &storage) { ctb_path_mtu($0.baseAddress!.assumingMemoryBound(to: sockaddr.self), UInt32(length)) }
-        return mtu > 0 ? Int(mtu) : nil
-    }
+    public func pathMTU(to address: SocketAddress) -> Int? { address.pathMTU }
 }
