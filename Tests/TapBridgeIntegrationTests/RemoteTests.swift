@@ -178,6 +178,70 @@ struct RemoteTests {
         print("two hosts recipe: as written \(asWritten / 1e9) Gbit/s, with mtu=1450 \(given / 1e9) Gbit/s")
     }
 
+    /// `datapath=kernel`: each bridge makes a Linux vxlan device for its remote and switches
+    /// to it through a packet socket; the far bridge is the same (`kernel`) or tapbridge's own
+    /// UDP datapath (`user`: the two speak the same VXLAN).
+    /// ```
+    ///  ns a ── tap ── tapbridge ── vx-NAME [h1] ══ veth, 1500 ══ [h2] vx-NAME or UDP socket ── tapbridge ── tap ── ns b
+    /// ```
+    /// The TAP gets the MTU that fits the device's path; TCP passes both ways with no checksum
+    /// error and no IP fragment on either host; the device goes at exit. Then a bridge killed
+    /// with SIGKILL leaves its device, and the next start of that bridge takes it over.
+    @Test(arguments: ["kernel", "user"])
+    func aKernelDatapathRemoteCarriesTCPWithoutFragments(far: String) throws {
+        let lab = Lab()
+        let (a, b, h1, h2) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("h1"), lab.namespace("h2"))
+        let (ta, tb, u1, u2) = (lab.link("a"), lab.link("b"), lab.link("u1"), lab.link("u2"))
+        #expect(Host.run(["ip", "link", "add", u1, "netns", h1, "type", "veth", "peer", "name", u2, "netns", h2]).ok)
+        lab.exec(h1, ["ip", "addr", "add", "10.76.0.1/24", "dev", u1]); lab.exec(h1, ["ip", "link", "set", u1, "up"])
+        lab.exec(h2, ["ip", "addr", "add", "10.76.0.2/24", "dev", u2]); lab.exec(h2, ["ip", "link", "set", u2, "up"])
+        let name = lab.bridgeName()
+        let device = "vx-\(name)"
+        let oneArgs = ["--name", name, "--port", ta, "--remote", "10.76.0.2:4789,datapath=kernel,vni=77"]
+        let one = try lab.bridge(oneArgs, in: h1)
+        let two = try lab.bridge(["--port", tb, "--remote", "10.76.0.1:4789,vni=77,datapath=\(far)"], in: h2)
+        #expect(lab.waitForLinks([ta], in: h1) && lab.waitForLinks([tb], in: h2), "\(one.output)\(two.output)")
+        #expect(one.output.contains("vxlan device \(device) (made: removed on exit): VNI 77, UDP port 4789, remotes 10.76.0.2:4789, mtu 1450"), "\(one.output)")
+        #expect(one.output.contains("mtu 1450 (fits the 1500-byte path of vxlan device \(device)"), "the TAP's default MTU:\n\(one.output)")
+        let shown = lab.exec(h1, ["ip", "-d", "link", "show", device])
+        #expect(shown.output.contains("vxlan id 77") && shown.output.contains("mtu 1450"), "\(shown.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24", from: h1)
+        lab.place(tb, in: b, address: "10.77.0.2/24", from: h2)
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b:\n\(one.output)\n\(two.output)")
+        let before = (lab.fragmentsCreated(in: h1), lab.fragmentsCreated(in: h2))
+        let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
+        let fragments = (lab.fragmentsCreated(in: h1) - before.0, lab.fragmentsCreated(in: h2) - before.1)
+        #expect(fragments == (0, 0), "IP fragments made on the hosts: got \(fragments), want none")
+        print("datapath=kernel to \(far): \(forward / 1e9) and \(reverse / 1e9) Gbit/s")
+        let counters = Lab.portCounters(one, port: device)
+        #expect((counters["rx_frames"] ?? 0) > 1000 && (counters["tx_frames"] ?? 0) > 1000, "the device's port: \(counters)")
+        #expect(one.stop() == 0)
+        #expect(!lab.exec(h1, ["ip", "link", "show", device]).ok, "the vxlan device outlived its bridge:\n\(one.output)")
+        #expect(one.output.contains("vxlan device \(device): removed"), "\(one.output)")
+        guard far == "kernel" else { return }
+        // killed: the device stays; the next start of the bridge takes it over
+        let killed = try lab.bridge(oneArgs, in: h1)
+        #expect(Lab.eventually { lab.exec(h1, ["ip", "link", "show", device]).ok }, "\(killed.output)")
+        #expect(Lab.eventually { killed.output.contains("forwarding between") }, "\(killed.output)")
+        _ = killed.stop(signal: SIGKILL)
+        #expect(lab.exec(h1, ["ip", "link", "show", device]).ok, "SIGKILL left no device to take over")
+        let again = try lab.bridge(oneArgs, in: h1)
+        #expect(Lab.eventually { again.output.contains("forwarding between") }, "\(again.output)")
+        #expect(again.output.contains("vxlan device \(device): left by a tapbridge that is gone"), "\(again.output)")
+        #expect(again.stop() == 0 && two.stop() == 0)
+        #expect(!lab.exec(h1, ["ip", "link", "show", device]).ok, "the device taken over outlived its bridge")
+        // an interface of that name that no tapbridge made is not touched
+        #expect(lab.exec(h1, ["ip", "link", "add", device, "type", "veth", "peer", "name", lab.link("p")]).ok)
+        let refused = Host.run(["ip", "netns", "exec", h1, Host.binary] + oneArgs, timeout: 10)
+        #expect(refused.status == 1 && refused.output.contains("an interface \(device) exists"), "\(refused.output)")
+        #expect(lab.exec(h1, ["ip", "link", "show", device]).ok, "the veth of that name was removed")
+        // tapbridge's own socket cannot have the port the device listens on
+        let other = lab.bridgeName()
+        let clash = Host.run(["ip", "netns", "exec", h1, Host.binary, "--name", other, "--remote", "10.76.0.2:4789,datapath=kernel", "--remote", "10.76.0.3:4789"])
+        #expect(clash.status == 1 && clash.output.contains("UDP port 4789: the kernel's vxlan device"), "\(clash.output)")
+        #expect(!lab.exec(h1, ["ip", "link", "show", "vx-\(other)"]).ok, "a start that failed left its vxlan device")
+    }
+
     /// A narrower link in the middle of the underlay, that neither bridge's own route shows:
     /// ```
     ///  ns a ── tap ── tapbridge [h1] ══ 1500 ══ [r1] ══ 1400 ══ [r2] ══ 1500 ══ [h2] tapbridge ── tap ── ns b
@@ -503,6 +567,11 @@ struct RemoteTests {
         .init(name: "bad vni", args: ["--vni", "16777216", "--remote", "127.0.0.1:4789"], status: 64, message: "--vni must be 0-16777215"),
         .init(name: "bad listen", args: ["--listen", "nope", "--remote", "127.0.0.1:4789"], status: 64, message: "--listen 'nope'"),
         .init(name: "accept-peers without a port", args: ["--accept-peers"], status: 64, message: "--accept-peers needs --listen"),
+        .init(name: "sealed in the kernel", args: ["--remote", "127.0.0.1:4789,encap=sealed,datapath=kernel"], status: 64, message: "datapath=kernel is the kernel's vxlan device: it carries encap=vxlan only"),
+        .init(name: "kernel remote without split horizon", args: ["--remote", "127.0.0.1:4789,datapath=kernel,horizon=off"], status: 64, message: "horizon=off cannot apply"),
+        .init(name: "bad datapath", args: ["--remote", "127.0.0.1:4789,datapath=ebpf"], status: 64, message: "datapath must be user or kernel"),
+        .init(name: "kernel remote under --encap raw", args: ["--encap", "raw", "--remote", "127.0.0.1:4789,datapath=kernel"], status: 64, message: "datapath=kernel carries encap=vxlan only"),
+        .init(name: "kernel remote with --user", args: ["--user", "nobody", "--remote", "127.0.0.1:4789,datapath=kernel"], status: 64, message: "only root can remove at exit"),
         .init(name: "IPv6 peer on an IPv4 socket", args: ["--listen", "127.0.0.1:47999", "--remote", "[::1]:4789"], status: 1, message: "remote [::1]:4789: cannot resolve ::1 to an IPv4 address"),
     ]
 
