@@ -1,5 +1,6 @@
 import Glibc
 import TapBridgeCore
+@testable import TapBridgeDaemon
 import TapBridgeDevices
 import TapBridgeOptions
 import TapBridgePcap
@@ -70,8 +71,10 @@ struct SpecTests {
         let sealed = try RemoteSpec(parsing: "h:1,encap=sealed,key=/etc/tapbridge/lab.key")
         #expect(sealed.encapsulation == .sealed && sealed.keyFile == "/etc/tapbridge/lab.key")
         #expect(try RemoteSpec(parsing: "h:1,key=/k").keyFile == "/k", "key= without encap=: the bridge-wide --encap decides (checked with the settings)")
+        #expect(try RemoteSpec(parsing: "h:1").datapath == .user && RemoteSpec(parsing: "h:1,datapath=kernel,encap=vxlan,horizon=mesh").datapath == .kernel)
         for bad in ["::1:4789", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "h:1,encap=gre", "h:1,vni=16777216", "h:1,horizon=0", "h:1,horizon=x",
-                    "h:1,horizon=65536", "h:1,encap=vxlan,key=/k", "h:1,encap=sealed,key="] {
+                    "h:1,horizon=65536", "h:1,encap=vxlan,key=/k", "h:1,encap=sealed,key=", "h:1,datapath=ebpf", "h:1,datapath=kernel,encap=raw",
+                    "h:1,datapath=kernel,encap=sealed,key=/k", "h:1,datapath=kernel,horizon=7"] {
             #expect(throws: PortSpecError.self, "\(bad)") { try RemoteSpec(parsing: bad) }
         }
         #expect(throws: PortSpecError.self) { try ListenSpec(parsing: "nope") }
@@ -82,6 +85,7 @@ struct SpecTests {
             let (host, port) = SocketAddress.split(text)!
             let a = try SocketAddress.resolve(host: host, port: port, ipv4Only: false)
             #expect("\(a)" == text)
+            #expect(a.host == host)
             var storage = [UInt8](repeating: 0, count: 28)
             let length = storage.withUnsafeMutableBytes { a.write(family: family, to: $0.baseAddress!) }
             #expect(length > 0)
@@ -109,5 +113,19 @@ struct SpecTests {
                        "1025G", "8589934592G", "9223372036854775807k", "99999999999999999999", "-5M"])
     func badRotations(_ text: String) {
         #expect(MirrorOptions.parseRotation(text) == nil, "\(text) parsed")
+    }
+}
+
+@Suite("datapath=kernel device names")
+struct KernelVXLANNameTests {
+    @Test func namesAreValidInterfaceNamesAndDistinct() {
+        #expect(KernelVXLAN.deviceName(bridge: "lab", index: 0) == "vx-lab")
+        #expect(KernelVXLAN.deviceName(bridge: "lab", index: 2) == "vx2-lab")
+        let long = ["a-very-long-bridge-name", "with:colon", "has space", "x/y"].map { KernelVXLAN.deviceName(bridge: $0, index: 0) }
+        for name in long + [KernelVXLAN.deviceName(bridge: "a-very-long-bridge-name", index: 3)] {
+            #expect(name.utf8.count <= 15 && name.hasPrefix("vx") && !name.contains(where: { $0 == "/" || $0 == ":" || $0.isWhitespace }), "\(name)")
+        }
+        #expect(Set(long).count == long.count)
+        #expect(KernelVXLAN.deviceName(bridge: "a-very-long-bridge-name", index: 0) != KernelVXLAN.deviceName(bridge: "a-very-long-bridge-name", index: 1))
     }
 }
