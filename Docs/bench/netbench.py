@@ -29,6 +29,8 @@ Cases:
   tap-remote-tap-sealed  the same with --encap sealed (ChaCha20-Poly1305, a key made by tapbridge genkey)
   tap-remote-tap-1500  tap-remote-tap over a veth underlay of MTU 1500 between two namespaces (each
                    datagram at most 1500 bytes, as between two hosts), and -sealed-1500 the same sealed
+  tap-remote-tap-kernel  two tapbridges on two namespaces as -1500, over a veth of MTU 1600 (as
+                   kernel-vxlan's), each remote datapath=kernel: a Linux vxlan device tapbridge makes
   tap-tap-busy, tap-remote-tap-busy  the same as tap-tap, tap-remote-tap with --busy-poll 50ms on every
                    tapbridge (polls without sleeping while traffic comes within 50 ms: the RTT
                    without wake-ups, for a busy core)
@@ -71,14 +73,14 @@ HZ = os.sysconf("SC_CLK_TCK")
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
 CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
-         "kernel-vxlan", "eight-ports"]
+         "tap-remote-tap-kernel", "kernel-vxlan", "eight-ports"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
           ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
           ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
-          ("tap-remote-tap-busy", "tap-remote-tap")]
+          ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -227,18 +229,20 @@ def setup(case, r, tools):
                 os.unlink(key)  # (genkey never overwrites one)
             run([BUILD[0], "genkey", key])
             sealed = ["--encap", "sealed", "--key-file", key]
-        if base.endswith("-1500"):
-            # two hosts: each tapbridge in its own namespace, a veth of MTU 1500 between them;
-            # the TAPs are made there and moved on into A and B
+        if base.endswith("-1500") or base.endswith("-kernel"):
+            # two hosts: each tapbridge in its own namespace, a veth between them (MTU 1500; for
+            # -kernel 1600, as kernel-vxlan's); the TAPs are made there and moved on into A and B.
+            # -kernel: the remote is datapath=kernel, a Linux vxlan device each tapbridge makes
             hosts = (PREFIX + "ha", PREFIX + "hb")
             namespaces(*hosts)
+            kernel = [",datapath=kernel"] if base.endswith("-kernel") else [""]
             run(["ip", "link", "add", PREFIX + "ua", "netns", hosts[0], "type", "veth", "peer", "name", PREFIX + "ub", "netns", hosts[1]])
             for h, side, mine in ((hosts[0], "a", "10.97.0.1"), (hosts[1], "b", "10.97.0.2")):
                 ns(h, "ip", "addr", "add", mine + "/24", "dev", PREFIX + "u" + side)
-                ns(h, "ip", "link", "set", PREFIX + "u" + side, "up")
+                ns(h, "ip", "link", "set", PREFIX + "u" + side, "mtu", "1600" if kernel[0] else "1500", "up")
             for h, name, tap, theirs in ((hosts[0], "a", TAP0, "10.97.0.2"), (hosts[1], "b", TAP1, "10.97.0.1")):
                 r.start("tapbridge-" + name, ["ip", "netns", "exec", h, BUILD[0], "--name", PREFIX + name, "--port", tap,
-                                              "--remote", f"{theirs}:4789", *sealed, *off, *EXTRA])
+                                              "--remote", f"{theirs}:4789{kernel[0]}", *sealed, *off, *EXTRA])
             for h, tap, dest, ip in ((hosts[0], TAP0, NS_A, IP_A), (hosts[1], TAP1, NS_B, IP_B)):
                 for _ in range(200):
                     if subprocess.run(["ip", "-n", h, "link", "show", tap], capture_output=True).returncode == 0:
