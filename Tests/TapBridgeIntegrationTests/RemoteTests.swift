@@ -155,22 +155,12 @@ struct RemoteTests {
         var figures: [String: Double] = [:]
         for mtu in ["", ",mtu=1450"] {
             let lab = Lab()
-            let (a, b, h1, h2) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("h1"), lab.namespace("h2"))
-            let (ta, tb, u1, u2) = (lab.link("a"), lab.link("b"), lab.link("u1"), lab.link("u2"))
-            #expect(Host.run(["ip", "link", "add", u1, "netns", h1, "type", "veth", "peer", "name", u2, "netns", h2]).ok)
-            lab.exec(h1, ["ip", "addr", "add", "10.76.0.1/24", "dev", u1]); lab.exec(h1, ["ip", "link", "set", u1, "up"])
-            lab.exec(h2, ["ip", "addr", "add", "10.76.0.2/24", "dev", u2]); lab.exec(h2, ["ip", "link", "set", u2, "up"])
-            let one = try lab.bridge(["--port", ta + mtu, "--remote", "10.76.0.2:4789"], in: h1)
-            let two = try lab.bridge(["--port", tb + mtu, "--remote", "10.76.0.1:4789"], in: h2)
-            #expect(lab.waitForLinks([ta], in: h1) && lab.waitForLinks([tb], in: h2), "\(one.output)\(two.output)")
+            let hosts = TwoHosts(lab)
+            let one = try lab.bridge(["--port", hosts.ta + mtu, "--remote", "10.76.0.2:4789"], in: hosts.h1)
+            let two = try lab.bridge(["--port", hosts.tb + mtu, "--remote", "10.76.0.1:4789"], in: hosts.h2)
+            try hosts.waitForTaps(lab, one, two)
             if mtu.isEmpty { #expect(one.output.contains("mtu 1450 (fits the 1500-byte path"), "the TAP's default MTU:\n\(one.output)") }
-            lab.place(ta, in: a, address: "10.77.0.1/24", from: h1)
-            lab.place(tb, in: b, address: "10.77.0.2/24", from: h2)
-            #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b:\n\(one.output)\n\(two.output)")
-            let before = (lab.fragmentsCreated(in: h1), lab.fragmentsCreated(in: h2))
-            let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
-            let fragments = (lab.fragmentsCreated(in: h1) - before.0, lab.fragmentsCreated(in: h2) - before.1)
-            #expect(fragments == (0, 0), "IP fragments made on the hosts (mtu '\(mtu)'): got \(fragments), want none")
+            let (forward, reverse) = try hosts.tcpWithoutFragments(lab, one, two)
             figures[mtu] = (forward + reverse) / 2
             #expect(one.stop() == 0 && two.stop() == 0)
         }
@@ -190,28 +180,19 @@ struct RemoteTests {
     @Test(arguments: ["kernel", "user"])
     func aKernelDatapathRemoteCarriesTCPWithoutFragments(far: String) throws {
         let lab = Lab()
-        let (a, b, h1, h2) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("h1"), lab.namespace("h2"))
-        let (ta, tb, u1, u2) = (lab.link("a"), lab.link("b"), lab.link("u1"), lab.link("u2"))
-        #expect(Host.run(["ip", "link", "add", u1, "netns", h1, "type", "veth", "peer", "name", u2, "netns", h2]).ok)
-        lab.exec(h1, ["ip", "addr", "add", "10.76.0.1/24", "dev", u1]); lab.exec(h1, ["ip", "link", "set", u1, "up"])
-        lab.exec(h2, ["ip", "addr", "add", "10.76.0.2/24", "dev", u2]); lab.exec(h2, ["ip", "link", "set", u2, "up"])
+        let hosts = TwoHosts(lab)
+        let h1 = hosts.h1
         let name = lab.bridgeName()
         let device = "vx-\(name)"
-        let oneArgs = ["--name", name, "--port", ta, "--remote", "10.76.0.2:4789,datapath=kernel,vni=77"]
+        let oneArgs = ["--name", name, "--port", hosts.ta, "--remote", "10.76.0.2:4789,datapath=kernel,vni=77"]
         let one = try lab.bridge(oneArgs, in: h1)
-        let two = try lab.bridge(["--port", tb, "--remote", "10.76.0.1:4789,vni=77,datapath=\(far)"], in: h2)
-        #expect(lab.waitForLinks([ta], in: h1) && lab.waitForLinks([tb], in: h2), "\(one.output)\(two.output)")
+        let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,vni=77,datapath=\(far)"], in: hosts.h2)
+        try hosts.waitForTaps(lab, one, two)
         #expect(one.output.contains("vxlan device \(device) (made: removed on exit): VNI 77, UDP port 4789, remotes 10.76.0.2:4789, mtu 1450"), "\(one.output)")
         #expect(one.output.contains("mtu 1450 (fits the 1500-byte path of vxlan device \(device)"), "the TAP's default MTU:\n\(one.output)")
         let shown = lab.exec(h1, ["ip", "-d", "link", "show", device])
         #expect(shown.output.contains("vxlan id 77") && shown.output.contains("mtu 1450"), "\(shown.output)")
-        lab.place(ta, in: a, address: "10.77.0.1/24", from: h1)
-        lab.place(tb, in: b, address: "10.77.0.2/24", from: h2)
-        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b:\n\(one.output)\n\(two.output)")
-        let before = (lab.fragmentsCreated(in: h1), lab.fragmentsCreated(in: h2))
-        let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
-        let fragments = (lab.fragmentsCreated(in: h1) - before.0, lab.fragmentsCreated(in: h2) - before.1)
-        #expect(fragments == (0, 0), "IP fragments made on the hosts: got \(fragments), want none")
+        let (forward, reverse) = try hosts.tcpWithoutFragments(lab, one, two)
         print("datapath=kernel to \(far): \(forward / 1e9) and \(reverse / 1e9) Gbit/s")
         let counters = Lab.portCounters(one, port: device)
         #expect((counters["rx_frames"] ?? 0) > 1000 && (counters["tx_frames"] ?? 0) > 1000, "the device's port: \(counters)")
@@ -583,6 +564,39 @@ struct RemoteTests {
     }
 }
 
+}
+
+/// Two hosts, h1 (10.76.0.1) and h2 (10.76.0.2) on a veth of MTU 1500, each with a bridge
+/// making TAP ta or tb, which then go to namespaces a (10.77.0.1) and b (10.77.0.2).
+struct TwoHosts {
+    let a, b, h1, h2, ta, tb: String
+
+    init(_ lab: Lab) {
+        (a, b, h1, h2) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("h1"), lab.namespace("h2"))
+        let (u1, u2) = (lab.link("u1"), lab.link("u2"))
+        (ta, tb) = (lab.link("a"), lab.link("b"))
+        #expect(Host.run(["ip", "link", "add", u1, "netns", h1, "type", "veth", "peer", "name", u2, "netns", h2]).ok)
+        lab.exec(h1, ["ip", "addr", "add", "10.76.0.1/24", "dev", u1]); lab.exec(h1, ["ip", "link", "set", u1, "up"])
+        lab.exec(h2, ["ip", "addr", "add", "10.76.0.2/24", "dev", u2]); lab.exec(h2, ["ip", "link", "set", u2, "up"])
+    }
+
+    /// Waits for bridge `one` (on h1) and `two` (on h2) to make their TAPs.
+    func waitForTaps(_ lab: Lab, _ one: Background, _ two: Background) throws {
+        try #require(lab.waitForLinks([ta], in: h1) && lab.waitForLinks([tb], in: h2), "\(one.output)\(two.output)")
+    }
+
+    /// Moves the TAPs into a and b, pings, and runs TCP both ways with no checksum error and no
+    /// IP fragment made on either host; the two rates.
+    func tcpWithoutFragments(_ lab: Lab, _ one: Background, _ two: Background) throws -> (Double, Double) {
+        lab.place(ta, in: a, address: "10.77.0.1/24", from: h1)
+        lab.place(tb, in: b, address: "10.77.0.2/24", from: h2)
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b:\n\(one.output)\n\(two.output)")
+        let before = (lab.fragmentsCreated(in: h1), lab.fragmentsCreated(in: h2))
+        let rates = try KernelTests.OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
+        let fragments = (lab.fragmentsCreated(in: h1) - before.0, lab.fragmentsCreated(in: h2) - before.1)
+        #expect(fragments == (0, 0), "IP fragments made on the hosts: got \(fragments), want none")
+        return rates
+    }
 }
 
 extension Host {
