@@ -31,7 +31,7 @@ extension BridgeDaemon {
                               } : nil, heldBy: a.heldBy)
         }.map { report in
             var report = report
-            report.peer = engine.port(named: report.name).flatMap { engine.record(of: $0)?.peer }
+            report.peer = engine.port(named: report.name).flatMap { engine.record(of: $0)?.peer } ?? kernelRemotes?.peer(ofPort: report.name)
             guard let device = impaired[report.name], !(device.emulator.impairment.isNone && device.emulator.statistics == .init()) else { return report }
             var r = report
             r.link = "\(device.emulator.impairment)"

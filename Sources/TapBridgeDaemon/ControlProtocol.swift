@@ -58,7 +58,8 @@ public struct PortReport: Codable, Sendable, Equatable {
     public var link: String? = nil
     public var emulation: LinkEmulator.Statistics? = nil
     /// A stream port's peer: `unix:/run/lab/vm.sock, pid 812, uid 1000`, `127.0.0.1:40188`;
-    /// for one that connects out, where to.
+    /// for one that connects out, where to; for the vxlan device of `datapath=kernel` remotes,
+    /// its VNI, port and remotes.
     public var peer: String? = nil
 
     public init(name: String, kind: String, interface: String?, state: String, offloads: String, vlans: String, learning: Bool, flooding: Bool,

@@ -36,6 +36,7 @@ final class KernelVXLAN {
         let vni: VNI
         let port: UInt16
         let remotes: [RemoteSpec]
+        let endpoints: [SocketAddress]
         /// The narrowest path's MTU, and the device's MTU that fits it.
         let pathMTU: Int
         let mtu: Int
@@ -118,7 +119,7 @@ final class KernelVXLAN {
             throw error
         }
         logger.info("vxlan device \(name) (made: removed on exit): VNI \(vni.rawValue), UDP port \(port), remotes \(addresses.map(\.description).joined(separator: ", ")), mtu \(mtu) (fits the \(paths[narrowest])-byte path to \(addresses[narrowest])); the kernel carries its frames (datapath=kernel)")
-        return Device(name: name, vni: vni, port: port, remotes: remotes, pathMTU: paths[narrowest], mtu: mtu)
+        return Device(name: name, vni: vni, port: port, remotes: remotes, endpoints: addresses, pathMTU: paths[narrowest], mtu: mtu)
     }
 
     /// A device named `name` that a killed run of this bridge left (its alias names the
@@ -142,6 +143,13 @@ final class KernelVXLAN {
     /// The IP MTU that fits every device's path (at most 1500, as for the other remotes), and why.
     var innerMTU: (mtu: Int, why: String)? {
         devices.min { $0.mtu < $1.mtu }.map { (min($0.mtu, 1500), "fits the \($0.pathMTU)-byte path of vxlan device \($0.name)") }
+    }
+
+    /// What is on the other end of port `name`, if it is a device of these (`show ports`).
+    func peer(ofPort name: String) -> String? {
+        devices.first { $0.name == name }.map {
+            "Linux vxlan device (datapath=kernel): VNI \($0.vni.rawValue), UDP port \($0.port), remotes \($0.endpoints.map(\.description).joined(separator: ", ")), mtu \($0.mtu)"
+        }
     }
 
     /// Whether a device listens on UDP `port` (where tapbridge's own socket cannot).

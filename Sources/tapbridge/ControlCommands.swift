@@ -213,7 +213,7 @@ struct Show: ParsableCommand {
 
     struct Ports: ParsableCommand {
         static let configuration = CommandConfiguration(
-            commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason; each stream port's peer; each remote's endpoint, encapsulation, VNI, horizon and path MTU.")
+            commandName: "ports", abstract: "Each port: name, kind, state, VLANs, rx/tx frames and bytes, drops by reason; the peer of each stream port and datapath=kernel vxlan device; each remote's endpoint, encapsulation, VNI, horizon and path MTU.")
         @OptionGroup var target: Target
         @OptionGroup var output: TextOrJSON
 
@@ -229,7 +229,7 @@ struct Show: ParsableCommand {
             let streams = ports.compactMap { p in p.peer.map { (p.name, $0) } }
             if !streams.isEmpty {
                 print("")
-                print(table(["STREAM", "PEER"], streams.map { [$0.0, $0.1] }))
+                print(table(["PORT", "PEER"], streams.map { [$0.0, $0.1] }))
             }
             let remotes = ports.compactMap { p in p.remote.map { (p.name, $0) } }
             if !remotes.isEmpty {

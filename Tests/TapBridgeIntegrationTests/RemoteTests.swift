@@ -194,6 +194,8 @@ struct RemoteTests {
         #expect(shown.output.contains("vxlan id 77") && shown.output.contains("mtu 1450"), "\(shown.output)")
         let (forward, reverse) = try hosts.tcpWithoutFragments(lab, one, two)
         print("datapath=kernel to \(far): \(forward / 1e9) and \(reverse / 1e9) Gbit/s")
+        let ports = Host.run([Host.binary, "show", "ports", "--name", name])
+        #expect(ports.output.contains("Linux vxlan device (datapath=kernel): VNI 77, UDP port 4789, remotes 10.76.0.2:4789, mtu 1450"), "\(ports.output)")
         let counters = Lab.portCounters(one, port: device)
         #expect((counters["rx_frames"] ?? 0) > 1000 && (counters["tx_frames"] ?? 0) > 1000, "the device's port: \(counters)")
         #expect(one.stop() == 0)
