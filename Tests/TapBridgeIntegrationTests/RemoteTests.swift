@@ -63,7 +63,8 @@ struct RemoteTests {
         // 2 s after the last frame, four windows later: asleep
         usleep(2_000_000)
         let idle = HardeningTests.idleCPU(one.pid, over: 1)
-        #expect(busy > 0.3, "a bridge with --busy-poll 500ms used \(busy) s of CPU in 1 s of pings 100 ms apart: it slept between them")
+        // (alone it uses 0.5-1 s; beside two fuzzers at nice 5 it got 0.30; asleep it uses 0.002)
+        #expect(busy > 0.15, "a bridge with --busy-poll 500ms used \(busy) s of CPU in 1 s of pings 100 ms apart: it slept between them")
         #expect(idle < 0.05, "a bridge with --busy-poll used \(idle) s of CPU in 1 s without traffic: it spins when idle")
         #expect(one.stop() == 0 && two.stop() == 0)
     }
