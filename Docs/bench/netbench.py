@@ -31,7 +31,7 @@ Cases:
                    datagram at most 1500 bytes, as between two hosts), and -sealed-1500 the same sealed
   tap-remote-tap-kernel  two tapbridges on two namespaces as -1500, over a veth of MTU 1600 (as
                    kernel-vxlan's), each remote datapath=kernel: a Linux vxlan device tapbridge makes
-  tap-tap-busy, tap-remote-tap-busy  the same as tap-tap, tap-remote-tap with --busy-poll 50ms on every
+  tap-tap-busy, tap-remote-tap-busy, tap-remote-tap-kernel-busy  the same with --busy-poll 50ms on every
                    tapbridge (polls without sleeping while traffic comes within 50 ms: the RTT
                    without wake-ups, for a busy core)
   kernel-vxlan     two Linux vxlan devices over a veth underlay (MTU 1600)
@@ -73,14 +73,15 @@ HZ = os.sysconf("SC_CLK_TCK")
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
 CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
-         "tap-remote-tap-kernel", "kernel-vxlan", "eight-ports"]
+         "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "eight-ports"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
           ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
           ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
-          ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap")]
+          ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap"),
+          ("tap-remote-tap-kernel-busy", "kernel-vxlan")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
