@@ -151,8 +151,8 @@ extension BridgeDaemon {
         if spec.datapath == .kernel {
             throw StartupError("remote add '\(text)': datapath=kernel remotes are given at start (--remote), where their vxlan device is made; remote add adds remotes to tapbridge's own datapath (leave datapath= out)")
         }
-        if remotes == nil, let kernelRemotes, kernelRemotes.uses(port: spec.port) {
-            throw StartupError("remote add '\(text)': UDP port \(spec.port) is the kernel vxlan device's (datapath=kernel); tapbridge's own socket needs another (restart with --listen PORT)")
+        if remotes == nil, let kernelRemotes, case let port = options.listen?.port ?? spec.port, kernelRemotes.uses(port: port) {
+            throw StartupError("remote add '\(text)': UDP port \(port) is the kernel vxlan device's (datapath=kernel); tapbridge's own socket needs another (restart with --listen PORT)")
         }
         if let remotes {
             try remotes.addAtRunTime(spec)

@@ -195,6 +195,11 @@ struct RemoteTests {
         #expect(shown.output.contains("vxlan id 77") && shown.output.contains("mtu 1450"), "\(shown.output)")
         let (forward, reverse) = try hosts.tcpWithoutFragments(lab, one, two)
         print("datapath=kernel to \(far): \(forward / 1e9) and \(reverse / 1e9) Gbit/s")
+        for (args, why) in [(["remote", "add", "10.76.0.9:4789,datapath=kernel"], "datapath=kernel remotes are given at start"),
+                            (["remote", "add", "10.76.0.9:4789"], "UDP port 4789 is the kernel vxlan device's")] {
+            let r = ControlTests.client(args, name: name)
+            #expect(!r.ok && r.output.contains(why) && r.output.split(separator: "\n").count == 1, "\(args): got \(r.output)")
+        }
         let ports = Host.run([Host.binary, "show", "ports", "--name", name])
         #expect(ports.output.contains("Linux vxlan device (datapath=kernel): VNI 77, UDP port 4789, remotes 10.76.0.2:4789, mtu 1450"), "\(ports.output)")
         let counters = Lab.portCounters(one, port: device)
