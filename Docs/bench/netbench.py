@@ -35,6 +35,8 @@ Cases:
                    tapbridge (polls without sleeping while traffic comes within 50 ms: the RTT
                    without wake-ups, for a busy core)
   kernel-vxlan     two Linux vxlan devices over a veth underlay (MTU 1600)
+  kernel-bridge-vxlan  the kernel doing what tapbridge-remote-tapbridge does: on each of two hosts a
+                   Linux bridge of a vxlan device and a veth from A (B), underlay MTU 1600
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
 Default: all of them. -x adds arguments to every tapbridge command of the run (say, a mirror) and
 --tag names its cases CASE+NAME in the results, so that variants run one after the other can be
@@ -73,7 +75,7 @@ HZ = os.sysconf("SC_CLK_TCK")
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
 CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
-         "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "eight-ports"]
+         "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
@@ -81,7 +83,8 @@ RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "
           ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
           ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
           ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap"),
-          ("tap-remote-tap-kernel-busy", "kernel-vxlan")]
+          ("tap-remote-tap-kernel-busy", "kernel-vxlan"), ("tap-remote-tap", "kernel-bridge-vxlan"),
+          ("tap-remote-tap-kernel", "kernel-bridge-vxlan"), ("tap-remote-tap-kernel-busy", "kernel-bridge-vxlan")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -266,6 +269,24 @@ def setup(case, r, tools):
             ns(n, "ip", "link", "add", PREFIX + "x" + side, "type", "vxlan", "id", "42", "local", underlay, "remote", peer,
                "dstport", "4789", "dev", PREFIX + "u" + side)
             address(n, PREFIX + "x" + side, ip)
+    elif base == "kernel-bridge-vxlan":
+        # what a tapbridge remote stands in for, done by the kernel: on each of two hosts a
+        # Linux bridge joining a vxlan device (underlay MTU 1600, as kernel-vxlan's) and a veth
+        # from A (B)
+        hosts = (PREFIX + "ha", PREFIX + "hb")
+        namespaces(*hosts)
+        run(["ip", "link", "add", PREFIX + "ua", "netns", hosts[0], "type", "veth", "peer", "name", PREFIX + "ub", "netns", hosts[1]])
+        for h, n, side, underlay, peer, ip in ((hosts[0], NS_A, "a", "10.97.0.1", "10.97.0.2", IP_A), (hosts[1], NS_B, "b", "10.97.0.2", "10.97.0.1", IP_B)):
+            ns(h, "ip", "addr", "add", underlay + "/24", "dev", PREFIX + "u" + side)
+            ns(h, "ip", "link", "set", PREFIX + "u" + side, "mtu", "1600", "up")
+            ns(h, "ip", "link", "add", PREFIX + "br", "type", "bridge")
+            ns(h, "ip", "link", "add", PREFIX + "x" + side, "type", "vxlan", "id", "42", "local", underlay, "remote", peer,
+               "dstport", "4789", "dev", PREFIX + "u" + side)
+            run(["ip", "link", "add", PREFIX + "v" + side, "netns", n, "type", "veth", "peer", "name", PREFIX + "p" + side, "netns", h])
+            for port in (PREFIX + "x" + side, PREFIX + "p" + side):
+                ns(h, "ip", "link", "set", port, "master", PREFIX + "br", "up")
+            ns(h, "ip", "link", "set", PREFIX + "br", "up")
+            address(n, PREFIX + "v" + side, ip)
     else:
         raise RuntimeError(f"unknown case {case}")
 
