@@ -133,7 +133,9 @@ public enum OptionParser {
         func quoted(_ s: String) -> String { "\"" + s.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"") + "\"" }
         var lines: [String] = []
         for d in OptionTable.all where !d.commandLineOnly {
-            let values = d.render(settings).map { d.quoted ? quoted($0) : $0 }
+            // a `$` in a value is written `$$`, which the file's ${NAME} expansion reads as one `$`
+            // (fuzz-specs found values with a `$` that did not print back to themselves)
+            let values = d.render(settings).map { $0.replacingOccurrences(of: "$", with: "$$") }.map { d.quoted ? quoted($0) : $0 }
             switch d.arity {
             case .list: lines.append(values.isEmpty ? "\(d.name): []" : "\(d.name):\n" + values.map { "  - \($0)" }.joined(separator: "\n"))
             case .flag, .value: if let v = values.first { lines.append("\(d.name): \(v)") }
