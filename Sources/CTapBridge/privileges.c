@@ -9,7 +9,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *groups, int ngroups, unsigned long long keep) {
+// `ambient` (a subset of `keep`): capabilities the programs it runs (iproute2's ip and bridge)
+// inherit, as ambient capabilities.
+int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *groups, int ngroups, unsigned long long keep, unsigned long long ambient) {
     // the bounding set first: dropping from it needs CAP_SETPCAP, which goes with root
     for (int c = 0; c <= 63; c++) {
         if (keep & (1ULL << c)) continue;
@@ -24,7 +26,13 @@ int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *
     struct __user_cap_data_struct data[2] = {{0, 0, 0}, {0, 0, 0}};
     data[0].permitted = data[0].effective = (unsigned int)keep;
     data[1].permitted = data[1].effective = (unsigned int)(keep >> 32);
+    ambient &= keep;
+    data[0].inheritable = (unsigned int)ambient;  // an ambient capability must be inheritable too
+    data[1].inheritable = (unsigned int)(ambient >> 32);
     if (syscall(SYS_capset, &header, data) < 0) return -errno;
+    for (int c = 0; c <= 63; c++) {
+        if ((ambient & (1ULL << c)) && prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, c, 0, 0) < 0) return -errno;
+    }
     if (prctl(PR_SET_KEEPCAPS, 0, 0, 0, 0) < 0) return -errno;
     if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return -errno;
     return 0;
@@ -43,13 +51,17 @@ long long ctb_effective_capabilities(void) {
 
 extern char **environ;
 
-int ctb_run(const char *path, char *const argv[], char *errors, int errors_size) {
+// Runs `path` and waits for it; its standard error (and output, `with_stdout`) in `errors`.
+int ctb_run(const char *path, char *const argv[], char *errors, int errors_size, int with_stdout) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0) return -errno;
     posix_spawn_file_actions_t actions;
     posix_spawn_file_actions_init(&actions);
     posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0);
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
+    if (with_stdout)
+        posix_spawn_file_actions_adddup2(&actions, pipefd[1], 1);
+    else
+        posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0);
     posix_spawn_file_actions_adddup2(&actions, pipefd[1], 2);
     // the child starts with no signal blocked (tapbridge blocks the ones its signalfd reads)
     posix_spawnattr_t attr;

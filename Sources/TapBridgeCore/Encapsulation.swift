@@ -49,6 +49,16 @@ public protocol EncapsulationFormat: AnyObject {
     func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram
 }
 
+extension EncapsulationFormat {
+    /// The largest inner frame whose datagram fits an IP packet of `pathMTU` bytes: the path
+    /// less the outer IP header (20 bytes, 40 for IPv6), UDP's 8 and what the format adds
+    /// (VXLAN's 8-byte header). 1,464 for VXLAN over a 1500-byte IPv4 path (an IP MTU of
+    /// 1,450 plus the inner Ethernet header's 14). Never below 128.
+    public func frameLimit(pathMTU: Int, ipv4: Bool) -> Int {
+        max(pathMTU - (ipv4 ? 20 : 40) - 8 - headerLength - trailerLength, 128)
+    }
+}
+
 /// RFC 7348 VXLAN with one VNI: the 8-byte header is computed once.
 public final class VXLANFormat: EncapsulationFormat {
     public let vni: VNI

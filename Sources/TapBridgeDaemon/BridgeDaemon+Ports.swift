@@ -143,17 +143,15 @@ extension BridgeDaemon {
     func addRemote(_ text: String) throws(StartupError) -> String {
         let spec: RemoteSpec
         do {
-            spec = try RemoteSpec(parsing: text, defaultPort: remotes?.device.localAddress.port, flag: "remote add")
+            spec = try RemoteSpec(parsing: text, defaultPort: remotes?.device.localAddress.port ?? kernelRemotes?.devices.first?.port, flag: "remote add")
         } catch {
             throw StartupError(error.description)
         }
-        if engine.port(named: spec.name) != nil { throw StartupError("remote add '\(text)': a port named \(spec.name) exists (give name=...)") }
-        if spec.datapath == .kernel {
-            throw StartupError("remote add '\(text)': datapath=kernel remotes are given at start (--remote), where their vxlan device is made; remote add adds remotes to tapbridge's own datapath (leave datapath= out)")
+        if engine.port(named: spec.name) != nil || kernelRemotes?.has(remoteNamed: spec.name) == true {
+            throw StartupError("remote add '\(text)': a \(engine.port(named: spec.name) != nil ? "port" : "remote") named \(spec.name) exists (give name=...)")
         }
-        if remotes == nil, let kernelRemotes, case let port = options.listen?.port ?? spec.port, kernelRemotes.uses(port: port) {
-            throw StartupError("remote add '\(text)': UDP port \(port) is the kernel vxlan device's (datapath=kernel); tapbridge's own socket needs another (restart with --listen PORT)")
-        }
+        if spec.datapath == .kernel { return try addKernelRemote(spec, text) }
+        try checkUDPPort(options.listen?.port ?? remotes?.device.localAddress.port ?? spec.port, socketFor: "remote add", in: "remote add '\(text)': ")
         if let remotes {
             try remotes.addAtRunTime(spec)
         } else {
@@ -168,21 +166,60 @@ extension BridgeDaemon {
         return "remote \(spec.name) added" + (peer.map { " (\($0.address), \($0.encapsulation), path MTU \($0.pathMTU))" } ?? "")
     }
 
+    /// tapbridge's own UDP socket and the kernel's vxlan devices cannot share a UDP port.
+    /// `socketFor`: what needs the socket; `prefix`: the error's start.
+    func checkUDPPort(_ port: UInt16, socketFor who: String, in prefix: String = "") throws(StartupError) {
+        guard let kernelRemotes, kernelRemotes.uses(port: port) else { return }
+        throw StartupError("\(prefix)UDP port \(port): the kernel's vxlan device of the datapath=kernel remotes listens there, so tapbridge's own socket (\(who)) cannot; give it another with --listen (a restart, at run time)")
+    }
+
+    /// `remote add ...,datapath=kernel`: into the vxlan device of its VNI and port, or a new one
+    /// (made, then attached as a port: the device is removed again if that fails).
+    private func addKernelRemote(_ spec: RemoteSpec, _ text: String) throws(StartupError) -> String {
+        if spec.encapsulation == nil, options.encapsulation != .vxlan {
+            throw StartupError("remote add '\(text)': datapath=kernel carries encap=vxlan only, and the bridge-wide --encap is \(options.encapsulation) (set encap=vxlan on the remote)")
+        }
+        if let own = remotes?.device.localAddress.port, own == spec.port {
+            throw StartupError("remote add '\(text)': UDP port \(own) is tapbridge's own socket's (the datapath=user remotes): a vxlan device cannot listen there too; give the remote another port")
+        }
+        if kernelRemotes == nil {
+            kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, logger: logger)
+        }
+        let kernel = kernelRemotes!
+        let (line, newPort) = try kernel.add(spec)
+        if let newPort {
+            do {
+                try attachPort(newPort)
+            } catch {
+                _ = try? kernel.remove(spec.name) { _ in }
+                throw error
+            }
+        }
+        logger.info("control: \(line)")
+        return line
+    }
+
     /// `remote del NAME|ADDRESS:PORT`: the remote's port goes (its MAC entries with it); the
-    /// UDP socket stays for the others (and for `remote add`).
+    /// UDP socket stays for the others (and for `remote add`). A datapath=kernel remote's FDB
+    /// entry goes from its vxlan device, and the device (its port) with its last remote.
     func removeRemote(_ which: String) throws(StartupError) -> String {
-        guard let tunnel else { throw StartupError("remote del '\(which)': this bridge has no remotes") }
+        if let kernelRemotes, let line = try kernelRemotes.remove(which, removingPort: { name in
+            if let port = engine.port(named: name) { removePort(port) }
+        }) {
+            logger.info("control: \(line)")
+            return line
+        }
         let remotePorts = engine.ports.filter { engine.record(of: $0)?.kind == .remote }
         var port = engine.port(named: which)
         if let named = port, !remotePorts.contains(named) { throw StartupError("remote del '\(which)': \(which) is not a remote (use port del)") }
-        if port == nil, let (host, udpPort) = SocketAddress.split(which),
+        if port == nil, let tunnel, let (host, udpPort) = SocketAddress.split(which),
             let address = try? SocketAddress.resolve(host: host, port: udpPort, ipv4Only: tunnel.family == AF_INET)
         {
             port = remotePorts.first { tunnel.peer(of: $0)?.address == address }
         }
         guard let port else {
-            let names = remotePorts.map { engine.name(of: $0) }
-            throw StartupError("remote del '\(which)': no such remote (remotes: \(names.isEmpty ? "none" : names.joined(separator: ", ")))")
+            let names = remotePorts.map { engine.name(of: $0) } + (kernelRemotes?.remoteNames ?? [])
+            throw StartupError("remote del '\(which)': \(names.isEmpty ? "this bridge has no remotes" : "no such remote (remotes: \(names.joined(separator: ", ")))")")
         }
         let name = engine.name(of: port)
         engine.removePort(port)

@@ -129,8 +129,8 @@ public final class BridgeDaemon {
                 kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, logger: logger)
             }
             if !userOptions.remotes.isEmpty || options.acceptsPeers {
-                if let kernelRemotes, let port = options.listen?.port ?? userOptions.remotes.first?.port, kernelRemotes.uses(port: port) {
-                    throw StartupError("UDP port \(port): the kernel's vxlan device of the datapath=kernel remotes listens there, so tapbridge's own socket (the datapath=user remotes\(options.acceptsPeers ? ", --accept-peers" : "")) cannot; give it another with --listen")
+                if let port = options.listen?.port ?? userOptions.remotes.first?.port {
+                    try checkUDPPort(port, socketFor: "the datapath=user remotes\(options.acceptsPeers ? ", --accept-peers" : "")")
                 }
                 remotes = try RemotePeers(options: userOptions, engine: engine, ports: ports, decorate: decorate, logger: logger)
             }

@@ -113,6 +113,9 @@ final class ControlResponder {
             guard let name = request.port, let port = engine.port(named: name) else {
                 return .failure("no port named '\(request.port ?? "")'")
             }
+            if let device = daemon.kernelRemotes?.devices.first(where: { $0.name == name }) {
+                return .failure("port \(name) is the vxlan device of datapath=kernel remotes \(device.remotes.map(\.name).joined(separator: ", ")): remote del removes them, and the device with the last")
+            }
             daemon.removePort(port)
             logger.info("control: port \(name) removed")
             return .success("port \(name) removed")

@@ -20,37 +20,45 @@ import TapBridgeOptions
 /// valid frame by frame, checksum them, and coalesce them again on the far side, with every
 /// byte crossing between tapbridge and the kernel; the vxlan device segments after
 /// encapsulation and coalesces before decapsulation, inside the kernel (Docs/Benchmarks.md
-/// has what that buys). What it gives up: encap=sealed and raw, `remote add`/`del`, counters
-/// per remote, and --accept-peers; the device also takes VXLAN of its VNI from any sender, as
+/// has what that buys). What it gives up: encap=sealed and raw, counters per remote, and
+/// --accept-peers; the device also takes VXLAN of its VNI from any sender, as
 /// a Linux vxlan device does.
 ///
 /// The remotes of one VNI and UDP port share one device and so one port (the first as the
 /// device's `remote`, the others as all-zero FDB entries: head-end replication of broadcast,
-/// unicast learned per remote by the device). Its MTU fits the narrowest of their paths. It is
-/// made at start, named `vx-BRIDGE` (`vxN-BRIDGE` for the N+1th, a hash when the name would be
-/// longer than 15 bytes), marked with its bridge and pid in its alias, and removed at exit; a
-/// start that finds one its killed predecessor left removes it first.
+/// unicast learned per remote by the device). Its MTU fits the narrowest of their paths.
+/// `remote add` appends an FDB entry to the device of the remote's VNI and port, or makes one;
+/// `remote del` deletes the entry, and the device with its last. A device is named
+/// `vx-BRIDGE` (`vxN-BRIDGE` for the N+1th, a hash when the name would be longer than 15
+/// bytes), marked with its bridge and pid in its alias, and removed at exit; a start that finds
+/// one its killed predecessor left removes it first. It has no IPv6 link-local address.
 final class KernelVXLAN {
     struct Device {
         let name: String
         let vni: VNI
         let port: UInt16
-        let remotes: [RemoteSpec]
-        let endpoints: [SocketAddress]
-        /// The narrowest path's MTU, and the device's MTU that fits it.
+        /// Its remotes and their addresses, in the same order (each an all-zero FDB entry).
+        var remotes: [RemoteSpec]
+        var endpoints: [SocketAddress]
+        /// The narrowest path's MTU at the device's making, and the device's MTU that fits it.
         let pathMTU: Int
         let mtu: Int
     }
 
     let bridge: String
     let logger: Logger
+    let defaultVNI: VNI
+    /// The address given with `--listen`, the devices' source address.
+    let local: String?
     private(set) var devices: [Device] = []
 
-    /// Makes the devices of `remotes` (all with `datapath=kernel`); removes what it made if any
-    /// fails. `local`: the address given with `--listen`, the devices' source address.
+    /// Makes the devices of `remotes` (all with `datapath=kernel`; none: `remote add` makes
+    /// them); removes what it made if any fails.
     init(remotes: [RemoteSpec], vni defaultVNI: VNI, local: String?, bridge: String, logger: Logger) throws(StartupError) {
         self.bridge = bridge
         self.logger = logger
+        self.defaultVNI = defaultVNI
+        self.local = local
         var groups: [(vni: VNI, port: UInt16, remotes: [RemoteSpec])] = []
         for remote in remotes {
             let vni = remote.vni ?? defaultVNI
@@ -62,7 +70,7 @@ final class KernelVXLAN {
         }
         do throws(StartupError) {
             for (index, group) in groups.enumerated() {
-                devices.append(try make(Self.deviceName(bridge: bridge, index: index), vni: group.vni, port: group.port, remotes: group.remotes, local: local))
+                devices.append(try make(Self.deviceName(bridge: bridge, index: index), vni: group.vni, port: group.port, remotes: group.remotes))
             }
         } catch {
             releaseAll()
@@ -80,27 +88,43 @@ final class KernelVXLAN {
         return "vx" + String(UInt32(truncatingIfNeeded: hash ^ hash >> 32), radix: 16) + (index == 0 ? "" : "-\(index)")
     }
 
-    private func make(_ name: String, vni: VNI, port: UInt16, remotes: [RemoteSpec], local: String?) throws(StartupError) -> Device {
-        let first = remotes[0]
-        for remote in remotes.dropFirst() where remote.configuration != first.configuration {
-            throw StartupError("remote \(remote.name): the datapath=kernel remotes of VNI \(vni.rawValue) on UDP port \(port) share one vxlan device, and so one port, with \(first.name): give them the same vlan=, trunk=, native=, learning=, flooding= and storm=")
+    /// Why `remote` cannot share a device with `first`: one port has one VLAN and flooding
+    /// setting, and one vxlan device one IP family.
+    private static func check(_ remote: RemoteSpec, _ address: SocketAddress, joining first: RemoteSpec, _ firstAddress: SocketAddress, vni: VNI) throws(StartupError) {
+        if remote.configuration != first.configuration {
+            throw StartupError("remote \(remote.name): the datapath=kernel remotes of VNI \(vni.rawValue) on UDP port \(remote.port) share one vxlan device, and so one port, with \(first.name): give them the same vlan=, trunk=, native=, learning=, flooding= and storm=")
         }
+        if address.isIPv4 != firstAddress.isIPv4 {
+            throw StartupError("remote \(remote.name): one vxlan device carries one IP family, and \(first.name) is IPv\(firstAddress.isIPv4 ? 4 : 6); give it another vni= or port")
+        }
+    }
+
+    private static func resolve(_ remote: RemoteSpec) throws(StartupError) -> SocketAddress {
+        do {
+            return try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: false)
+        } catch {
+            throw StartupError("remote \(remote.name): \(error.message)")
+        }
+    }
+
+    /// The device MTU that fits a path of `pathMTU` bytes: less the outer IP header, UDP, VXLAN
+    /// and the inner Ethernet header (50 bytes over IPv4, 70 over IPv6), as the Linux vxlan
+    /// device computes it from its lower device.
+    static func deviceMTU(pathMTU: Int, ipv4: Bool, vni: VNI) -> Int {
+        VXLANFormat(vni: vni).frameLimit(pathMTU: min(pathMTU, 65_535), ipv4: ipv4) - 14
+    }
+
+    private func make(_ name: String, vni: VNI, port: UInt16, remotes: [RemoteSpec]) throws(StartupError) -> Device {
         var addresses: [SocketAddress] = []
         for remote in remotes {
-            do {
-                addresses.append(try SocketAddress.resolve(host: remote.host, port: remote.port, ipv4Only: false))
-            } catch {
-                throw StartupError("remote \(remote.name): \(error.message)")
-            }
+            addresses.append(try Self.resolve(remote))
+            try Self.check(remote, addresses.last!, joining: remotes[0], addresses[0], vni: vni)
         }
         let v4 = addresses[0].isIPv4
-        if let i = addresses.firstIndex(where: { $0.isIPv4 != v4 }) {
-            throw StartupError("remote \(remotes[i].name): one vxlan device carries one IP family, and \(first.name) is IPv\(v4 ? 4 : 6); give it another vni= or port")
-        }
         let paths = addresses.map { $0.pathMTU ?? 1500 }
         let narrowest = paths.indices.min { paths[$0] < paths[$1] }!
-        let overhead = v4 ? 50 : 70  // outer IP, UDP, VXLAN and the inner Ethernet header
-        let mtu = min(paths[narrowest], 65_535) - overhead
+        let mtu = Self.deviceMTU(pathMTU: paths[narrowest], ipv4: v4, vni: vni)
+        let overhead = min(paths[narrowest], 65_535) - mtu
         guard mtu >= 576 else {
             throw StartupError("remote \(remotes[narrowest].name): its path MTU is \(paths[narrowest]) bytes, too small for a vxlan device (\(overhead) bytes of headers)")
         }
@@ -110,6 +134,10 @@ final class KernelVXLAN {
         try IPRoute.run("ip", add, for: "datapath=kernel")
         do throws(StartupError) {
             try IPRoute.run("ip", ["link", "set", "dev", name, "alias", "tapbridge \(bridge) pid \(getpid())"], for: "datapath=kernel")
+            // no IPv6 link-local address: the device is a bridge port, not a host on the lab's
+            // segment (else it sends its own router solicitations, MLD reports and DAD probes
+            // to every remote, and answers neighbour solicitations there)
+            try IPRoute.run("ip", ["link", "set", "dev", name, "addrgenmode", "none"], for: "datapath=kernel")
             for address in addresses.dropFirst() {
                 try IPRoute.run("bridge", ["fdb", "append", "00:00:00:00:00:00", "dev", name, "dst", address.host], for: "datapath=kernel")
             }
@@ -136,9 +164,90 @@ final class KernelVXLAN {
     }
 
     /// Each device as a port: a packet socket on it, with its remotes' VLAN and flooding settings.
-    var ports: [PortSpec] {
-        devices.map { PortSpec(name: $0.name, mode: .packet, configuration: $0.remotes[0].configuration) }
+    var ports: [PortSpec] { devices.map(Self.port) }
+
+    private static func port(_ device: Device) -> PortSpec {
+        PortSpec(name: device.name, mode: .packet, configuration: device.remotes[0].configuration)
     }
+
+    /// Whether a remote is named `name`.
+    func has(remoteNamed name: String) -> Bool { devices.contains { $0.remotes.contains { $0.name == name } } }
+
+    /// `remote add ...,datapath=kernel`: `remote` joins the device of its VNI and UDP port (an
+    /// all-zero FDB entry; `bridge fdb append`), or gets a device of its own. Returns the
+    /// answer's line, and the port to attach for a new device.
+    func add(_ remote: RemoteSpec) throws(StartupError) -> (line: String, newPort: PortSpec?) {
+        let vni = remote.vni ?? defaultVNI
+        let address = try Self.resolve(remote)
+        if has(remoteNamed: remote.name) || devices.contains(where: { $0.endpoints.contains(address) }) {
+            throw StartupError("remote \(remote.name) (\(address)) exists")
+        }
+        guard let i = devices.firstIndex(where: { $0.vni == vni && $0.port == remote.port }) else {
+            let used = Set(devices.map(\.name))
+            let name = (0...).lazy.map { Self.deviceName(bridge: self.bridge, index: $0) }.first { !used.contains($0) }!
+            let device = try make(name, vni: vni, port: remote.port, remotes: [remote])
+            devices.append(device)
+            return ("remote \(remote.name) added (\(address), vxlan device \(name) made, mtu \(device.mtu))", Self.port(device))
+        }
+        let device = devices[i]
+        try Self.check(remote, address, joining: device.remotes[0], device.endpoints[0], vni: vni)
+        try IPRoute.run("bridge", ["fdb", "append", "00:00:00:00:00:00", "dev", device.name, "dst", address.host], for: "datapath=kernel")
+        devices[i].remotes.append(remote)
+        devices[i].endpoints.append(address)
+        var line = "remote \(remote.name) added (\(address), to vxlan device \(device.name))"
+        if let path = address.pathMTU, case let fits = Self.deviceMTU(pathMTU: path, ipv4: address.isIPv4, vni: vni), fits < device.mtu {
+            line += "; its path MTU \(path) is narrower than the \(device.pathMTU) the device's MTU \(device.mtu) fits: frames larger than \(fits) bytes leave for it as IP fragments (restart the bridge to fit it)"
+        }
+        logger.info("vxlan device \(device.name): \(line)")
+        return (line, nil)
+    }
+
+    /// `remote del NAME|ADDRESS:PORT` of a `datapath=kernel` remote (nil: none of these): its
+    /// FDB entry goes (`bridge fdb del`); with the device's last remote, the device goes too,
+    /// after `removingPort` has removed its port.
+    func remove(_ which: String, removingPort: (String) -> Void) throws(StartupError) -> String? {
+        let address = SocketAddress.split(which).flatMap { try? SocketAddress.resolve(host: $0.0, port: $0.1, ipv4Only: false) }
+        for i in devices.indices {
+            guard let k = devices[i].remotes.indices.first(where: { devices[i].remotes[$0].name == which || devices[i].endpoints[$0] == address }) else { continue }
+            let device = devices[i]
+            let name = device.remotes[k].name
+            if device.remotes.count == 1 {
+                removingPort(device.name)
+                remove(device.name)
+                devices.remove(at: i)
+                return "remote \(name) removed (with vxlan device \(device.name), its last remote)"
+            }
+            try IPRoute.run("bridge", ["fdb", "del", "00:00:00:00:00:00", "dev", device.name, "dst", device.endpoints[k].host], for: "datapath=kernel")
+            devices[i].remotes.remove(at: k)
+            devices[i].endpoints.remove(at: k)
+            let forgotten = forgetLearned(behind: device.endpoints[k].host, on: device.name)
+            logger.info("vxlan device \(device.name): remote \(name) removed\(forgotten > 0 ? ", with the \(forgotten) MAC addresses learned behind it" : "")")
+            return "remote \(name) removed (from vxlan device \(device.name))"
+        }
+        return nil
+    }
+
+    /// Deletes the MAC addresses device `device` learned behind `host` (frames to them would go
+    /// on going there); how many.
+    private func forgetLearned(behind host: String, on device: String) -> Int {
+        struct Entry: Decodable { let mac: String; let dst: String? }
+        let entries: [Entry]
+        do {
+            let json = try IPRoute.output("bridge", ["-j", "fdb", "show", "dev", device], for: "datapath=kernel", capacity: 4 << 20)
+            entries = try JSONDecoder().decode([Entry].self, from: Data(json.utf8))
+        } catch {
+            logger.warning("vxlan device \(device): cannot list the MAC addresses it learned behind \(host) (\(error)); they stay until they age out")
+            return 0
+        }
+        var forgotten = 0
+        for entry in entries where entry.dst == host && entry.mac != "00:00:00:00:00:00" {
+            if (try? IPRoute.run("bridge", ["fdb", "del", entry.mac, "dev", device, "dst", host], for: "datapath=kernel")) != nil { forgotten += 1 }
+        }
+        return forgotten
+    }
+
+    /// The remotes' names, for errors.
+    var remoteNames: [String] { devices.flatMap { $0.remotes.map(\.name) } }
 
     /// The IP MTU that fits every device's path (at most 1500, as for the other remotes), and why.
     var innerMTU: (mtu: Int, why: String)? {

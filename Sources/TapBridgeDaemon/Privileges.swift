@@ -17,7 +17,8 @@ extension RunAs {
     /// Becomes this user; the process exits on failure (half dropped is no state to go on in).
     func drop() throws(StartupError) {
         let mask = Self.keptCapabilities.reduce(UInt64(0)) { $0 | 1 << UInt64($1.0) }
-        let rc = groups.withUnsafeBufferPointer { ctb_drop_privileges(uid, gid, $0.baseAddress, Int32($0.count), mask) }
+        let ambient = Self.ambientCapabilities.reduce(UInt64(0)) { $0 | 1 << UInt64($1.0) }
+        let rc = groups.withUnsafeBufferPointer { ctb_drop_privileges(uid, gid, $0.baseAddress, Int32($0.count), mask, ambient) }
         if rc < 0 { throw StartupError("--user \(name): cannot drop privileges: \(describeErrno(-rc))") }
     }
 }
@@ -29,6 +30,6 @@ extension BridgeDaemon {
             throw StartupError("--user \(runAs.name): cannot give the control socket \(path) to the user: \(describeErrno(errno))")
         }
         try runAs.drop()
-        logger.info("running as \(runAs), with \(RunAs.keptCapabilities.map(\.1).joined(separator: " and ")) only (port add, ports coming back, MTUs put back) and no new privileges")
+        logger.info("running as \(runAs), with \(RunAs.keptCapabilities.map(\.1).joined(separator: " and ")) only (port add, ports coming back, MTUs put back; CAP_NET_ADMIN also for the ip and bridge it runs for datapath=kernel) and no new privileges")
     }
 }

@@ -178,10 +178,10 @@ public enum OptionTable {
                  another mesh remote), off (the default \
                  for raw: an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
                  is measured: TCP is cut to fit it and SYNs crossing it get their MSS lowered, so nothing needs mtu=. \
-                 At run time: tapbridge remote add|del. datapath=kernel (VXLAN only, as root): the frames go through a \
+                 At run time: tapbridge remote add|del. datapath=kernel (VXLAN only, started as root): the frames go through a \
                  Linux vxlan device tapbridge makes (vx-NAME, its MTU fitting the path, removed on exit) and attaches as \
                  a packet-socket port; the kernel encapsulates, segments and coalesces, which is faster (Docs/Benchmarks.md), \
-                 but such remotes have no counters of their own, no remote add|del, and share one port per VNI and UDP port.
+                 but such remotes have no counters of their own and share one port per VNI and UDP port.
                  """, \.remotes, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try RemoteSpec(parsing: v) }) }),
         value("listen", "[addr:]port", .remotes, "The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", quoted: true,
               render: { $0.listen?.text }, apply: { s, v throws(OptionError) in s.listen = Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try ListenSpec(parsing: v) }) }),

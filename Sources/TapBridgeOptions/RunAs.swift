@@ -6,6 +6,9 @@ public import TapBridgeCore
 /// - CAP_NET_ADMIN: `port add` of a TAP, a port whose interface comes back (bringing it up),
 ///   `mtu=` and putting an interface's MTU back when its port goes;
 /// - CAP_NET_RAW: packet-socket ports added, or coming back, while it runs.
+/// CAP_NET_ADMIN is also ambient: the only programs tapbridge runs, iproute2's `ip` and
+/// `bridge` (for the vxlan devices of `datapath=kernel` remotes: `remote add`/`del`, and their
+/// removal at exit), get it, and nothing else.
 /// Everything else (CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, setuid, ...) leaves the permitted,
 /// effective and bounding sets, and no_new_privs is set: nothing it executes can gain more.
 public struct RunAs: Sendable, Equatable, CustomStringConvertible {
@@ -16,6 +19,8 @@ public struct RunAs: Sendable, Equatable, CustomStringConvertible {
     public var groupName: String
 
     public static let keptCapabilities: [(Int32, String)] = [(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW")]
+    /// Those of `keptCapabilities` the programs it runs inherit.
+    public static let ambientCapabilities: [(Int32, String)] = [(12, "CAP_NET_ADMIN")]
 
     /// Looks `USER[:GROUP]` up (names or numbers). Without GROUP: the user's primary group and
     /// its supplementary groups, as a login would have.

@@ -84,9 +84,6 @@ public struct Settings: Sendable {
                 throw OptionError("remote \(remote.name): datapath=kernel carries encap=vxlan only, and the bridge-wide --encap is \(encapsulation) (set encap=vxlan on the remote)")
             }
         }
-        if let user, remotes.contains(where: { $0.value.datapath == .kernel }) {
-            throw OptionError("--user \(user.text): datapath=kernel remotes make a vxlan device that only root can remove at exit; run them as root, or use datapath=user")
-        }
         if acceptPeers, encapsulation == .sealed, keyFile == nil {
             throw OptionError("--accept-peers with --encap sealed needs --key-file PATH: the key new peers must hold")
         }

@@ -381,14 +381,14 @@ struct Remote: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Add a remote: the same SPEC as --remote (HOST[:PORT][,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,name=NAME][,horizon=mesh|off|N]...); without PORT, the bridge's UDP port.")
+            abstract: "Add a remote: the same SPEC as --remote, HOST[:PORT] and its keys (encap=, key=, vni=, datapath=, name=, horizon=, vlan=, ...); without PORT, the bridge's UDP port. datapath=kernel: into the vxlan device of its VNI and port, made if there is none.")
         @OptionGroup var target: Target
         @Argument(help: "The remote spec.") var spec: String
         func run() throws { print(try target.send(ControlRequest(command: "remote-add", spec: spec)).message ?? "ok") }
     }
 
     struct Del: ParsableCommand {
-        static let configuration = CommandConfiguration(abstract: "Remove a remote, by name or by ADDRESS:PORT (its MAC entries go with it).")
+        static let configuration = CommandConfiguration(abstract: "Remove a remote, by name or by ADDRESS:PORT (its MAC entries go with it; a datapath=kernel remote's vxlan device goes with its last remote).")
         @OptionGroup var target: Target
         @Argument(help: "The remote's name or ADDRESS:PORT.") var remote: String
         func run() throws { print(try target.send(ControlRequest(command: "remote-del", port: remote)).message ?? "ok") }

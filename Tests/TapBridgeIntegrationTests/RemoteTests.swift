@@ -195,8 +195,9 @@ struct RemoteTests {
         #expect(shown.output.contains("vxlan id 77") && shown.output.contains("mtu 1450"), "\(shown.output)")
         let (forward, reverse) = try hosts.tcpWithoutFragments(lab, one, two)
         print("datapath=kernel to \(far): \(forward / 1e9) and \(reverse / 1e9) Gbit/s")
-        for (args, why) in [(["remote", "add", "10.76.0.9:4789,datapath=kernel"], "datapath=kernel remotes are given at start"),
-                            (["remote", "add", "10.76.0.9:4789"], "UDP port 4789 is the kernel vxlan device's")] {
+        for (args, why) in [(["remote", "add", "10.76.0.9:4789,datapath=kernel,vni=77,vlan=5"], "give them the same vlan="),
+                            (["remote", "add", "[fd00::9]:4789,datapath=kernel,vni=77"], "one vxlan device carries one IP family"),
+                            (["remote", "add", "10.76.0.9:4789"], "UDP port 4789: the kernel's vxlan device")] {
             let r = ControlTests.client(args, name: name)
             #expect(!r.ok && r.output.contains(why) && r.output.split(separator: "\n").count == 1, "\(args): got \(r.output)")
         }
@@ -229,6 +230,60 @@ struct RemoteTests {
         let clash = Host.run(["ip", "netns", "exec", h1, Host.binary, "--name", other, "--remote", "10.76.0.2:4789,datapath=kernel", "--remote", "10.76.0.3:4789"])
         #expect(clash.status == 1 && clash.output.contains("UDP port 4789: the kernel's vxlan device"), "\(clash.output)")
         #expect(!lab.exec(h1, ["ip", "link", "show", "vx-\(other)"]).ok, "a start that failed left its vxlan device")
+    }
+
+    /// `datapath=kernel` remotes at run time, on a bridge that runs as nobody (`--user`): `remote
+    /// add` appends the remote to the vxlan device of its VNI and port, `remote del` deletes it
+    /// (and what the device learned behind it), the device goes with its last remote and comes
+    /// back with the next; the device has no IPv6 address of its own on the lab's segment.
+    /// ```
+    ///  ns a ── tap ── tapbridge --user nobody ── vx-NAME [h1] ══ veth ══ [h2] vx-NAME ── tapbridge ── tap ── ns b
+    ///                     └ first remote 10.76.0.9: nobody there
+    /// ```
+    @Test func kernelRemotesAddedAndRemovedAtRunTime() throws {
+        let lab = Lab()
+        let hosts = TwoHosts(lab)
+        let (a, h1) = (hosts.a, hosts.h1)
+        let name = lab.bridgeName()
+        let device = "vx-\(name)"
+        let one = try lab.bridge(["--name", name, "--user", "nobody", "--port", hosts.ta, "--remote", "10.76.0.9:4789,datapath=kernel,vni=77"], in: h1)
+        let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,vni=77,datapath=kernel"], in: hosts.h2)
+        try hosts.waitForTaps(lab, one, two)
+        #expect(Lab.eventually { one.output.contains("running as nobody") }, "\(one.output)")
+        let v6 = lab.exec(h1, ["ip", "-6", "addr", "show", "dev", device])
+        #expect(v6.ok && !v6.output.contains("inet6"), "the vxlan device has an IPv6 address of its own: \(v6.output)")
+        func control(_ args: String...) -> Host.Result { ControlTests.client(args, name: name) }
+        func fdb() -> String { lab.exec(h1, ["bridge", "fdb", "show", "dev", device]).output }
+
+        let added = control("remote", "add", "10.76.0.2:4789,datapath=kernel,vni=77")
+        #expect(added.ok && added.output.contains("remote 10.76.0.2:4789 added (10.76.0.2:4789, to vxlan device \(device))"), "\(added.output)\n\(one.output)")
+        _ = try hosts.tcpWithoutFragments(lab, one, two)
+        let ports = Host.run([Host.binary, "show", "ports", "--name", name])
+        #expect(ports.output.contains("remotes 10.76.0.9:4789, 10.76.0.2:4789, mtu 1450"), "\(ports.output)")
+        for (args, why) in [(["remote", "add", "10.76.0.2:4789,datapath=kernel,vni=77,name=again"], "remote again (10.76.0.2:4789) exists"),
+                            (["remote", "add", "10.76.0.2:4789,datapath=kernel"], "a remote named 10.76.0.2:4789 exists"),
+                            (["port", "del", device], "remote del removes them"),
+                            (["remote", "del", "10.76.0.7:4789"], "no such remote (remotes: 10.76.0.9:4789, 10.76.0.2:4789)")] {
+            let r = ControlTests.client(args, name: name)
+            #expect(!r.ok && r.output.contains(why) && r.output.split(separator: "\n").count == 1, "\(args): got \(r.output)")
+        }
+
+        let removed = control("remote", "del", "10.76.0.2:4789")
+        #expect(removed.ok && removed.output.contains("remote 10.76.0.2:4789 removed (from vxlan device \(device))"), "\(removed.output)")
+        #expect(!fdb().contains("10.76.0.2"), "the device still sends to the removed remote:\n\(fdb())\n\(one.output)")
+        #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 0, "b still answers after remote del")
+
+        let last = control("remote", "del", "10.76.0.9:4789")
+        #expect(last.ok && last.output.contains("with vxlan device \(device), its last remote"), "\(last.output)")
+        #expect(!lab.exec(h1, ["ip", "link", "show", device]).ok, "the device outlived its last remote")
+        #expect(!Host.run([Host.binary, "show", "ports", "--name", name]).output.contains(device))
+        let back = control("remote", "add", "10.76.0.2:4789,datapath=kernel,vni=77")
+        #expect(back.ok && back.output.contains("vxlan device \(device) made, mtu 1450"), "\(back.output)\n\(one.output)")
+        lab.exec(a, ["ip", "neigh", "flush", "dev", hosts.ta])
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b through the device made at run time:\n\(one.output)")
+        #expect(one.stop() == 0 && two.stop() == 0)
+        #expect(one.output.contains("vxlan device \(device): removed"), "\(one.output)")
+        #expect(!lab.exec(h1, ["ip", "link", "show", device]).ok, "the device made at run time outlived its bridge (run as nobody)")
     }
 
     /// A narrower link in the middle of the underlay, that neither bridge's own route shows:
@@ -560,7 +615,6 @@ struct RemoteTests {
         .init(name: "kernel remote without split horizon", args: ["--remote", "127.0.0.1:4789,datapath=kernel,horizon=off"], status: 64, message: "horizon=off cannot apply"),
         .init(name: "bad datapath", args: ["--remote", "127.0.0.1:4789,datapath=ebpf"], status: 64, message: "datapath must be user or kernel"),
         .init(name: "kernel remote under --encap raw", args: ["--encap", "raw", "--remote", "127.0.0.1:4789,datapath=kernel"], status: 64, message: "datapath=kernel carries encap=vxlan only"),
-        .init(name: "kernel remote with --user", args: ["--user", "nobody", "--remote", "127.0.0.1:4789,datapath=kernel"], status: 64, message: "only root can remove at exit"),
         .init(name: "IPv6 peer on an IPv4 socket", args: ["--listen", "127.0.0.1:47999", "--remote", "[::1]:4789"], status: 1, message: "remote [::1]:4789: cannot resolve ::1 to an IPv4 address"),
     ]
 

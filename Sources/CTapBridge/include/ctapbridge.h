@@ -137,13 +137,13 @@ int ctb_peer_credentials(int fd, unsigned int *uid, unsigned int *gids, int max)
 /// in mask `keep` (bit N: capability N) in the permitted, effective and bounding sets, and sets
 /// no_new_privs. Must be called as root. Returns 0 or -errno (the process may then be half
 /// way: the caller exits).
-int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *groups, int ngroups, unsigned long long keep);
+int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *groups, int ngroups, unsigned long long keep, unsigned long long ambient);
 
 /// Runs the program at `path` with `argv` (NULL-terminated), standard input and output on
 /// /dev/null, and waits for it (posix_spawn and waitpid, with no signal blocked in the child):
 /// its exit status (128 + N if killed by signal N), or -errno if it could not start. Up to
 /// `errors_size - 1` bytes of its standard error land in `errors`, NUL-terminated.
-int ctb_run(const char *path, char *const argv[], char *errors, int errors_size);
+int ctb_run(const char *path, char *const argv[], char *errors, int errors_size, int with_stdout);
 
 /// The effective capability mask, or -errno.
 long long ctb_effective_capabilities(void);

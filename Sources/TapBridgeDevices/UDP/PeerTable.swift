@@ -35,12 +35,9 @@ struct PeerTable {
         var fragmented: UInt64 = 0
     }
 
-    /// The largest inner frame in `format` whose datagram fits an IP packet of `pathMTU` bytes
-    /// towards `address`: the path less the outer IP header (20 bytes, 40 for IPv6), UDP's 8
-    /// and what the format adds (VXLAN's 8-byte header). 1,450 for VXLAN over a
-    /// 1500-byte IPv4 path, plus the 14 of the inner Ethernet header: 1,464. Never below 128.
+    /// The largest inner frame in `format` whose datagram fits `pathMTU` towards `address`.
     static func frameLimit(pathMTU: Int, to address: SocketAddress, format: any EncapsulationFormat) -> Int {
-        max(pathMTU - (address.isIPv4 ? 20 : 40) - 8 - format.headerLength - format.trailerLength, 128)
+        format.frameLimit(pathMTU: pathMTU, ipv4: address.isIPv4)
     }
 
     var peers: [Peer?] = []
