@@ -149,7 +149,7 @@ public enum ConfigFile {
             let definition = OptionTable.all[index]
             switch definition.arity {
             case .value:
-                guard case .scalar(let s) = value, !s.string.isEmpty else { throw fail(value, "'\(key)' must be a single value, got a \(describe(value))") }
+                guard case .scalar(let s) = value else { throw fail(value, "'\(key)' must be a single value, got a \(describe(value))") }
                 entries.append(Entry(index: index, key: key, values: [(try expanded(s.string, value), line)]))
             case .flag:
                 guard let on = value.bool else { throw fail(value, "'\(key)' must be true or false, got '\(value.string ?? "a \(describe(value))")'") }

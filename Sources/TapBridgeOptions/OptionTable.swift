@@ -68,8 +68,13 @@ public enum OptionTable {
     static func value(_ name: String, aliases: [String] = [], _ valueName: String, _ group: OptionDefinition.Group, _ help: String, discussion: String = "",
                       default: String? = nil, quoted: Bool = false, commandLineOnly: Bool = false, render: @escaping @Sendable (Settings) -> String?,
                       apply: @escaping Apply) -> OptionDefinition {
-        OptionDefinition(name: name, aliases: aliases, configAliases: [], arity: .value, valueName: valueName, help: help, discussion: discussion,
-                         group: group, defaultValue: `default`, quoted: quoted, commandLineOnly: commandLineOnly, apply: apply,
+        // an empty value is no value (and --print-config could not write it back: fuzz-specs)
+        let nonEmpty: Apply = { s, v throws(OptionError) in
+            guard !v.isEmpty else { throw OptionError(reason: "needs a value, got an empty one (leave the option out for its default)") }
+            try apply(&s, v)
+        }
+        return OptionDefinition(name: name, aliases: aliases, configAliases: [], arity: .value, valueName: valueName, help: help, discussion: discussion,
+                         group: group, defaultValue: `default`, quoted: quoted, commandLineOnly: commandLineOnly, apply: nonEmpty,
                          render: { render($0).map { [$0] } ?? [] }, clear: nil)
     }
 

@@ -159,6 +159,19 @@ struct OptionTableTests {
         #expect(again.ports.map(\.value.name) == ["a$b"] && OptionParser.yaml(again) == yaml, "\(yaml)")
     }
 
+    /// An empty value is refused, given on the command line, as a YAML empty string or null, or
+    /// made empty by `${NAME:-}`: fuzz-specs found `stream-group: ${0GROUP:-}` taken as "",
+    /// which --print-config wrote as `stream-group: ""`, which did not parse back.
+    @Test(arguments: ["\"\"", "", "${TAPBRIDGE_TEST_NEVER_SET:-}"])
+    func anEmptyValueIsRefused(_ value: String) throws {
+        let why = "'stream-group' needs a value, got an empty one"
+        let error = #expect(throws: OptionParser.Failure.self, "\(value)") {
+            _ = try settings(fromYAML: "stream-listen: unix:/tmp/t.sock\nstream-group: \(value)\n")
+        }
+        #expect(error?.message.contains(why) == true, "\(String(describing: error?.message))")
+        #expect(throws: OptionParser.Failure.self) { _ = try settings(["--stream-listen", "unix:/tmp/t.sock", "--stream-group", ""]) }
+    }
+
     /// --busy-poll takes what link emulation's durations take, and --print-config writes it
     /// back in a form that parses to the same value.
     @Test(arguments: [("200us", "200us"), ("50ms", "50ms"), ("1.5s", "1500ms"), ("2s", "2s"), ("0", nil)] as [(String, String?)])
