@@ -234,8 +234,9 @@ struct RemoteTests {
 
     /// `datapath=kernel` remotes at run time, on a bridge that runs as nobody (`--user`): `remote
     /// add` appends the remote to the vxlan device of its VNI and port, `remote del` deletes it
-    /// (and what the device learned behind it), the device goes with its last remote and comes
-    /// back with the next; the device has no IPv6 address of its own on the lab's segment.
+    /// (and what the device learned behind it; the device's first remote too), the device goes
+    /// with its last remote and comes back with the next; the device has no IPv6 address of its
+    /// own on the lab's segment.
     /// ```
     ///  ns a ── tap ── tapbridge --user nobody ── vx-NAME [h1] ══ veth ══ [h2] vx-NAME ── tapbridge ── tap ── ns b
     ///                     └ first remote 10.76.0.9: nobody there
@@ -273,7 +274,16 @@ struct RemoteTests {
         #expect(!fdb().contains("10.76.0.2"), "the device still sends to the removed remote:\n\(fdb())\n\(one.output)")
         #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 0, "b still answers after remote del")
 
-        let last = control("remote", "del", "10.76.0.9:4789")
+        // back, then the device's own `remote` (its first) goes and the other carries on
+        #expect(control("remote", "add", "10.76.0.2:4789,datapath=kernel,vni=77").ok)
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "after remote add again:\n\(one.output)")
+        let first = control("remote", "del", "10.76.0.9:4789")
+        #expect(first.ok && first.output.contains("remote 10.76.0.9:4789 removed (from vxlan device \(device))"), "\(first.output)")
+        #expect(!fdb().contains("10.76.0.9"), "\(fdb())")
+        lab.exec(a, ["ip", "neigh", "flush", "dev", hosts.ta])
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "a -> b once the device's first remote is gone:\n\(fdb())\n\(one.output)")
+
+        let last = control("remote", "del", "10.76.0.2:4789")
         #expect(last.ok && last.output.contains("with vxlan device \(device), its last remote"), "\(last.output)")
         #expect(!lab.exec(h1, ["ip", "link", "show", device]).ok, "the device outlived its last remote")
         #expect(!Host.run([Host.binary, "show", "ports", "--name", name]).output.contains(device))
