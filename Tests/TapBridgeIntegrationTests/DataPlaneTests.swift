@@ -100,6 +100,49 @@ struct DataPlaneTests {
         #expect(bridge.stop() == 0)
     }
 
+    /// Small frames to a packet port wait for the end of their batch and leave together (one
+    /// sendmmsg): every one is counted once. Bursts of 64-byte UDP datagrams from a to b, bare
+    /// and then behind an emulated link (`port set` delay, which releases frames from a timer):
+    /// the packet port's tx_frames grows by what veth n received, no more (none counted twice)
+    /// and no less, its sent and dropped frames add up to what came in from tap a, and every
+    /// frame of the delayed burst leaves without other traffic behind it.
+    /// ```
+    ///  ns a (.1) ── tap a ─── tapbridge ─── packet socket on veth h ══ veth n (.2) in ns b
+    /// ```
+    @Test func smallFramesToAPacketPortLeaveInBatchesCountedOnce() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, vh, vn) = (lab.link("a"), lab.link("h"), lab.link("n"))
+        for ns in [a, b] { lab.exec(ns, ["sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1"]) }
+        #expect(Host.run(["ip", "link", "add", vh, "type", "veth", "peer", "name", vn]).ok)
+        // veth h says nothing of its own to n (no IPv6 router solicitations, MLD, DAD)
+        #expect(Host.run(["sysctl", "-qw", "net.ipv6.conf.\(vh).disable_ipv6=1"]).ok)
+        lab.place(vn, in: b, address: "10.77.0.2/24")
+        let bridge = try lab.bridge(["--port", ta, "--port", vh])
+        #expect(lab.waitForLinks([ta]))
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        #expect(lab.ping(from: a, "10.77.0.2").received == 3, "\(bridge.output)")
+        func received() -> Int { Int(lab.exec(b, ["cat", "/sys/class/net/\(vn)/statistics/rx_packets"]).output.trimmingCharacters(in: .whitespacesAndNewlines)) ?? -1 }
+        // what entered from tap a, what left through veth h (sent, dropped) and what veth n got
+        func burst(_ count: Int) -> (entered: Int, sent: Int, dropped: Int, received: Int) {
+            func snapshot() -> (a: [String: Int], h: [String: Int], n: Int) { (Lab.portCounters(bridge, port: ta), Lab.portCounters(bridge, port: vh), received()) }
+            let before = snapshot()
+            let send = "import socket\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\nfor i in range(\(count)): s.sendto(bytes(64), ('10.77.0.2', 9))\n"
+            #expect(lab.exec(a, ["/usr/bin/python3", "-c", send]).ok)
+            Thread.sleep(forTimeInterval: 0.5)
+            let after = snapshot()
+            func delta(_ key: String, _ x: KeyPath<(a: [String: Int], h: [String: Int], n: Int), [String: Int]>) -> Int { (after[keyPath: x][key] ?? 0) - (before[keyPath: x][key] ?? 0) }
+            return (delta("rx_frames", \.a), delta("tx_frames", \.h), delta("transmit_error", \.h) + delta("transmit_queue_full", \.h), after.n - before.n)
+        }
+        let bare = burst(2_000)
+        #expect(bare.sent == bare.received && bare.sent + bare.dropped == bare.entered && bare.sent >= 1_000, "2,000 datagrams: \(bare)\n\(bridge.output)")
+        let set = ControlTests.client(["port", "set", vh, "delay=20ms"], name: ControlTests.name(bridge))
+        #expect(set.ok, "\(set.output)")
+        let delayed = burst(500)
+        #expect(delayed.sent == delayed.received && delayed.sent + delayed.dropped == delayed.entered && delayed.sent >= 250, "500 datagrams behind delay=20ms: \(delayed)\n\(bridge.output)")
+        #expect(bridge.stop() == 0)
+    }
+
     /// A TAP held by another program (as QEMU holds a VM's tap): TUNSETIFF answers EBUSY and
     /// tapbridge falls back to a packet socket. The "VM" is this test: it holds TAP v and relays
     /// its frames to a TAP w in namespace b.
