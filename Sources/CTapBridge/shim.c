@@ -235,25 +235,6 @@ ssize_t ctb_packet_send(int fd, const uint8_t *vnet, const void *frame, size_t l
     }
 }
 
-int ctb_packet_send_many(int fd, const uint8_t *base, size_t stride, const uint32_t *lengths, int count) {
-    struct mmsghdr msgs[CTB_PACKET_SEND_MAX];
-    struct iovec iov[CTB_PACKET_SEND_MAX];
-    if (count > CTB_PACKET_SEND_MAX) count = CTB_PACKET_SEND_MAX;
-    if (count <= 0) return 0;
-    memset(msgs, 0, sizeof(msgs[0]) * (size_t)count);
-    for (int k = 0; k < count; k++) {
-        iov[k].iov_base = (void *)(base + (size_t)k * stride);
-        iov[k].iov_len = CTB_VNET_HDR_LEN + lengths[k];
-        msgs[k].msg_hdr.msg_iov = &iov[k];
-        msgs[k].msg_hdr.msg_iovlen = 1;
-    }
-    for (;;) {
-        int n = sendmmsg(fd, msgs, (unsigned int)count, MSG_DONTWAIT);
-        if (n >= 0) return n;
-        if (errno != EINTR) return -errno;
-    }
-}
-
 #ifndef UDP_NO_CHECK6_RX
 #define UDP_NO_CHECK6_RX 102
 #endif

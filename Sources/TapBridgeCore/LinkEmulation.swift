@@ -316,17 +316,14 @@ public final class ImpairedDevice: PortDevice {
     /// When the next delayed frame is due.
     public var nextDeparture: Instant? { emulator.nextDeparture.map { Instant(nanoseconds: $0) } }
 
-    /// Sends every frame due at `now` through the device, and has the device send at once what
-    /// it queued of them (a packet socket queues small frames for the end of the batch). They
-    /// were counted when the link took them: what the device says of them now is not counted
-    /// again. (While the link holds frames, every frame goes through it: the device holds
-    /// none of the batch's own then.)
+    /// Sends every frame due at `now` through the device (a TAP or a packet socket: they send
+    /// at once, and report nothing at `flush`). They were counted when the link took them: what
+    /// the device says of them now is not counted again.
     public func releaseDue(at now: Instant) {
         guard let port else { return }
         emulator.release(now: now.nanoseconds) { frame, offload in
             _ = inner.transmit(frame, offload: offload, to: port)
         }
-        inner.flush { _, _, _, _ in }
     }
 
     public func reconfigure(_ impairment: Impairment) {

@@ -99,9 +99,6 @@ public class DescriptorDevice: PortDevice {
         fatalError("subclass must implement transmit")
     }
 
-    /// Sends nothing: a descriptor sends each frame at once, unless a subclass queues them.
-    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {}
-
     public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
         transmit(frame, to: port)
     }

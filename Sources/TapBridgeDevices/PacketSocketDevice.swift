@@ -15,23 +15,7 @@ public import TapBridgeCore
 /// and the virtio-net header in front of each frame says so. That state rides with the frame
 /// (`FrameOffload`), and the engine completes or segments it before any port that cannot take
 /// it. Without the header, such frames would leave with wrong checksums and TCP would stall.
-///
-/// Complete frames up to `queuedFrameLimit` bytes wait for the end of the batch and leave
-/// together, in one `sendmmsg` (small frames cost a system call each otherwise); larger frames
-/// and super-frames go at once, after what waits, so the order holds.
 public final class PacketSocketDevice: DescriptorDevice {
-    /// The largest frame that waits for the end of the batch (copied into the queue).
-    public static let queuedFrameLimit = 2_048
-    private static let queueStride = Int(CTB_VNET_HDR_LEN) + queuedFrameLimit
-    private static let queueCapacity = Int(CTB_PACKET_SEND_MAX)
-    /// The waiting frames, each a virtio-net header and the frame, `queueStride` apart.
-    private let queue = UnsafeMutableRawPointer.allocate(byteCount: queueCapacity * queueStride, alignment: 16)
-    private let queueLengths = UnsafeMutablePointer<UInt32>.allocate(capacity: queueCapacity)
-    private var queued = 0
-    /// What became of queued frames sent since the last flush (sent when the queue filled).
-    private var sentFrames = 0, sentBytes = 0
-    private var dropped: [(outcome: TransmitOutcome, frames: Int, bytes: Int)] = []
-
     /// The interface name at attach time.
     public let name: String
     /// The interface index the socket is bound to.
@@ -118,59 +102,7 @@ public final class PacketSocketDevice: DescriptorDevice {
     }
 
     public override func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
-        if frame.count <= Self.queuedFrameLimit, !offload.isSegmentation, let bytes = frame.baseAddress {
-            if queued == Self.queueCapacity { sendQueued() }
-            let entry = queue + queued * Self.queueStride
-            offload.writeVirtioHeader(to: UnsafeMutableRawBufferPointer(start: entry, count: Int(CTB_VNET_HDR_LEN)))
-            (entry + Int(CTB_VNET_HDR_LEN)).copyMemory(from: bytes, byteCount: frame.count)
-            queueLengths[queued] = UInt32(frame.count)
-            queued += 1
-            return .queued
-        }
-        if queued > 0 { sendQueued() }
         let rc = ctb_packet_send(fd, header(for: offload), frame.baseAddress, frame.count)
         return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
-    }
-
-    /// Sends what waits, and notes what became of it for `flush`. A full socket buffer
-    /// (`EAGAIN`) takes none of the rest either: they are dropped together, without a system
-    /// call each; any other error drops the one frame it names.
-    private func sendQueued() {
-        var k = 0
-        while k < queued {
-            let rc = Int(ctb_packet_send_many(fd, queue + k * Self.queueStride, Self.queueStride, queueLengths + k, Int32(queued - k)))
-            if rc > 0 {
-                for j in k..<k + rc { sentBytes += Int(queueLengths[j]) }
-                sentFrames += rc
-                k += rc
-                continue
-            }
-            let outcome = rc == 0 ? .wouldBlock : Self.transmitOutcome(errno: Int32(-rc))
-            let end = outcome == .wouldBlock ? queued : k + 1
-            var bytes = 0
-            for j in k..<end { bytes += Int(queueLengths[j]) }
-            if let i = dropped.firstIndex(where: { $0.outcome == outcome }) {
-                dropped[i].frames += end - k
-                dropped[i].bytes += bytes
-            } else {
-                dropped.append((outcome, end - k, bytes))
-            }
-            k = end
-        }
-        queued = 0
-    }
-
-    public override func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
-        if queued > 0 { sendQueued() }
-        if sentFrames > 0 { report(port, .sent, sentFrames, sentBytes) }
-        for d in dropped { report(port, d.outcome, d.frames, d.bytes) }
-        sentFrames = 0
-        sentBytes = 0
-        dropped.removeAll(keepingCapacity: true)
-    }
-
-    deinit {
-        queue.deallocate()
-        queueLengths.deallocate()
     }
 }

@@ -63,14 +63,6 @@ ssize_t ctb_packet_recv(int fd, uint8_t *buf, size_t cap, size_t *offset, uint8_
 /// complete frame), without blocking. Returns the bytes sent or -errno.
 ssize_t ctb_packet_send(int fd, const uint8_t *vnet, const void *frame, size_t len);
 
-/// The most frames `ctb_packet_send_many` sends in one call.
-#define CTB_PACKET_SEND_MAX 64
-
-/// Sends up to CTB_PACKET_SEND_MAX queued frames in one sendmmsg, without blocking: frame k is
-/// at `base + k * stride`, a virtio-net header (CTB_VNET_HDR_LEN bytes) then `lengths[k]` bytes
-/// of frame. Returns how many were sent (from the first), or -errno if the first was not.
-int ctb_packet_send_many(int fd, const uint8_t *base, size_t stride, const uint32_t *lengths, int count);
-
 struct sockaddr;
 
 /// Opens a non-blocking, close-on-exec UDP socket of the address's family bound to `addr`.
