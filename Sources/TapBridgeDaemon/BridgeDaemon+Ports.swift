@@ -176,9 +176,7 @@ extension BridgeDaemon {
     /// `remote add ...,datapath=kernel`: into the vxlan device of its VNI and port, or a new one
     /// (made, then attached as a port: the device is removed again if that fails).
     private func addKernelRemote(_ spec: RemoteSpec, _ text: String) throws(StartupError) -> String {
-        if spec.encapsulation == nil, options.encapsulation != .vxlan {
-            throw StartupError("remote add '\(text)': datapath=kernel carries encap=vxlan only, and the bridge-wide --encap is \(options.encapsulation) (set encap=vxlan on the remote)")
-        }
+        if let why = spec.datapathProblem(bridgeWide: options.encapsulation) { throw StartupError("remote add '\(text)': \(why)") }
         if let own = remotes?.device.localAddress.port, own == spec.port {
             throw StartupError("remote add '\(text)': UDP port \(own) is tapbridge's own socket's (the datapath=user remotes): a vxlan device cannot listen there too; give the remote another port")
         }

@@ -16,9 +16,10 @@ extension RunAs {
 
     /// Becomes this user; the process exits on failure (half dropped is no state to go on in).
     func drop() throws(StartupError) {
-        let mask = Self.keptCapabilities.reduce(UInt64(0)) { $0 | 1 << UInt64($1.0) }
-        let ambient = Self.ambientCapabilities.reduce(UInt64(0)) { $0 | 1 << UInt64($1.0) }
-        let rc = groups.withUnsafeBufferPointer { ctb_drop_privileges(uid, gid, $0.baseAddress, Int32($0.count), mask, ambient) }
+        func mask(_ capabilities: [(Int32, String)]) -> UInt64 { capabilities.reduce(0) { $0 | 1 << UInt64($1.0) } }
+        let rc = groups.withUnsafeBufferPointer {
+            ctb_drop_privileges(uid, gid, $0.baseAddress, Int32($0.count), mask(Self.keptCapabilities), mask(Self.ambientCapabilities))
+        }
         if rc < 0 { throw StartupError("--user \(name): cannot drop privileges: \(describeErrno(-rc))") }
     }
 }

@@ -151,7 +151,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     /// `format` (at most 1500), and that path's MTU (1500 if there is no route now).
     public func innerMTU(towards address: SocketAddress, format: WireFormat) -> (inner: Int, path: Int) {
         let path = socket.pathMTU(to: address) ?? 1500
-        return (min(PeerTable.frameLimit(pathMTU: path, to: address, format: format.make(probing: true)) - 14, 1500), path)
+        return (min(format.make(probing: true).frameLimit(pathMTU: path, ipv4: address.isIPv4) - 14, 1500), path)
     }
 
     /// The peer whose path takes the smallest frames, that path's MTU, and the IP MTU a port's

@@ -317,6 +317,16 @@ public struct RemoteSpec: Sendable, Equatable {
     }
 }
 
+extension RemoteSpec {
+    /// Why this remote cannot run on a bridge whose `--encap` is `bridgeWide` (a
+    /// `datapath=kernel` remote without encap= takes the bridge's, and carries VXLAN only); nil
+    /// if it can. At start and for `remote add`.
+    public func datapathProblem(bridgeWide: Encapsulation) -> String? {
+        guard datapath == .kernel, encapsulation == nil, bridgeWide != .vxlan else { return nil }
+        return "datapath=kernel carries encap=vxlan only, and the bridge-wide --encap is \(bridgeWide) (set encap=vxlan on the remote)"
+    }
+}
+
 /// Who moves a remote's frames.
 /// ```
 ///   user     tapbridge's own UDP socket (every encapsulation; peers at run time, counters

@@ -80,9 +80,7 @@ public struct Settings: Sendable {
                 throw OptionError("remote \(remote.name): encap=sealed needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
             }
             if !sealed, remote.keyFile != nil { throw OptionError("remote \(remote.name): key= is for encap=sealed (the bridge-wide --encap is \(encapsulation))") }
-            if remote.datapath == .kernel, remote.encapsulation == nil, encapsulation != .vxlan {
-                throw OptionError("remote \(remote.name): datapath=kernel carries encap=vxlan only, and the bridge-wide --encap is \(encapsulation) (set encap=vxlan on the remote)")
-            }
+            if let why = remote.datapathProblem(bridgeWide: encapsulation) { throw OptionError("remote \(remote.name): \(why)") }
         }
         if acceptPeers, encapsulation == .sealed, keyFile == nil {
             throw OptionError("--accept-peers with --encap sealed needs --key-file PATH: the key new peers must hold")

@@ -29,15 +29,10 @@ struct PeerTable {
         /// The IP MTU of the path towards the peer: the route's, lowered when the kernel
         /// reports a smaller one (ICMP fragmentation needed / packet too big).
         var pathMTU: Int
-        /// The largest inner frame whose datagram fits `pathMTU` (see `frameLimit`).
+        /// The largest inner frame whose datagram fits `pathMTU` (`EncapsulationFormat.frameLimit`).
         var maximumFrameLength: Int
         /// Datagrams sent to it larger than its path, which the kernel fragments.
         var fragmented: UInt64 = 0
-    }
-
-    /// The largest inner frame in `format` whose datagram fits `pathMTU` towards `address`.
-    static func frameLimit(pathMTU: Int, to address: SocketAddress, format: any EncapsulationFormat) -> Int {
-        format.frameLimit(pathMTU: pathMTU, ipv4: address.isIPv4)
     }
 
     var peers: [Peer?] = []
@@ -61,7 +56,7 @@ struct PeerTable {
         }
         let peer = Peer(address: address, format: format, vni: vni, port: port, isDynamic: isDynamic,
                         lastHeard: now, sockaddr: sockaddr, addressLength: length, pathMTU: pathMTU,
-                        maximumFrameLength: Self.frameLimit(pathMTU: pathMTU, to: address, format: format))
+                        maximumFrameLength: format.frameLimit(pathMTU: pathMTU, ipv4: address.isIPv4))
         let index = peers.firstIndex { $0 == nil } ?? peers.count
         if index == peers.count { peers.append(peer) } else { peers[index] = peer }
         byAddress[address] = index
@@ -126,7 +121,7 @@ struct PeerTable {
     /// Sets peer `index`'s path MTU (and the frame limit that follows from it).
     mutating func setPathMTU(_ mtu: Int, of index: Int) {
         self[index].pathMTU = mtu
-        self[index].maximumFrameLength = Self.frameLimit(pathMTU: mtu, to: self[index].address, format: self[index].format)
+        self[index].maximumFrameLength = self[index].format.frameLimit(pathMTU: mtu, ipv4: self[index].address.isIPv4)
     }
 
     /// The peer at `index` (which must exist).
