@@ -395,14 +395,26 @@ int ctb_udp_send_batch(int fd, struct ctb_datagram *d, unsigned int n) {
     char control[CTB_BATCH_MAX][CTB_CMSG_SPACE];
     fill_messages(msgs, iov, control, d, n, 1);
     unsigned int done = 0, sent = 0;
+    int retried = 0;
     while (done < n) {
         int r = sendmmsg(fd, msgs + done, n - done, MSG_DONTWAIT);
         if (r < 0) {
             if (errno == EINTR) continue;
+            // With IP_RECVERR, an ICMP error for ANY earlier datagram (a remote whose VM is not
+            // running) is also left pending on the socket, and the next send to any peer fails
+            // with it, unsent (the call consumes the pending error). So an asynchronous error is
+            // not this datagram's: send it again, once. The error itself is charged to the
+            // right peer from the error queue, which names the datagram's destination.
+            if (!retried && (errno == ECONNREFUSED || errno == EHOSTUNREACH || errno == ENETUNREACH || errno == EHOSTDOWN)) {
+                retried = 1;
+                continue;
+            }
+            retried = 0;
             d[done].result = -errno;  // this one failed: skip it, try the rest
             done++;
             continue;
         }
+        retried = 0;
         if (r == 0) {  // nothing taken: count it as a full queue for this datagram
             d[done].result = -EAGAIN;
             done++;

@@ -132,12 +132,15 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var fragmented: UInt64? = nil
     /// Its split horizon: `mesh`, `off` or `group N` (see `--remote`'s `horizon=`).
     public var horizon: String? = nil
+    /// While it is unreachable: why (the last ICMP error that came for it).
+    public var why: String? = nil
 
     public init(_ peer: RemotePeer) {
         self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .raw ? nil : peer.vni.rawValue,
                   dynamic: peer.isDynamic, unreachable: peer.unreachable)
         pathMtu = peer.pathMTU
         fragmented = peer.fragmented
+        why = peer.unreachableReason
     }
 
     public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool, unreachable: UInt64 = 0) {

@@ -44,8 +44,9 @@ public final class EventLoop {
     /// wake-up from sleep (most of a round trip's time on an idle virtual machine), at the
     /// cost of a busy core for as long as traffic comes no further apart.
     public var busyPoll: Int64 = 0
-    /// When the last round found something ready (monotonic nanoseconds).
-    var lastReady: Int64 = .min / 2
+    /// When the last round found something ready; nil before the first (not a sentinel at
+    /// `Int64.min`, whose difference from now would overflow).
+    var lastReady: Instant? = nil
 
     public init(logger: Logger) {
         self.logger = logger
@@ -79,7 +80,7 @@ public final class EventLoop {
             if let d = deadlines[k] { earliest = min(earliest ?? d, d) }
         }
         let before = Self.now()
-        let spinning = busyPoll > 0 && before.nanoseconds - lastReady < busyPoll
+        let spinning = busyPoll > 0 && lastReady.map { before.duration(since: $0).nanoseconds < busyPoll } ?? false
         let rc = poll(&fds, nfds_t(fds.count), spinning ? 0 : Self.timeout(until: earliest, now: before))
         if rc < 0 {
             if errno == EINTR { return nil }
@@ -87,7 +88,7 @@ public final class EventLoop {
             return 1
         }
         let now = Self.now()
-        if rc > 0 { lastReady = now.nanoseconds }
+        if rc > 0 { lastReady = now }
         var start = 0
         for k in sources.indices {
             let mine = fds[start..<ends[k]]

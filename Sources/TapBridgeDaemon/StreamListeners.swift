@@ -34,7 +34,7 @@ final class StreamListener: EventSource {
     var live: Set<String> = []
     var statistics = StreamStatistics()
     let logger: Logger
-    var lastRefusalLog: Int64 = .min
+    var refusalLog = LogThrottle()
 
     init(_ spec: StreamListenSpec, group: String?, logger: Logger, accept: @escaping (StreamDevice, StreamListener) -> Void) throws(StartupError) {
         var gid: UInt32? = nil
@@ -67,8 +67,7 @@ final class StreamListener: EventSource {
             guard live.count < spec.maximumConnections else {
                 close(c)
                 statistics.refused += 1
-                if now.nanoseconds - lastRefusalLog > 10_000_000_000 {
-                    lastRefusalLog = now.nanoseconds
+                if refusalLog.admit(at: now) != nil {
                     logger.warning("--stream-listen \(spec.endpoint): refused a connection: \(spec.maximumConnections) served already (max=); \(statistics.refused) refused so far")
                 }
                 continue

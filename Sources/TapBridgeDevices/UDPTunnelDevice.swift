@@ -88,8 +88,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     public private(set) var sendsTrains: Bool
     /// Messages (datagrams or trains) read from the socket so far.
     var messagesRead = 0
-    var lastUnknownLog: Int64 = .min
-    var unknownSinceLog: UInt64 = 0
+    var unknownLog = LogThrottle()
     /// `--accept-peers`, or nil: unknown senders are dropped.
     var admission: PeerAdmission? = nil
 
@@ -368,11 +367,8 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
             counters.unknownSender &+= count
             why = "not a configured remote"
         }
-        unknownSinceLog &+= count
-        if lastUnknownLog == .min || now - lastUnknownLog >= 10_000_000_000 {
-            logger.warning("dropped datagram(s) from \(sender): \(why) (\(unknownSinceLog) since the last such line)")
-            lastUnknownLog = now
-            unknownSinceLog = 0
+        if let since = unknownLog.admit(count, at: Instant(nanoseconds: now)) {
+            logger.warning("dropped datagram(s) from \(sender): \(why) (\(since) since the last such line)")
         }
         return false
     }
@@ -421,7 +417,14 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         case 0: return .sent
         case EAGAIN, ENOBUFS: return .wouldBlock
         case EMSGSIZE: return .tooLarge
-        case ECONNREFUSED, EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+        case ECONNREFUSED:
+            // never this datagram's own: an ICMP port unreachable for some earlier datagram,
+            // pending on the socket (the send was tried twice, both times another peer's error:
+            // see ctb_udp_send_batch). The error queue charges it to the peer it concerns.
+            drainErrors()
+            return .linkDown
+        case EHOSTUNREACH, ENETUNREACH, EHOSTDOWN:
+            // (a pending error was retried past: this one is the route's answer for this peer)
             if let index = table.index(of: port) { markUnreachable(index, error) }
             return .linkDown
         default: return .failed
@@ -459,6 +462,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         counters.unreachable &+= 1
         guard table.peers[index] != nil else { return }
         table[index].unreachable &+= 1
+        table[index].unreachableError = error
         if !table[index].isUnreachable {
             table[index].isUnreachable = true
             logger.warning("remote \(table[index].address): unreachable (\(describeErrno(error))); it stays a port, and comes back up with its next frame")

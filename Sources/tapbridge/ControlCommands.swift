@@ -236,7 +236,7 @@ struct Show: ParsableCommand {
                 print("")
                 print(table(["REMOTE", "ENDPOINT", "ENCAP", "VNI", "HORIZON", "PATH MTU", "FRAGMENTED", "UNREACHABLE", "ADDED"], remotes.map { name, r in
                     [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", r.horizon ?? "-", r.pathMtu.map(String.init) ?? "-", r.fragmented.map(String.init) ?? "-",
-                     "\(r.unreachable)", r.dynamic ? "accepted (--accept-peers)" : "configured"]
+                     "\(r.unreachable)" + (r.why.map { " (now: \($0))" } ?? ""), r.dynamic ? "accepted (--accept-peers)" : "configured"]
                 }))
             }
         }

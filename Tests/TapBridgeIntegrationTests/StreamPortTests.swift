@@ -127,6 +127,33 @@ struct StreamPortTests {
         #expect(failures.count <= 2, "the failure should be said once per reason, not at every try: \(failures.count) lines\n\(bridge.output)")
     }
 
+    /// Connections beyond a TCP listener's `max=`, opened by an unprivileged local user, are
+    /// refused and counted, and the bridge forwards on. (The first refusal used to crash it:
+    /// the refusal log's last time started at `Int64.min`, and `now - Int64.min` overflowed:
+    /// SIGILL, exit 132, namespaces and control socket left behind.)
+    /// ```
+    ///  ns a ── tap ── tapbridge ── tap ── ns b
+    ///                    └─ --stream-listen 127.0.0.1:P,max=2  ⟸ 12 connections from user nobody
+    /// ```
+    @Test func connectionsOverMaxAreRefusedAndTheBridgeForwardsOn() throws {
+        let lab = Lab()
+        let port = lab.udpPort(3)
+        let (bridge, a, b, _, _) = try lab.pair(["--stream-listen", "\(port),max=2"])
+        #expect(Lab.eventually { bridge.output.contains("listening on 127.0.0.1:\(port)") }, "\(bridge.output)")
+        let clients = Host.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "/usr/bin/python3", "-c", """
+            import socket, time
+            held = [socket.create_connection(("127.0.0.1", \(port))) for _ in range(12)]
+            time.sleep(1)
+            print("opened", len(held))
+            """], timeout: 20)
+        #expect(clients.output.contains("opened 12"), "\(clients.output)")
+        #expect(Lab.eventually { (Lab.statsSection(bridge, "streams")["refused"] ?? 0) >= 10 }, "want >= 10 refused: \(Lab.statsSection(bridge, "streams"))\n\(bridge.output)")
+        #expect(bridge.isRunning, "the bridge died on a refused connection (status \(bridge.isRunning ? 0 : bridge.process.terminationStatus)):\n\(bridge.output)")
+        #expect(bridge.output.contains("refused a connection: 2 served already (max=)"), "\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
+        #expect(bridge.stop() == 0)
+    }
+
     /// A bad --stream-listen or stream= is one line and a non-zero exit, before anything opens.
     @Test(arguments: [
         (["--stream-listen", "unix:"], "unix: needs a path"),

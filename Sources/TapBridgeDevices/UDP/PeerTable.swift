@@ -26,6 +26,8 @@ struct PeerTable {
         var unreachable: UInt64 = 0
         /// An error came for this peer and no well-formed frame from it since.
         var isUnreachable = false
+        /// The last such error (errno: ECONNREFUSED for an ICMP port unreachable, ...).
+        var unreachableError: Int32 = 0
         /// The IP MTU of the path towards the peer: the route's, lowered when the kernel
         /// reports a smaller one (ICMP fragmentation needed / packet too big).
         var pathMTU: Int
@@ -150,7 +152,7 @@ struct PeerTable {
     func description(of port: PortID) -> RemotePeer? {
         guard let p = peer(of: port) else { return nil }
         return RemotePeer(address: p.address, encapsulation: p.encapsulation, vni: p.vni, isDynamic: p.isDynamic, unreachable: p.unreachable,
-                          isUnreachable: p.isUnreachable, pathMTU: p.pathMTU, fragmented: p.fragmented)
+                          isUnreachable: p.isUnreachable, unreachableError: p.unreachableError, pathMTU: p.pathMTU, fragmented: p.fragmented)
     }
 }
 
@@ -165,6 +167,19 @@ public struct RemotePeer: Sendable {
     public var unreachable: UInt64
     /// An error came for it and no well-formed frame from it since.
     public var isUnreachable: Bool
+    /// The last error that came for it (errno), 0 if none.
+    public var unreachableError: Int32
+
+    /// Why it is unreachable, in words; nil while it is not.
+    public var unreachableReason: String? {
+        guard isUnreachable else { return nil }
+        return switch unreachableError {
+        case ECONNREFUSED: "ICMP port unreachable: nothing listens on \(address) (is the VM or peer running?)"
+        case EHOSTUNREACH, EHOSTDOWN: "host unreachable (\(describeErrno(unreachableError)))"
+        case ENETUNREACH: "no route to \(address.host)"
+        default: describeErrno(unreachableError)
+        }
+    }
     /// The IP MTU of the path towards it.
     public var pathMTU: Int
     /// Datagrams sent to it larger than its path (fragmented by the kernel).

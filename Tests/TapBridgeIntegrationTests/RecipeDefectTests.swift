@@ -1,0 +1,56 @@
+import Foundation
+import TapBridgeDaemon
+import Testing
+
+/// Regressions for defects found by following the documented recipes as a new user would,
+/// and by attacking a running bridge: each test failed on the code before its fix.
+extension KernelTests {
+@Suite("Recipes that broke as written")
+struct RecipeDefectTests {
+    /// Examples/qemu's "more VMs: one --remote per VM", with one VM not running. The absent
+    /// VM's ICMP port unreachables used to be left pending on the shared UDP socket, so the
+    /// next send to the *live* VM failed with them (unsent, `link_down`), and the live VM's
+    /// remote flipped unreachable/reachable about once a second. Now a send that meets another
+    /// peer's pending error is tried again, and the error is charged, from the socket's error
+    /// queue, to the remote it came back from. A second bridge on a raw remote plays the live
+    /// VM; broadcast pings keep the absent one's ICMP errors coming.
+    /// ```
+    ///  ns a ── tap ── tapbridge 1 ══ raw UDP 127.0.0.1 ══ tapbridge 2 ("vm1") ── tap ── ns b
+    ///                     └─ raw remote "vm2" 127.0.0.1:P3: nothing listens (ICMP port unreachable)
+    /// ```
+    @Test func anAbsentVMOnARawRemoteCostsTheLiveOneNothing() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let (p1, p2, p3) = (lab.udpPort(1), lab.udpPort(2), lab.udpPort(3))
+        let name = lab.bridgeName()
+        let one = try lab.bridge(["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2),encap=raw,name=vm1",
+                                  "--remote", "127.0.0.1:\(p3),encap=raw,name=vm2", "--name", name])
+        let two = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)", "--encap", "raw"])
+        #expect(lab.waitForLinks([ta, tb]), "\(one.output)\(two.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24")
+        lab.place(tb, in: b, address: "10.77.0.2/24")
+        lab.exec(a, ["sysctl", "-qw", "net.ipv4.icmp_echo_ignore_broadcasts=0"])
+        // the live VM speaks first, as a booting VM does: its broadcasts (ARP, then broadcast
+        // pings) are flooded to the TAP and to vm2, an ICMP port unreachable comes back for
+        // each, and the TAP's answer to the live VM is sent right after
+        let pings = lab.exec(b, ["ping", "-q", "-c", "100", "-i", "0.05", "-W", "1", "10.77.0.1"], timeout: 40)
+        let broadcasts = try lab.background(["ip", "netns", "exec", b, "ping", "-q", "-b", "-c", "100", "-i", "0.1", "10.77.0.255"])
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output)
+        _ = broadcasts.wait(within: 15)
+        #expect(broadcasts.output.contains("100 packets transmitted, 100 received"), "broadcast pings (flooded to both VMs) lost:\n\(broadcasts.output)")
+        let sent = Lab.transmitted(pings.output)
+        #expect(sent == 100 && pings.output.contains(" 0% packet loss"), "pings to the live VM lost:\n\(pings.output)\n\(one.output)")
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        let vm1 = try #require(ports.first { $0.name == "vm1" }), vm2 = try #require(ports.first { $0.name == "vm2" })
+        #expect(vm1.state == "up" && vm1.drops["link_down"] == nil && vm1.remote?.unreachable == 0,
+                "the live VM's remote: \(vm1.state) \(vm1.drops) unreachable=\(vm1.remote?.unreachable ?? 0)")
+        #expect(vm2.state == "unreachable" && (vm2.remote?.unreachable ?? 0) > 0, "the absent VM's remote: \(vm2.state) \(String(describing: vm2.remote))")
+        #expect(vm2.remote?.why?.contains("ICMP port unreachable: nothing listens on 127.0.0.1:\(p3)") == true, "why: \(String(describing: vm2.remote?.why))")
+        #expect(!one.output.contains("remote 127.0.0.1:\(p2): unreachable"), "the live VM's remote was marked unreachable:\n\(one.output)")
+        let text = Host.run([Host.binary, "show", "ports", "--name", name]).output
+        #expect(text.contains("(now: ICMP port unreachable"), "show ports says why vm2 is unreachable:\n\(text)")
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
+}
+}
