@@ -6,6 +6,8 @@
 #include <linux/if.h>
 #include <linux/if_packet.h>
 #include <linux/if_tun.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <netinet/in.h>
 #include <netinet/udp.h>
 #include <linux/errqueue.h>
@@ -137,6 +139,56 @@ int ctb_if_index_exists(int index) {
     int rc = ifreq_ioctl(SIOCGIFNAME, &ifr);
     if (rc == 0) return 1;
     return rc == -ENODEV ? 0 : rc;
+}
+
+int ctb_link_monitor_open(void) {
+    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_NONBLOCK | SOCK_CLOEXEC, NETLINK_ROUTE);
+    if (fd < 0) return -errno;
+    struct sockaddr_nl sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.nl_family = AF_NETLINK;
+    sa.nl_groups = RTMGRP_LINK;
+    if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+        int e = errno;
+        close(fd);
+        return -e;
+    }
+    int size = 1 << 20;  // room for a burst (a lab making hundreds of interfaces at once)
+    setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &size, sizeof(size));
+    return fd;
+}
+
+int ctb_link_monitor_read(int fd, struct ctb_link_event *events, int max) {
+    // one notification per datagram, a few hundred bytes to a few KiB each (IFLA_* attributes)
+    char buffer[32768] __attribute__((aligned(NLMSG_ALIGNTO)));
+    int count = 0;
+    while (count < max) {
+        ssize_t n = recv(fd, buffer, sizeof(buffer), MSG_DONTWAIT);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            if (errno == EAGAIN) return count;
+            return -errno;
+        }
+        int left = (int)n;
+        for (struct nlmsghdr *h = (struct nlmsghdr *)buffer; NLMSG_OK(h, left) && count < max; h = NLMSG_NEXT(h, left)) {
+            if (h->nlmsg_type != RTM_NEWLINK && h->nlmsg_type != RTM_DELLINK) continue;
+            if (h->nlmsg_len < NLMSG_LENGTH(sizeof(struct ifinfomsg))) continue;
+            struct ifinfomsg *ifi = NLMSG_DATA(h);
+            struct ctb_link_event *e = &events[count++];
+            memset(e, 0, sizeof(*e));
+            e->deleted = h->nlmsg_type == RTM_DELLINK;
+            e->index = ifi->ifi_index;
+            int attributes = (int)IFLA_PAYLOAD(h);
+            for (struct rtattr *a = IFLA_RTA(ifi); RTA_OK(a, attributes); a = RTA_NEXT(a, attributes)) {
+                if (a->rta_type != IFLA_IFNAME) continue;
+                size_t length = RTA_PAYLOAD(a);
+                if (length > sizeof(e->name) - 1) length = sizeof(e->name) - 1;
+                memcpy(e->name, RTA_DATA(a), length);
+                e->name[length] = 0;
+            }
+        }
+    }
+    return count;
 }
 
 int ctb_packet_open(int ifindex) {

@@ -58,6 +58,8 @@ public final class BridgeDaemon {
     /// failed on, so that failure is logged once).
     var absent: [String: (spec: PortSpec, failedIndex: Int32)] = [:]
     var nextAbsentCheck: Int64? = nil
+    /// rtnetlink link events: packet ports whose interface is deleted, absent ones that return.
+    var linkMonitor: LinkMonitor? = nil
     /// Ports with an emulated link (`delay=`, `loss=`, ...), by name: their delayed frames leave
     /// from the event loop's timer.
     var impaired: [String: ImpairedDevice] = [:]
@@ -138,6 +140,7 @@ public final class BridgeDaemon {
             for spec in kernelRemotes?.ports ?? [] { try attachPort(spec) }
             try openStreamListeners()
             try remotes?.addConfigured()
+            openLinkMonitor()
             if let path = controlPath {
                 let responder = ControlResponder(daemon: self)
                 control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup) { responder.reply(to: $0) }
@@ -177,6 +180,7 @@ public final class BridgeDaemon {
         if let remotes, options.acceptsPeers { loop.add(remotes) }
         for listener in streamListeners { loop.add(listener) }
         loop.add(connector)
+        if let linkMonitor { loop.add(linkMonitor) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },

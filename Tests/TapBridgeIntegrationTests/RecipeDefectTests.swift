@@ -52,5 +52,48 @@ struct RecipeDefectTests {
         #expect(text.contains("(now: ICMP port unreachable"), "show ports says why vm2 is unreachable:\n\(text)")
         #expect(one.stop() == 0 && two.stop() == 0)
     }
+
+    /// `--help`'s promise: "a port on an interface tapbridge did not make (a VM's tap, a veth)
+    /// whose interface goes away stays, absent, and is attached again when it comes back". A
+    /// veth set down and then deleted used to stay `up` (its packet socket heard ENETDOWN once,
+    /// when the link went down, and nothing at the deletion), dropping as `link_down`, never
+    /// attached again; a plain deletion raced the same way (the error comes while the interface
+    /// still exists). Now rtnetlink's RTM_DELLINK marks it absent and RTM_NEWLINK attaches the new one.
+    /// ```
+    ///  ns a ── tap ── tapbridge ── packet socket ── veth v (root ns) ══ w ── ns b
+    ///                                   (deleted, then made again under the same name)
+    /// ```
+    @Test func aVethDeletedAndMadeAgainIsAttachedAgain() throws {
+        let lab = Lab()
+        let a = lab.namespaceName("a")
+        let b = lab.namespace("b")
+        let (ta, v, w) = (lab.link("a"), lab.link("v"), lab.link("w"))
+        func makeVeth() {
+            #expect(Host.run(["ip", "link", "add", v, "type", "veth", "peer", "name", w, "netns", b]).ok)
+            lab.addAddress("10.77.0.2/24", to: w, in: b)
+            lab.exec(b, ["ip", "link", "set", w, "up"])
+        }
+        makeVeth()
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", "\(ta),netns=\(a),addr=10.77.0.1/24", "--port", v, "--name", name])
+        #expect(Lab.eventually(within: 10) { lab.ping(from: b, "10.77.0.1", count: 1).received == 1 }, "\(bridge.output)")
+        // set down first, as a container runtime or an admin does before deleting: the packet
+        // socket hears ENETDOWN then (the interface exists: a link down, the port stays), and
+        // nothing at the deletion
+        #expect(Host.run(["ip", "link", "set", v, "down"]).ok)
+        #expect(lab.ping(from: b, "10.77.0.1", count: 1, interval: "0.2").received == 0, "the link is down")
+        let down = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(down.first { $0.name == v }?.state == "up", "a link set down is not a port gone: \(down.map { "\($0.name) \($0.state)" })")
+        #expect(Host.run(["ip", "link", "del", v]).ok)
+        #expect(Lab.eventually { bridge.output.contains("port \(v): interface is gone") }, "no line for the deleted veth:\n\(bridge.output)")
+        let gone = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(gone.first { $0.name == v }?.state == "absent", "\(gone.map { "\($0.name) \($0.state)" })")
+        makeVeth()
+        #expect(Lab.eventually { bridge.output.contains("port \(v): interface \(v) is back") }, "the new veth was not attached:\n\(bridge.output)")
+        let pings = lab.ping(from: b, "10.77.0.1", count: 20, interval: "0.1")
+        #expect(pings.received >= 19, "pings over the new veth: \(pings.output)\n\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, b, a, "10.77.0.1", context: bridge.output)
+        #expect(bridge.stop() == 0)
+    }
 }
 }

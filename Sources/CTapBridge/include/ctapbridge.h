@@ -44,6 +44,20 @@ int ctb_if_index(const char *name);
 int ctb_if_index_exists(int index);
 
 
+/// A link event from rtnetlink (RTMGRP_LINK): an interface made or changed (RTM_NEWLINK),
+/// or deleted / moved out of this namespace (RTM_DELLINK).
+struct ctb_link_event {
+    int deleted;    // 1: RTM_DELLINK, 0: RTM_NEWLINK
+    int index;      // its ifindex
+    char name[16];  // its name (IFLA_IFNAME), "" if the message had none
+};
+/// Opens a non-blocking NETLINK_ROUTE socket subscribed to link events. The fd or -errno.
+int ctb_link_monitor_open(void);
+/// Reads up to `max` link events (other messages are skipped). Returns how many (0: none
+/// waiting) or -errno: -ENOBUFS when the kernel dropped events because the socket's buffer
+/// was full (the caller must then look at every interface it cares about).
+int ctb_link_monitor_read(int fd, struct ctb_link_event *events, int max);
+
 /// Opens an AF_PACKET raw socket bound to ifindex `ifindex` for all protocols, non-blocking,
 /// close-on-exec, with PACKET_IGNORE_OUTGOING (our own transmissions are never read back),
 /// PACKET_AUXDATA (to restore VLAN tags the kernel stripped), PACKET_VNET_HDR (each frame comes
