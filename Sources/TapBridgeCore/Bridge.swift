@@ -161,6 +161,9 @@ public struct PortCounters: Equatable, Sendable {
     /// Super-frames handed whole to this port, which takes them (each counts as its segments
     /// in `transmittedFrames`, as it will be on the wire).
     public var superFramesPassed: UInt64 = 0
+    /// TCP SYNs whose MSS was lowered on their way out of this port, to fit the narrower of
+    /// the two links they crossed (`ForwardingEngine.fitToPath`).
+    public var mssClamped: UInt64 = 0
     /// Drops by `DropReason.rawValue`.
     public var drops: [UInt64] = Array(repeating: 0, count: DropReason.allCases.count)
 
@@ -180,6 +183,7 @@ extension PortCounters: CounterOwner {
         .init("checksums_completed", \.checksumsCompleted, "Partial checksums (offloaded by the sender) completed for a port."),
         .init("frames_segmented", \.framesSegmented, "Super-frames (GSO) cut into segments for a port."),
         .init("super_frames_passed", \.superFramesPassed, "Super-frames (GSO) handed whole to a port that takes them."),
+        .init("mss_clamped", \.mssClamped, "TCP SYNs whose MSS was lowered to fit the narrower link between their ingress and this port."),
     ]
 
     /// Drops by reason name, only the reasons with a count: `drops` in `show ports`.
@@ -532,6 +536,13 @@ public final class Bridge {
     public func countSegmented(on port: PortID) {
         guard port.index < ports.count else { return }
         ports[port.index].counters.framesSegmented &+= 1
+    }
+
+    /// Counts a SYN whose MSS was clamped on its way to `port`.
+    @inline(__always)
+    public func countMSSClamped(on port: PortID) {
+        guard port.index < ports.count else { return }
+        ports[port.index].counters.mssClamped &+= 1
     }
 
     /// Counts a super-frame handed whole to `port`.

@@ -60,6 +60,11 @@ public final class ForwardingEngine {
     let finisher = OffloadFinisher()
 
     @exclusivity(unchecked) var devices: [(any PortDevice)?] = []
+    /// Each port's link MTU (`OffloadCapabilities.linkMTU`; 0: none), indexed like `devices`,
+    /// read once when the port is added: the path-fitting stage reads no device per frame.
+    @exclusivity(unchecked) var linkMTUs: [Int] = []
+    /// The link MTU of the frame being forwarded's ingress port (0: none).
+    var ingressMTU = 0
     /// The port registry: what each port is, indexed like `devices` (the one place that says
     /// which ports exist; everything else asks here).
     var records: [PortRecord] = []
@@ -91,8 +96,10 @@ public final class ForwardingEngine {
         if id.index >= devices.count {
             devices.append(contentsOf: repeatElement(nil, count: id.index + 1 - devices.count))
             records.append(contentsOf: repeatElement(PortRecord(name: ""), count: id.index + 1 - records.count))
+            linkMTUs.append(contentsOf: repeatElement(0, count: id.index + 1 - linkMTUs.count))
         }
         devices[id.index] = device
+        linkMTUs[id.index] = max(device.offloadCapabilities.linkMTU ?? 0, 0)
         records[id.index] = record
         let name = record.name
         uniqueDevices = allDevices
@@ -122,6 +129,11 @@ public final class ForwardingEngine {
     /// The ports `device` carries.
     public func ports(of device: any PortDevice) -> [PortID] {
         devices.indices.compactMap { devices[$0] === device ? PortID(UInt16($0)) : nil }
+    }
+
+    /// The IP MTU of the link behind `port` (a TAP's, an interface's), nil if it has none.
+    public func linkMTU(of port: PortID) -> Int? {
+        port.index < linkMTUs.count && devices[port.index] != nil && linkMTUs[port.index] > 0 ? linkMTUs[port.index] : nil
     }
 
     /// The device carrying `port`.
@@ -195,6 +207,7 @@ public final class ForwardingEngine {
     @inline(__always)
     func forward(_ i: Int, at now: Instant) {
         let ingress = batch.ingressPort(i)
+        ingressMTU = ingress.index < linkMTUs.count ? linkMTUs[ingress.index] : 0
         let offload = batch.offload(i)
         var wire = 1  // the frames it stands for on the wire (a super-frame: its segments)
         if !offload.isComplete {
@@ -272,6 +285,7 @@ public final class ForwardingEngine {
     func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID, wireFrames: Int) {
         guard let device else { return }
         let offload = batch.offload(i)
+        if fitToPath(i, offload, via: device, to: port) { return }
         if !offload.isComplete, !device.offloadCapabilities.accepts(offload) {
             if offload.isSegmentation {
                 transmitSegments(i, via: device, to: port)
@@ -288,6 +302,37 @@ public final class ForwardingEngine {
         count(outcome, on: port, bytes: frame.count, frames: whole.isSegmentation ? wireFrames : 1)
     }
 
+    /// The MSS clamp and the cut to the path, for every port kind and both datapaths (OpenVPN's
+    /// `mssfix`, iptables' `--clamp-mss-to-pmtu`, for a switch): a frame between two ports
+    /// whose links have different MTUs (a TAP at 1500 and the 1450-byte vxlan device of a
+    /// `datapath=kernel` remote; a VM on a stream port and a veth at 9000) must fit the
+    /// narrower. A TCP SYN or SYN-ACK crossing gets its MSS lowered to the narrower link's MTU
+    /// (in both directions: the answer's segments come back over the same narrow link), so the
+    /// connection never sends what cannot pass; a TCP super-frame whose segments would not fit
+    /// (a connection opened before, a peer that ignores the MSS) is cut to fit, here. Remotes
+    /// of the UDP datapath fit each peer's own path in their device. Returns whether the frame
+    /// was sent here (cut).
+    @inline(__always)
+    func fitToPath(_ i: Int, _ offload: FrameOffload, via device: any PortDevice, to port: PortID) -> Bool {
+        let egressMTU = linkMTUs[port.index]
+        let mtu = ingressMTU == 0 ? egressMTU : egressMTU == 0 ? ingressMTU : min(ingressMTU, egressMTU)
+        guard mtu > 0 else { return false }
+        if offload.isComplete || !offload.isSegmentation {
+            if MSSClamp.clamp(batch.mutableFrame(i), ipMTU: mtu, checksumIsPartial: offload.needsChecksum) { bridge.countMSSClamped(on: port) }
+            return false
+        }
+        guard offload.segmentation == .tcpv4 || offload.segmentation == .tcpv6 else { return false }
+        let frame = batch.frame(i)
+        let l4 = Int(offload.checksumStart)
+        guard l4 + 13 < frame.count else { return false }
+        let type = UInt16(bigEndian: frame.loadUnaligned(fromByteOffset: 12, as: UInt16.self))
+        let l3 = type == 0x8100 || type == 0x88A8 ? 18 : 14
+        let limit = mtu + l3
+        guard l4 + Int(frame[l4 + 12] >> 4) * 4 + Int(offload.segmentSize) > limit else { return false }
+        transmitSegments(i, via: device, to: port, maximumFrameLength: min(limit, device.offloadCapabilities.maximumFrameLength))
+        return true
+    }
+
     /// Counts what `transmit` answered: sent, dropped, or nothing yet (queued: `flush` tells).
     @inline(__always)
     func count(_ outcome: TransmitOutcome, on port: PortID, bytes: Int, frames: Int = 1) {
@@ -301,8 +346,9 @@ public final class ForwardingEngine {
 
     /// Cuts super-frame `i` into segments that fit `device` and transmits each (the frame in the
     /// batch stays as it is, for the other ports of a flood).
-    func transmitSegments(_ i: Int, via device: any PortDevice, to port: PortID) {
-        let result = finisher.segment(batch.frame(i), batch.offload(i), maximumFrameLength: device.offloadCapabilities.maximumFrameLength) { segment in
+    func transmitSegments(_ i: Int, via device: any PortDevice, to port: PortID, maximumFrameLength: Int? = nil) {
+        let limit = maximumFrameLength ?? device.offloadCapabilities.maximumFrameLength
+        let result = finisher.segment(batch.frame(i), batch.offload(i), maximumFrameLength: limit) { segment in
             count(device.transmit(segment, to: port), on: port, bytes: segment.count)
         }
         switch result {

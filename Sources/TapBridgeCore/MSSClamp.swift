@@ -19,10 +19,13 @@ public enum MSSClamp {
 
     /// If `frame` is a TCP segment with SYN set and an MSS option larger than what fits a
     /// `maximumFrameLength`-byte frame (its own Ethernet and VLAN headers, its IP header and 20
-    /// bytes of TCP header counted), lowers the option to that and updates the checksum; returns
-    /// whether it did. Any other frame is left alone; a few loads decide it.
+    /// bytes of TCP header counted) or an IP packet of `ipMTU` bytes, lowers the option to that
+    /// and updates the checksum; returns whether it did. Any other frame is left alone; a few
+    /// loads decide it. `checksumIsPartial`: the frame's TCP checksum is still to be computed
+    /// (a virtio-net NEEDS_CSUM frame: the field holds only the pseudo-header's sum, which the
+    /// option is not part of), so the field is left as it is.
     @inline(__always)
-    public static func clamp(_ frame: UnsafeMutableRawBufferPointer, maximumFrameLength: Int) -> Bool {
+    public static func clamp(_ frame: UnsafeMutableRawBufferPointer, maximumFrameLength: Int = .max, ipMTU: Int = .max, checksumIsPartial: Bool = false) -> Bool {
         // quick refusal for everything that is not an untagged IPv4/IPv6 TCP SYN (tagged ones
         // take the full parse)
         guard frame.count >= 54 else { return false }
@@ -39,16 +42,16 @@ public enum MSSClamp {
         case 0x8100, 0x88A8: break
         default: return false
         }
-        return clampParsed(frame, maximumFrameLength: maximumFrameLength)
+        return clampParsed(frame, maximumFrameLength: maximumFrameLength, ipMTU: ipMTU, checksumIsPartial: checksumIsPartial)
     }
 
-    static func clampParsed(_ frame: UnsafeMutableRawBufferPointer, maximumFrameLength: Int) -> Bool {
+    static func clampParsed(_ frame: UnsafeMutableRawBufferPointer, maximumFrameLength: Int, ipMTU: Int, checksumIsPartial: Bool) -> Bool {
         guard let layout = TransportLayout(UnsafeRawBufferPointer(frame)), layout.proto == 6 else { return false }
         let tcp = layout.l4
         let headerLength = Int(frame[tcp + 12] >> 4) * 4
         guard frame[tcp + 13] & 0x02 != 0, headerLength >= 20, tcp + headerLength <= layout.l3 + layout.ipLength else { return false }
         let ipHeader = tcp - layout.l3
-        let limit = max(maximumFrameLength - layout.l3 - ipHeader - 20, minimum)
+        let limit = max(min(maximumFrameLength - layout.l3, ipMTU) - ipHeader - 20, minimum)
         var option = tcp + 20
         while option < tcp + headerLength {
             let kind = frame[option]
@@ -65,6 +68,7 @@ public enum MSSClamp {
                 guard Int(old) > limit else { return false }
                 let new = UInt16(limit)
                 frame.storeBytes(of: new.bigEndian, toByteOffset: option + 2, as: UInt16.self)
+                if checksumIsPartial { return true }
                 // the checksum's words start at the TCP header; an odd offset swaps the bytes
                 let odd = (option + 2 - tcp) & 1 == 1
                 let (was, now) = odd ? (old.byteSwapped, new.byteSwapped) : (old, new)

@@ -110,13 +110,19 @@ public struct OffloadCapabilities: Equatable, Sendable {
     /// Largest frame the device sends, Ethernet header and tags included (for a TAP or an
     /// interface: MTU + 14 + 4 per tag). Segments are cut to fit it.
     public var maximumFrameLength: Int
+    /// The IP MTU of the link behind the device (a TAP's, an interface's), or nil (a remote
+    /// fits each peer's path itself; a stream carries any frame). The engine fits TCP to it on
+    /// every path that crosses it (`ForwardingEngine.fitToPath`): the MSS of SYNs in either
+    /// direction is clamped to it, and a TCP super-frame whose segments would not fit is cut.
+    public var linkMTU: Int? = nil
 
     /// Takes only complete frames, of up to `maximumFrameLength` bytes.
     public static func none(maximumFrameLength: Int = 65_557) -> OffloadCapabilities {
         OffloadCapabilities(partialChecksum: false, tcpSegmentation: false, udpSegmentation: false, maximumFrameLength: maximumFrameLength)
     }
 
-    public init(partialChecksum: Bool, tcpSegmentation: Bool, udpSegmentation: Bool, maximumFrameLength: Int) {
+    public init(partialChecksum: Bool, tcpSegmentation: Bool, udpSegmentation: Bool, maximumFrameLength: Int, linkMTU: Int? = nil) {
+        self.linkMTU = linkMTU
         self.partialChecksum = partialChecksum
         self.tcpSegmentation = tcpSegmentation
         self.udpSegmentation = udpSegmentation

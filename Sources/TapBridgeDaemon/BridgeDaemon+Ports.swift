@@ -184,13 +184,19 @@ extension BridgeDaemon {
             kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, logger: logger)
         }
         let kernel = kernelRemotes!
-        let (line, newPort) = try kernel.add(spec)
+        var (line, newPort) = try kernel.add(spec)
         if let newPort {
             do {
                 try attachPort(newPort)
             } catch {
                 _ = try? kernel.remove(spec.name) { _ in }
                 throw error
+            }
+            if let port = engine.port(named: newPort.name), let narrow = engine.linkMTU(of: port) {
+                let wider = engine.ports.filter { (engine.linkMTU(of: $0) ?? 0) > narrow }.map { "\(engine.name(of: $0)) \(engine.linkMTU(of: $0)!)" }
+                if !wider.isEmpty {
+                    line += "; its MTU \(narrow) is below the MTU of \(wider.joined(separator: ", ")): TCP between them is fitted to \(narrow) (SYNs' MSS clamped, super-frames cut), other frames larger than that are dropped (frame_too_large); mtu=\(narrow) on those ports avoids that"
+                }
             }
         }
         logger.info("control: \(line)")

@@ -64,8 +64,7 @@ public final class PacketSocketDevice: DescriptorDevice {
     /// tap whose guest takes no offloads, a NIC without them). Off: complete frames, up to the
     /// MTU plus an Ethernet header with one tag.
     public override var offloadCapabilities: OffloadCapabilities {
-        sendsOffloads ? OffloadCapabilities(partialChecksum: true, tcpSegmentation: true, udpSegmentation: true, maximumFrameLength: mtu + 18)
-            : .none(maximumFrameLength: mtu + 18)
+        OffloadCapabilities(partialChecksum: sendsOffloads, tcpSegmentation: sendsOffloads, udpSegmentation: sendsOffloads, maximumFrameLength: mtu + 18, linkMTU: mtu)
     }
 
     /// The offloads in words.

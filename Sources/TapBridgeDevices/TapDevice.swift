@@ -117,7 +117,7 @@ public final class TapDevice: DescriptorDevice {
     /// tag.
     public override var offloadCapabilities: OffloadCapabilities {
         OffloadCapabilities(partialChecksum: offloads > 0 && offloads & CTB_OFFLOAD_CSUM != 0, tcpSegmentation: offloads > 0 && offloads & CTB_OFFLOAD_TSO != 0,
-                            udpSegmentation: offloads > 0 && offloads & CTB_OFFLOAD_USO != 0, maximumFrameLength: mtu + 18)
+                            udpSegmentation: offloads > 0 && offloads & CTB_OFFLOAD_USO != 0, maximumFrameLength: mtu + 18, linkMTU: mtu)
     }
 
     override func readFrame(into slot: UnsafeMutableRawBufferPointer, headroom: Int) throws(PortError) -> ReadOutcome {

@@ -95,5 +95,31 @@ struct RecipeDefectTests {
         try OffloadTests.tcpBothWays(lab, b, a, "10.77.0.1", context: bridge.output)
         #expect(bridge.stop() == 0)
     }
+
+    /// `remote add …,datapath=kernel` on two running bridges whose TAPs were made at 1500 (no
+    /// remote at start): the vxlan devices they make are 1450. TCP used to stall one way (full
+    /// frames dropped as `frame_too_large` at the device) and fragment the other. Now the
+    /// engine fits TCP to the narrower link on every path (SYNs' MSS clamped both ways,
+    /// super-frames cut), and the answer says what the MTU mismatch still costs.
+    /// ```
+    ///  ns a ── tap (1500) ── tapbridge [h1] ── vx (1450, added at run time) ══ veth 1500 ══ [h2] vx (1450, added) ── tapbridge ── tap (1500) ── ns b
+    /// ```
+    @Test func aKernelRemoteAddedAtRunTimeCarriesTCPWithoutFragments() throws {
+        let lab = Lab()
+        let hosts = TwoHosts(lab)
+        let (name, other) = (lab.bridgeName(), lab.bridgeName())
+        let one = try lab.bridge(["--name", name, "--port", hosts.ta], in: hosts.h1)
+        let two = try lab.bridge(["--name", other, "--port", hosts.tb], in: hosts.h2)
+        try hosts.waitForTaps(lab, one, two)
+        #expect(lab.exec(hosts.h1, ["ip", "link", "show", hosts.ta]).output.contains("mtu 1500"), "the TAP is made before any remote")
+        for (bridge, tap, far) in [(name, hosts.ta, "10.76.0.2"), (other, hosts.tb, "10.76.0.1")] {
+            let add = ControlTests.client(["remote", "add", "\(far):4789,datapath=kernel,vni=77"], name: bridge)
+            #expect(add.ok && add.output.contains("its MTU 1450 is below the MTU of \(tap) 1500: TCP between them is fitted to 1450"), "\(add.output)")
+        }
+        _ = try hosts.tcpWithoutFragments(lab, one, two)
+        let device = Lab.portCounters(one, port: "vx-\(name)")
+        #expect(device["frame_too_large"] == nil && (device["mss_clamped"] ?? 0) >= 2, "the vxlan device's port: \(device)")
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
 }
 }

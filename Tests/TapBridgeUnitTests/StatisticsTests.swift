@@ -27,7 +27,7 @@ struct StatisticsTests {
 
     @Test func logLinesAreNameEqualsValue() {
         let lines = Self.model.logLines
-        #expect(lines.first == "counters port tap\"0: rx_frames=12 rx_bytes=1200 tx_frames=7 tx_bytes=700 checksums_completed=1 frames_segmented=2 super_frames_passed=3 drops=4 no_egress_port=3 runt=1")
+        #expect(lines.first == "counters port tap\"0: rx_frames=12 rx_bytes=1200 tx_frames=7 tx_bytes=700 checksums_completed=1 frames_segmented=2 super_frames_passed=3 mss_clamped=0 drops=4 no_egress_port=3 runt=1")
         #expect(lines.contains("counters fdb: entries=3 max_entries=8192 learned=4 refreshed=9 moved=1 move_damped=0 expired=1 evicted=0 refused=0"))
         #expect(lines.contains { $0.hasPrefix("counters udp: unknown_sender=2 ") && $0.contains(" trains_sent=6 ") })
         #expect(!lines.contains { $0.hasPrefix("counters mirror") }, "no mirror, no line")
