@@ -17,6 +17,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <stddef.h>
@@ -139,6 +140,11 @@ int ctb_if_index_exists(int index) {
     int rc = ifreq_ioctl(SIOCGIFNAME, &ifr);
     if (rc == 0) return 1;
     return rc == -ENODEV ? 0 : rc;
+}
+
+int ctb_eventfd(void) {
+    int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    return fd < 0 ? -errno : fd;
 }
 
 int ctb_link_monitor_open(void) {

@@ -204,7 +204,9 @@ extension BridgeDaemon {
     }
 
     /// `remote del NAME|ADDRESS:PORT`: the remote's port goes (its MAC entries with it); the
-    /// UDP socket stays for the others (and for `remote add`). A datapath=kernel remote's FDB
+    /// UDP socket stays for the others, and closes with the last (unless `--accept-peers`
+    /// keeps it for strangers): its port is then free for a `datapath=kernel` remote, and
+    /// the next `remote add` opens it again. A datapath=kernel remote's FDB
     /// entry goes from its vxlan device, and the device (its port) with its last remote.
     func removeRemote(_ which: String) throws(StartupError) -> String {
         if let kernelRemotes, let line = try kernelRemotes.remove(which, removingPort: { name in
@@ -227,8 +229,22 @@ extension BridgeDaemon {
         }
         let name = engine.name(of: port)
         engine.removePort(port)
-        logger.info("control: remote \(name) removed")
-        return "remote \(name) removed"
+        var line = "remote \(name) removed"
+        if let remotes, !options.acceptsPeers, engine.ports(of: remotes.handle).isEmpty {
+            line += "; it was the last: UDP socket \(remotes.device.localAddress) closed (the next remote add opens it again)"
+            closeRemotes()
+        }
+        logger.info("control: \(line)")
+        return line
+    }
+
+    /// The datapath=user remotes' socket goes (with its last remote, a failure, or at exit).
+    func closeRemotes() {
+        guard let remotes else { return }
+        remotes.isActive = false
+        engine.removeDevice(remotes.handle)
+        self.remotes = nil
+        ports.alwaysPolled = nil
     }
 
     /// A device failed (its interface deleted underneath, an error): its ports go, forwarding
@@ -258,10 +274,6 @@ extension BridgeDaemon {
                 logger.error("port \(name): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
             }
         }
-        if let remotes, device === remotes.handle {
-            remotes.isActive = false
-            self.remotes = nil
-            ports.alwaysPolled = nil
-        }
+        if let remotes, device === remotes.handle { closeRemotes() }
     }
 }

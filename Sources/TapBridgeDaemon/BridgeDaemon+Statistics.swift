@@ -23,7 +23,7 @@ extension BridgeDaemon {
             let config = engine.bridge.configuration(of: port) ?? PortConfiguration()
             let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
             return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap { interfaceName(ofIndex: $0) },
-                              state: tunnel?.peer(of: port)?.isUnreachable == true ? "unreachable" : "up", offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
+                              state: Self.remoteState(tunnel?.peer(of: port)), offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, counters: engine.bridge.counters(of: port), remote: a.kind == .remote ? tunnel?.peer(of: port).map {
                                 var r = RemoteReport($0)
                                 r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
@@ -38,6 +38,13 @@ extension BridgeDaemon {
             r.emulation = device.emulator.statistics
             return r
         }
+    }
+
+    /// `unreachable` (an ICMP error came for it), `refusing` (its datagrams do not
+    /// authenticate), else `up`; every port that is not a remote is `up`.
+    static func remoteState(_ peer: RemotePeer?) -> String {
+        guard let peer else { return "up" }
+        return peer.isUnreachable ? "unreachable" : peer.refusing > 0 ? "refusing" : "up"
     }
 
     func statsReport(at now: Instant) -> StatsReport {

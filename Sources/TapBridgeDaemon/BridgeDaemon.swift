@@ -110,7 +110,7 @@ public final class BridgeDaemon {
             self.claim = nil
         }
         failed = { [unowned self] device, error in portFailed(device, error) }
-        connector = StreamConnector(logger: logger) { [unowned self] spec, fd in attachConnected(spec, fd: fd) }
+        connector = try StreamConnector(logger: logger) { [unowned self] spec, fd in attachConnected(spec, fd: fd) }
         signals = try SignalSource(logger: logger, stop: { [unowned self] in stop() }, dump: { [unowned self] in reportCounters() })
         do throws(StartupError) {
             for name in options.mirror?.ports ?? [] where !names.contains(name) {
@@ -215,7 +215,7 @@ public final class BridgeDaemon {
         let count = engine.ports.count
         logger.info("forwarding between \(count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
         if count < 2 && !options.acceptsPeers && control == nil && streamListeners.isEmpty { logger.warning("only \(count) port(s): nothing to forward between") }
-        if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports --name \(options.name))") }
+        if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports \(options.controlPath == nil ? "--name \(options.name)" : "--control \(path)"))") }
     }
 
     /// Every port exists and the control socket answers: tell systemd (`Type=notify`), if it
@@ -244,9 +244,7 @@ public final class BridgeDaemon {
         streamListeners.removeAll()
         streamOrigin.removeAll()
         connector.cancelAll()
-        remotes?.isActive = false
-        remotes = nil
-        ports.alwaysPolled = nil
+        closeRemotes()
         control = nil
         mirror?.close(waitMilliseconds: 1000)
     }

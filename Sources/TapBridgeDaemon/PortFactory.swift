@@ -99,6 +99,10 @@ enum PortFactory {
             return (device, .packet, "packet socket on ifindex \(device.interfaceIndex)\(why), offloads \(device.offloadDescription)")
         }
         if spec.mode == .packet { return try packet("") }
+        // an interface that exists and is no TAP (a veth, a NIC) is a packet socket's in auto
+        // mode: trying /dev/net/tun first would answer with the TAP's permission problem, when
+        // what it needs is CAP_NET_RAW
+        if spec.mode == .auto, spec.namespace == nil, ctb_if_index(spec.name) > 0, !TapDevice.isTap(spec.name) { return try packet(" (not a TAP)") }
         if spec.namespace != nil, ctb_if_index(spec.name) > 0 {
             throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
         }

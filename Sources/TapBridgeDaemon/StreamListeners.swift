@@ -156,19 +156,43 @@ final class StreamConnector: EventSource {
     var lastFailure: [String: String] = [:]
     let logger: Logger
     let connected: (PortSpec, Int32) -> Void
+    /// Host names are looked up off the loop; an address found is used for a minute.
+    let resolver: NameResolver
+    var resolved: [String: (address: SocketAddress, at: Instant)] = [:]
+    /// Ports waiting for their host's lookup.
+    var resolving: Set<String> = []
+    static let addressLifetime = Duration.seconds(60)
 
-    init(logger: Logger, connected: @escaping (PortSpec, Int32) -> Void) {
+    init(logger: Logger, connected: @escaping (PortSpec, Int32) -> Void) throws(StartupError) {
         self.logger = logger
         self.connected = connected
+        resolver = try NameResolver()
     }
 
     deinit { cancelAll() }
 
-    /// Starts connecting `spec`'s endpoint, unless a connect for it is under way.
+    /// Starts connecting `spec`'s endpoint, unless a connect (or its host's lookup) for it is
+    /// under way. A host name is looked up first, off the loop.
     func attempt(_ spec: PortSpec) {
-        guard let endpoint = spec.stream, !inFlight.contains(where: { $0.spec.name == spec.name }) else { return }
+        guard let endpoint = spec.stream, !inFlight.contains(where: { $0.spec.name == spec.name }), !resolving.contains(spec.name) else { return }
+        guard case .tcp(let host, let port) = endpoint, !NameResolver.isNumeric(host) else { return connect(spec, endpoint, to: nil) }
+        let key = "\(endpoint)", now = EventLoop.now()
+        if let known = resolved[key], now < known.at.advanced(by: Self.addressLifetime) { return connect(spec, endpoint, to: known.address) }
+        resolving.insert(spec.name)
+        resolver.lookup(host: host, port: port) { [weak self] result in
+            guard let self, resolving.remove(spec.name) != nil else { return }  // cancelled meanwhile
+            switch result {
+            case .success(let address):
+                resolved[key] = (address, EventLoop.now())
+                connect(spec, endpoint, to: address)
+            case .failure(let error): failed(spec, error.message)
+            }
+        }
+    }
+
+    func connect(_ spec: PortSpec, _ endpoint: StreamEndpoint, to address: SocketAddress?) {
         do {
-            let (fd, done) = try endpoint.connect()
+            let (fd, done) = try endpoint.connect(resolved: address)
             if done { succeeded(spec, fd) } else { inFlight.append(InFlight(spec: spec, fd: fd)) }
         } catch {
             failed(spec, error.message)
@@ -191,21 +215,26 @@ final class StreamConnector: EventSource {
         for f in inFlight where f.spec.name == name { close(f.fd) }
         inFlight.removeAll { $0.spec.name == name }
         lastFailure[name] = nil
+        resolving.remove(name)
     }
 
     func cancelAll() {
         for f in inFlight { close(f.fd) }
         inFlight.removeAll()
+        resolving.removeAll()
     }
 
+    /// The resolver's eventfd first, then each connect under way.
     func register(_ fds: inout [pollfd]) {
+        resolver.register(&fds)
         for f in inFlight { fds.append(pollfd(fd: f.fd, events: Int16(POLLOUT), revents: 0)) }
     }
 
     func deadline() -> Int64? { nil }
 
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
-        let done = zip(inFlight, ready).filter { $0.1.revents != 0 }.map(\.0)
+        let done = zip(inFlight, ready.dropFirst()).filter { $0.1.revents != 0 }.map(\.0)
+        defer { if ready.first?.revents ?? 0 != 0 { _ = resolver.service(ready: ready.prefix(1), now: now) } }
         inFlight.removeAll { f in done.contains { $0.fd == f.fd } }
         for f in done {
             if let error = f.spec.stream?.outcome(of: f.fd) {

@@ -47,8 +47,9 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
         return address
     }
 
-    /// The socket address, resolved now.
-    func address() throws(StartupError) -> (storage: sockaddr_storage, length: socklen_t, family: Int32) {
+    /// The socket address: `resolved` if given (a TCP host looked up off the loop), else
+    /// resolved now.
+    func address(resolved given: SocketAddress? = nil) throws(StartupError) -> (storage: sockaddr_storage, length: socklen_t, family: Int32) {
         var storage = sockaddr_storage()
         switch self {
         case .unix(let path):
@@ -56,7 +57,8 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
             withUnsafeMutableBytes(of: &storage) { $0.storeBytes(of: sun, as: sockaddr_un.self) }
             return (storage, socklen_t(MemoryLayout<sockaddr_un>.size), AF_UNIX)
         case .tcp(let host, let port):
-            let resolved = try SocketAddress.resolve(host: host, port: port, ipv4Only: false)
+            let resolved: SocketAddress
+            if let given { resolved = given } else { resolved = try SocketAddress.resolve(host: host, port: port, ipv4Only: false) }
             let family = resolved.isIPv4 ? AF_INET : AF_INET6
             let length = withUnsafeMutableBytes(of: &storage) { resolved.write(family: family, to: $0.baseAddress!) }
             return (storage, length, family)
@@ -74,8 +76,8 @@ public enum StreamEndpoint: Sendable, Equatable, CustomStringConvertible {
     /// connected, or (`connected` false: a TCP handshake under way) becomes writable once the
     /// connection is made or has failed (`StreamEndpoint.outcome(of:)` says which). Throws
     /// what fails at once (a Unix socket nobody listens on, a refused loopback port).
-    public func connect() throws(StartupError) -> (fd: Int32, connected: Bool) {
-        var (storage, length, family) = try address()
+    public func connect(resolved: SocketAddress? = nil) throws(StartupError) -> (fd: Int32, connected: Bool) {
+        var (storage, length, family) = try address(resolved: resolved)
         let fd = socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw StartupError("\(self): socket: \(describeErrno(errno))") }
         if family != AF_UNIX { Self.sendAtOnce(fd) }

@@ -39,6 +39,12 @@ public final class TapDevice: DescriptorDevice {
         case failed(String)
     }
 
+    /// Whether interface `name` (which exists) is a TAP or TUN device: sysfs shows `tun_flags`
+    /// for those only.
+    public static func isTap(_ name: String) -> Bool {
+        !name.contains("/") && access("/sys/class/net/\(name)/tun_flags", F_OK) == 0
+    }
+
     /// Why opening TAP `name` was refused, with the fix that applies: the device node itself
     /// (`/dev/net/tun` not readable and writable by this user: a capability does not help),
     /// or the capability (creating a TAP, or attaching one this user does not own).

@@ -285,7 +285,13 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         case .frame(let inner): frame = inner
         case .drop(let reason):
             batch.recordDrop(on: port, reason, bytes: length)
+            if reason == .unauthenticated { refused(peer: index, now: now) }
             return nil
+        }
+        if table[index].unauthenticated > 0 {
+            logger.notice("remote \(table[index].address): its datagrams authenticate again (\(table[index].unauthenticated) refused before)")
+            table[index].unauthenticated = 0
+            table[index].refusalLog = LogThrottle(interval: .seconds(60))
         }
         // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
         if let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource {
@@ -454,6 +460,15 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         table.setPathMTU(mtu, of: index)
         counters.pathMTULowered &+= 1
         logger.notice("remote \(table[index].address): path MTU now \(mtu) (\(why)); TCP segments for it are cut to fit, frames up to \(table[index].maximumFrameLength) bytes travel whole, larger ones are fragmented by the kernel")
+    }
+
+    /// A datagram from peer `index` did not authenticate: said at once for the first, then at
+    /// most once a minute while it goes on (a wrong key on one side failed silently before).
+    func refused(peer index: Int, now: Int64) {
+        table[index].unauthenticated &+= 1
+        let first = table[index].unauthenticated == 1
+        guard let count = table[index].refusalLog.admit(at: Instant(nanoseconds: now)) else { return }
+        logger.warning("remote \(table[index].address): \(first ? "refusing its datagrams: they do not authenticate (it holds another key, or someone sends in its name)" : "still refusing its datagrams (\(count) more)"); frames from it are dropped as unauthenticated")
     }
 
     /// Counts an unreachable error for peer `index`; logs when the peer goes from up to

@@ -83,12 +83,18 @@ struct PrivilegeTests {
     @Test func permissionFailuresNameTheirCause() throws {
         let lab = Lab()
         let t = lab.link("p")
+        // an interface that is no TAP: auto mode takes a packet socket, and the need is
+        // CAP_NET_RAW, not /dev/net/tun (whose mode was named before)
+        let (v, w) = (lab.link("v"), lab.link("w"))
+        #expect(Host.run(["ip", "link", "add", v, "type", "veth", "peer", "name", w]).ok)
+        Host.run(["ip", "link", "set", v, "up"])
         let dir = lab.temporaryPath("nobody-dir")
         #expect(Host.run(["mkdir", "-m", "777", dir]).ok)
         defer { _ = Host.run(["rm", "-rf", dir]) }
         let cases: [([String], String)] = [
             // the device node, whatever the capabilities
             (Self.asNobody([Host.binary, "--port", t, "--control", "none"], openTun: false), "cannot open /dev/net/tun: permission denied (its mode is 0600"),
+            (Self.asNobody([Host.binary, "--port", v, "--control", "none"], openTun: false), "a packet socket needs CAP_NET_RAW"),
             // the capability, once the node opens
             (Self.asNobody([Host.binary, "--port", t, "--control", "none"]), "creating TAP \(t) needs CAP_NET_ADMIN"),
             // the control directory

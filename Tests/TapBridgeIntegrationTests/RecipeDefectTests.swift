@@ -121,5 +121,95 @@ struct RecipeDefectTests {
         #expect(device["frame_too_large"] == nil && (device["mss_clamped"] ?? 0) >= 2, "the vxlan device's port: \(device)")
         #expect(one.stop() == 0 && two.stop() == 0)
     }
+
+    /// The last datapath=user remote removed closes the UDP socket, so the same port can go to
+    /// the kernel's datapath at run time (it stayed bound, and `remote add …,datapath=kernel`
+    /// on that port was refused: both ends had to move to another port).
+    /// ```
+    ///  ns a ── tap ── tapbridge [h1]: remote 10.76.0.2:4789 (user) → del → add datapath=kernel ══ [h2] vx ── tapbridge ── tap ── ns b
+    /// ```
+    @Test func theLastUserRemoteFreesItsPortForTheKernelDatapath() throws {
+        let lab = Lab()
+        let hosts = TwoHosts(lab)
+        let name = lab.bridgeName()
+        let one = try lab.bridge(["--name", name, "--port", hosts.ta, "--remote", "10.76.0.2:4789"], in: hosts.h1)
+        let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,datapath=kernel"], in: hosts.h2)
+        try hosts.waitForTaps(lab, one, two)
+        let del = ControlTests.client(["remote", "del", "10.76.0.2:4789"], name: name)
+        #expect(del.ok && del.output.contains("it was the last: UDP socket") && del.output.contains("closed"), "\(del.output)")
+        #expect(!lab.exec(hosts.h1, ["ss", "-Hulnp", "sport = :4789"]).output.contains("tapbridge"), "the socket is still bound")
+        let add = ControlTests.client(["remote", "add", "10.76.0.2:4789,datapath=kernel"], name: name)
+        #expect(add.ok, "\(add.output)\n\(one.output)")
+        _ = try hosts.tcpWithoutFragments(lab, one, two)
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
+
+    /// A bridge started with `--control PATH` names that path in its start line's hint (it
+    /// named `--name NAME`, which cannot reach a socket elsewhere), and the hint works.
+    @Test func theStartLineHintReachesTheBridge() throws {
+        let lab = Lab()
+        let t = lab.link("t")
+        let path = lab.temporaryPath("ctl.sock")
+        let bridge = try lab.bridge(["--port", t, "--control", path])
+        #expect(Lab.eventually { bridge.output.contains("(tapbridge show ports --control \(path))") }, "\(bridge.output)")
+        let shown = Host.run([Host.binary, "show", "ports", "--control", path])
+        #expect(shown.ok && shown.output.contains(t), "\(shown.output)")
+        #expect(bridge.stop() == 0)
+    }
+}
+}
+
+extension KernelTests {
+@Suite("Defects found by attacking a running bridge")
+struct AttackDefectTests {
+    /// A `stream=` port to a host name whose resolver never answers (the namespace's
+    /// resolv.conf names an address on a link where nothing answers ARP): start-up, forwarding
+    /// between the other ports and SIGTERM never wait for the lookup (it held the loop for the
+    /// resolver's timeout: start-up 10 s late, SIGTERM 9 s late, every port stalled twice a
+    /// second). The lookup runs off the loop; its failure is said once.
+    /// ```
+    ///  ns a ── tap ── tapbridge [ns t: veth 10.88.0.1/24 ── ns u, silent; nameserver 10.88.0.99] ── tap ── ns b
+    ///                     └─ far,stream=nowhere.invalid:4000
+    /// ```
+    @Test func aResolverThatNeverAnswersCostsNothing() throws {
+        let lab = Lab()
+        let (a, b, t, u) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("t"), lab.namespace("u"))
+        let (ta, tb, d, e) = (lab.link("a"), lab.link("b"), lab.link("d"), lab.link("e"))
+        #expect(Host.run(["ip", "link", "add", d, "netns", t, "type", "veth", "peer", "name", e, "netns", u]).ok)
+        lab.exec(t, ["ip", "addr", "add", "10.88.0.1/24", "dev", d])
+        lab.exec(t, ["ip", "link", "set", d, "up"])
+        lab.exec(u, ["ip", "link", "set", e, "up"])
+        // `ip netns exec` puts /etc/netns/NS/resolv.conf in place of /etc/resolv.conf
+        let dir = "/etc/netns/\(t)"
+        #expect(Host.run(["mkdir", "-p", dir]).ok)
+        defer { _ = Host.run(["rm", "-rf", dir]) }
+        try "nameserver 10.88.0.99\noptions timeout:4 attempts:2\n".write(toFile: "\(dir)/resolv.conf", atomically: true, encoding: .utf8)
+        let name = lab.bridgeName()
+        let started = Date()
+        let bridge = try lab.bridge(["--port", ta, "--port", tb, "--port", "far,stream=nowhere.invalid:4000", "--name", name], in: t)
+        #expect(Lab.eventually(within: 15) { bridge.output.contains("forwarding between") }, "\(bridge.output)")
+        let startUp = Date().timeIntervalSince(started)
+        #expect(startUp < 3, "start-up took \(startUp) s: it waited for the resolver\n\(bridge.output)")
+        #expect(lab.waitForLinks([ta, tb], in: t), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24", from: t)
+        lab.place(tb, in: b, address: "10.77.0.2/24", from: t)
+        #expect(Lab.eventually { lab.ping(from: a, "10.77.0.2", count: 1).received == 1 }, "\(bridge.output)")
+        let r = lab.exec(a, ["ping", "-c", "30", "-i", "0.1", "-W", "2", "10.77.0.2"], timeout: 30)
+        let rtts = r.output.split(separator: "\n").compactMap { line -> Double? in
+            guard let at = line.range(of: "time=") else { return nil }
+            return Double(line[at.upperBound...].prefix { $0.isNumber || $0 == "." })
+        }
+        // (a lookup held the loop for seconds; 500 ms is 100 times a slow round trip here)
+        #expect(rtts.count == 30 && (rtts.max() ?? 1e9) < 500, "the loop stalled: RTTs up to \(rtts.max() ?? -1) ms\n\(r.output.suffix(400))")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(ports.first { $0.name == "far" }?.state == "absent", "\(ports.map { "\($0.name) \($0.state)" })")
+        let stopping = Date()
+        #expect(bridge.stop(within: 10) == 0, "\(bridge.output)")
+        let stop = Date().timeIntervalSince(stopping)
+        #expect(stop < 2, "SIGTERM took \(stop) s: it waited for the resolver")
+        let failures = bridge.output.split(separator: "\n").filter { $0.contains("port far: cannot resolve nowhere.invalid") }
+        #expect(failures.count <= 1, "the failure should be said once: \(failures.count) lines\n\(bridge.output)")
+    }
 }
 }

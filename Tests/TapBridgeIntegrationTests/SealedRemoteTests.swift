@@ -107,6 +107,10 @@ struct SealedRemoteTests {
         let one = try hosts.one(), wrong = try hosts.two(key: hosts.otherKey)
         #expect(!hosts.place(one, wrong), "pings crossed between two keys")
         #expect(try hosts.drops("unauthenticated", of: wrong) > 0)
+        // said, not only counted: a line when it starts, and the remote's state
+        #expect(wrong.output.contains("refusing its datagrams: they do not authenticate"), "\(wrong.output)")
+        let remote = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: ControlTests.name(wrong))).first { $0.kind == "remote" }
+        #expect(remote?.state == "refusing" && remote?.remote?.why?.contains("do not authenticate") == true, "\(String(describing: remote))")
         #expect(wrong.stop() == 0)
         #expect(Lab.eventually { hosts.lab.exec(hosts.b, ["ip", "link", "show", hosts.tb]).ok == false }, "the TAP in b is gone")
         let two = try hosts.two()

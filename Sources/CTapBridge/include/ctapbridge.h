@@ -51,6 +51,9 @@ struct ctb_link_event {
     int index;      // its ifindex
     char name[16];  // its name (IFLA_IFNAME), "" if the message had none
 };
+/// A non-blocking, close-on-exec eventfd (a counter a background thread writes to wake the
+/// loop). The fd or -errno.
+int ctb_eventfd(void);
 /// Opens a non-blocking NETLINK_ROUTE socket subscribed to link events. The fd or -errno.
 int ctb_link_monitor_open(void);
 /// Reads up to `max` link events (other messages are skipped). Returns how many (0: none

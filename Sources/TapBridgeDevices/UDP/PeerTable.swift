@@ -28,6 +28,10 @@ struct PeerTable {
         var isUnreachable = false
         /// The last such error (errno: ECONNREFUSED for an ICMP port unreachable, ...).
         var unreachableError: Int32 = 0
+        /// Datagrams from it that did not authenticate since the last one that did (a sealed
+        /// remote whose far end holds another key), and when that was last logged.
+        var unauthenticated: UInt64 = 0
+        var refusalLog = LogThrottle(interval: .seconds(60))
         /// The IP MTU of the path towards the peer: the route's, lowered when the kernel
         /// reports a smaller one (ICMP fragmentation needed / packet too big).
         var pathMTU: Int
@@ -152,7 +156,7 @@ struct PeerTable {
     func description(of port: PortID) -> RemotePeer? {
         guard let p = peer(of: port) else { return nil }
         return RemotePeer(address: p.address, encapsulation: p.encapsulation, vni: p.vni, isDynamic: p.isDynamic, unreachable: p.unreachable,
-                          isUnreachable: p.isUnreachable, unreachableError: p.unreachableError, pathMTU: p.pathMTU, fragmented: p.fragmented)
+                          isUnreachable: p.isUnreachable, unreachableError: p.unreachableError, refusing: p.unauthenticated, pathMTU: p.pathMTU, fragmented: p.fragmented)
     }
 }
 
@@ -169,9 +173,12 @@ public struct RemotePeer: Sendable {
     public var isUnreachable: Bool
     /// The last error that came for it (errno), 0 if none.
     public var unreachableError: Int32
+    /// Datagrams from it refused as unauthenticated since the last one that authenticated.
+    public var refusing: UInt64
 
     /// Why it is unreachable, in words; nil while it is not.
     public var unreachableReason: String? {
+        if refusing > 0 { return "its datagrams do not authenticate (\(refusing) refused since the last that did): it holds another key, or someone sends in its name" }
         guard isUnreachable else { return nil }
         return switch unreachableError {
         case ECONNREFUSED: "ICMP port unreachable: nothing listens on \(address) (is the VM or peer running?)"
