@@ -159,12 +159,10 @@ public final class ForwardingEngine {
 
     /// Every device with at least one port, each once.
     public var allDevices: [any PortDevice] {
-        var seen: [ObjectIdentifier] = []
+        // (a set: rebuilt at every port added, a linear search made starting N ports cost N³)
+        var seen: Set<ObjectIdentifier> = []
         var out: [any PortDevice] = []
-        for case let d? in devices where !seen.contains(ObjectIdentifier(d)) {
-            seen.append(ObjectIdentifier(d))
-            out.append(d)
-        }
+        for case let d? in devices where seen.insert(ObjectIdentifier(d)).inserted { out.append(d) }
         return out
     }
 

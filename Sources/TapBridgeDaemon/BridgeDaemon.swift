@@ -149,6 +149,7 @@ public final class BridgeDaemon {
             if let user = options.user { try dropPrivileges(to: user) }
         } catch {
             mirror?.close()
+            TapDevice.deleteCreatedAtOnce()
             for port in engine.ports { engine.removePort(port) }
             namespaces.releaseAll()
             kernelRemotes?.releaseAll()
@@ -237,6 +238,7 @@ public final class BridgeDaemon {
 
     /// Closes every port: TAPs tapbridge created disappear with their descriptor.
     public func shutdown() {
+        TapDevice.deleteCreatedAtOnce()
         for port in engine.ports { engine.removePort(port) }
         namespaces.releaseAll()
         kernelRemotes?.releaseAll()

@@ -110,7 +110,26 @@ public final class TapDevice: DescriptorDevice {
         offloads = offload ? negotiated : -1
         super.init(fd: rc)
         restoreMTU = previousMTU.map { (interfaceIndex, $0) }
-        if !existedBefore { closesInterface = name }
+        if !existedBefore {
+            closesInterface = name
+            // (failure only costs speed at exit: this TAP then goes when its descriptor closes)
+            if ctb_if_set_group(interfaceIndex, Self.interfaceGroup) == 0 { Self.madeInGroup = true }
+        }
+    }
+
+    /// The interface group of the TAPs this process creates: random, so no other program's
+    /// interfaces share it. At exit they are deleted together (`deleteCreatedAtOnce`).
+    public static let interfaceGroup = UInt32.random(in: 0x1000_0000...0xFFFF_FFF0)
+    nonisolated(unsafe) static var madeInGroup = false
+
+    /// Deletes every TAP this process created that is still in this namespace, in one
+    /// rtnetlink request. Closing TAPs one by one costs an RCU grace period each (about
+    /// 20 ms here): 500 TAPs took 11 s to stop; together they take about 50 ms. Their
+    /// descriptors then close at once. Returns -errno on failure (the closes then do it).
+    @discardableResult
+    public static func deleteCreatedAtOnce() -> Int32 {
+        guard madeInGroup else { return 0 }
+        return ctb_links_delete_group(interfaceGroup)
     }
 
     /// Whether the TAP was opened with the vnet header.

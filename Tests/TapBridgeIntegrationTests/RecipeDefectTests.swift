@@ -211,5 +211,36 @@ struct AttackDefectTests {
         let failures = bridge.output.split(separator: "\n").filter { $0.contains("port far: cannot resolve nowhere.invalid") }
         #expect(failures.count <= 1, "the failure should be said once: \(failures.count) lines\n\(bridge.output)")
     }
+
+    /// 2,000 TAP ports: start-up is linear in the ports, two of them forward TCP both ways,
+    /// and SIGTERM ends the bridge within 10 s. Before, closing TAPs one by one at exit waited
+    /// an RCU grace period each (about 20 ms: 500 ports took 11 s to stop, 2,000 did not stop
+    /// in 120 s); now the TAPs this bridge made are deleted in one rtnetlink request (their
+    /// interface group) and rounds of the loop are bounded in time, so the signal is heard.
+    /// (IPv6 is off in the namespace: 2,000 new TAPs' own chatter flooded to every other port
+    /// is the costs issue's, multicast snooping.)
+    /// ```
+    ///  ns a ── x1 ─┐
+    ///              tapbridge [ns t] ── x3 … x2000 (idle)
+    ///  ns b ── x2 ─┘
+    /// ```
+    @Test func twoThousandPortsStartForwardAndStop() throws {
+        let lab = Lab()
+        let (a, b, t) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("t"))
+        let names = (1...2000).map { "tt\(lab.tag)x\($0)" }
+        let started = Date()
+        let bridge = try lab.bridge(names.flatMap { ["--port", $0] } + ["--control", "none"], in: t)
+        #expect(Lab.eventually(within: 60) { bridge.output.contains("forwarding between 2000 port(s)") }, "\(bridge.output.suffix(2000))")
+        print("2,000 ports started in \(Date().timeIntervalSince(started)) s")
+        lab.place(names[0], in: a, address: "10.77.0.1/24", from: t)
+        lab.place(names[1], in: b, address: "10.77.0.2/24", from: t)
+        #expect(Lab.eventually(within: 10) { lab.ping(from: a, "10.77.0.2", count: 1).received == 1 }, "\(bridge.output.suffix(2000))")
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: String(bridge.output.suffix(2000)))
+        let stopping = Date()
+        #expect(bridge.stop(within: 10) == 0, "not stopped within 10 s of SIGTERM:\n\(bridge.output.suffix(2000))")
+        print("2,000 ports stopped in \(Date().timeIntervalSince(stopping)) s")
+        let left = lab.exec(t, ["ip", "-o", "link"]).output.split(separator: "\n").filter { $0.contains("tt\(lab.tag)x") }
+        #expect(left.isEmpty, "TAPs left: \(left.count)")
+    }
 }
 }

@@ -51,6 +51,13 @@ struct ctb_link_event {
     int index;      // its ifindex
     char name[16];  // its name (IFLA_IFNAME), "" if the message had none
 };
+/// Puts interface `ifindex` in interface group `group` (rtnetlink RTM_NEWLINK, IFLA_GROUP).
+/// 0 or -errno.
+int ctb_if_set_group(int ifindex, unsigned int group);
+/// Deletes every interface of group `group` in this namespace at once (RTM_DELLINK with
+/// IFLA_GROUP: one unregister for all, where closing TAPs one by one waits for an RCU grace
+/// period each, ~20 ms). 0 or -errno.
+int ctb_links_delete_group(unsigned int group);
 /// A non-blocking, close-on-exec eventfd (a counter a background thread writes to wake the
 /// loop). The fd or -errno.
 int ctb_eventfd(void);
