@@ -111,6 +111,15 @@ int ctb_if_set_up(const char *name) {
     return ifreq_ioctl(SIOCSIFFLAGS, &ifr);
 }
 
+int ctb_if_set_mac(const char *name, const uint8_t *mac) {
+    struct ifreq ifr;
+    int rc = copy_name(&ifr, name);
+    if (rc < 0) return rc;
+    ifr.ifr_hwaddr.sa_family = 1;  // ARPHRD_ETHER
+    memcpy(ifr.ifr_hwaddr.sa_data, mac, 6);
+    return ifreq_ioctl(SIOCSIFHWADDR, &ifr);
+}
+
 int ctb_if_set_mtu(const char *name, int mtu) {
     struct ifreq ifr;
     int rc = copy_name(&ifr, name);

@@ -16,7 +16,7 @@ extension BridgeDaemon {
 
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         if spec.stream != nil { return connectStream(spec) }
-        let (comesBack, impaired) = try PortFactory.attach(spec, to: engine, offload: options.offload, defaultMTU: innerMTU, decorate: decorate,
+        let (comesBack, impaired) = try PortFactory.attach(spec, bridge: options.name, to: engine, offload: options.offload, defaultMTU: innerMTU, decorate: decorate,
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
         joined(spec, impaired)

@@ -16,7 +16,7 @@ enum PortFactory {
     /// whether the port is on an interface tapbridge did not make (a packet socket, or a TAP
     /// that existed): such a port comes back when its interface does.
     @discardableResult
-    static func attach(_ spec: PortSpec, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
+    static func attach(_ spec: PortSpec, bridge: String, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                        decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
                        seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
         // a TAP removed just before (port del) is gone once its descriptor is closed
@@ -32,7 +32,7 @@ enum PortFactory {
         let (device, kind, opened): (any PortDevice, PortRecord.Kind, String)
         var note = ""
         do throws(StartupError) {
-            (device, kind, opened) = try open(spec, offload: offload, defaultMTU: defaultMTU)
+            (device, kind, opened) = try open(spec, offload: offload, defaultMTU: defaultMTU, mac: spec.mac ?? stableMAC(bridge: bridge, port: spec.name))
             note = opened
             if spec.namespace != nil {
                 guard let tap = device as? TapDevice, !tap.existedBefore else {
@@ -89,9 +89,27 @@ enum PortFactory {
         "\(c.vlanMode)" + (c.learning ? "" : ", learning off") + (c.flooding ? "" : ", flooding off")
     }
 
-    static func open(_ spec: PortSpec, offload: Bool, defaultMTU: (mtu: Int, why: String)?) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
+    /// The MAC a TAP tapbridge makes gets without `mac=`: the same on every start of this
+    /// bridge on this machine (systemd's `MACAddressPolicy=persistent`), so a restart does not
+    /// cost its hosts their neighbours' ARP entries: a locally administered unicast address
+    /// from a hash of the machine's id (`/etc/machine-id`; two hosts running the same recipe
+    /// must differ), the bridge's name and the port's.
+    static func stableMAC(bridge: String, port: String) -> MACAddress {
+        let hash = fnv1a("\(machineID)\u{0}\(bridge)\u{0}\(port)")
+        // (fold the 64 bits into 48, then: locally administered, unicast)
+        let folded = (hash ^ (hash >> 48)) & 0xFFFF_FFFF_FFFF
+        return MACAddress(rawValue: folded & ~(UInt64(0x01) << 40) | (UInt64(0x02) << 40))
+    }
+
+    /// This machine's id (`/etc/machine-id`, else the host name).
+    static let machineID: String = {
+        if let id = try? String(contentsOfFile: "/etc/machine-id", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), !id.isEmpty { return id }
+        return ProcessInfo.processInfo.hostName
+    }()
+
+    static func open(_ spec: PortSpec, offload: Bool, defaultMTU: (mtu: Int, why: String)?, mac: MACAddress? = nil) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
         func tapNote(_ tap: TapDevice) -> String {
-            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)") + ", mtu \(tap.mtu)"
+            (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)\(tap.assignedMAC.map { ", mac \($0)" } ?? "")") + ", mtu \(tap.mtu)"
                 + (tap.mtuWasDefault ? " (\(defaultMTU?.why ?? "default"); mtu=N sets another)" : "") + ", offloads \(tap.offloadDescription)"
         }
         func packet(_ why: String) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
@@ -107,7 +125,7 @@ enum PortFactory {
             throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
         }
         do {
-            let tap = try TapDevice(name: spec.name, mtu: spec.mtu, defaultMTU: defaultMTU?.mtu, offload: offload)
+            let tap = try TapDevice(name: spec.name, mtu: spec.mtu, defaultMTU: defaultMTU?.mtu, mac: mac, offload: offload)
             return (tap, .tap, tapNote(tap))
         } catch {
             switch (error, spec.mode) {

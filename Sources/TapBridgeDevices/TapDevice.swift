@@ -22,6 +22,8 @@ public final class TapDevice: DescriptorDevice {
     public let existedBefore: Bool
     /// The MTU at attach time (IP MTU: frames are up to MTU + 14, + 4 per VLAN tag).
     public let mtu: Int
+    /// The MAC address given to the TAP it created (nil: the kernel's, or a TAP that existed).
+    public let assignedMAC: MACAddress?
     /// The MTU was set from the bridge's default (the remotes' path), not by `mtu=`.
     public let mtuWasDefault: Bool
     /// The interface index.
@@ -62,7 +64,8 @@ public final class TapDevice: DescriptorDevice {
     /// Attaches to (or creates) TAP `name`, brings it up, sets `mtu` if given (else
     /// `defaultMTU`, on a TAP it creates only: one that existed keeps its own); `offload`: open
     /// it with the vnet header and negotiate offloads.
-    public init(name: String, mtu givenMTU: Int?, defaultMTU: Int? = nil, offload: Bool = true) throws(OpenError) {
+    /// `mac`: the MAC address a TAP it creates gets (one that existed keeps its own).
+    public init(name: String, mtu givenMTU: Int?, defaultMTU: Int? = nil, mac: MACAddress? = nil, offload: Bool = true) throws(OpenError) {
         existedBefore = ctb_if_index(name) > 0
         let requestedMTU = givenMTU ?? (existedBefore ? nil : defaultMTU)
         mtuWasDefault = givenMTU == nil && requestedMTU != nil
@@ -74,6 +77,15 @@ public final class TapDevice: DescriptorDevice {
             case EPERM, EACCES: throw .failed(Self.permissionProblem(name, existed: existedBefore))
             case ENOENT, ENODEV, ENXIO: throw .failed("/dev/net/tun is missing (load the tun module: modprobe tun)")
             default: throw .failed("TUNSETIFF failed: \(describeErrno(-rc))")
+            }
+        }
+        if let mac, !existedBefore {
+            let v = mac.rawValue
+            let bytes = (0..<6).map { UInt8(truncatingIfNeeded: v >> (40 - 8 * UInt64($0))) }
+            let e = ctb_if_set_mac(name, bytes)
+            if e < 0 {
+                close(rc)
+                throw .failed("cannot set MAC \(mac): \(describeErrno(-e))")
             }
         }
         // a TAP that existed keeps living after us: its MTU is put back; a new one just goes
@@ -105,6 +117,7 @@ public final class TapDevice: DescriptorDevice {
             }
         }
         self.name = name
+        assignedMAC = existedBefore ? nil : mac
         mtu = Int(max(ctb_if_get_mtu(name), 0))
         interfaceIndex = ctb_if_index(name)
         offloads = offload ? negotiated : -1

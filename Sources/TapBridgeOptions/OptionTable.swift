@@ -152,7 +152,8 @@ public enum OptionTable {
                  away from it. mtu=N sets the interface's MTU (the IP MTU, as ip-link shows it). netns=NS moves the TAP \
                  tapbridge makes into network namespace NS (made if missing and removed on exit, as ip netns add makes \
                  it), gives it addr=CIDR and mac=MAC there and brings it up: --port h1,netns=h1,addr=10.0.0.1/24 \
-                 --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab. storm=PPS takes at most PPS flooded frames \
+                 --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab. A TAP tapbridge makes gets the same MAC at \
+                 every start (from /etc/machine-id, the bridge's name and the port's; with netns=, mac= sets another). storm=PPS takes at most PPS flooded frames \
                  (broadcast, multicast, unknown unicast) a second from the port. A port on an interface tapbridge did \
                  not make (a VM's tap, a veth) whose interface goes away stays, absent, and is attached again when it \
                  comes back. A bad link on the way out (netem's, without netem): delay=50ms, jitter=5ms, loss=1% (or \

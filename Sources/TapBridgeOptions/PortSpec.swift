@@ -30,7 +30,7 @@ public struct PortSpec: Sendable, Equatable {
     public var namespace: String? = nil
     /// `addr=CIDR`: the address the TAP gets in its namespace (`10.0.0.1/24`, `fd00::1/64`).
     public var address: InterfaceAddress? = nil
-    /// `mac=MAC`: the TAP's MAC address (else the kernel's random one).
+    /// `mac=MAC`: the TAP's MAC address (else a stable one: `PortFactory.stableMAC`).
     public var mac: MACAddress? = nil
     /// `delay=`, `jitter=`, `loss=`, `duplicate=`, `corrupt=`, `reorder=`, `rate=`: a bad link
     /// on the way out of the port.

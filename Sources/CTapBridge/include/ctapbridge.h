@@ -34,6 +34,8 @@ ssize_t ctb_tap_read(int fd, uint8_t *vnet, void *buf, size_t cap);
 ssize_t ctb_tap_write(int fd, const uint8_t *vnet, const void *frame, size_t len);
 /// Sets IFF_UP on `name`. 0 or -errno.
 int ctb_if_set_up(const char *name);
+/// Sets the MAC address of `name` (6 bytes, SIOCSIFHWADDR). 0 or -errno.
+int ctb_if_set_mac(const char *name, const uint8_t *mac);
 /// Sets the MTU of `name`. 0 or -errno.
 int ctb_if_set_mtu(const char *name, int mtu);
 /// The MTU of `name` or -errno.
