@@ -172,6 +172,12 @@ public struct PortCounters: Equatable, Sendable {
     public subscript(reason: DropReason) -> UInt64 { drops[reason.rawValue] }
     /// Drops for all reasons.
     public var totalDrops: UInt64 { drops.reduce(0, &+) }
+
+    /// Adds `other`'s counts to these (a port's counts from before it went absent).
+    public mutating func add(_ other: PortCounters) {
+        for c in Self.counters { self[keyPath: c.field] &+= other[keyPath: c.field] }
+        for k in drops.indices where k < other.drops.count { drops[k] &+= other.drops[k] }
+    }
 }
 
 extension PortCounters: CounterOwner {

@@ -134,6 +134,8 @@ extension BridgeDaemon {
         engine.removePort(port)
         namespaces.release(port: name)
         returning[name] = nil
+        carried[name] = nil
+        stormSeen[name] = nil
     }
 
     /// `remote add SPEC`: a remote joins the running bridge, with `--remote`'s grammar and
@@ -251,6 +253,8 @@ extension BridgeDaemon {
     /// goes on between the others.
     func portFailed(_ device: any PortDevice, _ error: PortError) {
         let removed = engine.ports(of: device).map { engine.name(of: $0) }
+        var counts: [String: PortCounters] = [:]
+        for port in engine.ports(of: device) { counts[engine.name(of: port)] = engine.bridge.counters(of: port) }
         engine.removeDevice(device)
         for name in removed {
             impaired[name] = nil
@@ -260,12 +264,14 @@ extension BridgeDaemon {
                     let line = "port \(name): \(error.operation); port removed"
                     if error.code == EPROTO { logger.warning("\(line)") } else { logger.info("\(line)") }
                 } else if let spec = returning[name] {
+                    if let c = counts[name] { carried[name, default: PortCounters()].add(c) }
                     logger.warning("port \(name): \(error.operation); connecting to \(spec.stream.map { "\($0)" } ?? "?") again")
                     connectStream(spec)
                 }
                 continue
             }
             if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
+                if let c = counts[name] { carried[name, default: PortCounters()].add(c) }
                 markAbsent(spec)
                 logger.warning("port \(name): interface is gone (\(error.operation): \(describeErrno(error.code))); kept as absent, attached again when an interface named \(name) appears (a VM started again, a veth made again); forwarding continues between the others")
             } else {

@@ -11,7 +11,7 @@ extension BridgeDaemon {
             let spec = absent[name]!.spec
             var r = PortReport(name: name, kind: spec.stream == nil ? "packet" : "stream", interface: nil, state: "absent", offloads: "none",
                                vlans: "\(spec.configuration.vlanMode)", learning: spec.configuration.learning, flooding: spec.configuration.flooding,
-                               counters: PortCounters())
+                               counters: carried[name] ?? PortCounters())
             r.peer = spec.stream.map { "\($0) (connecting)" }
             return r
         }
@@ -24,7 +24,7 @@ extension BridgeDaemon {
             let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
             return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap { interfaceName(ofIndex: $0) },
                               state: Self.remoteState(tunnel?.peer(of: port)), offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
-                              flooding: config.flooding, counters: engine.bridge.counters(of: port), remote: a.kind == .remote ? tunnel?.peer(of: port).map {
+                              flooding: config.flooding, counters: countersOf(port, named: a.name), remote: a.kind == .remote ? tunnel?.peer(of: port).map {
                                 var r = RemoteReport($0)
                                 r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
                                 return r
@@ -37,6 +37,29 @@ extension BridgeDaemon {
             r.link = "\(device.emulator.impairment)"
             r.emulation = device.emulator.statistics
             return r
+        }
+    }
+
+    /// Port `port`'s counters, with what it counted before it was last absent.
+    func countersOf(_ port: PortID, named name: String) -> PortCounters {
+        var c = engine.bridge.counters(of: port)
+        if let before = carried[name] { c.add(before) }
+        return c
+    }
+
+    /// Says how many flooded frames storm control dropped on each port: looked at once a
+    /// second, said at once and then at most once per 10 s per port (3.45 million once went
+    /// by without a line).
+    func logStormDrops(at now: Instant) {
+        for port in engine.ports {
+            let name = engine.name(of: port)
+            let count = countersOf(port, named: name)[.stormControl]
+            var seen = stormSeen[name] ?? (0, LogThrottle())
+            guard count > seen.count, seen.log.admit(at: now) != nil else { continue }
+            let limit = engine.bridge.configuration(of: port)?.stormLimit.map { "storm=\($0): at most \($0) flooded frames a second" } ?? "storm="
+            logger.warning("port \(name): storm control dropped \(count - seen.count) flooded frames (broadcast, multicast or unknown unicast from it; \(limit)); \(count) in all")
+            seen.count = count
+            stormSeen[name] = seen
         }
     }
 

@@ -58,6 +58,11 @@ public final class BridgeDaemon {
     /// failed on, so that failure is logged once).
     var absent: [String: (spec: PortSpec, failedIndex: Int32)] = [:]
     var nextAbsentCheck: Int64? = nil
+    /// The counts of ports that went absent, kept while they are away and added to their
+    /// counts when they are back (a port's counters only grow, absences or not).
+    var carried: [String: PortCounters] = [:]
+    /// Storm-control drops per port at the last line, and when that was (`logStormDrops`).
+    var stormSeen: [String: (count: UInt64, log: LogThrottle)] = [:]
     /// rtnetlink link events: packet ports whose interface is deleted, absent ones that return.
     var linkMonitor: LinkMonitor? = nil
     /// Ports with an emulated link (`delay=`, `loss=`, ...), by name: their delayed frames leave
@@ -186,6 +191,11 @@ public final class BridgeDaemon {
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },
                              action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
+        var nextStormLook = EventLoop.now().advanced(by: .seconds(1)).nanoseconds
+        loop.add(TimerSource(due: { nextStormLook }, action: { [unowned self] now in
+            logStormDrops(at: now)
+            nextStormLook = now.advanced(by: .seconds(1)).nanoseconds
+        }))
         if let interval = options.statsInterval {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
             loop.add(TimerSource(due: { next }, action: { [unowned self] now in

@@ -107,6 +107,7 @@ final class ControlResponder {
         case "port-del":
             if let name = request.port, daemon.absent.removeValue(forKey: name) != nil {
                 daemon.connector.cancel(name)
+                daemon.carried[name] = nil
                 logger.info("control: port \(name) (absent) removed")
                 return .success("port \(name) removed (it was absent)")
             }

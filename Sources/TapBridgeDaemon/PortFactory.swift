@@ -86,7 +86,7 @@ enum PortFactory {
     }
 
     static func describe(_ c: PortConfiguration) -> String {
-        "\(c.vlanMode)" + (c.learning ? "" : ", learning off") + (c.flooding ? "" : ", flooding off")
+        "\(c.vlanMode)" + (c.learning ? "" : ", learning off") + (c.flooding ? "" : ", flooding off") + (c.stormLimit.map { ", storm \($0) frames/s" } ?? "")
     }
 
     /// The MAC a TAP tapbridge makes gets without `mac=`: the same on every start of this

@@ -226,6 +226,14 @@ struct Show: ParsableCommand {
                  "\(p.counters.receivedFrames)", "\(p.counters.receivedBytes)", "\(p.counters.transmittedFrames)", "\(p.counters.transmittedBytes)",
                  p.drops.isEmpty ? "-" : p.drops.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }.joined(separator: " ")]
             }))
+            let links = ports.compactMap { p in p.link.map { (p.name, $0, p.emulation ?? .init()) } }
+            if !links.isEmpty {
+                print("")
+                let columns = LinkEmulator.Statistics.counters
+                print(table(["PORT", "LINK"] + columns.map { $0.name.replacingOccurrences(of: "_", with: " ").uppercased() }, links.map { name, link, stats in
+                    [name, link] + columns.map { "\(stats[keyPath: $0.field])" }
+                }))
+            }
             let streams = ports.compactMap { p in p.peer.map { (p.name, $0) } }
             if !streams.isEmpty {
                 print("")

@@ -88,8 +88,13 @@ struct RecipeDefectTests {
         #expect(Lab.eventually { bridge.output.contains("port \(v): interface is gone") }, "no line for the deleted veth:\n\(bridge.output)")
         let gone = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
         #expect(gone.first { $0.name == v }?.state == "absent", "\(gone.map { "\($0.name) \($0.state)" })")
+        // its counters survive its absence (they showed 0 for everything)
+        let counted = (try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))).first { $0.name == v }?.counters.receivedFrames ?? 0
+        #expect(counted > 0, "the absent port's counters: \(counted) frames received, want those from before it went")
         makeVeth()
         #expect(Lab.eventually { bridge.output.contains("port \(v): interface \(v) is back") }, "the new veth was not attached:\n\(bridge.output)")
+        let back = (try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))).first { $0.name == v }?.counters.receivedFrames ?? 0
+        #expect(back >= counted, "back, its counters went from \(counted) to \(back)")
         let pings = lab.ping(from: b, "10.77.0.1", count: 20, interval: "0.1")
         #expect(pings.received >= 19, "pings over the new veth: \(pings.output)\n\(bridge.output)")
         try OffloadTests.tcpBothWays(lab, b, a, "10.77.0.1", context: bridge.output)
@@ -195,6 +200,27 @@ struct RecipeDefectTests {
             let intervals = (root?["intervals"] as? [[String: Any]] ?? []).map { (($0["sum"] as? [String: Any])?["bytes"] as? Int) ?? 0 }
             #expect(intervals.count >= 6 && intervals[3...].allSatisfy { $0 > 0 }, "run \(run): bytes per second after the restart: \(intervals)\n\(client.output.suffix(800))")
         }
+        #expect(bridge.stop() == 0)
+    }
+
+    /// Labs.md's promise that `show ports` shows each port's link and what it did holds for the
+    /// text output too (only `--json` had it); `storm=` is on the port's start line, and storm
+    /// drops are said in the log (millions went by without a line).
+    /// ```
+    ///  ns a ── tap (storm=20) ── tapbridge ── tap (delay=5ms) ── ns b
+    /// ```
+    @Test func stormDropsAreSaidAndTheLinkIsShown() throws {
+        let lab = Lab()
+        let (a, b) = (lab.namespace("a"), lab.namespace("b"))
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", "\(ta),netns=\(a),addr=10.77.0.1/24,storm=20", "--port", "\(tb),netns=\(b),addr=10.77.0.2/24,delay=5ms", "--name", name])
+        #expect(Lab.eventually { lab.ping(from: a, "10.77.0.2", count: 1).received == 1 }, "\(bridge.output)")
+        #expect(bridge.output.contains("port \(ta): TAP created") && bridge.output.contains("storm 20 frames/s"), "\(bridge.output)")
+        lab.exec(a, ["ping", "-q", "-b", "-c", "300", "-i", "0.005", "10.77.0.255"], timeout: 20)
+        #expect(Lab.eventually { bridge.output.contains("port \(ta): storm control dropped") }, "\(bridge.output)")
+        let text = Host.run([Host.binary, "show", "ports", "--name", name]).output
+        #expect(text.range(of: #"\#(tb)\s+delay=5ms\s+[1-9][0-9]*\s+0"#, options: .regularExpression) != nil && text.contains("DELAYED"), "\(text)")
         #expect(bridge.stop() == 0)
     }
 }
