@@ -85,6 +85,9 @@ final class Namespaces {
                 note = " (it existed: kept on exit)"
             }
         } else {
+            if Self.inPrivateMountNamespace {
+                throw StartupError("netns=\(ns): tapbridge runs in a mount namespace of its own (under ip netns exec?), where a namespace it makes is seen only inside it: nothing outside could enter it. Make it first (ip netns add \(ns)), or run tapbridge outside ip netns exec")
+            }
             try ip(["netns", "add", ns])
             owned[ns] = []
             writeMarker(marker)
@@ -93,6 +96,24 @@ final class Namespaces {
         try ip(["-n", ns, "link", "set", "dev", "lo", "up"])
         return note
     }
+
+    /// Whether a namespace made here would be seen only by this process: `ip netns exec` gives
+    /// its command a mount namespace where /run/netns (or, before any namespace was made, the
+    /// root) is a slave mount (`master:N` and no `shared:N` in /proc/self/mountinfo), so the
+    /// bind mount `ip netns add` makes there does not propagate out. Outside, /run/netns is
+    /// shared. False when it cannot tell.
+    static let inPrivateMountNamespace: Bool = {
+        guard let text = try? String(contentsOfFile: "/proc/self/mountinfo", encoding: .utf8) else { return false }
+        // mount point → its optional fields (the last mount on a point wins)
+        var propagation: [Substring: [Substring]] = [:]
+        for line in text.split(separator: "\n") {
+            let f = line.split(separator: " ")
+            guard f.count > 7, let dash = f.firstIndex(of: "-"), dash >= 6 else { continue }
+            propagation[f[4]] = Array(f[6..<dash])
+        }
+        guard let fields = propagation["/run/netns"] ?? propagation["/"] else { return false }
+        return fields.contains { $0.hasPrefix("master:") } && !fields.contains { $0.hasPrefix("shared:") }
+    }()
 
     private func writeMarker(_ path: String) {
         try? FileManager.default.createDirectory(atPath: Self.markers, withIntermediateDirectories: true)

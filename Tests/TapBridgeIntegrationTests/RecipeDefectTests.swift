@@ -223,6 +223,24 @@ struct RecipeDefectTests {
         #expect(text.range(of: #"\#(tb)\s+delay=5ms\s+[1-9][0-9]*\s+0"#, options: .regularExpression) != nil && text.contains("DELAYED"), "\(text)")
         #expect(bridge.stop() == 0)
     }
+
+    /// `netns=` for a namespace tapbridge would make, from a bridge started under `ip netns
+    /// exec` (a mount namespace of its own, whose mounts do not propagate out): refused with one
+    /// line saying what to do. It used to make a namespace that `ip netns list` showed and
+    /// nothing could enter. A namespace that exists is used as before.
+    @Test func netnsUnderIPNetnsExecIsRefusedWithOneLine() throws {
+        let lab = Lab()
+        let t = lab.namespace("t")
+        let (ta, tb) = (lab.link("a"), lab.link("b"))
+        let missing = lab.namespaceName("m")
+        let r = lab.exec(t, [Host.binary, "--port", "\(ta),netns=\(missing)", "--control", "none"], timeout: 10)
+        #expect(r.status == 1 && r.output.contains("netns=\(missing): tapbridge runs in a mount namespace of its own") && r.output.split(separator: "\n").count == 1, "\(r.output)")
+        #expect(!Lab.namespaceExists(missing), "the namespace was made anyway")
+        let existing = lab.namespace("e")
+        let bridge = try lab.bridge(["--port", "\(tb),netns=\(existing),addr=10.77.0.2/24", "--control", "none"], in: t)
+        #expect(Lab.eventually { lab.exec(existing, ["ip", "link", "show", tb]).ok }, "an existing namespace is used:\n\(bridge.output)")
+        #expect(bridge.stop() == 0)
+    }
 }
 }
 
