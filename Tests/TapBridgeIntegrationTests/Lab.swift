@@ -331,6 +331,26 @@ final class Lab {
     }
     private var temporaryPaths: [String] = []
 
+    /// A veth from namespace `t` (10.88.0.1/24) to namespace `u`, where nothing answers: what
+    /// is sent to 10.88.0.99 there waits for an ARP answer that never comes.
+    func silentLink(from t: String, to u: String) {
+        let (d, e) = (link("d"), link("e"))
+        #expect(Host.run(["ip", "link", "add", d, "netns", t, "type", "veth", "peer", "name", e, "netns", u]).ok)
+        exec(t, ["ip", "addr", "add", "10.88.0.1/24", "dev", d])
+        exec(t, ["ip", "link", "set", d, "up"])
+        exec(u, ["ip", "link", "set", e, "up"])
+    }
+
+    /// `count` pings from `ns` to `address`, 100 ms apart: each reply's round trip (ms).
+    func roundTrips(from ns: String, to address: String, count: Int) -> (rtts: [Double], output: String) {
+        let r = exec(ns, ["ping", "-c", String(count), "-i", "0.1", "-W", "2", address], timeout: count / 10 + 15)
+        let rtts = r.output.split(separator: "\n").compactMap { line -> Double? in
+            guard let at = line.range(of: "time=") else { return nil }
+            return Double(line[at.upperBound...].prefix { $0.isNumber || $0 == "." })
+        }
+        return (rtts, r.output)
+    }
+
     /// The "N packets transmitted" figure of ping's summary (0 if absent).
     static func transmitted(_ pingOutput: String) -> Int {
         pingOutput.split(separator: "\n").first { $0.contains("packets transmitted") }?
