@@ -383,10 +383,9 @@ fail:;
     return -e;
 }
 
-int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu) {
+int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu, unsigned char *quote, int quote_cap, int *quote_length) {
     char control[256];
-    char byte;
-    struct iovec iov = {.iov_base = &byte, .iov_len = sizeof(byte)};
+    struct iovec iov = {.iov_base = quote, .iov_len = (size_t)(quote_cap > 0 ? quote_cap : 0)};
     struct msghdr msg;
     memset(&msg, 0, sizeof(msg));
     memset(peer, 0, 28);
@@ -396,7 +395,9 @@ int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu) {
     msg.msg_iovlen = 1;
     msg.msg_control = control;
     msg.msg_controllen = sizeof(control);
-    if (recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT) < 0) return errno == EAGAIN ? 0 : -errno;
+    ssize_t got = recvmsg(fd, &msg, MSG_ERRQUEUE | MSG_DONTWAIT);
+    if (got < 0) return errno == EAGAIN ? 0 : -errno;
+    *quote_length = (int)got;
     *error = 0;
     *mtu = 0;
     for (struct cmsghdr *cm = CMSG_FIRSTHDR(&msg); cm; cm = CMSG_NXTHDR(&msg, cm)) {

@@ -282,11 +282,12 @@ public final class Bridge {
     }
 
     /// Loops found, ports blocked for them, and ports blocked now.
-    public private(set) var loopStatistics = LoopStatistics()
+    public internal(set) var loopStatistics = LoopStatistics()
     /// Told of each loop found (at most once per pair of ports per `loopBlockTime`), and of
     /// each port unblocked: the daemon logs them.
     public var loopHandler: ((LoopReport) -> Void)? = nil
     var loopWatch = LoopWatch()
+    var echoWatch = EchoWatch()
 
     /// What the bridge did that an operator may want to watch (`--log-level debug`, `trace`).
     public enum Event: Sendable, Equatable {
@@ -431,6 +432,7 @@ public final class Bridge {
         if case .flood = decision, let limit = ports[p].configuration.stormLimit, !takeStormToken(p, limit: limit, now: now) {
             decision = .drop(.stormControl)
         }
+        if case .flood = decision, watchEcho(frame, from: ingress, at: now) { decision = .drop(.loopBlocked) }
         if case .drop(let reason) = decision { ports[p].counters.drops[reason.rawValue] &+= 1 }
         return decision
     }
@@ -572,12 +574,16 @@ public final class Bridge {
 /// or a port unblocked once its time was over.
 public enum LoopReport: Sendable, Equatable {
     case loop(PortID, PortID, moves: Int, blocked: PortID?)
+    /// The same frame flooded from one port `repeats` times within `EchoWatch.window`: a loop
+    /// that moves no MAC (`EchoWatch`).
+    case echo(PortID, repeats: Int, blocked: PortID?)
     case unblocked(PortID)
 }
 
 /// Bridge-wide loop counters (`show stats`, section `loops`).
 public struct LoopStatistics: Sendable, Equatable {
-    /// Loops found: MACs moving back and forth between two ports many times a second.
+    /// Loops found: MACs moving back and forth between two ports many times a second, or one
+    /// frame flooded again and again from one port (`EchoWatch`).
     public var detected: UInt64 = 0
     /// Times a port was blocked for one.
     public var blocks: UInt64 = 0
@@ -593,7 +599,7 @@ public struct LoopStatistics: Sendable, Equatable {
 
 extension LoopStatistics: CounterOwner {
     public static let counters: [Counter<Self>] = [
-        .init("detected", \.detected, "Loops found: MACs moving back and forth between two ports many times a second."),
+        .init("detected", \.detected, "Loops found: MACs moving back and forth between two ports many times a second, or one frame flooded again and again from one port."),
         .init("blocks", \.blocks, "Times a port was blocked because of a loop (--loop-protect)."),
         .init("ports_blocked", \.portsBlocked, "Ports blocked by loop protection now.", gauge: true),
     ]

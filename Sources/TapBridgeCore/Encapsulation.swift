@@ -47,9 +47,21 @@ public protocol EncapsulationFormat: AnyObject {
     func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int
     /// The inner frame of `datagram`, in place, or why it is dropped.
     func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram
+    /// Whether `quote`, the start of a datagram an ICMP error says could not be delivered
+    /// (what follows its UDP header), can be one this format sent to its peer. A lowered path
+    /// MTU is believed only then: the kernel takes any ICMP message that names this socket's
+    /// address and port, and one forged "fragmentation needed" used to lower a remote's path
+    /// to 552 bytes for good.
+    func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool
 }
 
 extension EncapsulationFormat {
+    /// Whether `frame` starts like an Ethernet frame this bridge forwards: a header, from a
+    /// valid (unicast, non-zero) source.
+    static func looksForwarded(_ frame: UnsafeRawBufferPointer) -> Bool {
+        frame.count >= 14 && MACAddress(reading: frame, at: 6).isValidSource
+    }
+
     /// The largest inner frame whose datagram fits an IP packet of `pathMTU` bytes: the path
     /// less the outer IP header (20 bytes, 40 for IPv6), UDP's 8 and what the format adds
     /// (VXLAN's 8-byte header). 1,464 for VXLAN over a 1500-byte IPv4 path (an IP MTU of
@@ -91,6 +103,15 @@ public final class VXLANFormat: EncapsulationFormat {
             return .drop(.malformedEncapsulation)
         }
     }
+
+    /// This VNI's header, as sent (flags 0x08, reserved bits zero), then an inner Ethernet
+    /// header from a valid source.
+    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool {
+        guard quote.count >= VXLANHeader.length else { return false }
+        var sent = header
+        let matches = withUnsafeBytes(of: &sent) { $0.elementsEqual(quote.prefix(VXLANHeader.length)) }
+        return matches && Self.looksForwarded(UnsafeRawBufferPointer(rebasing: quote.dropFirst(VXLANHeader.length)))
+    }
 }
 
 /// One Ethernet frame per datagram, nothing added.
@@ -103,6 +124,8 @@ public final class RawFormat: EncapsulationFormat {
     @inline(__always) public func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int { frameLength }
     /// The datagram is the frame (a runt is found by the bridge, like any short frame).
     @inline(__always) public func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram { .frame(datagram) }
+    /// An Ethernet header from a valid source.
+    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool { Self.looksForwarded(quote) }
 }
 
 /// A 24-bit VXLAN network identifier.

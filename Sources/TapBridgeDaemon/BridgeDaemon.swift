@@ -165,6 +165,8 @@ public final class BridgeDaemon {
             switch report {
             case .loop(let a, let b, let moves, let blocked):
                 logger.warning("probable loop between ports \(engine.name(of: a)) and \(engine.name(of: b)): MACs moved between them \(moves) times within a second (both ends of one link bridged? two bridges linked twice?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(options.bridge.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
+            case .echo(let port, let repeats, let blocked):
+                logger.warning("probable loop through port \(engine.name(of: port)): the same frame came in on it \(repeats) times within \(EchoWatch.windowDescription), flooded each time, with no MAC moving (both ends of one link bridged? a port that reflects what it is sent?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(options.bridge.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
             case .unblocked(let port):
                 logger.notice("port \(engine.name(of: port)): unblocked after a loop; it is blocked again if the loop is still there")
             }
@@ -191,6 +193,8 @@ public final class BridgeDaemon {
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },
                              action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
+        loop.add(TimerSource(due: { [unowned self] in tunnel?.nextPathRecheck(expiry: options.pathMTUExpiry) },
+                             action: { [unowned self] now in tunnel?.recheckPaths(at: now.nanoseconds, expiry: options.pathMTUExpiry) }))
         var nextStormLook = EventLoop.now().advanced(by: .seconds(1)).nanoseconds
         loop.add(TimerSource(due: { nextStormLook }, action: { [unowned self] now in
             logStormDrops(at: now)

@@ -25,6 +25,8 @@ extension BridgeDaemon {
         public var seedGiven = false
         public var maximumPeers = 64
         public var peerTimeout: Duration = .seconds(300)
+        /// How long a lowered path MTU is kept before the route's is tried again.
+        public var pathMTUExpiry: Duration = .seconds(600)
         /// Never forward between two remotes (default on).
         public var splitHorizon = true
         /// Offloads on TAP and packet ports (`--offload`), unless a port says otherwise.
@@ -79,6 +81,7 @@ extension BridgeDaemon.Options {
         seedGiven = settings.seed != nil
         maximumPeers = settings.maxPeers
         peerTimeout = duration(settings.peerTimeout)
+        pathMTUExpiry = duration(settings.pathMTUExpiry)
         splitHorizon = !settings.noSplitHorizon
         offload = settings.offload
         mirror = settings.mirrorOptions

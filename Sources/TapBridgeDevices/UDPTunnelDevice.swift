@@ -68,6 +68,10 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         /// Times a peer's path MTU was lowered (ICMP fragmentation needed / packet too big, or
         /// a train refused as too large).
         public var pathMTULowered: UInt64 = 0
+        /// ICMP "fragmentation needed" errors not believed (`EncapsulationFormat.mayHaveSent`).
+        public var icmpUnverified: UInt64 = 0
+        /// Times a lowered path MTU was raised back to the route's (`--path-mtu-expiry`).
+        public var pathMTURaised: UInt64 = 0
         /// Frames split horizon kept from a remote: not the device's count but the bridge's
         /// (`Bridge.horizonWithheld`), which the report puts here, beside the remotes'.
         public var splitHorizon: UInt64 = 0
@@ -89,6 +93,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     /// Messages (datagrams or trains) read from the socket so far.
     var messagesRead = 0
     var unknownLog = LogThrottle()
+    var unverifiedLog = LogThrottle()
     /// `--accept-peers`, or nil: unknown senders are dropped.
     var admission: PeerAdmission? = nil
 
@@ -442,8 +447,19 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         while let e = socket.nextError() {
             let index = e.destination.flatMap { table.byAddress[$0] }
             if e.error == EMSGSIZE {
-                // fragmentation needed / packet too big: the path shrank, the peer is still there
-                if let index, e.mtu > 0 { lowerPath(index, to: e.mtu, because: "the network reported a smaller path (ICMP)") }
+                // fragmentation needed / packet too big: the path shrank, the peer is still
+                // there; believed only if it quotes a datagram this bridge sent that peer
+                if let index, e.mtu > 0 {
+                    let believed = e.quote.withUnsafeBytes { table[index].format.mayHaveSent($0) }
+                    if believed {
+                        lowerPath(index, to: e.mtu, because: "the network reported a smaller path (ICMP)")
+                    } else {
+                        counters.icmpUnverified &+= 1
+                        if let n = unverifiedLog.admit(at: Instant(nanoseconds: ctb_monotonic_ns())) {
+                            logger.warning("remote \(table[index].address): ignored \(n) ICMP 'fragmentation needed' (MTU \(e.mtu)) that quote\(n == 1 ? "s" : "") no datagram this bridge sent it (forged, or a router that quotes too little); its path MTU stays \(table[index].pathMTU)")
+                        }
+                    }
+                }
             } else if let index {
                 markUnreachable(index, e.error)
             } else {
@@ -458,6 +474,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         let mtu = max(reported, 552)
         guard mtu < table[index].pathMTU else { return }
         table.setPathMTU(mtu, of: index)
+        table[index].loweredAt = ctb_monotonic_ns()
         counters.pathMTULowered &+= 1
         logger.notice("remote \(table[index].address): path MTU now \(mtu) (\(why)); TCP segments for it are cut to fit, frames up to \(table[index].maximumFrameLength) bytes travel whole, larger ones are fragmented by the kernel")
     }
@@ -469,6 +486,32 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         let first = table[index].unauthenticated == 1
         guard let count = table[index].refusalLog.admit(at: Instant(nanoseconds: now)) else { return }
         logger.warning("remote \(table[index].address): \(first ? "refusing its datagrams: they do not authenticate (it holds another key, or someone sends in its name)" : "still refusing its datagrams (\(count) more)"); frames from it are dropped as unauthenticated")
+    }
+
+    /// When the first lowered path MTU is `expiry` old (nil: none is lowered).
+    public func nextPathRecheck(expiry: Duration) -> Int64? {
+        table.peers.lazy.compactMap { $0?.loweredAt }.min().map { $0 &+ expiry.nanoseconds }
+    }
+
+    /// Paths lowered `expiry` ago or more are raised back to their route's MTU (RFC 8899's
+    /// idea, as the kernel's own PMTU entries expire): a path that is really still smaller
+    /// is found again by the ICMP error of the next datagram too large for it, and a lowering
+    /// that was wrong (a router that has been fixed) costs no more than `expiry`.
+    public func recheckPaths(at now: Int64, expiry: Duration) {
+        for index in table.peers.indices {
+            guard let lowered = table.peers[index]?.loweredAt, now &- lowered >= expiry.nanoseconds else { continue }
+            let route = socket.pathMTU(to: table[index].address) ?? 1500
+            // the route says no more (the kernel's own entry has not expired): again later
+            guard route > table[index].pathMTU else {
+                table[index].loweredAt = now
+                continue
+            }
+            table[index].loweredAt = nil
+            let was = table[index].pathMTU
+            table.setPathMTU(route, of: index)
+            counters.pathMTURaised &+= 1
+            logger.notice("remote \(table[index].address): path MTU back to \(route), the route's (it was lowered to \(was) \(expiry) ago); a path still smaller is found again by its next ICMP error")
+        }
     }
 
     /// Counts an unreachable error for peer `index`; logs when the peer goes from up to
@@ -514,6 +557,8 @@ extension UDPTunnelDevice.Statistics: CounterOwner {
         .init("trains_refused", \.trainsRefused, "Trains the kernel refused (a remote's path MTU lowered, or UDP GSO turned off)."),
         .init("fragmented", \.fragmented, "Datagrams larger than their remote's path MTU, fragmented by the kernel."),
         .init("path_mtu_lowered", \.pathMTULowered, "Times a remote's path MTU was lowered (ICMP, or a refused train)."),
+        .init("path_mtu_raised", \.pathMTURaised, "Times a remote's lowered path MTU was raised back to the route's after --path-mtu-expiry."),
+        .init("icmp_unverified", \.icmpUnverified, "ICMP 'fragmentation needed' errors ignored: they quote no datagram this bridge sent (forged, or from a router that quotes too little)."),
         .init("split_horizon", \.splitHorizon, "Frames split horizon kept from a remote of the sender's group (flooded copies and unicast)."),
     ]
 }

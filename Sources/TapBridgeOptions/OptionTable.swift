@@ -206,6 +206,9 @@ public enum OptionTable {
         value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", default: "300", render: { "\($0.peerTimeout)" }) { s, v throws(OptionError) in
             s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)
         },
+        value("path-mtu-expiry", "seconds", .remotes, "Seconds a remote's path MTU, once lowered by an ICMP error (or a refused train), is kept before the route's is tried again; a path still smaller is found again by its next ICMP error (the kernel keeps its own for net.ipv4.route.mtu_expires, 600 s by default).", default: "600", render: { "\($0.pathMTUExpiry)" }) { s, v throws(OptionError) in
+            s.pathMTUExpiry = try seconds(v, above: 0, atMost: 1_000_000)
+        },
         flag("no-split-horizon", \.noSplitHorizon, .remotes, "Every remote's horizon defaults to off: forward between VXLAN remotes too (hub-and-spoke relays). Loops if the remotes also reach each other directly."),
         value("ageing", aliases: ["aging"], "seconds", .table, "Seconds a learned MAC lives without traffic.", default: "300", render: { "\($0.ageing)" }) { s, v throws(OptionError) in
             s.ageing = try seconds(v, above: 0, atMost: 1_000_000)
@@ -222,7 +225,7 @@ public enum OptionTable {
             guard let n = UInt64(v) else { throw OptionError(reason: "must be a number 0-18446744073709551615, got \(v)") }
             s.seed = n
         },
-        value("loop-protect", "on|off", .table, "on: a loop (MACs moving back and forth between two ports, 8 times within a second) blocks the port of the two added later for 10 s, then it is tried again; off: the loop is only logged and counted. Either way it is named in the log and counted in show stats.",
+        value("loop-protect", "on|off", .table, "on: a loop (MACs moving back and forth between two ports, 8 times within a second; or one frame flooded from one port 32 times within 100 ms, a loop that moves no MAC) blocks a port (the one of the two added later; the one the frame keeps coming in on) for 10 s, then it is tried again; off: the loop is only logged and counted. Either way it is named in the log and counted in show stats.",
               default: "on", render: { $0.loopProtect ? "on" : "off" }, apply: { s, v throws(OptionError) in s.loopProtect = try onOff(v) }),
         flag("forward-link-local", \.forwardLinkLocal, .table, "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default."),
         value("mirror", "path", .mirror, "Write a copy of every frame the bridge receives (before the forwarding decision, so drops show too) to this pcap file; - for standard output (tapbridge ... --mirror - | tcpdump -n -r -).",

@@ -25,6 +25,7 @@ public struct Settings: Sendable {
     public var keyFile: String? = nil
     public var maxPeers = 64
     public var peerTimeout = 300.0
+    public var pathMTUExpiry = 600.0
     public var noSplitHorizon = false
     public var mirror: String? = nil
     public var mirrorFilter: String? = nil

@@ -96,10 +96,15 @@ public final class FakeDatagramSocket: DatagramSocket {
         }
     }
 
+    /// What an ICMP error quotes, by destination; without one, the start of the last datagram
+    /// sent there (as a router quotes the datagram it could not forward), or nothing.
+    public var icmpQuotes: [SocketAddress: [UInt8]] = [:]
+
     public func nextError() -> QueuedError? {
         guard !icmpErrors.isEmpty else { return nil }
         let e = icmpErrors.removeFirst()
-        return QueuedError(destination: e.destination, error: e.error, mtu: e.error == EMSGSIZE ? reportedMTU : 0)
+        let quote = icmpQuotes[e.destination] ?? sent.last { $0.address == e.destination }.map { Array($0.bytes.prefix(QueuedError.quoteCapacity)) } ?? []
+        return QueuedError(destination: e.destination, error: e.error, mtu: e.error == EMSGSIZE ? reportedMTU : 0, quote: quote)
     }
 
     public func pathMTU(to address: SocketAddress) -> Int? { pathMTUs[address] ?? defaultPathMTU }

@@ -76,6 +76,40 @@ struct StormAndLoopTests {
         #expect(lan.bridge.loopStatistics.detected == 2 && lan.bridge.loopStatistics.portsBlocked == 1)
     }
 
+    /// Port 1 wired back to port 0 (both ends of one veth): a broadcast goes out of 1 and in at
+    /// 0 again, its source learned on port 0 every time, so no MAC moves. The same frame
+    /// flooded again and again from one port is the loop: found, named, broken by blocking
+    /// port 0; a host that sends one frame again at 10 a second is never taken for one.
+    @Test func aLoopThatMovesNoMACIsFoundByItsEcho() {
+        let lan = VirtualLAN(ports: 3)
+        var reports: [LoopReport] = []
+        lan.bridge.loopHandler = { reports.append($0) }
+        lan.inject(Self.broadcast, on: 0)
+        var carried = 0
+        for _ in 0..<1000 {
+            lan.runUntilIdle()
+            let out = lan.transmitted(on: 1)
+            _ = lan.transmitted(on: 2)
+            if out.isEmpty { break }
+            for f in out { lan.inject(f, on: 0) }
+            carried += out.count
+            lan.clock.advance(by: .microseconds(50))
+        }
+        #expect(carried < 40, "the loop went on for \(carried) frames")
+        #expect(reports == [.echo(lan.ports[0], repeats: 32, blocked: lan.ports[0])], "\(reports)")
+        #expect(lan.bridge.loopStatistics == LoopStatistics(detected: 1, blocks: 1, portsBlocked: 1))
+        // the same frame again and again, 10 a second, from a host on port 2: never a loop
+        let lan2 = VirtualLAN(ports: 2)
+        var reports2: [LoopReport] = []
+        lan2.bridge.loopHandler = { reports2.append($0) }
+        for _ in 0..<200 {
+            lan2.inject(Self.broadcast, on: 0)
+            lan2.runUntilIdle()
+            lan2.clock.advance(by: .milliseconds(100))
+        }
+        #expect(reports2.isEmpty && lan2.transmitted(on: 1).count == 200, "\(reports2)")
+    }
+
     @Test func withoutLoopProtectionTheLoopIsReportedOnce() {
         let lan = VirtualLAN(ports: 3, configuration: Bridge.Configuration(loopProtect: false))
         var reports: [LoopReport] = []

@@ -193,6 +193,42 @@ struct RecipeDefectTests {
         #expect(Lab.eventually { lab.exec(existing, ["ip", "link", "show", tb]).ok }, "an existing namespace is used:\n\(bridge.output)")
         #expect(bridge.stop() == 0)
     }
+
+    /// Both ends of one veth bridged, and one broadcast sent by the veth's own side: it went
+    /// round a one-way loop (in at w, out at v, across the veth, in at w again) at about
+    /// 122,000 frames a second, and since its source is learned on w every time, no MAC moved
+    /// and the MAC-move guard never fired. The same frame flooded again and again from one
+    /// port is found as the loop it is, named in the log, and broken by blocking the port.
+    /// ```
+    ///  tapbridge [ns t] ── packet socket v ══ veth ══ w ── packet socket ── tapbridge
+    ///                        (one broadcast sent into v from outside the bridge)
+    /// ```
+    @Test func aLoopThatMovesNoMACIsCaught() throws {
+        let lab = Lab()
+        let t = lab.namespace("t")
+        let (v, w) = (lab.link("v"), lab.link("w"))
+        #expect(lab.exec(t, ["ip", "link", "add", v, "type", "veth", "peer", "name", w]).ok)
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--port", "\(v),mode=packet", "--port", "\(w),mode=packet", "--name", name], in: t)
+        #expect(Lab.eventually { bridge.output.contains("forwarding between 2 port(s)") }, "\(bridge.output)")
+        let sent = lab.exec(t, ["/usr/bin/python3", "-c", """
+            import socket
+            s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+            s.bind(("\(v)", 0))
+            s.send(b"\\xff" * 6 + bytes.fromhex("020000000099") + b"\\x88\\xb5" + bytes(50))
+            print("sent")
+            """])
+        #expect(sent.output.contains("sent"), "\(sent.output)")
+        #expect(Lab.eventually { bridge.output.contains("probable loop through port \(w)") }, "\(bridge.output)")
+        // after that, the loop is gone: w takes (nearly) nothing more
+        usleep(500_000)
+        let before = Lab.portCounters(bridge, port: w)["rx_frames"] ?? 0
+        usleep(2_000_000)
+        let after = Lab.portCounters(bridge, port: w)["rx_frames"] ?? 0
+        #expect(after - before < 100, "frames that went round the loop in 2 s after it was found: \(after - before) (\(before) before)")
+        #expect(Lab.statsSection(bridge, "loops")["detected"] ?? 0 >= 1)
+        #expect(bridge.stop() == 0)
+    }
 }
 }
 
@@ -240,6 +276,65 @@ struct AttackDefectTests {
         #expect(stop < 2, "SIGTERM took \(stop) s: it waited for the resolver")
         let failures = bridge.output.split(separator: "\n").filter { $0.contains("port far: cannot resolve nowhere.invalid") }
         #expect(failures.count <= 1, "the failure should be said once: \(failures.count) lines\n\(bridge.output)")
+    }
+
+    /// A remote's path MTU belongs to what really happens on the path. One forged ICMP
+    /// "fragmentation needed" (MTU 68) that names the bridge's socket but quotes nothing it
+    /// sent is ignored (it lowered the path to 552 for good: 2.7 times the datagrams); a router
+    /// whose next hop really is 1400 lowers it, TCP goes on without fragments, and once the
+    /// router is back to 1500 the path is raised again after `--path-mtu-expiry`.
+    /// ```
+    ///  ns a ── tap ── tapbridge [h1 10.76.1.1] ── veth ── [r] ── veth (1500, then 1400, then 1500) ── [h2 10.76.2.1] tapbridge ── tap ── ns b
+    /// ```
+    @Test func aForgedICMPChangesNothingAndARealPathIsFollowedBothWays() throws {
+        let lab = Lab()
+        let (a, b, h1, h2, r) = (lab.namespace("a"), lab.namespace("b"), lab.namespace("h1"), lab.namespace("h2"), lab.namespace("r"))
+        let (u1, r1, r2, u2, ta, tb) = (lab.link("u1"), lab.link("r1"), lab.link("r2"), lab.link("u2"), lab.link("a"), lab.link("b"))
+        #expect(Host.run(["ip", "link", "add", u1, "netns", h1, "type", "veth", "peer", "name", r1, "netns", r]).ok)
+        #expect(Host.run(["ip", "link", "add", u2, "netns", h2, "type", "veth", "peer", "name", r2, "netns", r]).ok)
+        for (ns, dev, address, via) in [(h1, u1, "10.76.1.1/24", "10.76.1.254"), (h2, u2, "10.76.2.1/24", "10.76.2.254")] {
+            lab.exec(ns, ["ip", "addr", "add", address, "dev", dev]); lab.exec(ns, ["ip", "link", "set", dev, "up"])
+            lab.exec(ns, ["ip", "route", "add", "default", "via", via])
+            // the kernel's own PMTU entries live 2 s here (600 by default)
+            lab.exec(ns, ["sysctl", "-qw", "net.ipv4.route.mtu_expires=2"])
+        }
+        lab.exec(r, ["ip", "addr", "add", "10.76.1.254/24", "dev", r1]); lab.exec(r, ["ip", "link", "set", r1, "up"])
+        lab.exec(r, ["ip", "addr", "add", "10.76.2.254/24", "dev", r2]); lab.exec(r, ["ip", "link", "set", r2, "up"])
+        lab.exec(r, ["sysctl", "-qw", "net.ipv4.ip_forward=1"])
+        let name = lab.bridgeName()
+        let one = try lab.bridge(["--name", name, "--port", ta, "--remote", "10.76.2.1:4789", "--path-mtu-expiry", "3"], in: h1)
+        let two = try lab.bridge(["--port", tb, "--remote", "10.76.1.1:4789"], in: h2)
+        #expect(lab.waitForLinks([ta], in: h1) && lab.waitForLinks([tb], in: h2), "\(one.output)\(two.output)")
+        lab.place(ta, in: a, address: "10.77.0.1/24", from: h1)
+        lab.place(tb, in: b, address: "10.77.0.2/24", from: h2)
+        #expect(Lab.eventually { lab.ping(from: a, "10.77.0.2", count: 1).received == 1 }, "\(one.output)\(two.output)")
+        let path = { (try? ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name)))?.first { $0.kind == "remote" }?.remote?.pathMtu ?? -1 }
+        #expect(path() == 1500)
+        // forged, from the router's address: it names the bridge's socket and quotes garbage
+        let forged = lab.exec(r, ["/usr/bin/python3", "-c", """
+            from scapy.all import IP, ICMP, UDP, send
+            quoted = IP(src="10.76.1.1", dst="10.76.2.1", flags="DF", len=1500) / UDP(sport=4789, dport=4789, len=1480) / (b"\\xab" * 40)
+            send(IP(src="10.76.1.254", dst="10.76.1.1") / ICMP(type=3, code=4, nexthopmtu=68) / bytes(quoted), verbose=False)
+            print("sent")
+            """], timeout: 30)
+        #expect(forged.output.contains("sent"), "\(forged.output)")
+        #expect(Lab.eventually { one.output.contains("ignored 1 ICMP 'fragmentation needed' (MTU 68)") }, "\(one.output)")
+        #expect(path() == 1500, "a forged ICMP changed the path to \(path())")
+        // the real thing: the router's next hop is 1400
+        usleep(2_500_000)  // (the kernel's own entry from the forgery expires: it would fragment locally)
+        lab.exec(r, ["ip", "link", "set", r2, "mtu", "1400"])
+        lab.exec(h2, ["ip", "link", "set", u2, "mtu", "1400"])
+        _ = try lab.iperf(from: a, to: b, address: "10.77.0.2", seconds: 1)
+        #expect(Lab.eventually { path() == 1400 }, "the real 1400-byte path was not found: \(path())\n\(one.output)")
+        let before = lab.fragmentsCreated(in: h1)
+        try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: one.output + two.output)
+        #expect(lab.fragmentsCreated(in: h1) == before, "IP fragments on h1 over the 1400-byte path")
+        // back to 1500: raised again after --path-mtu-expiry (3 s) and the kernel's own 2 s
+        lab.exec(r, ["ip", "link", "set", r2, "mtu", "1500"])
+        lab.exec(h2, ["ip", "link", "set", u2, "mtu", "1500"])
+        #expect(Lab.eventually(within: 15) { path() == 1500 }, "the path was not raised again: \(path())\n\(one.output)")
+        #expect(one.output.contains("path MTU back to 1500"), "\(one.output)")
+        #expect(one.stop() == 0 && two.stop() == 0)
     }
 
     /// 2,000 TAP ports: start-up is linear in the ports, two of them forward TCP both ways,

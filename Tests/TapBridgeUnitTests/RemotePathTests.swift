@@ -104,8 +104,13 @@ struct RemotePathTests {
         #expect(t.device.statistics.fragmented == 4, "\(t.device.statistics)")
     }
 
+    /// What a router quotes of a datagram this bridge sent the peer: the VXLAN header of VNI
+    /// 5, then an inner Ethernet header.
+    static let quoteOfOurs: [UInt8] = [0x08, 0, 0, 0, 0, 0, 5, 0] + [0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0xFF, 0x02, 0, 0, 0, 0, 1, 0x08, 0x00]
+
     @Test func anICMPTooBigLowersThePathAndTheNextSegmentsFitIt() throws {
         let t = try RemotePathTests()
+        t.socket.icmpQuotes[Self.peer] = Self.quoteOfOurs
         t.socket.icmpErrors = [(Self.peer, EMSGSIZE)]
         t.socket.reportedMTU = 1400
         _ = try t.lan.engine.service(t.device, at: t.lan.clock.now)
@@ -118,10 +123,44 @@ struct RemotePathTests {
         #expect(t.datagrams.allSatisfy { $0.count <= 1372 }, "\(t.datagrams.map(\.count))")
         #expect(t.innerTCP().payload == Array(frame.dropFirst(54)))
         // a larger MTU reported later is not taken: paths are raised only by measuring again
+        t.socket.icmpQuotes[Self.peer] = Self.quoteOfOurs
         t.socket.icmpErrors = [(Self.peer, EMSGSIZE)]
         t.socket.reportedMTU = 1450
         _ = try t.lan.engine.service(t.device, at: t.lan.clock.now)
         #expect(t.device.peer(of: t.remote)?.pathMTU == 1400)
+    }
+
+    /// One forged "fragmentation needed" (MTU 68) that quotes no datagram this bridge sent
+    /// (another VNI, garbage, nothing at all) changes nothing; one that quotes ours lowers the
+    /// path, which goes back to the route's after `--path-mtu-expiry`.
+    @Test func aForgedICMPChangesNothingAndALoweredPathExpires() throws {
+        let t = try RemotePathTests()
+        t.socket.reportedMTU = 68
+        for forged in [[UInt8](), Array(repeating: 0xAB, count: 40), [0x08, 0, 0, 0, 0, 0, 6, 0] + Array(Self.quoteOfOurs.dropFirst(8))] {
+            t.socket.icmpQuotes[Self.peer] = forged
+            t.socket.icmpErrors = [(Self.peer, EMSGSIZE)]
+            _ = try t.lan.engine.service(t.device, at: t.lan.clock.now)
+            #expect(t.device.peer(of: t.remote)?.pathMTU == 1500, "a forged quote \(forged.prefix(8)) lowered the path")
+        }
+        #expect(t.device.statistics.icmpUnverified == 3 && t.device.statistics.pathMTULowered == 0, "\(t.device.statistics)")
+        #expect(t.device.nextPathRecheck(expiry: .seconds(600)) == nil)
+        t.socket.icmpQuotes[Self.peer] = Self.quoteOfOurs
+        t.socket.reportedMTU = 1400
+        t.socket.icmpErrors = [(Self.peer, EMSGSIZE)]
+        _ = try t.lan.engine.service(t.device, at: t.lan.clock.now)
+        #expect(t.device.peer(of: t.remote)?.pathMTU == 1400)
+        var due = try #require(t.device.nextPathRecheck(expiry: .seconds(600)))
+        t.device.recheckPaths(at: due - 1, expiry: .seconds(600))
+        #expect(t.device.peer(of: t.remote)?.pathMTU == 1400, "raised before its time")
+        // the route still says 1400 (the kernel's entry lives on): kept, and looked at again later
+        t.socket.pathMTUs[Self.peer] = 1400
+        t.device.recheckPaths(at: due, expiry: .seconds(600))
+        #expect(t.device.peer(of: t.remote)?.pathMTU == 1400 && t.device.nextPathRecheck(expiry: .seconds(600)) == due + 600_000_000_000)
+        t.socket.pathMTUs[Self.peer] = 1500
+        due += 600_000_000_000
+        t.device.recheckPaths(at: due, expiry: .seconds(600))
+        #expect(t.device.peer(of: t.remote)?.pathMTU == 1500 && t.device.statistics.pathMTURaised == 1, "\(t.device.statistics)")
+        #expect(t.device.nextPathRecheck(expiry: .seconds(600)) == nil)
     }
 
     /// The kernel refuses a train as too large: the route's MTU shrank since the peer was

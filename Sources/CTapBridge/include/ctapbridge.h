@@ -101,8 +101,10 @@ int ctb_udp_open(const struct sockaddr *addr, unsigned int addr_len, int buffer_
 /// address the failed datagram was sent to goes to `peer` (28 bytes, sockaddr_in or
 /// sockaddr_in6), its errno (ECONNREFUSED, EHOSTUNREACH, EMSGSIZE, ...) to `error`, and for
 /// EMSGSIZE (ICMP fragmentation needed / packet too big) the MTU it reported to `mtu` (else 0).
-/// Returns 1, or 0 when the queue is empty, or -errno.
-int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu);
+/// The start of the datagram the error quotes (what follows its UDP header, as much as the
+/// ICMP message carried, at most `quote_cap` bytes) goes to `quote`, its length to
+/// `quote_length`. Returns 1, or 0 when the queue is empty, or -errno.
+int ctb_udp_read_error(int fd, unsigned char *peer, int *error, int *mtu, unsigned char *quote, int quote_cap, int *quote_length);
 /// The MTU of the route towards `addr` (the kernel's cached path MTU if it learned a smaller
 /// one), found by connecting a throwaway UDP socket (nothing is sent); or -errno.
 int ctb_path_mtu(const struct sockaddr *addr, unsigned int addr_len);

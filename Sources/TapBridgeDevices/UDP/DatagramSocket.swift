@@ -36,11 +36,17 @@ public struct QueuedError: Sendable, Equatable {
     public var error: Int32
     /// With EMSGSIZE, the MTU the router reported; else 0.
     public var mtu: Int
+    /// The start of the datagram the ICMP message quotes, after its UDP header (at most
+    /// `QueuedError.quoteCapacity` bytes; empty if the message quoted no more than the
+    /// headers): what tells a datagram this bridge sent from a forgery.
+    public var quote: [UInt8]
+    public static let quoteCapacity = 64
 
-    public init(destination: SocketAddress?, error: Int32, mtu: Int = 0) {
+    public init(destination: SocketAddress?, error: Int32, mtu: Int = 0, quote: [UInt8] = []) {
         self.destination = destination
         self.error = error
         self.mtu = mtu
+        self.quote = quote
     }
 }
 
@@ -91,9 +97,13 @@ public final class KernelDatagramSocket: DatagramSocket {
 
     public func nextError() -> QueuedError? {
         var address = (UInt64(0), UInt64(0), UInt64(0), UInt32(0))  // 28 bytes
-        var error: Int32 = 0, mtu: Int32 = 0
-        guard withUnsafeMutableBytes(of: &address, { ctb_udp_read_error(fd, $0.baseAddress!.assumingMemoryBound(to: UInt8.self), &error, &mtu) }) == 1 else { return nil }
-        return QueuedError(destination: withUnsafeBytes(of: &address) { SocketAddress($0.baseAddress!) }, error: error, mtu: Int(mtu))
+        var error: Int32 = 0, mtu: Int32 = 0, quoted: Int32 = 0
+        var quote = [UInt8](repeating: 0, count: QueuedError.quoteCapacity)
+        guard withUnsafeMutableBytes(of: &address, { a in
+            ctb_udp_read_error(fd, a.baseAddress!.assumingMemoryBound(to: UInt8.self), &error, &mtu, &quote, Int32(quote.count), &quoted)
+        }) == 1 else { return nil }
+        quote.removeLast(quote.count - min(max(Int(quoted), 0), quote.count))
+        return QueuedError(destination: withUnsafeBytes(of: &address) { SocketAddress($0.baseAddress!) }, error: error, mtu: Int(mtu), quote: quote)
     }
 
     public func pathMTU(to address: SocketAddress) -> Int? { address.pathMTU }

@@ -35,6 +35,8 @@ struct PeerTable {
         /// The IP MTU of the path towards the peer: the route's, lowered when the kernel
         /// reports a smaller one (ICMP fragmentation needed / packet too big).
         var pathMTU: Int
+        /// When `pathMTU` was last lowered below the route's (monotonic ns), nil if it was not.
+        var loweredAt: Int64? = nil
         /// The largest inner frame whose datagram fits `pathMTU` (`EncapsulationFormat.frameLimit`).
         var maximumFrameLength: Int
         /// Datagrams sent to it larger than its path, which the kernel fragments.

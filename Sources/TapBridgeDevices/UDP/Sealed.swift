@@ -287,6 +287,16 @@ public final class SealedFormat: EncapsulationFormat {
         if !probing { keyring.accept(session, counter: counter, cipher: cipher) }
         return .frame(frame)
     }
+
+    /// This version and VNI, this bridge's sending session, and a counter it has used: a
+    /// forger would have to have seen the datagram (the rest is ciphertext).
+    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool {
+        guard quote.count >= 24, quote[0] == Sealed.version else { return false }
+        let got = UInt32(quote[4]) << 16 | UInt32(quote[5]) << 8 | UInt32(quote[6])
+        let session = UInt64(bigEndian: quote.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
+        let counter = UInt64(bigEndian: quote.loadUnaligned(fromByteOffset: 16, as: UInt64.self))
+        return got == vni.rawValue && session == keyring.sendSession && counter < keyring.sendCounter
+    }
 }
 
 /// What a remote's datagrams are made of: its encapsulation, its VNI and, sealed, the key

@@ -4,7 +4,7 @@ import TapBridgeDevices
 
 /// Datagrams as a remote's socket delivers them. The input's first byte picks the check:
 /// 0-1: the bytes as a VXLAN datagram (VNI 42) and as a raw one: an opened frame is the
-/// datagram's bytes after the header, in place; 2-255: sealed datagrams, made by a sender
+/// datagram's bytes after the header, in place; and as an ICMP error's quote; 2-255: sealed datagrams, made by a sender
 /// holding the key from the input's frames, then some corrupted (the input says which byte
 /// and how) and some repeated, with time passing: every intact datagram opens to exactly its
 /// frame, once, and no corrupted or repeated one opens at all. The receiver opens each at the
@@ -28,6 +28,10 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
             }
         }
         _ = VXLANHeader.decode(body)
+        // the same bytes as what an ICMP error quotes: believed only if they start with the
+        // format's own header (and, for VXLAN, VNI 42)
+        if vxlan.mayHaveSent(body) { precondition(body.count >= 22 && body[0] == 0x08 && body[6] == 42) }
+        if raw.mayHaveSent(body) { precondition(body.count >= 14) }
         return
     }
     // sealed: records of [length][edit position][edit value][frame bytes]
