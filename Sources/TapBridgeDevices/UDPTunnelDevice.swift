@@ -94,6 +94,8 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     var messagesRead = 0
     var unknownLog = LogThrottle()
     var unverifiedLog = LogThrottle()
+    /// Peers whose datagrams do not authenticate now (`refused`); 0 almost always.
+    var refusingPeers = 0
     /// `--accept-peers`, or nil: unknown senders are dropped.
     var admission: PeerAdmission? = nil
 
@@ -166,7 +168,9 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
             .map { ($0.address, $0.pathMTU, min($0.maximumFrameLength - 14, 1500)) }
     }
 
-    public func didRemovePort(_ port: PortID) { table.remove(port: port) }
+    public func didRemovePort(_ port: PortID) {
+        if let gone = table.remove(port: port), gone.unauthenticated > 0 { refusingPeers -= 1 }
+    }
 
     /// The peer that is bridge port `port`.
     public func peer(of port: PortID) -> RemotePeer? { table.description(of: port) }
@@ -293,10 +297,12 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
             if reason == .unauthenticated { refused(peer: index, now: now) }
             return nil
         }
-        if table[index].unauthenticated > 0 {
+        // (one load on the data path: a peer's own count is read only while some peer refuses)
+        if refusingPeers > 0, table[index].unauthenticated > 0 {
             logger.notice("remote \(table[index].address): its datagrams authenticate again (\(table[index].unauthenticated) refused before)")
             table[index].unauthenticated = 0
             table[index].refusalLog = LogThrottle(interval: .seconds(60))
+            refusingPeers -= 1
         }
         // only a well-formed frame proves a peer alive (garbage must not keep a spoofed one)
         if let header = EthernetHeader(UnsafeRawBufferPointer(frame)), header.source.isValidSource {
@@ -484,6 +490,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     func refused(peer index: Int, now: Int64) {
         table[index].unauthenticated &+= 1
         let first = table[index].unauthenticated == 1
+        if first { refusingPeers += 1 }
         guard let count = table[index].refusalLog.admit(at: Instant(nanoseconds: now)) else { return }
         logger.warning("remote \(table[index].address): \(first ? "refusing its datagrams: they do not authenticate (it holds another key, or someone sends in its name)" : "still refusing its datagrams (\(count) more)"); frames from it are dropped as unauthenticated")
     }

@@ -121,6 +121,13 @@ struct SealedTests {
     @Test func anotherKeyOrAnotherVNIGetsNothingThrough() throws {
         let wrongKey = try Pair(trains: false, senderKey: Self.otherKey)
         #expect(try wrongKey.receive(wrongKey.send([Self.frame(1)])).isEmpty && wrongKey.drops(.unauthenticated) == 1)
+        // said, not only counted: the remote is refusing, with why, until a datagram authenticates
+        let refusing = try #require(wrongKey.deviceB.peer(of: wrongKey.portB))
+        #expect(refusing.refusing == 1 && refusing.unreachableReason?.contains("do not authenticate") == true, "\(refusing)")
+        let right = try Pair(trains: false)
+        let good = right.send([Self.frame(2)])
+        _ = try wrongKey.receive(good)  // (B's key is the right one: the same key ring as `right`'s receiver holds)
+        #expect(wrongKey.deviceB.peer(of: wrongKey.portB)?.refusing == 0 && wrongKey.deviceB.refusingPeers == 0, "\(String(describing: wrongKey.deviceB.peer(of: wrongKey.portB)))")
         let wrongVNI = try Pair(trains: false, receiverVNI: VNI(10)!)
         #expect(try wrongVNI.receive(wrongVNI.send([Self.frame(1)])).isEmpty && wrongVNI.drops(.vniMismatch) == 1)
     }
