@@ -252,9 +252,12 @@ extension BridgeDaemon {
     /// A device failed (its interface deleted underneath, an error): its ports go, forwarding
     /// goes on between the others.
     func portFailed(_ device: any PortDevice, _ error: PortError) {
-        let removed = engine.ports(of: device).map { engine.name(of: $0) }
+        let gone = engine.ports(of: device)
+        let removed = gone.map { engine.name(of: $0) }
         var counts: [String: PortCounters] = [:]
-        for port in engine.ports(of: device) { counts[engine.name(of: port)] = engine.bridge.counters(of: port) }
+        for port in gone { counts[engine.name(of: port)] = engine.bridge.counters(of: port) }
+        /// A port that waits to come back keeps what it counted.
+        func carry(_ name: String) { if let c = counts[name] { carried[name, default: PortCounters()].add(c) } }
         engine.removeDevice(device)
         for name in removed {
             impaired[name] = nil
@@ -264,14 +267,14 @@ extension BridgeDaemon {
                     let line = "port \(name): \(error.operation); port removed"
                     if error.code == EPROTO { logger.warning("\(line)") } else { logger.info("\(line)") }
                 } else if let spec = returning[name] {
-                    if let c = counts[name] { carried[name, default: PortCounters()].add(c) }
+                    carry(name)
                     logger.warning("port \(name): \(error.operation); connecting to \(spec.stream.map { "\($0)" } ?? "?") again")
                     connectStream(spec)
                 }
                 continue
             }
             if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
-                if let c = counts[name] { carried[name, default: PortCounters()].add(c) }
+                carry(name)
                 markAbsent(spec)
                 logger.warning("port \(name): interface is gone (\(error.operation): \(describeErrno(error.code))); kept as absent, attached again when an interface named \(name) appears (a VM started again, a veth made again); forwarding continues between the others")
             } else {
