@@ -12,7 +12,14 @@
 #   UNITDIR  (default /etc/systemd/system)  tapbridge@.service, its ExecStart set to the
 #                                  installed binary
 #   CONFDIR  (default /etc/tapbridge)  example.yaml; tapbridge@NAME reads CONFDIR/NAME.yaml
+#                                  (the unit's --config is set to it; not under /home, /root or
+#                                  /run/user, which the unit's ProtectHome=yes hides)
 #   DESTDIR  (default empty)       a staging root in front of every path
+#
+# Check the installed unit as systemd will read it (the template is verified as tapbridge@i):
+#   systemd-analyze verify UNITDIR/tapbridge@.service
+# (it runs `man tapbridge` for the unit's Documentation=: with a PREFIX that man does not search,
+# give it MANPATH=PREFIX/share/man)
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 prefix=${PREFIX:-/usr/local}
@@ -28,6 +35,14 @@ if [ "${1:-}" = "--uninstall" ]; then
 	exit 0
 fi
 
+case "$confdir" in
+/home|/home/*|/root|/root/*|/run/user|/run/user/*)
+	echo "CONFDIR=$confdir: the unit runs with ProtectHome=yes, which hides /home, /root and /run/user; choose a directory outside them" >&2
+	exit 2 ;;
+/*) ;;
+*) echo "CONFDIR=$confdir: give an absolute path (the unit reads it from any working directory)" >&2; exit 2 ;;
+esac
+
 if [ "${1:-}" != "--no-build" ]; then
 	(cd "$root" && swift build -c release --product tapbridge)
 fi
@@ -35,7 +50,11 @@ fi
 install -d "$dest$bindir" "$dest$mandir" "$dest$unitdir" "$dest$confdir"
 install -m 0755 "$root/.build/release/tapbridge" "$dest$bindir/tapbridge"
 install -m 0644 "$root/Docs/tapbridge.1" "$dest$mandir/tapbridge.1"
-sed "s#^ExecStart=/usr/local/bin/tapbridge #ExecStart=$bindir/tapbridge #" "$root/Examples/systemd/tapbridge@.service" >"$dest$unitdir/tapbridge@.service"
+sed -e "s#^ExecStart=/usr/local/bin/tapbridge #ExecStart=$bindir/tapbridge #" \
+	-e "s#--config /etc/tapbridge/%i.yaml#--config $confdir/%i.yaml#" \
+	"$root/Examples/systemd/tapbridge@.service" >"$dest$unitdir/tapbridge@.service"
+grep -qxF "ExecStart=$bindir/tapbridge --name %i --config $confdir/%i.yaml" "$dest$unitdir/tapbridge@.service" ||
+	{ echo "the unit's ExecStart was not rewritten (Examples/systemd/tapbridge@.service changed?)" >&2; exit 1; }
 chmod 0644 "$dest$unitdir/tapbridge@.service"
 install -m 0644 "$root/Examples/tapbridge.yaml" "$dest$confdir/example.yaml"
 echo "installed $bindir/tapbridge, $mandir/tapbridge.1, $unitdir/tapbridge@.service, $confdir/example.yaml${dest:+ (under $dest)}"

@@ -160,36 +160,46 @@ struct ExampleTests {
         #expect(Lab.eventually { !FileManager.default.fileExists(atPath: "/sys/class/net/tbA") }, "the TAPs should vanish with tapbridge")
     }
 
-    /// Examples/install.sh (--no-build) into a staging root: the binary, the man page (which `man` finds
-    /// under the prefix), the unit with ExecStart at the installed binary, which `systemd-analyze
-    /// verify` passes and `systemd-analyze security` rates OK (below 3.0; Operations.md has
-    /// the score); --uninstall removes them.
+    /// Examples/install.sh (--no-build) with PREFIX, UNITDIR and CONFDIR in a directory of the
+    /// test's: the binary, the man page (which `man` finds under the prefix), the unit with
+    /// ExecStart at the installed binary and --config in CONFDIR, which `systemd-analyze verify
+    /// UNITDIR/tapbridge@.service` (the command install.sh and Operations.md give, no other
+    /// flag) passes as installed and `systemd-analyze security` rates OK (below 3.0;
+    /// Operations.md has the score); --uninstall removes them. DESTDIR stages the same files
+    /// under a root, and a CONFDIR the unit could not read is refused.
     @Test func installedUnitVerifiesAndIsHardened() throws {
         let lab = Lab()
-        let stage = lab.temporaryPath("stage")
-        defer { try? FileManager.default.removeItem(atPath: stage) }
-        let env = ["env", "DESTDIR=\(stage)", "PREFIX=/opt/tbtest"]
+        let top = lab.temporaryPath("inst")
+        defer { try? FileManager.default.removeItem(atPath: top) }
+        let (prefix, unitdir, confdir) = ("\(top)/prefix", "\(top)/units", "\(top)/conf")
+        let env = ["env", "PREFIX=\(prefix)", "UNITDIR=\(unitdir)", "CONFDIR=\(confdir)"]
         // (--no-build: the binary under test; a build now would wait for this test's own swift)
         let installed = Host.run(env + ["bash", "\(Self.examples)/install.sh", "--no-build"], timeout: 30)
         try #require(installed.ok, "\(installed.output)")
-        for file in ["/opt/tbtest/bin/tapbridge", "/opt/tbtest/share/man/man1/tapbridge.1", "/etc/systemd/system/tapbridge@.service", "/etc/tapbridge/example.yaml"] {
-            #expect(FileManager.default.fileExists(atPath: stage + file), "not installed: \(file)")
+        for file in ["\(prefix)/bin/tapbridge", "\(prefix)/share/man/man1/tapbridge.1", "\(unitdir)/tapbridge@.service", "\(confdir)/example.yaml"] {
+            #expect(FileManager.default.fileExists(atPath: file), "not installed: \(file)")
         }
-        let man = Host.run(["env", "MANPATH=\(stage)/opt/tbtest/share/man", "man", "-w", "tapbridge"])
-        #expect(man.output.contains("\(stage)/opt/tbtest/share/man/man1/tapbridge.1"), "man -w: \(man.output)")
-        let unitText = try String(contentsOfFile: "\(stage)/etc/systemd/system/tapbridge@.service", encoding: .utf8)
-        #expect(unitText.contains("ExecStart=/opt/tbtest/bin/tapbridge --name %i"), "ExecStart not pointed at the installed binary")
-        // verify checks that ExecStart exists: the instance, with the staged binary's path
-        let unit = "\(stage)/tapbridge@lab.service"
-        try unitText.replacingOccurrences(of: "/opt/tbtest/bin/tapbridge", with: "\(stage)/opt/tbtest/bin/tapbridge").write(toFile: unit, atomically: true, encoding: .utf8)
-        let verify = Host.run(["systemd-analyze", "verify", "--man=no", unit])
+        let man = Host.run(["env", "MANPATH=\(prefix)/share/man", "man", "-w", "tapbridge"])
+        #expect(man.output.contains("\(prefix)/share/man/man1/tapbridge.1"), "man -w: \(man.output)")
+        let template = "\(unitdir)/tapbridge@.service"
+        let unitText = try String(contentsOfFile: template, encoding: .utf8)
+        #expect(unitText.contains("ExecStart=\(prefix)/bin/tapbridge --name %i --config \(confdir)/%i.yaml"), "ExecStart/--config not the installed paths: \(unitText.prefix(900))")
+        // the man page is where man looks for a PREFIX of /usr/local; this one needs MANPATH
+        let verify = Host.run(["env", "MANPATH=\(prefix)/share/man", "systemd-analyze", "verify", template])
         #expect(verify.ok && verify.output.isEmpty, "systemd-analyze verify: \(verify.output)")
-        let security = Host.run(["systemd-analyze", "security", "--offline=yes", unit])
+        let security = Host.run(["systemd-analyze", "security", "--offline=yes", template])
         let score = security.output.split(separator: "\n").first { $0.contains("Overall exposure level") }
             .flatMap { $0.split(separator: ":").last?.split(separator: " ").first }.flatMap { Double($0) } ?? 99
         #expect(score < 3.0, "systemd-analyze security: \(score)\n\(security.output.suffix(600))")
         let removed = Host.run(env + ["bash", "\(Self.examples)/install.sh", "--uninstall"])
-        #expect(removed.ok && !FileManager.default.fileExists(atPath: "\(stage)/opt/tbtest/bin/tapbridge"), "\(removed.output)")
+        #expect(removed.ok && !FileManager.default.fileExists(atPath: "\(prefix)/bin/tapbridge") && !FileManager.default.fileExists(atPath: template), "\(removed.output)")
+        // DESTDIR: the default paths, under a staging root
+        let stage = "\(top)/stage"
+        let staged = Host.run(["env", "DESTDIR=\(stage)", "bash", "\(Self.examples)/install.sh", "--no-build"], timeout: 30)
+        #expect(staged.ok && FileManager.default.fileExists(atPath: "\(stage)/usr/local/bin/tapbridge")
+            && ((try? String(contentsOfFile: "\(stage)/etc/systemd/system/tapbridge@.service", encoding: .utf8)) ?? "").contains("--config /etc/tapbridge/%i.yaml"), "\(staged.output)")
+        let hidden = Host.run(["env", "DESTDIR=\(stage)", "CONFDIR=/home/tb", "bash", "\(Self.examples)/install.sh", "--no-build"], timeout: 30)
+        #expect(!hidden.ok && hidden.output.contains("ProtectHome"), "\(hidden.output)")
     }
 
     /// Recipe 1 of Examples/qemu/README.md with the real QEMU (paused, no disk): QEMU holds
