@@ -102,5 +102,68 @@ struct VirtualMachineTests {
         #expect(horizons == ["vm1: off", "vm2: off"], "got \(horizons)")
         #expect(bridge.stop() == 0)
     }
+
+    /// Examples/qemu/README.md's recipe 2 with "More VMs", as written: its `tapbridge` line (the
+    /// TAP renamed and a `--name` added), its `-netdev dgram` (the qcow2 drive replaced by the
+    /// test guest; each VM's `local.port` its remote's) and its `tapbridge remote add` for vm2.
+    /// vm1 is absent for the first part: vm2 boots alone and moves 2 MiB over TCP each way to
+    /// the namespace, every byte checked, while vm1's remote says why it is unreachable and
+    /// costs vm2 nothing; then vm1 boots and is answered.
+    /// ```
+    ///  guest vm1 (10.77.0.3, boots late) ═ dgram :5556 ═╗
+    ///  guest vm2 (10.77.0.4)              ═ dgram :5557 ═╬═ tapbridge (127.0.0.1:5555) ── tap0 ── ns b (10.77.0.2)
+    /// ```
+    @Test func theMultiVMRecipeRunsAsWrittenWithOneVMAbsent() throws {
+        try Self.requireGuest()
+        let readme = try String(contentsOfFile: "\(Host.packageRoot.path)/Examples/qemu/README.md", encoding: .utf8)
+        let section = try #require(readme.components(separatedBy: "## 2. No TAP at all").dropFirst().first?.components(separatedBy: "## 3.").first)
+        let block = try #require(section.components(separatedBy: "```").dropFirst().first, "no code block in recipe 2")
+        let line = try #require(block.split(separator: "\n").first { $0.hasPrefix("tapbridge ") }, "no tapbridge line in \(block)")
+        let written = line.split(separator: " ").dropFirst().map(String.init).filter { $0 != "&" }
+        let netdev = try #require(block.split(whereSeparator: { $0 == " " || $0 == "\n" }).first { $0.hasPrefix("dgram,") }.map(String.init), "no -netdev dgram in \(block)")
+        let add = try #require(section.replacingOccurrences(of: "\n", with: " ").components(separatedBy: "`tapbridge remote add ").dropFirst().first?
+            .split(separator: "`").first.map(String.init), "no remote add in \(section)")
+        #expect(written.contains("tap0") && add == "127.0.0.1:5557,encap=raw,name=vm2" && netdev.contains("local.port=5556") && netdev.contains("remote.port=5555"),
+                "the recipe changed; this test follows it: \(written) \(add) \(netdev)")
+        for port in ["5555", "5556", "5557"] {
+            try #require(!Host.run(["ss", "-Hlun", "sport = :\(port)"]).output.contains(":\(port)"), "UDP port \(port) is taken: the recipe as written would clash")
+        }
+        let lab = Lab()
+        let b = lab.namespace("b")
+        let tap = lab.link("0")
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(written.map { $0 == "tap0" ? tap : $0 } + ["--name", name])
+        #expect(lab.waitForLinks([tap]), "\(bridge.output)")
+        lab.place(tap, in: b, address: "10.77.0.2/24")
+        let added = ControlTests.client(["remote", "add", add], name: name)
+        #expect(added.ok, "remote add \(add): \(added.output)")
+        func guest(_ k: Int, _ arguments: String) throws -> Background {
+            try lab.background(Self.qemu(arguments, netdev: netdev.replacingOccurrences(of: "local.port=5556", with: "local.port=555\(5 + k)"),
+                                         device: "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:0\(k)"))
+        }
+        // vm2 alone: TCP both ways while vm1's remote is absent
+        let bytes = 2 << 20
+        let vm2 = try guest(2, "tb.addr=10.77.0.4/24 tb.peer=10.77.0.2 tb.port=5013 tb.bytes=\(bytes) tb.listen=5014")
+        let receiver = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/receive.py", "10.77.0.2", "5013", String(bytes), "150"], timeout: 170)
+        #expect(receiver.output.contains("received \(bytes) match True"), "vm2 -> ns b: \(receiver.output)\nvm2:\n\(vm2.output.suffix(1500))\n\(bridge.output)")
+        #expect(Lab.eventually(within: 30) { vm2.output.contains("TB-LISTENING") }, "\(vm2.output.suffix(800))")
+        let sender = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/send.py", "10.77.0.4", "5014", String(bytes), "60"], timeout: 90)
+        #expect(sender.output.contains("sent \(bytes)"), "ns b -> vm2: \(sender.output)")
+        let md5 = sender.output.split(separator: " ").last.map(String.init)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        #expect(vm2.wait(within: 60) != nil && vm2.output.contains("TB-RECEIVED \(bytes) \(md5)"), "vm2's count and md5 (want \(bytes) \(md5)):\n\(vm2.output.suffix(1500))")
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        let one = try #require(ports.first { $0.name == "vm1" }), two = try #require(ports.first { $0.name == "vm2" })
+        #expect(one.state == "unreachable" && one.remote?.why?.contains("ICMP port unreachable: nothing listens on 127.0.0.1:5556") == true,
+                "the absent VM's remote: \(one.state) \(String(describing: one.remote))")
+        #expect(two.drops["link_down"] == nil && two.remote?.unreachable == 0 && two.counters.receivedFrames > 1000,
+                "the live VM's remote: \(two.state) \(two.drops) \(two.counters) \(String(describing: two.remote))")
+        // vm1 boots: it is answered, and its remote is up
+        let vm1 = try guest(1, "tb.addr=10.77.0.3/24 tb.ping=10.77.0.2")
+        #expect(Lab.eventually(within: 120) { vm1.output.contains("TB-PING ") } && vm1.output.contains("TB-PING 0"), "vm1 was not answered:\n\(vm1.output.suffix(1200))\n\(bridge.output)")
+        let later = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        #expect(later.first { $0.name == "vm1" }?.state == "up", "vm1 once booted: \(String(describing: later.first { $0.name == "vm1" }))")
+        _ = vm1.stop()
+        #expect(bridge.stop() == 0)
+    }
 }
 }
