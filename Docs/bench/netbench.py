@@ -38,6 +38,11 @@ Cases:
   kernel-bridge-vxlan  the kernel doing what tapbridge-remote-tapbridge does: on each of two hosts a
                    Linux bridge of a vxlan device and a veth from A (B), underlay MTU 1600
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
+  tap-linux-vxlan  WireFormats.md's "The Linux vxlan device" as written: a tapbridge (TAP in A) with a
+                   VXLAN remote to a Linux vxlan device that is B's interface (no dev, MTU 1500), over
+                   a veth of MTU 1500; linux-vxlan-tap the same with the Linux device in A (the other
+                   direction: every case measures A to B); -kernel: the remote datapath=kernel;
+                   linux-vxlan-tap-txoff: the Linux device with ethtool -K DEV tx off (advice once logged)
 Default: all of them. -x adds arguments to every tapbridge command of the run (say, a mirror) and
 --tag names its cases CASE+NAME in the results, so that variants run one after the other can be
 summarized together (Docs/bench/mirror-bench.sh does that). --baseline PATH runs every tapbridge
@@ -75,7 +80,9 @@ HZ = os.sysconf("SC_CLK_TCK")
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
 CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
-         "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports"]
+         "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
+         "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
+         "linux-vxlan-tap-txoff"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
@@ -84,7 +91,11 @@ RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "
           ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
           ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap"),
           ("tap-remote-tap-kernel-busy", "kernel-vxlan"), ("tap-remote-tap", "kernel-bridge-vxlan"),
-          ("tap-remote-tap-kernel", "kernel-bridge-vxlan"), ("tap-remote-tap-kernel-busy", "kernel-bridge-vxlan")]
+          ("tap-remote-tap-kernel", "kernel-bridge-vxlan"), ("tap-remote-tap-kernel-busy", "kernel-bridge-vxlan"),
+          ("tap-linux-vxlan", "linux-vxlan-tap"), ("tap-linux-vxlan", "kernel-vxlan"), ("linux-vxlan-tap", "kernel-vxlan"),
+          ("tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel"), ("tap-linux-vxlan-kernel", "kernel-vxlan"), ("linux-vxlan-tap-kernel", "kernel-vxlan"),
+          ("tap-linux-vxlan-kernel", "tap-linux-vxlan"), ("linux-vxlan-tap-kernel", "linux-vxlan-tap"),
+          ("linux-vxlan-tap-txoff", "linux-vxlan-tap")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -269,6 +280,33 @@ def setup(case, r, tools):
             ns(n, "ip", "link", "add", PREFIX + "x" + side, "type", "vxlan", "id", "42", "local", underlay, "remote", peer,
                "dstport", "4789", "dev", PREFIX + "u" + side)
             address(n, PREFIX + "x" + side, ip)
+    elif base.removesuffix("-kernel").removesuffix("-txoff") in ("tap-linux-vxlan", "linux-vxlan-tap"):
+        kernel = ",datapath=kernel" if base.endswith("-kernel") else ""
+        txoff = base.endswith("-txoff")
+        base = base.removesuffix("-kernel").removesuffix("-txoff")
+        # WireFormats.md's recipe: the Linux side is an endpoint namespace itself (its vxlan
+        # device, made without dev, MTU 1500, holds the endpoint's address); the tapbridge side
+        # is a host namespace whose TAP moves into the other endpoint namespace
+        linux, tap_side = (NS_B, NS_A) if base == "tap-linux-vxlan" else (NS_A, NS_B)
+        tap, tap_ip, linux_ip = (TAP0, IP_A, IP_B) if base == "tap-linux-vxlan" else (TAP1, IP_B, IP_A)
+        host = PREFIX + "ha"
+        namespaces(host)
+        run(["ip", "link", "add", PREFIX + "ua", "netns", host, "type", "veth", "peer", "name", PREFIX + "ub", "netns", linux])
+        for n, dev, mine in ((host, PREFIX + "ua", "10.97.0.1"), (linux, PREFIX + "ub", "10.97.0.2")):
+            ns(n, "ip", "addr", "add", mine + "/24", "dev", dev)
+            ns(n, "ip", "link", "set", dev, "up")
+        ns(linux, "ip", "link", "add", PREFIX + "x", "type", "vxlan", "id", "42", "local", "10.97.0.2", "remote", "10.97.0.1", "dstport", "4789")
+        address(linux, PREFIX + "x", linux_ip)
+        if txoff:
+            ns(linux, "ethtool", "-K", PREFIX + "x", "tx", "off")
+        r.start("tapbridge", ["ip", "netns", "exec", host, BUILD[0], "--name", PREFIX, "--port", tap, "--remote", "10.97.0.2:4789,vni=42" + kernel, *off, *EXTRA])
+        for _ in range(200):
+            if subprocess.run(["ip", "-n", host, "link", "show", tap], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.05)
+        ns(host, "ip", "link", "set", tap, "netns", tap_side)
+        ns(tap_side, "ip", "addr", "add", tap_ip + "/24", "dev", tap)  # at the MTU tapbridge made it with
+        ns(tap_side, "ip", "link", "set", tap, "up")
     elif base == "kernel-bridge-vxlan":
         # what a tapbridge remote stands in for, done by the kernel: on each of two hosts a
         # Linux bridge joining a vxlan device (underlay MTU 1600, as kernel-vxlan's) and a veth
@@ -348,7 +386,7 @@ def measure(case, r, seconds):
 
 
 def is_tapbridge(case):
-    return case.startswith("tap") or case == "eight-ports"
+    return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case == "eight-ports"
 
 
 def ping_rtt_ms():

@@ -142,6 +142,42 @@ struct RemoteTests {
         #expect((c["rx_frames"] ?? 0) >= 6 && c["vni_mismatch"] == nil && c["malformed_encapsulation"] == nil, "\(c)")
     }
 
+    /// WireFormats.md's way to a Linux vxlan device at full speed: the same peer (made as
+    /// written, MTU 1500) on a `datapath=kernel` remote, so that tapbridge's own vxlan device
+    /// carries the frames and the peer's kernel gets 64 KiB super-frames instead of 1450-byte
+    /// datagrams. TCP both ways (nstat clean), no IP fragment made by either kernel, and the
+    /// vxlan device's port carried the traffic.
+    /// ```
+    ///  ns a ── tap ── tapbridge ── vx-NAME [ns t, 10.78.0.1] ══ veth ══ [ns v, 10.78.0.2] vxlan42 (10.79.0.2)
+    /// ```
+    @Test func aLinuxVXLANPeerOnTheKernelDatapathCarriesTCPBothWays() throws {
+        let lab = Lab()
+        let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
+        let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
+        #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
+        lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
+        lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
+        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789"])
+        try #require(made.ok, "cannot create a vxlan device: \(made.output)")
+        lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--name", name, "--port", ta, "--remote", "10.78.0.2:4789,vni=42,datapath=kernel"], in: t)
+        #expect(lab.waitForLinks([ta], in: t), "\(bridge.output)")
+        #expect(bridge.output.contains("the kernel carries its frames (datapath=kernel)") && bridge.output.contains("mtu 1450 (fits the 1500-byte path"), "\(bridge.output)")
+        lab.place(ta, in: a, address: "10.79.0.1/24", from: t)
+        #expect(lab.ping(from: a, "10.79.0.2").received == 3, "tapbridge -> kernel vxlan:\n\(bridge.output)")
+        let fragmentsBefore = (lab.fragmentsCreated(in: t), lab.fragmentsCreated(in: v))
+        let (forward, reverse) = try OffloadTests.tcpBothWays(lab, a, v, "10.79.0.2", context: bridge.output)
+        print("tapbridge (datapath=kernel) <-> kernel vxlan: a->v \(forward / 1e9), v->a \(reverse / 1e9) Gbit/s")
+        let fragments = (lab.fragmentsCreated(in: t) - fragmentsBefore.0, lab.fragmentsCreated(in: v) - fragmentsBefore.1)
+        #expect(fragments == (0, 0), "IP fragments made for TCP (tapbridge's side, the vxlan side): got \(fragments), want none")
+        let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
+        let device = try #require(ports.first { $0.name.hasPrefix("vx-") }, "no vxlan device port: \(ports.map(\.name))")
+        #expect(device.counters.receivedFrames > 1_000 && device.counters.transmittedFrames > 1_000 && device.drops.isEmpty,
+                "the vxlan device's port: \(device.counters) \(device.drops)")
+        #expect(bridge.stop() == 0)
+    }
+
     /// The "two hosts" recipe exactly as `--help` writes it, no `mtu=`, on two namespaces
     /// joined by a 1500-byte veth:
     /// ```
