@@ -314,6 +314,19 @@ public final class Bridge {
     @exclusivity(unchecked) var ports: [PortState] = []
     /// Active ports in ascending order: the flood list.
     public private(set) var activePorts: [PortID] = []
+    /// No port slot below this one is free.
+    var lowestFree = 0
+
+    /// Where `port` is, or would go, in the sorted `activePorts` (binary search).
+    func insertionPoint(of port: PortID) -> Int {
+        if activePorts.last.map({ $0 < port }) ?? true { return activePorts.count }
+        var (low, high) = (0, activePorts.count)
+        while low < high {
+            let middle = (low + high) / 2
+            if activePorts[middle] < port { low = middle + 1 } else { high = middle }
+        }
+        return low
+    }
 
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
@@ -325,13 +338,15 @@ public final class Bridge {
     /// Adds a port and returns its ID (the lowest free one).
     @discardableResult
     public func addPort(_ configuration: PortConfiguration = PortConfiguration()) -> PortID {
-        let slot = ports.firstIndex { !$0.isActive } ?? ports.count
+        // the lowest free ID (none below `lowestFree`), so that adding N ports costs N
+        var slot = lowestFree
+        while slot < ports.count, ports[slot].isActive { slot += 1 }
         if slot == ports.count { ports.append(PortState()) }
         precondition(slot <= Int(UInt16.max), "too many ports")
+        lowestFree = slot + 1
         let id = PortID(UInt16(slot))
         ports[slot] = PortState(isActive: true)
-        activePorts.append(id)
-        activePorts.sort()
+        activePorts.insert(id, at: insertionPoint(of: id))
         reconfigure(id, configuration)
         return id
     }
@@ -341,7 +356,9 @@ public final class Bridge {
         guard isActive(port) else { return }
         if ports[port.index].blockedUntil != nil { loopStatistics.portsBlocked &-= 1 }
         ports[port.index].isActive = false
-        activePorts.removeAll { $0 == port }
+        lowestFree = min(lowestFree, port.index)
+        let at = insertionPoint(of: port)
+        if at < activePorts.count, activePorts[at] == port { activePorts.remove(at: at) }
         table.flush(port: port, includingStatic: true)
     }
 

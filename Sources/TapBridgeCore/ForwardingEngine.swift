@@ -68,8 +68,22 @@ public final class ForwardingEngine {
     /// The port registry: what each port is, indexed like `devices` (the one place that says
     /// which ports exist; everything else asks here).
     var records: [PortRecord] = []
-    /// Every device once, for flushing after a batch (rebuilt when ports change).
-    @exclusivity(unchecked) var uniqueDevices: [any PortDevice] = []
+    /// Ports by name and by interface index (kept with `records`), so that finding one is no
+    /// scan and attaching N ports costs N, not N².
+    var portsByName: [String: Int] = [:]
+    var portsByInterface: [Int32: Int] = [:]
+    /// Every device once, in a slot of its own (`nil`: a free slot), with the number of its
+    /// ports; `deviceSlots` gives each port's (indexed like `devices`).
+    @exclusivity(unchecked) var slotDevices: [(any PortDevice)?] = []
+    var slotPortCounts: [Int] = []
+    var slotsByDevice: [ObjectIdentifier: Int] = [:]
+    var freeSlots: [Int] = []
+    @exclusivity(unchecked) var deviceSlots: [Int] = []
+    /// The slots sent to in this batch, each once (`slotMarks[slot] == flushRound`): a flush
+    /// after a batch costs the devices it sent to, not the number of ports.
+    @exclusivity(unchecked) var toFlush: [Int] = []
+    @exclusivity(unchecked) var slotMarks: [UInt64] = []
+    var flushRound: UInt64 = 1
     /// Changes whenever a port is added or removed, so an event loop can tell cheaply when to
     /// rebuild its descriptor set from `allDevices`.
     public private(set) var generation = 0
@@ -97,14 +111,16 @@ public final class ForwardingEngine {
             devices.append(contentsOf: repeatElement(nil, count: id.index + 1 - devices.count))
             records.append(contentsOf: repeatElement(PortRecord(name: ""), count: id.index + 1 - records.count))
             linkMTUs.append(contentsOf: repeatElement(0, count: id.index + 1 - linkMTUs.count))
+            deviceSlots.append(contentsOf: repeatElement(0, count: id.index + 1 - deviceSlots.count))
         }
         devices[id.index] = device
         linkMTUs[id.index] = max(device.offloadCapabilities.linkMTU ?? 0, 0)
         records[id.index] = record
-        let name = record.name
-        uniqueDevices = allDevices
+        portsByName[record.name] = id.index
+        if let interface = record.interfaceIndex { portsByInterface[interface] = id.index }
+        deviceSlots[id.index] = slot(for: device)
         generation &+= 1
-        device.didAddPort(id, name: name)
+        device.didAddPort(id, name: record.name)
         return id
     }
 
@@ -113,9 +129,40 @@ public final class ForwardingEngine {
         guard port.index < devices.count, let device = devices[port.index] else { return }
         bridge.removePort(port)
         devices[port.index] = nil
-        uniqueDevices = allDevices
+        let record = records[port.index]
+        if portsByName[record.name] == port.index { portsByName[record.name] = nil }
+        if let interface = record.interfaceIndex, portsByInterface[interface] == port.index { portsByInterface[interface] = nil }
+        releaseSlot(deviceSlots[port.index])
         generation &+= 1
         device.didRemovePort(port)
+    }
+
+    /// The slot of `device`, which one more port now uses (a new one if it had none).
+    func slot(for device: any PortDevice) -> Int {
+        let key = ObjectIdentifier(device)
+        if let slot = slotsByDevice[key] {
+            slotPortCounts[slot] += 1
+            return slot
+        }
+        let slot = freeSlots.popLast() ?? slotDevices.count
+        if slot == slotDevices.count {
+            slotDevices.append(nil)
+            slotPortCounts.append(0)
+            slotMarks.append(0)
+        }
+        slotDevices[slot] = device
+        slotPortCounts[slot] = 1
+        slotsByDevice[key] = slot
+        return slot
+    }
+
+    /// One port fewer uses `slot`; the last frees it.
+    func releaseSlot(_ slot: Int) {
+        slotPortCounts[slot] -= 1
+        guard slotPortCounts[slot] == 0, let device = slotDevices[slot] else { return }
+        slotsByDevice[ObjectIdentifier(device)] = nil
+        slotDevices[slot] = nil
+        freeSlots.append(slot)
     }
 
     /// Removes every port `device` carries; returns their IDs.
@@ -149,7 +196,12 @@ public final class ForwardingEngine {
 
     /// The port named `name`.
     public func port(named name: String) -> PortID? {
-        records.indices.first { records[$0].name == name && devices[$0] != nil }.map { PortID(UInt16($0)) }
+        portsByName[name].map { PortID(UInt16($0)) }
+    }
+
+    /// The port on the interface with index `interfaceIndex` (its record says so).
+    public func port(onInterface interfaceIndex: Int32) -> PortID? {
+        portsByInterface[interfaceIndex].map { PortID(UInt16($0)) }
     }
 
     /// Every port, in the order they were added (by ID; a removed port's ID is reused).
@@ -158,13 +210,7 @@ public final class ForwardingEngine {
     }
 
     /// Every device with at least one port, each once.
-    public var allDevices: [any PortDevice] {
-        // (a set: rebuilt at every port added, a linear search made starting N ports cost N³)
-        var seen: Set<ObjectIdentifier> = []
-        var out: [any PortDevice] = []
-        for case let d? in devices where seen.insert(ObjectIdentifier(d)).inserted { out.append(d) }
-        return out
-    }
+    public var allDevices: [any PortDevice] { slotDevices.compactMap { $0 } }
 
     // MARK: Timers
 
@@ -282,6 +328,7 @@ public final class ForwardingEngine {
     @inline(__always)
     func transmit(_ i: Int, via device: (any PortDevice)?, to port: PortID, wireFrames: Int) {
         guard let device else { return }
+        willFlush(port)
         let offload = batch.offload(i)
         if fitToPath(i, offload, via: device, to: port) { return }
         if !offload.isComplete, !device.offloadCapabilities.accepts(offload) {
@@ -368,14 +415,26 @@ public final class ForwardingEngine {
 
     /// Lets every device send what it queued, and counts how each queued frame ended.
     func flushDevices() {
-        for device in uniqueDevices {
-            device.flush { port, outcome, frames, bytes in
+        for slot in toFlush {
+            slotDevices[slot]?.flush { port, outcome, frames, bytes in
                 if outcome == .sent {
                     bridge.countTransmit(on: port, bytes: bytes, frames: frames)
                 } else {
                     bridge.countDrop(on: port, Self.dropReason(outcome), frames: frames)
                 }
             }
+        }
+        toFlush.removeAll(keepingCapacity: true)
+        flushRound &+= 1
+    }
+
+    /// `port`'s device is sent to in this batch: it is flushed after it.
+    @inline(__always)
+    func willFlush(_ port: PortID) {
+        let slot = deviceSlots[port.index]
+        if slotMarks[slot] != flushRound {
+            slotMarks[slot] = flushRound
+            toFlush.append(slot)
         }
     }
 }

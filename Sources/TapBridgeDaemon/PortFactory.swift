@@ -24,7 +24,7 @@ enum PortFactory {
         // One interface attached twice (by an altname, or by its new name after a rename)
         // would loop every broadcast between its two ports: refuse it.
         let existing = ctb_if_index(spec.name)
-        if existing > 0, let other = engine.ports.first(where: { engine.record(of: $0)?.interfaceIndex == existing }) {
+        if existing > 0, let other = engine.port(onInterface: existing) {
             throw StartupError("port \(spec.name): that interface (ifindex \(existing)) is already attached as port \(engine.name(of: other))")
         }
         if let mirror, let problem = mirror.conflict(withPort: spec.name, index: existing) { throw StartupError("port \(spec.name): \(problem)") }

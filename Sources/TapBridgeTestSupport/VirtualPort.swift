@@ -31,9 +31,14 @@ public final class VirtualPort: PortDevice {
     /// datagram from a known peer), then forgets.
     public var dropsOnNextReceive: [DropReason] = []
 
+    /// How many times the engine flushed it (after a batch that sent to it).
+    public private(set) var flushes = 0
+
     public init() {}
 
     public var pollDescriptor: Int32? { nil }
+
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) { flushes += 1 }
 
     public func didAddPort(_ port: PortID, name: String) {
         self.port = port
@@ -228,7 +233,11 @@ public final class SharedVirtualDevice: PortDevice {
         return .queued
     }
 
+    /// How many times the engine flushed it.
+    public private(set) var flushes = 0
+
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+        flushes += 1
         for q in queued {
             transmitted.append(q)
             report(q.port, .sent, 1, q.frame.count)

@@ -340,8 +340,8 @@ struct AttackDefectTests {
         #expect(one.stop() == 0 && two.stop() == 0)
     }
 
-    /// 2,000 TAP ports: they start (0.68 s here; 10,000 still take a minute: attach has O(N)
-    /// steps per port, see the issue), two of them forward TCP both ways,
+    /// 2,000 TAP ports: they start (under a second; start-up is linear: 10,000 take about 3 s,
+    /// `Docs/bench/manyports.sh`), two of them forward TCP both ways,
     /// and SIGTERM ends the bridge within 10 s. Before, closing TAPs one by one at exit waited
     /// an RCU grace period each (about 20 ms: 500 ports took 11 s to stop, 2,000 did not stop
     /// in 120 s); now the TAPs this bridge made are deleted in one rtnetlink request (their
