@@ -458,8 +458,8 @@ static void fill_messages(struct mmsghdr *msgs, struct iovec *iov, char (*contro
         iov[i].iov_len = d[i].length;
         msgs[i].msg_hdr.msg_iov = &iov[i];
         msgs[i].msg_hdr.msg_iovlen = 1;
-        msgs[i].msg_hdr.msg_name = sending ? (void *)d[i].destination : (void *)d[i].peer;
-        msgs[i].msg_hdr.msg_namelen = sending ? d[i].destination_length : sizeof(d[i].peer);
+        msgs[i].msg_hdr.msg_name = (void *)d[i].peer;
+        msgs[i].msg_hdr.msg_namelen = sending ? d[i].peer_length : sizeof(d[i].peer);
         d[i].result = 0;
         if (!sending) {
             d[i].segment_size = 0;

@@ -66,8 +66,9 @@ public struct SeededGenerator: RandomNumberGenerator, Sendable {
 }
 
 /// One port's bad link: decides each frame's fate and keeps the delayed ones, in order of
-/// departure, in a preallocated ring until their time.
-public struct LinkEmulator {
+/// departure, in a ring until their time. A class that owns its ring: there is one of it
+/// (a copyable struct holding the ring could be freed twice, or release its frames twice).
+public final class LinkEmulator {
     public struct Statistics: Sendable, Equatable {
         public var delayed: UInt64 = 0
         public var lost: UInt64 = 0
@@ -116,11 +117,10 @@ public struct LinkEmulator {
         self.capacity = capacity
     }
 
-    /// Frees the ring (the owner calls it once, when the port goes).
-    public func deallocate() { ring?.deallocate() }
+    deinit { ring?.deallocate() }
 
     /// Changes the impairment; frames already waiting keep their departure.
-    public mutating func reconfigure(_ new: Impairment) { impairment = new }
+    public func reconfigure(_ new: Impairment) { impairment = new }
 
     public var isEmpty: Bool { head == entries.count }
     /// When the next frame is due; nil when none waits.
@@ -136,7 +136,7 @@ public struct LinkEmulator {
     }
 
     /// What becomes of `frame` sent at `now`.
-    public mutating func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, now: Int64) -> Fate {
+    public func send(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, now: Int64) -> Fate {
         let i = impairment
         if i.loss > 0 {
             let p = lastLost && i.lossCorrelation > 0 ? i.lossCorrelation + (1 - i.lossCorrelation) * i.loss : i.loss
@@ -178,7 +178,7 @@ public struct LinkEmulator {
         return .queued
     }
 
-    mutating func enqueue(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, departure: Int64, corrupt: Bool) -> Bool {
+    func enqueue(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, departure: Int64, corrupt: Bool) -> Bool {
         let n = frame.count
         guard n <= capacity, entries.count - head < Self.maximumFrames else { return false }
         let ring: UnsafeMutableRawPointer
@@ -220,7 +220,7 @@ public struct LinkEmulator {
     }
 
     /// Hands every frame due at `now` to `body`, in order of departure (then of arrival).
-    public mutating func release(now: Int64, _ body: (UnsafeRawBufferPointer, FrameOffload) -> Void) {
+    public func release(now: Int64, _ body: (UnsafeRawBufferPointer, FrameOffload) -> Void) {
         guard let first = earliest, first <= now else { return }
         due.removeAll(keepingCapacity: true)
         var next: Int64? = nil
@@ -266,7 +266,7 @@ extension LinkEmulator.Statistics: CounterOwner {
 /// ```
 public final class ImpairedDevice: PortDevice {
     public let inner: any PortDevice
-    public private(set) var emulator: LinkEmulator
+    public let emulator: LinkEmulator
     let clock: () -> Instant
     var port: PortID? = nil
     /// No impairment: frames go straight through (once the queue is empty).
@@ -278,8 +278,6 @@ public final class ImpairedDevice: PortDevice {
         emulator = LinkEmulator(impairment, seed: seed)
         isPlain = impairment.isNone
     }
-
-    deinit { emulator.deallocate() }
 
     public var pollDescriptor: Int32? { inner.pollDescriptor }
     public var offloadCapabilities: OffloadCapabilities { inner.offloadCapabilities }

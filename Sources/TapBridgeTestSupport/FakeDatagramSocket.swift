@@ -83,7 +83,7 @@ public final class FakeDatagramSocket: DatagramSocket {
     public func send(_ datagrams: UnsafeMutablePointer<ctb_datagram>, count: Int) {
         for k in 0..<count {
             let d = datagrams[k]
-            guard let destination = SocketAddress(d.destination) else {
+            guard let destination = withUnsafeBytes(of: d.peer, { SocketAddress($0.baseAddress!) }) else {
                 datagrams[k].result = -EINVAL
                 continue
             }

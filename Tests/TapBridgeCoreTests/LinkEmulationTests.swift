@@ -19,8 +19,7 @@ struct LinkEmulationTests {
     /// at, left at) for each frame that left, in the order they left.
     static func run(_ i: Impairment, seed: UInt64 = 1, count: Int, every: Duration, length: Int = 100, until end: Duration = .seconds(20))
         -> (left: [(n: Int, sent: Int64, left: Int64)], statistics: LinkEmulator.Statistics) {
-        var e = LinkEmulator(i, seed: seed)
-        defer { e.deallocate() }
+        let e = LinkEmulator(i, seed: seed)
         var out: [(Int, Int64, Int64)] = []
         var now: Int64 = 1_000_000_000
         let step = every.nanoseconds
@@ -102,8 +101,7 @@ struct LinkEmulationTests {
     @Test func corruptionFlipsOneBitPastTheHeader() {
         var i = Impairment()
         i.corrupt = 1
-        var e = LinkEmulator(i, seed: 1)
-        defer { e.deallocate() }
+        let e = LinkEmulator(i, seed: 1)
         let f = Self.frame(5)
         _ = f.withUnsafeBytes { e.send($0, offload: .none, now: 0) }
         var got: [UInt8] = []
@@ -111,5 +109,24 @@ struct LinkEmulationTests {
         let differing = zip(got, f).enumerated().filter { $0.element.0 != $0.element.1 }
         #expect(differing.count == 1 && differing[0].offset >= 14 && (got[differing[0].offset] ^ f[differing[0].offset]).nonzeroBitCount == 1)
         #expect(e.statistics.corrupted == 1)
+    }
+
+    /// The emulator is one object that owns its ring: two holders of it (a port's device and
+    /// whoever reads its statistics) release each frame once, and the ring is freed once, by
+    /// the last. (As a copyable struct, a copy kept its own list of entries over the shared
+    /// ring, so both released the same frames, and each owner's `deallocate()` freed the ring.)
+    @Test func anEmulatorHeldTwiceReleasesEachFrameOnce() {
+        var i = Impairment()
+        i.delay = .milliseconds(10)
+        var released: [Int] = []
+        do {
+            let e = LinkEmulator(i, seed: 1)
+            let holder = e
+            for n in 0..<3 { _ = Self.frame(n).withUnsafeBytes { e.send($0, offload: .none, now: 0) } }
+            e.release(now: 20_000_000) { b, _ in released.append(Self.number(b)) }
+            holder.release(now: 30_000_000) { b, _ in released.append(Self.number(b)) }
+            #expect(holder.isEmpty && holder.statistics.delayed == 3 && holder.statistics == e.statistics)
+        }
+        #expect(released == [0, 1, 2], "frames released: \(released)")
     }
 }

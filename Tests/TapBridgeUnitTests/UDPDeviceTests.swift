@@ -33,6 +33,44 @@ struct UDPDeviceTests {
 
     func serve() { _ = try? lan.engine.service(device, at: lan.clock.now) }
 
+    /// A received inner frame larger than a batch slot is dropped (`truncated`, as a datagram
+    /// larger than the buffer it is read into), never copied: the train receiver copied it
+    /// into the slot unchecked, safe only while every
+    /// batch's slots happened to be larger than any datagram (here a batch of 1,600-byte
+    /// slots; before, the copy ran past the slot and the commit trapped).
+    @Test(arguments: [false, true])
+    func anInnerFrameLargerThanABatchSlotIsDroppedNotCopied(_ trains: Bool) throws {
+        let socket = FakeDatagramSocket(localAddress: FakeDatagramSocket.address("127.0.0.1:4789"), trains: trains)
+        let device = UDPTunnelDevice(socket: socket, logger: Logger(label: "test", factory: { _ in SwiftLogNoOpLogHandler() }))
+        let engine = ForwardingEngine(bridge: Bridge(), batch: FrameBatch(capacity: 8, frameCapacity: 1_600, headroom: 64))
+        let tap = VirtualPort()
+        engine.addPort(named: "tap", on: tap)
+        let remote = engine.addPort(named: "10.0.0.2:4789", on: device)
+        let peer = FakeDatagramSocket.address("10.0.0.2:4789")
+        try device.addPeer(peer, encapsulation: .vxlan, vni: Self.vni, isDynamic: false, as: remote)
+        let large = FrameFactory.frame(to: .broadcast, from: b, payload: [UInt8](repeating: 7, count: 4_000))
+        let small = FrameFactory.frame(to: .broadcast, from: b)
+        socket.inbound.append(.init(address: peer, bytes: Self.vxlan(large)))
+        socket.inbound.append(.init(address: peer, bytes: Self.vxlan(small)))
+        _ = try engine.service(device, at: Instant(nanoseconds: 0))
+        #expect(tap.transmitted == [small], "got \(tap.transmitted.map(\.count)) bytes sent to the TAP")
+        #expect(engine.bridge.counters(of: remote)[.truncated] == 1, "\(engine.bridge.counters(of: remote))")
+    }
+
+    /// A datagram queued to a remote that is removed before the flush still goes where it was
+    /// queued for: each queue entry holds its own copy of the destination. (It pointed at the
+    /// peer's sockaddr, freed when the peer went: the flush read freed memory, which the next
+    /// peer's allocation of the same size may take back, sending the datagram to its address.)
+    @Test func aDatagramQueuedToARemoteRemovedBeforeTheFlushKeepsItsDestination() throws {
+        let remote = try addRemote("10.0.0.2:4789")
+        let frame = FrameFactory.frame(to: b, from: a)
+        #expect(frame.withUnsafeBytes { device.transmit($0, to: remote) } == .queued)
+        lan.engine.removePort(remote)
+        try addRemote("10.0.0.3:4789")
+        device.flush { _, _, _, _ in }
+        #expect(socket.sent.map(\.address) == [FakeDatagramSocket.address("10.0.0.2:4789")], "sent to \(socket.sent.map(\.address))")
+    }
+
     @Test func aPeersFramesReachTheLANAndTheLANsFramesReachThePeer() throws {
         let remote = try addRemote("10.0.0.2:4789")
         let frame = FrameFactory.frame(to: .broadcast, from: b)

@@ -119,11 +119,11 @@ struct ctb_datagram {
     /// Receive: in, the buffer's size; out, the datagram's full length (larger than the buffer
     /// if it was truncated). Send: the length.
     size_t length;
-    /// Receive: out, the sender (sockaddr_in or sockaddr_in6). Send: unused.
+    /// Receive: out, the sender (sockaddr_in or sockaddr_in6). Send: the destination, copied
+    /// in when the datagram is queued (the entry owns it: the peer may go before the send).
     unsigned char peer[28];
-    /// Send: the destination and its length.
-    const void *destination;
-    unsigned int destination_length;
+    /// Send: the length of the destination in `peer`.
+    unsigned int peer_length;
     /// Send: out, 0 or -errno for this datagram.
     int result;
     /// UDP GSO/GRO. Send: 0 for one datagram, or the size of each datagram in `data` (the last

@@ -164,8 +164,11 @@ final class DatagramSendQueue {
         datagrams[queued].data = slot
         datagrams[queued].length = length
         datagrams[queued].segment_size = UInt32(segmentSize)
-        datagrams[queued].destination = UnsafeRawPointer(peer.sockaddr)
-        datagrams[queued].destination_length = peer.addressLength
+        // the entry gets its own copy of the destination: the peer (and its sockaddr) may be
+        // removed before the flush
+        precondition(Int(peer.addressLength) <= MemoryLayout.size(ofValue: datagrams[queued].peer))
+        withUnsafeMutableBytes(of: &datagrams[queued].peer) { $0.copyMemory(from: UnsafeRawBufferPointer(start: peer.sockaddr, count: Int(peer.addressLength))) }
+        datagrams[queued].peer_length = peer.addressLength
         ports[queued] = peer.port
         frameBytes[queued] = bytes
         frameCounts[queued] = frames

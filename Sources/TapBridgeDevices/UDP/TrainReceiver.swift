@@ -121,9 +121,16 @@ final class TrainReceiver {
                 }
                 if building != nil { frames += commitBuilt(into: batch) }
                 if batch.isFull { return frames }  // this datagram waits for the next call
-                let slot = batch.nextSlot().baseAddress!
-                slot.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
-                coalescer.begin(slot, length: frame.count, capacity: batch.frameCapacity)
+                let slot = batch.nextSlot()
+                // a frame larger than a batch slot is dropped, whatever sizes the slots and
+                // the datagrams happen to have now
+                guard frame.count <= slot.count else {
+                    batch.recordDrop(on: port, .truncated, bytes: frame.count)
+                    pendingOffset += step
+                    continue
+                }
+                slot.baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
+                coalescer.begin(slot.baseAddress!, length: frame.count, capacity: slot.count)
                 building = port
                 pendingOffset += step
             }
