@@ -152,6 +152,18 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     }
 }
 
+extension RemoteReport {
+    /// Its numbers, declared once for the exposition formats (Prometheus names each
+    /// `tapbridge_remote_NAME`, labelled with the remote's port, endpoint and encapsulation);
+    /// nil where a bridge does not know it yet.
+    public static let numbers: [(name: String, help: String, isGauge: Bool, value: @Sendable (RemoteReport) -> Double?)] = [
+        ("unreachable_total", "ICMP errors (port or host unreachable, no route) for datagrams sent to the remote.", false, { Double($0.unreachable) }),
+        ("fragmented_total", "Datagrams sent to the remote larger than its path, fragmented by the kernel.", false, { $0.fragmented.map { Double($0) } }),
+        ("path_mtu_bytes", "The IP MTU of the path towards the remote.", true, { $0.pathMtu.map { Double($0) } }),
+        ("up", "1 while the remote is up; 0 while it is unreachable (an ICMP error came for it) or refusing (its datagrams do not authenticate): show ports says why.", true, { $0.why == nil ? 1 : 0 }),
+    ]
+}
+
 /// One MAC table entry in `show fdb`.
 public struct FDBReport: Codable, Sendable, Equatable {
     public var mac: String

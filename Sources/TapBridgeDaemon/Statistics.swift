@@ -97,6 +97,19 @@ public struct Statistics: Sendable {
         }
         metric("port_drops_total", "Frames dropped on a port, by reason.", gauge: false,
                ports.flatMap { p in p.drops.sorted { $0.key < $1.key }.map { ("\(label(p)),reason=\"\($0.key)\"", Double($0.value)) } })
+        // each remote's own numbers, labelled with its endpoint and encapsulation, and each
+        // emulated link's
+        let remotes = ports.compactMap { p in p.remote.map { (port: p, remote: $0) } }
+        for number in RemoteReport.numbers {
+            let samples = remotes.compactMap { p, r in
+                number.value(r).map { ("\(label(p)),endpoint=\"\(Self.escape(r.endpoint))\",encap=\"\(Self.escape(r.encapsulation))\"", $0) }
+            }
+            if !samples.isEmpty { metric("remote_\(number.name)", number.help, gauge: number.isGauge, samples) }
+        }
+        for counter in LinkEmulator.Statistics.counters {
+            let samples = ports.compactMap { p in p.emulation.map { (label(p), Double($0[keyPath: counter.field])) } }
+            if !samples.isEmpty { metric("port_link_\(counter.name)_total", counter.help, gauge: false, samples) }
+        }
         for (section, fields) in sections {
             for f in fields {
                 metric("\(section)_\(f.name)\(f.isGauge ? "" : "_total")", f.help, gauge: f.isGauge, [("", f.value)])

@@ -157,6 +157,13 @@ struct VirtualMachineTests {
                 "the absent VM's remote: \(one.state) \(String(describing: one.remote))")
         #expect(two.drops["link_down"] == nil && two.remote?.unreachable == 0 && two.counters.receivedFrames > 1000,
                 "the live VM's remote: \(two.state) \(two.drops) \(two.counters) \(String(describing: two.remote))")
+        // the same, as Prometheus has it (per remote, labelled)
+        let prom = ControlTests.client(["show", "stats", "--format", "prometheus"], name: name).output.split(separator: "\n").map(String.init)
+        func sample(_ metric: String, _ port: String) -> Double? {
+            prom.first { $0.hasPrefix("tapbridge_\(metric){") && $0.contains("port=\"\(port)\"") }.flatMap { $0.split(separator: " ").last.flatMap { Double($0) } }
+        }
+        #expect(sample("remote_up", "vm1") == 0 && sample("remote_up", "vm2") == 1 && (sample("remote_unreachable_total", "vm1") ?? 0) > 0
+                    && sample("remote_unreachable_total", "vm2") == 0, "\(prom.filter { $0.contains("remote_") })")
         // vm1 boots: it is answered, and its remote is up
         let vm1 = try guest(1, "tb.addr=10.77.0.3/24 tb.ping=10.77.0.2")
         #expect(Lab.eventually(within: 120) { vm1.output.contains("TB-PING ") } && vm1.output.contains("TB-PING 0"), "vm1 was not answered:\n\(vm1.output.suffix(1200))\n\(bridge.output)")
