@@ -79,6 +79,50 @@ struct RecipeDefectTests {
         #expect(one.stop() == 0 && two.stop() == 0)
     }
 
+    /// The path is fitted wherever the frames come from: a port with MTU 1500 behind a
+    /// stream connection (complete frames, no offloads: a QEMU `-netdev stream` VM's case) or
+    /// a veth reached through a packet socket, towards a `datapath=kernel` remote whose vxlan
+    /// device is 1450 over a 1500-byte underlay. The SYNs' MSS is clamped at the engine's
+    /// egress stage and super-frames are cut there, so TCP runs both ways with no IP fragment
+    /// and no `frame_too_large` (before, the stream case completed its handshake and then
+    /// lost every full-size data frame at the vxlan device).
+    /// ```
+    ///  stream: ns a ── tap (1500) ── tapbridge [h1, client] ══ unix stream ══ tapbridge [h1] ── vx (1450) ══ veth 1500 ══ [h2] vx ── tapbridge ── tap ── ns b
+    ///  packet: ns a ── veth (1500) ── packet socket ── tapbridge [h1] ── vx (1450) ══ veth 1500 ══ [h2] vx ── tapbridge ── tap ── ns b
+    /// ```
+    @Test(arguments: ["stream", "packet"])
+    func aFullSizeEgressIsFittedToAKernelRemoteWhateverTheIngress(_ ingress: String) throws {
+        let lab = Lab()
+        let hosts = TwoHosts(lab)
+        let name = lab.bridgeName()
+        var arguments = ["--name", name, "--remote", "10.76.0.2:4789,datapath=kernel,vni=77"]
+        var client: Background? = nil
+        if ingress == "stream" {
+            let socket = lab.temporaryPath("vm.sock")
+            arguments += ["--stream-listen", "unix:\(socket)"]
+            let one = try lab.bridge(arguments, in: hosts.h1)
+            #expect(Lab.eventually { FileManager.default.fileExists(atPath: socket) }, "\(one.output)")
+            // the client: a TAP at 1500 (no remote, so no smaller MTU) and a stream port
+            client = try lab.bridge(["--port", "\(hosts.ta),mtu=1500", "--port", "vm,stream=unix:\(socket)"], in: hosts.h1)
+            try #require(lab.waitForLinks([hosts.ta], in: hosts.h1), "\(client!.output)")
+            return try finish(one)
+        } else {
+            let peer = lab.link("p")
+            #expect(Host.run(["ip", "link", "add", hosts.ta, "netns", hosts.h1, "type", "veth", "peer", "name", peer, "netns", hosts.h1]).ok)
+            lab.exec(hosts.h1, ["ip", "link", "set", peer, "up"])
+            return try finish(try lab.bridge(arguments + ["--port", peer], in: hosts.h1))
+        }
+        func finish(_ one: Background) throws {
+            let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,datapath=kernel,vni=77"], in: hosts.h2)
+            try #require(lab.waitForLinks([hosts.tb], in: hosts.h2), "\(two.output)")
+            #expect(lab.exec(hosts.h1, ["ip", "link", "show", hosts.ta]).output.contains("mtu 1500"), "the ingress is at 1500")
+            _ = try hosts.tcpWithoutFragments(lab, one, two)
+            let device = Lab.portCounters(one, port: "vx-\(name)")
+            #expect(device["frame_too_large"] == nil && (device["mss_clamped"] ?? 0) >= 2, "the vxlan device's port: \(device)\n\(one.output)")
+            #expect(one.stop() == 0 && two.stop() == 0 && (client?.stop() ?? 0) == 0)
+        }
+    }
+
     /// The last datapath=user remote removed closes the UDP socket, so the same port can go to
     /// the kernel's datapath at run time (it stayed bound, and `remote add …,datapath=kernel`
     /// on that port was refused: both ends had to move to another port).
