@@ -34,19 +34,22 @@
 public struct ForwardingTable: Sendable {
     /// Tunables; the defaults are those of Open vSwitch and the Linux bridge.
     public struct Configuration: Sendable, Equatable {
-        /// How long an entry lives after its MAC was last seen as a source. Default 300 s
-        /// (802.1D's recommended ageing time, the kernel's and OVS's default).
-        public var ageingTime: Duration = .seconds(300)
-        /// The most entries (static and learned) the table holds. Default 8192 (OVS
-        /// `MAC_DEFAULT_MAX`).
-        public var maximumEntries: Int = 8192
+        /// 300 s: 802.1D's recommended ageing time, the kernel's and OVS's default (`--ageing`
+        /// shows this one).
+        public static let defaultAgeingTime: Duration = .seconds(300)
+        /// 8192: OVS's `MAC_DEFAULT_MAX` (`--max-macs` shows this one).
+        public static let defaultMaximumEntries = 8192
+        /// How long an entry lives after its MAC was last seen as a source.
+        public var ageingTime: Duration
+        /// The most entries (static and learned) the table holds.
+        public var maximumEntries: Int
         /// The most learned entries a single port may hold; `nil` for no per-port limit.
         public var maximumEntriesPerPort: Int? = nil
         /// A MAC that moved less than this long ago is not moved again; `nil` disables damping.
         public var moveHoldDown: Duration? = nil
 
         public init(
-            ageingTime: Duration = .seconds(300), maximumEntries: Int = 8192,
+            ageingTime: Duration = Configuration.defaultAgeingTime, maximumEntries: Int = Configuration.defaultMaximumEntries,
             maximumEntriesPerPort: Int? = nil, moveHoldDown: Duration? = nil
         ) {
             self.ageingTime = ageingTime

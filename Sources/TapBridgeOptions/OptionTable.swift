@@ -66,15 +66,16 @@ public enum OptionTable {
     }
 
     static func value(_ name: String, aliases: [String] = [], _ valueName: String, _ group: OptionDefinition.Group, _ help: String, discussion: String = "",
-                      default: String? = nil, quoted: Bool = false, commandLineOnly: Bool = false, render: @escaping @Sendable (Settings) -> String?,
+                      showsDefault: Bool = false, quoted: Bool = false, commandLineOnly: Bool = false, render: @escaping @Sendable (Settings) -> String?,
                       apply: @escaping Apply) -> OptionDefinition {
+        // the default `--help` shows is what `render` makes of a fresh `Settings`: written once, there
         // an empty value is no value (and --print-config could not write it back: fuzz-specs)
         let nonEmpty: Apply = { s, v throws(OptionError) in
             guard !v.isEmpty else { throw OptionError(reason: "needs a value, got an empty one (leave the option out for its default)") }
             try apply(&s, v)
         }
         return OptionDefinition(name: name, aliases: aliases, configAliases: [], arity: .value, valueName: valueName, help: help, discussion: discussion,
-                         group: group, defaultValue: `default`, quoted: quoted, commandLineOnly: commandLineOnly, apply: nonEmpty,
+                         group: group, defaultValue: showsDefault ? render(Settings()) : nil, quoted: quoted, commandLineOnly: commandLineOnly, apply: nonEmpty,
                          render: { render($0).map { [$0] } ?? [] }, clear: nil)
     }
 
@@ -173,7 +174,7 @@ public enum OptionTable {
         value("stream-group", "group", .ports, "Let this group connect to the --stream-listen Unix sockets (mode 0660; default 0600, the bridge's user only).", quoted: true,
               render: { $0.streamGroup }) { s, v throws(OptionError) in s.streamGroup = v },
         value("offload", "on|off", .ports, "on: TAPs take and hand over partial checksums and 64 KiB super-frames (vnet header, TSO), packet ports send them whole, remotes send and receive them as trains of datagrams (UDP GSO/GRO), and frames are segmented in software only for a port that cannot take them; off: every frame is complete and MTU-sized. Per port: offload=off in --port.",
-              default: "on", render: { $0.offload ? "on" : "off" }, apply: { s, v throws(OptionError) in s.offload = try onOff(v) }),
+              showsDefault: true, render: { $0.offload ? "on" : "off" }, apply: { s, v throws(OptionError) in s.offload = try onOff(v) }),
         list("remote", aliases: ["peer"], configAlias: "remotes", "spec", .remotes, "A remote peer over UDP: \(RemoteSpec.syntax). Repeatable.",
              discussion: """
                  HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at start. Each remote is a port \
@@ -191,29 +192,29 @@ public enum OptionTable {
                  """, \.remotes, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try RemoteSpec(parsing: v) }) }),
         value("listen", "[addr:]port", .remotes, "The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", quoted: true,
               render: { $0.listen?.text }, apply: { s, v throws(OptionError) in s.listen = Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try ListenSpec(parsing: v) }) }),
-        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: vxlan, raw or sealed.", default: "vxlan", render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
+        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: vxlan, raw or sealed.", showsDefault: true, render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
             guard let e = Encapsulation(rawValue: v) else { throw OptionError(reason: "must be vxlan, raw or sealed, got '\(v)'") }
             s.encapsulation = e
         },
         value("key-file", "path", .remotes, "The pre-shared key of sealed remotes that do not set key= (64 hex digits, readable by its owner alone: tapbridge genkey > PATH). With --accept-peers and --encap sealed, only senders holding it are admitted.",
               quoted: true, render: { $0.keyFile }) { s, v throws(OptionError) in s.keyFile = v },
-        value("vni", "n", .remotes, "VXLAN network identifier of remotes that do not set vni= (0-16777215).", default: "1", render: { "\($0.vni.rawValue)" }) { s, v throws(OptionError) in
+        value("vni", "n", .remotes, "VXLAN network identifier of remotes that do not set vni= (0-16777215).", showsDefault: true, render: { "\($0.vni.rawValue)" }) { s, v throws(OptionError) in
             guard let n = Int(v), let vni = VNI(n) else { throw OptionError(reason: "must be 0-16777215, got \(v)") }
             s.vni = vni
         },
         flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence). Without a key this trusts the network: anyone who can reach the port joins the segment; with --encap sealed and --key-file, only holders of the key."),
-        value("max-peers", "n", .remotes, "Most remotes --accept-peers adds.", default: "64", render: { "\($0.maxPeers)" }) { s, v throws(OptionError) in s.maxPeers = try atLeastOne(v) },
-        value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", default: "300", render: { "\($0.peerTimeout)" }) { s, v throws(OptionError) in
+        value("max-peers", "n", .remotes, "Most remotes --accept-peers adds.", showsDefault: true, render: { "\($0.maxPeers)" }) { s, v throws(OptionError) in s.maxPeers = try atLeastOne(v) },
+        value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", showsDefault: true, render: { plain($0.peerTimeout) }) { s, v throws(OptionError) in
             s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)
         },
-        value("path-mtu-expiry", "seconds", .remotes, "Seconds a remote's path MTU, once lowered by an ICMP error (or a refused train), is kept before the route's is tried again; a path still smaller is found again by its next ICMP error (the kernel keeps its own for net.ipv4.route.mtu_expires, 600 s by default).", default: "600", render: { "\($0.pathMTUExpiry)" }) { s, v throws(OptionError) in
+        value("path-mtu-expiry", "seconds", .remotes, "Seconds a remote's path MTU, once lowered by an ICMP error (or a refused train), is kept before the route's is tried again; a path still smaller is found again by its next ICMP error (the kernel keeps its own for net.ipv4.route.mtu_expires, 600 s by default).", showsDefault: true, render: { plain($0.pathMTUExpiry) }) { s, v throws(OptionError) in
             s.pathMTUExpiry = try seconds(v, above: 0, atMost: 1_000_000)
         },
         flag("no-split-horizon", \.noSplitHorizon, .remotes, "Every remote's horizon defaults to off: forward between VXLAN remotes too (hub-and-spoke relays). Loops if the remotes also reach each other directly."),
-        value("ageing", aliases: ["aging"], "seconds", .table, "Seconds a learned MAC lives without traffic.", default: "300", render: { "\($0.ageing)" }) { s, v throws(OptionError) in
+        value("ageing", aliases: ["aging"], "seconds", .table, "Seconds a learned MAC lives without traffic.", showsDefault: true, render: { plain($0.ageing) }) { s, v throws(OptionError) in
             s.ageing = try seconds(v, above: 0, atMost: 1_000_000)
         },
-        value("max-macs", "n", .table, "Most MAC table entries; when full, the port holding the most entries loses its least recently seen one.", default: "8192",
+        value("max-macs", "n", .table, "Most MAC table entries; when full, the port holding the most entries loses its least recently seen one.", showsDefault: true,
               render: { "\($0.maxMACs)" }) { s, v throws(OptionError) in s.maxMACs = try atLeastOne(v) },
         value("max-macs-per-port", "n", .table, "Most MACs learned on one port (default: no per-port limit); a port at its limit forgets its least recently seen MAC.",
               render: { $0.maxMACsPerPort.map(String.init) }) { s, v throws(OptionError) in s.maxMACsPerPort = try atLeastOne(v) },
@@ -226,7 +227,7 @@ public enum OptionTable {
             s.seed = n
         },
         value("loop-protect", "on|off", .table, "on: a loop (MACs moving back and forth between two ports, 8 times within a second; or one frame flooded from one port 32 times within 100 ms, a loop that moves no MAC) blocks a port (the one of the two added later; the one the frame keeps coming in on) for 10 s, then it is tried again; off: the loop is only logged and counted. Either way it is named in the log and counted in show stats.",
-              default: "on", render: { $0.loopProtect ? "on" : "off" }, apply: { s, v throws(OptionError) in s.loopProtect = try onOff(v) }),
+              showsDefault: true, render: { $0.loopProtect ? "on" : "off" }, apply: { s, v throws(OptionError) in s.loopProtect = try onOff(v) }),
         flag("forward-link-local", \.forwardLinkLocal, .table, "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default."),
         value("mirror", "path", .mirror, "Write a copy of every frame the bridge receives (before the forwarding decision, so drops show too) to this pcap file; - for standard output (tapbridge ... --mirror - | tcpdump -n -r -).",
               quoted: true, render: { $0.mirror }) { s, v throws(OptionError) in s.mirror = v },
@@ -246,11 +247,11 @@ public enum OptionTable {
             s.mirrorRotate = Settings.Given(text: v, value: Settings.Rotation(bytes: r.bytes, count: r.count))
         },
         value("mirror-format", "format", .mirror, "pcapng: each port is an interface named after it and each frame says whether it came in or went out (tshark -T fields -e frame.interface_name -e frame.packet_flags_direction); pcap: classic pcap for old readers, without ports or directions.",
-              default: "pcapng", render: { $0.mirrorFormat.rawValue }) { s, v throws(OptionError) in
+              showsDefault: true, render: { $0.mirrorFormat.rawValue }) { s, v throws(OptionError) in
             guard let f = MirrorFormat(rawValue: v) else { throw OptionError(reason: "must be pcapng or pcap, got '\(v)'") }
             s.mirrorFormat = f
         },
-        value("snaplen", "bytes", .mirror, "Bytes of each mirrored frame to keep (64-262144).", default: "262144", render: { "\($0.snaplen)" }) { s, v throws(OptionError) in
+        value("snaplen", "bytes", .mirror, "Bytes of each mirrored frame to keep (64-262144).", showsDefault: true, render: { "\($0.snaplen)" }) { s, v throws(OptionError) in
             let n = try integer(v)
             guard (64...262_144).contains(n) else { throw OptionError(reason: "must be 64-262144, got \(n)") }
             s.snaplen = n
@@ -284,7 +285,7 @@ public enum OptionTable {
             s.busyPoll = d
         },
         value("log-level", "level", .running, "trace, debug, info, notice, warning, error or critical. debug adds what the switch does: MACs learned, moved, refused, aged out; trace also unicast floods to unknown MACs (at most 50 such lines a second).",
-              default: "info", render: { $0.logLevel.rawValue }) { s, v throws(OptionError) in
+              showsDefault: true, render: { $0.logLevel.rawValue }) { s, v throws(OptionError) in
             guard let level = Logger.Level(rawValue: v) else {
                 throw OptionError(reason: "must be one of \(Logger.Level.allCases.map(\.rawValue).joined(separator: ", ")), got '\(v)'")
             }

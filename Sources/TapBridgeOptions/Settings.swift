@@ -35,8 +35,9 @@ public struct Settings: Sendable {
     public var mirrorRotate: Given<Rotation>? = nil
     public var snaplen = 262_144
     public var mirrorFormat = MirrorFormat.pcapng
-    public var ageing = 300.0
-    public var maxMACs = 8192
+    /// The MAC table's defaults are the table's own (`ForwardingTable.Configuration`).
+    public var ageing = Double(ForwardingTable.Configuration.defaultAgeingTime.components.seconds)
+    public var maxMACs = ForwardingTable.Configuration.defaultMaximumEntries
     public var maxMACsPerPort: Int? = nil
     public var moveHoldDown: Double? = nil
     public var offload = true

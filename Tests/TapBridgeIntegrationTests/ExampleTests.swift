@@ -95,7 +95,7 @@ struct ExampleTests {
         #expect(file.output == flags.output, "config file:\n\(file.output)\ncommand line:\n\(flags.output)")
         // the command line wins, lists included: the example's ports can be replaced
         let both = Host.run([Host.binary, "--config", "\(Self.examples)/tapbridge.yaml", "--ageing", "60", "--port", "tbex3", "--print-config"]).output
-        #expect(both.contains("ageing: 60.0") && !both.contains("ageing: 120") && !both.contains("\"tbex0\"") && both.contains("\"tbex3\""), "\(both)")
+        #expect(both.split(separator: "\n").contains("ageing: 60") && !both.contains("ageing: 120") && !both.contains("\"tbex0\"") && both.contains("\"tbex3\""), "\(both)")
         #expect(both.contains("name: \"example\""), "the file's other values stay: \(both)")
         // and the printed configuration is itself a config file for the same bridge
         let lab = Lab()
