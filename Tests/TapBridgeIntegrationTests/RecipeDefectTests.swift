@@ -82,13 +82,13 @@ struct RecipeDefectTests {
     /// The path is fitted wherever the frames come from: a port with MTU 1500 behind a
     /// stream connection (complete frames, no offloads: a QEMU `-netdev stream` VM's case) or
     /// a veth reached through a packet socket, towards a `datapath=kernel` remote whose vxlan
-    /// device is 1450 over a 1500-byte underlay. The SYNs' MSS is clamped at the engine's
+    /// device is 1450 over a 1500-byte underlay, to a far end at 1500 too. The SYNs' MSS is clamped at the engine's
     /// egress stage and super-frames are cut there, so TCP runs both ways with no IP fragment
     /// and no `frame_too_large` (before, the stream case completed its handshake and then
     /// lost every full-size data frame at the vxlan device).
     /// ```
-    ///  stream: ns a ── tap (1500) ── tapbridge [h1, client] ══ unix stream ══ tapbridge [h1] ── vx (1450) ══ veth 1500 ══ [h2] vx ── tapbridge ── tap ── ns b
-    ///  packet: ns a ── veth (1500) ── packet socket ── tapbridge [h1] ── vx (1450) ══ veth 1500 ══ [h2] vx ── tapbridge ── tap ── ns b
+    ///  stream: ns a ── tap (1500) ── tapbridge [h1, client] ══ unix stream ══ tapbridge [h1] ── vx (1450) ══ veth 1500 ══ [h2] vx ── tapbridge ── tap (1500) ── ns b
+    ///  packet: ns a ── veth (1500) ── packet socket ── tapbridge [h1] ── vx (1450) ══ veth 1500 ══ [h2] vx ── tapbridge ── tap (1500) ── ns b
     /// ```
     @Test(arguments: ["stream", "packet"])
     func aFullSizeEgressIsFittedToAKernelRemoteWhateverTheIngress(_ ingress: String) throws {
@@ -113,9 +113,11 @@ struct RecipeDefectTests {
             return try finish(try lab.bridge(arguments + ["--port", peer], in: hosts.h1))
         }
         func finish(_ one: Background) throws {
-            let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,datapath=kernel,vni=77"], in: hosts.h2)
+            // the far end at 1500 too: neither end's MSS would keep TCP within the 1450-byte vxlan devices
+            let two = try lab.bridge(["--port", "\(hosts.tb),mtu=1500", "--remote", "10.76.0.1:4789,datapath=kernel,vni=77"], in: hosts.h2)
             try #require(lab.waitForLinks([hosts.tb], in: hosts.h2), "\(two.output)")
-            #expect(lab.exec(hosts.h1, ["ip", "link", "show", hosts.ta]).output.contains("mtu 1500"), "the ingress is at 1500")
+            #expect(lab.exec(hosts.h1, ["ip", "link", "show", hosts.ta]).output.contains("mtu 1500") && lab.exec(hosts.h2, ["ip", "link", "show", hosts.tb]).output.contains("mtu 1500"),
+                    "both ends are at 1500")
             _ = try hosts.tcpWithoutFragments(lab, one, two)
             let device = Lab.portCounters(one, port: "vx-\(name)")
             #expect(device["frame_too_large"] == nil && (device["mss_clamped"] ?? 0) >= 2, "the vxlan device's port: \(device)\n\(one.output)")
