@@ -1,15 +1,19 @@
 /// How Ethernet frames travel in UDP datagrams to a remote peer: the name a user gives
-/// (`encap=`), from which each peer gets its `EncapsulationFormat` (the UDP device's
-/// `WireFormat` makes them: a sealed one needs its key).
-public enum Encapsulation: String, Sendable, CaseIterable, CustomStringConvertible {
-    /// RFC 7348 VXLAN: an 8-byte header, then the frame.
-    case vxlan
-    /// The frame alone, one per datagram (QEMU `-netdev dgram`, `-netdev socket,udp=`).
-    case raw
-    /// tapbridge's own: authenticated and encrypted with a pre-shared key (ChaCha20-Poly1305).
-    case sealed
+/// (`encap=`). What each one is (its traits, and how a peer's `EncapsulationFormat` is made)
+/// is declared by the type that implements it, in the UDP device's registry
+/// (`Encapsulations`); nothing else tells them apart by name.
+public struct Encapsulation: Hashable, Sendable, CustomStringConvertible {
+    /// Its name, as `encap=` takes it.
+    public let name: String
 
-    public var description: String { rawValue }
+    public init(_ name: String) { self.name = name }
+
+    public var description: String { name }
+
+    /// RFC 7348 VXLAN: an 8-byte header, then the frame.
+    public static let vxlan = Encapsulation("vxlan")
+    /// The frame alone, one per datagram (QEMU `-netdev dgram`, `-netdev socket,udp=`).
+    public static let raw = Encapsulation("raw")
 }
 
 /// A received datagram, opened: the inner frame (in place, inside the datagram), or why it is

@@ -136,7 +136,7 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var why: String? = nil
 
     public init(_ peer: RemotePeer) {
-        self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation == .raw ? nil : peer.vni.rawValue,
+        self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation.kind.carriesVNI ? peer.vni.rawValue : nil,
                   dynamic: peer.isDynamic, unreachable: peer.unreachable)
         pathMtu = peer.pathMTU
         fragmented = peer.fragmented

@@ -56,16 +56,16 @@ final class RemotePeers: EventSource {
         }
         if options.acceptsPeers {
             device.accept(format: try acceptedFormat, limit: options.maximumPeers)
-            if options.encapsulation != .sealed {
+            if !options.encapsulation.kind.needsKey {
                 logger.warning("--accept-peers without a key: anyone who can send to UDP port \(device.localAddress.port) joins the segment; --encap sealed --key-file PATH admits only holders of the key")
             }
         }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers (horizon \(Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon)))" : "")\(options.splitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
     }
 
-    /// The key rings of the key files in use, by path: the remotes with one key share its ring
-    /// (its sessions and replay windows).
-    var keyrings: [String: SealedKeyring] = [:]
+    /// The keys of the key files in use, by encapsulation and path: the remotes with one key
+    /// share it (a sealed key's ring: its sessions and replay windows).
+    var keys: [String: any EncapsulationKey] = [:]
 
     /// How `remote`'s datagrams are made: its encapsulation and VNI, or the bridge's, and for
     /// sealed its key (`key=`, or `--key-file`), read once per file.
@@ -79,12 +79,12 @@ final class RemotePeers: EventSource {
     }
 
     func wireFormat(_ encapsulation: Encapsulation, vni: VNI, keyFile: String?) throws(StartupError) -> WireFormat {
-        guard encapsulation == .sealed else { return try WireFormat(encapsulation, vni: vni) }
-        guard let keyFile else { return try WireFormat(encapsulation, vni: vni) }  // throws: no key
-        if let ring = keyrings[keyFile] { return try WireFormat(.sealed, vni: vni, keyring: ring) }
-        let ring = SealedKeyring(key: try SealedKey(file: keyFile))
-        keyrings[keyFile] = ring
-        return try WireFormat(.sealed, vni: vni, keyring: ring)
+        guard encapsulation.kind.needsKey, let keyFile else { return try WireFormat(encapsulation, vni: vni) }  // (throws if it needs a key)
+        let id = "\(encapsulation) \(keyFile)"
+        if let key = keys[id] { return try WireFormat(encapsulation, vni: vni, keyring: key) }
+        let key = try encapsulation.kind.key(file: keyFile)
+        keys[id] = key
+        return try WireFormat(encapsulation, vni: vni, keyring: key)
     }
 
     /// The configured remotes, resolved, until `addConfigured` makes them ports.
@@ -131,7 +131,7 @@ final class RemotePeers: EventSource {
             let port = try add(remote.name, at: address, format: format, configuration: configuration)
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
             let path = device.peer(of: port)?.pathMTU ?? 0
-            logger.info("remote \(remote.name)\(shown): \(format.encapsulation)\(format.encapsulation == .raw ? "" : " VNI \(format.vni)"), path MTU \(path), horizon \(horizon), \(PortFactory.describe(configuration))")
+            logger.info("remote \(remote.name)\(shown): \(format.encapsulation)\(format.encapsulation.kind.carriesVNI ? " VNI \(format.vni)" : ""), path MTU \(path), horizon \(horizon), \(PortFactory.describe(configuration))")
         } catch {
             throw StartupError("remote \(remote.name): \(error.message)")
         }

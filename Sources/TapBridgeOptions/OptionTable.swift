@@ -192,8 +192,8 @@ public enum OptionTable {
                  """, \.remotes, text: \.text, parse: { v throws(OptionError) in Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try RemoteSpec(parsing: v) }) }),
         value("listen", "[addr:]port", .remotes, "The UDP socket serving every remote (default: all addresses, on the port of the first --remote).", quoted: true,
               render: { $0.listen?.text }, apply: { s, v throws(OptionError) in s.listen = Settings.Given(text: v, value: try spec { () throws(PortSpecError) in try ListenSpec(parsing: v) }) }),
-        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: vxlan, raw or sealed.", showsDefault: true, render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
-            guard let e = Encapsulation(rawValue: v) else { throw OptionError(reason: "must be vxlan, raw or sealed, got '\(v)'") }
+        value("encap", "encap", .remotes, "Encapsulation of remotes that do not set encap=: \(Encapsulations.names()).", showsDefault: true, render: { "\($0.encapsulation)" }) { s, v throws(OptionError) in
+            guard let e = Encapsulations.named(v) else { throw OptionError(reason: "must be \(Encapsulations.names()), got '\(v)'") }
             s.encapsulation = e
         },
         value("key-file", "path", .remotes, "The pre-shared key of sealed remotes that do not set key= (64 hex digits, readable by its owner alone: tapbridge genkey > PATH). With --accept-peers and --encap sealed, only senders holding it are admitted.",

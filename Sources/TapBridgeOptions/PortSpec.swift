@@ -278,7 +278,7 @@ public struct RemoteSpec: Sendable, Equatable {
                 if try shared.take(key, value, in: text) { continue }
                 switch key {
                 case "encap":
-                    guard let e = Encapsulation(rawValue: value) else { throw PortSpecError(text, "encap must be vxlan, raw or sealed, got '\(value)'") }
+                    guard let e = Encapsulations.named(value) else { throw PortSpecError(text, "encap must be \(Encapsulations.names()), got '\(value)'") }
                     encapsulation = e
                 case "vni":
                     guard let v = Int(value).flatMap(VNI.init) else { throw PortSpecError(text, "vni must be 0-16777215, got '\(value)'") }
@@ -301,10 +301,12 @@ public struct RemoteSpec: Sendable, Equatable {
                     throw PortSpecError(text, "unknown option '\(key)' (known: encap, key, vni, datapath, name, horizon, \(SharedPortOptions.keys))")
                 }
             }
-            if keyFile != nil, let e = encapsulation, e != .sealed { throw PortSpecError(text, "key= is for encap=sealed (set encap=sealed too)") }
+            if keyFile != nil, let e = encapsulation, !e.kind.needsKey {
+                throw PortSpecError(text, "key= is for encap=\(Encapsulations.names { $0.needsKey }) (set encap= too)")
+            }
             if datapath == .kernel {
-                if let e = encapsulation, e != .vxlan {
-                    throw PortSpecError(text, "datapath=kernel is the kernel's vxlan device: it carries encap=vxlan only (\(e) remotes run in tapbridge, datapath=user)")
+                if let e = encapsulation, !e.kind.kernelDatapath {
+                    throw PortSpecError(text, "datapath=kernel is the kernel's vxlan device: it carries encap=\(Encapsulations.names { $0.kernelDatapath }) only (\(e) remotes run in tapbridge, datapath=user)")
                 }
                 if let h = horizon, h != .mesh {
                     throw PortSpecError(text, "datapath=kernel remotes share one port, the kernel's vxlan device, which never forwards between them: horizon=\(h) cannot apply")
@@ -322,8 +324,9 @@ extension RemoteSpec {
     /// `datapath=kernel` remote without encap= takes the bridge's, and carries VXLAN only); nil
     /// if it can. At start and for `remote add`.
     public func datapathProblem(bridgeWide: Encapsulation) -> String? {
-        guard datapath == .kernel, encapsulation == nil, bridgeWide != .vxlan else { return nil }
-        return "datapath=kernel carries encap=vxlan only, and the bridge-wide --encap is \(bridgeWide) (set encap=vxlan on the remote)"
+        guard datapath == .kernel, encapsulation == nil, !bridgeWide.kind.kernelDatapath else { return nil }
+        let kernel = Encapsulations.names { $0.kernelDatapath }
+        return "datapath=kernel carries encap=\(kernel) only, and the bridge-wide --encap is \(bridgeWide) (set encap=\(kernel) on the remote)"
     }
 }
 
@@ -368,10 +371,10 @@ public enum Horizon: Equatable, Sendable, CustomStringConvertible {
     /// From a port's split-horizon group.
     public init(group: UInt16) { self = group == 0 ? .off : group == 1 ? .mesh : .group(group) }
 
-    /// The default for a remote: VXLAN and sealed peers are bridges (mesh), raw ones endpoints (off);
-    /// every remote is off with `--no-split-horizon`.
+    /// The default for a remote: its encapsulation's (`meshByDefault`: VXLAN and sealed peers
+    /// are bridges, a mesh; raw ones endpoints, off); every remote is off with `--no-split-horizon`.
     public static func standard(for encapsulation: Encapsulation, splitHorizon: Bool) -> Horizon {
-        splitHorizon && encapsulation != .raw ? .mesh : .off
+        splitHorizon && encapsulation.kind.meshByDefault ? .mesh : .off
     }
 
     /// The port's split-horizon group (`PortConfiguration.splitHorizonGroup`).

@@ -77,15 +77,17 @@ public struct Settings: Sendable {
         }
         if acceptPeers, listen == nil, remotes.isEmpty { throw OptionError("--accept-peers needs --listen [ADDR:]PORT") }
         for remote in remotes.map(\.value) {
-            let sealed = (remote.encapsulation ?? encapsulation) == .sealed
-            if sealed, remote.keyFile == nil, keyFile == nil {
-                throw OptionError("remote \(remote.name): encap=sealed needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
+            let e = remote.encapsulation ?? encapsulation
+            if e.kind.needsKey, remote.keyFile == nil, keyFile == nil {
+                throw OptionError("remote \(remote.name): encap=\(e) needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
             }
-            if !sealed, remote.keyFile != nil { throw OptionError("remote \(remote.name): key= is for encap=sealed (the bridge-wide --encap is \(encapsulation))") }
+            if !e.kind.needsKey, remote.keyFile != nil {
+                throw OptionError("remote \(remote.name): key= is for encap=\(Encapsulations.names { $0.needsKey }) (the bridge-wide --encap is \(encapsulation))")
+            }
             if let why = remote.datapathProblem(bridgeWide: encapsulation) { throw OptionError("remote \(remote.name): \(why)") }
         }
-        if acceptPeers, encapsulation == .sealed, keyFile == nil {
-            throw OptionError("--accept-peers with --encap sealed needs --key-file PATH: the key new peers must hold")
+        if acceptPeers, encapsulation.kind.needsKey, keyFile == nil {
+            throw OptionError("--accept-peers with --encap \(encapsulation) needs --key-file PATH: the key new peers must hold")
         }
         if streamGroup != nil, !streamListen.contains(where: { if case .unix = $0.value.endpoint { true } else { false } }) {
             throw OptionError("--stream-group needs --stream-listen unix:PATH (a group can be given a Unix socket, not a TCP port)")

@@ -204,7 +204,7 @@ struct RemotePathTests {
 struct EncapsulationRoundTripTests {
     static let addressA = FakeDatagramSocket.address("10.0.0.1:4789"), addressB = FakeDatagramSocket.address("10.0.0.2:4789")
 
-    static func arguments() -> [(Encapsulation, Bool)] { Encapsulation.allCases.flatMap { e in [(e, true), (e, false)] } }
+    static func arguments() -> [(Encapsulation, Bool)] { Encapsulations.all.map { $0.encapsulation }.flatMap { e in [(e, true), (e, false)] } }
 
     @Test(arguments: arguments())
     func framesAndSuperFramesArriveAsTheyLeft(_ encapsulation: Encapsulation, trains: Bool) throws {

@@ -299,36 +299,22 @@ public final class SealedFormat: EncapsulationFormat {
     }
 }
 
-/// What a remote's datagrams are made of: its encapsulation, its VNI and, sealed, the key
-/// ring of its key. Each peer gets its own format from it (`make`).
-public struct WireFormat {
-    public let encapsulation: Encapsulation
-    public let vni: VNI
-    public let keyring: SealedKeyring?
+extension Encapsulation {
+    /// tapbridge's own: authenticated and encrypted with a pre-shared key (ChaCha20-Poly1305).
+    public static let sealed = Encapsulation("sealed")
+}
 
-    /// Throws for `sealed` without a key ring.
-    public init(_ encapsulation: Encapsulation, vni: VNI, keyring: SealedKeyring? = nil) throws(StartupError) {
-        guard encapsulation != .sealed || keyring != nil else {
-            throw StartupError("encap=sealed needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
-        }
-        self.encapsulation = encapsulation
-        self.vni = vni
-        self.keyring = keyring
-    }
+extension SealedKeyring: EncapsulationKey {}
 
-    /// VXLAN or raw, which need no key.
-    public static func plain(_ encapsulation: Encapsulation, vni: VNI) -> WireFormat {
-        precondition(encapsulation != .sealed, "a sealed format needs its key ring")
-        return try! WireFormat(encapsulation, vni: vni)
-    }
-
-    /// A peer's format (`probing`: the admission's, which checks a stranger's datagram
-    /// without recording it).
-    public func make(probing: Bool = false) -> any EncapsulationFormat {
-        switch encapsulation {
-        case .vxlan: VXLANFormat(vni: vni)
-        case .raw: RawFormat()
-        case .sealed: SealedFormat(keyring: keyring!, vni: vni, probing: probing)
-        }
+extension SealedFormat: EncapsulationKind {
+    public static var encapsulation: Encapsulation { .sealed }
+    public static var carriesVNI: Bool { true }
+    public static var meshByDefault: Bool { true }
+    public static var kernelDatapath: Bool { false }
+    public static var needsKey: Bool { true }
+    public static func key(file: String) throws(StartupError) -> any EncapsulationKey { SealedKeyring(key: try SealedKey(file: file)) }
+    public static func format(vni: VNI, key: (any EncapsulationKey)?, probing: Bool) -> any EncapsulationFormat {
+        guard let keyring = key as? SealedKeyring else { preconditionFailure("a sealed format needs its key ring (WireFormat checks)") }
+        return SealedFormat(keyring: keyring, vni: vni, probing: probing)
     }
 }
