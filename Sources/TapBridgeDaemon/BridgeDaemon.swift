@@ -148,7 +148,7 @@ public final class BridgeDaemon {
             openLinkMonitor()
             if let path = controlPath {
                 let responder = ControlResponder(daemon: self)
-                control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup) { responder.reply(to: $0) }
+                control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup, userMayChange: options.user == nil) { responder.reply(to: $0) }
             }
             // the last step of start-up: everything is open
             if let user = options.user { try dropPrivileges(to: user) }

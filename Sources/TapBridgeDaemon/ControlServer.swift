@@ -54,7 +54,9 @@ public final class ControlServer {
 
     /// What a client may do, from its credentials: root and the bridge's own user may change
     /// the bridge, members of `--control-admin-group` too; members of `--control-group` may only
-    /// show it. (Whoever else can connect, with both groups given, may do nothing.)
+    /// show it. (Whoever else can connect, with both groups given, may do nothing.) Under
+    /// `--user`, the bridge's user is shared with whatever else runs as it, so its other
+    /// processes may only show: changes take root or the admin group.
     enum Rights: Comparable {
         case none, show, change
     }
@@ -68,7 +70,8 @@ public final class ControlServer {
         var gids = [UInt32](repeating: 0, count: 257)
         let n = Int(ctb_peer_credentials(fd, &uid, &gids, Int32(gids.count)))
         guard n > 0 else { return .none }
-        if uid == 0 || uid == geteuid() { return .change }
+        if uid == 0 { return .change }
+        if uid == geteuid() { return userMayChange ? .change : .show }
         let groups = gids.prefix(n)
         if let adminGroup, groups.contains(adminGroup) { return .change }
         if let readerGroup, groups.contains(readerGroup) { return .show }
@@ -87,6 +90,8 @@ public final class ControlServer {
     /// `--control-group` (may show) and `--control-admin-group` (may change too), by gid.
     let readerGroup: gid_t?
     let adminGroup: gid_t?
+    /// Whether the bridge's own user (not root) may change it: false under `--user`.
+    let userMayChange: Bool
     /// Answers each request (the daemon).
     let respond: (ControlRequest) -> Reply
     var clients: [Client] = []
@@ -112,8 +117,10 @@ public final class ControlServer {
     /// and `admins` (`--control-admin-group`); 0666 with both, each request then checked
     /// against the client's credentials. The caller holds the path's `ControlClaim`, so a
     /// socket file already there is stale and is replaced.
-    init(path: String, readers: String? = nil, admins: String? = nil, respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
+    init(path: String, readers: String? = nil, admins: String? = nil, userMayChange: Bool = true,
+         respond: @escaping (ControlRequest) -> Reply) throws(StartupError) {
         self.path = path
+        self.userMayChange = userMayChange
         self.respond = respond
         func gid(_ group: String?, _ option: String) throws(StartupError) -> gid_t? {
             guard let group else { return nil }
@@ -288,7 +295,7 @@ public final class ControlServer {
         }
         let needed: Rights = Self.changingCommands.contains(request.command) ? .change : .show
         guard clients[k].rights >= needed else {
-            let what = needed == .change ? "'\(request.command)' changes the bridge: only root, the bridge's user and members of --control-admin-group may" : "only root, the bridge's user and members of --control-group or --control-admin-group may use this bridge's control socket"
+            let what = needed == .change ? "'\(request.command)' changes the bridge: only root, \(userMayChange ? "the bridge's user and " : "")members of --control-admin-group may\(userMayChange ? "" : " (the bridge runs as --user: other processes of that user may only show it)")" : "only root, the bridge's user and members of --control-group or --control-admin-group may use this bridge's control socket"
             return answer(k, .failure("permission denied: \(what)"), now: now)
         }
         switch handle(request) {

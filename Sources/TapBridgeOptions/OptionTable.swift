@@ -269,7 +269,7 @@ public enum OptionTable {
               render: { $0.controlGroup }) { s, v throws(OptionError) in s.controlGroup = v },
         value("control-admin-group", "group", .running, "Let this group also change the bridge through the control socket: fdb add/del/flush, port add/del (root and the bridge's own user always may).", quoted: true,
               render: { $0.controlAdminGroup }) { s, v throws(OptionError) in s.controlAdminGroup = v },
-        value("user", "user[:group]", .running, "Once every port and socket is open, become this user (and its groups, or GROUP), keeping only CAP_NET_ADMIN and CAP_NET_RAW (port add, ports that come back, MTUs put back at exit) and no new privileges. The control socket becomes the user's: it and root may use it. Needs root to start; not with netns= ports (removing namespaces needs root).",
+        value("user", "user[:group]", .running, "Once every port and socket is open, become this user (and its groups, or GROUP), keeping only CAP_NET_ADMIN and CAP_NET_RAW (port add, ports that come back, MTUs put back at exit) and no new privileges. The control socket becomes the user's: its processes may show the bridge, only root (or --control-admin-group) may change it. Give the bridge a user of its own, not nobody. Needs root to start; not with netns= ports (removing namespaces needs root).",
               quoted: true, render: { $0.user?.text }) { s, v throws(OptionError) in
             do throws(StartupError) {
                 s.user = Settings.Given(text: v, value: try RunAs(parsing: v))

@@ -34,7 +34,9 @@ struct PrivilegeTests {
     ///  ns a ── tap ── tapbridge --user nobody ── tap ── ns b
     /// ```
     /// It runs as nobody with CAP_NET_ADMIN and CAP_NET_RAW only and no new privileges, TCP
-    /// passes both ways, and `show ports` answers root and nobody (the socket is nobody's now).
+    /// passes both ways, and `show ports` answers root and nobody (the socket is nobody's now);
+    /// nobody's other processes may not change the bridge (`port add`, `remote add`, `fdb
+    /// flush` refused), root may.
     @Test func userNobodyForwardsTCPAndAnswersItsOwner() throws {
         let lab = Lab()
         let (a, b) = (lab.namespace("a"), lab.namespace("b"))
@@ -53,6 +55,14 @@ struct PrivilegeTests {
         let asUser = Host.run(Self.asNobody([Host.binary, "show", "ports", "--name", name], openTun: false))
         #expect(asRoot.ok && asRoot.output.contains(ta), "\(asRoot.output)")
         #expect(asUser.ok && asUser.output.contains(tb), "the bridge's own user: \(asUser.output)")
+        // another process of that user may only show: it was handed every right (it could
+        // attach eth0 as a packet port and read the host's traffic)
+        for args in [["port", "add", "\(lab.link("x"))"], ["remote", "add", "127.0.0.1:4789"], ["fdb", "flush"]] {
+            let r = Host.run(Self.asNobody([Host.binary] + args + ["--name", name], openTun: false))
+            #expect(!r.ok && r.output.contains("permission denied") && r.output.contains("runs as --user"), "\(args) as nobody: \(r.output)")
+        }
+        let flushed = ControlTests.client(["fdb", "flush"], name: name)
+        #expect(flushed.ok, "root still may: \(flushed.output)")
         #expect(bridge.stop() == 0)
     }
 
