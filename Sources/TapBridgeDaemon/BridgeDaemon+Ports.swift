@@ -183,7 +183,7 @@ extension BridgeDaemon {
             throw StartupError("remote add '\(text)': UDP port \(own) is tapbridge's own socket's (the datapath=user remotes): a vxlan device cannot listen there too; give the remote another port")
         }
         if kernelRemotes == nil {
-            kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, logger: logger)
+            kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries, logger: logger)
         }
         let kernel = kernelRemotes!
         var (line, newPort) = try kernel.add(spec)

@@ -133,7 +133,7 @@ public final class BridgeDaemon {
             var userOptions = options
             userOptions.remotes = options.remotes.filter { $0.datapath == .user }
             if !kernelSpecs.isEmpty {
-                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, logger: logger)
+                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries, logger: logger)
             }
             if !userOptions.remotes.isEmpty || options.acceptsPeers {
                 if let port = options.listen?.port ?? userOptions.remotes.first?.port {

@@ -50,12 +50,17 @@ final class KernelVXLAN {
     let defaultVNI: VNI
     /// The address given with `--listen`, the devices' source address.
     let local: String?
+    /// The most MACs a device it makes learns (`maxaddress`, the bridge's `--max-macs`): a
+    /// device learns from any sender of its VNI, so without a bound anyone who reaches the UDP
+    /// port decides how large its table grows.
+    let maximumAddresses: Int
     private(set) var devices: [Device] = []
 
     /// Makes the devices of `remotes` (all with `datapath=kernel`; none: `remote add` makes
     /// them); removes what it made if any fails.
-    init(remotes: [RemoteSpec], vni defaultVNI: VNI, local: String?, bridge: String, logger: Logger) throws(StartupError) {
+    init(remotes: [RemoteSpec], vni defaultVNI: VNI, local: String?, bridge: String, maximumAddresses: Int, logger: Logger) throws(StartupError) {
         self.bridge = bridge
+        self.maximumAddresses = maximumAddresses
         self.logger = logger
         self.defaultVNI = defaultVNI
         self.local = local
@@ -129,7 +134,8 @@ final class KernelVXLAN {
             throw StartupError("remote \(remotes[narrowest].name): its path MTU is \(paths[narrowest]) bytes, too small for a vxlan device (\(overhead) bytes of headers)")
         }
         try takeOver(name)
-        var add = ["link", "add", name, "mtu", "\(mtu)", "type", "vxlan", "id", "\(vni.rawValue)", "dstport", "\(port)", "remote", addresses[0].host]
+        var add = ["link", "add", name, "mtu", "\(mtu)", "type", "vxlan", "id", "\(vni.rawValue)", "dstport", "\(port)", "remote", addresses[0].host,
+                   "maxaddress", "\(maximumAddresses)"]
         if let local { add += ["local", local] }
         try IPRoute.run("ip", add, for: "datapath=kernel")
         do throws(StartupError) {
@@ -146,7 +152,7 @@ final class KernelVXLAN {
             remove(name)
             throw error
         }
-        logger.info("vxlan device \(name) (made: removed on exit): VNI \(vni.rawValue), UDP port \(port), remotes \(addresses.map(\.description).joined(separator: ", ")), mtu \(mtu) (fits the \(paths[narrowest])-byte path to \(addresses[narrowest])); the kernel carries its frames (datapath=kernel)")
+        logger.info("vxlan device \(name) (made: removed on exit): VNI \(vni.rawValue), UDP port \(port), remotes \(addresses.map(\.description).joined(separator: ", ")), mtu \(mtu) (fits the \(paths[narrowest])-byte path to \(addresses[narrowest])), learns at most \(maximumAddresses) MACs; the kernel carries its frames (datapath=kernel)")
         return Device(name: name, vni: vni, port: port, remotes: remotes, endpoints: addresses, pathMTU: paths[narrowest], mtu: mtu)
     }
 
@@ -257,7 +263,7 @@ final class KernelVXLAN {
     /// What is on the other end of port `name`, if it is a device of these (`show ports`).
     func peer(ofPort name: String) -> String? {
         devices.first { $0.name == name }.map {
-            "Linux vxlan device (datapath=kernel): VNI \($0.vni.rawValue), UDP port \($0.port), remotes \($0.endpoints.map(\.description).joined(separator: ", ")), mtu \($0.mtu)"
+            "Linux vxlan device (datapath=kernel): VNI \($0.vni.rawValue), UDP port \($0.port), remotes \($0.endpoints.map(\.description).joined(separator: ", ")), mtu \($0.mtu), learns at most \(maximumAddresses) MACs"
         }
     }
 

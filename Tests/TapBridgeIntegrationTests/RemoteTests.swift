@@ -287,6 +287,8 @@ struct RemoteTests {
         let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,vni=77,datapath=kernel"], in: hosts.h2)
         try hosts.waitForTaps(lab, one, two)
         #expect(Lab.eventually { one.output.contains("running as nobody") }, "\(one.output)")
+        let limit = lab.exec(h1, ["ip", "-d", "-j", "link", "show", "dev", device]).output
+        #expect(limit.contains("\"limit\":8192") && one.output.contains("learns at most 8192 MACs"), "the device's maxaddress (--max-macs): \(limit)")
         let v6 = lab.exec(h1, ["ip", "-6", "addr", "show", "dev", device])
         #expect(v6.ok && !v6.output.contains("inet6"), "the vxlan device has an IPv6 address of its own: \(v6.output)")
         func control(_ args: String...) -> Host.Result { ControlTests.client(args, name: name) }
