@@ -85,15 +85,8 @@ struct RemoteTests {
     @Test(arguments: ["documented", "lower-device"])
     func linuxKernelVXLANDeviceIsAPeer(_ variant: String) throws {
         let lab = Lab()
-        let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
-        let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
-        #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
-        lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
-        lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
+        let (a, t, v, ta, ut, uv, vx) = try Self.linuxVXLANPeer(lab, lowerDevice: variant == "lower-device")
         let lower = variant == "lower-device" ? ["dev", uv] : []
-        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789"] + lower)
-        try #require(made.ok, "cannot create a vxlan device: \(made.output)")
-        lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
         let vxlanMTU = lab.exec(v, ["cat", "/sys/class/net/\(vx)/mtu"]).output.trimmingCharacters(in: .whitespacesAndNewlines)
         #expect(vxlanMTU == (lower.isEmpty ? "1500" : "1450"), "the vxlan device's MTU: got \(vxlanMTU)")
 
@@ -152,14 +145,7 @@ struct RemoteTests {
     /// ```
     @Test func aLinuxVXLANPeerOnTheKernelDatapathCarriesTCPBothWays() throws {
         let lab = Lab()
-        let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
-        let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
-        #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
-        lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
-        lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
-        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789"])
-        try #require(made.ok, "cannot create a vxlan device: \(made.output)")
-        lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
+        let (a, t, v, ta, _, _, _) = try Self.linuxVXLANPeer(lab, lowerDevice: false)
         let name = lab.bridgeName()
         let bridge = try lab.bridge(["--name", name, "--port", ta, "--remote", "10.78.0.2:4789,vni=42,datapath=kernel"], in: t)
         #expect(lab.waitForLinks([ta], in: t), "\(bridge.output)")
@@ -176,6 +162,22 @@ struct RemoteTests {
         #expect(device.counters.receivedFrames > 1_000 && device.counters.transmittedFrames > 1_000 && device.drops.isEmpty,
                 "the vxlan device's port: \(device.counters) \(device.drops)")
         #expect(bridge.stop() == 0)
+    }
+
+    /// WireFormats.md's Linux side: namespaces a (for the TAP), t (tapbridge's host, 10.78.0.1)
+    /// and v (the Linux host, 10.78.0.2) joined by a veth, and in v a vxlan device, VNI 42, as
+    /// written (`lowerDevice`: with `dev`), holding 10.79.0.2/24 and up.
+    static func linuxVXLANPeer(_ lab: Lab, lowerDevice: Bool) throws -> (a: String, t: String, v: String, ta: String, ut: String, uv: String, vx: String) {
+        let (a, t, v) = (lab.namespace("a"), lab.namespace("t"), lab.namespace("v"))
+        let (ta, ut, uv, vx) = (lab.link("a"), lab.link("t"), lab.link("v"), lab.link("x"))
+        #expect(Host.run(["ip", "link", "add", ut, "netns", t, "type", "veth", "peer", "name", uv, "netns", v]).ok)
+        lab.exec(t, ["ip", "addr", "add", "10.78.0.1/24", "dev", ut]); lab.exec(t, ["ip", "link", "set", ut, "up"])
+        lab.exec(v, ["ip", "addr", "add", "10.78.0.2/24", "dev", uv]); lab.exec(v, ["ip", "link", "set", uv, "up"])
+        let made = lab.exec(v, ["ip", "link", "add", vx, "type", "vxlan", "id", "42", "local", "10.78.0.2", "remote", "10.78.0.1", "dstport", "4789"]
+                            + (lowerDevice ? ["dev", uv] : []))
+        try #require(made.ok, "cannot create a vxlan device: \(made.output)")
+        lab.exec(v, ["ip", "addr", "add", "10.79.0.2/24", "dev", vx]); lab.exec(v, ["ip", "link", "set", vx, "up"])
+        return (a, t, v, ta, ut, uv, vx)
     }
 
     /// The "two hosts" recipe exactly as `--help` writes it, no `mtu=`, on two namespaces

@@ -184,13 +184,7 @@ extension KernelTests.VirtualMachineTests {
             ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"]
                 + Self.qemu("tb.addr=10.77.0.3/24 tb.peer=10.77.0.2 tb.port=5011 tb.bytes=\(bytes) tb.listen=5012",
                             netdev: "stream,id=n0,server=off,addr.type=unix,addr.path=\(socket)", device: "virtio-net-pci,netdev=n0,mac=52:54:00:77:00:03"))
-        let receiver = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/receive.py", "10.77.0.2", "5011", String(bytes), "150"], timeout: 170)
-        #expect(receiver.output.contains("received \(bytes) match True"), "guest -> ns: \(receiver.output)\nguest console:\n\(qemu.output.suffix(1500))\n\(bridge.output)")
-        #expect(Lab.eventually(within: 30) { qemu.output.contains("TB-LISTENING") }, "\(qemu.output.suffix(800))")
-        let sender = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/send.py", "10.77.0.3", "5012", String(bytes), "60"], timeout: 90)
-        #expect(sender.output.contains("sent \(bytes)"), "ns -> guest: \(sender.output)")
-        let md5 = sender.output.split(separator: " ").last.map(String.init)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-        #expect(qemu.wait(within: 60) != nil && qemu.output.contains("TB-RECEIVED \(bytes) \(md5)"), "the guest's count and md5 (want \(bytes) \(md5)):\n\(qemu.output.suffix(1500))")
+        Self.guestMovesTCPBothWays(lab, qemu, "10.77.0.3", with: b, port: 5011, bytes: bytes, context: bridge.output)
         #expect(qemu.output.contains("TB-RESULT 0"), "\(qemu.output.suffix(800))")
         #expect(bridge.output.contains("stream from unix:\(socket), pid ") && bridge.output.contains("uid 65534"), "the VM's port, run as nobody:\n\(bridge.output)")
         let errors = lab.checksumErrors(in: b)

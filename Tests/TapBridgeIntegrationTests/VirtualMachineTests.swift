@@ -26,6 +26,20 @@ struct VirtualMachineTests {
         try #require(built.ok, "cannot build the guest: \(built.output)")
     }
 
+    /// TCP both ways between a guest started with `tb.peer=10.77.0.2 tb.port=PORT tb.bytes=BYTES
+    /// tb.listen=PORT+1` (at `address`) and namespace `ns` (10.77.0.2): the guest sends to
+    /// receive.py, which checks every byte of its pattern; then send.py sends into the guest,
+    /// which reports the count and md5 of what it read before it powers off.
+    static func guestMovesTCPBothWays(_ lab: Lab, _ guest: Background, _ address: String, with ns: String, port: Int, bytes: Int, context: @autoclosure () -> String) {
+        let receiver = lab.exec(ns, ["/usr/bin/python3", "\(peers)/receive.py", "10.77.0.2", String(port), String(bytes), "150"], timeout: 170)
+        #expect(receiver.output.contains("received \(bytes) match True"), "guest -> ns: \(receiver.output)\nguest console:\n\(guest.output.suffix(1500))\n\(context())")
+        #expect(Lab.eventually(within: 30) { guest.output.contains("TB-LISTENING") }, "\(guest.output.suffix(800))")
+        let sender = lab.exec(ns, ["/usr/bin/python3", "\(peers)/send.py", address, String(port + 1), String(bytes), "60"], timeout: 90)
+        #expect(sender.output.contains("sent \(bytes)"), "ns -> guest: \(sender.output)")
+        let md5 = sender.output.split(separator: " ").last.map(String.init)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
+        #expect(guest.wait(within: 60) != nil && guest.output.contains("TB-RECEIVED \(bytes) \(md5)"), "the guest's count and md5 (want \(bytes) \(md5)):\n\(guest.output.suffix(1500))")
+    }
+
     /// QEMU's command line for the test guest: its kernel arguments (`tb.*`, guest-init.sh) and
     /// its NIC (`-netdev` and `-device` values).
     static func qemu(_ arguments: String, netdev: String, device: String = "virtio-net-pci,netdev=n0") -> [String] {
@@ -144,13 +158,7 @@ struct VirtualMachineTests {
         // vm2 alone: TCP both ways while vm1's remote is absent
         let bytes = 2 << 20
         let vm2 = try guest(2, "tb.addr=10.77.0.4/24 tb.peer=10.77.0.2 tb.port=5013 tb.bytes=\(bytes) tb.listen=5014")
-        let receiver = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/receive.py", "10.77.0.2", "5013", String(bytes), "150"], timeout: 170)
-        #expect(receiver.output.contains("received \(bytes) match True"), "vm2 -> ns b: \(receiver.output)\nvm2:\n\(vm2.output.suffix(1500))\n\(bridge.output)")
-        #expect(Lab.eventually(within: 30) { vm2.output.contains("TB-LISTENING") }, "\(vm2.output.suffix(800))")
-        let sender = lab.exec(b, ["/usr/bin/python3", "\(Self.peers)/send.py", "10.77.0.4", "5014", String(bytes), "60"], timeout: 90)
-        #expect(sender.output.contains("sent \(bytes)"), "ns b -> vm2: \(sender.output)")
-        let md5 = sender.output.split(separator: " ").last.map(String.init)?.trimmingCharacters(in: .whitespacesAndNewlines) ?? "?"
-        #expect(vm2.wait(within: 60) != nil && vm2.output.contains("TB-RECEIVED \(bytes) \(md5)"), "vm2's count and md5 (want \(bytes) \(md5)):\n\(vm2.output.suffix(1500))")
+        Self.guestMovesTCPBothWays(lab, vm2, "10.77.0.4", with: b, port: 5013, bytes: bytes, context: bridge.output)
         let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
         let one = try #require(ports.first { $0.name == "vm1" }), two = try #require(ports.first { $0.name == "vm2" })
         #expect(one.state == "unreachable" && one.remote?.why?.contains("ICMP port unreachable: nothing listens on 127.0.0.1:5556") == true,
