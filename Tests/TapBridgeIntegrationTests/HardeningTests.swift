@@ -55,7 +55,9 @@ struct HardeningTests {
         return (bridge, name, path)
     }
 
-    /// CPU seconds the bridge uses over `seconds` while idle.
+    /// CPU seconds the bridge uses over `seconds` while idle. The tests that read it ask for
+    /// under 0.2 s in 1 s: a spinning loop uses the whole second, 5 times that, and an idle
+    /// bridge about 0.
     static func idleCPU(_ pid: Int32, over seconds: Double = 1) -> Double {
         let before = ProcessProbe.cpuSeconds(pid)
         usleep(UInt32(seconds * 1_000_000))
