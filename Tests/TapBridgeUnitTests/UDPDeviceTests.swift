@@ -137,6 +137,12 @@ struct UDPDeviceTests {
         serve()
         #expect(lan.transmitted(on: 0) == [first])
         #expect(device.dynamicPeerCount == 1)
+        // the count follows peers as they go (it is kept, not counted per stranger's datagram)
+        let configured = try addRemote("10.0.0.20:4789")
+        #expect(device.dynamicPeerCount == 1)
+        lan.engine.removePort(try #require(lan.engine.port(named: "10.0.0.7:4789")))
+        lan.engine.removePort(configured)
+        #expect(device.dynamicPeerCount == 0)
     }
 
     /// Strangers' datagrams, trains on and off, with a batch smaller than what they sent (8

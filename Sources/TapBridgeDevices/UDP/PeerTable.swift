@@ -67,6 +67,7 @@ struct PeerTable {
                         maximumFrameLength: format.frameLimit(pathMTU: pathMTU, ipv4: address.isIPv4))
         let index = peers.firstIndex { $0 == nil } ?? peers.count
         if index == peers.count { peers.append(peer) } else { peers[index] = peer }
+        if isDynamic { dynamicCount += 1 }
         byAddress[address] = index
         reindexHost(of: address)
         if port.index >= byPort.count { byPort += Array(repeating: -1, count: port.index + 1 - byPort.count) }
@@ -81,6 +82,7 @@ struct PeerTable {
         byAddress[peer.address] = nil
         peer.sockaddr.deallocate()
         peers[index] = nil
+        if peer.isDynamic { dynamicCount -= 1 }
         byPort[port.index] = -1
         reindexHost(of: peer.address)
         return peer
@@ -90,6 +92,7 @@ struct PeerTable {
     mutating func removeAll() {
         for case let p? in peers { p.sockaddr.deallocate() }
         peers.removeAll()
+        dynamicCount = 0
         byAddress.removeAll()
         vxlanByHost.removeAll()
         byPort.removeAll()
@@ -138,7 +141,9 @@ struct PeerTable {
         set { peers[index] = newValue }
     }
 
-    var dynamicCount: Int { peers.lazy.filter { $0?.isDynamic == true }.count }
+    /// Peers added by `--accept-peers` (kept as they come and go: asked for each stranger's
+    /// datagram, so no scan).
+    private(set) var dynamicCount = 0
 
     /// Ports of dynamic peers silent for `timeout` or longer at `now`.
     func idleDynamicPeers(timeout: Duration, now: Instant) -> [PortID] {
