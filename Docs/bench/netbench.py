@@ -38,6 +38,8 @@ Cases:
   kernel-bridge-vxlan  the kernel doing what tapbridge-remote-tapbridge does: on each of two hosts a
                    Linux bridge of a vxlan device and a veth from A (B), underlay MTU 1600
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
+  idle-0, idle-254, idle-1022  tap-tap with the bridge in a namespace of its own (IPv6 off there) and
+                   that many idle TAPs beside the two: what ports that do nothing cost the others
   tap-linux-vxlan  WireFormats.md's "The Linux vxlan device" as written: a tapbridge (TAP in A) with a
                    VXLAN remote to a Linux vxlan device that is B's interface (no dev, MTU 1500), over
                    a veth of MTU 1500; linux-vxlan-tap the same with the Linux device in A (the other
@@ -82,7 +84,7 @@ CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "re
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
          "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
          "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
-         "linux-vxlan-tap-txoff"]
+         "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
@@ -95,7 +97,7 @@ RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "
           ("tap-linux-vxlan", "linux-vxlan-tap"), ("tap-linux-vxlan", "kernel-vxlan"), ("linux-vxlan-tap", "kernel-vxlan"),
           ("tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel"), ("tap-linux-vxlan-kernel", "kernel-vxlan"), ("linux-vxlan-tap-kernel", "kernel-vxlan"),
           ("tap-linux-vxlan-kernel", "tap-linux-vxlan"), ("linux-vxlan-tap-kernel", "linux-vxlan-tap"),
-          ("linux-vxlan-tap-txoff", "linux-vxlan-tap")]
+          ("linux-vxlan-tap-txoff", "linux-vxlan-tap"), ("idle-254", "idle-0"), ("idle-1022", "idle-0")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -280,6 +282,20 @@ def setup(case, r, tools):
             ns(n, "ip", "link", "add", PREFIX + "x" + side, "type", "vxlan", "id", "42", "local", underlay, "remote", peer,
                "dstport", "4789", "dev", PREFIX + "u" + side)
             address(n, PREFIX + "x" + side, ip)
+    elif base.startswith("idle-"):
+        # the bridge in a host namespace with IPv6 off, so the idle TAPs say nothing
+        host = PREFIX + "ha"
+        namespaces(host)
+        idle = [PREFIX + "i%d" % k for k in range(int(base.split("-")[1]))]
+        r.start("tapbridge", ["ip", "netns", "exec", host, BUILD[0], "--name", PREFIX, "--port", TAP0, "--port", TAP1,
+                              *[a for t in idle for a in ("--port", t)], *off, *EXTRA])
+        for tap, dest, ip in ((TAP0, NS_A, IP_A), (TAP1, NS_B, IP_B)):
+            for _ in range(600):
+                if subprocess.run(["ip", "-n", host, "link", "show", tap], capture_output=True).returncode == 0:
+                    break
+                time.sleep(0.05)
+            ns(host, "ip", "link", "set", tap, "netns", dest)
+            address(dest, tap, ip)
     elif base.removesuffix("-kernel").removesuffix("-txoff") in ("tap-linux-vxlan", "linux-vxlan-tap"):
         kernel = ",datapath=kernel" if base.endswith("-kernel") else ""
         txoff = base.endswith("-txoff")
@@ -386,7 +402,7 @@ def measure(case, r, seconds):
 
 
 def is_tapbridge(case):
-    return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case == "eight-ports"
+    return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case.startswith("idle-") or case == "eight-ports"
 
 
 def ping_rtt_ms():

@@ -18,6 +18,7 @@
 #include <sys/ioctl.h>
 #include <sys/signalfd.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/uio.h>
 #include <sys/un.h>
 #include <stddef.h>
@@ -205,6 +206,44 @@ int ctb_links_delete_group(unsigned int group) { return link_request(RTM_DELLINK
 int ctb_eventfd(void) {
     int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     return fd < 0 ? -errno : fd;
+}
+
+int ctb_epoll_open(void) {
+    int fd = epoll_create1(EPOLL_CLOEXEC);
+    return fd < 0 ? -errno : fd;
+}
+
+static int epoll_change(int ep, int op, int fd, int output, unsigned long long data) {
+    struct epoll_event e;
+    memset(&e, 0, sizeof(e));
+    e.events = EPOLLIN | (output ? EPOLLOUT : 0);
+    e.data.u64 = data;
+    return epoll_ctl(ep, op, fd, &e) < 0 ? -errno : 0;
+}
+
+int ctb_epoll_add(int ep, int fd, int output, unsigned long long data) { return epoll_change(ep, EPOLL_CTL_ADD, fd, output, data); }
+
+int ctb_epoll_delete(int ep, int fd) {
+    struct epoll_event e;
+    memset(&e, 0, sizeof(e));
+    return epoll_ctl(ep, EPOLL_CTL_DEL, fd, &e) < 0 ? -errno : 0;
+}
+
+int ctb_epoll_modify(int ep, int fd, int output, unsigned long long data) { return epoll_change(ep, EPOLL_CTL_MOD, fd, output, data); }
+
+int ctb_epoll_ready(int ep, unsigned long long *data, unsigned int *flags, int max) {
+    struct epoll_event events[256];
+    if (max > 256) max = 256;
+    int n;
+    do {
+        n = epoll_wait(ep, events, max, 0);
+    } while (n < 0 && errno == EINTR);
+    if (n < 0) return -errno;
+    for (int i = 0; i < n; i++) {
+        data[i] = events[i].data.u64;
+        flags[i] = ((events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) ? 1u : 0u) | ((events[i].events & EPOLLOUT) ? 2u : 0u);
+    }
+    return n;
 }
 
 int ctb_link_monitor_open(void) {

@@ -282,6 +282,7 @@ public final class ImpairedDevice: PortDevice {
     public var pollDescriptor: Int32? { inner.pollDescriptor }
     public var offloadCapabilities: OffloadCapabilities { inner.offloadCapabilities }
     public var awaitsWritable: Bool { inner.awaitsWritable }
+    public var mayAwaitWritable: Bool { inner.mayAwaitWritable }
     public func writable() { inner.writable() }
     public func receive(into batch: FrameBatch) throws(PortError) -> Int { try inner.receive(into: batch) }
     public func didAddPort(_ port: PortID, name: String) {

@@ -49,6 +49,7 @@ public final class MirroredDevice: PortDevice {
 
     public var pollDescriptor: Int32? { inner.pollDescriptor }
     public var awaitsWritable: Bool { inner.awaitsWritable }
+    public var mayAwaitWritable: Bool { inner.mayAwaitWritable }
     public func writable() { inner.writable() }
 
     @inline(__always) func isSelected(_ port: PortID) -> Bool { port.index < selected.count && selected[port.index] }

@@ -89,6 +89,8 @@ public protocol PortDevice: AnyObject {
     /// The device holds bytes its descriptor did not take yet (a stream port whose peer reads
     /// slower than the bridge sends): the loop polls for writability too, and calls `writable`.
     var awaitsWritable: Bool { get }
+    /// Whether `awaitsWritable` can ever be true (a stream port): the loop looks at those only.
+    var mayAwaitWritable: Bool { get }
 
     /// The descriptor is writable: send what waits.
     func writable()
@@ -103,6 +105,7 @@ extension PortDevice {
     public func didRemovePort(_ port: PortID) {}
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {}
     public var awaitsWritable: Bool { false }
+    public var mayAwaitWritable: Bool { false }
     public func writable() {}
 }
 

@@ -101,7 +101,7 @@ public final class BridgeDaemon {
         loop = EventLoop(logger: logger)
         loop.busyPoll = options.busyPoll.nanoseconds
         var failed: (any PortDevice, PortError) -> Void = { _, _ in }
-        ports = PortsSource(engine: engine) { failed($0, $1) }
+        ports = try PortsSource(engine: engine) { failed($0, $1) }
         // the name is claimed before anything is opened: of two bridges started at once with
         // one name, one runs and the other is refused at once
         if let path = Self.controlPath(options) {

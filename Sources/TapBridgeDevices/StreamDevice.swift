@@ -286,6 +286,7 @@ public final class StreamDevice: PortDevice {
     }
 
     public var awaitsWritable: Bool { !queue.isEmpty }
+    public var mayAwaitWritable: Bool { true }
 
     public func writable() {
         while !queue.isEmpty {

@@ -63,6 +63,18 @@ int ctb_links_delete_group(unsigned int group);
 /// A non-blocking, close-on-exec eventfd (a counter a background thread writes to wake the
 /// loop). The fd or -errno.
 int ctb_eventfd(void);
+/// A close-on-exec epoll instance (level-triggered use only). The fd or -errno.
+int ctb_epoll_open(void);
+/// Adds `fd` to epoll instance `ep`, waiting for input (and output too if `output`), with
+/// `data` handed back when it is ready. 0 or -errno.
+int ctb_epoll_add(int ep, int fd, int output, unsigned long long data);
+/// Removes `fd` from `ep`. 0 or -errno.
+int ctb_epoll_delete(int ep, int fd);
+/// Changes whether `fd` in `ep` also waits for output. 0 or -errno.
+int ctb_epoll_modify(int ep, int fd, int output, unsigned long long data);
+/// epoll_wait(2) without blocking: up to `max` ready entries, each its `data` and whether it
+/// is readable (or in error: 1), writable (2) or both (3). Returns how many, or -errno.
+int ctb_epoll_ready(int ep, unsigned long long *data, unsigned int *flags, int max);
 /// Opens a non-blocking NETLINK_ROUTE socket subscribed to link events. The fd or -errno.
 int ctb_link_monitor_open(void);
 /// Reads up to `max` link events (other messages are skipped). Returns how many (0: none
