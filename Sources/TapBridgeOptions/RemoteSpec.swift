@@ -69,7 +69,8 @@ public struct RemoteSpec: Sendable, Equatable {
                 }
             }
             if keyFile != nil, let e = encapsulation, !e.kind.needsKey {
-                throw PortSpecError(text, "key= is for encap=\(Encapsulations.names { $0.needsKey }) (set encap= too)")
+                let keyed = Encapsulations.names { $0.needsKey }
+                throw PortSpecError(text, "key= is for encap=\(keyed) (set encap=\(keyed) too)")
             }
             if datapath == .kernel {
                 if let e = encapsulation, !e.kind.kernelDatapath {
