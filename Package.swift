@@ -17,7 +17,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.6.0"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.0.0"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.0"),
+        // (one minor version: the sealed cipher calls its CCryptoBoringSSL module, Docs/Architecture.md)
+        .package(url: "https://github.com/apple/swift-crypto", .upToNextMinor(from: "3.12.0")),
     ],
     targets: [
         // Pure forwarding logic: imports nothing but the standard library.
@@ -84,7 +85,7 @@ let package = Package(
         .executableTarget(name: "fuzz-offload", dependencies: ["FuzzSupport", "TapBridgeCore"], path: "Tests/Fuzz/fuzz-offload"),
         .executableTarget(name: "fuzz-coalescer", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Tests/Fuzz/fuzz-coalescer"),
         .executableTarget(name: "fuzz-bridge", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Tests/Fuzz/fuzz-bridge"),
-        .executableTarget(name: "fuzz-encapsulation", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeDevices"], path: "Tests/Fuzz/fuzz-encapsulation"),
+        .executableTarget(name: "fuzz-encapsulation", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeDevices", .product(name: "Crypto", package: "swift-crypto")], path: "Tests/Fuzz/fuzz-encapsulation"),
         .executableTarget(name: "fuzz-control", dependencies: ["FuzzSupport", "TapBridgeDaemon"], path: "Tests/Fuzz/fuzz-control"),
         .executableTarget(name: "fuzz-specs", dependencies: ["FuzzSupport", "TapBridgeOptions"], path: "Tests/Fuzz/fuzz-specs"),
         .testTarget(

@@ -45,6 +45,15 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// Receive: a sealed datagram already received (a duplicate, a replay) or too old for the
     /// replay window, or from a session older than the clock allows.
     case replayed
+    /// Receive: a sealed transport datagram under a receiver index this bridge has no session
+    /// for with its sender (never had, or expired): dropped after one lookup, no cipher work.
+    case unknownIndex
+    /// Receive: a sealed handshake message whose `mac1` is wrong (its sender does not know
+    /// this bridge's public key): dropped after one HMAC.
+    case badMAC1
+    /// Receive: a sealed handshake initiation that is not newer than the last one taken from
+    /// that peer (a replayed initiation), or a response to no handshake under way.
+    case staleHandshake
     /// Receive: a datagram or frame larger than the receive buffer.
     case truncated
     /// Receive: a flooded frame (broadcast, multicast, unknown unicast) over the port's
@@ -91,6 +100,9 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .vniMismatch: "vni_mismatch"
         case .unauthenticated: "unauthenticated"
         case .replayed: "replayed"
+        case .unknownIndex: "unknown_index"
+        case .badMAC1: "bad_mac1"
+        case .staleHandshake: "stale_handshake"
         case .truncated: "truncated"
         case .stormControl: "storm_control"
         case .loopBlocked: "loop_blocked"

@@ -21,6 +21,8 @@ public struct Encapsulation: Hashable, Sendable, CustomStringConvertible {
 public enum OpenedDatagram {
     case frame(UnsafeMutableRawBufferPointer)
     case drop(DropReason)
+    /// The format's own message (a handshake, a keepalive), taken: nothing to deliver.
+    case consumed
 }
 
 /// The seam between the UDP device and the bytes on the wire: how a frame becomes a datagram
@@ -57,6 +59,40 @@ public protocol EncapsulationFormat: AnyObject {
     /// address and port, and one forged "fragmentation needed" used to lower a remote's path
     /// to 552 bytes for good.
     func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool
+    /// Called once the peer is a port: `send` sends a datagram of the format's own (a
+    /// handshake message) to the peer at once. (A stateless format ignores it.)
+    func connect(_ send: @escaping (UnsafeRawBufferPointer) -> Void)
+    /// Whether a frame can be sealed now; false drops it (`link_down`): a format that needs a
+    /// session starts one here (a handshake) and answers false until it is up.
+    func readyToSend() -> Bool
+    /// Keeps `frame` (a copy, complete and fitting the path) to send once `readyToSend`'s
+    /// session is up; false if the format keeps none (the frame is then dropped).
+    func hold(_ frame: [UInt8]) -> Bool
+    /// What `show ports` says of its session with the peer; nil for a stateless format.
+    var session: SessionReport? { get }
+}
+
+extension EncapsulationFormat {
+    public func connect(_ send: @escaping (UnsafeRawBufferPointer) -> Void) {}
+    @inline(__always) public func readyToSend() -> Bool { true }
+    public func hold(_ frame: [UInt8]) -> Bool { false }
+    public var session: SessionReport? { nil }
+}
+
+/// A format's session with its peer, as `show ports` gives it.
+public struct SessionReport: Sendable, Equatable {
+    /// Who the peer is (a sealed peer's public key, short).
+    public var peer: String
+    /// When the last handshake completed (monotonic nanoseconds); nil before the first.
+    public var lastHandshake: Int64?
+    /// Messages of the format's own, by name (`initiations_sent`, ...).
+    public var messages: [String: UInt64]
+
+    public init(peer: String, lastHandshake: Int64?, messages: [String: UInt64]) {
+        self.peer = peer
+        self.lastHandshake = lastHandshake
+        self.messages = messages
+    }
 }
 
 extension EncapsulationFormat {

@@ -25,7 +25,7 @@ extension BridgeDaemon {
             return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap { interfaceName(ofIndex: $0) },
                               state: Self.remoteState(tunnel?.peer(of: port)), offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
                               flooding: config.flooding, counters: countersOf(port, named: a.name), remote: a.kind == .remote ? tunnel?.peer(of: port).map {
-                                var r = RemoteReport($0)
+                                var r = RemoteReport($0, now: ctb_monotonic_ns())
                                 r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
                                 return r
                               } : nil, heldBy: a.heldBy)

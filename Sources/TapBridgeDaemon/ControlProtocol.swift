@@ -134,13 +134,24 @@ public struct RemoteReport: Codable, Sendable, Equatable {
     public var horizon: String? = nil
     /// While it is unreachable: why (the last ICMP error that came for it).
     public var why: String? = nil
+    /// A sealed remote's public key (its first 8 base64 characters).
+    public var peerKey: String? = nil
+    /// Seconds since its last handshake completed (sealed; absent before the first).
+    public var lastHandshakeSeconds: Double? = nil
+    /// Messages of its encapsulation's own (sealed: handshakes and keepalives), by name.
+    public var messages: [String: UInt64]? = nil
 
-    public init(_ peer: RemotePeer) {
+    public init(_ peer: RemotePeer, now: Int64) {
         self.init(endpoint: "\(peer.address)", encapsulation: "\(peer.encapsulation)", vni: peer.encapsulation.kind.carriesVNI ? peer.vni.rawValue : nil,
                   dynamic: peer.isDynamic, unreachable: peer.unreachable)
         pathMtu = peer.pathMTU
         fragmented = peer.fragmented
         why = peer.unreachableReason
+        if let session = peer.session {
+            peerKey = session.peer
+            lastHandshakeSeconds = session.lastHandshake.map { Double(now &- $0) / 1e9 }
+            messages = session.messages
+        }
     }
 
     public init(endpoint: String, encapsulation: String, vni: UInt32?, dynamic: Bool, unreachable: UInt64 = 0) {
@@ -160,6 +171,7 @@ extension RemoteReport {
         ("unreachable_total", "ICMP errors (port or host unreachable, no route) for datagrams sent to the remote.", false, { Double($0.unreachable) }),
         ("fragmented_total", "Datagrams sent to the remote larger than its path, fragmented by the kernel.", false, { $0.fragmented.map { Double($0) } }),
         ("path_mtu_bytes", "The IP MTU of the path towards the remote.", true, { $0.pathMtu.map { Double($0) } }),
+        ("last_handshake_seconds", "Seconds since the remote's last handshake completed (sealed remotes).", true, { $0.lastHandshakeSeconds }),
         ("up", "1 while the remote is up; 0 while it is unreachable (an ICMP error came for it) or refusing (its datagrams do not authenticate): show ports says why.", true, { $0.why == nil ? 1 : 0 }),
     ]
 }

@@ -56,35 +56,27 @@ final class RemotePeers: EventSource {
         }
         if options.acceptsPeers {
             device.accept(format: try acceptedFormat, limit: options.maximumPeers)
-            if !options.encapsulation.kind.needsKey {
-                logger.warning("--accept-peers without a key: anyone who can send to UDP port \(device.localAddress.port) joins the segment; --encap sealed --key-file PATH admits only holders of the key")
-            }
+            logger.warning("--accept-peers: anyone who can send to UDP port \(device.localAddress.port) joins the segment (name each peer instead: --remote HOST:PORT,encap=sealed,peer=PUBKEY admits that key's holder only)")
         }
         logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers (horizon \(Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon)))" : "")\(options.splitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
     }
 
-    /// The keys of the key files in use, by encapsulation and path: the remotes with one key
-    /// share it (a sealed key's ring: its sessions and replay windows).
-    var keys: [String: any EncapsulationKey] = [:]
-
     /// How `remote`'s datagrams are made: its encapsulation and VNI, or the bridge's, and for
-    /// sealed its key (`key=`, or `--key-file`), read once per file.
+    /// sealed its keys (this host's, `key=` or `--key-file`; the peer's, `peer=`; `psk=`), read
+    /// when the remote is added.
     func wireFormat(of remote: RemoteSpec) throws(StartupError) -> WireFormat {
-        try wireFormat(remote.encapsulation ?? options.encapsulation, vni: remote.vni ?? options.vni, keyFile: remote.keyFile ?? options.keyFile)
+        let encapsulation = remote.encapsulation ?? options.encapsulation
+        if let why = remote.optionsProblem(encapsulation) ?? encapsulation.kind.missingOptions(remote.encapsulationOptions) { throw StartupError(why) }
+        guard encapsulation.kind.needsKey, let keyFile = remote.keyFile ?? options.keyFile else {
+            return try WireFormat(encapsulation, vni: remote.vni ?? options.vni)  // (throws if it needs a key)
+        }
+        let key = try encapsulation.kind.key(file: keyFile, options: remote.encapsulationOptions)
+        return try WireFormat(encapsulation, vni: remote.vni ?? options.vni, keyring: key)
     }
 
-    /// The format `--accept-peers` admits new senders in.
+    /// The format `--accept-peers` admits new senders in (one that needs no key: validated).
     var acceptedFormat: WireFormat {
-        get throws(StartupError) { try wireFormat(options.encapsulation, vni: options.vni, keyFile: options.keyFile) }
-    }
-
-    func wireFormat(_ encapsulation: Encapsulation, vni: VNI, keyFile: String?) throws(StartupError) -> WireFormat {
-        guard encapsulation.kind.needsKey, let keyFile else { return try WireFormat(encapsulation, vni: vni) }  // (throws if it needs a key)
-        let id = "\(encapsulation) \(keyFile)"
-        if let key = keys[id] { return try WireFormat(encapsulation, vni: vni, keyring: key) }
-        let key = try encapsulation.kind.key(file: keyFile)
-        keys[id] = key
-        return try WireFormat(encapsulation, vni: vni, keyring: key)
+        get throws(StartupError) { try WireFormat(options.encapsulation, vni: options.vni) }
     }
 
     /// The configured remotes, resolved, until `addConfigured` makes them ports.

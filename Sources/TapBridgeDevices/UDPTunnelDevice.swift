@@ -144,8 +144,23 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     /// with the path MTU of the route towards it (1500 if there is no route now). Throws if the
     /// address family does not fit the socket or the peer exists.
     public func addPeer(_ address: SocketAddress, format: WireFormat, isDynamic: Bool = false, as port: PortID) throws(StartupError) {
-        _ = try table.add(address, format: format.make(), vni: format.vni, isDynamic: isDynamic, port: port, family: family,
+        let made = format.make()
+        _ = try table.add(address, format: made, vni: format.vni, isDynamic: isDynamic, port: port, family: family,
                           socket: localAddress, pathMTU: socket.pathMTU(to: address) ?? 1500, now: ctb_monotonic_ns())
+        made.connect { [unowned self] datagram in self.sendNow(datagram, to: port) }
+    }
+
+    /// Sends one datagram of a format's own (a handshake message) to `port`'s peer at once,
+    /// outside the queue; a failure is the peer's next frame's to report.
+    func sendNow(_ datagram: UnsafeRawBufferPointer, to port: PortID) {
+        guard let index = table.index(of: port) else { return }
+        let peer = table[index]
+        var d = ctb_datagram()
+        d.data = UnsafeMutableRawPointer(mutating: datagram.baseAddress!)
+        d.length = datagram.count
+        withUnsafeMutableBytes(of: &d.peer) { $0.copyMemory(from: UnsafeRawBufferPointer(start: peer.sockaddr, count: Int(peer.addressLength))) }
+        d.peer_length = peer.addressLength
+        socket.send(&d, count: 1)
     }
 
     /// A VXLAN or raw peer (`addPeer(_:format:...)`).
@@ -203,6 +218,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     /// it); anything else leaves whole, for the kernel to fragment (counted).
     public func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
         guard let index = table.index(of: port) else { return .failed }
+        guard table[index].format.readyToSend() else { return hold(frame, for: index) }
         if frame.count > table[index].maximumFrameLength {
             if let cut = OffloadFinisher.tcpCut(of: frame) { return transmit(frame, offload: cut, to: port) }
             countFragmented(index, 1)
@@ -215,9 +231,20 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     public func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
         guard offload.isSegmentation else { return transmit(frame, to: port) }
         guard let index = table.index(of: port) else { return .failed }
+        guard table[index].format.readyToSend() else { return .linkDown }
         let (outcome, oversize) = sendQueue.queueSegments(frame, offload: offload, to: table[index], trains: sendsTrains)
         if oversize > 0 { countFragmented(index, oversize) }
         return outcome
+    }
+
+    /// A frame for a peer whose format has no session yet (a handshake is under way): a copy
+    /// that fits the path, its SYN clamped as the queue would, is held by the format and
+    /// leaves when the session is up (the first ping or SYN is not lost); otherwise dropped.
+    func hold(_ frame: UnsafeRawBufferPointer, for index: Int) -> TransmitOutcome {
+        guard frame.count <= table[index].maximumFrameLength else { return .linkDown }
+        var copy = Array(frame)
+        copy.withUnsafeMutableBytes { _ = MSSClamp.clamp($0, maximumFrameLength: table[index].maximumFrameLength) }
+        return table[index].format.hold(copy) ? .sent : .linkDown
     }
 
     func countFragmented(_ index: Int, _ count: Int) {

@@ -179,8 +179,9 @@ public enum OptionTable {
              discussion: """
                  HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at start. Each remote is a port \
                  of the switch. encap=vxlan (RFC 7348, default), raw (one Ethernet frame per datagram, as QEMU's -netdev \
-                 dgram speaks) or sealed (tapbridge to tapbridge, authenticated and encrypted with the pre-shared key of \
-                 key=PATH or --key-file; see Docs/Security.md); vni= sets the network identifier. Only configured peers are \
+                 dgram speaks) or sealed (tapbridge to tapbridge, authenticated and encrypted on WireGuard's protocol: this \
+                 host's key in --key-file or key=PATH, the peer's public key in peer=PUBKEY, an optional pre-shared key in \
+                 psk=PATH; see Docs/Security.md); vni= sets the network identifier. Only configured peers are \
                  accepted. horizon=: mesh (the default for vxlan and sealed: a bridge of a full mesh, never forwarded to \
                  another mesh remote), off (the default \
                  for raw: an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
@@ -196,13 +197,13 @@ public enum OptionTable {
             guard let e = Encapsulations.named(v) else { throw OptionError(reason: "must be \(Encapsulations.names()), got '\(v)'") }
             s.encapsulation = e
         },
-        value("key-file", "path", .remotes, "The pre-shared key of sealed remotes that do not set key= (64 hex digits, readable by its owner alone: tapbridge genkey > PATH). With --accept-peers and --encap sealed, only senders holding it are admitted.",
+        value("key-file", "path", .remotes, "This host's private key, for sealed remotes that do not set key= (base64, readable by its owner alone: tapbridge genkey PATH; its public key, for the peers' peer=: tapbridge pubkey < PATH).",
               quoted: true, render: { $0.keyFile }) { s, v throws(OptionError) in s.keyFile = v },
         value("vni", "n", .remotes, "VXLAN network identifier of remotes that do not set vni= (0-16777215).", showsDefault: true, render: { "\($0.vni.rawValue)" }) { s, v throws(OptionError) in
             guard let n = Int(v), let vni = VNI(n) else { throw OptionError(reason: "must be 0-16777215, got \(v)") }
             s.vni = vni
         },
-        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence). Without a key this trusts the network: anyone who can reach the port joins the segment; with --encap sealed and --key-file, only holders of the key."),
+        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence), in --encap vxlan or raw. This trusts the network: anyone who can reach the port joins the segment. Sealed peers are each named instead (peer=PUBKEY)."),
         value("max-peers", "n", .remotes, "Most remotes --accept-peers adds.", showsDefault: true, render: { "\($0.maxPeers)" }) { s, v throws(OptionError) in s.maxPeers = try atLeastOne(v) },
         value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", showsDefault: true, render: { plain($0.peerTimeout) }) { s, v throws(OptionError) in
             s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)

@@ -16,12 +16,15 @@ public struct RemoteSpec: Sendable, Equatable {
     public var configuration = PortConfiguration()
     /// `horizon=`; nil: the default for the encapsulation (see `Horizon`).
     public var horizon: Horizon? = nil
-    /// `key=PATH`: the pre-shared key of a sealed remote; nil: the bridge-wide `--key-file`.
+    /// `key=PATH`: this host's key for a sealed remote; nil: the bridge-wide `--key-file`.
     public var keyFile: String? = nil
+    /// The options of its encapsulation (sealed: `peer=`, `psk=`), checked by the kind that
+    /// declares them (`EncapsulationKind.remoteOptions`).
+    public var encapsulationOptions: [String: String] = [:]
     /// `datapath=`: who moves the remote's frames (see `Datapath`).
     public var datapath = Datapath.user
 
-    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,key=PATH][,vni=N][,datapath=user|kernel][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS]"
+    public static let syntax = "HOST:PORT[,encap=vxlan|raw|sealed][,peer=PUBKEY][,key=PATH][,psk=PATH][,vni=N][,datapath=user|kernel][,name=NAME][,horizon=mesh|off|N][,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS]"
 
     /// `defaultPort`: the port of a HOST given without one (`remote add 192.0.2.5`: the bridge's
     /// UDP port); nil: HOST:PORT is required. `flag` names the option in errors.
@@ -65,9 +68,14 @@ public struct RemoteSpec: Sendable, Equatable {
                     guard let d = Datapath(rawValue: value) else { throw PortSpecError(text, "datapath must be user or kernel, got '\(value)'") }
                     datapath = d
                 default:
-                    throw PortSpecError(text, "unknown option '\(key)' (known: encap, key, vni, datapath, name, horizon, \(SharedPortOptions.keys))")
+                    guard let kind = Encapsulations.all.first(where: { $0.remoteOptions.contains(key) }) else {
+                        throw PortSpecError(text, "unknown option '\(key)' (known: encap, key, vni, datapath, name, horizon, \(Encapsulations.remoteOptions.joined(separator: ", ")), \(SharedPortOptions.keys))")
+                    }
+                    if let why = kind.check(option: key, value: value) { throw PortSpecError(text, why) }
+                    encapsulationOptions[key] = value
                 }
             }
+            if let e = encapsulation, let why = optionsProblem(e) { throw PortSpecError(text, why) }
             if keyFile != nil, let e = encapsulation, !e.kind.needsKey {
                 let keyed = Encapsulations.names { $0.needsKey }
                 throw PortSpecError(text, "key= is for encap=\(keyed) (set encap=\(keyed) too)")
@@ -88,6 +96,16 @@ public struct RemoteSpec: Sendable, Equatable {
 }
 
 extension RemoteSpec {
+    /// Why this remote's encapsulation options do not fit `encapsulation` (one it does not
+    /// take, `peer=` on a VXLAN remote), or nil. The missing ones are `EncapsulationKind.missingOptions`.
+    public func optionsProblem(_ encapsulation: Encapsulation) -> String? {
+        for key in encapsulationOptions.keys.sorted() where !encapsulation.kind.remoteOptions.contains(key) {
+            let takes = Encapsulations.names { $0.remoteOptions.contains(key) }
+            return "\(key)= is for encap=\(takes) (set encap=\(takes) too)"
+        }
+        return nil
+    }
+
     /// Why this remote cannot run on a bridge whose `--encap` is `bridgeWide` (a
     /// `datapath=kernel` remote without encap= takes the bridge's, and carries VXLAN only); nil
     /// if it can. At start and for `remote add`.

@@ -21,7 +21,7 @@ public struct Settings: Sendable {
     public var encapsulation = Encapsulation.vxlan
     public var vni = VNI(1)!
     public var acceptPeers = false
-    /// `--key-file`: the pre-shared key of sealed remotes that do not set key=.
+    /// `--key-file`: this host's private key, for sealed remotes that do not set key=.
     public var keyFile: String? = nil
     public var maxPeers = 64
     public var peerTimeout = 300.0
@@ -79,15 +79,16 @@ public struct Settings: Sendable {
         for remote in remotes.map(\.value) {
             let e = remote.encapsulation ?? encapsulation
             if e.kind.needsKey, remote.keyFile == nil, keyFile == nil {
-                throw OptionError("remote \(remote.name): encap=\(e) needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
+                throw OptionError("remote \(remote.name): encap=\(e) needs this host's key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
             }
+            if let why = remote.optionsProblem(e) ?? e.kind.missingOptions(remote.encapsulationOptions) { throw OptionError("remote \(remote.name): \(why)") }
             if !e.kind.needsKey, remote.keyFile != nil {
                 throw OptionError("remote \(remote.name): key= is for encap=\(Encapsulations.names { $0.needsKey }) (the bridge-wide --encap is \(encapsulation))")
             }
             if let why = remote.datapathProblem(bridgeWide: encapsulation) { throw OptionError("remote \(remote.name): \(why)") }
         }
-        if acceptPeers, encapsulation.kind.needsKey, keyFile == nil {
-            throw OptionError("--accept-peers with --encap \(encapsulation) needs --key-file PATH: the key new peers must hold")
+        if acceptPeers, !encapsulation.kind.admitsStrangers {
+            throw OptionError("--accept-peers cannot admit encap=\(encapsulation) peers: each is named by its key (--remote HOST:PORT,encap=\(encapsulation),peer=PUBKEY)")
         }
         if streamGroup != nil, !streamListen.contains(where: { if case .unix = $0.value.endpoint { true } else { false } }) {
             throw OptionError("--stream-group needs --stream-listen unix:PATH (a group can be given a Unix socket, not a TCP port)")

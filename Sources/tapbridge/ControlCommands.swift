@@ -11,7 +11,7 @@ import Glibc
 
 /// `tapbridge show|fdb|port ...`: clients of a running bridge's control socket.
 struct ControlCommand: ParsableCommand {
-    static let names: Set<String> = ["show", "fdb", "port", "remote", "list", "wait", "genkey"]
+    static let names: Set<String> = ["show", "fdb", "port", "remote", "list", "wait", "genkey", "pubkey"]
 
     /// Why `arguments` name no subcommand of a group (`show prots`), or nil. The argument
     /// parser would report the first option it cannot place instead (`Unknown option '--name'`).
@@ -28,22 +28,24 @@ struct ControlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "tapbridge",
         abstract: "Inspect and steer a running tapbridge through its control socket.",
-        subcommands: [Show.self, FDB.self, Port.self, Remote.self, List.self, Wait.self, Genkey.self])
+        subcommands: [Show.self, FDB.self, Port.self, Remote.self, List.self, Wait.self, Genkey.self, Pubkey.self])
 }
 
-/// `tapbridge genkey`: a fresh pre-shared key for sealed remotes.
+/// `tapbridge genkey`: this host's private key for sealed remotes.
 struct Genkey: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Write a fresh key for encap=sealed: 64 hex digits, readable by its owner alone (mode 0600).",
+        abstract: "Write a fresh private key for encap=sealed (base64, readable by its owner alone: mode 0600).",
         discussion: """
-            tapbridge genkey > key (stdout redirected to a file: the file is made mode 0600), or tapbridge genkey PATH \
-            (created with mode 0600; an existing file is not overwritten). Copy the same key to every bridge of the \
-            segment, over a channel you trust (ssh). See Docs/Security.md.
+            tapbridge genkey PATH creates the file (mode 0600; an existing file or a symbolic link is never written \
+            through), or tapbridge genkey > PATH (standard output redirected to a file: the file is made mode 0600). \
+            Each host has its own key: give the others its public key (tapbridge pubkey < PATH), never the file. \
+            A pre-shared key for psk= is made the same way (any 32 random bytes), and copied to both ends. \
+            See Docs/Security.md.
             """)
     @Argument(help: ArgumentHelp("The key file to create (default: standard output).", valueName: "path")) var path: String?
 
     func run() throws {
-        let key = SealedKey.generate() + "\n"
+        let key = SealedIdentity.generate() + "\n"
         guard let path else {
             var st = stat()
             if fstat(1, &st) == 0, st.st_mode & S_IFMT == S_IFREG, fchmod(1, 0o600) != 0 {
@@ -52,11 +54,19 @@ struct Genkey: ParsableCommand {
             print(key, terminator: "")
             return
         }
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        guard fd >= 0 else { throw ValidationError("\(path): \(String(cString: strerror(errno)))\(errno == EEXIST ? " (a key file is never overwritten: remove it first)" : "")") }
-        defer { close(fd) }
-        let written = key.utf8CString.withUnsafeBufferPointer { write(fd, $0.baseAddress, key.utf8.count) }
-        guard written == key.utf8.count else { throw ValidationError("\(path): \(String(cString: strerror(errno)))") }
+        do { try SealedKeyFile.create(path, holding: key) } catch { throw ValidationError(error.message) }
+    }
+}
+
+/// `tapbridge pubkey`: the public key of a private key, for the peers' peer=.
+struct Pubkey: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print the public key of the private key on standard input (tapbridge pubkey < PATH), for the peers' peer=.",
+        discussion: "As wg pubkey: the 32-byte public key in base64. It may be shown to anyone; the private key file never leaves its host.")
+
+    func run() throws {
+        let text = String(decoding: FileHandle.standardInput.readDataToEndOfFile().prefix(4096), as: UTF8.self)
+        do { print(try SealedIdentity.publicKey(ofKeyText: text)) } catch { throw ValidationError(error.message) }
     }
 }
 
@@ -246,6 +256,14 @@ struct Show: ParsableCommand {
                     [name, r.endpoint, r.encapsulation, r.vni.map(String.init) ?? "-", r.horizon ?? "-", r.pathMtu.map(String.init) ?? "-", r.fragmented.map(String.init) ?? "-",
                      "\(r.unreachable)" + (r.why.map { " (now: \($0))" } ?? ""), r.dynamic ? "accepted (--accept-peers)" : "configured"]
                 }))
+                let sealed = remotes.filter { $0.1.peerKey != nil }
+                if !sealed.isEmpty {
+                    print("")
+                    let names = ["initiations_sent", "initiations_received", "responses_sent", "responses_received", "keepalives_sent", "keepalives_received"]
+                    print(table(["REMOTE", "PEER KEY", "LAST HANDSHAKE"] + names.map { $0.replacingOccurrences(of: "_", with: " ").uppercased() }, sealed.map { name, r in
+                        [name, r.peerKey ?? "-", r.lastHandshakeSeconds.map { String(format: "%.0f s ago", $0) } ?? "none yet"] + names.map { "\(r.messages?[$0] ?? 0)" }
+                    }))
+                }
             }
         }
     }

@@ -41,11 +41,12 @@ enum TapBridgeCommand {
               Two hosts, one segment (VXLAN, VNI 1, UDP port 4789 on both):
                 host1$ tapbridge --port tap0 --remote 192.0.2.2:4789
                 host2$ tapbridge --port tap0 --remote 192.0.2.1:4789
-              The same across a network you do not own: sealed (encrypted, authenticated) with
-              a pre-shared key made once and copied to both hosts:
-                host1$ tapbridge genkey /etc/tapbridge/lab.key
-                host1$ tapbridge --port tap0 --encap sealed --key-file /etc/tapbridge/lab.key \\
-                         --remote 192.0.2.2:4789
+              The same across a network you do not own: sealed (encrypted, authenticated), a
+              key per host; each host names the other's public key:
+                host1$ tapbridge genkey /etc/tapbridge/host.key
+                host1$ tapbridge pubkey < /etc/tapbridge/host.key     (give this to host2)
+                host1$ tapbridge --port tap0 --key-file /etc/tapbridge/host.key \\
+                         --remote 192.0.2.2:4789,encap=sealed,peer=HOST2_PUBKEY
               A QEMU VM with no TAP at all (-netdev dgram speaks raw frames over UDP):
                 tapbridge --port tap0 --listen 127.0.0.1:5555 \\
                   --remote 127.0.0.1:5556,encap=raw
@@ -57,8 +58,8 @@ enum TapBridgeCommand {
             fragments. VXLAN remotes are a mesh: a frame from one is never forwarded to another \
             (split horizon; horizon= per remote, --no-split-horizon for all); raw remotes (QEMU \
             VMs) reach each other. Add and remove remotes at run time: tapbridge remote add|del. \
-            Sealed remotes (tapbridge to tapbridge) add 40 bytes and drop, counted, every \
-            datagram that was changed, replayed or sealed with another key (Docs/Security.md).
+            Sealed remotes (tapbridge to tapbridge) add 32 bytes and drop, counted, every \
+            datagram that was changed, replayed, sent back or meant for another host (Docs/Security.md).
 
             Mirroring: --mirror writes what the bridge receives to a pcap file every tool reads; \
             a mirror that cannot keep up (slow reader, full disk) drops and counts copies and \
@@ -77,7 +78,7 @@ enum TapBridgeCommand {
         "tapbridge --port <spec> [--port <spec> ...] [--remote <spec> ...] [<options>]",
         "tapbridge --config <file> [<options>]",
         "tapbridge list | show | fdb | port | remote | wait ...   (each with --help)",
-        "tapbridge genkey [<path>]   (a key for --encap sealed)",
+        "tapbridge genkey [<path>] | pubkey < <path>   (a host's key for encap=sealed, and its public key)",
         "tapbridge manual   (this page as a man page: tapbridge manual | man -l -)",
     ]
 

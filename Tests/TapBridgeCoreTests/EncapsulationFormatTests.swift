@@ -21,6 +21,7 @@ struct EncapsulationFormatTests {
     enum Opened: Equatable {
         case frame([UInt8])
         case drop(DropReason)
+        case consumed
     }
 
     /// Opens `datagram`: the inner frame's bytes, or the drop reason.
@@ -30,6 +31,7 @@ struct EncapsulationFormatTests {
             switch format.open(b) {
             case .frame(let inner): .frame(Array(inner))
             case .drop(let reason): .drop(reason)
+            case .consumed: .consumed
             }
         }
     }

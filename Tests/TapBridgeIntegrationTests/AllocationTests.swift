@@ -26,16 +26,15 @@ struct AllocationTests {
         let (p1, p2) = (lab.udpPort(1), lab.udpPort(2))
         let (a, b) = (lab.namespace("a"), lab.namespace("b"))
         let (ta, tb) = (lab.link("a"), lab.link("b"))
-        var encap = ["--encap", remote ?? "vxlan"]
+        // (sealed: each bridge its own key, naming the other's)
+        var (encap1, encap2, peer1, peer2) = (["--encap", remote ?? "vxlan"], ["--encap", remote ?? "vxlan"], "", "")
         if remote == "sealed" {
-            let key = lab.temporaryPath("lab.key")
-            let made = Host.run([Host.binary, "genkey", key])
-            try #require(made.ok, "\(made.output)")
-            encap += ["--key-file", key]
+            let (k1, k2) = (try lab.sealedKey("one"), try lab.sealedKey("two"))
+            (encap1, encap2, peer1, peer2) = (encap1 + ["--key-file", k1.path], encap2 + ["--key-file", k2.path], ",peer=\(k2.publicKey)", ",peer=\(k1.publicKey)")
         }
-        let first = remote != nil ? ["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)"] + encap : ["--port", ta, "--port", tb]
+        let first = remote != nil ? ["--port", ta, "--listen", "127.0.0.1:\(p1)", "--remote", "127.0.0.1:\(p2)\(peer1)"] + encap1 : ["--port", ta, "--port", tb]
         let counted = try lab.background(["env", "LD_PRELOAD=\(so)", Host.binary] + lab.named(first + extra))
-        if remote != nil { _ = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)"] + encap) }
+        if remote != nil { _ = try lab.bridge(["--port", tb, "--listen", "127.0.0.1:\(p2)", "--remote", "127.0.0.1:\(p1)\(peer2)"] + encap2) }
         #expect(lab.waitForLinks([ta, tb]), "\(counted.output)")
         lab.place(ta, in: a, address: "10.77.0.1/24")
         lab.place(tb, in: b, address: "10.77.0.2/24")

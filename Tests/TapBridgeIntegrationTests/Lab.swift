@@ -331,6 +331,18 @@ final class Lab {
     }
     private var temporaryPaths: [String] = []
 
+    /// A sealed host key made by `tapbridge genkey` (a temporary file of this lab) and its
+    /// public key as `tapbridge pubkey` prints it.
+    func sealedKey(_ name: String) throws -> (path: String, publicKey: String) {
+        let path = temporaryPath(name + ".key")
+        let made = Host.run([Host.binary, "genkey", path])
+        try #require(made.ok, "genkey: \(made.output)")
+        let pub = Host.run(["sh", "-c", "\"$0\" pubkey < \"$1\"", Host.binary, path])
+        let key = pub.output.trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(pub.ok && key.count == 44, "pubkey: \(pub.output)")
+        return (path, key)
+    }
+
     /// A veth from namespace `t` (10.88.0.1/24) to namespace `u`, where nothing answers: what
     /// is sent to 10.88.0.99 there waits for an ARP answer that never comes.
     func silentLink(from t: String, to u: String) {

@@ -128,23 +128,29 @@ struct OptionTableTests {
         #expect(s.ports.count == 20_000 && s.ports.last?.value.name == "p19999")
     }
 
-    /// A sealed remote needs a key, from key= or --key-file; key= on a remote that is not
-    /// sealed, or --accept-peers sealed without a key, is refused before anything starts.
+    /// A sealed remote needs this host's key (key= or --key-file) and the peer's (peer=); key=,
+    /// peer= or psk= on a remote that is not sealed, a peer= that is no public key (or a v1
+    /// key), or --accept-peers sealed is refused before anything starts.
+    static let peerKey = "7+Rhs1Gm3iY7q9HN0mQH5Uu4xKZ4Bz0fKqf/0n4Qmk0="
     @Test(arguments: [
-        (["--remote", "127.0.0.1:4789,encap=sealed"], "encap=sealed needs a key"),
-        (["--encap", "sealed", "--remote", "127.0.0.1:4789"], "encap=sealed needs a key"),
+        (["--remote", "127.0.0.1:4789,encap=sealed,peer=\(peerKey)"], "encap=sealed needs this host's key"),
+        (["--encap", "sealed", "--remote", "127.0.0.1:4789,peer=\(peerKey)"], "encap=sealed needs this host's key"),
+        (["--remote", "127.0.0.1:4789,encap=sealed,key=/k"], "encap=sealed needs peer=PUBKEY"),
         (["--remote", "127.0.0.1:4789,key=/k"], "key= is for encap=sealed"),
-        (["--encap", "sealed", "--listen", "4789", "--accept-peers"], "--accept-peers with --encap sealed needs --key-file"),
+        (["--remote", "127.0.0.1:4789,peer=\(peerKey)"], "peer= is for encap=sealed"),
+        (["--remote", "127.0.0.1:4789,encap=sealed,key=/k,peer=abc"], "peer= must be 32 bytes in base64"),
+        (["--remote", "127.0.0.1:4789,encap=sealed,key=/k,peer=\(String(repeating: "5a", count: 32))"], "sealed v1 pre-shared key"),
+        (["--encap", "sealed", "--listen", "4789", "--accept-peers"], "--accept-peers cannot admit encap=sealed peers"),
     ])
-    func sealedRemotesNeedTheirKey(_ argv: [String], _ message: String) {
+    func sealedRemotesNeedTheirKeys(_ argv: [String], _ message: String) {
         do {
             _ = try settings(argv)
             Issue.record("\(argv) was taken")
         } catch {
             #expect(error.message.contains(message), "\(error.message)")
         }
-        #expect((try? settings(["--encap", "sealed", "--key-file", "/k", "--remote", "127.0.0.1:4789"])) != nil)
-        #expect((try? settings(["--remote", "127.0.0.1:4789,encap=sealed,key=/k"])) != nil)
+        #expect((try? settings(["--encap", "sealed", "--key-file", "/k", "--remote", "127.0.0.1:4789,peer=\(Self.peerKey)"])) != nil)
+        #expect((try? settings(["--remote", "127.0.0.1:4789,encap=sealed,key=/k,peer=\(Self.peerKey),psk=/p"])) != nil)
     }
 
     // helpers

@@ -68,13 +68,15 @@ struct SpecTests {
         #expect(try RemoteSpec(parsing: "h:1,horizon=off").horizon == .off && RemoteSpec(parsing: "h:1,horizon=7").horizon == .group(7))
         #expect(Horizon.standard(for: .vxlan, splitHorizon: true) == .mesh && Horizon.standard(for: .raw, splitHorizon: true) == .off)
         #expect(Horizon.standard(for: .vxlan, splitHorizon: false) == .off && Horizon.standard(for: .sealed, splitHorizon: true) == .mesh)
-        let sealed = try RemoteSpec(parsing: "h:1,encap=sealed,key=/etc/tapbridge/lab.key")
-        #expect(sealed.encapsulation == .sealed && sealed.keyFile == "/etc/tapbridge/lab.key")
+        let sealed = try RemoteSpec(parsing: "h:1,encap=sealed,key=/etc/tapbridge/host.key,peer=\(OptionTableTests.peerKey),psk=/etc/tapbridge/psk")
+        #expect(sealed.encapsulation == .sealed && sealed.keyFile == "/etc/tapbridge/host.key")
+        #expect(sealed.encapsulationOptions == ["peer": OptionTableTests.peerKey, "psk": "/etc/tapbridge/psk"])
         #expect(try RemoteSpec(parsing: "h:1,key=/k").keyFile == "/k", "key= without encap=: the bridge-wide --encap decides (checked with the settings)")
         #expect(try RemoteSpec(parsing: "h:1").datapath == .user && RemoteSpec(parsing: "h:1,datapath=kernel,encap=vxlan,horizon=mesh").datapath == .kernel)
         for bad in ["::1:4789", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:70000", "h:1,encap=gre", "h:1,vni=16777216", "h:1,horizon=0", "h:1,horizon=x",
                     "h:1,horizon=65536", "h:1,encap=vxlan,key=/k", "h:1,encap=sealed,key=", "h:1,datapath=ebpf", "h:1,datapath=kernel,encap=raw",
-                    "h:1,datapath=kernel,encap=sealed,key=/k", "h:1,datapath=kernel,horizon=7"] {
+                    "h:1,datapath=kernel,encap=sealed,key=/k", "h:1,datapath=kernel,horizon=7", "h:1,encap=vxlan,peer=\(OptionTableTests.peerKey)",
+                    "h:1,encap=sealed,peer=nope", "h:1,encap=sealed,psk="] {
             #expect(throws: PortSpecError.self, "\(bad)") { try RemoteSpec(parsing: bad) }
         }
         #expect(throws: PortSpecError.self) { try ListenSpec(parsing: "nope") }

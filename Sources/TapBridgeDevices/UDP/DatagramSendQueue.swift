@@ -78,6 +78,7 @@ final class DatagramSendQueue {
         (slot + header).copyMemory(from: frame.baseAddress!, byteCount: frame.count)
         _ = MSSClamp.clamp(UnsafeMutableRawBufferPointer(start: slot + header, count: frame.count), maximumFrameLength: peer.maximumFrameLength)
         let length = format.seal(slot, frameLength: frame.count)
+        guard length > 0 else { return .linkDown }  // (a format whose session ended: readyToSend said otherwise)
         enqueue(slot, length: length, segmentSize: 0, frames: 1, frameBytes: frame.count, peer: peer)
         return .queued
     }
@@ -134,6 +135,7 @@ final class DatagramSendQueue {
     @inline(__always)
     func add(_ segment: UnsafeRawBufferPointer, to peer: PeerTable.Peer) {
         let length = peer.format.seal(train.slot! + train.used, frameLength: segment.count)
+        guard length > 0 else { return }  // (see `queue`)
         let alone = segment.count > peer.maximumFrameLength
         if alone { train.oversize += 1 }
         train.used += length

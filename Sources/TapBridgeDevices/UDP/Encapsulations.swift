@@ -20,8 +20,16 @@ public protocol EncapsulationKind {
     static var kernelDatapath: Bool { get }
     /// Whether it needs a key file (`key=` or `--key-file`).
     static var needsKey: Bool { get }
-    /// Reads a key file (called once per file, for a kind that needs one).
-    static func key(file: String) throws(StartupError) -> any EncapsulationKey
+    /// Whether `--accept-peers` can admit unknown senders in it (false: each peer is named).
+    static var admitsStrangers: Bool { get }
+    /// The options a remote spec takes for it beyond encap, key and vni (`peer`, `psk`).
+    static var remoteOptions: [String] { get }
+    /// Why `value` is wrong for `option` (one of `remoteOptions`), or nil: at parse time.
+    static func check(option: String, value: String) -> String?
+    /// Why a remote with these options cannot run (one it needs is missing), or nil.
+    static func missingOptions(_ options: [String: String]) -> String?
+    /// Reads a key file with a remote's options (for a kind that needs a key).
+    static func key(file: String, options: [String: String]) throws(StartupError) -> any EncapsulationKey
     /// The format of one peer, with the key (for a kind that needs one); `probing`: the
     /// admission's, which checks a stranger's datagram without recording it.
     static func format(vni: VNI, key: (any EncapsulationKey)?, probing: Bool) -> any EncapsulationFormat
@@ -29,7 +37,11 @@ public protocol EncapsulationKind {
 
 extension EncapsulationKind {
     public static var needsKey: Bool { false }
-    public static func key(file: String) throws(StartupError) -> any EncapsulationKey {
+    public static var admitsStrangers: Bool { true }
+    public static var remoteOptions: [String] { [] }
+    public static func check(option: String, value: String) -> String? { nil }
+    public static func missingOptions(_ options: [String: String]) -> String? { nil }
+    public static func key(file: String, options: [String: String]) throws(StartupError) -> any EncapsulationKey {
         throw StartupError("encap=\(encapsulation) takes no key (key= is for an encapsulation that needs one)")
     }
 }
@@ -50,6 +62,9 @@ public enum Encapsulations {
         for kind in all where kind.encapsulation.name == name { return kind.encapsulation }
         return nil
     }
+
+    /// Every option some encapsulation takes on a remote (`peer`, `psk`).
+    public static var remoteOptions: [String] { all.flatMap { $0.remoteOptions } }
 
     /// Their names for a message: `vxlan, raw or sealed`.
     public static func names() -> String { names { _ in true } }
@@ -93,7 +108,7 @@ public struct WireFormat {
     /// Throws for an encapsulation that needs a key, without one.
     public init(_ encapsulation: Encapsulation, vni: VNI, keyring: (any EncapsulationKey)? = nil) throws(StartupError) {
         guard !encapsulation.kind.needsKey || keyring != nil else {
-            throw StartupError("encap=\(encapsulation) needs a key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
+            throw StartupError("encap=\(encapsulation) needs this host's key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
         }
         self.encapsulation = encapsulation
         self.vni = vni

@@ -163,7 +163,8 @@ struct PeerTable {
     func description(of port: PortID) -> RemotePeer? {
         guard let p = peer(of: port) else { return nil }
         return RemotePeer(address: p.address, encapsulation: p.encapsulation, vni: p.vni, isDynamic: p.isDynamic, unreachable: p.unreachable,
-                          isUnreachable: p.isUnreachable, unreachableError: p.unreachableError, refusing: p.unauthenticated, pathMTU: p.pathMTU, fragmented: p.fragmented)
+                          isUnreachable: p.isUnreachable, unreachableError: p.unreachableError, refusing: p.unauthenticated, pathMTU: p.pathMTU, fragmented: p.fragmented,
+                          session: p.format.session)
     }
 }
 
@@ -198,4 +199,6 @@ public struct RemotePeer: Sendable {
     public var pathMTU: Int
     /// Datagrams sent to it larger than its path (fragmented by the kernel).
     public var fragmented: UInt64
+    /// Its format's session (sealed: the peer's key, the last handshake); nil for VXLAN, raw.
+    public var session: SessionReport?
 }

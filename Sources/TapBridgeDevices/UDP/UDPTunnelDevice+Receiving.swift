@@ -100,9 +100,10 @@ extension UDPTunnelDevice {
         let frame: UnsafeMutableRawBufferPointer
         switch table[index].format.open(UnsafeMutableRawBufferPointer(start: data, count: length)) {
         case .frame(let inner): frame = inner
+        case .consumed: return nil
         case .drop(let reason):
             batch.recordDrop(on: port, reason, bytes: length)
-            if reason == .unauthenticated { refused(peer: index, now: now) }
+            if reason == .unauthenticated || reason == .badMAC1 { refused(peer: index, now: now) }
             return nil
         }
         // (one load on the data path: a peer's own count is read only while some peer refuses)
