@@ -26,9 +26,12 @@ Cases:
   tap-veth-off     the same with --offload off
   tap-remote-tap   two tapbridges, one TAP each, joined by VXLAN over 127.0.0.1
   tap-remote-tap-off  the same with --offload off (no trains, no offloads: as before them)
-  tap-remote-tap-sealed  the same with --encap sealed (ChaCha20-Poly1305, a key made by tapbridge genkey)
+  tap-remote-tap-sealed  the same with encap=sealed (WireGuard's protocol: a key per bridge by tapbridge genkey, peer=)
   tap-remote-tap-1500  tap-remote-tap over a veth underlay of MTU 1500 between two namespaces (each
                    datagram at most 1500 bytes, as between two hosts), and -sealed-1500 the same sealed
+  tap-remote-tap-sealed-1500-attacked  -sealed-1500 while Docs/bench/anchors/flood.c, from B's host, floods
+                   A's bridge with keyless initiations and transport datagrams of random indexes from
+                   B's bridge's address (spoofed), as fast as one core can (its count: attack_datagrams)
   tap-remote-tap-kernel  two tapbridges on two namespaces as -1500, over a veth of MTU 1600 (as
                    kernel-vxlan's), each remote datapath=kernel: a Linux vxlan device tapbridge makes
   tap-tap-busy, tap-remote-tap-busy, tap-remote-tap-kernel-busy  the same with --busy-poll 50ms on every
@@ -76,20 +79,21 @@ NS_A, NS_B = PREFIX + "a", PREFIX + "b"
 IP_A, IP_B = "10.99.0.1", "10.99.0.2"
 TAP0, TAP1 = PREFIX + "t0", PREFIX + "t1"
 EXTRA = []  # -x: added to every tapbridge command
+SECONDS = [5]  # -t
 UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
 
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
 CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
-         "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
+         "tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
          "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
          "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
-          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
+          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
           ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
           ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap"),
           ("tap-remote-tap-kernel-busy", "kernel-vxlan"), ("tap-remote-tap", "kernel-bridge-vxlan"),
@@ -239,13 +243,20 @@ def setup(case, r, tools):
         run(["ip", "link", "set", TAP1, "netns", NS_B])
         address(NS_B, TAP1, IP_B)
     elif base.startswith("tap-remote-tap"):
-        sealed = []
+        if base.endswith("-attacked"):
+            base = base[: -len("-attacked")]
+        # sealed: a key per bridge (tapbridge genkey), each naming the other's public key
+        sealed = {"a": ([], ""), "b": ([], "")}
         if "-sealed" in base:
-            key = os.path.join(r.work, "key")
-            if os.path.exists(key):
-                os.unlink(key)  # (genkey never overwrites one)
-            run([BUILD[0], "genkey", key])
-            sealed = ["--encap", "sealed", "--key-file", key]
+            keys = {}
+            for side in ("a", "b"):
+                key = os.path.join(r.work, "key-" + side)
+                if os.path.exists(key):
+                    os.unlink(key)  # (genkey never overwrites one)
+                run([BUILD[0], "genkey", key])
+                with open(key) as f:
+                    keys[side] = (key, subprocess.run([BUILD[0], "pubkey"], stdin=f, capture_output=True, text=True, check=True).stdout.strip())
+            sealed = {side: (["--key-file", keys[side][0]], ",encap=sealed,peer=" + keys[other][1]) for side, other in (("a", "b"), ("b", "a"))}
         if base.endswith("-1500") or base.endswith("-kernel"):
             # two hosts: each tapbridge in its own namespace, a veth between them (MTU 1500; for
             # -kernel 1600, as kernel-vxlan's); the TAPs are made there and moved on into A and B.
@@ -259,7 +270,13 @@ def setup(case, r, tools):
                 ns(h, "ip", "link", "set", PREFIX + "u" + side, "mtu", "1600" if kernel[0] else "1500", "up")
             for h, name, tap, theirs in ((hosts[0], "a", TAP0, "10.97.0.2"), (hosts[1], "b", TAP1, "10.97.0.1")):
                 r.start("tapbridge-" + name, ["ip", "netns", "exec", h, BUILD[0], "--name", PREFIX + name, "--port", tap,
-                                              "--remote", f"{theirs}:4789{kernel[0]}", *sealed, *off, *EXTRA])
+                                              "--remote", f"{theirs}:4789{kernel[0]}{sealed[name][1]}", *sealed[name][0], *off, *EXTRA])
+            if case.endswith("-attacked"):
+                # a keyless sender floods bridge a from bridge b's address (spoofed): initiations
+                # and transport datagrams with random indexes, on one core, for the whole measure
+                r.start("flood", ["ip", "netns", "exec", hosts[1], tools["flood"], "10.97.0.2", "10.97.0.1", "4789", str(2 * SECONDS[0] + 20)],
+                        forwarder=False)
+                r.attack_started = time.time()
             for h, tap, dest, ip in ((hosts[0], TAP0, NS_A, IP_A), (hosts[1], TAP1, NS_B, IP_B)):
                 for _ in range(200):
                     if subprocess.run(["ip", "-n", h, "link", "show", tap], capture_output=True).returncode == 0:
@@ -272,7 +289,7 @@ def setup(case, r, tools):
         else:
             for name, tap, mine, theirs in (("a", TAP0, UDP_A, UDP_B), ("b", TAP1, UDP_B, UDP_A)):
                 r.start("tapbridge-" + name, [BUILD[0], "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
-                                              "--remote", f"127.0.0.1:{theirs}", *sealed, *off, *EXTRA])
+                                              "--remote", f"127.0.0.1:{theirs}{sealed[name][1]}", *sealed[name][0], *off, *EXTRA])
             taps_into_namespaces(r)
     elif base == "kernel-vxlan":
         run(["ip", "link", "add", PREFIX + "ua", "netns", NS_A, "type", "veth", "peer", "name", PREFIX + "ub", "netns", NS_B])
@@ -401,6 +418,15 @@ def measure(case, r, seconds):
     }
 
 
+def attack_received(r):
+    """The attacking datagrams bridge a refused (unknown_index, bad_mac1 on its remote) since the
+    flood began, and their rate: what its CPU figure paid for."""
+    out = subprocess.run([BUILD[0], "show", "ports", "--json", "--name", PREFIX + "a"], capture_output=True, text=True, timeout=10).stdout
+    remote = next(p for p in json.loads(out) if p["kind"] == "remote")
+    n = sum(remote["drops"].get(k, 0) for k in ("unknown_index", "bad_mac1", "malformed_encapsulation"))
+    return {"attack_datagrams": n, "attack_kpps": round(n / (time.time() - r.attack_started) / 1000, 1)}
+
+
 def is_tapbridge(case):
     return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case.startswith("idle-") or case == "eight-ports"
 
@@ -457,7 +483,9 @@ def tools_ready(cases, plot):
     work = tempfile.mkdtemp(prefix="netbench-")
     relay = os.path.join(work, "relay")
     run(["cc", "-O2", "-Wall", "-o", relay, os.path.join(ROOT, "Docs/bench/anchors/relay.c")])
-    return {"relay": relay, "work": work}
+    flood = os.path.join(work, "flood")
+    run(["cc", "-O2", "-Wall", "-o", flood, os.path.join(ROOT, "Docs/bench/anchors/flood.c")])
+    return {"relay": relay, "flood": flood, "work": work}
 
 
 def median_cell(values):
@@ -548,6 +576,7 @@ def main():
         return 2
     cases = a.cases or CASES
     EXTRA[:] = a.tapbridge_args.split()
+    SECONDS[0] = a.seconds
     tools = tools_ready(cases, a.plot)
     cleanup()  # leftovers of an interrupted run
     rows = []
@@ -566,6 +595,8 @@ def main():
                     else:
                         setup(case, r, tools)
                         row.update(measure(case, r, a.seconds))
+                        if case.endswith("-attacked"):
+                            row.update(attack_received(r))
                     row["ok"] = True
                 except Exception as e:  # one failed run is recorded, the others go on
                     row.update(ok=False, error=str(e)[:300])

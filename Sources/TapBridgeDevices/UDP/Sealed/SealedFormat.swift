@@ -62,9 +62,13 @@ public final class SealedFormat: EncapsulationFormat {
     /// When the last datagram from the peer authenticated (monotonic ns).
     var lastAuthenticated: Int64 = 0
     /// Frames kept while a handshake is under way, sent once it completes (WireGuard stages
-    /// packets the same way); the oldest go first past `heldLimit`.
+    /// packets the same way); the oldest go first past `heldLimit`, and all of them when a
+    /// handshake goes unanswered (5 s): a peer that is away costs at most 16 frames.
     var held: [[UInt8]] = []
-    static let heldLimit = 64
+    static let heldLimit = 16
+    /// The session `seal` uses: the one `readyToSend` found usable for this frame (one clock
+    /// read per frame, not per segment of a train).
+    var sealing: Session? = nil
 
     /// Messages of each type, each way, and the tags checked (each a cipher operation).
     public struct Statistics: Sendable, Equatable {
@@ -122,7 +126,8 @@ public final class SealedFormat: EncapsulationFormat {
 
     public func readyToSend() -> Bool {
         let now = clock()
-        guard let s = usable(current, now) else {
+        sealing = usable(current, now)
+        guard let s = sealing else {
             initiate(now)
             return false
         }
@@ -137,7 +142,7 @@ public final class SealedFormat: EncapsulationFormat {
     }
 
     public func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int {
-        guard let s = usable(current, clock()) else { return 0 }
+        guard let s = sealing, s.sendCounter < Self.rejectAfterMessages else { return 0 }
         writeTransportHeader(datagram, session: s)
         s.sender.seal(UnsafeMutableRawBufferPointer(start: datagram + SealedMessage.transportHeaderLength, count: frameLength),
                       tag: datagram + SealedMessage.transportHeaderLength + frameLength, counter: s.sendCounter,
@@ -214,7 +219,8 @@ public final class SealedFormat: EncapsulationFormat {
 
     /// Sends the frames held for the session that is now up, each sealed in it.
     func sendHeld() {
-        guard !held.isEmpty, let send, usable(current, clock()) != nil else { return }
+        sealing = usable(current, clock())
+        guard !held.isEmpty, let send, sealing != nil else { return }
         let frames = held
         held = []
         for frame in frames {

@@ -6,7 +6,10 @@ extension SealedFormat {
     /// Sends an initiation unless one was sent less than 5 s ago (its response may be on its
     /// way; WireGuard's REKEY_TIMEOUT).
     func initiate(_ now: Int64) {
-        if let pending, now &- pending.sent < Self.rekeyTimeout { return }
+        if let pending {
+            if now &- pending.sent < Self.rekeyTimeout { return }
+            held.removeAll()  // (the last handshake went unanswered: what it held is stale)
+        }
         guard let send else { return }
         var initiator = Noise.Initiator(prologue: SealedMessage.prologue, staticKey: keys.identity.privateKey, responderStatic: keys.peer,
                                         presharedKey: keys.presharedKey)
@@ -93,7 +96,8 @@ extension SealedFormat {
 
     /// An empty transport datagram in the current session.
     func sendKeepalive() {
-        guard let send, usable(current, clock()) != nil else { return }
+        sealing = usable(current, clock())
+        guard let send, sealing != nil else { return }
         var keepalive = [UInt8](repeating: 0, count: SealedMessage.transportHeaderLength + SealedMessage.tagLength)
         let n = keepalive.withUnsafeMutableBytes { seal($0.baseAddress!, frameLength: 0) }
         statistics.keepalivesSent &+= 1
