@@ -31,7 +31,9 @@ Cases:
                    datagram at most 1500 bytes, as between two hosts), and -sealed-1500 the same sealed
   tap-remote-tap-sealed-1500-attacked  -sealed-1500 while Docs/bench/anchors/flood.c, from B's host, floods
                    A's bridge with keyless initiations and transport datagrams of random indexes from
-                   B's bridge's address (spoofed), as fast as one core can (its count: attack_datagrams)
+                   B's bridge's address (spoofed), as fast as one core can (attack_datagrams, attack_kpps; then 3 s
+                   of the flood alone: attack_cpu_us_per_datagram, bridge A's CPU per datagram refused);
+                   -nullflood the same flood to a port nothing listens on (its cost to the machine alone)
   tap-remote-tap-kernel  two tapbridges on two namespaces as -1500, over a veth of MTU 1600 (as
                    kernel-vxlan's), each remote datapath=kernel: a Linux vxlan device tapbridge makes
   tap-tap-busy, tap-remote-tap-busy, tap-remote-tap-kernel-busy  the same with --busy-poll 50ms on every
@@ -86,14 +88,14 @@ HZ = os.sysconf("SC_CLK_TCK")
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
 CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
-         "tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
+         "tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood", "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
          "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
          "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
-          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500"), ("tap-remote-tap-1500", "kernel-vxlan"),
+          ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood"), ("tap-remote-tap-1500", "kernel-vxlan"),
           ("tap-tap-busy", "kernel-bridge"), ("tap-tap-busy", "tap-tap"), ("tap-remote-tap-busy", "kernel-vxlan"),
           ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap"),
           ("tap-remote-tap-kernel-busy", "kernel-vxlan"), ("tap-remote-tap", "kernel-bridge-vxlan"),
@@ -243,8 +245,9 @@ def setup(case, r, tools):
         run(["ip", "link", "set", TAP1, "netns", NS_B])
         address(NS_B, TAP1, IP_B)
     elif base.startswith("tap-remote-tap"):
-        if base.endswith("-attacked"):
-            base = base[: -len("-attacked")]
+        for flood in ("-attacked", "-nullflood"):
+            if base.endswith(flood):
+                base = base[: -len(flood)]
         # sealed: a key per bridge (tapbridge genkey), each naming the other's public key
         sealed = {"a": ([], ""), "b": ([], "")}
         if "-sealed" in base:
@@ -271,10 +274,13 @@ def setup(case, r, tools):
             for h, name, tap, theirs in ((hosts[0], "a", TAP0, "10.97.0.2"), (hosts[1], "b", TAP1, "10.97.0.1")):
                 r.start("tapbridge-" + name, ["ip", "netns", "exec", h, BUILD[0], "--name", PREFIX + name, "--port", tap,
                                               "--remote", f"{theirs}:4789{kernel[0]}{sealed[name][1]}", *sealed[name][0], *off, *EXTRA])
-            if case.endswith("-attacked"):
+            if case.endswith("-attacked") or case.endswith("-nullflood"):
                 # a keyless sender floods bridge a from bridge b's address (spoofed): initiations
-                # and transport datagrams with random indexes, on one core, for the whole measure
-                r.start("flood", ["ip", "netns", "exec", hosts[1], tools["flood"], "10.97.0.2", "10.97.0.1", "4789", str(2 * SECONDS[0] + 20)],
+                # and transport datagrams with random indexes, on one core, for the whole measure;
+                # -nullflood: the same flood to a port nothing listens on (what the flood costs the
+                # machine, with no bridge work: the control of -attacked)
+                port = "4789" if case.endswith("-attacked") else "9"
+                r.start("flood", ["ip", "netns", "exec", hosts[1], tools["flood"], "10.97.0.2", "10.97.0.1", port, str(2 * SECONDS[0] + 25)],
                         forwarder=False)
                 r.attack_started = time.time()
             for h, tap, dest, ip in ((hosts[0], TAP0, NS_A, IP_A), (hosts[1], TAP1, NS_B, IP_B)):
@@ -420,11 +426,22 @@ def measure(case, r, seconds):
 
 def attack_received(r):
     """The attacking datagrams bridge a refused (unknown_index, bad_mac1 on its remote) since the
-    flood began, and their rate: what its CPU figure paid for."""
-    out = subprocess.run([BUILD[0], "show", "ports", "--json", "--name", PREFIX + "a"], capture_output=True, text=True, timeout=10).stdout
-    remote = next(p for p in json.loads(out) if p["kind"] == "remote")
-    n = sum(remote["drops"].get(k, 0) for k in ("unknown_index", "bad_mac1", "malformed_encapsulation"))
-    return {"attack_datagrams": n, "attack_kpps": round(n / (time.time() - r.attack_started) / 1000, 1)}
+    flood began, and their rate; then, with the flood still on and no other traffic, bridge a's
+    CPU over 3 s per attacking datagram refused meanwhile (microseconds)."""
+    def refused():
+        out = subprocess.run([BUILD[0], "show", "ports", "--json", "--name", PREFIX + "a"], capture_output=True, text=True, timeout=10).stdout
+        remote = next(p for p in json.loads(out) if p["kind"] == "remote")
+        return sum(remote["drops"].get(k, 0) for k in ("unknown_index", "bad_mac1", "malformed_encapsulation"))
+    n = refused()
+    row = {"attack_datagrams": n, "attack_kpps": round(n / (time.time() - r.attack_started) / 1000, 1)}
+    before, ticks0, t0 = n, ticks(r.pids[:1]), time.time()
+    time.sleep(3)
+    during = refused() - before
+    cpu_s = (ticks(r.pids[:1]) - ticks0) / HZ
+    row["attack_idle_kpps"] = round(during / (time.time() - t0) / 1000, 1)
+    row["attack_cpu_pct"] = round(cpu_s / (time.time() - t0) * 100, 1)
+    row["attack_cpu_us_per_datagram"] = round(cpu_s * 1e6 / during, 3) if during > 0 else None
+    return row
 
 
 def is_tapbridge(case):

@@ -85,6 +85,22 @@ struct NoiseTests {
         return buffer
     }
 
+    /// The keyed MAC of mac1 (BoringSSL's HMAC context, keyed once and reused) is swift-crypto's
+    /// HMAC-SHA256 cut to 16 bytes, message after message.
+    @Test func theMACIsHMACSHA256CutTo16Bytes() {
+        let key = (0..<32).map { UInt8($0 &* 7) }
+        let mac = SealedMAC(key: key)
+        for n in [0, 1, 55, 64, 116, 300] {
+            let message = (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ 1) }
+            let expected = Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: key)).prefix(16))
+            #expect(message.withUnsafeBytes { mac.mac($0) } == expected, "\(n) bytes")
+            #expect(message.withUnsafeBytes { m in expected.withUnsafeBytes { mac.verifies(m, tag: $0) } })
+            var wrong = expected
+            wrong[15] ^= 1
+            #expect(!message.withUnsafeBytes { m in wrong.withUnsafeBytes { mac.verifies(m, tag: $0) } })
+        }
+    }
+
     @Test func aChangedMessageOrAnotherPresharedKeyIsRefused() throws {
         var initiator = Noise.Initiator(prologue: Self.prologue, staticKey: Self.initiatorStatic, responderStatic: Self.responderStaticPublic,
                                         presharedKey: Self.psk, ephemeral: Self.initiatorEphemeral)

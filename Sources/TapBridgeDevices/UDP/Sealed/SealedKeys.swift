@@ -14,9 +14,9 @@ public final class SealedIdentity: @unchecked Sendable {
     /// The public key, as peers name it (`peer=`).
     public let publicKey: [UInt8]
     /// The key of `mac1` in messages sent to this host: HASH("mac1----" || public key).
-    let mac1Key: [UInt8]
+    let mac1Key: SealedMAC
     /// The key of cookie replies this host sends: HASH("cookie--" || public key).
-    let cookieKey: [UInt8]
+    let cookieKey: SealedMAC
 
     public init(privateKey: Curve25519.KeyAgreement.PrivateKey) {
         self.privateKey = privateKey
@@ -104,9 +104,9 @@ public final class SealedPeerKeys: EncapsulationKey, @unchecked Sendable {
     public let peer: [UInt8]
     let presharedKey: [UInt8]
     /// The key of `mac1` in messages sent to the peer.
-    let peerMAC1Key: [UInt8]
+    let peerMAC1Key: SealedMAC
     /// The key of the cookie replies the peer sends.
-    let peerCookieKey: [UInt8]
+    let peerCookieKey: SealedMAC
 
     public init(identity: SealedIdentity, peer: [UInt8], presharedKey: [UInt8]? = nil) {
         self.identity = identity

@@ -31,29 +31,21 @@ public enum SealedMessage {
     /// another version of this one, never authenticates as this one.
     static let prologue = Array("tapbridge sealed v2".utf8)
 
-    /// HASH("mac1----" || public key): the key of `mac1` in messages sent to that key's owner.
-    static func mac1Key(of publicKey: [UInt8]) -> [UInt8] { Noise.hash(Array("mac1----".utf8), publicKey) }
-    static func cookieKey(of publicKey: [UInt8]) -> [UInt8] { Noise.hash(Array("cookie--".utf8), publicKey) }
+    /// The MAC keyed by HASH("mac1----" || public key): `mac1` of messages sent to that key's
+    /// owner (keyed once per key: checking a mac1 is one HMAC, no allocation).
+    static func mac1Key(of publicKey: [UInt8]) -> SealedMAC { SealedMAC(key: Noise.hash(Array("mac1----".utf8), publicKey)) }
+    static func cookieKey(of publicKey: [UInt8]) -> SealedMAC { SealedMAC(key: Noise.hash(Array("cookie--".utf8), publicKey)) }
 
-    /// MAC(key, bytes): HMAC-SHA256 cut to 16 bytes (WireGuard's is keyed BLAKE2s-128).
-    static func mac(_ key: [UInt8], _ bytes: UnsafeRawBufferPointer) -> [UInt8] {
-        Array(HMAC<SHA256>.authenticationCode(for: bytes, using: SymmetricKey(data: key)).prefix(macLength))
-    }
-
-    /// Whether `message`'s mac1 (the 16 bytes 32 before its end) is right for `key`: one HMAC,
-    /// compared in constant time.
-    static func hasValidMAC1(_ message: UnsafeRawBufferPointer, key: [UInt8]) -> Bool {
+    /// Whether `message`'s mac1 (the 16 bytes 32 before its end) is right for `key`.
+    static func hasValidMAC1(_ message: UnsafeRawBufferPointer, key: SealedMAC) -> Bool {
         let at = message.count - 2 * macLength
-        let expected = mac(key, UnsafeRawBufferPointer(rebasing: message[..<at]))
-        var difference: UInt8 = 0
-        for i in 0..<macLength { difference |= expected[i] ^ message[at + i] }
-        return difference == 0
+        return key.verifies(UnsafeRawBufferPointer(rebasing: message[..<at]), tag: UnsafeRawBufferPointer(rebasing: message[at..<at + macLength]))
     }
 
     /// Writes mac1 (keyed `key`) and a zero mac2 at the end of `message`.
-    static func writeMACs(_ message: inout [UInt8], key: [UInt8]) {
+    static func writeMACs(_ message: inout [UInt8], key: SealedMAC) {
         let at = message.count - 2 * macLength
-        let m = message.withUnsafeBytes { mac(key, UnsafeRawBufferPointer(rebasing: $0[..<at])) }
+        let m = message.withUnsafeBytes { key.mac(UnsafeRawBufferPointer(rebasing: $0[..<at])) }
         message.replaceSubrange(at..<at + macLength, with: m)
     }
 

@@ -1,0 +1,153 @@
+import Crypto
+import TapBridgeCore
+@testable import TapBridgeDevices
+import Testing
+
+/// The sealed format's timers on a manual clock, two formats joined by hand (what each sends
+/// the other is queued and delivered when the test says): WireGuard's rekey at 120 s (the
+/// initiator; a responder at 150 s), no session past 180 s, a new handshake after 15 s of
+/// sending unheard (a peer that restarted), a retry after 5 s, and a restart of either side.
+@Suite("Sealed sessions over time")
+struct SealedTimerTests {
+    final class Link {
+        var clock: Int64 = 1_000_000_000_000
+        var wall: Int64 = 1_800_000_000
+        var toB: [[UInt8]] = [], toA: [[UInt8]] = []
+        var a: SealedFormat!, b: SealedFormat!
+
+        init() {
+            a = make(SealedTests.identityA, SealedTests.identityB) { [unowned self] in toB.append($0) }
+            b = make(SealedTests.identityB, SealedTests.identityA) { [unowned self] in toA.append($0) }
+        }
+
+        func make(_ me: SealedIdentity, _ peer: SealedIdentity, _ out: @escaping ([UInt8]) -> Void) -> SealedFormat {
+            let f = SealedFormat(keys: SealedPeerKeys(identity: me, peer: peer.publicKey), vni: VNI(9)!, clock: { [unowned self] in clock },
+                                 timestamp: { [unowned self] in SealedMessage.timestamp(seconds: wall + clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
+            f.connect { out(Array($0)) }
+            return f
+        }
+
+        /// Restarts A (or B): a new format, the same keys, its clock going on.
+        func restart(a restartA: Bool) {
+            if restartA { a = make(SealedTests.identityA, SealedTests.identityB) { [unowned self] in toB.append($0) } }
+            else { b = make(SealedTests.identityB, SealedTests.identityA) { [unowned self] in toA.append($0) } }
+        }
+
+        func advance(seconds: Double) { clock += Int64(seconds * 1e9) }
+
+        /// Delivers what is queued, both ways, until neither sends more; what each took.
+        @discardableResult
+        func deliver() -> [OpenedKind] {
+            var got: [OpenedKind] = []
+            while !toB.isEmpty || !toA.isEmpty {
+                let (forB, forA) = (toB, toA)
+                (toB, toA) = ([], [])
+                for m in forB { got.append(Self.open(b, m)) }
+                for m in forA { got.append(Self.open(a, m)) }
+            }
+            return got
+        }
+
+        enum OpenedKind: Equatable { case frame([UInt8]), consumed, drop(DropReason) }
+        static func open(_ f: SealedFormat, _ datagram: [UInt8]) -> OpenedKind {
+            var d = datagram
+            return d.withUnsafeMutableBytes { b in
+                switch f.open(b) {
+                case .frame(let x): .frame(Array(x))
+                case .consumed: .consumed
+                case .drop(let r): .drop(r)
+                }
+            }
+        }
+
+        /// `from` seals `frame` (it must have a session); the datagram.
+        func seal(_ from: SealedFormat, _ frame: [UInt8]) -> [UInt8]? {
+            guard from.readyToSend() else { return nil }
+            var d = [UInt8](repeating: 0, count: 32 + frame.count)
+            d.replaceSubrange(16..<16 + frame.count, with: frame)
+            let n = d.withUnsafeMutableBytes { from.seal($0.baseAddress!, frameLength: frame.count) }
+            return n == d.count ? d : nil
+        }
+    }
+
+    static let frame = [UInt8](repeating: 0x42, count: 60)
+
+    @Test func theInitiatorRenewsAt120SecondsAndNoSessionOutlives180() throws {
+        let link = Link()
+        #expect(!link.a.readyToSend())
+        link.deliver()
+        let first = try #require(link.a.current)
+        /// Each side sends the other a frame, and it opens: both have heard the other now.
+        func exchange() throws {
+            #expect(Link.open(link.b, try #require(link.seal(link.a, Self.frame))) == .frame(Self.frame))
+            #expect(Link.open(link.a, try #require(link.seal(link.b, Self.frame))) == .frame(Self.frame))
+        }
+        for _ in 0..<11 {  // (every 10 s: neither goes 15 s unheard)
+            link.advance(seconds: 10)
+            try exchange()
+        }
+        link.advance(seconds: 9)
+        try exchange()
+        #expect(link.toB.isEmpty && link.toA.isEmpty, "no renewal before 120 s")
+        link.advance(seconds: 2)
+        let d = try #require(link.seal(link.a, Self.frame), "the old session still sends while the new handshake runs")
+        _ = link.seal(link.b, Self.frame)
+        #expect(link.toB.count == 1 && link.toB[0][0] == 1 && link.toA.isEmpty, "an initiation at 121 s, from the initiator only")
+        #expect(link.a.statistics.initiationsSent == 2 && link.b.statistics.initiationsSent == 0, "the responder does not renew at 120 s")
+        link.deliver()
+        #expect(link.a.current !== first && link.a.previous === first)
+        #expect(Link.open(link.b, d) == .frame(Self.frame), "a datagram of the session before still opens")
+        // no handshake answered for 180 s: nothing is sent
+        link.advance(seconds: 181)
+        #expect(link.seal(link.a, Self.frame) == nil && link.toB.count == 1, "a session older than 180 s sends nothing; a handshake starts")
+        link.toB = []
+        link.advance(seconds: 2)
+        #expect(link.seal(link.a, Self.frame) == nil && link.toB.isEmpty, "no second initiation within 5 s")
+        link.advance(seconds: 4)
+        #expect(link.seal(link.a, Self.frame) == nil && link.toB.count == 1, "retried after 5 s")
+        link.deliver()
+        #expect(link.seal(link.a, Self.frame) != nil)
+    }
+
+    /// A sender that hears nothing authenticated for 15 s starts a handshake: a peer that
+    /// restarted (and lost the session) is back then even if it only receives.
+    @Test func fifteenSecondsUnheardStartAHandshakeAndARestartedResponderIsBack() throws {
+        let link = Link()
+        _ = link.a.readyToSend()
+        link.deliver()
+        link.restart(a: false)  // B restarts: A's session means nothing to it
+        let lost = try #require(link.seal(link.a, Self.frame))
+        #expect(Link.open(link.b, lost) == .drop(.unknownIndex))
+        link.advance(seconds: 14)
+        _ = link.seal(link.a, Self.frame)
+        #expect(link.toB.isEmpty)
+        link.advance(seconds: 2)
+        let stillOld = try #require(link.seal(link.a, Self.frame))
+        #expect(link.toB.count == 1 && link.toB[0][0] == 1, "16 s unheard: an initiation")
+        link.deliver()
+        let fresh = try #require(link.seal(link.a, Self.frame))
+        #expect(Link.open(link.b, fresh) == .frame(Self.frame))
+        #expect(Link.open(link.b, stillOld) == .drop(.unknownIndex))
+        // the same frame at the same counter under the sessions before and after: other bytes
+        #expect(stillOld[8..<16] != fresh[8..<16] || stillOld[16...] != fresh[16...])
+    }
+
+    /// The restarted side's first frame starts a handshake the other takes at once (a later
+    /// timestamp); what the old session sent is refused by the new.
+    @Test func aRestartedInitiatorIsHeardOnItsFirstFrame() throws {
+        let link = Link()
+        _ = link.a.readyToSend()
+        link.deliver()
+        let old = try #require(link.seal(link.a, Self.frame))
+        #expect(Link.open(link.b, old) == .frame(Self.frame))
+        link.restart(a: true)
+        link.advance(seconds: 0.001)
+        #expect(!link.a.readyToSend() && link.toB.count == 1)
+        let got = link.deliver()
+        #expect(got.contains(.consumed) && link.b.statistics.responsesSent == 2, "\(got) \(link.a.statistics) \(link.b.statistics)")
+        let new = try #require(link.seal(link.a, Self.frame))
+        #expect(old[8..<16] != new[8..<16] || old[16...] != new[16...], "a (key, nonce) pair used twice")
+        #expect(Link.open(link.b, new) == .frame(Self.frame))
+        #expect(Link.open(link.b, old) != .frame(Self.frame))
+    }
+}
