@@ -211,6 +211,15 @@ public final class SealedFormat: EncapsulationFormat {
         sendHeld()
     }
 
+    /// Installs a session as a completed handshake leaves it (its keys from Noise's `split`),
+    /// the current one becoming the one before. For the fuzz target and tests that exercise the
+    /// transport without paying a handshake's Diffie-Hellman per input; the bridge never calls it.
+    public func installSession(localIndex: UInt32, remoteIndex: UInt32, sendKey: [UInt8], receiveKey: [UInt8], initiator: Bool) {
+        previous = current
+        current = Session(localIndex: localIndex, remoteIndex: remoteIndex, sendKey: sendKey, receiveKey: receiveKey, created: clock(), isInitiator: initiator)
+        lastAuthenticated = clock()
+    }
+
     public func hold(_ frame: [UInt8]) -> Bool {
         if held.count == Self.heldLimit { held.removeFirst() }
         held.append(frame)
