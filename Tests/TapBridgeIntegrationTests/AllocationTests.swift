@@ -55,7 +55,12 @@ struct AllocationTests {
         let few = try Self.allocations(pings: 100, extra: extra, remote: remote)
         let many = try Self.allocations(pings: 1000, extra: extra, remote: remote)
         #expect(few > 0 && many > 0, "no ALLOCS line")
-        #expect(abs(many - few) <= 20, "\(name): \(few) allocations for 200 frames, \(many) for 2,000: per-frame allocation")
+        // sealed: one handshake per session costs about 440 allocations (Noise's arrays), and
+        // when both bridges start sending at once their initiations cross and each completes
+        // (as in WireGuard): one run may hold a handshake more than the other. 1,800 frames
+        // more would show as 1,800 allocations more if any frame allocated.
+        let slack = remote == "sealed" ? 500 : 20
+        #expect(abs(many - few) <= slack, "\(name): \(few) allocations for 200 frames, \(many) for 2,000: per-frame allocation")
     }
 }
 }

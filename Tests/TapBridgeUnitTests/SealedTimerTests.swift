@@ -132,6 +132,22 @@ struct SealedTimerTests {
         #expect(stillOld[8..<16] != fresh[8..<16] || stillOld[16...] != fresh[16...])
     }
 
+    /// A responder whose new session waits for the initiator's first datagram starts no
+    /// handshake of its own (two would cross): it holds its frames and sends them once the
+    /// initiator's datagram confirms the session.
+    @Test func aResponderAwaitingConfirmationHoldsItsFramesAndStartsNoHandshake() throws {
+        let link = Link()
+        #expect(!link.a.readyToSend() && link.toB.count == 1)
+        let initiation = link.toB.removeFirst()
+        #expect(Link.open(link.b, initiation) == .consumed && link.toA.count == 1, "the response")
+        #expect(!link.b.readyToSend() && link.b.hold(Self.frame))
+        #expect(link.toA.count == 1 && link.b.statistics.initiationsSent == 0, "only the response went out")
+        let got = link.deliver()  // response -> A, keepalive -> B (confirms), B's held frame -> A
+        #expect(got.contains(.frame(Self.frame)) && link.b.statistics.initiationsSent == 0, "\(got)")
+        link.advance(seconds: 6)
+        #expect(link.b.readyToSend(), "its session is up")
+    }
+
     /// The restarted side's first frame starts a handshake the other takes at once (a later
     /// timestamp); what the old session sent is refused by the new.
     @Test func aRestartedInitiatorIsHeardOnItsFirstFrame() throws {

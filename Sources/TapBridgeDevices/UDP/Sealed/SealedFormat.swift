@@ -53,6 +53,10 @@ public final class SealedFormat: EncapsulationFormat {
     var current: Session?, previous: Session?, next: Session?
     /// The handshake this side started and has no response to yet.
     var pending: (index: UInt32, initiator: Noise.Initiator, sent: Int64)? = nil
+    /// When this side last answered an initiation (its `next` session waits for the
+    /// initiator's first datagram): it starts no handshake of its own for 5 s meanwhile, as
+    /// wireguard-go counts a response as a handshake sent; its frames wait in `held`.
+    var responded: Int64? = nil
     /// The greatest timestamp of an initiation taken from the peer.
     var greatestTimestamp = [UInt8](repeating: 0, count: 12)
     public internal(set) var statistics = Statistics()

@@ -6,6 +6,7 @@ extension SealedFormat {
     /// Sends an initiation unless one was sent less than 5 s ago (its response may be on its
     /// way; WireGuard's REKEY_TIMEOUT).
     func initiate(_ now: Int64) {
+        if next != nil, let responded, now &- responded < Self.rekeyTimeout { return }  // (its confirmation is on its way)
         if let pending {
             if now &- pending.sent < Self.rekeyTimeout { return }
             held.removeAll()  // (the last handshake went unanswered: what it held is stale)
@@ -68,6 +69,7 @@ extension SealedFormat {
         next = Session(localIndex: index, remoteIndex: theirs, sendKey: toInitiator, receiveKey: toResponder, created: now, isInitiator: false)
         lastHandshake = now
         lastAuthenticated = now
+        responded = now
         statistics.responsesSent &+= 1
         message.withUnsafeBytes { send($0) }
         return .consumed
