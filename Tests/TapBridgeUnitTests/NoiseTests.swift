@@ -1,5 +1,6 @@
 import Crypto
 @testable import TapBridgeDevices
+import TapBridgeTestSupport
 import Testing
 
 /// The handshake of `encap=sealed` against the published test vectors for
@@ -8,16 +9,7 @@ import Testing
 /// handshake hash, and four transport messages under the keys `split` gives.
 @Suite("Noise IKpsk2 test vectors")
 struct NoiseTests {
-    static func bytes(_ hex: String) -> [UInt8] {
-        var out: [UInt8] = []
-        var i = hex.startIndex
-        while i < hex.endIndex {
-            let j = hex.index(i, offsetBy: 2)
-            out.append(UInt8(hex[i..<j], radix: 16)!)
-            i = j
-        }
-        return out
-    }
+    static func bytes(_ hex: String) -> [UInt8] { FrameFactory.bytes(hex: hex) }
     static func key(_ hex: String) -> Curve25519.KeyAgreement.PrivateKey { try! .init(rawRepresentation: bytes(hex)) }
 
     // cacophony.txt, protocol_name "Noise_IKpsk2_25519_ChaChaPoly_SHA256"
