@@ -180,7 +180,7 @@ public final class SealedFormat: EncapsulationFormat {
         let now = clock()
         guard let s = session(index), now &- s.created < Self.rejectAfterTime else { return .drop(.unknownIndex) }
         let counter = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: 8, as: UInt64.self))
-        guard s.window.check(counter) else { return .drop(.replayed) }
+        guard counter < Self.rejectAfterMessages, s.window.check(counter) else { return .drop(.replayed) }  // (WireGuard's limit, both ways)
         let base = datagram.baseAddress!, n = datagram.count - SealedMessage.transportHeaderLength - SealedMessage.tagLength
         let frame = UnsafeMutableRawBufferPointer(start: base + SealedMessage.transportHeaderLength, count: n)
         statistics.tagsChecked &+= 1
