@@ -66,7 +66,7 @@ final class RemotePeers: EventSource {
     /// when the remote is added.
     func wireFormat(of remote: RemoteSpec) throws(StartupError) -> WireFormat {
         let encapsulation = remote.encapsulation ?? options.encapsulation
-        if let why = remote.optionsProblem(encapsulation) ?? encapsulation.kind.missingOptions(remote.encapsulationOptions) { throw StartupError(why) }
+        if let why = remote.encapsulationProblem(encapsulation) { throw StartupError(why) }
         guard encapsulation.kind.needsKey, let keyFile = remote.keyFile ?? options.keyFile else {
             return try WireFormat(encapsulation, vni: remote.vni ?? options.vni)  // (throws if it needs a key)
         }

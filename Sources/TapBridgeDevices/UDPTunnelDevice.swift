@@ -220,7 +220,7 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         guard let index = table.index(of: port) else { return .failed }
         guard table[index].format.readyToSend() else { return hold(frame, for: index) }
         if frame.count > table[index].maximumFrameLength {
-            if let cut = OffloadFinisher.tcpCut(of: frame) { return transmit(frame, offload: cut, to: port) }
+            if let cut = OffloadFinisher.tcpCut(of: frame) { return queueSegments(frame, offload: cut, for: index) }
             countFragmented(index, 1)
         }
         return sendQueue.queue(frame, to: table[index])
@@ -232,6 +232,11 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         guard offload.isSegmentation else { return transmit(frame, to: port) }
         guard let index = table.index(of: port) else { return .failed }
         guard table[index].format.readyToSend() else { return .linkDown }
+        return queueSegments(frame, offload: offload, for: index)
+    }
+
+    /// Queues super-frame `frame`'s segments for peer `index`, whose format is ready.
+    func queueSegments(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, for index: Int) -> TransmitOutcome {
         let (outcome, oversize) = sendQueue.queueSegments(frame, offload: offload, to: table[index], trains: sendsTrains)
         if oversize > 0 { countFragmented(index, oversize) }
         return outcome

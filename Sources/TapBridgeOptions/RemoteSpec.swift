@@ -97,13 +97,19 @@ public struct RemoteSpec: Sendable, Equatable {
 
 extension RemoteSpec {
     /// Why this remote's encapsulation options do not fit `encapsulation` (one it does not
-    /// take, `peer=` on a VXLAN remote), or nil. The missing ones are `EncapsulationKind.missingOptions`.
+    /// take, `peer=` on a VXLAN remote), or nil. At parse time, when encap= is given.
     public func optionsProblem(_ encapsulation: Encapsulation) -> String? {
         for key in encapsulationOptions.keys.sorted() where !encapsulation.kind.remoteOptions.contains(key) {
             let takes = Encapsulations.names { $0.remoteOptions.contains(key) }
             return "\(key)= is for encap=\(takes) (set encap=\(takes) too)"
         }
         return nil
+    }
+
+    /// Why this remote's options cannot run in `encapsulation`: one it does not take, or one it
+    /// needs missing (sealed without `peer=`); nil if they can. At start and for `remote add`.
+    public func encapsulationProblem(_ encapsulation: Encapsulation) -> String? {
+        optionsProblem(encapsulation) ?? encapsulation.kind.missingOptions(encapsulationOptions)
     }
 
     /// Why this remote cannot run on a bridge whose `--encap` is `bridgeWide` (a

@@ -81,7 +81,7 @@ public struct Settings: Sendable {
             if e.kind.needsKey, remote.keyFile == nil, keyFile == nil {
                 throw OptionError("remote \(remote.name): encap=\(e) needs this host's key: --key-file PATH, or key=PATH on the remote (tapbridge genkey writes one)")
             }
-            if let why = remote.optionsProblem(e) ?? e.kind.missingOptions(remote.encapsulationOptions) { throw OptionError("remote \(remote.name): \(why)") }
+            if let why = remote.encapsulationProblem(e) { throw OptionError("remote \(remote.name): \(why)") }
             if !e.kind.needsKey, remote.keyFile != nil {
                 throw OptionError("remote \(remote.name): key= is for encap=\(Encapsulations.names { $0.needsKey }) (the bridge-wide --encap is \(encapsulation))")
             }

@@ -259,7 +259,7 @@ struct Show: ParsableCommand {
                 let sealed = remotes.filter { $0.1.peerKey != nil }
                 if !sealed.isEmpty {
                     print("")
-                    let names = ["initiations_sent", "initiations_received", "responses_sent", "responses_received", "keepalives_sent", "keepalives_received"]
+                    let names = sealed[0].1.messages?.keys.sorted() ?? []  // (what the bridge counts, the same for every sealed remote)
                     print(table(["REMOTE", "PEER KEY", "LAST HANDSHAKE"] + names.map { $0.replacingOccurrences(of: "_", with: " ").uppercased() }, sealed.map { name, r in
                         [name, r.peerKey ?? "-", r.lastHandshakeSeconds.map { String(format: "%.0f s ago", $0) } ?? "none yet"] + names.map { "\(r.messages?[$0] ?? 0)" }
                     }))

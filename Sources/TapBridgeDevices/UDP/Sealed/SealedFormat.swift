@@ -233,17 +233,21 @@ public final class SealedFormat: EncapsulationFormat {
     /// Sends the frames held for the session that is now up, each sealed in it.
     func sendHeld() {
         sealing = usable(current, clock())
-        guard !held.isEmpty, let send, sealing != nil else { return }
+        guard !held.isEmpty, send != nil, sealing != nil else { return }
         let frames = held
         held = []
-        for frame in frames {
-            var datagram = [UInt8](repeating: 0, count: SealedMessage.transportHeaderLength + frame.count + SealedMessage.tagLength)
-            let n = datagram.withUnsafeMutableBytes { d in
-                d.baseAddress!.advanced(by: SealedMessage.transportHeaderLength).copyMemory(from: frame, byteCount: frame.count)
-                return seal(d.baseAddress!, frameLength: frame.count)
-            }
-            datagram.withUnsafeBytes { send(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        for frame in frames { sendSealed(frame) }
+    }
+
+    /// Seals `frame` in the session `sealing` names and sends it at once, outside the queue
+    /// (a held frame; empty, a keepalive). The caller has checked that there is one.
+    func sendSealed(_ frame: [UInt8]) {
+        var datagram = [UInt8](repeating: 0, count: SealedMessage.transportHeaderLength + frame.count + SealedMessage.tagLength)
+        let n = datagram.withUnsafeMutableBytes { d in
+            d.baseAddress!.advanced(by: SealedMessage.transportHeaderLength).copyMemory(from: frame, byteCount: frame.count)
+            return seal(d.baseAddress!, frameLength: frame.count)
         }
+        datagram.withUnsafeBytes { send?(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
     }
 
     /// This bridge's transport header (this VNI, one of its sessions' peer index, a counter

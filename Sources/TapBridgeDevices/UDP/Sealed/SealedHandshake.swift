@@ -32,7 +32,8 @@ extension SealedFormat {
         }
     }
 
-    /// An initiation, a response or a cookie reply from the peer.
+    /// An initiation or a response from the peer (a cookie reply, not implemented yet, is
+    /// `malformed_encapsulation`, as any other type).
     func openHandshake(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram {
         let bytes = UnsafeRawBufferPointer(datagram)
         switch bytes[0] {
@@ -99,10 +100,8 @@ extension SealedFormat {
     /// An empty transport datagram in the current session.
     func sendKeepalive() {
         sealing = usable(current, clock())
-        guard let send, sealing != nil else { return }
-        var keepalive = [UInt8](repeating: 0, count: SealedMessage.transportHeaderLength + SealedMessage.tagLength)
-        let n = keepalive.withUnsafeMutableBytes { seal($0.baseAddress!, frameLength: 0) }
+        guard send != nil, sealing != nil else { return }
         statistics.keepalivesSent &+= 1
-        keepalive.withUnsafeBytes { send(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        sendSealed([])
     }
 }

@@ -15,14 +15,11 @@ public final class SealedIdentity: @unchecked Sendable {
     public let publicKey: [UInt8]
     /// The key of `mac1` in messages sent to this host: HASH("mac1----" || public key).
     let mac1Key: SealedMAC
-    /// The key of cookie replies this host sends: HASH("cookie--" || public key).
-    let cookieKey: SealedMAC
 
     public init(privateKey: Curve25519.KeyAgreement.PrivateKey) {
         self.privateKey = privateKey
         publicKey = Array(privateKey.publicKey.rawRepresentation)
         mac1Key = SealedMessage.mac1Key(of: publicKey)
-        cookieKey = SealedMessage.cookieKey(of: publicKey)
     }
 
     /// The identity in the key file at `path` (see `SealedKeyFile.read`).
@@ -105,15 +102,12 @@ public final class SealedPeerKeys: EncapsulationKey, @unchecked Sendable {
     let presharedKey: [UInt8]
     /// The key of `mac1` in messages sent to the peer.
     let peerMAC1Key: SealedMAC
-    /// The key of the cookie replies the peer sends.
-    let peerCookieKey: SealedMAC
 
     public init(identity: SealedIdentity, peer: [UInt8], presharedKey: [UInt8]? = nil) {
         self.identity = identity
         self.peer = peer
         self.presharedKey = presharedKey ?? [UInt8](repeating: 0, count: 32)
         peerMAC1Key = SealedMessage.mac1Key(of: peer)
-        peerCookieKey = SealedMessage.cookieKey(of: peer)
     }
 
     /// The peer's key as `show ports` gives it: its first 8 base64 characters, as `wg` shortens.

@@ -7,7 +7,7 @@ import Foundation
 /// ```
 ///   initiation  (148)  1 0 0 0 | sender | e (32) | s, encrypted (48) | timestamp, encrypted (28) | mac1 | mac2
 ///   response     (92)  2 0 0 0 | sender | receiver | e (32) | empty, encrypted (16) | mac1 | mac2
-///   cookie reply (64)  3 0 0 0 | receiver | nonce (24) | cookie, encrypted (32)
+///   (cookie reply, type 3, under load: not implemented yet; mac2 is sent as zeros)
 ///   transport  (32+n)  4 VNI (3) | receiver | counter (8) | frame, encrypted (n) | tag (16)
 /// ```
 /// `sender` and `receiver` are the 32-bit indexes each side picks for a session; a transport
@@ -15,12 +15,10 @@ import Foundation
 public enum SealedMessage {
     static let initiation: UInt8 = 1
     static let response: UInt8 = 2
-    static let cookieReply: UInt8 = 3
     static let transport: UInt8 = 4
 
     static let initiationLength = 148
     static let responseLength = 92
-    static let cookieReplyLength = 64
     /// The transport header: type, VNI, receiver index, counter. It is authenticated (the
     /// AEAD's associated data), so a changed VNI or index fails the tag.
     public static let transportHeaderLength = 16
@@ -34,7 +32,6 @@ public enum SealedMessage {
     /// The MAC keyed by HASH("mac1----" || public key): `mac1` of messages sent to that key's
     /// owner (keyed once per key: checking a mac1 is one HMAC, no allocation).
     static func mac1Key(of publicKey: [UInt8]) -> SealedMAC { SealedMAC(key: Noise.hash(Array("mac1----".utf8), publicKey)) }
-    static func cookieKey(of publicKey: [UInt8]) -> SealedMAC { SealedMAC(key: Noise.hash(Array("cookie--".utf8), publicKey)) }
 
     /// Whether `message`'s mac1 (the 16 bytes 32 before its end) is right for `key`.
     static func hasValidMAC1(_ message: UnsafeRawBufferPointer, key: SealedMAC) -> Bool {
