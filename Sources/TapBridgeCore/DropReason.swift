@@ -51,6 +51,11 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// Receive: a sealed handshake message whose `mac1` is wrong (its sender does not know
     /// this bridge's public key): dropped after one HMAC.
     case badMAC1
+    /// Receive: a sealed initiation that came while the bridge was under load (many
+    /// handshakes a second) without a valid `mac2`: answered with a cookie reply (two HMACs
+    /// and a small encryption, no Diffie-Hellman), which its real sender puts in `mac2` of
+    /// its next try.
+    case cookieSent
     /// Receive: a sealed handshake initiation that is not newer than the last one taken from
     /// that peer (a replayed initiation), or a response to no handshake under way.
     case staleHandshake
@@ -102,6 +107,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .replayed: "replayed"
         case .unknownIndex: "unknown_index"
         case .badMAC1: "bad_mac1"
+        case .cookieSent: "cookie_sent"
         case .staleHandshake: "stale_handshake"
         case .truncated: "truncated"
         case .stormControl: "storm_control"

@@ -23,6 +23,18 @@ public enum OpenedDatagram {
     case drop(DropReason)
     /// The format's own message (a handshake, a keepalive), taken: nothing to deliver.
     case consumed
+    /// Not taken, counted as `reason`, and answered: `reply` (valid until the format's next
+    /// call) goes back to the address the datagram came from, whoever that is (a sealed
+    /// cookie reply, which only the real sender of a spoofed datagram can use).
+    case reply(UnsafeRawBufferPointer, counted: DropReason)
+
+    /// Whether the format took the datagram as its peer's (a frame, or its own message).
+    public var isTaken: Bool {
+        switch self {
+        case .frame, .consumed: true
+        case .drop, .reply: false
+        }
+    }
 }
 
 /// The seam between the UDP device and the bytes on the wire: how a frame becomes a datagram
@@ -53,6 +65,21 @@ public protocol EncapsulationFormat: AnyObject {
     func seal(_ datagram: UnsafeMutableRawPointer, frameLength: Int) -> Int
     /// The inner frame of `datagram`, in place, or why it is dropped.
     func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram
+    /// The same, for a datagram that came from `source` (its address and port as 18 bytes,
+    /// IPv4 in IPv6 form), which a format that answers (`.reply`) binds its answer to.
+    func open(_ datagram: UnsafeMutableRawBufferPointer, from source: UnsafeRawBufferPointer) -> OpenedDatagram
+    /// A datagram from an address that is no peer's: the format of the peer whose session it
+    /// names (this format's or another's of its group), if the format lets a peer's address
+    /// change (roaming); the device then moves that peer to the sender's address once the
+    /// datagram opens (authenticated). At most one lookup, or one HMAC for a handshake
+    /// message, before anything is authenticated. nil: a stranger.
+    func owner(ofStranger datagram: UnsafeRawBufferPointer) -> (any EncapsulationFormat)?
+    /// The formats that answer `owner(ofStranger:)` for each other (one per group is asked);
+    /// nil for a format whose peers never move.
+    var roamingGroup: ObjectIdentifier? { get }
+    /// Runs what is due at `now` (monotonic ns: a keepalive) and returns when to be called
+    /// next; nil: never (the format has no timer; the device then never asks again).
+    func timer(now: Int64) -> Int64?
     /// Whether `quote`, the start of a datagram an ICMP error says could not be delivered
     /// (what follows its UDP header), can be one this format sent to its peer. A lowered path
     /// MTU is believed only then: the kernel takes any ICMP message that names this socket's
@@ -77,6 +104,10 @@ extension EncapsulationFormat {
     @inline(__always) public func readyToSend() -> Bool { true }
     public func hold(_ frame: [UInt8]) -> Bool { false }
     public var session: SessionReport? { nil }
+    @inline(__always) public func open(_ datagram: UnsafeMutableRawBufferPointer, from source: UnsafeRawBufferPointer) -> OpenedDatagram { open(datagram) }
+    public func owner(ofStranger datagram: UnsafeRawBufferPointer) -> (any EncapsulationFormat)? { nil }
+    public var roamingGroup: ObjectIdentifier? { nil }
+    public func timer(now: Int64) -> Int64? { nil }
 }
 
 /// A format's session with its peer, as `show ports` gives it.

@@ -195,6 +195,7 @@ public final class BridgeDaemon {
                              action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
         loop.add(TimerSource(due: { [unowned self] in tunnel?.nextPathRecheck(expiry: options.pathMTUExpiry) },
                              action: { [unowned self] now in tunnel?.recheckPaths(at: now.nanoseconds, expiry: options.pathMTUExpiry) }))
+        loop.add(TimerSource(due: { [unowned self] in tunnel?.nextFormatTimer }, action: { [unowned self] now in tunnel?.runFormatTimers(at: now.nanoseconds) }))
         var nextStormLook = EventLoop.now().advanced(by: .seconds(1)).nanoseconds
         loop.add(TimerSource(due: { nextStormLook }, action: { [unowned self] now in
             logStormDrops(at: now)

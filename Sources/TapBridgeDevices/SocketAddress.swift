@@ -37,6 +37,12 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The address and port as 18 bytes (IPv4 in IPv6 form), handed to `body`: what a sealed
+    /// cookie is bound to.
+    public func withBytes<R>(_ body: (UnsafeRawBufferPointer) -> R) -> R {
+        withUnsafeBytes(of: (high, low, port.bigEndian)) { body(UnsafeRawBufferPointer(rebasing: $0[..<18])) }
+    }
+
     /// Writes this address as a sockaddr of `family` into `storage`; returns its length, or 0
     /// if an IPv6 address cannot be written as IPv4.
     public func write(family: Int32, to storage: UnsafeMutableRawPointer) -> socklen_t {

@@ -49,6 +49,9 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         public var unreachable: UInt64 = 0
         /// Well-formed frames from unknown senders refused because `--max-peers` was reached.
         public var peersRefused: UInt64 = 0
+        /// Times a remote's address changed: a datagram that authenticated came from another
+        /// address (sealed remotes roam, as WireGuard's peers do).
+        public var peersMoved: UInt64 = 0
         /// Inner frames whose TCP/UDP checksum arrived partial (a same-host kernel VTEP with
         /// checksum offload) and was completed here.
         public var checksumsCompleted: UInt64 = 0
@@ -96,6 +99,11 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     var unverifiedLog = LogThrottle()
     /// Peers whose datagrams do not authenticate now (`refused`); 0 almost always.
     var refusingPeers = 0
+    /// One port per roaming group of formats (`EncapsulationFormat.roamingGroup`): asked who
+    /// owns a stranger's datagram. Empty without sealed remotes, and then never looked at.
+    var roamingGroups: [(group: ObjectIdentifier, port: PortID)] = []
+    /// When each peer's format wants its timer, by port (only those that have one).
+    var timers: [PortID: Int64] = [:]
     /// `--accept-peers`, or nil: unknown senders are dropped.
     var admission: PeerAdmission? = nil
 
@@ -148,18 +156,25 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
         _ = try table.add(address, format: made, vni: format.vni, isDynamic: isDynamic, port: port, family: family,
                           socket: localAddress, pathMTU: socket.pathMTU(to: address) ?? 1500, now: ctb_monotonic_ns())
         made.connect { [unowned self] datagram in self.sendNow(datagram, to: port) }
+        if let group = made.roamingGroup, !roamingGroups.contains(where: { $0.group == group }) { roamingGroups.append((group, port)) }
+        if let due = made.timer(now: ctb_monotonic_ns()) { timers[port] = due }
     }
 
     /// Sends one datagram of a format's own (a handshake message) to `port`'s peer at once,
     /// outside the queue; a failure is the peer's next frame's to report.
     func sendNow(_ datagram: UnsafeRawBufferPointer, to port: PortID) {
         guard let index = table.index(of: port) else { return }
-        let peer = table[index]
+        send(datagram, to: table[index].address)
+    }
+
+    /// Sends one datagram to `address` at once, outside the queue (a handshake message, or a
+    /// format's reply to whoever sent a datagram).
+    func send(_ datagram: UnsafeRawBufferPointer, to address: SocketAddress) {
         var d = ctb_datagram()
         d.data = UnsafeMutableRawPointer(mutating: datagram.baseAddress!)
         d.length = datagram.count
-        withUnsafeMutableBytes(of: &d.peer) { $0.copyMemory(from: UnsafeRawBufferPointer(start: peer.sockaddr, count: Int(peer.addressLength))) }
-        d.peer_length = peer.addressLength
+        d.peer_length = withUnsafeMutableBytes(of: &d.peer) { address.write(family: family, to: $0.baseAddress!) }
+        guard d.peer_length > 0 else { return }
         socket.send(&d, count: 1)
     }
 
@@ -184,7 +199,26 @@ public final class UDPTunnelDevice: PortDevice, DatagramInbox {
     }
 
     public func didRemovePort(_ port: PortID) {
-        if let gone = table.remove(port: port), gone.unauthenticated > 0 { refusingPeers -= 1 }
+        guard let gone = table.remove(port: port) else { return }
+        if gone.unauthenticated > 0 { refusingPeers -= 1 }
+        timers[port] = nil
+        // the group is asked through another of its peers, or no longer
+        if let k = roamingGroups.firstIndex(where: { $0.port == port }) {
+            if let other = table.peers.first(where: { $0?.format.roamingGroup == roamingGroups[k].group })??.port { roamingGroups[k].port = other } else { roamingGroups.remove(at: k) }
+        }
+    }
+
+    // MARK: Format timers
+
+    /// When a peer's format next wants its timer (a keepalive), if any does.
+    public var nextFormatTimer: Int64? { timers.values.min() }
+
+    /// Runs the format timers due at `now`.
+    public func runFormatTimers(at now: Int64) {
+        for (port, due) in timers where due <= now {
+            guard let index = table.index(of: port) else { timers[port] = nil; continue }
+            timers[port] = table[index].format.timer(now: now)
+        }
     }
 
     /// The peer that is bridge port `port`.
@@ -395,6 +429,7 @@ extension UDPTunnelDevice.Statistics: CounterOwner {
         .init("unknown_sender", \.unknownSender, "Datagrams from senders that are not remotes."),
         .init("unreachable", \.unreachable, "ICMP unreachable errors on the UDP socket."),
         .init("peers_refused", \.peersRefused, "Well-formed frames from unknown senders refused: --max-peers reached."),
+        .init("peers_moved", \.peersMoved, "Times a sealed remote's address changed to where its authenticated datagrams came from (roaming)."),
         .init("checksums_completed", \.checksumsCompleted, "Inner frames from remotes whose partial checksum was completed."),
         .init("trains_sent", \.trainsSent, "Trains of datagrams sent with one UDP_SEGMENT message."),
         .init("trains_received", \.trainsReceived, "Trains of datagrams received whole (UDP_GRO)."),

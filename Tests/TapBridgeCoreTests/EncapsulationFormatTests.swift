@@ -32,6 +32,7 @@ struct EncapsulationFormatTests {
             case .frame(let inner): .frame(Array(inner))
             case .drop(let reason): .drop(reason)
             case .consumed: .consumed
+            case .reply(_, let reason): .drop(reason)  // (no keyless format replies)
             }
         }
     }

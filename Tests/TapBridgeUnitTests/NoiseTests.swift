@@ -110,4 +110,21 @@ struct NoiseTests {
         let response = try #require(answered)
         #expect(initiator.readResponse(response) == nil)
     }
+
+    /// The cookie reply's cipher, XChaCha20-Poly1305, against draft-irtf-cfrg-xchacha-03's
+    /// AEAD example (A.3.1): its ciphertext and tag, and a changed byte refused.
+    @Test func theCookieCipherMatchesTheXChaCha20Poly1305Vector() throws {
+        let cipher = SealedCipher(key: Self.bytes("808182838485868788898a8b8c8d8e8f909192939495969798999a9b9c9d9e9f"), extendedNonce: true)
+        let nonce = Self.bytes("404142434445464748494a4b4c4d4e4f5051525354555657"), ad = Self.bytes("50515253c0c1c2c3c4c5c6c7")
+        let text = Array("Ladies and Gentlemen of the class of '99: If I could offer you only one tip for the future, sunscreen would be it.".utf8)
+        let expected = Self.bytes("bd6d179d3e83d43b9576579493c0e939572a1700252bfaccbed2902c21396cbb731c7f1b0b4aa6440bf3a82f4eda7e39ae64c6708c54c216cb96b72e1213b452"
+            + "2f8c9ba40db5d945b11b69b982c1bb9e3f3fac2bc369488f76b2383565d3fff921f9664c97637da9768812f615c68b13b52e" + "c0875924c1c7987947deafd8780acf49")
+        let sealed = cipher.seal(text, nonce: nonce, ad: ad)
+        #expect(sealed == expected)
+        #expect(cipher.open(sealed, nonce: nonce, ad: ad) == text)
+        var changed = sealed
+        changed[7] ^= 0x80
+        #expect(cipher.open(changed, nonce: nonce, ad: ad) == nil)
+        #expect(cipher.open(sealed, nonce: nonce, ad: Array(ad.dropLast())) == nil)
+    }
 }

@@ -15,13 +15,15 @@ struct SealedTimerTests {
         var toB: [[UInt8]] = [], toA: [[UInt8]] = []
         var a: SealedFormat!, b: SealedFormat!
 
-        init() {
-            a = make(SealedTests.identityA, SealedTests.identityB) { [unowned self] in toB.append($0) }
-            b = make(SealedTests.identityB, SealedTests.identityA) { [unowned self] in toA.append($0) }
+        /// `loadThreshold`: B's (0: every initiation finds it under load); `keepalive`: A's.
+        init(loadThreshold: Int = 64, keepalive: Int? = nil) {
+            let b = SealedIdentity(privateKey: try! .init(rawRepresentation: [UInt8](repeating: 0xa5, count: 32)), loadThreshold: loadThreshold)
+            a = make(SealedTests.identityA, SealedTests.identityB, keepalive: keepalive) { [unowned self] in toB.append($0) }
+            self.b = make(b, SealedTests.identityA) { [unowned self] in toA.append($0) }
         }
 
-        func make(_ me: SealedIdentity, _ peer: SealedIdentity, _ out: @escaping ([UInt8]) -> Void) -> SealedFormat {
-            let f = SealedFormat(keys: SealedPeerKeys(identity: me, peer: peer.publicKey), vni: VNI(9)!, clock: { [unowned self] in clock },
+        func make(_ me: SealedIdentity, _ peer: SealedIdentity, keepalive: Int? = nil, _ out: @escaping ([UInt8]) -> Void) -> SealedFormat {
+            let f = SealedFormat(keys: SealedPeerKeys(identity: me, peer: peer.publicKey, keepaliveSeconds: keepalive), vni: VNI(9)!, clock: { [unowned self] in clock },
                                  timestamp: { [unowned self] in SealedMessage.timestamp(seconds: wall + clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
             f.connect { out(Array($0)) }
             return f
@@ -35,27 +37,36 @@ struct SealedTimerTests {
 
         func advance(seconds: Double) { clock += Int64(seconds * 1e9) }
 
-        /// Delivers what is queued, both ways, until neither sends more; what each took.
+        /// Delivers what is queued, both ways, until neither sends more (a reply goes back to
+        /// its sender); what each took. A's datagrams come from `sourceA`.
         @discardableResult
-        func deliver() -> [OpenedKind] {
+        func deliver(sourceA: [UInt8] = Link.sourceA) -> [OpenedKind] {
             var got: [OpenedKind] = []
             while !toB.isEmpty || !toA.isEmpty {
                 let (forB, forA) = (toB, toA)
                 (toB, toA) = ([], [])
-                for m in forB { got.append(Self.open(b, m)) }
-                for m in forA { got.append(Self.open(a, m)) }
+                for m in forB {
+                    got.append(Self.open(b, m, from: sourceA))
+                    if case .reply(let bytes, _) = got.last! { toA.append(bytes) }
+                }
+                for m in forA { got.append(Self.open(a, m, from: Self.sourceB)) }
             }
             return got
         }
+        static let sourceA = [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 10, 0, 0, 1, 0x12, 0xb5]
+        static let sourceB = [UInt8](repeating: 0, count: 10) + [0xff, 0xff, 10, 0, 0, 2, 0x12, 0xb5]
 
-        enum OpenedKind: Equatable { case frame([UInt8]), consumed, drop(DropReason) }
-        static func open(_ f: SealedFormat, _ datagram: [UInt8]) -> OpenedKind {
+        enum OpenedKind: Equatable { case frame([UInt8]), consumed, drop(DropReason), reply([UInt8], DropReason) }
+        static func open(_ f: SealedFormat, _ datagram: [UInt8], from source: [UInt8] = []) -> OpenedKind {
             var d = datagram
             return d.withUnsafeMutableBytes { b in
-                switch f.open(b) {
-                case .frame(let x): .frame(Array(x))
-                case .consumed: .consumed
-                case .drop(let r): .drop(r)
+                source.withUnsafeBytes { source in
+                    switch f.open(b, from: source) {
+                    case .frame(let x): .frame(Array(x))
+                    case .consumed: .consumed
+                    case .drop(let r): .drop(r)
+                    case .reply(let x, let r): .reply(Array(x), r)
+                    }
                 }
             }
         }
@@ -165,5 +176,80 @@ struct SealedTimerTests {
         #expect(old[8..<16] != new[8..<16] || old[16...] != new[16...], "a (key, nonce) pair used twice")
         #expect(Link.open(link.b, new) == .frame(Self.frame))
         #expect(Link.open(link.b, old) != .frame(Self.frame))
+    }
+
+    /// Under load, an initiation without a valid mac2 gets a cookie reply and nothing else: no
+    /// Noise (no Diffie-Hellman), no session, no response. The cookie is bound to the
+    /// sender's address: the initiator's retry 5 s later carries it in mac2 and is answered;
+    /// the same initiation from another address, or a cookie reply changed on the way or
+    /// for no handshake under way, changes nothing.
+    @Test func underLoadAnInitiationCostsACookieReplyAndTheRetryWithItIsAnswered() throws {
+        let link = Link(loadThreshold: 0)
+        #expect(!link.a.readyToSend())
+        let initiation = try #require(link.toB.first)
+        let got = link.deliver()
+        guard case .reply(let reply, .cookieSent) = try #require(got.first) else { Issue.record("no cookie reply: \(got)"); return }
+        #expect(reply.count == SealedMessage.cookieReplyLength && reply[0] == 3 && Array(reply[4..<8]) == Array(initiation[4..<8]))
+        #expect(got.dropFirst() == [.consumed], "the initiator takes the cookie")
+        #expect(link.b.statistics.initiationsReceived == 0 && link.b.statistics.responsesSent == 0 && link.b.next == nil,
+                "no Noise message read, no response: nothing but two HMACs and the reply's encryption")
+        #expect(link.b.statistics.cookieRepliesSent == 1 && link.a.statistics.cookieRepliesReceived == 1)
+        // the same reply again, or changed: no handshake under way takes it, or it fails its tag
+        var changed = reply
+        changed[40] ^= 1
+        #expect(Link.open(link.a, changed, from: Link.sourceB) == .drop(.unauthenticated))
+        #expect(link.a.readyToSend() == false && link.toB.isEmpty, "no retry before 5 s (WireGuard's REKEY_TIMEOUT)")
+        link.advance(seconds: 5)
+        #expect(!link.a.readyToSend())
+        let retry = try #require(link.toB.first)
+        #expect(retry[132...].contains { $0 != 0 }, "the retry carries mac2")
+        // from another address the cookie is not its cookie: another reply, no handshake
+        #expect({ if case .reply(_, .cookieSent) = Link.open(link.b, retry, from: Link.sourceB) { true } else { false } }())
+        #expect(link.b.statistics.initiationsReceived == 0)
+        link.deliver()
+        #expect(link.b.statistics.initiationsReceived == 1 && link.b.statistics.responsesSent == 1)
+        #expect(link.a.readyToSend(), "the session is up")
+        #expect(Link.open(link.a, reply, from: Link.sourceB) == .drop(.staleHandshake), "a cookie reply for no handshake under way")
+    }
+
+    /// Not under load, mac2 is not looked at: an initiation is answered at once (the load
+    /// meter counts initiations a second; 64 by default).
+    @Test func belowTheLoadThresholdNoCookieIsAskedFor() throws {
+        let link = Link(loadThreshold: 3)
+        for k in 0..<3 {
+            link.restart(a: true)
+            link.advance(seconds: 0.1)
+            #expect(!link.a.readyToSend())
+            link.deliver()
+            #expect(link.a.readyToSend() && link.b.statistics.cookieRepliesSent == 0, "handshake \(k + 1) of 3 in a second")
+        }
+        link.restart(a: true)
+        #expect(!link.a.readyToSend())
+        #expect(link.deliver().contains { if case .reply(_, .cookieSent) = $0 { true } else { false } }, "the fourth in the second finds it under load")
+        link.advance(seconds: 2.5)
+        link.restart(a: true)
+        #expect(!link.a.readyToSend())
+        link.deliver()
+        #expect(link.a.readyToSend(), "a second after the burst, no cookie is asked for")
+    }
+
+    /// `keepalive=25`: a handshake at once, then an empty datagram whenever nothing was sent
+    /// for 25 s; a frame sent puts the next one off.
+    @Test func keepaliveSendsAnEmptyDatagramWhenNothingWasSentForThatLong() throws {
+        let link = Link(keepalive: 25)
+        let first = try #require(link.a.timer(now: link.clock))
+        #expect(link.toB.count == 1 && link.toB[0][0] == 1, "no session: the timer starts a handshake")
+        #expect(first == link.clock + 25_000_000_000)
+        link.deliver()
+        let sent = link.a.statistics.keepalivesSent
+        link.advance(seconds: 10)
+        #expect(Link.open(link.b, try #require(link.seal(link.a, Self.frame))) == .frame(Self.frame))
+        link.advance(seconds: 15)
+        #expect(link.a.timer(now: link.clock) == link.clock + 10_000_000_000 && link.toB.isEmpty, "a frame 15 s ago: nothing yet")
+        link.advance(seconds: 10)
+        #expect(link.a.timer(now: link.clock) == link.clock + 25_000_000_000)
+        #expect(link.a.statistics.keepalivesSent == sent + 1 && link.toB.count == 1 && link.toB[0].count == 32)
+        #expect(link.deliver() == [.consumed], "the keepalive opens and delivers nothing")
+        #expect(link.b.timer(now: link.clock) == nil, "without keepalive= a format has no timer")
     }
 }

@@ -88,6 +88,24 @@ struct PeerTable {
         return peer
     }
 
+    /// Peer `index` is at `address` from now on (it roamed); false, and nothing changes, if
+    /// another peer is there or the address does not fit the socket's family.
+    mutating func move(_ index: Int, to address: SocketAddress, family: Int32) -> Bool {
+        let from = self[index].address
+        guard byAddress[address] == nil else { return false }
+        var storage = sockaddr_storage()
+        let length = withUnsafeMutableBytes(of: &storage) { address.write(family: family, to: $0.baseAddress!) }
+        guard length > 0 else { return false }
+        withUnsafeBytes(of: &storage) { self[index].sockaddr.copyMemory(from: $0.baseAddress!, byteCount: Int(length)) }
+        self[index].addressLength = length
+        self[index].address = address
+        byAddress[from] = nil
+        byAddress[address] = index
+        reindexHost(of: from)
+        reindexHost(of: address)
+        return true
+    }
+
     /// Frees every peer's buffer (the device is going away).
     mutating func removeAll() {
         for case let p? in peers { p.sockaddr.deallocate() }

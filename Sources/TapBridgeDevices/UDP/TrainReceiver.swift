@@ -11,11 +11,15 @@ protocol DatagramInbox: AnyObject {
     func receiveMessages(into queue: UnsafeMutablePointer<ctb_datagram>, _ count: Int) throws(PortError) -> Int?
     /// The peer that sends from `sender`: its index and port; nil for a stranger.
     func peer(sentFrom sender: SocketAddress) -> (index: Int, port: PortID)?
+    /// The peer that claims a stranger's datagram `d` (it roamed to `sender`); nil if none.
+    func roamer(_ sender: SocketAddress, _ d: ctb_datagram, roaming: inout Bool) -> (index: Int, port: PortID)?
     /// `datagrams` datagrams from a stranger (`first` the first of them): counted and dropped
     /// (false), or, with `--accept-peers`, a candidate the caller keeps pending (true).
     func stranger(_ sender: SocketAddress, _ first: ctb_datagram, now: Int64, datagrams: Int, holding: Bool) -> Bool
-    /// The inner frame of a peer's datagram, opened in place, or nil (the drop is recorded).
-    func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer?
+    /// The inner frame of a peer's datagram from `sender`, opened in place, or nil (the drop
+    /// is recorded); `roaming`: the peer moves to `sender` if it authenticates.
+    func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, from sender: SocketAddress, roaming: Bool,
+                    batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer?
     /// Strangers wait for the daemon's decision: nothing more is read until then.
     var awaitsAdmission: Bool { get }
 }
@@ -92,7 +96,8 @@ final class TrainReceiver {
             var first = d
             first.length = min(stride, total)
             let sender = withUnsafeBytes(of: d.peer) { SocketAddress($0.baseAddress!) }
-            let peer = sender.flatMap { device.peer(sentFrom: $0) }
+            var roaming = false
+            let peer = sender.flatMap { device.peer(sentFrom: $0) ?? device.roamer($0, first, roaming: &roaming) }
             if peer == nil, let sender {
                 // every datagram of the train is the stranger's: counted, or kept here until
                 // the daemon decides (a candidate: this message stays pending)
@@ -100,7 +105,7 @@ final class TrainReceiver {
                 if device.stranger(sender, first, now: now, datagrams: left, holding: false) { return frames }
             }
             if pendingOffset == 0, d.segment_size > 0 { trainsReceived &+= 1 }
-            guard let (index, port) = peer, total <= Self.slotSize else {
+            guard let (index, port) = peer, let sender, total <= Self.slotSize else {
                 if let peer { batch.recordDrop(on: peer.port, .truncated, bytes: total) }
                 pendingMessage += 1
                 pendingOffset = 0
@@ -111,7 +116,7 @@ final class TrainReceiver {
             while pendingOffset < max(total, 1) {
                 if batch.receiveDrops.count >= batch.capacity { return frames }
                 let data = d.data + pendingOffset, length = min(stride, total - pendingOffset)
-                guard let frame = device.innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else {
+                guard let frame = device.innerFrame(data, length: length, peer: index, port: port, from: sender, roaming: roaming, batch: batch, now: now) else {
                     pendingOffset += step
                     continue
                 }

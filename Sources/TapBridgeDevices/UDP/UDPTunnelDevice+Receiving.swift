@@ -55,7 +55,7 @@ extension UDPTunnelDevice {
                 counters.peersRefused &+= 1
                 continue
             }
-            guard let frame = innerFrame(data, length: length, peer: index, port: port, batch: batch, now: now) else { continue }
+            guard let frame = innerFrame(data, length: length, peer: index, port: port, from: sender, batch: batch, now: now) else { continue }
             guard frame.count <= batch.frameCapacity else {
                 batch.recordDrop(on: port, .truncated, bytes: length)
                 continue
@@ -72,7 +72,8 @@ extension UDPTunnelDevice {
     @inline(__always)
     func deliver(_ d: ctb_datagram, into batch: FrameBatch, freeSlot k: Int, lead: Int, now: Int64) -> Bool {
         guard let sender = withUnsafeBytes(of: d.peer, { SocketAddress($0.baseAddress!) }) else { return false }
-        guard let (index, port) = peer(sentFrom: sender) else {
+        var roaming = false
+        guard let (index, port) = peer(sentFrom: sender) ?? roamer(sender, d, roaming: &roaming) else {
             stranger(sender, d, now: now)
             return false
         }
@@ -80,7 +81,7 @@ extension UDPTunnelDevice {
             batch.recordDrop(on: port, .truncated, bytes: d.length)
             return false
         }
-        guard let frame = innerFrame(d.data, length: d.length, peer: index, port: port, batch: batch, now: now) else { return false }
+        guard let frame = innerFrame(d.data, length: d.length, peer: index, port: port, from: sender, roaming: roaming, batch: batch, now: now) else { return false }
         // the slot starts `lead` bytes after the datagram
         batch.commit(length: frame.count, from: port, shift: frame.baseAddress! - (d.data + lead), freeSlot: k)
         return true
@@ -92,15 +93,44 @@ extension UDPTunnelDevice {
         table.index(for: sender).map { ($0, table[$0].port) }
     }
 
-    /// The inner frame of one datagram of `length` bytes at `data` from peer `index`, or nil
-    /// (the drop is recorded on `port`). A well-formed frame proves the peer alive; a partial
-    /// checksum from a same-host VTEP is completed.
+    /// The peer whose format claims a stranger's datagram `d` (`owner(ofStranger:)`: a peer
+    /// that roamed to `sender`), with `roaming` set; nil if none does. Nothing to ask without
+    /// formats that roam.
     @inline(__always)
-    func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer? {
+    func roamer(_ sender: SocketAddress, _ d: ctb_datagram, roaming: inout Bool) -> (index: Int, port: PortID)? {
+        guard !roamingGroups.isEmpty else { return nil }
+        let bytes = UnsafeRawBufferPointer(start: d.data, count: d.length)
+        for (_, asked) in roamingGroups {
+            guard let one = table.index(of: asked), let owner = table[one].format.owner(ofStranger: bytes),
+                  let index = table.peers.firstIndex(where: { $0?.format === owner }) else { continue }
+            roaming = true
+            return (index, table[index].port)
+        }
+        return nil
+    }
+
+    /// The inner frame of one datagram of `length` bytes at `data` from peer `index`, sent
+    /// from `sender`, or nil (the drop is recorded on `port`). A well-formed frame proves the
+    /// peer alive; a partial checksum from a same-host VTEP is completed. `roaming`: the
+    /// sender is not the peer's address; if the datagram authenticates, it is from now on.
+    @inline(__always)
+    func innerFrame(_ data: UnsafeMutableRawPointer, length: Int, peer index: Int, port: PortID, from sender: SocketAddress, roaming: Bool = false,
+                    batch: FrameBatch, now: Int64) -> UnsafeMutableRawBufferPointer? {
+        // a roaming peer is tried at the sender's address (what the format sends while opening,
+        // a handshake response, goes there) and put back unless the datagram authenticates
+        let before = table[index].address
+        let roaming = roaming && before != sender  // (a train's later datagrams: moved already)
+        if roaming, !table.move(index, to: sender, family: family) { return nil }
         let frame: UnsafeMutableRawBufferPointer
-        switch table[index].format.open(UnsafeMutableRawBufferPointer(start: data, count: length)) {
+        let opened = sender.withBytes { table[index].format.open(UnsafeMutableRawBufferPointer(start: data, count: length), from: $0) }
+        if roaming { settleMove(peer: index, from: before, taken: opened.isTaken) }
+        switch opened {
         case .frame(let inner): frame = inner
         case .consumed: return nil
+        case .reply(let answer, let reason):
+            batch.recordDrop(on: port, reason, bytes: length)
+            send(answer, to: sender)
+            return nil
         case .drop(let reason):
             batch.recordDrop(on: port, reason, bytes: length)
             if reason == .unauthenticated || reason == .badMAC1 { refused(peer: index, now: now) }
@@ -123,6 +153,19 @@ extension UDPTunnelDevice {
         }
         repairChecksum(frame.baseAddress!, length: frame.count, peer: index)
         return frame
+    }
+
+    /// Peer `index`, tried at a new address for a datagram from there: it stays there if the
+    /// datagram was `taken` (authenticated: roaming, as WireGuard's endpoint follows the last
+    /// authenticated packet), else it goes back to `address`.
+    func settleMove(peer index: Int, from address: SocketAddress, taken: Bool) {
+        let to = table[index].address
+        guard taken else {
+            _ = table.move(index, to: address, family: family)
+            return
+        }
+        counters.peersMoved &+= 1
+        logger.notice("remote \(address) moved to \(to) (an authenticated datagram came from there)")
     }
 
     /// recvmmsg of up to `count` messages into `queue` (buffers set by the caller): how many

@@ -7,7 +7,8 @@ import TapBridgeDevices
 /// 0-1: the bytes as a VXLAN datagram (VNI 42), a raw one and a sealed one: an opened
 /// VXLAN/raw frame is the datagram's bytes after the header, in place; no bytes open as a
 /// sealed frame or handshake; and as an ICMP error's quote. 2-7: two sealed hosts shake
-/// hands, then the input's records become frames sealed by one and opened by the other,
+/// hands (6-7: B under load, so that each initiation first gets a cookie reply, and the retry
+/// 5 s later carries the cookie), then the input's records become frames sealed by one and opened by the other,
 /// some corrupted (the input says which byte and how), some repeated, with time passing (a
 /// new handshake every 120 s, whose messages are corrupted or replayed as the input says
 /// too): every intact datagram opens to exactly its frame, once; no corrupted or repeated
@@ -20,14 +21,16 @@ nonisolated(unsafe) let vxlan = VXLANFormat(vni: VNI(42)!)
 nonisolated(unsafe) let raw = RawFormat()
 nonisolated(unsafe) let keyA = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x5a, count: 32))
 nonisolated(unsafe) let keyB = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0xa5, count: 32))
-let identityA = SealedIdentity(privateKey: keyA), identityB = SealedIdentity(privateKey: keyB)
+// (no load meter in the way of the plain inputs; the loaded B finds every initiation over it)
+let identityA = SealedIdentity(privateKey: keyA, loadThreshold: .max), identityB = SealedIdentity(privateKey: keyB, loadThreshold: .max)
+let loadedB = SealedIdentity(privateKey: keyB, loadThreshold: 0)
 nonisolated(unsafe) var clock: Int64 = 1_000_000_000
 
 /// A's view of B and B's of A, their handshake messages queued (not delivered inside a send).
-func pair() -> (a: SealedFormat, b: SealedFormat, toB: Box, toA: Box) {
+func pair(loaded: Bool = false) -> (a: SealedFormat, b: SealedFormat, toB: Box, toA: Box) {
     let a = SealedFormat(keys: SealedPeerKeys(identity: identityA, peer: identityB.publicKey), vni: VNI(42)!, clock: { clock },
                          timestamp: { SealedMessage.timestamp(seconds: clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
-    let b = SealedFormat(keys: SealedPeerKeys(identity: identityB, peer: identityA.publicKey), vni: VNI(42)!, clock: { clock },
+    let b = SealedFormat(keys: SealedPeerKeys(identity: loaded ? loadedB : identityB, peer: identityA.publicKey), vni: VNI(42)!, clock: { clock },
                          timestamp: { SealedMessage.timestamp(seconds: clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
     let toB = Box(), toA = Box()
     a.connect { toB.messages.append(Array($0)) }
@@ -36,21 +39,26 @@ func pair() -> (a: SealedFormat, b: SealedFormat, toB: Box, toA: Box) {
 }
 final class Box { var messages: [[UInt8]] = [] }
 
-func open(_ format: SealedFormat, _ datagram: [UInt8]) -> OpenedDatagram? {
+/// Opens a copy of `datagram`; a reply (a cookie reply) goes into `replies`.
+func open(_ format: SealedFormat, _ datagram: [UInt8], replies: Box? = nil) -> OpenedDatagram? {
     var copy = datagram
     return copy.withUnsafeMutableBytes { d -> OpenedDatagram? in
         switch format.open(d) {
         case .frame(let f): return .frame(UnsafeMutableRawBufferPointer(start: nil, count: f.count))
+        case .reply(let bytes, let reason):
+            replies?.messages.append(Array(bytes))
+            return .drop(reason)
         case let other: return other
         }
     }
 }
 
-func isTaken(_ o: OpenedDatagram?) -> Bool {
-    switch o {
-    case .frame, .consumed: true
-    default: false
-    }
+func isTaken(_ o: OpenedDatagram?) -> Bool { o?.isTaken ?? false }
+
+/// Whether `o` is a cookie reply's answer (the loaded B's to an initiation without mac2).
+func isCookieSent(_ o: OpenedDatagram?) -> Bool {
+    if case .drop(.cookieSent) = o { return true }
+    return false
 }
 
 @_silgen_name("tapbridge_fuzz_one")
@@ -76,7 +84,8 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
     }
     // sealed: records of [length][edit position][edit value][frame bytes]
     clock = 1_000_000_000
-    let (a, b, toB, toA) = pair()
+    let loaded = data[0] == 6 || data[0] == 7
+    let (a, b, toB, toA) = pair(loaded: loaded)
     let handshakes = data[0] < 8
     var sessions: UInt32 = 0
     /// Sessions for both, as a handshake would leave them (mirrored keys), without one.
@@ -103,8 +112,10 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
                         changed[(edit.0 * 13 + Int(edit.1)) % (m[0] == 4 ? m.count : m.count - 16)] ^= edit.1
                         precondition(!isTaken(open(to, changed)), "a changed handshake message or keepalive was taken")
                     }
-                    let o = open(to, m)
-                    precondition(isTaken(o), "an intact handshake message was refused: \(String(describing: o)) type \(m[0]) length \(m.count)")
+                    let o = open(to, m, replies: to === b ? toA : nil)
+                    // (a loaded B answers an initiation without the right mac2 with a cookie reply)
+                    precondition(isTaken(o) || (loaded && m[0] == 1 && isCookieSent(o)),
+                                 "an intact handshake message was refused: \(String(describing: o)) type \(m[0]) length \(m.count)")
                     if edit.0 % 7 == 5 { precondition(!isTaken(open(to, m)), "a handshake message or keepalive was taken twice") }
                 }
             }
@@ -118,6 +129,12 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
         k += 3 + length
         if handshakes, !a.readyToSend() {
             deliver(edit)
+            // under load: the retry 5 s later carries the cookie (again if B's secret changed)
+            for _ in 0..<3 where loaded && !a.readyToSend() {
+                clock += 5_000_000_000
+                _ = a.readyToSend()
+                deliver(edit)
+            }
             precondition(a.readyToSend(), "the handshake did not complete")
         } else if !handshakes {
             // (chooses the session; a renewal it starts is not delivered: past 180 s, a new one)

@@ -198,8 +198,9 @@ enum Noise {
             state.mixHash(Array(staticKey.publicKey.rawRepresentation))  // <- s
         }
 
-        /// `-> e, es, s, ss`: the payload, or nil if the message does not authenticate.
-        mutating func readInitiation(_ message: [UInt8]) -> [UInt8]? {
+        /// `-> e, es, s`: the initiator's static public key (one Diffie-Hellman), or nil if it
+        /// does not decrypt. (Who sent an initiation, before the rest of it is read.)
+        mutating func readInitiatorStatic(_ message: [UInt8]) -> [UInt8]? {
             guard message.count >= 32 + 48 + Noise.tagLength else { return nil }
             initiatorEphemeral = Array(message.prefix(32))
             state.mixHash(initiatorEphemeral)
@@ -208,7 +209,12 @@ enum Noise {
             state.mixKey(es)
             guard let s = state.decryptAndHash(Array(message[32..<80])) else { return nil }
             initiatorStatic = s
-            guard let ss = Noise.dh(staticKey, s) else { return nil }
+            return s
+        }
+
+        /// `-> e, es, s, ss`: the payload, or nil if the message does not authenticate.
+        mutating func readInitiation(_ message: [UInt8]) -> [UInt8]? {
+            guard let s = readInitiatorStatic(message), let ss = Noise.dh(staticKey, s) else { return nil }
             state.mixKey(ss)
             return state.decryptAndHash(Array(message.dropFirst(80)))
         }

@@ -16,13 +16,34 @@ final class SealedCipher {
     private let context: UnsafeMutablePointer<EVP_AEAD_CTX>
     static let tagLength = 16
 
-    init(key: [UInt8]) {
+    /// `extendedNonce`: XChaCha20-Poly1305 (24-byte nonces), for cookie replies, whose nonce
+    /// is random (WireGuard's XAEAD).
+    init(key: [UInt8], extendedNonce: Bool = false) {
         precondition(key.count == 32, "a ChaCha20-Poly1305 key is 32 bytes")
         context = .allocate(capacity: 1)
-        let ok = key.withUnsafeBufferPointer { k in
-            CCryptoBoringSSL_EVP_AEAD_CTX_init(context, CCryptoBoringSSL_EVP_aead_chacha20_poly1305(), k.baseAddress!, k.count, Self.tagLength, nil)
-        }
+        let aead = extendedNonce ? CCryptoBoringSSL_EVP_aead_xchacha20_poly1305() : CCryptoBoringSSL_EVP_aead_chacha20_poly1305()
+        let ok = key.withUnsafeBufferPointer { k in CCryptoBoringSSL_EVP_AEAD_CTX_init(context, aead, k.baseAddress!, k.count, Self.tagLength, nil) }
         precondition(ok == 1, "ChaCha20-Poly1305 refused a 32-byte key")  // (the only way it fails)
+    }
+
+    /// `plaintext` sealed under `nonce` (its full length: 24 bytes for XChaCha20), with
+    /// `ad` authenticated: the ciphertext, then the tag. (Cookie replies: a few bytes.)
+    func seal(_ plaintext: [UInt8], nonce: [UInt8], ad: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: plaintext.count + Self.tagLength)
+        var length = 0
+        let ok = CCryptoBoringSSL_EVP_AEAD_CTX_seal(context, &out, &length, out.count, nonce, nonce.count, plaintext, plaintext.count, ad, ad.count)
+        precondition(ok == 1 && length == out.count, "ChaCha20-Poly1305 refused to seal \(plaintext.count) bytes")
+        return out
+    }
+
+    /// The plaintext of `sealed` (ciphertext and tag) under `nonce` and `ad`; nil if the tag
+    /// does not verify.
+    func open(_ sealed: [UInt8], nonce: [UInt8], ad: [UInt8]) -> [UInt8]? {
+        guard sealed.count >= Self.tagLength else { return nil }
+        var out = [UInt8](repeating: 0, count: sealed.count)
+        var length = 0
+        guard CCryptoBoringSSL_EVP_AEAD_CTX_open(context, &out, &length, out.count, nonce, nonce.count, sealed, sealed.count, ad, ad.count) == 1 else { return nil }
+        return Array(out.prefix(length))
     }
 
     deinit {

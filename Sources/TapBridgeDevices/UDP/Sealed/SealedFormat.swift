@@ -73,11 +73,22 @@ public final class SealedFormat: EncapsulationFormat {
     /// The session `seal` uses: the one `readyToSend` found usable for this frame (one clock
     /// read per frame, not per segment of a train).
     var sealing: Session? = nil
+    /// When a frame or keepalive was last sent (`keepalive=`'s clock).
+    var lastSent: Int64 = .min
+    /// The receiver indexes this format holds in its identity's index table.
+    var registered: [UInt32] = []
+    /// The cookie the peer last sent (under load, it wants it in `mac2`) and when; the mac1
+    /// of the last initiation sent (a cookie reply is encrypted with it as associated data).
+    var cookie: (value: [UInt8], received: Int64)? = nil
+    var lastMAC1: [UInt8] = []
+    /// The cookie reply being answered with (`.reply`), valid until the next call.
+    let replyBuffer = UnsafeMutableRawBufferPointer.allocate(byteCount: SealedMessage.cookieReplyLength, alignment: 8)
 
     /// Messages of each type, each way, and the tags checked (each a cipher operation).
     public struct Statistics: Sendable, Equatable {
         public var initiationsSent: UInt64 = 0, initiationsReceived: UInt64 = 0
         public var responsesSent: UInt64 = 0, responsesReceived: UInt64 = 0
+        public var cookieRepliesSent: UInt64 = 0, cookieRepliesReceived: UInt64 = 0
         public var keepalivesSent: UInt64 = 0, keepalivesReceived: UInt64 = 0
         public var tagsChecked: UInt64 = 0
     }
@@ -106,18 +117,73 @@ public final class SealedFormat: EncapsulationFormat {
         self.timestamp = timestamp
     }
 
+    deinit {
+        keys.identity.directory.withdraw(self, peer: keys.peer, indexes: registered)
+        replyBuffer.deallocate()
+    }
+
+    /// Tells the identity's index table which indexes this format holds now (after each
+    /// handshake event: a few a minute).
+    func reindex() {
+        let now = [pending?.index, current?.localIndex, previous?.localIndex, next?.localIndex].compactMap { $0 }
+        keys.identity.directory.assign(now, before: registered, to: self)
+        registered = now
+    }
+
     public var encapsulation: Encapsulation { .sealed }
     public var headerLength: Int { SealedMessage.transportHeaderLength }
     public var trailerLength: Int { SealedMessage.tagLength }
     public var matchesAnySourcePort: Bool { false }
 
-    public func connect(_ send: @escaping (UnsafeRawBufferPointer) -> Void) { self.send = send }
+    public func connect(_ send: @escaping (UnsafeRawBufferPointer) -> Void) {
+        self.send = send
+        keys.identity.directory.enroll(self, peer: keys.peer)
+    }
+
+    public var roamingGroup: ObjectIdentifier? { ObjectIdentifier(keys.identity.directory) }
+
+    /// A stranger's datagram (from an address that is no remote's): the remote of this
+    /// identity it belongs to, found before any authentication by one lookup of its receiver
+    /// index (transport, response, cookie reply), or for an initiation by mac1 (one HMAC) and
+    /// one Diffie-Hellman, which reveals the sender's public key. Under load an initiation
+    /// from an unknown address is not looked at (nil): its sender tries again.
+    public func owner(ofStranger d: UnsafeRawBufferPointer) -> (any EncapsulationFormat)? {
+        guard d.count >= 8 else { return nil }
+        let directory = keys.identity.directory
+        switch d[0] {
+        case SealedMessage.transport where d.count >= SealedMessage.transportHeaderLength + SealedMessage.tagLength:
+            return directory.holder(of: SealedMessage.load32(d, at: 4))
+        case SealedMessage.response where d.count == SealedMessage.responseLength:
+            return directory.holder(of: SealedMessage.load32(d, at: 8))
+        case SealedMessage.cookieReply where d.count == SealedMessage.cookieReplyLength:
+            return directory.holder(of: SealedMessage.load32(d, at: 4))
+        case SealedMessage.initiation where d.count == SealedMessage.initiationLength:
+            guard SealedMessage.hasValidMAC1(d, key: keys.identity.mac1Key), !directory.noteInitiation(at: clock()) else { return nil }
+            var responder = Noise.Responder(prologue: SealedMessage.prologue, staticKey: keys.identity.privateKey)
+            guard let peer = responder.readInitiatorStatic(Array(d[8..<116])) else { return nil }
+            return directory.remote(of: peer)
+        default:
+            return nil
+        }
+    }
+
+    /// `keepalive=`: an empty datagram when nothing was sent for that long (a handshake first
+    /// if there is no session).
+    public func timer(now: Int64) -> Int64? {
+        guard let every = keys.keepalive else { return nil }
+        if lastSent == .min || now &- lastSent >= every {
+            if usable(current, now) != nil { sendKeepalive() } else { initiate(now) }
+            lastSent = now
+        }
+        return lastSent &+ every
+    }
 
     public var session: SessionReport? {
         let s = statistics
         return SessionReport(peer: keys.shortPeer, lastHandshake: lastHandshake, messages: [
             "initiations_sent": s.initiationsSent, "initiations_received": s.initiationsReceived, "responses_sent": s.responsesSent,
-            "responses_received": s.responsesReceived, "keepalives_sent": s.keepalivesSent, "keepalives_received": s.keepalivesReceived,
+            "responses_received": s.responsesReceived, "cookie_replies_sent": s.cookieRepliesSent, "cookie_replies_received": s.cookieRepliesReceived,
+            "keepalives_sent": s.keepalivesSent, "keepalives_received": s.keepalivesReceived,
         ])
     }
 
@@ -135,6 +201,7 @@ public final class SealedFormat: EncapsulationFormat {
             initiate(now)
             return false
         }
+        lastSent = now
         // the initiator renews at 120 s; a responder whose initiator has not, at 150 s
         let age = now &- s.created
         if age >= Self.rekeyAfterTime && (s.isInitiator || age >= Self.rekeyAfterTime + 30_000_000_000) || s.sendCounter >= Self.rekeyAfterMessages
@@ -169,9 +236,12 @@ public final class SealedFormat: EncapsulationFormat {
     /// `malformed_encapsulation`; another VNI: `vni_mismatch`; a receiver index that is none
     /// of this peer's sessions: `unknown_index`; a counter seen already or below the window:
     /// `replayed`. Then the tag: `unauthenticated`. Only then is the counter recorded.
-    public func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram {
+    public func open(_ datagram: UnsafeMutableRawBufferPointer) -> OpenedDatagram { open(datagram, from: UnsafeRawBufferPointer(start: nil, count: 0)) }
+
+    /// The same, the datagram from `source` (a cookie reply is bound to it).
+    public func open(_ datagram: UnsafeMutableRawBufferPointer, from source: UnsafeRawBufferPointer) -> OpenedDatagram {
         guard datagram.count >= 4 else { return .drop(.malformedEncapsulation) }
-        guard datagram[0] == SealedMessage.transport else { return openHandshake(datagram) }
+        guard datagram[0] == SealedMessage.transport else { return openHandshake(datagram, from: source) }
         guard datagram.count >= SealedMessage.transportHeaderLength + SealedMessage.tagLength else { return .drop(.malformedEncapsulation) }
         let got = UInt32(datagram[1]) << 16 | UInt32(datagram[2]) << 8 | UInt32(datagram[3])
         guard got == vni.rawValue else { return .drop(.vniMismatch) }
@@ -212,6 +282,7 @@ public final class SealedFormat: EncapsulationFormat {
         previous = current
         current = s
         next = nil
+        reindex()
         sendHeld()
     }
 
@@ -222,6 +293,7 @@ public final class SealedFormat: EncapsulationFormat {
         previous = current
         current = Session(localIndex: localIndex, remoteIndex: remoteIndex, sendKey: sendKey, receiveKey: receiveKey, created: clock(), isInitiator: initiator)
         lastAuthenticated = clock()
+        reindex()
     }
 
     public func hold(_ frame: [UInt8]) -> Bool {
@@ -248,6 +320,7 @@ public final class SealedFormat: EncapsulationFormat {
             return seal(d.baseAddress!, frameLength: frame.count)
         }
         datagram.withUnsafeBytes { send?(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
+        lastSent = clock()
     }
 
     /// This bridge's transport header (this VNI, one of its sessions' peer index, a counter
@@ -277,12 +350,15 @@ extension SealedFormat: EncapsulationKind {
     public static var kernelDatapath: Bool { false }
     public static var needsKey: Bool { true }
     public static var admitsStrangers: Bool { false }
-    public static var remoteOptions: [String] { ["peer", "psk"] }
+    public static var remoteOptions: [String] { ["peer", "psk", "keepalive"] }
 
     public static func check(option: String, value: String) -> String? {
         switch option {
         case "peer":
             do { _ = try SealedKeyFile.publicKey(value) } catch { return error.message }
+            return nil
+        case "keepalive":
+            guard let n = Int(value), (1...3600).contains(n) else { return "keepalive= takes whole seconds from 1 to 3600 (25 keeps most NATs open), got '\(value)'" }
             return nil
         default: return value.isEmpty ? "psk= needs the path of a pre-shared key file (tapbridge genkey writes one)" : nil
         }
@@ -295,7 +371,8 @@ extension SealedFormat: EncapsulationKind {
     public static func key(file: String, options: [String: String]) throws(StartupError) -> any EncapsulationKey {
         guard let peer = options["peer"] else { throw StartupError(missingOptions(options)!) }
         let psk = try options["psk"].map { path throws(StartupError) in try SealedKeyFile.read(path, what: "psk file") }
-        return SealedPeerKeys(identity: try SealedIdentity(file: file), peer: try SealedKeyFile.publicKey(peer), presharedKey: psk)
+        return SealedPeerKeys(identity: try SealedIdentity.loaded(file: file), peer: try SealedKeyFile.publicKey(peer), presharedKey: psk,
+                              keepaliveSeconds: options["keepalive"].flatMap { Int($0) })
     }
 
     public static func format(vni: VNI, key: (any EncapsulationKey)?, probing: Bool) -> any EncapsulationFormat {

@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import Synchronization
 public import TapBridgeCore
 public import Crypto
 
@@ -15,19 +16,38 @@ public final class SealedIdentity: @unchecked Sendable {
     public let publicKey: [UInt8]
     /// The key of `mac1` in messages sent to this host: HASH("mac1----" || public key).
     let mac1Key: SealedMAC
+    /// The key of the cookie replies this host sends.
+    let cookieCipher: SealedCipher
+    /// What its remotes share: the index table, the peers by key, the load meter, the cookie
+    /// secret.
+    let directory: SealedDirectory
 
-    public init(privateKey: Curve25519.KeyAgreement.PrivateKey) {
+    /// `loadThreshold`: initiations a second past which it is under load and answers with
+    /// cookie replies (64; tests lower it).
+    public init(privateKey: Curve25519.KeyAgreement.PrivateKey, loadThreshold: Int = 64) {
         self.privateKey = privateKey
         publicKey = Array(privateKey.publicKey.rawRepresentation)
         mac1Key = SealedMessage.mac1Key(of: publicKey)
+        cookieCipher = SealedMessage.cookieCipher(of: publicKey)
+        directory = SealedDirectory(loadThreshold: loadThreshold)
     }
 
-    /// The identity in the key file at `path` (see `SealedKeyFile.read`).
-    public convenience init(file path: String) throws(StartupError) {
+    /// The identity in the key file at `path` (see `SealedKeyFile.read`): one object per key,
+    /// however many remotes name the file, so that they share one index table and one load
+    /// meter (as a WireGuard interface's peers do).
+    public static func loaded(file path: String) throws(StartupError) -> SealedIdentity {
         let bytes = try SealedKeyFile.read(path, what: "key file")
         guard let key = try? Curve25519.KeyAgreement.PrivateKey(rawRepresentation: bytes) else { throw StartupError("key file \(path): not a Curve25519 private key") }
-        self.init(privateKey: key)
+        let publicKey = Array(key.publicKey.rawRepresentation)
+        return loadedIdentities.withLock { known in
+            if let identity = known[publicKey]?.identity { return identity }
+            let identity = SealedIdentity(privateKey: key)
+            known[publicKey] = WeakIdentity(identity: identity)
+            return identity
+        }
     }
+    struct WeakIdentity { weak var identity: SealedIdentity? }
+    private static let loadedIdentities = Mutex<[[UInt8]: WeakIdentity]>([:])
 
     /// A fresh private key, base64, as a key file holds it.
     public static func generate() -> String { Data(Curve25519.KeyAgreement.PrivateKey().rawRepresentation).base64EncodedString() }
@@ -102,12 +122,19 @@ public final class SealedPeerKeys: EncapsulationKey, @unchecked Sendable {
     let presharedKey: [UInt8]
     /// The key of `mac1` in messages sent to the peer.
     let peerMAC1Key: SealedMAC
+    /// The key of the cookie replies the peer sends.
+    let peerCookieCipher: SealedCipher
+    /// `keepalive=SECONDS`: an empty datagram to the peer when nothing was sent to it for that
+    /// long (a NAT's mapping kept open); nil: none, as WireGuard's default.
+    public let keepalive: Int64?
 
-    public init(identity: SealedIdentity, peer: [UInt8], presharedKey: [UInt8]? = nil) {
+    public init(identity: SealedIdentity, peer: [UInt8], presharedKey: [UInt8]? = nil, keepaliveSeconds: Int? = nil) {
         self.identity = identity
         self.peer = peer
         self.presharedKey = presharedKey ?? [UInt8](repeating: 0, count: 32)
         peerMAC1Key = SealedMessage.mac1Key(of: peer)
+        peerCookieCipher = SealedMessage.cookieCipher(of: peer)
+        keepalive = keepaliveSeconds.map { Int64($0) * 1_000_000_000 }
     }
 
     /// The peer's key as `show ports` gives it: its first 8 base64 characters, as `wg` shortens.

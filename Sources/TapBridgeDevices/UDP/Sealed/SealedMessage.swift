@@ -7,7 +7,7 @@ import Foundation
 /// ```
 ///   initiation  (148)  1 0 0 0 | sender | e (32) | s, encrypted (48) | timestamp, encrypted (28) | mac1 | mac2
 ///   response     (92)  2 0 0 0 | sender | receiver | e (32) | empty, encrypted (16) | mac1 | mac2
-///   (cookie reply, type 3, under load: not implemented yet; mac2 is sent as zeros)
+///   cookie reply (64)  3 0 0 0 | receiver | nonce (24) | cookie, encrypted (32)
 ///   transport  (32+n)  4 VNI (3) | receiver | counter (8) | frame, encrypted (n) | tag (16)
 /// ```
 /// `sender` and `receiver` are the 32-bit indexes each side picks for a session; a transport
@@ -15,10 +15,12 @@ import Foundation
 public enum SealedMessage {
     static let initiation: UInt8 = 1
     static let response: UInt8 = 2
+    static let cookieReply: UInt8 = 3
     static let transport: UInt8 = 4
 
     static let initiationLength = 148
     static let responseLength = 92
+    static let cookieReplyLength = 64
     /// The transport header: type, VNI, receiver index, counter. It is authenticated (the
     /// AEAD's associated data), so a changed VNI or index fails the tag.
     public static let transportHeaderLength = 16
@@ -39,11 +41,28 @@ public enum SealedMessage {
         return key.verifies(UnsafeRawBufferPointer(rebasing: message[..<at]), tag: UnsafeRawBufferPointer(rebasing: message[at..<at + macLength]))
     }
 
-    /// Writes mac1 (keyed `key`) and a zero mac2 at the end of `message`.
-    static func writeMACs(_ message: inout [UInt8], key: SealedMAC) {
+    /// The key of cookie replies sent by `publicKey`'s owner: XChaCha20-Poly1305 under
+    /// HASH("cookie--" || public key).
+    static func cookieCipher(of publicKey: [UInt8]) -> SealedCipher { SealedCipher(key: Noise.hash(Array("cookie--".utf8), publicKey), extendedNonce: true) }
+
+    /// Writes mac1 (keyed `key`) at the end of `message`, and mac2: keyed by `cookie` if there
+    /// is one, else zeros. Returns mac1.
+    @discardableResult
+    static func writeMACs(_ message: inout [UInt8], key: SealedMAC, cookie: SealedMAC? = nil) -> [UInt8] {
         let at = message.count - 2 * macLength
         let m = message.withUnsafeBytes { key.mac(UnsafeRawBufferPointer(rebasing: $0[..<at])) }
         message.replaceSubrange(at..<at + macLength, with: m)
+        if let cookie {
+            let m2 = message.withUnsafeBytes { cookie.mac(UnsafeRawBufferPointer(rebasing: $0[..<(at + macLength)])) }
+            message.replaceSubrange((at + macLength)..., with: m2)
+        }
+        return m
+    }
+
+    /// Whether `message`'s mac2 (its last 16 bytes) is right for `cookie`.
+    static func hasValidMAC2(_ message: UnsafeRawBufferPointer, cookie: SealedMAC) -> Bool {
+        let at = message.count - macLength
+        return cookie.verifies(UnsafeRawBufferPointer(rebasing: message[..<at]), tag: UnsafeRawBufferPointer(rebasing: message[at...]))
     }
 
     static func store(_ value: UInt32, into bytes: inout [UInt8], at offset: Int) {

@@ -1,0 +1,108 @@
+import Foundation
+
+/// What the sealed remotes of one identity (one key file) share, as a WireGuard interface
+/// shares it between its peers:
+///
+/// - **the index table**: which peer's format holds each receiver index (its handshake under
+///   way and its sessions), so that a datagram from an address no peer has (a peer that
+///   roamed) finds its session with one lookup, and an index is never handed out twice;
+/// - **the peers by public key**, for an initiation from such an address (the key is in it);
+/// - **the load meter**: initiations taken in the last second past `loadThreshold` put the
+///   identity under load for a second, as wireguard-go's handshake queue does; under load an
+///   initiation without a valid `mac2` is answered with a cookie reply, which costs no
+///   Diffie-Hellman;
+/// - **the cookie secret**, renewed every 2 minutes: the cookie of an address is
+///   MAC(secret, address and port).
+///
+/// Locked: one identity may serve bridges on several threads (tests). Only handshake messages
+/// and strangers' datagrams come here; a transport datagram from its peer's address never does.
+final class SealedDirectory: @unchecked Sendable {
+    struct WeakFormat { weak var format: SealedFormat? }
+
+    struct State {
+        var sessions: [UInt32: WeakFormat] = [:]
+        var peers: [[UInt8]: WeakFormat] = [:]
+        var window: Int64? = nil
+        var inWindow = 0
+        var underLoadUntil: Int64 = .min
+        var secret: SealedMAC? = nil
+        var secretBorn: Int64 = 0
+    }
+    private let lock = NSLock()
+    private var locked = State()
+    /// `body` on the state, under the lock.
+    private func withLock<R>(_ body: (inout State) -> R) -> R {
+        lock.lock()
+        defer { lock.unlock() }
+        return body(&locked)
+    }
+    /// Initiations a second past which the identity is under load (wireguard-go: an eighth of
+    /// its 1,024-deep handshake queue waiting). A handshake costs about 0.2 ms of one core.
+    let loadThreshold: Int
+    static let secretLifetime: Int64 = 120_000_000_000
+
+    init(loadThreshold: Int) { self.loadThreshold = loadThreshold }
+
+    // MARK: The index table and the peers
+
+    /// Records that `format` now holds exactly `indexes` (its handshake and sessions): the
+    /// ones it held before and not now are freed.
+    func assign(_ indexes: [UInt32], before: [UInt32], to format: SealedFormat) {
+        withLock { s in
+            for i in before where !indexes.contains(i) && (s.sessions[i]?.format == nil || s.sessions[i]?.format === format) { s.sessions[i] = nil }
+            for i in indexes { s.sessions[i] = WeakFormat(format: format) }
+        }
+    }
+
+    /// Whether no live format holds `index`.
+    func isFree(_ index: UInt32) -> Bool { withLock { $0.sessions[index]?.format == nil } }
+
+    /// The format that holds `index`.
+    func holder(of index: UInt32) -> SealedFormat? { withLock { $0.sessions[index]?.format } }
+
+    /// `format` is the remote whose peer's public key is `peer` (a second remote for the same
+    /// key takes its place).
+    func enroll(_ format: SealedFormat, peer: [UInt8]) { withLock { $0.peers[peer] = WeakFormat(format: format) } }
+
+    /// Forgets `format` (it is going away).
+    func withdraw(_ format: SealedFormat, peer: [UInt8], indexes: [UInt32]) {
+        withLock { s in
+            if s.peers[peer]?.format == nil || s.peers[peer]?.format === format { s.peers[peer] = nil }
+            for i in indexes where s.sessions[i]?.format == nil || s.sessions[i]?.format === format { s.sessions[i] = nil }
+        }
+    }
+
+    /// The remote of the peer whose public key is `peer`.
+    func remote(of peer: [UInt8]) -> SealedFormat? { withLock { $0.peers[peer]?.format } }
+
+    // MARK: Load and cookies
+
+    /// Counts an initiation whose mac1 is right, at `now`; whether the identity is under load.
+    func noteInitiation(at now: Int64) -> Bool {
+        withLock { s in
+            if !(s.window.map { now >= $0 && now - $0 < 1_000_000_000 } ?? false) {
+                s.window = now
+                s.inWindow = 0
+            }
+            s.inWindow += 1
+            if s.inWindow > loadThreshold { s.underLoadUntil = now &+ 1_000_000_000 }
+            return now < s.underLoadUntil
+        }
+    }
+
+    /// The cookie of `source` (its address and port): MAC(secret, source), the secret renewed
+    /// past its lifetime. 16 bytes, as the key of `mac2`.
+    func cookie(of source: UnsafeRawBufferPointer, at now: Int64) -> [UInt8] {
+        let secret = withLock { s -> SealedMAC in
+            if let secret = s.secret, now >= s.secretBorn, now &- s.secretBorn < Self.secretLifetime { return secret }
+            var bytes = [UInt8](repeating: 0, count: 32)
+            var rng = SystemRandomNumberGenerator()
+            for i in bytes.indices { bytes[i] = rng.next() }
+            let fresh = SealedMAC(key: bytes)
+            s.secret = fresh
+            s.secretBorn = now
+            return fresh
+        }
+        return secret.mac(source)
+    }
+}
