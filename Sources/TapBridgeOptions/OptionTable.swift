@@ -181,8 +181,9 @@ public enum OptionTable {
                  of the switch. encap=vxlan (RFC 7348, default), raw (one Ethernet frame per datagram, as QEMU's -netdev \
                  dgram speaks) or sealed (tapbridge to tapbridge, authenticated and encrypted on WireGuard's protocol: this \
                  host's key in --key-file or key=PATH, the peer's public key in peer=PUBKEY, an optional pre-shared key in \
-                 psk=PATH; see Docs/Security.md); vni= sets the network identifier. Only configured peers are \
-                 accepted. horizon=: mesh (the default for vxlan and sealed: a bridge of a full mesh, never forwarded to \
+                 psk=PATH, and keepalive=SECONDS to keep a NAT's mapping open; see Docs/Security.md); vni= sets the \
+                 network identifier. Only configured peers are accepted (a sealed peer whose datagrams authenticate from \
+                 another address is followed there: roaming). horizon=: mesh (the default for vxlan and sealed: a bridge of a full mesh, never forwarded to \
                  another mesh remote), off (the default \
                  for raw: an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
                  is measured: TCP is cut to fit it and SYNs crossing it get their MSS lowered, so nothing needs mtu=. \

@@ -91,7 +91,7 @@ struct Remote: ParsableCommand {
 
     struct Add: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Add a remote: the same SPEC as --remote, HOST[:PORT] and its keys (encap=, vni=, datapath=, name=, horizon=, peer=, key=, psk=, vlan=, ...); without PORT, the bridge's UDP port. datapath=kernel: into the vxlan device of its VNI and port, made if there is none.")
+            abstract: "Add a remote: the same SPEC as --remote, HOST[:PORT] and its keys (encap=, vni=, datapath=, name=, horizon=, peer=, key=, psk=, keepalive=, vlan=, ...); without PORT, the bridge's UDP port. datapath=kernel: into the vxlan device of its VNI and port, made if there is none.")
         @OptionGroup var target: Target
         @Argument(help: "The remote spec.") var spec: String
         func run() throws { print(try target.send(ControlRequest(command: "remote-add", spec: spec)).message ?? "ok") }

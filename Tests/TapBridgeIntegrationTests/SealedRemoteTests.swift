@@ -168,5 +168,28 @@ struct SealedRemoteTests {
         #expect(try hosts.drops("replayed", of: two) == 0 && hosts.drops("stale_handshake", of: two) == 0, "the restarted side's handshake was taken for a replay")
         #expect(again.stop() == 0 && two.stop() == 0)
     }
+
+    /// `keepalive=1` on h1's remote: the session comes up with no frame sent, and keepalives
+    /// flow. Then h1's address changes under the running bridges: h2 follows h1's
+    /// authenticated datagrams to the new address (roaming, logged), and TCP runs both ways.
+    @Test func keepaliveBringsTheSessionUpAndARoamingHostIsFollowed() throws {
+        let hosts = try Hosts()
+        let one = try hosts.lab.bridge(["--port", hosts.ta, "--key-file", hosts.key1.path,
+                                        "--remote", "10.79.0.2:4789,encap=sealed,peer=\(hosts.key2.publicKey),keepalive=1"], in: hosts.h1)
+        let two = try hosts.two()
+        func remote(of bridge: Background) -> RemoteReport? { (try? hosts.ports(of: bridge))?.first { $0.kind == "remote" }?.remote }
+        #expect(Lab.eventually(within: 6) { (remote(of: two)?.messages?["keepalives_received"] ?? 0) >= 2 },
+                "no keepalives without traffic: \(String(describing: remote(of: two)))\n\(one.output)\n\(two.output)")
+        #expect(remote(of: two)?.lastHandshakeSeconds != nil, "the handshake came before any frame")
+        #expect(hosts.place(one, two))
+        // (deleted first: a second address in the subnet would go with the primary)
+        hosts.lab.exec(hosts.h1, ["ip", "addr", "del", "10.79.0.1/24", "dev", hosts.u1])
+        hosts.lab.exec(hosts.h1, ["ip", "addr", "add", "10.79.0.11/24", "dev", hosts.u1])
+        #expect(Lab.eventually(within: 6) { remote(of: two)?.endpoint == "10.79.0.11:4789" },
+                "h2 did not follow h1: \(String(describing: remote(of: two)))\n\(two.output)")
+        #expect(two.output.contains("moved to 10.79.0.11:4789"), "\(two.output)")
+        try OffloadTests.tcpBothWays(hosts.lab, hosts.a, hosts.b, "10.77.0.2", context: one.output + two.output)
+        #expect(one.stop() == 0 && two.stop() == 0)
+    }
 }
 }

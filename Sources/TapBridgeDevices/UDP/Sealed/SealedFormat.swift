@@ -122,49 +122,9 @@ public final class SealedFormat: EncapsulationFormat {
         replyBuffer.deallocate()
     }
 
-    /// Tells the identity's index table which indexes this format holds now (after each
-    /// handshake event: a few a minute).
-    func reindex() {
-        let now = [pending?.index, current?.localIndex, previous?.localIndex, next?.localIndex].compactMap { $0 }
-        keys.identity.directory.assign(now, before: registered, to: self)
-        registered = now
-    }
-
-    public var encapsulation: Encapsulation { .sealed }
-    public var headerLength: Int { SealedMessage.transportHeaderLength }
-    public var trailerLength: Int { SealedMessage.tagLength }
-    public var matchesAnySourcePort: Bool { false }
-
     public func connect(_ send: @escaping (UnsafeRawBufferPointer) -> Void) {
         self.send = send
         keys.identity.directory.enroll(self, peer: keys.peer)
-    }
-
-    public var roamingGroup: ObjectIdentifier? { ObjectIdentifier(keys.identity.directory) }
-
-    /// A stranger's datagram (from an address that is no remote's): the remote of this
-    /// identity it belongs to, found before any authentication by one lookup of its receiver
-    /// index (transport, response, cookie reply), or for an initiation by mac1 (one HMAC) and
-    /// one Diffie-Hellman, which reveals the sender's public key. Under load an initiation
-    /// from an unknown address is not looked at (nil): its sender tries again.
-    public func owner(ofStranger d: UnsafeRawBufferPointer) -> (any EncapsulationFormat)? {
-        guard d.count >= 8 else { return nil }
-        let directory = keys.identity.directory
-        switch d[0] {
-        case SealedMessage.transport where d.count >= SealedMessage.transportHeaderLength + SealedMessage.tagLength:
-            return directory.holder(of: SealedMessage.load32(d, at: 4))
-        case SealedMessage.response where d.count == SealedMessage.responseLength:
-            return directory.holder(of: SealedMessage.load32(d, at: 8))
-        case SealedMessage.cookieReply where d.count == SealedMessage.cookieReplyLength:
-            return directory.holder(of: SealedMessage.load32(d, at: 4))
-        case SealedMessage.initiation where d.count == SealedMessage.initiationLength:
-            guard SealedMessage.hasValidMAC1(d, key: keys.identity.mac1Key), !directory.noteInitiation(at: clock()) else { return nil }
-            var responder = Noise.Responder(prologue: SealedMessage.prologue, staticKey: keys.identity.privateKey)
-            guard let peer = responder.readInitiatorStatic(Array(d[8..<116])) else { return nil }
-            return directory.remote(of: peer)
-        default:
-            return nil
-        }
     }
 
     /// `keepalive=`: an empty datagram when nothing was sent for that long (a handshake first
