@@ -90,6 +90,12 @@ struct NoiseTests {
             var wrong = expected
             wrong[15] ^= 1
             #expect(!message.withUnsafeBytes { m in wrong.withUnsafeBytes { mac.verifies(m, tag: $0) } })
+            // the handshake's one-pass HMAC (HKDF), over the message in two parts, and keys of
+            // other lengths (a 16-byte cookie, a 100-byte key hashed first)
+            for k in [key, Array(key.prefix(16)), (0..<100).map { UInt8($0) }] {
+                let full = Array(HMAC<SHA256>.authenticationCode(for: message, using: SymmetricKey(data: k)))
+                #expect(SealedMAC.hmac(key: k, [Array(message.prefix(n / 2)), Array(message.dropFirst(n / 2))]) == full, "\(n) bytes, key \(k.count)")
+            }
         }
     }
 

@@ -26,11 +26,7 @@ enum Noise {
         return Array(h.finalize())
     }
 
-    static func hmac(_ key: [UInt8], _ parts: [UInt8]...) -> [UInt8] {
-        var h = HMAC<SHA256>(key: SymmetricKey(data: key))
-        for p in parts { h.update(data: p) }
-        return Array(h.finalize())
-    }
+    static func hmac(_ key: [UInt8], _ parts: [UInt8]...) -> [UInt8] { SealedMAC.hmac(key: key, parts) }
 
     /// HKDF(chaining key, input key material, n): Noise §4.3 (RFC 5869 with an empty info).
     static func hkdf(_ chainingKey: [UInt8], _ inputKeyMaterial: [UInt8], outputs n: Int) -> [[UInt8]] {
@@ -155,15 +151,16 @@ enum Noise {
         }
 
         /// `-> e, es, s, ss` with `payload`: the message (32 + 48 + payload + 16 bytes); nil if
-        /// the responder's key is a low-order point.
-        mutating func writeInitiation(payload: [UInt8]) -> [UInt8]? {
+        /// the responder's key is a low-order point. `staticStatic`: DH(s, rs) computed once
+        /// for this pair of keys (WireGuard's precomputed static-static), else computed here.
+        mutating func writeInitiation(payload: [UInt8], staticStatic: [UInt8]? = nil) -> [UInt8]? {
             let e = Array(ephemeral.publicKey.rawRepresentation)
             state.mixHash(e)
             state.mixKey(e)  // (psk modifier: e also mixes the key)
             guard let es = Noise.dh(ephemeral, responderStatic) else { return nil }
             state.mixKey(es)
             let s = state.encryptAndHash(Array(staticKey.publicKey.rawRepresentation))
-            guard let ss = Noise.dh(staticKey, responderStatic) else { return nil }
+            guard let ss = staticStatic ?? Noise.dh(staticKey, responderStatic) else { return nil }
             state.mixKey(ss)
             return e + s + state.encryptAndHash(payload)
         }
@@ -214,7 +211,14 @@ enum Noise {
 
         /// `-> e, es, s, ss`: the payload, or nil if the message does not authenticate.
         mutating func readInitiation(_ message: [UInt8]) -> [UInt8]? {
-            guard let s = readInitiatorStatic(message), let ss = Noise.dh(staticKey, s) else { return nil }
+            guard let s = readInitiatorStatic(message) else { return nil }
+            return finishInitiation(message, staticStatic: Noise.dh(staticKey, s))
+        }
+
+        /// The rest of `-> e, es, s, ss` after `readInitiatorStatic`, with `staticStatic` =
+        /// DH(s, rs) (precomputed for an expected initiator): the payload, or nil.
+        mutating func finishInitiation(_ message: [UInt8], staticStatic: [UInt8]?) -> [UInt8]? {
+            guard let ss = staticStatic else { return nil }
             state.mixKey(ss)
             return state.decryptAndHash(Array(message.dropFirst(80)))
         }

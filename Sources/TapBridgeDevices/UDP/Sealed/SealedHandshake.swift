@@ -14,7 +14,7 @@ extension SealedFormat {
         guard let send else { return }
         var initiator = Noise.Initiator(prologue: SealedMessage.prologue, staticKey: keys.identity.privateKey, responderStatic: keys.peer,
                                         presharedKey: keys.presharedKey)
-        guard let body = initiator.writeInitiation(payload: timestamp()) else { return }  // (a low-order peer key: refused at parse)
+        guard let body = initiator.writeInitiation(payload: timestamp(), staticStatic: keys.staticStatic) else { return }  // (a low-order peer key: refused at parse)
         let index = freshIndex()
         var message = [SealedMessage.initiation, 0, 0, 0, 0, 0, 0, 0] + body + [UInt8](repeating: 0, count: 2 * SealedMessage.macLength)
         SealedMessage.store(index, into: &message, at: 4)
@@ -63,9 +63,10 @@ extension SealedFormat {
             guard SealedMessage.hasValidMAC2(bytes, cookie: SealedMAC(key: cookie)) else { return cookieReply(to: bytes, cookie: cookie) }
         }
         var responder = Noise.Responder(prologue: SealedMessage.prologue, staticKey: keys.identity.privateKey)
-        guard let stamp = responder.readInitiation(Array(bytes[8..<116])), stamp.count == 12, responder.initiatorStatic == keys.peer else {
-            return .drop(.unauthenticated)
-        }
+        // (another key than peer='s is refused before the second Diffie-Hellman)
+        let noise = Array(bytes[8..<116])
+        guard responder.readInitiatorStatic(noise) == keys.peer, let stamp = responder.finishInitiation(noise, staticStatic: keys.staticStatic),
+              stamp.count == 12 else { return .drop(.unauthenticated) }
         guard stamp.lexicographicallyPrecedes(greatestTimestamp) == false, stamp != greatestTimestamp else { return .drop(.staleHandshake) }
         greatestTimestamp = stamp
         statistics.initiationsReceived &+= 1

@@ -124,6 +124,10 @@ public final class SealedPeerKeys: EncapsulationKey, @unchecked Sendable {
     let peerMAC1Key: SealedMAC
     /// The key of the cookie replies the peer sends.
     let peerCookieCipher: SealedCipher
+    /// DH(this host's key, the peer's), the same in every handshake of the pair: computed once
+    /// (as wireguard-go precomputes it), two of a handshake's ten Diffie-Hellmans saved. nil
+    /// for a low-order peer key (refused when `peer=` is parsed).
+    let staticStatic: [UInt8]?
     /// `keepalive=SECONDS`: an empty datagram to the peer when nothing was sent to it for that
     /// long (a NAT's mapping kept open); nil: none, as WireGuard's default.
     public let keepalive: Int64?
@@ -134,6 +138,7 @@ public final class SealedPeerKeys: EncapsulationKey, @unchecked Sendable {
         self.presharedKey = presharedKey ?? [UInt8](repeating: 0, count: 32)
         peerMAC1Key = SealedMessage.mac1Key(of: peer)
         peerCookieCipher = SealedMessage.cookieCipher(of: peer)
+        staticStatic = Noise.dh(identity.privateKey, peer)
         keepalive = keepaliveSeconds.map { Int64($0) * 1_000_000_000 }
     }
 

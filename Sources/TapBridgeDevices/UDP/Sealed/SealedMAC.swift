@@ -49,4 +49,20 @@ final class SealedMAC: @unchecked Sendable {
             return difference == 0
         }
     }
+
+    /// HMAC-SHA256(key, the concatenation of `parts`): 32 bytes, one pass, nothing kept (the
+    /// handshake's HKDF: swift-crypto's `HMAC` struct, generic Swift over SHA-256, spent a
+    /// third of a handshake setting keys up). `NoiseTests` checks it against swift-crypto's.
+    static func hmac(key: [UInt8], _ parts: [[UInt8]]) -> [UInt8] {
+        var work = HMAC_CTX()
+        CCryptoBoringSSL_HMAC_CTX_init(&work)
+        defer { CCryptoBoringSSL_HMAC_CTX_cleanup(&work) }
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 32
+        var ok = key.withUnsafeBytes { CCryptoBoringSSL_HMAC_Init_ex(&work, $0.baseAddress, $0.count, CCryptoBoringSSL_EVP_sha256(), nil) } == 1
+        for p in parts { ok = ok && p.withUnsafeBytes { CCryptoBoringSSL_HMAC_Update(&work, $0.baseAddress?.assumingMemoryBound(to: UInt8.self), $0.count) } == 1 }
+        ok = ok && CCryptoBoringSSL_HMAC_Final(&work, &out, &length) == 1
+        precondition(ok && length == 32, "HMAC-SHA256 failed")
+        return out
+    }
 }
