@@ -74,6 +74,10 @@ let package = Package(
         .executableTarget(
             name: "tapbridge-core-bench", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
             swiftSettings: strict),
+        // Sealed handshake microbenchmark: `swift run -c release tapbridge-sealed-bench`.
+        .executableTarget(
+            name: "tapbridge-sealed-bench", dependencies: ["TapBridgeDevices", .product(name: "Crypto", package: "swift-crypto")],
+            swiftSettings: strict),
         // Runnable example: a three-port virtual LAN, printed step by step.
         .executableTarget(
             name: "VirtualLAN", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],

@@ -50,6 +50,8 @@ struct PeerTable {
     var vxlanByHost: [SocketAddress: Int] = [:]
     /// Peer index by bridge port index (-1: none).
     var byPort: [Int] = []
+    /// Peer index by its format (a roaming peer's format is found before its address).
+    var byFormat: [ObjectIdentifier: Int] = [:]
 
     /// Adds a peer that is bridge port `port`, its datagrams sent from `socket` as `family`;
     /// returns its index. Throws if the peer exists or its address does not fit the family.
@@ -69,6 +71,7 @@ struct PeerTable {
         if index == peers.count { peers.append(peer) } else { peers[index] = peer }
         if isDynamic { dynamicCount += 1 }
         byAddress[address] = index
+        byFormat[ObjectIdentifier(format)] = index
         reindexHost(of: address)
         if port.index >= byPort.count { byPort += Array(repeating: -1, count: port.index + 1 - byPort.count) }
         byPort[port.index] = index
@@ -80,6 +83,7 @@ struct PeerTable {
     mutating func remove(port: PortID) -> Peer? {
         guard let index = index(of: port), let peer = peers[index] else { return nil }
         byAddress[peer.address] = nil
+        byFormat[ObjectIdentifier(peer.format)] = nil
         peer.sockaddr.deallocate()
         peers[index] = nil
         if peer.isDynamic { dynamicCount -= 1 }
@@ -101,8 +105,10 @@ struct PeerTable {
         self[index].address = address
         byAddress[from] = nil
         byAddress[address] = index
-        reindexHost(of: from)
-        reindexHost(of: address)
+        if self[index].format.matchesAnySourcePort {  // (a scan of the peers: only VXLAN's are indexed by host)
+            reindexHost(of: from)
+            reindexHost(of: address)
+        }
         return true
     }
 
@@ -112,6 +118,7 @@ struct PeerTable {
         peers.removeAll()
         dynamicCount = 0
         byAddress.removeAll()
+        byFormat.removeAll()
         vxlanByHost.removeAll()
         byPort.removeAll()
     }
@@ -138,6 +145,9 @@ struct PeerTable {
         if let index = vxlanByHost[host], index >= 0 { return index }
         return nil
     }
+
+    /// The peer whose format is `format`.
+    @inline(__always) func index(of format: any EncapsulationFormat) -> Int? { byFormat[ObjectIdentifier(format)] }
 
     /// The peer that is bridge port `port`.
     @inline(__always) func index(of port: PortID) -> Int? {

@@ -101,8 +101,7 @@ extension UDPTunnelDevice {
         guard !roamingGroups.isEmpty else { return nil }
         let bytes = UnsafeRawBufferPointer(start: d.data, count: d.length)
         for (_, asked) in roamingGroups {
-            guard let one = table.index(of: asked), let owner = table[one].format.owner(ofStranger: bytes),
-                  let index = table.peers.firstIndex(where: { $0?.format === owner }) else { continue }
+            guard let one = table.index(of: asked), let owner = table[one].format.owner(ofStranger: bytes), let index = table.index(of: owner) else { continue }
             roaming = true
             return (index, table[index].port)
         }
@@ -133,7 +132,8 @@ extension UDPTunnelDevice {
             return nil
         case .drop(let reason):
             batch.recordDrop(on: port, reason, bytes: length)
-            if reason == .unauthenticated || reason == .badMAC1 { refused(peer: index, now: now) }
+            // (not for a stranger's datagram: anyone can send one, and the peer is not refusing)
+            if !roaming, reason == .unauthenticated || reason == .badMAC1 { refused(peer: index, now: now) }
             return nil
         }
         // (one load on the data path: a peer's own count is read only while some peer refuses)
