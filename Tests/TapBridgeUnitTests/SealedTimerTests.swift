@@ -99,10 +99,13 @@ struct SealedTimerTests {
         }
         link.advance(seconds: 9)
         try exchange()
+        // (B's passive keepalives, each 10 s after it last sent, are the only messages)
+        link.toA.removeAll { $0.count == 32 }
         #expect(link.toB.isEmpty && link.toA.isEmpty, "no renewal before 120 s")
         link.advance(seconds: 2)
         let d = try #require(link.seal(link.a, Self.frame), "the old session still sends while the new handshake runs")
         _ = link.seal(link.b, Self.frame)
+        link.toA.removeAll { $0.count == 32 }
         #expect(link.toB.count == 1 && link.toB[0][0] == 1 && link.toA.isEmpty, "an initiation at 121 s, from the initiator only")
         #expect(link.a.statistics.initiationsSent == 2 && link.b.statistics.initiationsSent == 0, "the responder does not renew at 120 s")
         link.deliver()
@@ -251,7 +254,32 @@ struct SealedTimerTests {
         link.advance(seconds: 10)
         #expect(link.a.timer(now: link.clock) == link.clock + 25_000_000_000)
         #expect(link.a.statistics.keepalivesSent == sent + 1 && link.toB.count == 1 && link.toB[0].count == 32)
-        #expect(link.deliver() == [.consumed], "the keepalive opens and delivers nothing")
+        #expect(link.deliver() == [.consumed, .consumed], "A's keepalive, and B's passive one (B got a frame and had sent nothing): each opens to nothing")
+        // keepalives alone renew the session as frames would: at 120 s, an initiation
+        let session = try #require(link.a.current)
+        for _ in 0..<4 {
+            link.advance(seconds: 25)
+            _ = link.a.timer(now: link.clock)
+            link.deliver()
+        }
+        #expect(link.a.current !== session && link.a.statistics.initiationsSent == 2, "renewed with no frame sent")
         #expect(link.b.timer(now: link.clock) == nil, "without keepalive= a format has no timer")
+    }
+
+    /// A one-way flow: A sends a frame every 5 s and B never a frame. B answers with an empty
+    /// datagram whenever it got a frame and had sent nothing for 10 s (WireGuard's passive
+    /// keepalive), so A hears from B and starts no handshake every 15 s; the session renews
+    /// at 120 s as any other.
+    @Test func aOneWayFlowIsAnsweredWithPassiveKeepalivesAndStartsNoHandshakes() throws {
+        let link = Link()
+        _ = link.a.readyToSend()
+        link.deliver()
+        for _ in 0..<22 {  // 110 s
+            link.advance(seconds: 5)
+            #expect(Link.open(link.b, try #require(link.seal(link.a, Self.frame))) == .frame(Self.frame))
+            link.deliver()
+        }
+        #expect(link.a.statistics.initiationsSent == 1, "no handshake for lack of an answer")
+        #expect((10...12).contains(link.b.statistics.keepalivesSent), "one passive keepalive each 10 s: \(link.b.statistics.keepalivesSent)")
     }
 }

@@ -73,8 +73,9 @@ public final class SealedFormat: EncapsulationFormat {
     /// The session `seal` uses: the one `readyToSend` found usable for this frame (one clock
     /// read per frame, not per segment of a train).
     var sealing: Session? = nil
-    /// When a frame or keepalive was last sent (`keepalive=`'s clock).
-    var lastSent: Int64 = .min
+    /// When a frame or keepalive was last sent (`keepalive=`'s clock, and the passive
+    /// keepalive's); nil: never.
+    var lastSent: Int64? = nil
     /// The receiver indexes this format holds in its identity's index table.
     var registered: [UInt32] = []
     /// The cookie the peer last sent (under load, it wants it in `mac2`) and when; the mac1
@@ -101,6 +102,10 @@ public final class SealedFormat: EncapsulationFormat {
     /// Sending, and nothing heard from the peer for this long: it may have restarted and lost
     /// the session, so a new handshake is started (WireGuard's KEEPALIVE + REKEY_TIMEOUT).
     static let silenceTimeout: Int64 = 15_000_000_000
+    /// A frame received and nothing sent back for this long: an empty datagram answers, so
+    /// that a one-way flow's sender hears from its peer and starts no handshake every 15 s
+    /// (WireGuard's passive keepalive, KEEPALIVE_TIMEOUT).
+    static let keepaliveTimeout: Int64 = 10_000_000_000
     static let rekeyAfterMessages: UInt64 = 1 << 60
     static let rejectAfterMessages: UInt64 = UInt64.max - (1 << 13)
 
@@ -127,15 +132,16 @@ public final class SealedFormat: EncapsulationFormat {
         keys.identity.directory.enroll(self, peer: keys.peer)
     }
 
-    /// `keepalive=`: an empty datagram when nothing was sent for that long (a handshake first
-    /// if there is no session).
+    /// `keepalive=`: an empty datagram when nothing was sent for that long, under the rules a
+    /// frame follows (`readyToSend`: a handshake first if there is no session, a new one when
+    /// the session is due to be renewed).
     public func timer(now: Int64) -> Int64? {
         guard let every = keys.keepalive else { return nil }
-        if lastSent == .min || now &- lastSent >= every {
-            if usable(current, now) != nil { sendKeepalive() } else { initiate(now) }
+        if lastSent.map({ now &- $0 >= every }) ?? true {
+            if ready(at: now, sendingFrame: false) { sendKeepalive() }
             lastSent = now
         }
-        return lastSent &+ every
+        return (lastSent ?? now) &+ every
     }
 
     public var session: SessionReport? {
@@ -154,8 +160,13 @@ public final class SealedFormat: EncapsulationFormat {
         return s
     }
 
-    public func readyToSend() -> Bool {
-        let now = clock()
+    public func readyToSend() -> Bool { ready(at: clock(), sendingFrame: true) }
+
+    /// Whether a datagram can be sealed at `now` (`sealing` is its session), starting a
+    /// handshake if none can or the session is due to be renewed. `sendingFrame`: a frame,
+    /// which also starts one after 15 s of sending without hearing back (a keepalive does
+    /// not: it expects no answer, as in WireGuard).
+    func ready(at now: Int64, sendingFrame: Bool) -> Bool {
         sealing = usable(current, now)
         guard let s = sealing else {
             initiate(now)
@@ -165,7 +176,7 @@ public final class SealedFormat: EncapsulationFormat {
         // the initiator renews at 120 s; a responder whose initiator has not, at 150 s
         let age = now &- s.created
         if age >= Self.rekeyAfterTime && (s.isInitiator || age >= Self.rekeyAfterTime + 30_000_000_000) || s.sendCounter >= Self.rekeyAfterMessages
-            || (age >= Self.silenceTimeout && now &- lastAuthenticated >= Self.silenceTimeout)
+            || (sendingFrame && age >= Self.silenceTimeout && now &- lastAuthenticated >= Self.silenceTimeout)
         {
             initiate(now)
         }
@@ -224,6 +235,7 @@ public final class SealedFormat: EncapsulationFormat {
             statistics.keepalivesReceived &+= 1
             return .consumed
         }
+        if lastSent.map({ now &- $0 >= Self.keepaliveTimeout }) ?? true { sendKeepalive() }  // (a passive keepalive)
         return .frame(frame)
     }
 
