@@ -8,7 +8,7 @@ import TapBridgeDevices
 /// VXLAN/raw frame is the datagram's bytes after the header, in place; no bytes open as a
 /// sealed frame or handshake; and as an ICMP error's quote. 2-7: two sealed hosts shake
 /// hands (6-7: B under load, so that each initiation first gets a cookie reply, and the retry
-/// 5 s later carries the cookie), then the input's records become frames sealed by one and opened by the other,
+/// 5 s later carries the cookie; 4-5: A has keepalive=25, its timer run as time passes), then the input's records become frames sealed by one and opened by the other,
 /// some corrupted (the input says which byte and how), some repeated, with time passing (a
 /// new handshake every 120 s, whose messages are corrupted or replayed as the input says
 /// too): every intact datagram opens to exactly its frame, once; no corrupted or repeated
@@ -30,9 +30,10 @@ nonisolated(unsafe) var clock: Int64 = 1_000_000_000
 // (made once: each computes its pair's static-static Diffie-Hellman)
 let keysOfA = SealedPeerKeys(identity: identityA, peer: identityB.publicKey), keysOfB = SealedPeerKeys(identity: identityB, peer: identityA.publicKey)
 let keysOfLoadedB = SealedPeerKeys(identity: loadedB, peer: identityA.publicKey)
+let keysOfKeepingA = SealedPeerKeys(identity: identityA, peer: identityB.publicKey, keepaliveSeconds: 25)
 
-func pair(loaded: Bool = false) -> (a: SealedFormat, b: SealedFormat, toB: Box, toA: Box) {
-    let a = SealedFormat(keys: keysOfA, vni: VNI(42)!, clock: { clock },
+func pair(loaded: Bool = false, keepalive: Bool = false) -> (a: SealedFormat, b: SealedFormat, toB: Box, toA: Box) {
+    let a = SealedFormat(keys: keepalive ? keysOfKeepingA : keysOfA, vni: VNI(42)!, clock: { clock },
                          timestamp: { SealedMessage.timestamp(seconds: clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
     let b = SealedFormat(keys: loaded ? keysOfLoadedB : keysOfB, vni: VNI(42)!, clock: { clock },
                          timestamp: { SealedMessage.timestamp(seconds: clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
@@ -88,8 +89,8 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
     }
     // sealed: records of [length][edit position][edit value][frame bytes]
     clock = 1_000_000_000
-    let loaded = data[0] == 6 || data[0] == 7
-    let (a, b, toB, toA) = pair(loaded: loaded)
+    let loaded = data[0] == 6 || data[0] == 7, keepalive = data[0] == 4 || data[0] == 5
+    let (a, b, toB, toA) = pair(loaded: loaded, keepalive: keepalive)
     let handshakes = data[0] < 8
     var sessions: UInt32 = 0
     /// Sessions for both, as a handshake would leave them (mirrored keys), without one.
@@ -173,6 +174,8 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
         if edit.0 % 11 == 2, !handshakes || a.statistics.responsesReceived < 3 {
             clock += 30_000_000_000
             if !handshakes, edit.0 % 2 == 0 { install() }
+            // (a keepalive, or the handshake it starts, delivered as any message)
+            if keepalive, a.timer(now: clock) != nil { deliver(edit) }
         }
     }
 }
