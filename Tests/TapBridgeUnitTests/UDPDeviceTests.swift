@@ -226,6 +226,27 @@ struct UDPDeviceTests {
         #expect(lan.bridge.counters(of: remote)[.linkDown] == 1 && device.peer(of: remote)?.isUnreachable == true)
     }
 
+    /// Floods to many remotes, some refusing: each remote is charged exactly its own frames,
+    /// sent or refused, batch after batch (the send queue notes a sent datagram with one
+    /// lookup by port, where it scanned every remote's ending).
+    @Test func aFloodToManyRemotesChargesEachItsOwnFrames() throws {
+        let remotes = try (0..<40).map { try addRemote("10.0.1.\($0 + 1):4789") }
+        for k in [3, 17, 39] { socket.sendErrors[FakeDatagramSocket.address("10.0.1.\(k + 1):4789")] = EHOSTUNREACH }
+        for n in 1...3 {
+            for _ in 0..<5 { lan.inject(FrameFactory.frame(to: .broadcast, from: a), on: 0) }
+            lan.runUntilIdle()
+            for (k, remote) in remotes.enumerated() {
+                let c = lan.bridge.counters(of: remote)
+                if [3, 17, 39].contains(k) {
+                    #expect(c.transmittedFrames == 0 && c[.transmitError] + c[.linkDown] == UInt64(5 * n), "remote \(k): \(c)")
+                } else {
+                    #expect(c.transmittedFrames == UInt64(5 * n), "remote \(k) after \(n) batches: \(c.transmittedFrames)")
+                }
+            }
+        }
+        #expect(socket.sent.count == 3 * 5 * 40 - 3 * 5 * 3)
+    }
+
     /// A peer that went away, its ICMP errors queued but their pending errno already taken by
     /// a send: the wake-up finds no datagram, and the errors are read all the same (left
     /// queued, poll reports POLLERR forever and the loop spins), with trains on and off.

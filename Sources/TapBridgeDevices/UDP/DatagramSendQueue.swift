@@ -41,6 +41,11 @@ final class DatagramSendQueue {
     /// How queued frames ended since the last flush (sends forced by a full queue happen
     /// before the flush, which reports them): a short list, one item per port and errno.
     var endings: [Ending] = []
+    /// Where each port's "sent" ending is in `endings`, by port index (-1: none since the last
+    /// flush): noting a sent entry is one lookup, not a scan of the endings, which grew with
+    /// the remotes (a flood to N remotes scanned N endings for each: N² a batch). Errors are
+    /// rare and scan.
+    var sentEnding: [Int] = []
     /// Trains the kernel refused since the device last looked: the errno and the port of each
     /// (each was sent again one datagram at a time).
     var refusals: [(error: Int32, port: PortID)] = []
@@ -182,7 +187,10 @@ final class DatagramSendQueue {
     /// is kept and reused: no allocation per flush).
     func flush(_ body: (Ending) -> Void) {
         if queued > 0 { send() }
-        for e in endings { body(e) }
+        for e in endings {
+            body(e)
+            if e.error == 0 { sentEnding[e.port.index] = -1 }
+        }
         endings.removeAll(keepingCapacity: true)
     }
 
@@ -219,9 +227,22 @@ final class DatagramSendQueue {
         }
     }
 
-    /// Adds an ending to `endings` (a short list: one item per port and errno).
+    /// Adds an ending to `endings` (one item per port and errno).
     @inline(__always)
     func note(_ port: PortID, _ error: Int32, frames: Int, bytes: Int) {
+        if error == 0 {
+            // (grows to the highest port index once; no allocation after)
+            if port.index >= sentEnding.count { sentEnding += Array(repeating: -1, count: port.index + 1 - sentEnding.count) }
+            let i = sentEnding[port.index]
+            if i >= 0 {
+                endings[i].frames += frames
+                endings[i].bytes += bytes
+            } else {
+                sentEnding[port.index] = endings.count
+                endings.append(Ending(port: port, error: 0, frames: frames, bytes: bytes))
+            }
+            return
+        }
         for i in endings.indices where endings[i].port == port && endings[i].error == error {
             endings[i].frames += frames
             endings[i].bytes += bytes
