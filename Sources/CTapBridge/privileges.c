@@ -4,6 +4,9 @@
 
 #include <errno.h>
 #include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <time.h>
 #include <linux/capability.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
@@ -52,7 +55,7 @@ long long ctb_effective_capabilities(void) {
 extern char **environ;
 
 // Runs `path` and waits for it; its standard error (and output, `with_stdout`) in `errors`.
-int ctb_run(const char *path, char *const argv[], char *errors, int errors_size, int with_stdout) {
+int ctb_run(const char *path, char *const argv[], char *errors, int errors_size, int with_stdout, int timeout_ms) {
     int pipefd[2];
     if (pipe2(pipefd, O_CLOEXEC) < 0) return -errno;
     posix_spawn_file_actions_t actions;
@@ -69,7 +72,9 @@ int ctb_run(const char *path, char *const argv[], char *errors, int errors_size,
     sigset_t none;
     sigemptyset(&none);
     posix_spawnattr_setsigmask(&attr, &none);
-    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK);
+    // its own process group, so that a timeout kills whatever it started too
+    posix_spawnattr_setpgroup(&attr, 0);
+    posix_spawnattr_setflags(&attr, POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP);
     pid_t pid;
     int rc = posix_spawn(&pid, path, &actions, &attr, argv, environ);
     posix_spawn_file_actions_destroy(&actions);
@@ -79,8 +84,21 @@ int ctb_run(const char *path, char *const argv[], char *errors, int errors_size,
         close(pipefd[0]);
         return -rc;
     }
-    int used = 0;
+    int used = 0, timed_out = 0;
+    struct timespec start;
+    clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
+        struct timespec now;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        long elapsed = (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000;
+        struct pollfd p = {.fd = pipefd[0], .events = POLLIN};
+        int ready = poll(&p, 1, elapsed >= timeout_ms ? 0 : (int)(timeout_ms - elapsed));
+        if (ready < 0 && errno == EINTR) continue;
+        if (ready == 0) {
+            timed_out = 1;
+            kill(-pid, SIGKILL);
+            break;
+        }
         char scratch[256];
         char *into = used < errors_size - 1 ? errors + used : scratch;
         int room = used < errors_size - 1 ? errors_size - 1 - used : (int)sizeof(scratch);
@@ -95,5 +113,6 @@ int ctb_run(const char *path, char *const argv[], char *errors, int errors_size,
     while (waitpid(pid, &status, 0) < 0) {
         if (errno != EINTR) return -errno;
     }
+    if (timed_out) return -ETIMEDOUT;
     return WIFEXITED(status) ? WEXITSTATUS(status) : 128 + WTERMSIG(status);
 }

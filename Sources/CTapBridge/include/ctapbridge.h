@@ -182,8 +182,10 @@ int ctb_drop_privileges(unsigned int uid, unsigned int gid, const unsigned int *
 /// Runs the program at `path` with `argv` (NULL-terminated), standard input and output on
 /// /dev/null, and waits for it (posix_spawn and waitpid, with no signal blocked in the child):
 /// its exit status (128 + N if killed by signal N), or -errno if it could not start. Up to
-/// `errors_size - 1` bytes of its standard error land in `errors`, NUL-terminated.
-int ctb_run(const char *path, char *const argv[], char *errors, int errors_size, int with_stdout);
+/// `errors_size - 1` bytes of its standard error land in `errors`, NUL-terminated. If its
+/// output is not closed within `timeout_ms` (it hangs), its process group is killed and
+/// -ETIMEDOUT returned.
+int ctb_run(const char *path, char *const argv[], char *errors, int errors_size, int with_stdout, int timeout_ms);
 
 /// The effective capability mask, or -errno.
 long long ctb_effective_capabilities(void);
