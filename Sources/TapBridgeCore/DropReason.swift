@@ -56,6 +56,10 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// and a small encryption, no Diffie-Hellman), which its real sender puts in `mac2` of
     /// its next try.
     case cookieSent
+    /// Receive: a sealed initiation with a valid cookie, under load, from an IP address that
+    /// sent more than 20 a second (a burst of 5): dropped before any Diffie-Hellman, as
+    /// WireGuard's rate limiter drops it.
+    case handshakeRateLimited
     /// Receive: a sealed handshake initiation that is not newer than the last one taken from
     /// that peer (a replayed initiation), or a response to no handshake under way.
     case staleHandshake
@@ -108,6 +112,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .unknownIndex: "unknown_index"
         case .badMAC1: "bad_mac1"
         case .cookieSent: "cookie_sent"
+        case .handshakeRateLimited: "handshake_rate_limited"
         case .staleHandshake: "stale_handshake"
         case .truncated: "truncated"
         case .stormControl: "storm_control"

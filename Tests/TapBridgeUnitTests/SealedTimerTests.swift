@@ -282,4 +282,27 @@ struct SealedTimerTests {
         #expect(link.a.statistics.initiationsSent == 1, "no handshake for lack of an answer")
         #expect((10...12).contains(link.b.statistics.keepalivesSent), "one passive keepalive each 10 s: \(link.b.statistics.keepalivesSent)")
     }
+
+    /// Under load, a valid cookie proves only that its sender receives at its address: from one
+    /// IP address, at most a burst of 5 initiations go on to Noise, then 20 a second (WireGuard's
+    /// rate limiter); the rest are `handshake_rate_limited`, before any Diffie-Hellman. Here the
+    /// same initiation with its cookie, sent again and again: 5 reach the timestamp check (the
+    /// first taken, the others stale), the sixth is limited; 0.1 s later, two more go on.
+    @Test func underLoadOneAddressGetsAtMostTwentyInitiationsASecond() throws {
+        let link = Link(loadThreshold: 0)
+        _ = link.a.readyToSend()
+        link.deliver()  // the cookie
+        link.advance(seconds: 5)
+        _ = link.a.readyToSend()
+        let initiation = try #require(link.toB.first)
+        link.toB = []
+        var outcomes = (0..<6).map { _ in Link.open(link.b, initiation, from: Link.sourceA) }
+        #expect(outcomes.filter { $0 == .drop(.staleHandshake) }.count == 4 && outcomes[5] == .drop(.handshakeRateLimited), "\(outcomes)")
+        #expect(link.b.statistics.initiationsReceived == 1)
+        link.advance(seconds: 0.1)
+        outcomes = (0..<3).map { _ in Link.open(link.b, initiation, from: Link.sourceA) }
+        #expect(outcomes == [.drop(.staleHandshake), .drop(.staleHandshake), .drop(.handshakeRateLimited)], "\(outcomes)")
+        // another address has its own bucket (its cookie is another: a cookie reply, no limit spent)
+        #expect({ if case .reply(_, .cookieSent) = Link.open(link.b, initiation, from: Link.sourceB) { true } else { false } }())
+    }
 }

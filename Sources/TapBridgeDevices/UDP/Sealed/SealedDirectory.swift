@@ -28,6 +28,8 @@ final class SealedDirectory: @unchecked Sendable {
         var underLoadUntil: Int64 = .min
         var secret: SealedMAC? = nil
         var secretBorn: Int64 = 0
+        var buckets: [[UInt8]: (tokens: Double, at: Int64)] = [:]
+        var lastPrune: Int64 = .min
     }
     private let lock = NSLock()
     private var locked = State()
@@ -41,6 +43,9 @@ final class SealedDirectory: @unchecked Sendable {
     /// its 1,024-deep handshake queue waiting). A handshake costs about 0.2 ms of one core.
     let loadThreshold: Int
     static let secretLifetime: Int64 = 120_000_000_000
+    /// WireGuard's rate limiter: under load, initiations with a valid cookie from one IP
+    /// address, at most 20 a second with a burst of 5, and at most 4,096 addresses tracked.
+    static let initiationsPerSecond = 20.0, initiationBurst = 5.0, trackedAddresses = 4096
 
     init(loadThreshold: Int) { self.loadThreshold = loadThreshold }
 
@@ -88,6 +93,29 @@ final class SealedDirectory: @unchecked Sendable {
             s.inWindow += 1
             if s.inWindow > loadThreshold { s.underLoadUntil = now &+ 1_000_000_000 }
             return now < s.underLoadUntil
+        }
+    }
+
+    /// Whether an initiation with a valid cookie from `source` (its IP address: the first 16
+    /// bytes) may go on at `now`: a token bucket per address. With the table full of addresses
+    /// heard within the last second, a new one is refused (the table is pruned at most once a
+    /// second, so a full table costs no scan per datagram).
+    func allows(_ source: UnsafeRawBufferPointer, at now: Int64) -> Bool {
+        let key = Array(source.prefix(16))
+        return withLock { s in
+            if s.buckets[key] == nil, s.buckets.count >= Self.trackedAddresses {
+                guard now &- s.lastPrune >= 1_000_000_000 || now < s.lastPrune else { return false }
+                s.lastPrune = now
+                s.buckets = s.buckets.filter { now &- $0.value.at < 1_000_000_000 }
+                if s.buckets.count >= Self.trackedAddresses { return false }
+            }
+            var b = s.buckets[key] ?? (Self.initiationBurst, now)
+            b.tokens = min(Self.initiationBurst, b.tokens + Double(max(0, now &- b.at)) / 1e9 * Self.initiationsPerSecond)
+            b.at = now
+            let allowed = b.tokens >= 1
+            if allowed { b.tokens -= 1 }
+            s.buckets[key] = b
+            return allowed
         }
     }
 

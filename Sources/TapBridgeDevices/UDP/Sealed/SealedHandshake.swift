@@ -51,7 +51,8 @@ extension SealedFormat {
 
     /// Responder: mac1 (one HMAC: a sender that does not know this host's public key gets no
     /// further); under load, mac2 keyed by the cookie of `source` (one more HMAC), and without
-    /// it a cookie reply and nothing else; the Noise message (it must come from `peer=`'s
+    /// it a cookie reply and nothing else, and with it at most 20 a second from one IP
+    /// address (a burst of 5); the Noise message (it must come from `peer=`'s
     /// key); a timestamp newer than the last taken (a replayed initiation is refused); then
     /// the response, and a new session that waits for the initiator's first datagram.
     func takeInitiation(_ bytes: UnsafeRawBufferPointer, from source: UnsafeRawBufferPointer) -> OpenedDatagram {
@@ -61,6 +62,8 @@ extension SealedFormat {
         if directory.noteInitiation(at: arrived) {
             let cookie = directory.cookie(of: source, at: arrived)
             guard SealedMessage.hasValidMAC2(bytes, cookie: SealedMAC(key: cookie)) else { return cookieReply(to: bytes, cookie: cookie) }
+            // (a cookie proves the sender receives at its address, not that it is the peer)
+            guard directory.allows(source, at: arrived) else { return .drop(.handshakeRateLimited) }
         }
         var responder = Noise.Responder(prologue: SealedMessage.prologue, staticKey: keys.identity.privateKey)
         // (another key than peer='s is refused before the second Diffie-Hellman)
