@@ -21,21 +21,20 @@ nonisolated(unsafe) let vxlan = VXLANFormat(vni: VNI(42)!)
 nonisolated(unsafe) let raw = RawFormat()
 nonisolated(unsafe) let keyA = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0x5a, count: 32))
 nonisolated(unsafe) let keyB = try! Curve25519.KeyAgreement.PrivateKey(rawRepresentation: [UInt8](repeating: 0xa5, count: 32))
-// (no load meter in the way of the plain inputs; the loaded B finds every initiation over it)
+// (no load meter in the way of the plain inputs; a loaded B, made for each input that has one,
+// so that what its rate limiter counted is the input's alone, finds every initiation over it)
 let identityA = SealedIdentity(privateKey: keyA, loadThreshold: .max), identityB = SealedIdentity(privateKey: keyB, loadThreshold: .max)
-let loadedB = SealedIdentity(privateKey: keyB, loadThreshold: 0)
 nonisolated(unsafe) var clock: Int64 = 1_000_000_000
 
 /// A's view of B and B's of A, their handshake messages queued (not delivered inside a send).
 // (made once: each computes its pair's static-static Diffie-Hellman)
 let keysOfA = SealedPeerKeys(identity: identityA, peer: identityB.publicKey), keysOfB = SealedPeerKeys(identity: identityB, peer: identityA.publicKey)
-let keysOfLoadedB = SealedPeerKeys(identity: loadedB, peer: identityA.publicKey)
 let keysOfKeepingA = SealedPeerKeys(identity: identityA, peer: identityB.publicKey, keepaliveSeconds: 25)
 
 func pair(loaded: Bool = false, keepalive: Bool = false) -> (a: SealedFormat, b: SealedFormat, toB: Box, toA: Box) {
     let a = SealedFormat(keys: keepalive ? keysOfKeepingA : keysOfA, vni: VNI(42)!, clock: { clock },
                          timestamp: { SealedMessage.timestamp(seconds: clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
-    let b = SealedFormat(keys: loaded ? keysOfLoadedB : keysOfB, vni: VNI(42)!, clock: { clock },
+    let b = SealedFormat(keys: loaded ? SealedPeerKeys(identity: SealedIdentity(privateKey: keyB, loadThreshold: 0), peer: identityA.publicKey) : keysOfB, vni: VNI(42)!, clock: { clock },
                          timestamp: { SealedMessage.timestamp(seconds: clock / 1_000_000_000, nanoseconds: Int32(clock % 1_000_000_000)) })
     let toB = Box(), toA = Box()
     a.connect { toB.messages.append(Array($0)) }
