@@ -1,5 +1,5 @@
 // Sealed handshake microbenchmark: what each kind of handshake message costs the bridge that
-// receives it, one thread, on this machine (Docs/Benchmarks.md, "What a handshake costs").
+// receives it, one thread, on this machine (Docs/Benchmarks.md, "Sealed handshakes: what each message costs its receiver").
 //
 //   swift run -c release tapbridge-sealed-bench [--quick]
 //
