@@ -20,7 +20,7 @@ extension SealedFormat {
         SealedMessage.store(index, into: &message, at: 4)
         // mac2 with the peer's cookie while it is fresh (the peer renews its secret every 2 min)
         let fresh = cookie.flatMap { now &- $0.received < SealedDirectory.secretLifetime ? $0.value : nil }
-        lastMAC1 = SealedMessage.writeMACs(&message, key: keys.peerMAC1Key, cookie: fresh.map { SealedMAC(key: $0) })
+        lastMAC1 = SealedMessage.writeMACs(&message, key: keys.peerMAC1Key, cookie: fresh)
         pending = (index, initiator, now)
         reindex()
         statistics.initiationsSent &+= 1
@@ -61,7 +61,7 @@ extension SealedFormat {
         let arrived = clock()
         if directory.noteInitiation(at: arrived) {
             let cookie = directory.cookie(of: source, at: arrived)
-            guard SealedMessage.hasValidMAC2(bytes, cookie: SealedMAC(key: cookie)) else { return cookieReply(to: bytes, cookie: cookie) }
+            guard SealedMessage.hasValidMAC2(bytes, cookie: cookie) else { return cookieReply(to: bytes, cookie: cookie) }
             // (a cookie proves the sender receives at its address, not that it is the peer)
             guard directory.allows(source, at: arrived) else { return .drop(.handshakeRateLimited) }
         }

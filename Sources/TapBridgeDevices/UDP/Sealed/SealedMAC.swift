@@ -43,11 +43,20 @@ final class SealedMAC: @unchecked Sendable {
 
     /// Whether the 16 bytes at `tag` are MAC(key, bytes), compared in constant time.
     func verifies(_ bytes: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {
-        withMAC(bytes) { expected in
-            var difference: UInt8 = 0
-            for i in 0..<Self.length { difference |= expected[i] ^ tag[i] }
-            return difference == 0
-        }
+        withMAC(bytes) { Self.sameTag($0, tag) }
+    }
+
+    /// Whether the 16 bytes at `tag` are MAC(key, bytes) for a key used once (a cookie, as the
+    /// key of mac2): one pass, no keyed state set up and kept.
+    static func verifies(key: [UInt8], _ bytes: UnsafeRawBufferPointer, tag: UnsafeRawBufferPointer) -> Bool {
+        hmac(key: key, [Array(bytes)]).withUnsafeBytes { sameTag($0, tag) }
+    }
+
+    /// Whether the first 16 bytes of `a` and `b` are the same, compared in constant time.
+    private static func sameTag(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Bool {
+        var difference: UInt8 = 0
+        for i in 0..<length { difference |= a[i] ^ b[i] }
+        return difference == 0
     }
 
     /// HMAC-SHA256(key, the concatenation of `parts`): 32 bytes, one pass, nothing kept (the

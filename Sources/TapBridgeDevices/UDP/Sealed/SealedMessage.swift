@@ -48,21 +48,21 @@ public enum SealedMessage {
     /// Writes mac1 (keyed `key`) at the end of `message`, and mac2: keyed by `cookie` if there
     /// is one, else zeros. Returns mac1.
     @discardableResult
-    static func writeMACs(_ message: inout [UInt8], key: SealedMAC, cookie: SealedMAC? = nil) -> [UInt8] {
+    static func writeMACs(_ message: inout [UInt8], key: SealedMAC, cookie: [UInt8]? = nil) -> [UInt8] {
         let at = message.count - 2 * macLength
         let m = message.withUnsafeBytes { key.mac(UnsafeRawBufferPointer(rebasing: $0[..<at])) }
         message.replaceSubrange(at..<at + macLength, with: m)
         if let cookie {
-            let m2 = message.withUnsafeBytes { cookie.mac(UnsafeRawBufferPointer(rebasing: $0[..<(at + macLength)])) }
+            let m2 = SealedMAC.hmac(key: cookie, [Array(message[..<(at + macLength)])]).prefix(macLength)
             message.replaceSubrange((at + macLength)..., with: m2)
         }
         return m
     }
 
     /// Whether `message`'s mac2 (its last 16 bytes) is right for `cookie`.
-    static func hasValidMAC2(_ message: UnsafeRawBufferPointer, cookie: SealedMAC) -> Bool {
+    static func hasValidMAC2(_ message: UnsafeRawBufferPointer, cookie: [UInt8]) -> Bool {
         let at = message.count - macLength
-        return cookie.verifies(UnsafeRawBufferPointer(rebasing: message[..<at]), tag: UnsafeRawBufferPointer(rebasing: message[at...]))
+        return SealedMAC.verifies(key: cookie, UnsafeRawBufferPointer(rebasing: message[..<at]), tag: UnsafeRawBufferPointer(rebasing: message[at...]))
     }
 
     static func store(_ value: UInt32, into bytes: inout [UInt8], at offset: Int) {
