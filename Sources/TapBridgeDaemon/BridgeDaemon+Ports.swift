@@ -138,34 +138,57 @@ extension BridgeDaemon {
         stormSeen[name] = nil
     }
 
-    /// `remote add SPEC`: a remote joins the running bridge, with `--remote`'s grammar and
-    /// errors (a HOST without PORT gets the bridge's UDP port). A bridge without a UDP socket
-    /// opens one, as `--remote` would have at start (every address, on the remote's port).
-    /// Returns the answer's line.
-    func addRemote(_ text: String) throws(StartupError) -> String {
+    /// `remote add SPEC`, parsed with `--remote`'s grammar and errors (a HOST without PORT gets
+    /// the bridge's UDP port); a name already taken is refused.
+    func parseRemote(_ text: String) throws(StartupError) -> RemoteSpec {
         let spec: RemoteSpec
         do {
             spec = try RemoteSpec(parsing: text, defaultPort: remotes?.device.localAddress.port ?? kernelRemotes?.devices.first?.port, flag: "remote add")
         } catch {
             throw StartupError(error.description)
         }
+        try checkFree(spec, text)
+        return spec
+    }
+
+    private func checkFree(_ spec: RemoteSpec, _ text: String) throws(StartupError) {
         if engine.port(named: spec.name) != nil || kernelRemotes?.has(remoteNamed: spec.name) == true {
             throw StartupError("remote add '\(text)': a \(engine.port(named: spec.name) != nil ? "port" : "remote") named \(spec.name) exists (give name=...)")
         }
-        if spec.datapath == .kernel { return try addKernelRemote(spec, text) }
-        try checkUDPPort(options.listen?.port ?? remotes?.device.localAddress.port ?? spec.port, socketFor: "remote add", in: "remote add '\(text)': ")
-        if let remotes {
-            try remotes.addAtRunTime(spec)
-        } else {
-            var o = options
-            o.remotes = [spec]
-            let opened = try RemotePeers(options: o, engine: engine, ports: ports, decorate: decorate, logger: logger)
-            try opened.addConfigured()
-            remotes = opened
+    }
+
+    /// Whether a remote's host is looked up for IPv4 only: the UDP socket's family (an IPv4
+    /// `--listen`), for the datapath=user remotes.
+    func looksUpIPv4Only(_ spec: RemoteSpec) -> Bool {
+        guard spec.datapath == .user else { return false }
+        if let tunnel { return tunnel.family == AF_INET }
+        return options.listen?.host.map { !$0.contains(":") && LinkControl.isNumeric($0) } ?? false
+    }
+
+    /// `remote add SPEC` with its host looked up (at `address`): a remote joins the running
+    /// bridge. A bridge without a UDP socket opens one, as `--remote` would have at start
+    /// (every address, on the remote's port). `done` gets the answer's line, at once or, for a
+    /// `datapath=kernel` remote, when the kernel has made its device or entry.
+    func addRemote(_ spec: RemoteSpec, _ text: String, at address: SocketAddress, _ done: @escaping (Result<String, StartupError>) -> Void) {
+        do throws(StartupError) {
+            try checkFree(spec, text)  // (again: a change before this one may have taken the name)
+            if spec.datapath == .kernel { return try addKernelRemote(spec, text, at: address, done) }
+            try checkUDPPort(options.listen?.port ?? remotes?.device.localAddress.port ?? spec.port, socketFor: "remote add", in: "remote add '\(text)': ")
+            if let remotes {
+                try remotes.addAtRunTime(spec, at: address)
+            } else {
+                var o = options
+                o.remotes = [spec]
+                let opened = try RemotePeers(options: o, engine: engine, ports: ports, decorate: decorate, known: [spec.name: address], logger: logger)
+                try opened.addConfigured()
+                remotes = opened
+            }
+            let peer = engine.port(named: spec.name).flatMap { tunnel?.peer(of: $0) }
+            logger.info("control: remote \(spec.name) added")
+            done(.success("remote \(spec.name) added" + (peer.map { " (\($0.address), \($0.encapsulation), path MTU \($0.pathMTU))" } ?? "")))
+        } catch {
+            done(.failure(error))
         }
-        let peer = engine.port(named: spec.name).flatMap { tunnel?.peer(of: $0) }
-        logger.info("control: remote \(spec.name) added")
-        return "remote \(spec.name) added" + (peer.map { " (\($0.address), \($0.encapsulation), path MTU \($0.pathMTU))" } ?? "")
     }
 
     /// tapbridge's own UDP socket and the kernel's vxlan devices cannot share a UDP port.
@@ -177,52 +200,64 @@ extension BridgeDaemon {
 
     /// `remote add ...,datapath=kernel`: into the vxlan device of its VNI and port, or a new one
     /// (made, then attached as a port: the device is removed again if that fails).
-    private func addKernelRemote(_ spec: RemoteSpec, _ text: String) throws(StartupError) -> String {
+    private func addKernelRemote(_ spec: RemoteSpec, _ text: String, at address: SocketAddress, _ done: @escaping (Result<String, StartupError>) -> Void) throws(StartupError) {
         if let why = spec.datapathProblem(bridgeWide: options.encapsulation) { throw StartupError("remote add '\(text)': \(why)") }
         if let own = remotes?.device.localAddress.port, own == spec.port {
             throw StartupError("remote add '\(text)': UDP port \(own) is tapbridge's own socket's (the datapath=user remotes): a vxlan device cannot listen there too; give the remote another port")
         }
         if kernelRemotes == nil {
-            kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries, logger: logger)
+            kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries,
+                                            control: linkControl, logger: logger)
         }
         let kernel = kernelRemotes!
-        var (line, newPort) = try kernel.add(spec)
-        if let newPort {
-            do {
-                try attachPort(newPort)
-            } catch {
-                _ = try? kernel.remove(spec.name) { _ in }
-                throw error
-            }
-            if let port = engine.port(named: newPort.name), let narrow = engine.linkMTU(of: port) {
-                let wider = engine.ports.filter { (engine.linkMTU(of: $0) ?? 0) > narrow }.map { "\(engine.name(of: $0)) \(engine.linkMTU(of: $0)!)" }
-                if !wider.isEmpty {
-                    line += "; its MTU \(narrow) is below the MTU of \(wider.joined(separator: ", ")): TCP between them is fitted to \(narrow) (SYNs' MSS clamped, super-frames cut), other frames larger than that are dropped (frame_too_large); mtu=\(narrow) on those ports avoids that"
+        try kernel.add(spec, at: address) { [self] result in
+            guard case .success(let outcome) = result else { return done(result.map(\.line)) }
+            var line = outcome.line
+            let newPort = outcome.newPort
+            if let newPort {
+                do throws(StartupError) {
+                    try attachPort(newPort)
+                } catch {
+                    _ = kernel.remove(spec.name, at: nil, removingPort: { _ in }) { _ in done(.failure(error)) }
+                    return
+                }
+                if let port = engine.port(named: newPort.name), let narrow = engine.linkMTU(of: port) {
+                    let wider = engine.ports.filter { (engine.linkMTU(of: $0) ?? 0) > narrow }.map { "\(engine.name(of: $0)) \(engine.linkMTU(of: $0)!)" }
+                    if !wider.isEmpty {
+                        line += "; its MTU \(narrow) is below the MTU of \(wider.joined(separator: ", ")): TCP between them is fitted to \(narrow) (SYNs' MSS clamped, super-frames cut), other frames larger than that are dropped (frame_too_large); mtu=\(narrow) on those ports avoids that"
+                    }
                 }
             }
+            logger.info("control: \(line)")
+            done(.success(line))
         }
-        logger.info("control: \(line)")
-        return line
     }
 
     /// `remote del NAME|ADDRESS:PORT`: the remote's port goes (its MAC entries with it); the
     /// UDP socket stays for the others, and closes with the last (unless `--accept-peers`
     /// keeps it for strangers): its port is then free for a `datapath=kernel` remote, and
     /// the next `remote add` opens it again. A datapath=kernel remote's FDB
-    /// entry goes from its vxlan device, and the device (its port) with its last remote.
-    func removeRemote(_ which: String) throws(StartupError) -> String {
-        if let kernelRemotes, let line = try kernelRemotes.remove(which, removingPort: { name in
+    /// entry goes from its vxlan device, with the MACs it learned behind it, and the device (its
+    /// port) with its last remote. `address`: `which` looked up, when it is ADDRESS:PORT.
+    /// `done` gets the answer's line: at once, or for a datapath=kernel remote when the kernel
+    /// has done it.
+    func removeRemote(_ which: String, at address: SocketAddress?, _ done: @escaping (Result<String, StartupError>) -> Void) {
+        if let kernelRemotes, kernelRemotes.remove(which, at: address, removingPort: { name in
             if let port = engine.port(named: name) { removePort(port) }
+        }, { [logger] result in
+            if case .success(let line) = result { logger.info("control: \(line)") }
+            done(result)
         }) {
-            logger.info("control: \(line)")
-            return line
+            return
         }
+        done(Result { () throws(StartupError) in try removeUserRemote(which, at: address) })
+    }
+
+    private func removeUserRemote(_ which: String, at address: SocketAddress?) throws(StartupError) -> String {
         let remotePorts = engine.ports.filter { engine.record(of: $0)?.kind == .remote }
         var port = engine.port(named: which)
         if let named = port, !remotePorts.contains(named) { throw StartupError("remote del '\(which)': \(which) is not a remote (use port del)") }
-        if port == nil, let tunnel, let (host, udpPort) = SocketAddress.split(which),
-            let address = try? SocketAddress.resolve(host: host, port: udpPort, ipv4Only: tunnel.family == AF_INET)
-        {
+        if port == nil, let tunnel, let address {
             port = remotePorts.first { tunnel.peer(of: $0)?.address == address }
         }
         guard let port else {

@@ -74,6 +74,8 @@ public final class BridgeDaemon {
     var streamOrigin: [String: StreamListener] = [:]
     /// `stream=` ports being connected.
     var connector: StreamConnector! = nil
+    /// The control plane's worker: name lookups, vxlan devices and their FDBs, off the loop.
+    let linkControl: LinkControl
 
     /// When the next delayed frame of any port is due (asked at every wake-up: no allocation).
     var nextDeparture: Int64? {
@@ -91,6 +93,7 @@ public final class BridgeDaemon {
         self.options = options
         self.logger = logger
         namespaces = Namespaces(logger: logger)
+        linkControl = try LinkControl()
         try options.user?.check(options.ports)
         var names: Set<String> = []
         for name in options.ports.map(\.name) + options.remotes.map(\.name) where !names.insert(name).inserted {
@@ -115,7 +118,7 @@ public final class BridgeDaemon {
             self.claim = nil
         }
         failed = { [unowned self] device, error in portFailed(device, error) }
-        connector = try StreamConnector(logger: logger) { [unowned self] spec, fd in attachConnected(spec, fd: fd) }
+        connector = StreamConnector(resolver: linkControl, logger: logger) { [unowned self] spec, fd in attachConnected(spec, fd: fd) }
         signals = try SignalSource(logger: logger, stop: { [unowned self] in stop() }, dump: { [unowned self] in reportCounters() })
         do throws(StartupError) {
             for name in options.mirror?.ports ?? [] where !names.contains(name) {
@@ -133,7 +136,8 @@ public final class BridgeDaemon {
             var userOptions = options
             userOptions.remotes = options.remotes.filter { $0.datapath == .user }
             if !kernelSpecs.isEmpty {
-                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries, logger: logger)
+                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries,
+                                                control: linkControl, logger: logger)
             }
             if !userOptions.remotes.isEmpty || options.acceptsPeers {
                 if let port = options.listen?.port ?? userOptions.remotes.first?.port {
@@ -188,6 +192,7 @@ public final class BridgeDaemon {
         if let remotes, options.acceptsPeers { loop.add(remotes) }
         for listener in streamListeners { loop.add(listener) }
         loop.add(connector)
+        loop.add(linkControl)
         if let linkMonitor { loop.add(linkMonitor) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
@@ -253,6 +258,7 @@ public final class BridgeDaemon {
 
     /// Closes every port: TAPs tapbridge created disappear with their descriptor.
     public func shutdown() {
+        linkControl.finish()  // (what the worker was doing lands first: a device it made goes too)
         TapDevice.deleteCreatedAtOnce()
         for port in engine.ports { engine.removePort(port) }
         namespaces.releaseAll()

@@ -6,7 +6,7 @@ import TapBridgeOptions
 
 /// The client side of the control protocol (`tapbridge show|fdb|port`).
 public enum ControlClient {
-    /// Sends one request to the bridge at `path` and returns its response (5-second limit).
+    /// Sends one request to the bridge at `path` and returns its response (within 5 s; 35 for a change).
     /// Throws a one-line message when the bridge cannot be reached or answers nonsense.
     public static func exchange(_ request: ControlRequest, at path: String) throws(StartupError) -> ControlResponse {
         var reply: [UInt8] = []
@@ -51,7 +51,8 @@ public enum ControlClient {
             throw StartupError("cannot reach the bridge at \(path): \(describeErrno(e.code)) (is it running? give its --name or --control)")
         }
         defer { close(fd) }
-        var timeout = timeval(tv_sec: 5, tv_usec: 0)
+        // a change may wait for a name lookup or the kernel (the bridge answers within 30 s)
+        var timeout = timeval(tv_sec: ControlServer.changingCommands.contains(request.command) ? 35 : 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard var line = try? [UInt8](ControlCoding.encoder().encode(request)) else { throw StartupError("cannot encode the request") }

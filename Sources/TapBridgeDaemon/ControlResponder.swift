@@ -14,6 +14,48 @@ final class ControlResponder {
 
     init(daemon: BridgeDaemon) { self.daemon = daemon }
 
+    /// A change that answers through `done` (at once, or when the worker is through).
+    typealias Change = (_ done: @escaping (ControlResponse) -> Void) -> Void
+    /// Changes of ports and remotes run one at a time: while one waits for the control-plane
+    /// worker (a vxlan device made, a remote's learned MACs forgotten), those after it are held,
+    /// in order, so each sees the state the one before left. (`show` is answered at once, and
+    /// `fdb add|del|flush`, which touch only the table, too.)
+    var changeUnderWay = false
+    var held: [(change: Change, deliver: (ControlResponse) -> Void)] = []
+    var runningHeld = false
+
+    /// The commands held behind a change under way.
+    static let orderedCommands: Set<String> = ["port-add", "port-del", "port-set", "remote-add", "remote-del"]
+
+    /// Runs `change` after those held before it; its answer goes to `deliver`.
+    func schedule(_ change: @escaping Change, deliver: @escaping (ControlResponse) -> Void) {
+        held.append((change, deliver))
+        runHeld()
+    }
+
+    private func runHeld() {
+        guard !runningHeld else { return }  // (a change that answered at once: the loop below goes on)
+        runningHeld = true
+        defer { runningHeld = false }
+        while !changeUnderWay, !held.isEmpty {
+            let (change, deliver) = held.removeFirst()
+            changeUnderWay = true
+            change { [unowned self] response in
+                deliver(response)
+                changeUnderWay = false
+                runHeld()
+            }
+        }
+    }
+
+    /// The response to a change's outcome.
+    static func response(_ result: Result<String, StartupError>) -> ControlResponse {
+        switch result {
+        case .success(let line): .success(line)
+        case .failure(let error): .failure(error.message)
+        }
+    }
+
     /// Entries per slice of a streamed `show fdb` answer (about 200 KB of JSON).
     static let fdbSliceEntries = 2048
 
@@ -24,6 +66,10 @@ final class ControlResponder {
     /// entries must not stall forwarding nor be held in memory at once), the rest at once.
     func reply(to request: ControlRequest) -> ControlServer.Reply {
         if request.command == "fdb-flush" { return flush(request) }
+        if request.command == "remote-add" || request.command == "remote-del" { return remoteChange(request) }
+        if Self.orderedCommands.contains(request.command), changeUnderWay || !held.isEmpty {
+            return .later { [unowned self] deliver in schedule({ [unowned self] done in done(handle(request)) }, deliver: deliver) }
+        }
         guard request.command == "show-fdb" else { return .response(handle(request)) }
         guard case .success(let port) = optionalPort(request.port) else { return .response(.failure("no port named '\(request.port ?? "")'")) }
         var position = 0
@@ -123,14 +169,39 @@ final class ControlResponder {
         case "port-set":
             guard let name = request.port, let text = request.spec else { return .failure("port-set needs a port and options, like delay=50ms loss=1%") }
             return answer { () throws(StartupError) in try daemon.setPort(name, text) }
-        case "remote-add":
-            guard let text = request.spec else { return .failure("remote-add needs a spec, like 192.0.2.5:4789,vni=7") }
-            return answer { () throws(StartupError) in try daemon.addRemote(text) }
-        case "remote-del":
-            guard let which = request.port else { return .failure("remote-del needs a remote's name or ADDRESS:PORT") }
-            return answer { () throws(StartupError) in try daemon.removeRemote(which) }
         default:
             return .failure("unknown command '\(request.command)' (known: show-ports, show-fdb, show-stats, fdb-add, fdb-del, fdb-flush, port-add, port-del, remote-add, remote-del)")
+        }
+    }
+
+    /// `remote add` and `remote del`: the host looked up on the worker (a resolver that does not
+    /// answer holds this answer, never the loop), then the change in its turn; answered when
+    /// it is done.
+    func remoteChange(_ request: ControlRequest) -> ControlServer.Reply {
+        if request.command == "remote-add" {
+            guard let text = request.spec else { return .response(.failure("remote-add needs a spec, like 192.0.2.5:4789,vni=7")) }
+            let spec: RemoteSpec
+            do throws(StartupError) { spec = try daemon.parseRemote(text) } catch { return .response(.failure(error.message)) }
+            return .later { [unowned self] deliver in
+                daemon.linkControl.lookup(host: spec.host, port: spec.port, ipv4Only: daemon.looksUpIPv4Only(spec)) { [unowned self] found in
+                    switch found {
+                    case .failure(let error): deliver(.failure("remote \(spec.name): \(error.message)"))
+                    case .success(let address):
+                        schedule({ [unowned self] done in daemon.addRemote(spec, text, at: address) { done(Self.response($0)) } }, deliver: deliver)
+                    }
+                }
+            }
+        }
+        guard let which = request.port else { return .response(.failure("remote-del needs a remote's name or ADDRESS:PORT")) }
+        let remove: (SocketAddress?) -> Change = { [unowned self] address in { [unowned self] done in daemon.removeRemote(which, at: address) { done(Self.response($0)) } } }
+        guard let (host, port) = SocketAddress.split(which) else {
+            return .later { [unowned self] deliver in schedule(remove(nil), deliver: deliver) }
+        }
+        return .later { [unowned self] deliver in
+            daemon.linkControl.lookup(host: host, port: port) { [unowned self] found in
+                // (not an address: a remote's name may still match)
+                schedule(remove(try? found.get()), deliver: deliver)
+            }
         }
     }
 

@@ -28,6 +28,10 @@ public final class ControlServer {
         /// fdb` appends 2,048 entries, about 200 KB) and returns false once it appended the last
         /// one.
         case stream(next: (inout [UInt8]) -> Bool)
+        /// The answer comes later: `start` is handed the function that delivers it (once, on
+        /// the loop), as a change waiting for the control-plane worker does. The client waits
+        /// without being polled, at most `laterTimeoutNanoseconds`.
+        case later(start: (@escaping (ControlResponse) -> Void) -> Void)
     }
 
     struct Client {
@@ -50,7 +54,12 @@ public final class ControlServer {
         /// The response is written and the write side shut: discard input until the client
         /// closes (closing with unread input would reset the connection and lose the reply).
         var draining = false
+        /// Waiting for a `.later` answer (not polled meanwhile).
+        var waiting = false
+        /// Which client this is, for a `.later` answer (the index moves).
+        var serial = 0
     }
+    var nextSerial = 0
 
     /// What a client may do, from its credentials: root and the bridge's own user may change
     /// the bridge, members of `--control-admin-group` too; members of `--control-group` may only
@@ -84,6 +93,9 @@ public final class ControlServer {
     static let timeoutNanoseconds: Int64 = 5_000_000_000
     /// How long a client has to send its whole request line.
     static let requestTimeoutNanoseconds: Int64 = 1_000_000_000
+    /// How long a `.later` answer may take: a name lookup's resolver gives up within
+    /// seconds (5 per try, two tries by default), the kernel's changes take milliseconds.
+    static let laterTimeoutNanoseconds: Int64 = 30_000_000_000
 
     let path: String
     let listener: Int32
@@ -199,7 +211,7 @@ public final class ControlServer {
     func appendPollEntries(to fds: inout [pollfd]) {
         fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
         for c in clients {
-            fds.append(pollfd(fd: c.closing ? -1 : c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))
+            fds.append(pollfd(fd: c.closing || c.waiting ? -1 : c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))
         }
     }
 
@@ -232,7 +244,14 @@ public final class ControlServer {
             if (clients[k].written, clients[k].slices) != before { clients[k].deadline = now + Self.timeoutNanoseconds }
         }
         if fds[fds.startIndex].revents & Int16(POLLIN) != 0 { acceptAll(now: now, handle: handle) }
-        for k in clients.indices where clients[k].deadline <= now { markClosing(k) }  // timed out
+        for k in clients.indices where clients[k].deadline <= now {  // timed out
+            if clients[k].waiting, !clients[k].closing {
+                clients[k].waiting = false
+                answer(k, .failure("no answer within \(Self.laterTimeoutNanoseconds / 1_000_000_000) s (the change may still take effect: show ports says)"), now: now)
+            } else {
+                markClosing(k)
+            }
+        }
         if clients.contains(where: \.closing) {
             for c in clients where c.closing { Glibc.close(c.fd) }
             clients.removeAll(where: \.closing)
@@ -243,7 +262,8 @@ public final class ControlServer {
         while true {
             let fd = ctb_accept(listener)
             if fd < 0 { return }
-            var client = Client(fd: fd, deadline: now + Self.requestTimeoutNanoseconds)
+            nextSerial += 1
+            var client = Client(fd: fd, deadline: now + Self.requestTimeoutNanoseconds, serial: nextSerial)
             client.rights = rights(of: fd)
             let served = clients.indices.filter { !clients[$0].rejected && !clients[$0].closing }
             if served.count >= Self.maximumClients {
@@ -305,7 +325,22 @@ public final class ControlServer {
             clients[k].deadline = now + Self.timeoutNanoseconds
             clients[k].stream = next
             writeOut(k)
+        case .later(let start):
+            // answered (so a newcomer does not take its place as one still sending its
+            // request), waiting (not polled) until the answer comes
+            clients[k].answered = true
+            clients[k].waiting = true
+            clients[k].deadline = now + Self.laterTimeoutNanoseconds
+            let serial = clients[k].serial
+            start { [weak self] response in self?.deliver(response, to: serial) }
         }
+    }
+
+    /// A `.later` answer for client `serial`, if it still waits.
+    func deliver(_ response: ControlResponse, to serial: Int) {
+        guard let k = clients.firstIndex(where: { $0.serial == serial }), clients[k].waiting, !clients[k].closing else { return }
+        clients[k].waiting = false
+        answer(k, response, now: ctb_monotonic_ns())
     }
 
     /// Starts writing `response` to client `k`; from now on it has 5 s per step of progress.

@@ -32,6 +32,11 @@ import TapBridgeOptions
 /// `vx-BRIDGE` (`vxN-BRIDGE` for the N+1th, a hash when the name would be longer than 15
 /// bytes), marked with its bridge and pid in its alias, and removed at exit; a start that finds
 /// one its killed predecessor left removes it first. It has no IPv6 link-local address.
+///
+/// What this asks of the kernel goes through `LinkControl`: at start-up and exit at once, at
+/// run time on its worker (the answer to `remote add|del` comes when the kernel has done it;
+/// the control responder holds the next change meanwhile), so the loop never waits for `ip`
+/// or for the thousands of FDB deletions of a remote's learned MACs.
 final class KernelVXLAN {
     struct Device {
         let name: String
@@ -54,12 +59,15 @@ final class KernelVXLAN {
     /// device learns from any sender of its VNI, so without a bound anyone who reaches the UDP
     /// port decides how large its table grows.
     let maximumAddresses: Int
+    let control: LinkControl
     private(set) var devices: [Device] = []
 
     /// Makes the devices of `remotes` (all with `datapath=kernel`; none: `remote add` makes
     /// them); removes what it made if any fails.
-    init(remotes: [RemoteSpec], vni defaultVNI: VNI, local: String?, bridge: String, maximumAddresses: Int, logger: Logger) throws(StartupError) {
+    init(remotes: [RemoteSpec], vni defaultVNI: VNI, local: String?, bridge: String, maximumAddresses: Int, control: LinkControl,
+         logger: Logger) throws(StartupError) {
         self.bridge = bridge
+        self.control = control
         self.maximumAddresses = maximumAddresses
         self.logger = logger
         self.defaultVNI = defaultVNI
@@ -75,7 +83,11 @@ final class KernelVXLAN {
         }
         do throws(StartupError) {
             for (index, group) in groups.enumerated() {
-                devices.append(try make(Self.deviceName(bridge: bridge, index: index), vni: group.vni, port: group.port, remotes: group.remotes))
+                var addresses: [SocketAddress] = []
+                for remote in group.remotes { addresses.append(try Self.resolve(remote)) }
+                let (device, spec) = try plan(Self.deviceName(bridge: bridge, index: index), vni: group.vni, port: group.port, remotes: group.remotes, at: addresses)
+                made(device, replaced: try control.performNow([.makeVXLAN(spec)])[0] == 1)
+                devices.append(device)
             }
         } catch {
             releaseAll()
@@ -119,12 +131,10 @@ final class KernelVXLAN {
         VXLANFormat(vni: vni).frameLimit(pathMTU: min(pathMTU, 65_535), ipv4: ipv4) - 14
     }
 
-    private func make(_ name: String, vni: VNI, port: UInt16, remotes: [RemoteSpec]) throws(StartupError) -> Device {
-        var addresses: [SocketAddress] = []
-        for remote in remotes {
-            addresses.append(try Self.resolve(remote))
-            try Self.check(remote, addresses.last!, joining: remotes[0], addresses[0], vni: vni)
-        }
+    /// The device `name` for `remotes` (at `addresses`), and what makes it: its MTU fits the
+    /// narrowest of their paths.
+    private func plan(_ name: String, vni: VNI, port: UInt16, remotes: [RemoteSpec], at addresses: [SocketAddress]) throws(StartupError) -> (Device, VXLANDeviceSpec) {
+        for (remote, address) in zip(remotes, addresses) { try Self.check(remote, address, joining: remotes[0], addresses[0], vni: vni) }
         let v4 = addresses[0].isIPv4
         let paths = addresses.map { $0.pathMTU ?? 1500 }
         let narrowest = paths.indices.min { paths[$0] < paths[$1] }!
@@ -133,40 +143,14 @@ final class KernelVXLAN {
         guard mtu >= 576 else {
             throw StartupError("remote \(remotes[narrowest].name): its path MTU is \(paths[narrowest]) bytes, too small for a vxlan device (\(overhead) bytes of headers)")
         }
-        try takeOver(name)
-        var add = ["link", "add", name, "mtu", "\(mtu)", "type", "vxlan", "id", "\(vni.rawValue)", "dstport", "\(port)", "remote", addresses[0].host,
-                   "maxaddress", "\(maximumAddresses)"]
-        if let local { add += ["local", local] }
-        try IPRoute.run("ip", add, for: "datapath=kernel")
-        do throws(StartupError) {
-            try IPRoute.run("ip", ["link", "set", "dev", name, "alias", "tapbridge \(bridge) pid \(getpid())"], for: "datapath=kernel")
-            // no IPv6 link-local address: the device is a bridge port, not a host on the lab's
-            // segment (else it sends its own router solicitations, MLD reports and DAD probes
-            // to every remote, and answers neighbour solicitations there)
-            try IPRoute.run("ip", ["link", "set", "dev", name, "addrgenmode", "none"], for: "datapath=kernel")
-            for address in addresses.dropFirst() {
-                try IPRoute.run("bridge", ["fdb", "append", "00:00:00:00:00:00", "dev", name, "dst", address.host], for: "datapath=kernel")
-            }
-            try IPRoute.run("ip", ["link", "set", "dev", name, "up"], for: "datapath=kernel")
-        } catch {
-            remove(name)
-            throw error
-        }
-        logger.info("vxlan device \(name) (made: removed on exit): VNI \(vni.rawValue), UDP port \(port), remotes \(addresses.map(\.description).joined(separator: ", ")), mtu \(mtu) (fits the \(paths[narrowest])-byte path to \(addresses[narrowest])), learns at most \(maximumAddresses) MACs; the kernel carries its frames (datapath=kernel)")
-        return Device(name: name, vni: vni, port: port, remotes: remotes, endpoints: addresses, pathMTU: paths[narrowest], mtu: mtu)
+        let spec = VXLANDeviceSpec(name: name, vni: vni.rawValue, port: port, remote: addresses[0].host, others: addresses.dropFirst().map(\.host), local: local,
+                                   mtu: mtu, maximumAddresses: maximumAddresses, bridge: bridge)
+        return (Device(name: name, vni: vni, port: port, remotes: remotes, endpoints: addresses, pathMTU: paths[narrowest], mtu: mtu), spec)
     }
 
-    /// A device named `name` that a killed run of this bridge left (its alias names the
-    /// bridge and a pid that is gone) is removed; any other interface of that name is refused.
-    private func takeOver(_ name: String) throws(StartupError) {
-        guard ctb_if_index(name) > 0 else { return }
-        let alias = ((try? String(contentsOfFile: "/sys/class/net/\(name)/ifalias", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
-        let mark = "tapbridge \(bridge) pid "
-        guard alias.hasPrefix(mark), let pid = Int32(alias.dropFirst(mark.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else {
-            throw StartupError("datapath=kernel: an interface \(name) exists, and not as one a stopped tapbridge named '\(bridge)' left (its alias says '\(alias)'); remove it (ip link del \(name)) or give this bridge another --name")
-        }
-        logger.notice("vxlan device \(name): left by a tapbridge that is gone (pid \(pid), killed?): removed, and made again")
-        try IPRoute.run("ip", ["link", "del", "dev", name], for: "datapath=kernel")
+    private func made(_ device: Device, replaced: Bool) {
+        if replaced { logger.notice("vxlan device \(device.name): left by a tapbridge that is gone (killed?): removed, and made again") }
+        logger.info("vxlan device \(device.name) (made: removed on exit): VNI \(device.vni.rawValue), UDP port \(device.port), remotes \(device.endpoints.map(\.description).joined(separator: ", ")), mtu \(device.mtu) (fits the \(device.pathMTU)-byte path), learns at most \(maximumAddresses) MACs; the kernel carries its frames (datapath=kernel)")
     }
 
     /// Each device as a port: a packet socket on it, with its remotes' VLAN and flooding settings.
@@ -179,77 +163,81 @@ final class KernelVXLAN {
     /// Whether a remote is named `name`.
     func has(remoteNamed name: String) -> Bool { devices.contains { $0.remotes.contains { $0.name == name } } }
 
-    /// `remote add ...,datapath=kernel`: `remote` joins the device of its VNI and UDP port (an
-    /// all-zero FDB entry; `bridge fdb append`), or gets a device of its own. Returns the
-    /// answer's line, and the port to attach for a new device.
-    func add(_ remote: RemoteSpec) throws(StartupError) -> (line: String, newPort: PortSpec?) {
+    /// `remote add ...,datapath=kernel`: `remote` (at `address`) joins the device of its VNI and
+    /// UDP port (an all-zero FDB entry), or gets a device of its own, on the worker;
+    /// `completion` gets the answer's line and the port to attach for a new device. Checks
+    /// throw at once.
+    func add(_ remote: RemoteSpec, at address: SocketAddress,
+             _ completion: @escaping (Result<(line: String, newPort: PortSpec?), StartupError>) -> Void) throws(StartupError) {
         let vni = remote.vni ?? defaultVNI
-        let address = try Self.resolve(remote)
         if has(remoteNamed: remote.name) || devices.contains(where: { $0.endpoints.contains(address) }) {
             throw StartupError("remote \(remote.name) (\(address)) exists")
         }
         guard let i = devices.firstIndex(where: { $0.vni == vni && $0.port == remote.port }) else {
             let used = Set(devices.map(\.name))
             let name = (0...).lazy.map { Self.deviceName(bridge: self.bridge, index: $0) }.first { !used.contains($0) }!
-            let device = try make(name, vni: vni, port: remote.port, remotes: [remote])
-            devices.append(device)
-            return ("remote \(remote.name) added (\(address), vxlan device \(name) made, mtu \(device.mtu))", Self.port(device))
+            let (device, spec) = try plan(name, vni: vni, port: remote.port, remotes: [remote], at: [address])
+            control.perform([.makeVXLAN(spec)]) { [self] result in
+                completion(result.map { counts in
+                    made(device, replaced: counts.first == 1)
+                    devices.append(device)
+                    return ("remote \(remote.name) added (\(address), vxlan device \(name) made, mtu \(device.mtu))", Self.port(device))
+                })
+            }
+            return
         }
         let device = devices[i]
         try Self.check(remote, address, joining: device.remotes[0], device.endpoints[0], vni: vni)
-        try IPRoute.run("bridge", ["fdb", "append", "00:00:00:00:00:00", "dev", device.name, "dst", address.host], for: "datapath=kernel")
-        devices[i].remotes.append(remote)
-        devices[i].endpoints.append(address)
-        var line = "remote \(remote.name) added (\(address), to vxlan device \(device.name))"
-        if let path = address.pathMTU, case let fits = Self.deviceMTU(pathMTU: path, ipv4: address.isIPv4, vni: vni), fits < device.mtu {
-            line += "; its path MTU \(path) is narrower than the \(device.pathMTU) the device's MTU \(device.mtu) fits: frames larger than \(fits) bytes leave for it as IP fragments (restart the bridge to fit it)"
+        control.perform([.fdbAppend(device: device.name, destination: address.host)]) { [self] result in
+            completion(result.flatMap { _ in
+                guard let i = devices.firstIndex(where: { $0.name == device.name }) else { return .failure(StartupError("vxlan device \(device.name): removed meanwhile")) }
+                devices[i].remotes.append(remote)
+                devices[i].endpoints.append(address)
+                var line = "remote \(remote.name) added (\(address), to vxlan device \(device.name))"
+                if let path = address.pathMTU, case let fits = Self.deviceMTU(pathMTU: path, ipv4: address.isIPv4, vni: vni), fits < device.mtu {
+                    line += "; its path MTU \(path) is narrower than the \(device.pathMTU) the device's MTU \(device.mtu) fits: frames larger than \(fits) bytes leave for it as IP fragments (restart the bridge to fit it)"
+                }
+                logger.info("vxlan device \(device.name): \(line)")
+                return .success((line, nil))
+            })
         }
-        logger.info("vxlan device \(device.name): \(line)")
-        return (line, nil)
     }
 
-    /// `remote del NAME|ADDRESS:PORT` of a `datapath=kernel` remote (nil: none of these): its
-    /// FDB entry goes (`bridge fdb del`); with the device's last remote, the device goes too,
-    /// after `removingPort` has removed its port.
-    func remove(_ which: String, removingPort: (String) -> Void) throws(StartupError) -> String? {
-        let address = SocketAddress.split(which).flatMap { try? SocketAddress.resolve(host: $0.0, port: $0.1, ipv4Only: false) }
+    /// `remote del NAME|ADDRESS:PORT` of a `datapath=kernel` remote (`address`: `which`
+    /// resolved, if it is an address); false if it is none of these. Its FDB entry and the MACs
+    /// the device learned behind it go, on the worker; with the device's last remote, the
+    /// device goes too, after `removingPort` has removed its port. `completion` gets the
+    /// answer's line.
+    func remove(_ which: String, at address: SocketAddress?, removingPort: (String) -> Void,
+                _ completion: @escaping (Result<String, StartupError>) -> Void) -> Bool {
         for i in devices.indices {
             guard let k = devices[i].remotes.indices.first(where: { devices[i].remotes[$0].name == which || devices[i].endpoints[$0] == address }) else { continue }
             let device = devices[i]
             let name = device.remotes[k].name
             if device.remotes.count == 1 {
                 removingPort(device.name)
-                remove(device.name)
                 devices.remove(at: i)
-                return "remote \(name) removed (with vxlan device \(device.name), its last remote)"
+                control.perform([.deleteLink(device.name)]) { [self] result in
+                    removed(device.name, result)
+                    completion(.success("remote \(name) removed (with vxlan device \(device.name), its last remote)"))
+                }
+                return true
             }
-            try IPRoute.run("bridge", ["fdb", "del", "00:00:00:00:00:00", "dev", device.name, "dst", device.endpoints[k].host], for: "datapath=kernel")
-            devices[i].remotes.remove(at: k)
-            devices[i].endpoints.remove(at: k)
-            let forgotten = forgetLearned(behind: device.endpoints[k].host, on: device.name)
-            logger.info("vxlan device \(device.name): remote \(name) removed\(forgotten > 0 ? ", with the \(forgotten) MAC addresses learned behind it" : "")")
-            return "remote \(name) removed (from vxlan device \(device.name))"
+            let host = device.endpoints[k].host
+            control.perform([.fdbDelete(device: device.name, destination: host), .forgetLearned(device: device.name, destination: host)]) { [self] result in
+                completion(result.map { counts in
+                    if let i = devices.firstIndex(where: { $0.name == device.name }), let k = devices[i].remotes.firstIndex(where: { $0.name == name }) {
+                        devices[i].remotes.remove(at: k)
+                        devices[i].endpoints.remove(at: k)
+                    }
+                    let forgotten = counts.last ?? 0
+                    logger.info("vxlan device \(device.name): remote \(name) removed\(forgotten > 0 ? ", with the \(forgotten) MAC addresses learned behind it" : "")")
+                    return "remote \(name) removed (from vxlan device \(device.name)\(forgotten > 0 ? ", with the \(forgotten) MACs it learned behind it" : ""))"
+                })
+            }
+            return true
         }
-        return nil
-    }
-
-    /// Deletes the MAC addresses device `device` learned behind `host` (frames to them would go
-    /// on going there); how many.
-    private func forgetLearned(behind host: String, on device: String) -> Int {
-        struct Entry: Decodable { let mac: String; let dst: String? }
-        let entries: [Entry]
-        do {
-            let json = try IPRoute.output("bridge", ["-j", "fdb", "show", "dev", device], for: "datapath=kernel", capacity: 4 << 20)
-            entries = try JSONDecoder().decode([Entry].self, from: Data(json.utf8))
-        } catch {
-            logger.warning("vxlan device \(device): cannot list the MAC addresses it learned behind \(host) (\(error)); they stay until they age out")
-            return 0
-        }
-        var forgotten = 0
-        for entry in entries where entry.dst == host && entry.mac != "00:00:00:00:00:00" {
-            if (try? IPRoute.run("bridge", ["fdb", "del", entry.mac, "dev", device, "dst", host], for: "datapath=kernel")) != nil { forgotten += 1 }
-        }
-        return forgotten
+        return false
     }
 
     /// The remotes' names, for errors.
@@ -270,18 +258,22 @@ final class KernelVXLAN {
     /// Whether a device listens on UDP `port` (where tapbridge's own socket cannot).
     func uses(port: UInt16) -> Bool { devices.contains { $0.port == port } }
 
-    /// At exit, or when start-up fails: every device made here.
+    /// At exit, or when start-up fails: every device made here (after what the worker still
+    /// has, so a device it was making goes too).
     func releaseAll() {
-        for device in devices { remove(device.name) }
+        control.finish()
+        for device in devices {
+            var result: Result<[Int], StartupError>
+            do throws(StartupError) { result = .success(try control.performNow([.deleteLink(device.name)])) } catch { result = .failure(error) }
+            removed(device.name, result)
+        }
         devices.removeAll()
     }
 
-    private func remove(_ name: String) {
-        do {
-            try IPRoute.run("ip", ["link", "del", "dev", name], for: "datapath=kernel")
-            logger.info("vxlan device \(name): removed")
-        } catch {
-            logger.warning("vxlan device \(name): not removed: \(error.message)")
+    private func removed(_ name: String, _ result: Result<[Int], StartupError>) {
+        switch result {
+        case .success: logger.info("vxlan device \(name): removed")
+        case .failure(let error): logger.warning("vxlan device \(name): not removed: \(error.message)")
         }
     }
 }

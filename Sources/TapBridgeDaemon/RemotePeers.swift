@@ -22,8 +22,9 @@ final class RemotePeers: EventSource {
 
     /// Opens the socket (`--listen`, or every address on the first remote's port) and adds the
     /// configured remotes.
+    /// `known`: remotes' addresses looked up already (`remote add`), by name.
     init(options: BridgeDaemon.Options, engine: ForwardingEngine, ports: PortsSource, decorate: (any PortDevice) -> any PortDevice,
-         logger: Logger) throws(StartupError) {
+         known: [String: SocketAddress] = [:], logger: Logger) throws(StartupError) {
         guard let listenPort = options.listen?.port ?? options.remotes.first?.port else {
             throw StartupError("--accept-peers needs --listen [ADDR:]PORT")
         }
@@ -47,7 +48,8 @@ final class RemotePeers: EventSource {
         self.ports = ports
         ports.alwaysPolled = handle
         for remote in options.remotes {
-            let address = try resolve(remote)
+            let address: SocketAddress
+            if let given = known[remote.name] { address = given } else { address = try resolve(remote) }
             planned.append((remote, address))
             // the path is measured once here, not at each port's attach
             let format = try wireFormat(of: remote)
@@ -99,10 +101,10 @@ final class RemotePeers: EventSource {
         plannedInnerMTU = nil
     }
 
-    /// `remote add`: resolves and adds one remote to the running bridge.
-    func addAtRunTime(_ remote: RemoteSpec) throws(StartupError) {
+    /// `remote add`: adds one remote, its host looked up (at `address`), to the running bridge.
+    func addAtRunTime(_ remote: RemoteSpec, at address: SocketAddress) throws(StartupError) {
         guard isActive else { throw StartupError("the UDP socket failed earlier; restart the bridge to use remotes") }
-        try addConfigured(remote, at: try resolve(remote))
+        try addConfigured(remote, at: address)
     }
 
     /// The address of `remote`, for this socket's family; the error names the remote.

@@ -157,16 +157,16 @@ final class StreamConnector: EventSource {
     let logger: Logger
     let connected: (PortSpec, Int32) -> Void
     /// Host names are looked up off the loop; an address found is used for a minute.
-    let resolver: NameResolver
+    let resolver: LinkControl
     var resolved: [String: (address: SocketAddress, at: Instant)] = [:]
     /// Ports waiting for their host's lookup.
     var resolving: Set<String> = []
     static let addressLifetime = Duration.seconds(60)
 
-    init(logger: Logger, connected: @escaping (PortSpec, Int32) -> Void) throws(StartupError) {
+    init(resolver: LinkControl, logger: Logger, connected: @escaping (PortSpec, Int32) -> Void) {
         self.logger = logger
         self.connected = connected
-        resolver = try NameResolver()
+        self.resolver = resolver
     }
 
     deinit { cancelAll() }
@@ -175,7 +175,7 @@ final class StreamConnector: EventSource {
     /// under way. A host name is looked up first, off the loop.
     func attempt(_ spec: PortSpec) {
         guard let endpoint = spec.stream, !inFlight.contains(where: { $0.spec.name == spec.name }), !resolving.contains(spec.name) else { return }
-        guard case .tcp(let host, let port) = endpoint, !NameResolver.isNumeric(host) else { return connect(spec, endpoint, to: nil) }
+        guard case .tcp(let host, let port) = endpoint, !LinkControl.isNumeric(host) else { return connect(spec, endpoint, to: nil) }
         let key = "\(endpoint)", now = EventLoop.now()
         if let known = resolved[key], now < known.at.advanced(by: Self.addressLifetime) { return connect(spec, endpoint, to: known.address) }
         resolving.insert(spec.name)
@@ -224,17 +224,15 @@ final class StreamConnector: EventSource {
         resolving.removeAll()
     }
 
-    /// The resolver's eventfd first, then each connect under way.
+    /// Each connect under way (lookups come back through the daemon's `LinkControl`).
     func register(_ fds: inout [pollfd]) {
-        resolver.register(&fds)
         for f in inFlight { fds.append(pollfd(fd: f.fd, events: Int16(POLLOUT), revents: 0)) }
     }
 
     func deadline() -> Int64? { nil }
 
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
-        let done = zip(inFlight, ready.dropFirst()).filter { $0.1.revents != 0 }.map(\.0)
-        defer { if ready.first?.revents ?? 0 != 0 { _ = resolver.service(ready: ready.prefix(1), now: now) } }
+        let done = zip(inFlight, ready).filter { $0.1.revents != 0 }.map(\.0)
         inFlight.removeAll { f in done.contains { $0.fd == f.fd } }
         for f in done {
             if let error = f.spec.stream?.outcome(of: f.fd) {

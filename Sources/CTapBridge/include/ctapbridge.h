@@ -60,6 +60,14 @@ int ctb_if_set_group(int ifindex, unsigned int group);
 /// IFLA_GROUP: one unregister for all, where closing TAPs one by one waits for an RCU grace
 /// period each, ~20 ms). 0 or -errno.
 int ctb_links_delete_group(unsigned int group);
+/// Adds (`add` 1: RTM_NEWNEIGH, NLM_F_APPEND, permanent) or deletes (0) the entry `mac` ->
+/// `dst` (an IPv4 or IPv6 address of `family`, in network order) of device `ifindex`'s own FDB
+/// (a vxlan device's; NTF_SELF), as `bridge fdb append|del MAC dev DEV dst DST`. 0 or -errno.
+int ctb_fdb_change(int add, int ifindex, const uint8_t *mac, int family, const uint8_t *dst);
+/// Deletes every entry of device `ifindex`'s own FDB that leads to `dst`, other than the
+/// all-zero one (the MACs a vxlan device learned behind a remote): one dump, then deletions in
+/// batches of 128 on one netlink socket. How many went, or -errno.
+int ctb_fdb_forget(int ifindex, int family, const uint8_t *dst);
 /// A non-blocking, close-on-exec eventfd (a counter a background thread writes to wake the
 /// loop). The fd or -errno.
 int ctb_eventfd(void);

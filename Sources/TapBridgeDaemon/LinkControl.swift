@@ -1,0 +1,163 @@
+import CTapBridge
+import Dispatch
+import Glibc
+import TapBridgeCore
+import TapBridgeDevices
+
+/// The control plane's worker: everything that may wait on something outside the process (a
+/// resolver, iproute2, the kernel's link and FDB tables) runs here, off the event loop.
+///
+/// ```
+///   loop ── perform([LinkOperation]) ──► links queue (serial): kernel.perform, in order
+///        ── lookup(host, port) ────────► lookups queue: getaddrinfo (one per name at a time)
+///                                           │ results
+///   loop ◄── eventfd in the poll set ◄── Mailbox ◄─┘      completions run on the loop
+/// ```
+/// As swift-nio's `NIOThreadPool` and Open vSwitch's netdev operations: the loop hands work
+/// over and goes on forwarding; the result comes back through a descriptor it polls, and its
+/// completion runs on the loop, between batches, where the daemon's state lives. Link
+/// operations are values (`LinkOperation`) performed by a `LinkKernel`: the system's
+/// (rtnetlink and iproute2) or a fake that records them, so the daemon's changes are tested
+/// without root. Name lookups have a queue of their own: a resolver that does not answer holds
+/// its lookup, never a vxlan device's change.
+///
+/// At start-up and exit no loop runs: `performNow` runs operations on the calling thread, after
+/// whatever the worker still has (`finish`).
+final class LinkControl: EventSource {
+    /// Results handed from the queues to the loop.
+    final class Mailbox: @unchecked Sendable {
+        let lock = DispatchQueue(label: "tapbridge.link-control.results")
+        var results: [(ticket: Int, result: Result<[Int], StartupError>, address: SocketAddress?)] = []
+        let fd: Int32
+
+        init(fd: Int32) { self.fd = fd }
+
+        func post(_ ticket: Int, _ result: Result<[Int], StartupError>, address: SocketAddress? = nil) {
+            lock.sync { results.append((ticket, result, address)) }
+            var one: UInt64 = 1
+            _ = write(fd, &one, 8)
+        }
+
+        func take() -> [(ticket: Int, result: Result<[Int], StartupError>, address: SocketAddress?)] {
+            var drained: UInt64 = 0
+            _ = read(fd, &drained, 8)
+            return lock.sync {
+                defer { results.removeAll() }
+                return results
+            }
+        }
+
+        deinit { close(fd) }
+    }
+
+    let kernel: any LinkKernel
+    let links = DispatchQueue(label: "tapbridge.link-control.links")
+    let lookups = DispatchQueue(label: "tapbridge.link-control.lookups", attributes: .concurrent)
+    let mailbox: Mailbox
+    /// Completions by ticket, on the loop only.
+    var waiting: [Int: (Result<[Int], StartupError>, SocketAddress?) -> Void] = [:]
+    var nextTicket = 0
+    /// The ticket of each name under lookup (`host:port:v4`), and the completions waiting for it.
+    var lookingUp: [String: Int] = [:]
+    var lookupWaiters: [Int: [(Result<SocketAddress, StartupError>) -> Void]] = [:]
+
+    init(kernel: any LinkKernel = SystemLinkKernel()) throws(StartupError) {
+        self.kernel = kernel
+        let fd = ctb_eventfd()
+        guard fd >= 0 else { throw StartupError("eventfd: \(describeErrno(-fd))") }
+        mailbox = Mailbox(fd: fd)
+    }
+
+    /// Whether `host` is an address already (nothing to look up: `getaddrinfo` answers it at
+    /// once, without a resolver).
+    static func isNumeric(_ host: String) -> Bool {
+        var buffer = in6_addr()
+        return inet_pton(AF_INET, host, &buffer) == 1 || inet_pton(AF_INET6, host, &buffer) == 1
+    }
+
+    private func ticket(_ completion: @escaping (Result<[Int], StartupError>, SocketAddress?) -> Void) -> Int {
+        nextTicket += 1
+        waiting[nextTicket] = completion
+        return nextTicket
+    }
+
+    /// Performs `operations` in order on the worker, after those handed over before them,
+    /// stopping at the first that fails; `completion` runs on the loop with each one's count
+    /// (`forgetLearned`: how many MACs went; others 0), or the failure.
+    func perform(_ operations: [LinkOperation], _ completion: @escaping (Result<[Int], StartupError>) -> Void) {
+        let ticket = ticket { result, _ in completion(result) }
+        let (kernel, mailbox) = (kernel, mailbox)
+        links.async { mailbox.post(ticket, Self.run(operations, on: kernel)) }
+    }
+
+    /// Performs `operations` on the calling thread, after what the worker still has; for
+    /// start-up and exit, when no loop runs.
+    func performNow(_ operations: [LinkOperation]) throws(StartupError) -> [Int] {
+        links.sync {}
+        return try Self.run(operations, on: kernel).get()
+    }
+
+    private static func run(_ operations: [LinkOperation], on kernel: any LinkKernel) -> Result<[Int], StartupError> {
+        var counts: [Int] = []
+        for operation in operations {
+            do throws(StartupError) { counts.append(try kernel.perform(operation)) } catch { return .failure(error) }
+        }
+        return .success(counts)
+    }
+
+    /// Looks `host` up on the lookups queue; `completion` runs on the loop with the first
+    /// address, or why there is none. A name asked for again while it is looked up waits for
+    /// the same answer.
+    func lookup(host: String, port: UInt16, ipv4Only: Bool = false, _ completion: @escaping (Result<SocketAddress, StartupError>) -> Void) {
+        let key = "\(host):\(port):\(ipv4Only)"
+        if let under = lookingUp[key] {
+            lookupWaiters[under, default: []].append(completion)
+            return
+        }
+        nextTicket += 1
+        let ticket = nextTicket
+        waiting[ticket] = { [unowned self] result, address in
+            lookingUp[key] = nil
+            let answer: Result<SocketAddress, StartupError> = result.flatMap { _ in address.map { .success($0) } ?? .failure(StartupError("\(host): no address")) }
+            for waiter in lookupWaiters.removeValue(forKey: ticket) ?? [] { waiter(answer) }
+        }
+        lookingUp[key] = ticket
+        lookupWaiters[ticket] = [completion]
+        let mailbox = mailbox
+        lookups.async {
+            do throws(StartupError) {
+                let address = try SocketAddress.resolve(host: host, port: port, ipv4Only: ipv4Only)
+                mailbox.post(ticket, .success([]), address: address)
+            } catch {
+                mailbox.post(ticket, .failure(error))
+            }
+        }
+    }
+
+    /// Whether anything handed over has not come back yet.
+    var isBusy: Bool { !waiting.isEmpty }
+
+    /// Waits for the link operations handed over and runs their completions, and those of
+    /// lookups already answered (exit; tests). A lookup still waiting for its resolver is
+    /// abandoned: the process ends without it.
+    func finish() {
+        links.sync {}
+        deliver()
+    }
+
+    /// Runs the completions of what came back.
+    func deliver() {
+        for (ticket, result, address) in mailbox.take() {
+            guard let completion = waiting.removeValue(forKey: ticket) else { continue }
+            completion(result, address)
+        }
+    }
+
+    func register(_ fds: inout [pollfd]) { fds.append(pollfd(fd: mailbox.fd, events: Int16(POLLIN), revents: 0)) }
+    func deadline() -> Int64? { nil }
+
+    func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
+        deliver()
+        return nil
+    }
+}

@@ -1,0 +1,134 @@
+import CTapBridge
+import Foundation
+import Glibc
+import TapBridgeCore
+import TapBridgeDevices
+
+/// A vxlan device as `datapath=kernel` makes it.
+struct VXLANDeviceSpec: Sendable, Equatable {
+    var name: String
+    var vni: UInt32
+    var port: UInt16
+    /// The first remote's address (the device's `remote`); `others` get all-zero FDB entries.
+    var remote: String
+    var others: [String] = []
+    /// `--listen`'s address, the source of its datagrams.
+    var local: String?
+    var mtu: Int
+    /// `maxaddress`: the most MACs it learns.
+    var maximumAddresses: Int
+    /// The bridge that makes it (named in its alias, with the pid).
+    var bridge: String
+}
+
+/// What the control plane asks of the kernel's links, as a value: `SystemLinkKernel` performs
+/// it, a test's fake records it (`LinkControl`).
+enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
+    /// Makes a vxlan device: `ip link add ... type vxlan`, its alias (`tapbridge BRIDGE pid
+    /// PID`), no IPv6 link-local address, an all-zero FDB entry to each of `others`, up; a
+    /// device of that name that a killed run of this bridge left (its alias names a pid that is
+    /// gone) is removed first (count 1), any other refused. Removed again if a step fails.
+    case makeVXLAN(VXLANDeviceSpec)
+    /// Deletes a link (`ip link del`).
+    case deleteLink(String)
+    /// Appends an all-zero entry to `destination` in `device`'s FDB (head-end replication of
+    /// broadcast to one more remote); rtnetlink.
+    case fdbAppend(device: String, destination: String)
+    /// Deletes that entry; rtnetlink.
+    case fdbDelete(device: String, destination: String)
+    /// Deletes every MAC `device` learned behind `destination` (count: how many); one dump and
+    /// batched deletions over rtnetlink.
+    case forgetLearned(device: String, destination: String)
+
+    var description: String {
+        switch self {
+        case .makeVXLAN(let d):
+            "make vxlan \(d.name) vni \(d.vni) port \(d.port) remote \(d.remote)\(d.others.map { " +\($0)" }.joined())\(d.local.map { " local \($0)" } ?? "") mtu \(d.mtu) maxaddress \(d.maximumAddresses)"
+        case .deleteLink(let name): "delete \(name)"
+        case .fdbAppend(let device, let destination): "fdb append 00:00:00:00:00:00 dev \(device) dst \(destination)"
+        case .fdbDelete(let device, let destination): "fdb del 00:00:00:00:00:00 dev \(device) dst \(destination)"
+        case .forgetLearned(let device, let destination): "fdb forget dev \(device) dst \(destination)"
+        }
+    }
+}
+
+/// Performs link operations; runs on `LinkControl`'s worker.
+protocol LinkKernel: AnyObject, Sendable {
+    /// Performs `operation`; its count where it has one, else 0.
+    func perform(_ operation: LinkOperation) throws(StartupError) -> Int
+}
+
+/// The system's links: vxlan devices by iproute2's `ip` (made once per remote added, and
+/// `ip` knows every option's attribute), FDB entries over rtnetlink (they repeat: a remote's
+/// learned MACs are thousands).
+final class SystemLinkKernel: LinkKernel {
+    static let purpose = "datapath=kernel"
+
+    func perform(_ operation: LinkOperation) throws(StartupError) -> Int {
+        switch operation {
+        case .makeVXLAN(let device):
+            let replaced = try takeOver(device)
+            try make(device)
+            return replaced ? 1 : 0
+        case .deleteLink(let name):
+            try IPRoute.run("ip", ["link", "del", "dev", name], for: Self.purpose)
+            return 0
+        case .fdbAppend(let device, let destination), .fdbDelete(let device, let destination):
+            let add = if case .fdbAppend = operation { true } else { false }
+            let (index, family, bytes) = try Self.target(device, destination)
+            let zero = [UInt8](repeating: 0, count: 6)
+            let rc = ctb_fdb_change(add ? 1 : 0, index, zero, family, bytes)
+            guard rc == 0 else { throw StartupError("bridge fdb \(add ? "append" : "del") 00:00:00:00:00:00 dev \(device) dst \(destination): \(describeErrno(-rc))") }
+            return 0
+        case .forgetLearned(let device, let destination):
+            let (index, family, bytes) = try Self.target(device, destination)
+            let n = ctb_fdb_forget(index, family, bytes)
+            guard n >= 0 else { throw StartupError("vxlan device \(device): cannot forget the MACs learned behind \(destination): \(describeErrno(-n))") }
+            return Int(n)
+        }
+    }
+
+    /// The device's ifindex and the destination as rtnetlink takes it.
+    private static func target(_ device: String, _ destination: String) throws(StartupError) -> (Int32, Int32, [UInt8]) {
+        let index = ctb_if_index(device)
+        guard index > 0 else { throw StartupError("vxlan device \(device): gone (\(describeErrno(-index)))") }
+        var bytes = [UInt8](repeating: 0, count: 16)
+        if inet_pton(AF_INET, destination, &bytes) == 1 { return (index, AF_INET, Array(bytes.prefix(4))) }
+        if inet_pton(AF_INET6, destination, &bytes) == 1 { return (index, AF_INET6, bytes) }
+        throw StartupError("vxlan device \(device): '\(destination)' is not an IP address")
+    }
+
+    private func make(_ device: VXLANDeviceSpec) throws(StartupError) {
+        var add = ["link", "add", device.name, "mtu", "\(device.mtu)", "type", "vxlan", "id", "\(device.vni)", "dstport", "\(device.port)",
+                   "remote", device.remote, "maxaddress", "\(device.maximumAddresses)"]
+        if let local = device.local { add += ["local", local] }
+        try IPRoute.run("ip", add, for: Self.purpose)
+        do throws(StartupError) {
+            try IPRoute.run("ip", ["link", "set", "dev", device.name, "alias", "tapbridge \(device.bridge) pid \(getpid())"], for: Self.purpose)
+            // no IPv6 link-local address: the device is a bridge port, not a host on the lab's
+            // segment (else it sends its own router solicitations, MLD reports and DAD probes
+            // to every remote, and answers neighbour solicitations there)
+            try IPRoute.run("ip", ["link", "set", "dev", device.name, "addrgenmode", "none"], for: Self.purpose)
+            for other in device.others { _ = try perform(.fdbAppend(device: device.name, destination: other)) }
+            try IPRoute.run("ip", ["link", "set", "dev", device.name, "up"], for: Self.purpose)
+        } catch {
+            try? IPRoute.run("ip", ["link", "del", "dev", device.name], for: Self.purpose)
+            throw error
+        }
+    }
+
+    /// A device named as `device` that a killed run of this bridge left (its alias names the
+    /// bridge and a pid that is gone) is removed (true); any other interface of that name is
+    /// refused.
+    private func takeOver(_ device: VXLANDeviceSpec) throws(StartupError) -> Bool {
+        let name = device.name
+        guard ctb_if_index(name) > 0 else { return false }
+        let alias = ((try? String(contentsOfFile: "/sys/class/net/\(name)/ifalias", encoding: .utf8)) ?? "").trimmingCharacters(in: .whitespacesAndNewlines)
+        let mark = "tapbridge \(device.bridge) pid "
+        guard alias.hasPrefix(mark), let pid = Int32(alias.dropFirst(mark.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else {
+            throw StartupError("datapath=kernel: an interface \(name) exists, and not as one a stopped tapbridge named '\(device.bridge)' left (its alias says '\(alias)'); remove it (ip link del \(name)) or give this bridge another --name")
+        }
+        try IPRoute.run("ip", ["link", "del", "dev", name], for: Self.purpose)
+        return true
+    }
+}
