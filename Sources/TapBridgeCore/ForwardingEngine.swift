@@ -163,6 +163,12 @@ public final class ForwardingEngine {
         port.index < devices.count && devices[port.index] != nil ? records[port.index] : nil
     }
 
+    /// Says who holds `port`'s interface (found after it joined, off the loop).
+    public func setHolder(_ holder: String?, of port: PortID) {
+        guard record(of: port) != nil else { return }
+        records[port.index].heldBy = holder
+    }
+
     /// The port named `name`.
     public func port(named name: String) -> PortID? {
         portsByName[name].map { PortID(UInt16($0)) }

@@ -20,6 +20,21 @@ extension BridgeDaemon {
                                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
         if comesBack { returning[spec.name] = spec }
         joined(spec, impaired)
+        if let port = engine.port(named: spec.name), engine.record(of: port)?.kind == .packet { findHolder(of: port, spec.name) }
+    }
+
+    /// Who holds packet port `name`'s TAP, found on the control plane's worker (it reads every
+    /// process's descriptors): said in `show ports` and, for another tapbridge, in the log.
+    func findHolder(of port: PortID, _ name: String) {
+        let index = engine.record(of: port)?.interfaceIndex
+        linkControl.perform([.findHolder(name)]) { [self] result in
+            guard case .success(let outcomes) = result, let holder = outcomes.first?.holder,
+                  engine.port(named: name) == port, engine.record(of: port)?.interfaceIndex == index else { return }  // (gone or replaced meanwhile)
+            engine.setHolder("\(holder.command), pid \(holder.pid)", of: port)
+            if holder.command == "tapbridge" {
+                logger.warning("port \(name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
+            }
+        }
     }
 
     /// Port `spec.name` joined behind emulated link `device` (for `port set` and the timer).

@@ -86,7 +86,7 @@ final class KernelVXLAN {
                 var addresses: [SocketAddress] = []
                 for remote in group.remotes { addresses.append(try Self.resolve(remote)) }
                 let (device, spec) = try plan(Self.deviceName(bridge: bridge, index: index), vni: group.vni, port: group.port, remotes: group.remotes, at: addresses)
-                made(device, replaced: try control.performNow([.makeVXLAN(spec)])[0] == 1)
+                made(device, replaced: try control.performNow([.makeVXLAN(spec)])[0].count == 1)
                 devices.append(device)
             }
         } catch {
@@ -178,8 +178,8 @@ final class KernelVXLAN {
             let name = (0...).lazy.map { Self.deviceName(bridge: self.bridge, index: $0) }.first { !used.contains($0) }!
             let (device, spec) = try plan(name, vni: vni, port: remote.port, remotes: [remote], at: [address])
             control.perform([.makeVXLAN(spec)]) { [self] result in
-                completion(result.map { counts in
-                    made(device, replaced: counts.first == 1)
+                completion(result.map { outcomes in
+                    made(device, replaced: outcomes.first?.count == 1)
                     devices.append(device)
                     return ("remote \(remote.name) added (\(address), vxlan device \(name) made, mtu \(device.mtu))", Self.port(device))
                 })
@@ -225,12 +225,12 @@ final class KernelVXLAN {
             }
             let host = device.endpoints[k].host
             control.perform([.fdbDelete(device: device.name, destination: host), .forgetLearned(device: device.name, destination: host)]) { [self] result in
-                completion(result.map { counts in
+                completion(result.map { outcomes in
                     if let i = devices.firstIndex(where: { $0.name == device.name }), let k = devices[i].remotes.firstIndex(where: { $0.name == name }) {
                         devices[i].remotes.remove(at: k)
                         devices[i].endpoints.remove(at: k)
                     }
-                    let forgotten = counts.last ?? 0
+                    let forgotten = outcomes.last?.count ?? 0
                     logger.info("vxlan device \(device.name): remote \(name) removed\(forgotten > 0 ? ", with the \(forgotten) MAC addresses learned behind it" : "")")
                     return "remote \(name) removed (from vxlan device \(device.name)\(forgotten > 0 ? ", with the \(forgotten) MACs it learned behind it" : ""))"
                 })
@@ -263,14 +263,14 @@ final class KernelVXLAN {
     func releaseAll() {
         control.finish()
         for device in devices {
-            var result: Result<[Int], StartupError>
+            var result: Result<[LinkOutcome], StartupError>
             do throws(StartupError) { result = .success(try control.performNow([.deleteLink(device.name)])) } catch { result = .failure(error) }
             removed(device.name, result)
         }
         devices.removeAll()
     }
 
-    private func removed(_ name: String, _ result: Result<[Int], StartupError>) {
+    private func removed(_ name: String, _ result: Result<[LinkOutcome], StartupError>) {
         switch result {
         case .success: logger.info("vxlan device \(name): removed")
         case .failure(let error): logger.warning("vxlan device \(name): not removed: \(error.message)")

@@ -27,18 +27,18 @@ final class LinkControl: EventSource {
     /// Results handed from the queues to the loop.
     final class Mailbox: @unchecked Sendable {
         let lock = DispatchQueue(label: "tapbridge.link-control.results")
-        var results: [(ticket: Int, result: Result<[Int], StartupError>, address: SocketAddress?)] = []
+        var results: [(ticket: Int, result: Result<[LinkOutcome], StartupError>, address: SocketAddress?)] = []
         let fd: Int32
 
         init(fd: Int32) { self.fd = fd }
 
-        func post(_ ticket: Int, _ result: Result<[Int], StartupError>, address: SocketAddress? = nil) {
+        func post(_ ticket: Int, _ result: Result<[LinkOutcome], StartupError>, address: SocketAddress? = nil) {
             lock.sync { results.append((ticket, result, address)) }
             var one: UInt64 = 1
             _ = write(fd, &one, 8)
         }
 
-        func take() -> [(ticket: Int, result: Result<[Int], StartupError>, address: SocketAddress?)] {
+        func take() -> [(ticket: Int, result: Result<[LinkOutcome], StartupError>, address: SocketAddress?)] {
             var drained: UInt64 = 0
             _ = read(fd, &drained, 8)
             return lock.sync {
@@ -55,7 +55,7 @@ final class LinkControl: EventSource {
     let lookups = DispatchQueue(label: "tapbridge.link-control.lookups", attributes: .concurrent)
     let mailbox: Mailbox
     /// Completions by ticket, on the loop only.
-    var waiting: [Int: (Result<[Int], StartupError>, SocketAddress?) -> Void] = [:]
+    var waiting: [Int: (Result<[LinkOutcome], StartupError>, SocketAddress?) -> Void] = [:]
     var nextTicket = 0
     /// The ticket of each name under lookup (`host:port:v4`), and the completions waiting for it.
     var lookingUp: [String: Int] = [:]
@@ -75,16 +75,16 @@ final class LinkControl: EventSource {
         return inet_pton(AF_INET, host, &buffer) == 1 || inet_pton(AF_INET6, host, &buffer) == 1
     }
 
-    private func ticket(_ completion: @escaping (Result<[Int], StartupError>, SocketAddress?) -> Void) -> Int {
+    private func ticket(_ completion: @escaping (Result<[LinkOutcome], StartupError>, SocketAddress?) -> Void) -> Int {
         nextTicket += 1
         waiting[nextTicket] = completion
         return nextTicket
     }
 
     /// Performs `operations` in order on the worker, after those handed over before them,
-    /// stopping at the first that fails; `completion` runs on the loop with each one's count
-    /// (`forgetLearned`: how many MACs went; others 0), or the failure.
-    func perform(_ operations: [LinkOperation], _ completion: @escaping (Result<[Int], StartupError>) -> Void) {
+    /// stopping at the first that fails; `completion` runs on the loop with what each found,
+    /// or the failure.
+    func perform(_ operations: [LinkOperation], _ completion: @escaping (Result<[LinkOutcome], StartupError>) -> Void) {
         let ticket = ticket { result, _ in completion(result) }
         let (kernel, mailbox) = (kernel, mailbox)
         links.async { mailbox.post(ticket, Self.run(operations, on: kernel)) }
@@ -92,17 +92,17 @@ final class LinkControl: EventSource {
 
     /// Performs `operations` on the calling thread, after what the worker still has; for
     /// start-up and exit, when no loop runs.
-    func performNow(_ operations: [LinkOperation]) throws(StartupError) -> [Int] {
+    func performNow(_ operations: [LinkOperation]) throws(StartupError) -> [LinkOutcome] {
         links.sync {}
         return try Self.run(operations, on: kernel).get()
     }
 
-    private static func run(_ operations: [LinkOperation], on kernel: any LinkKernel) -> Result<[Int], StartupError> {
-        var counts: [Int] = []
+    private static func run(_ operations: [LinkOperation], on kernel: any LinkKernel) -> Result<[LinkOutcome], StartupError> {
+        var outcomes: [LinkOutcome] = []
         for operation in operations {
-            do throws(StartupError) { counts.append(try kernel.perform(operation)) } catch { return .failure(error) }
+            do throws(StartupError) { outcomes.append(try kernel.perform(operation)) } catch { return .failure(error) }
         }
-        return .success(counts)
+        return .success(outcomes)
     }
 
     /// Looks `host` up on the lookups queue; `completion` runs on the loop with the first

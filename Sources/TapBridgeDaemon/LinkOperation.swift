@@ -39,6 +39,9 @@ enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
     /// Deletes every MAC `device` learned behind `destination` (count: how many); one dump and
     /// batched deletions over rtnetlink.
     case forgetLearned(device: String, destination: String)
+    /// Finds the process that holds TAP `name` (`TapHolder`: a read of every process's
+    /// descriptors, which grows with the host).
+    case findHolder(String)
 
     var description: String {
         switch self {
@@ -48,14 +51,22 @@ enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
         case .fdbAppend(let device, let destination): "fdb append 00:00:00:00:00:00 dev \(device) dst \(destination)"
         case .fdbDelete(let device, let destination): "fdb del 00:00:00:00:00:00 dev \(device) dst \(destination)"
         case .forgetLearned(let device, let destination): "fdb forget dev \(device) dst \(destination)"
+        case .findHolder(let name): "find the holder of \(name)"
         }
     }
 }
 
+/// What an operation found.
+struct LinkOutcome: Sendable, Equatable {
+    /// `forgetLearned`: how many MACs went; `makeVXLAN`: 1 if a left-over device was replaced.
+    var count = 0
+    /// `findHolder`: the process holding the TAP.
+    var holder: TapHolder.Holder? = nil
+}
+
 /// Performs link operations; runs on `LinkControl`'s worker.
 protocol LinkKernel: AnyObject, Sendable {
-    /// Performs `operation`; its count where it has one, else 0.
-    func perform(_ operation: LinkOperation) throws(StartupError) -> Int
+    func perform(_ operation: LinkOperation) throws(StartupError) -> LinkOutcome
 }
 
 /// The system's links: vxlan devices by iproute2's `ip` (made once per remote added, and
@@ -64,27 +75,29 @@ protocol LinkKernel: AnyObject, Sendable {
 final class SystemLinkKernel: LinkKernel {
     static let purpose = "datapath=kernel"
 
-    func perform(_ operation: LinkOperation) throws(StartupError) -> Int {
+    func perform(_ operation: LinkOperation) throws(StartupError) -> LinkOutcome {
         switch operation {
         case .makeVXLAN(let device):
             let replaced = try takeOver(device)
             try make(device)
-            return replaced ? 1 : 0
+            return LinkOutcome(count: replaced ? 1 : 0)
         case .deleteLink(let name):
             try IPRoute.run("ip", ["link", "del", "dev", name], for: Self.purpose)
-            return 0
+            return LinkOutcome()
+        case .findHolder(let name):
+            return LinkOutcome(holder: TapHolder.find(name))
         case .fdbAppend(let device, let destination), .fdbDelete(let device, let destination):
             let add = if case .fdbAppend = operation { true } else { false }
             let (index, family, bytes) = try Self.target(device, destination)
             let zero = [UInt8](repeating: 0, count: 6)
             let rc = ctb_fdb_change(add ? 1 : 0, index, zero, family, bytes)
             guard rc == 0 else { throw StartupError("bridge fdb \(add ? "append" : "del") 00:00:00:00:00:00 dev \(device) dst \(destination): \(describeErrno(-rc))") }
-            return 0
+            return LinkOutcome()
         case .forgetLearned(let device, let destination):
             let (index, family, bytes) = try Self.target(device, destination)
             let n = ctb_fdb_forget(index, family, bytes)
             guard n >= 0 else { throw StartupError("vxlan device \(device): cannot forget the MACs learned behind \(destination): \(describeErrno(-n))") }
-            return Int(n)
+            return LinkOutcome(count: Int(n))
         }
     }
 

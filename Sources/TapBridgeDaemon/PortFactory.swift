@@ -43,15 +43,10 @@ enum PortFactory {
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
-        // a TAP someone else holds: say who; another tapbridge there joins the two segments
-        let holder = kind == .packet ? TapHolder.find(spec.name) : nil
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
-        let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload, heldBy: holder.map { "\($0.command), pid \($0.pid)" })
+        let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload)
         let impaired = join(device, record, spec, to: engine, decorate: decorate, seed: seed)
         announce(spec, note, logger: logger)
-        if let holder, holder.command == "tapbridge" {
-            logger.warning("port \(spec.name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
-        }
         return (kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
     }
 

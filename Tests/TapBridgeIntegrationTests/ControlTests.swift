@@ -110,7 +110,8 @@ struct ControlTests {
     }
 
     /// A TAP another tapbridge serves, given to a second bridge with mode=auto: reached through
-    /// a packet socket, with a warning naming the other bridge and a marker in `show ports`.
+    /// a packet socket, with a warning naming the other bridge and a marker in `show ports`
+    /// (found on the control plane's worker: it reads every process's descriptors).
     @Test func aTAPServedByAnotherBridgeIsMarkedAndWarnedAbout() throws {
         let lab = Lab()
         let (t, u) = (lab.link("t"), lab.link("u"))
@@ -118,6 +119,8 @@ struct ControlTests {
         #expect(lab.waitForLinks([t]), "\(one.output)")
         let two = try lab.bridge(["--port", t, "--port", u])
         #expect(lab.waitForLinks([u]), "\(two.output)")
+        // (the holder is looked for off the loop, after the port joined)
+        #expect(Lab.eventually { two.output.contains("the TAP is served by another tapbridge") }, "\(two.output)")
         let ports = try Self.decode([PortReport].self, Self.client(["show", "ports", "--json"], name: Self.name(two)))
         let held = try #require(ports.first { $0.name == t })
         #expect(held.kind == "packet" && held.heldBy == "tapbridge, pid \(one.process.processIdentifier)", "\(held)")

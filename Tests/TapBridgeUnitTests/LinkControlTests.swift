@@ -22,12 +22,12 @@ final class RecordingLinkKernel: LinkKernel, @unchecked Sendable {
 
     var performed: [LinkOperation] { lock.withLock { recorded } }
 
-    func perform(_ operation: LinkOperation) throws(StartupError) -> Int {
+    func perform(_ operation: LinkOperation) throws(StartupError) -> LinkOutcome {
         lock.withLock { recorded.append(operation) }
         if let gate, gate.wait(timeout: .now() + 5) == .timedOut { lock.withLock { waitedOut = true } }
         if fails(operation) { throw StartupError("refused: \(operation)") }
-        if case .forgetLearned = operation { return forgets }
-        return 0
+        if case .forgetLearned = operation { return LinkOutcome(count: forgets) }
+        return LinkOutcome()
     }
 }
 
