@@ -37,6 +37,30 @@ extension BridgeDaemon {
         }
     }
 
+    /// `port add` of a `netns=` port: its TAP made here at once, placed in its namespace on the
+    /// control plane's worker (`ip netns add`, a move, an address: tens of milliseconds, and a
+    /// wait for a TAP of that name a killed bridge left), then joined; `done` gets the answer.
+    func attachPlaced(_ spec: PortSpec, _ done: @escaping (Result<String, StartupError>) -> Void) {
+        var opened: PortFactory.Opened
+        do throws(StartupError) {
+            opened = try PortFactory.open(spec, bridge: options.name, to: engine, offload: options.offload, defaultMTU: innerMTU, mirror: mirrorInterface)
+        } catch {
+            return done(.failure(error))
+        }
+        namespaces.place(spec) { [self] result in
+            switch result {
+            case .failure(let error):
+                done(.failure(StartupError("port \(spec.name): \(error.message)")))  // (the TAP goes with its descriptor)
+            case .success(let note):
+                opened.note += note
+                let (comesBack, impaired) = PortFactory.join(opened, to: engine, decorate: decorate, seed: options.seed, logger: logger)
+                if comesBack { returning[spec.name] = spec }
+                joined(spec, impaired)
+                done(.success("port \(spec.name) added"))
+            }
+        }
+    }
+
     /// Port `spec.name` joined behind emulated link `device` (for `port set` and the timer).
     func joined(_ spec: PortSpec, _ device: ImpairedDevice) {
         impaired[spec.name] = device

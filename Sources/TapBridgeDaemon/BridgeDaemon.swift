@@ -92,8 +92,8 @@ public final class BridgeDaemon {
     public init(options: Options, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
         self.options = options
         self.logger = logger
-        namespaces = Namespaces(logger: logger)
         linkControl = try LinkControl()
+        namespaces = Namespaces(control: linkControl, logger: logger)
         try options.user?.check(options.ports)
         var names: Set<String> = []
         for name in options.ports.map(\.name) + options.remotes.map(\.name) where !names.insert(name).inserted {

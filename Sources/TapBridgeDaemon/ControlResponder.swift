@@ -67,6 +67,15 @@ final class ControlResponder {
     func reply(to request: ControlRequest) -> ControlServer.Reply {
         if request.command == "fdb-flush" { return flush(request) }
         if request.command == "remote-add" || request.command == "remote-del" { return remoteChange(request) }
+        if request.command == "port-add", let text = request.spec, let spec = try? PortSpec(parsing: text), spec.namespace != nil {
+            // placed in its namespace by the worker: answered when it is there
+            return .later { [unowned self] deliver in
+                schedule({ [unowned self] done in
+                    if let refusal = refusal(toAdd: spec) { return done(.failure(refusal)) }
+                    daemon.attachPlaced(spec) { done(Self.response($0)) }
+                }, deliver: deliver)
+            }
+        }
         if Self.orderedCommands.contains(request.command), changeUnderWay || !held.isEmpty {
             return .later { [unowned self] deliver in schedule({ [unowned self] done in done(handle(request)) }, deliver: deliver) }
         }
@@ -141,8 +150,7 @@ final class ControlResponder {
             } catch {
                 return .failure(error.description)
             }
-            if engine.port(named: spec.name) != nil { return .failure("port \(spec.name) exists") }
-            if daemon.absent[spec.name] != nil { return .failure("port \(spec.name) exists (absent: waiting for its interface; port del \(spec.name) first)") }
+            if let refusal = refusal(toAdd: spec) { return .failure(refusal) }
             return answer { () throws(StartupError) in
                 try daemon.attachPort(spec)
                 if let endpoint = spec.stream, engine.port(named: spec.name) == nil {
@@ -203,6 +211,13 @@ final class ControlResponder {
                 schedule(remove(try? found.get()), deliver: deliver)
             }
         }
+    }
+
+    /// Why `port add` of `spec` is refused: its name is taken.
+    func refusal(toAdd spec: PortSpec) -> String? {
+        if engine.port(named: spec.name) != nil { return "port \(spec.name) exists" }
+        if daemon.absent[spec.name] != nil { return "port \(spec.name) exists (absent: waiting for its interface; port del \(spec.name) first)" }
+        return nil
     }
 
     /// The answer to a change that succeeds with a message or fails with a `StartupError`.

@@ -149,8 +149,9 @@ final class KernelVXLAN {
     }
 
     private func made(_ device: Device, replaced: Bool) {
+        let narrowest = device.endpoints.min { ($0.pathMTU ?? 1500) < ($1.pathMTU ?? 1500) }.map(\.description) ?? "?"
         if replaced { logger.notice("vxlan device \(device.name): left by a tapbridge that is gone (killed?): removed, and made again") }
-        logger.info("vxlan device \(device.name) (made: removed on exit): VNI \(device.vni.rawValue), UDP port \(device.port), remotes \(device.endpoints.map(\.description).joined(separator: ", ")), mtu \(device.mtu) (fits the \(device.pathMTU)-byte path), learns at most \(maximumAddresses) MACs; the kernel carries its frames (datapath=kernel)")
+        logger.info("vxlan device \(device.name) (made: removed on exit): VNI \(device.vni.rawValue), UDP port \(device.port), remotes \(device.endpoints.map(\.description).joined(separator: ", ")), mtu \(device.mtu) (fits the \(device.pathMTU)-byte path to \(narrowest)), learns at most \(maximumAddresses) MACs; the kernel carries its frames (datapath=kernel)")
     }
 
     /// Each device as a port: a packet socket on it, with its remotes' VLAN and flooding settings.

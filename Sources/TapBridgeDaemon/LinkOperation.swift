@@ -42,6 +42,11 @@ enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
     /// Finds the process that holds TAP `name` (`TapHolder`: a read of every process's
     /// descriptors, which grows with the host).
     case findHolder(String)
+    /// Places a `netns=` port's TAP in its namespace (joining the namespace first if asked:
+    /// `Namespaces`), addressed and up.
+    case placeInNamespace(NamespacePlacement)
+    /// Leaves a namespace (closes the lock): removed if no other bridge is in it (count 1).
+    case leaveNamespace(String, lock: Int32)
 
     var description: String {
         switch self {
@@ -52,6 +57,8 @@ enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
         case .fdbDelete(let device, let destination): "fdb del 00:00:00:00:00:00 dev \(device) dst \(destination)"
         case .forgetLearned(let device, let destination): "fdb forget dev \(device) dst \(destination)"
         case .findHolder(let name): "find the holder of \(name)"
+        case .placeInNamespace(let p): "\(p.join ? "join namespace \(p.namespace), " : "")move \(p.link) into \(p.namespace)\(p.mac.map { " mac \($0)" } ?? "")\(p.address.map { " addr \($0)" } ?? "")"
+        case .leaveNamespace(let ns, _): "leave namespace \(ns)"
         }
     }
 }
@@ -62,6 +69,8 @@ struct LinkOutcome: Sendable, Equatable {
     var count = 0
     /// `findHolder`: the process holding the TAP.
     var holder: TapHolder.Holder? = nil
+    /// `placeInNamespace` that joined: how.
+    var namespace: NamespaceJoin? = nil
 }
 
 /// Performs link operations; runs on `LinkControl`'s worker.
@@ -86,6 +95,10 @@ final class SystemLinkKernel: LinkKernel {
             return LinkOutcome()
         case .findHolder(let name):
             return LinkOutcome(holder: TapHolder.find(name))
+        case .placeInNamespace(let placement):
+            return try place(placement)
+        case .leaveNamespace(let ns, let lock):
+            return try leave(ns, lock: lock)
         case .fdbAppend(let device, let destination), .fdbDelete(let device, let destination):
             let add = if case .fdbAppend = operation { true } else { false }
             let (index, family, bytes) = try Self.target(device, destination)

@@ -11,90 +11,116 @@ import TapBridgeOptions
 ///
 /// ```
 ///   --port h1,netns=h1,addr=10.0.0.1/24
-///        TAP h1 made here ─► namespace h1 made if missing ─► h1 moved there, addressed, up
-///   exit (or port del): the TAP goes with its descriptor; a namespace this bridge made goes
-///   with its last port
+///        TAP h1 made here ─► namespace h1 joined (made if missing) ─► h1 moved there, addressed, up
+///   exit (or port del of its last port here): namespace h1 left; a namespace tapbridge made
+///   is removed by the last bridge to leave it
 /// ```
 ///
-/// A namespace this bridge makes gets a marker in /run/tapbridge/netns/NS with its pid. A
-/// start that finds the namespace with a marker whose bridge is gone (it was killed) takes it
-/// over. A namespace without a marker, or one whose bridge still runs, is used as it is and
-/// kept.
+/// Namespaces have owners, through files in /run/tapbridge/netns:
+/// - `NS`: tapbridge made namespace NS (with the maker's pid). Without it, the namespace
+///   existed before any tapbridge used it, and none ever removes it.
+/// - `NS.lock`: every bridge with a port in NS holds it shared (`flock`), for as long as it
+///   has one; the kernel drops it however the bridge ends.
+/// - `NS.guard`: held exclusive for the moment of a decision (join: make, reuse or share;
+///   leave: remove or keep), so two bridges never decide at once.
+///
+/// Leaving converts the shared lock to an exclusive one without waiting: that succeeds only if
+/// no other bridge holds it, and then the namespace is removed. Joining a marked namespace
+/// whose lock nobody holds (its bridges were killed) reuses it, and says so; two bridges that
+/// start at once decide one after the other, so exactly one of them reuses it and the other
+/// shares it. Two bridges with ports in one namespace: the first to exit leaves it to the other.
+///
+/// All of this waits for `ip` and for the guard, so at run time (`port add`, `port del`) it is
+/// the control plane's (`LinkControl`): the loop hands it over and goes on forwarding.
 final class Namespaces {
     static let markers = "/run/tapbridge/netns"
     let logger: Logger
-    /// Namespaces this bridge owns (made, or taken over), with the ports in them.
-    private(set) var owned: [String: Set<String>] = [:]
-    /// Ports in namespaces this bridge uses but does not own.
+    let control: LinkControl
+    /// Namespaces this bridge holds the lock of, with the ports it has in them.
+    private(set) var joined: [String: (lock: Int32, ports: Set<String>)] = [:]
+    /// Ports in namespaces that existed before tapbridge (never removed).
     private var borrowed: [String: String] = [:]
 
-    init(logger: Logger) { self.logger = logger }
-
-    /// Moves the TAP `spec.name` (just made here) into `spec.namespace`, gives it `spec.mac`
-    /// and `spec.address`, and brings it and the namespace's loopback up. The part of the
-    /// start line that says where it went.
-    func place(_ spec: PortSpec) throws(StartupError) -> String {
-        guard let ns = spec.namespace else { return "" }
-        do {
-            return try move(spec, into: ns)
-        } catch {
-            // a namespace made for this port alone goes with it
-            if owned[ns]?.isEmpty == true { remove(ns) }
-            throw error
-        }
+    init(control: LinkControl, logger: Logger) {
+        self.control = control
+        self.logger = logger
     }
 
-    private func move(_ spec: PortSpec, into ns: String) throws(StartupError) -> String {
-        let note = try prepare(ns)
-        if let mac = spec.mac { try ip(["link", "set", "dev", spec.name, "address", "\(mac)"]) }
-        // a TAP of this name left in the namespace by a bridge killed a moment ago goes with
-        // that bridge's descriptors, a few milliseconds after it: wait for it
-        var moved = false
-        for _ in 0..<50 {
-            if (try? ip(["link", "set", "dev", spec.name, "netns", ns])) != nil {
-                moved = true
-                break
-            }
-            usleep(20_000)
+    /// What places TAP `spec.name` (just made here) in `spec.namespace`: joins the namespace
+    /// if this bridge has no port there yet, gives the TAP `spec.mac` and `spec.address`, and
+    /// brings it and the namespace's loopback up.
+    func placement(_ spec: PortSpec) -> LinkOperation? {
+        guard let ns = spec.namespace else { return nil }
+        return .placeInNamespace(NamespacePlacement(link: spec.name, namespace: ns, mac: spec.mac.map { "\($0)" }, address: spec.address.map { "\($0)" },
+                                                    ipv6: spec.address?.isIPv6 ?? false, join: joined[ns] == nil))
+    }
+
+    /// Places `spec`'s TAP at once (start-up); the part of the start line that says where it went.
+    func placeNow(_ spec: PortSpec) throws(StartupError) -> String {
+        guard let operation = placement(spec) else { return "" }
+        return placed(spec, try control.performNow([operation])[0])
+    }
+
+    /// Places `spec`'s TAP on the worker (`port add`); `completion` gets the start line's part.
+    func place(_ spec: PortSpec, _ completion: @escaping (Result<String, StartupError>) -> Void) {
+        guard let operation = placement(spec) else { return completion(.success("")) }
+        control.perform([operation]) { [self] result in completion(result.map { placed(spec, $0[0]) }) }
+    }
+
+    /// Records what placing `spec` found; the start line's part.
+    private func placed(_ spec: PortSpec, _ outcome: LinkOutcome) -> String {
+        guard let ns = spec.namespace else { return "" }
+        var note = ""
+        switch outcome.namespace?.how {
+        case nil: break  // joined before
+        case .made: note = " (made: removed on exit, by the last bridge in it)"
+        case .reused(let pid):
+            logger.notice("namespace \(ns): left by a tapbridge that is gone\(pid.map { " (pid \($0), killed?)" } ?? ""): reused, and removed on exit, by the last bridge in it")
+            note = " (reused: left by \(pid.map { "pid \($0)" } ?? "a tapbridge that is gone"))"
+        case .shared(let pid):
+            note = " (made by tapbridge\(pid.map { " pid \($0)" } ?? ""), still in it: shared; the last bridge out removes it)"
+        case .existed: note = " (it existed: kept on exit)"
         }
-        if !moved { try ip(["link", "set", "dev", spec.name, "netns", ns]) }  // the error, as ip says it
-        if let address = spec.address {
-            // nodad: an IPv6 address is usable at once, not after duplicate detection
-            try ip(["-n", ns, "addr", "add", "\(address)", "dev", spec.name] + (address.isIPv6 ? ["nodad"] : []))
+        if let use = outcome.namespace, use.lock >= 0 {
+            joined[ns] = (use.lock, [spec.name])
+        } else if let use = outcome.namespace, use.how == .existed {
+            borrowed[spec.name] = ns
+        } else if joined[ns] != nil {
+            joined[ns]!.ports.insert(spec.name)
+        } else {
+            borrowed[spec.name] = ns
         }
-        try ip(["-n", ns, "link", "set", "dev", spec.name, "up"])
-        if owned[ns] != nil { owned[ns]!.insert(spec.name) } else { borrowed[spec.name] = ns }
         return ", in namespace \(ns)\(spec.address.map { " as \($0)" } ?? "")\(note)"
     }
 
-    /// Makes `ns` unless it exists (then says whose it is); brings its loopback up.
-    private func prepare(_ ns: String) throws(StartupError) -> String {
-        if owned[ns] != nil { return "" }
-        let marker = "\(Self.markers)/\(ns)"
-        var note = ""
-        if FileManager.default.fileExists(atPath: "/run/netns/\(ns)") {
-            let pid = (try? String(contentsOfFile: marker, encoding: .utf8)).flatMap { Int32($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
-            if let pid, pid != getpid(), kill(pid, 0) != 0, errno == ESRCH {
-                logger.notice("namespace \(ns): left by a tapbridge that is gone (pid \(pid), killed?): reused, and removed on exit")
-                owned[ns] = []
-                writeMarker(marker)
-                note = " (reused: left by pid \(pid))"
-            } else if let pid, pid != getpid() {
-                note = " (made by tapbridge pid \(pid), still running: kept on exit)"
-            } else {
-                note = " (it existed: kept on exit)"
-            }
-        } else {
-            if Self.inPrivateMountNamespace {
-                throw StartupError("netns=\(ns): tapbridge runs in a mount namespace of its own (under ip netns exec?), where a namespace it makes is seen only inside it: nothing outside could enter it. Make it first (ip netns add \(ns)), or run tapbridge outside ip netns exec")
-            }
-            try ip(["netns", "add", ns])
-            owned[ns] = []
-            writeMarker(marker)
-            note = " (made: removed on exit)"
+    /// Port `name` is gone: with this bridge's last port in a namespace, the namespace is
+    /// left (on the worker), and removed if no other bridge is in it and tapbridge made it.
+    func release(port name: String) {
+        if borrowed.removeValue(forKey: name) != nil { return }
+        guard let ns = joined.first(where: { $0.value.ports.contains(name) })?.key else { return }
+        joined[ns]!.ports.remove(name)
+        guard joined[ns]!.ports.isEmpty, let lock = joined.removeValue(forKey: ns)?.lock else { return }
+        control.perform([.leaveNamespace(ns, lock: lock)]) { [self] in left(ns, $0) }
+    }
+
+    /// At exit, or when start-up fails: every namespace this bridge is in is left.
+    func releaseAll() {
+        control.finish()
+        for (ns, use) in joined.sorted(by: { $0.key < $1.key }) {
+            var result: Result<[LinkOutcome], StartupError>
+            do throws(StartupError) { result = .success(try control.performNow([.leaveNamespace(ns, lock: use.lock)])) } catch { result = .failure(error) }
+            left(ns, result)
         }
-        try ip(["-n", ns, "link", "set", "dev", "lo", "up"])
-        return note
+        joined.removeAll()
+        borrowed.removeAll()
+    }
+
+    private func left(_ ns: String, _ result: Result<[LinkOutcome], StartupError>) {
+        switch result {
+        case .success(let outcomes) where outcomes.first?.count == 1: logger.info("namespace \(ns): removed")
+        case .success: logger.info("namespace \(ns): left to the other bridges in it")
+        case .failure(let error): logger.warning("namespace \(ns): not removed: \(error.message)")
+        }
     }
 
     /// Whether a namespace made here would be seen only by this process: `ip netns exec` gives
@@ -114,36 +140,156 @@ final class Namespaces {
         guard let fields = propagation["/run/netns"] ?? propagation["/"] else { return false }
         return fields.contains { $0.hasPrefix("master:") } && !fields.contains { $0.hasPrefix("shared:") }
     }()
+}
 
-    private func writeMarker(_ path: String) {
-        try? FileManager.default.createDirectory(atPath: Self.markers, withIntermediateDirectories: true)
-        _ = FileManager.default.createFile(atPath: path, contents: Data("\(getpid())\n".utf8))
+/// A `netns=` port's TAP to place (`LinkOperation.placeInNamespace`).
+struct NamespacePlacement: Sendable, Equatable {
+    var link: String
+    var namespace: String
+    var mac: String?
+    /// `addr=`, as CIDR text.
+    var address: String?
+    var ipv6: Bool
+    /// Whether this bridge joins the namespace first (it has no port there yet).
+    var join: Bool
+}
+
+/// How a bridge joined a namespace.
+struct NamespaceJoin: Sendable, Equatable {
+    enum How: Sendable, Equatable {
+        case made
+        /// tapbridge made it, and no bridge holds it: its bridges were killed (the maker's pid).
+        case reused(Int32?)
+        /// Another bridge holds it (the maker's pid).
+        case shared(Int32?)
+        /// It existed before tapbridge: never removed.
+        case existed
     }
+    /// The shared lock held while this bridge has ports there; -1 for `existed`.
+    var lock: Int32
+    var how: How
+}
 
-    /// Port `name` is gone: a namespace this bridge owns goes with its last port.
-    func release(port name: String) {
-        if borrowed.removeValue(forKey: name) != nil { return }
-        guard let ns = owned.first(where: { $0.value.contains(name) })?.key else { return }
-        owned[ns]!.remove(name)
-        if owned[ns]!.isEmpty { remove(ns) }
-    }
+extension SystemLinkKernel {
+    private static func ip(_ args: [String]) throws(StartupError) { try IPRoute.run("ip", args, for: "netns=") }
 
-    /// At exit: every namespace this bridge owns.
-    func releaseAll() {
-        for ns in owned.keys.sorted() { remove(ns) }
-        borrowed.removeAll()
-    }
-
-    private func remove(_ ns: String) {
-        owned[ns] = nil
-        do {
-            try ip(["netns", "del", ns])
-            logger.info("namespace \(ns): removed")
+    /// `placeInNamespace`: joins the namespace if asked (undone if the TAP cannot be placed),
+    /// then moves the TAP there, addressed and up.
+    func place(_ p: NamespacePlacement) throws(StartupError) -> LinkOutcome {
+        let joining = p.join ? try Self.join(p.namespace) : nil
+        do throws(StartupError) {
+            if let mac = p.mac { try Self.ip(["link", "set", "dev", p.link, "address", mac]) }
+            // a TAP of this name left in the namespace by a bridge killed a moment ago goes with
+            // that bridge's descriptors, a few milliseconds after it: wait for it
+            var moved = false
+            for _ in 0..<50 {
+                if (try? Self.ip(["link", "set", "dev", p.link, "netns", p.namespace])) != nil {
+                    moved = true
+                    break
+                }
+                usleep(20_000)
+            }
+            if !moved { try Self.ip(["link", "set", "dev", p.link, "netns", p.namespace]) }  // the error, as ip says it
+            if let address = p.address {
+                // nodad: an IPv6 address is usable at once, not after duplicate detection
+                try Self.ip(["-n", p.namespace, "addr", "add", address, "dev", p.link] + (p.ipv6 ? ["nodad"] : []))
+            }
+            try Self.ip(["-n", p.namespace, "link", "set", "dev", p.link, "up"])
         } catch {
-            logger.warning("namespace \(ns): not removed: \(error.message)")
+            if let joining, joining.lock >= 0 { _ = try? leave(p.namespace, lock: joining.lock) }
+            throw error
         }
-        unlink("\(Self.markers)/\(ns)")
+        return LinkOutcome(namespace: joining)
     }
 
-    private func ip(_ args: [String]) throws(StartupError) { try IPRoute.run("ip", args, for: "netns=") }
+    /// Holds `NS.guard` while `body` decides; the guard goes with the descriptor. (A bridge
+    /// that removes the namespace unlinks the guard while holding it: a guard locked after
+    /// that is no longer the file at the path, and is taken again.)
+    private static func guarded<T>(_ ns: String, _ body: () throws(StartupError) -> T) throws(StartupError) -> T {
+        mkdir("/run/tapbridge", 0o755)
+        mkdir(Namespaces.markers, 0o755)
+        let path = "\(Namespaces.markers)/\(ns).guard"
+        while true {
+            let fd = open(path, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            guard fd >= 0 else { throw StartupError("netns=\(ns): \(path): \(describeErrno(errno))") }
+            defer { close(fd) }
+            while flock(fd, LOCK_EX) != 0 {
+                guard errno == EINTR else { throw StartupError("netns=\(ns): cannot lock \(path): \(describeErrno(errno))") }
+            }
+            var held = stat(), there = stat()
+            guard fstat(fd, &held) == 0, stat(path, &there) == 0, held.st_ino == there.st_ino, held.st_dev == there.st_dev else { continue }
+            return try body()
+        }
+    }
+
+    private static func makerPID(_ ns: String) -> Int32? {
+        var buffer = [UInt8](repeating: 0, count: 32)
+        let fd = open("\(Namespaces.markers)/\(ns)", O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        let n = read(fd, &buffer, buffer.count)
+        return n > 0 ? Int32(String(decoding: buffer.prefix(n), as: UTF8.self).trimmingCharacters(in: .whitespacesAndNewlines)) : nil
+    }
+
+    private static func writeMarker(_ ns: String) {
+        let fd = open("\(Namespaces.markers)/\(ns)", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0o644)
+        guard fd >= 0 else { return }
+        let text = Array("\(getpid())\n".utf8)
+        _ = write(fd, text, text.count)
+        close(fd)
+    }
+
+    /// Joins namespace `ns`, under its guard: makes it if missing; takes a shared lock on a
+    /// namespace tapbridge made (reusing it when no bridge holds it); uses one that existed
+    /// before tapbridge as it is.
+    static func join(_ ns: String) throws(StartupError) -> NamespaceJoin {
+        try guarded(ns) { () throws(StartupError) -> NamespaceJoin in
+            let exists = access("/run/netns/\(ns)", F_OK) == 0
+            let marked = access("\(Namespaces.markers)/\(ns)", F_OK) == 0
+            if exists && !marked {
+                try ip(["-n", ns, "link", "set", "dev", "lo", "up"])
+                return NamespaceJoin(lock: -1, how: .existed)
+            }
+            let lock = open("\(Namespaces.markers)/\(ns).lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
+            guard lock >= 0 else { throw StartupError("netns=\(ns): \(Namespaces.markers)/\(ns).lock: \(describeErrno(errno))") }
+            do throws(StartupError) {
+                let how: NamespaceJoin.How
+                if exists {
+                    let pid = makerPID(ns)
+                    if flock(lock, LOCK_EX | LOCK_NB) == 0 {
+                        how = .reused(pid)  // no bridge holds it: left over
+                        writeMarker(ns)
+                    } else {
+                        how = .shared(pid)
+                    }
+                } else {
+                    if Namespaces.inPrivateMountNamespace {
+                        throw StartupError("netns=\(ns): tapbridge runs in a mount namespace of its own (under ip netns exec?), where a namespace it makes is seen only inside it: nothing outside could enter it. Make it first (ip netns add \(ns)), or run tapbridge outside ip netns exec")
+                    }
+                    try ip(["netns", "add", ns])
+                    writeMarker(ns)
+                    how = .made
+                }
+                // (from exclusive, for reused: the guard keeps every other decision out meanwhile)
+                guard flock(lock, LOCK_SH) == 0 else { throw StartupError("netns=\(ns): cannot lock \(Namespaces.markers)/\(ns).lock: \(describeErrno(errno))") }
+                try ip(["-n", ns, "link", "set", "dev", "lo", "up"])
+                return NamespaceJoin(lock: lock, how: how)
+            } catch {
+                close(lock)
+                throw error
+            }
+        }
+    }
+
+    /// Leaves namespace `ns` (closes `lock`): removes it, and its marker, if no other bridge
+    /// holds the lock (count 1).
+    func leave(_ ns: String, lock: Int32) throws(StartupError) -> LinkOutcome {
+        try Self.guarded(ns) { () throws(StartupError) -> LinkOutcome in
+            defer { close(lock) }
+            guard flock(lock, LOCK_EX | LOCK_NB) == 0 else { return LinkOutcome() }  // another bridge is in it
+            if access("/run/netns/\(ns)", F_OK) == 0 { try Self.ip(["netns", "del", ns]) }
+            for file in ["", ".lock", ".guard"] { unlink("\(Namespaces.markers)/\(ns)\(file)") }  // (the guard last, still held)
+            return LinkOutcome(count: 1)
+        }
+    }
 }

@@ -8,17 +8,34 @@ import TapBridgeOptions
 /// Turns a `--port` spec into a port of the engine: a TAP, or a packet socket when the
 /// interface cannot be one here, described in the engine's registry (`PortRecord`).
 enum PortFactory {
-    /// Opens `spec` and adds it to `engine` (its device wrapped by `decorate`: the mirror).
-    /// `mirror`: the interfaces the mirror injects into, which no port may be.
-    /// `defaultMTU`: the MTU a TAP created here gets without `mtu=` (what fits the remotes'
-    /// paths), and why.
-    /// `namespaces`: where a `netns=` port's TAP goes before it joins the engine. Returns
-    /// whether the port is on an interface tapbridge did not make (a packet socket, or a TAP
-    /// that existed): such a port comes back when its interface does.
+    /// A port's device, opened and not yet joined.
+    struct Opened {
+        let spec: PortSpec
+        let device: any PortDevice
+        let kind: PortRecord.Kind
+        let offload: Bool
+        /// What the start line says of it.
+        var note: String
+    }
+
+    /// Opens `spec` and adds it to `engine` (its device wrapped by `decorate`: the mirror), a
+    /// `netns=` port's TAP placed in its namespace first, at once (start-up). Returns whether
+    /// the port is on an interface tapbridge did not make (a packet socket, or a TAP that
+    /// existed): such a port comes back when its interface does.
     @discardableResult
     static func attach(_ spec: PortSpec, bridge: String, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                        decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
                        seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
+        var opened = try open(spec, bridge: bridge, to: engine, offload: defaultOffload, defaultMTU: defaultMTU, mirror: mirror)
+        do throws(StartupError) { opened.note += try namespaces.placeNow(spec) } catch { throw StartupError("port \(spec.name): \(error.message)") }
+        return join(opened, to: engine, decorate: decorate, seed: seed, logger: logger)
+    }
+
+    /// Opens `spec`'s device. `mirror`: the interfaces the mirror injects into, which no port
+    /// may be. `defaultMTU`: the MTU a TAP created here gets without `mtu=` (what fits the
+    /// remotes' paths), and why.
+    static func open(_ spec: PortSpec, bridge: String, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
+                     mirror: MirrorInterface?) throws(StartupError) -> Opened {
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
@@ -29,25 +46,28 @@ enum PortFactory {
         }
         if let mirror, let problem = mirror.conflict(withPort: spec.name, index: existing) { throw StartupError("port \(spec.name): \(problem)") }
         let offload = spec.offload ?? defaultOffload
-        let (device, kind, opened): (any PortDevice, PortRecord.Kind, String)
-        var note = ""
         do throws(StartupError) {
-            (device, kind, opened) = try open(spec, offload: offload, defaultMTU: defaultMTU, mac: spec.mac ?? stableMAC(bridge: bridge, port: spec.name))
-            note = opened
+            let (device, kind, note) = try open(spec, offload: offload, defaultMTU: defaultMTU, mac: spec.mac ?? stableMAC(bridge: bridge, port: spec.name))
             if spec.namespace != nil {
                 guard let tap = device as? TapDevice, !tap.existedBefore else {
                     throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
                 }
-                note += try namespaces.place(spec)
             }
+            return Opened(spec: spec, device: device, kind: kind, offload: offload, note: note)
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
+    }
+
+    /// Adds an opened port to the engine and says so.
+    static func join(_ opened: Opened, to engine: ForwardingEngine, decorate: (any PortDevice) -> any PortDevice, seed: UInt64,
+                     logger: Logger) -> (comesBack: Bool, impaired: ImpairedDevice) {
+        let device = opened.device
         let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
-        let record = PortRecord(name: spec.name, kind: kind, interfaceIndex: index, offloadsOn: offload)
-        let impaired = join(device, record, spec, to: engine, decorate: decorate, seed: seed)
-        announce(spec, note, logger: logger)
-        return (kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
+        let record = PortRecord(name: opened.spec.name, kind: opened.kind, interfaceIndex: index, offloadsOn: opened.offload)
+        let impaired = join(device, record, opened.spec, to: engine, decorate: decorate, seed: seed)
+        announce(opened.spec, opened.note, logger: logger)
+        return (opened.kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
     }
 
     /// A stream connection as port `spec.name`: one `stream=` made (`how`: "stream to

@@ -80,6 +80,35 @@ struct ControlPlaneTests {
         #expect(failures.count <= 1, "the failure should be said once: \(failures.count) lines\n\(bridge.output)")
     }
 
+    /// `port add` of a `netns=` port at run time: the namespace made (`ip netns add`), the TAP
+    /// moved, addressed and brought up there, on the control plane's worker; the answer comes
+    /// when it is in place, and the new host reaches the others (TCP both ways).
+    /// ```
+    ///  ns a ── tap ── tapbridge ── tap ── ns b
+    ///                     └─ port add c,netns=NEW,addr=10.77.0.3/24
+    /// ```
+    @Test func aNamespacePortAddedAtRunTimeStallsNothing() throws {
+        let lab = Lab()
+        let (a, b, c) = (lab.namespace("a"), lab.namespace("b"), lab.namespaceName("c"))
+        let (ta, tb, tc) = (lab.link("a"), lab.link("b"), lab.link("c"))
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(["--name", name, "--port", "\(ta),netns=\(a),addr=10.77.0.1/24", "--port", "\(tb),netns=\(b),addr=10.77.0.2/24"])
+        #expect(Lab.eventually { lab.ping(from: a, "10.77.0.2", count: 1).received == 1 }, "\(bridge.output)")
+        var answer = Host.Result(status: -1, output: "")
+        let pings = try Self.pingsWhile(lab, from: a, to: "10.77.0.2") {
+            answer = ControlTests.client(["port", "add", "\(tc),netns=\(c),addr=10.77.0.3/24"], name: name)
+        }
+        Self.unstalled(pings, bridge.output)
+        #expect(answer.ok && answer.output.contains("port \(tc) added"), "\(answer.output)")
+        #expect(bridge.output.contains("in namespace \(c) as 10.77.0.3/24 (made: removed on exit, by the last bridge in it)"), "\(bridge.output)")
+        #expect(Lab.eventually { lab.ping(from: c, "10.77.0.1", count: 1).received == 1 }, "\(bridge.output)")
+        try OffloadTests.tcpBothWays(lab, c, a, "10.77.0.1", context: bridge.output)
+        // and back out: port del leaves the namespace, the last bridge in it, which removes it
+        #expect(ControlTests.client(["port", "del", tc], name: name).ok)
+        #expect(Lab.eventually { !Lab.namespaceExists(c) }, "\(bridge.output)")
+        #expect(bridge.stop() == 0, "\(bridge.output)")
+    }
+
     /// `remote del` of a `datapath=kernel` remote whose vxlan device learned 10,000 MACs behind
     /// it: every one of them is forgotten (else frames to them would go on leaving for the
     /// removed remote), over rtnetlink on the control plane's worker. It was one `bridge fdb
