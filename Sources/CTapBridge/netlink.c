@@ -2,16 +2,23 @@
 #include "ctapbridge.h"
 
 #include <errno.h>
+#include <fcntl.h>
+#include <linux/if_addr.h>
+#include <linux/if_link.h>
 #include <linux/neighbour.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <stdlib.h>
 #include <string.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <sched.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
 
-// The FDB of a Linux vxlan device over rtnetlink (RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH of
+// Links, addresses and the FDB of a Linux vxlan device over rtnetlink, as iproute2's `ip` and
+// `bridge` send them, without a process per operation. The FDB (RTM_NEWNEIGH, RTM_DELNEIGH, RTM_GETNEIGH of
 // family AF_BRIDGE with NTF_SELF: the device's own table), as `bridge fdb` does it, without a
 // process per entry: forgetting the MACs learned behind a remote is one dump and batches of
 // deletions in one socket. Run on tapbridge's control-plane worker, never on the loop.
@@ -234,4 +241,199 @@ int ctb_fdb_forget(int ifindex, int family, const uint8_t *dst) {
     free(macs);
     close(fd);
     return rc < 0 ? rc : forgotten;
+}
+
+// ---- links and addresses ----
+
+/// A request under construction: the header, its family message, then attributes.
+struct request {
+    char buffer[1024] __attribute__((aligned(NLMSG_ALIGNTO)));
+};
+
+static struct nlmsghdr *header(struct request *r) { return (struct nlmsghdr *)r->buffer; }
+
+static struct rtattr *add_attribute(struct request *r, unsigned short type, const void *data, int length) {
+    struct nlmsghdr *h = header(r);
+    if (NLMSG_ALIGN(h->nlmsg_len) + RTA_SPACE(length) > sizeof(r->buffer)) return NULL;
+    struct rtattr *a = (struct rtattr *)(r->buffer + NLMSG_ALIGN(h->nlmsg_len));
+    a->rta_type = type;
+    a->rta_len = (unsigned short)RTA_LENGTH(length);
+    memset(RTA_DATA(a), 0, RTA_ALIGN(a->rta_len) - RTA_LENGTH(0));
+    if (length > 0) memcpy(RTA_DATA(a), data, (size_t)length);
+    h->nlmsg_len = NLMSG_ALIGN(h->nlmsg_len) + RTA_ALIGN(a->rta_len);
+    return a;
+}
+
+static void end_nested(struct request *r, struct rtattr *nest) {
+    nest->rta_len = (unsigned short)(r->buffer + header(r)->nlmsg_len - (char *)nest);
+}
+
+/// A link request (`type`, `flags`) for `ifindex` with `ifi_flags`/`ifi_change`.
+static struct ifinfomsg *start_link(struct request *r, int type, int flags, int ifindex, unsigned up_flags, unsigned change) {
+    memset(r, 0, sizeof(*r));
+    struct nlmsghdr *h = header(r);
+    h->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
+    h->nlmsg_type = (unsigned short)type;
+    h->nlmsg_flags = (unsigned short)(NLM_F_REQUEST | NLM_F_ACK | flags);
+    h->nlmsg_seq = 1;
+    struct ifinfomsg *i = NLMSG_DATA(h);
+    i->ifi_family = AF_UNSPEC;
+    i->ifi_index = ifindex;
+    i->ifi_flags = up_flags;
+    i->ifi_change = change;
+    return i;
+}
+
+/// Sends `r` on `fd` (a fresh socket if -1) and waits for its acknowledgement: 0 or -errno.
+static int transact(int fd, struct request *r) {
+    int own = fd < 0;
+    if (own) {
+        fd = nl_open();
+        if (fd < 0) return fd;
+    }
+    int first_error = 0;
+    int rc = send_and_count(fd, r->buffer, (int)header(r)->nlmsg_len, 1, 1, &first_error);
+    if (own) close(fd);
+    if (rc < 0) return rc;
+    return rc == 1 ? 0 : -first_error;
+}
+
+int ctb_link_delete(const char *name) {
+    struct request r;
+    start_link(&r, RTM_DELLINK, 0, 0, 0, 0);
+    if (!add_attribute(&r, IFLA_IFNAME, name, (int)strlen(name) + 1)) return -ENAMETOOLONG;
+    return transact(-1, &r);
+}
+
+int ctb_link_set(int ifindex, int up, const uint8_t *mac) {
+    struct request r;
+    start_link(&r, RTM_NEWLINK, 0, ifindex, up ? IFF_UP : 0, up ? IFF_UP : 0);
+    if (mac && !add_attribute(&r, IFLA_ADDRESS, mac, 6)) return -EINVAL;
+    return transact(-1, &r);
+}
+
+int ctb_vxlan_create(const char *name, unsigned mtu, unsigned vni, unsigned short port, int family, const uint8_t *remote,
+                     const uint8_t *local, unsigned limit, const char *alias) {
+    int length = address_length(family);
+    if (length < 0) return -EAFNOSUPPORT;
+    struct request r;
+    start_link(&r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, 0, 0, 0);
+    unsigned short port_be = htons(port);
+    int ok = add_attribute(&r, IFLA_IFNAME, name, (int)strlen(name) + 1) && add_attribute(&r, IFLA_MTU, &mtu, 4);
+    struct rtattr *info = ok ? add_attribute(&r, IFLA_LINKINFO, NULL, 0) : NULL;
+    ok = info && add_attribute(&r, IFLA_INFO_KIND, "vxlan", 6);
+    struct rtattr *data = ok ? add_attribute(&r, IFLA_INFO_DATA, NULL, 0) : NULL;
+    ok = data && add_attribute(&r, IFLA_VXLAN_ID, &vni, 4) && add_attribute(&r, IFLA_VXLAN_PORT, &port_be, 2)
+        && add_attribute(&r, family == AF_INET ? IFLA_VXLAN_GROUP : IFLA_VXLAN_GROUP6, remote, length)
+        && add_attribute(&r, IFLA_VXLAN_LIMIT, &limit, 4)
+        && (!local || add_attribute(&r, family == AF_INET ? IFLA_VXLAN_LOCAL : IFLA_VXLAN_LOCAL6, local, length));
+    if (!ok) return -EINVAL;
+    end_nested(&r, data);
+    end_nested(&r, info);
+    int fd = nl_open();
+    if (fd < 0) return fd;
+    int rc = transact(fd, &r);
+    if (rc == 0) {
+        // made down; then its alias and no IPv6 link-local address (before it is up: an address
+        // made at up would stay), then up
+        int index = (int)if_nametoindex(name);
+        if (index <= 0) rc = -ENODEV;
+        if (rc == 0) {
+            start_link(&r, RTM_NEWLINK, 0, index, 0, 0);
+            unsigned char none = IN6_ADDR_GEN_MODE_NONE;
+            struct rtattr *spec = NULL, *inet6 = NULL;
+            ok = add_attribute(&r, IFLA_IFALIAS, alias, (int)strlen(alias)) && (spec = add_attribute(&r, IFLA_AF_SPEC, NULL, 0))
+                && (inet6 = add_attribute(&r, AF_INET6, NULL, 0)) && add_attribute(&r, IFLA_INET6_ADDR_GEN_MODE, &none, 1);
+            if (!ok) {
+                rc = -EINVAL;
+            } else {
+                end_nested(&r, inet6);
+                end_nested(&r, spec);
+                rc = transact(fd, &r);
+            }
+        }
+        if (rc == 0) {
+            start_link(&r, RTM_NEWLINK, 0, index, IFF_UP, IFF_UP);
+            rc = transact(fd, &r);
+        }
+        if (rc != 0) {
+            struct request undo;
+            start_link(&undo, RTM_DELLINK, 0, 0, 0, 0);
+            add_attribute(&undo, IFLA_IFNAME, name, (int)strlen(name) + 1);
+            transact(fd, &undo);
+        }
+    }
+    close(fd);
+    return rc;
+}
+
+int ctb_link_to_netns(int ifindex, const char *netns_path) {
+    int ns = open(netns_path, O_RDONLY | O_CLOEXEC);
+    if (ns < 0) return -errno;
+    struct request r;
+    start_link(&r, RTM_NEWLINK, 0, ifindex, 0, 0);
+    unsigned value = (unsigned)ns;
+    int rc = add_attribute(&r, IFLA_NET_NS_FD, &value, 4) ? transact(-1, &r) : -EINVAL;
+    close(ns);
+    return rc;
+}
+
+int ctb_netns_configure(const char *netns_path, const char *name, int family, const uint8_t *address, int prefix, int up) {
+    // a netlink socket in that namespace: this thread enters it, makes the socket and finds the
+    // link's index there, and comes back (only this thread moves; the socket stays there)
+    int home = open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC);
+    if (home < 0) return -errno;
+    int ns = open(netns_path, O_RDONLY | O_CLOEXEC);
+    if (ns < 0) {
+        int e = errno;
+        close(home);
+        return -e;
+    }
+    if (setns(ns, CLONE_NEWNET) != 0) {
+        int e = errno;
+        close(ns);
+        close(home);
+        return -e;
+    }
+    int fd = nl_open();
+    int index = name ? (int)if_nametoindex(name) : 1;
+    int back = setns(home, CLONE_NEWNET);
+    close(ns);
+    close(home);
+    if (back != 0) abort();  // a worker thread left in another namespace would do everything after there
+    if (fd < 0) return fd;
+    if (index <= 0) {
+        close(fd);
+        return -ENODEV;
+    }
+    int rc = 0;
+    struct request r;
+    if (address) {
+        int length = address_length(family);
+        memset(&r, 0, sizeof(r));
+        struct nlmsghdr *h = header(&r);
+        h->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
+        h->nlmsg_type = RTM_NEWADDR;
+        h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
+        h->nlmsg_seq = 1;
+        struct ifaddrmsg *a = NLMSG_DATA(h);
+        a->ifa_family = (unsigned char)family;
+        a->ifa_prefixlen = (unsigned char)prefix;
+        a->ifa_index = (unsigned)index;
+        // nodad: an IPv6 address usable at once, not after duplicate detection
+        unsigned flags = family == AF_INET6 ? IFA_F_NODAD : 0;
+        a->ifa_flags = (unsigned char)flags;
+        if (length < 0 || !add_attribute(&r, IFA_LOCAL, address, length) || !add_attribute(&r, IFA_ADDRESS, address, length)
+            || !add_attribute(&r, IFA_FLAGS, &flags, 4)) {
+            rc = -EINVAL;
+        } else {
+            rc = transact(fd, &r);
+        }
+    }
+    if (rc == 0 && up) {
+        start_link(&r, RTM_NEWLINK, 0, index, IFF_UP, IFF_UP);
+        rc = transact(fd, &r);
+    }
+    close(fd);
+    return rc;
 }

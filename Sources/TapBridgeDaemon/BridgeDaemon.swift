@@ -155,7 +155,10 @@ public final class BridgeDaemon {
                 control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup, userMayChange: options.user == nil) { responder.reply(to: $0) }
             }
             // the last step of start-up: everything is open
-            if let user = options.user { try dropPrivileges(to: user) }
+            if let user = options.user {
+                try dropPrivileges(to: user)
+                linkControl.credentialsChanged()
+            }
         } catch {
             mirror?.close()
             TapDevice.deleteCreatedAtOnce()

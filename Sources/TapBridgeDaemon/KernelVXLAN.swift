@@ -233,7 +233,8 @@ final class KernelVXLAN {
                     }
                     let forgotten = outcomes.last?.count ?? 0
                     logger.info("vxlan device \(device.name): remote \(name) removed\(forgotten > 0 ? ", with the \(forgotten) MAC addresses learned behind it" : "")")
-                    return "remote \(name) removed (from vxlan device \(device.name)\(forgotten > 0 ? ", with the \(forgotten) MACs it learned behind it" : ""))"
+                    let macs = forgotten == 1 ? "the MAC" : "the \(forgotten) MACs"
+                    return "remote \(name) removed (from vxlan device \(device.name)\(forgotten > 0 ? ", with \(macs) it learned behind it" : ""))"
                 })
             }
             return true

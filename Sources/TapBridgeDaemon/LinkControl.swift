@@ -1,5 +1,6 @@
 import CTapBridge
 import Dispatch
+import Foundation
 import Glibc
 import TapBridgeCore
 import TapBridgeDevices
@@ -8,7 +9,7 @@ import TapBridgeDevices
 /// resolver, iproute2, the kernel's link and FDB tables) runs here, off the event loop.
 ///
 /// ```
-///   loop ── perform([LinkOperation]) ──► links queue (serial): kernel.perform, in order
+///   loop ── perform([LinkOperation]) ──► links thread (serial): kernel.perform, in order
 ///        ── lookup(host, port) ────────► lookups queue: getaddrinfo (one per name at a time)
 ///                                           │ results
 ///   loop ◄── eventfd in the poll set ◄── Mailbox ◄─┘      completions run on the loop
@@ -50,8 +51,71 @@ final class LinkControl: EventSource {
         deinit { close(fd) }
     }
 
+    /// One thread of its own, started by the loop's thread on first use: it has the loop's
+    /// credentials. (Capabilities are per thread: `--user` keeps CAP_NET_ADMIN on the thread
+    /// that drops root, and a thread of Dispatch's pool, made before, has none.)
+    final class SerialWorker: @unchecked Sendable {
+        private let condition = NSCondition()
+        private var jobs: [@Sendable () -> Void] = []
+        private var busy = false
+        private var started = false
+        /// Which thread takes the jobs: an older one ends at its next look.
+        private var generation = 0
+
+        func async(_ job: @escaping @Sendable () -> Void) {
+            condition.lock()
+            jobs.append(job)
+            if !started {
+                started = true
+                let mine = generation
+                let thread = Thread { [self] in run(mine) }
+                thread.name = "tapbridge.link-control"
+                thread.start()
+            }
+            condition.broadcast()
+            condition.unlock()
+        }
+
+        /// Waits until every job handed over is done.
+        func waitIdle() {
+            condition.lock()
+            while busy || !jobs.isEmpty { condition.wait() }
+            condition.unlock()
+        }
+
+        /// After the process changed its credentials (`--user`): what was handed over is done
+        /// under the old ones, and the next job starts a thread with the new ones.
+        func renew() {
+            waitIdle()
+            condition.lock()
+            generation += 1
+            started = false
+            condition.broadcast()
+            condition.unlock()
+        }
+
+        private func run(_ mine: Int) {
+            while true {
+                condition.lock()
+                while jobs.isEmpty && generation == mine { condition.wait() }
+                guard generation == mine else {
+                    condition.unlock()
+                    return
+                }
+                let job = jobs.removeFirst()
+                busy = true
+                condition.unlock()
+                job()
+                condition.lock()
+                busy = false
+                condition.broadcast()
+                condition.unlock()
+            }
+        }
+    }
+
     let kernel: any LinkKernel
-    let links = DispatchQueue(label: "tapbridge.link-control.links")
+    let links = SerialWorker()
     let lookups = DispatchQueue(label: "tapbridge.link-control.lookups", attributes: .concurrent)
     let mailbox: Mailbox
     /// Completions by ticket, on the loop only.
@@ -93,7 +157,7 @@ final class LinkControl: EventSource {
     /// Performs `operations` on the calling thread, after what the worker still has; for
     /// start-up and exit, when no loop runs.
     func performNow(_ operations: [LinkOperation]) throws(StartupError) -> [LinkOutcome] {
-        links.sync {}
+        links.waitIdle()
         return try Self.run(operations, on: kernel).get()
     }
 
@@ -134,6 +198,9 @@ final class LinkControl: EventSource {
         }
     }
 
+    /// The process changed its credentials (`--user`): the worker's next thread takes them.
+    func credentialsChanged() { links.renew() }
+
     /// Whether anything handed over has not come back yet.
     var isBusy: Bool { !waiting.isEmpty }
 
@@ -141,7 +208,7 @@ final class LinkControl: EventSource {
     /// lookups already answered (exit; tests). A lookup still waiting for its resolver is
     /// abandoned: the process ends without it.
     func finish() {
-        links.sync {}
+        links.waitIdle()
         deliver()
     }
 

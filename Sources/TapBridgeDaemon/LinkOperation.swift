@@ -78,9 +78,9 @@ protocol LinkKernel: AnyObject, Sendable {
     func perform(_ operation: LinkOperation) throws(StartupError) -> LinkOutcome
 }
 
-/// The system's links: vxlan devices by iproute2's `ip` (made once per remote added, and
-/// `ip` knows every option's attribute), FDB entries over rtnetlink (they repeat: a remote's
-/// learned MACs are thousands).
+/// The system's links, over rtnetlink (`netlink.c`: vxlan devices, links moved, addressed and
+/// up, FDB entries; a remote's learned MACs are thousands), as iproute2 sends them; iproute2's
+/// `ip` only for `ip netns add|del`, which needs its mounts.
 final class SystemLinkKernel: LinkKernel {
     static let purpose = "datapath=kernel"
 
@@ -91,7 +91,7 @@ final class SystemLinkKernel: LinkKernel {
             try make(device)
             return LinkOutcome(count: replaced ? 1 : 0)
         case .deleteLink(let name):
-            try IPRoute.run("ip", ["link", "del", "dev", name], for: Self.purpose)
+            try Self.delete(name)
             return LinkOutcome()
         case .findHolder(let name):
             return LinkOutcome(holder: TapHolder.find(name))
@@ -118,27 +118,43 @@ final class SystemLinkKernel: LinkKernel {
     private static func target(_ device: String, _ destination: String) throws(StartupError) -> (Int32, Int32, [UInt8]) {
         let index = ctb_if_index(device)
         guard index > 0 else { throw StartupError("vxlan device \(device): gone (\(describeErrno(-index)))") }
+        guard let (family, bytes) = address(destination) else { throw StartupError("vxlan device \(device): '\(destination)' is not an IP address") }
+        return (index, family, bytes)
+    }
+
+    /// An IP address's family and bytes, as rtnetlink takes them.
+    static func address(_ text: String) -> (Int32, [UInt8])? {
         var bytes = [UInt8](repeating: 0, count: 16)
-        if inet_pton(AF_INET, destination, &bytes) == 1 { return (index, AF_INET, Array(bytes.prefix(4))) }
-        if inet_pton(AF_INET6, destination, &bytes) == 1 { return (index, AF_INET6, bytes) }
-        throw StartupError("vxlan device \(device): '\(destination)' is not an IP address")
+        if inet_pton(AF_INET, text, &bytes) == 1 { return (AF_INET, Array(bytes.prefix(4))) }
+        if inet_pton(AF_INET6, text, &bytes) == 1 { return (AF_INET6, bytes) }
+        return nil
+    }
+
+    static func delete(_ name: String) throws(StartupError) {
+        let rc = ctb_link_delete(name)
+        guard rc == 0 else { throw StartupError("ip link del \(name): \(describeErrno(-rc))") }
     }
 
     private func make(_ device: VXLANDeviceSpec) throws(StartupError) {
-        var add = ["link", "add", device.name, "mtu", "\(device.mtu)", "type", "vxlan", "id", "\(device.vni)", "dstport", "\(device.port)",
-                   "remote", device.remote, "maxaddress", "\(device.maximumAddresses)"]
-        if let local = device.local { add += ["local", local] }
-        try IPRoute.run("ip", add, for: Self.purpose)
+        let what = "ip link add \(device.name) type vxlan id \(device.vni) remote \(device.remote)"
+        guard let (family, remote) = Self.address(device.remote) else { throw StartupError("\(what): '\(device.remote)' is not an IP address") }
+        var local: [UInt8]? = nil
+        if let text = device.local {
+            guard let (localFamily, bytes) = Self.address(text), localFamily == family else {
+                throw StartupError("\(what): local \(text) is not an IPv\(family == AF_INET ? 4 : 6) address, as the remote is")
+            }
+            local = bytes
+        }
+        // (no IPv6 link-local address: the device is a bridge port, not a host on the lab's
+        // segment; else it sends its own router solicitations, MLD reports and DAD probes to
+        // every remote, and answers neighbour solicitations there)
+        let rc = ctb_vxlan_create(device.name, UInt32(device.mtu), device.vni, device.port, family, remote, local, UInt32(device.maximumAddresses),
+                                  "tapbridge \(device.bridge) pid \(getpid())")
+        guard rc == 0 else { throw StartupError("\(what): \(describeErrno(-rc))") }
         do throws(StartupError) {
-            try IPRoute.run("ip", ["link", "set", "dev", device.name, "alias", "tapbridge \(device.bridge) pid \(getpid())"], for: Self.purpose)
-            // no IPv6 link-local address: the device is a bridge port, not a host on the lab's
-            // segment (else it sends its own router solicitations, MLD reports and DAD probes
-            // to every remote, and answers neighbour solicitations there)
-            try IPRoute.run("ip", ["link", "set", "dev", device.name, "addrgenmode", "none"], for: Self.purpose)
             for other in device.others { _ = try perform(.fdbAppend(device: device.name, destination: other)) }
-            try IPRoute.run("ip", ["link", "set", "dev", device.name, "up"], for: Self.purpose)
         } catch {
-            try? IPRoute.run("ip", ["link", "del", "dev", device.name], for: Self.purpose)
+            try? Self.delete(device.name)
             throw error
         }
     }
@@ -154,7 +170,7 @@ final class SystemLinkKernel: LinkKernel {
         guard alias.hasPrefix(mark), let pid = Int32(alias.dropFirst(mark.count)), pid != getpid(), kill(pid, 0) != 0, errno == ESRCH else {
             throw StartupError("datapath=kernel: an interface \(name) exists, and not as one a stopped tapbridge named '\(device.bridge)' left (its alias says '\(alias)'); remove it (ip link del \(name)) or give this bridge another --name")
         }
-        try IPRoute.run("ip", ["link", "del", "dev", name], for: Self.purpose)
+        try Self.delete(name)
         return true
     }
 }

@@ -6,8 +6,9 @@ import TapBridgeCore
 import TapBridgeDevices
 import TapBridgeOptions
 
-/// The network namespaces of `netns=` ports. They are made and used with iproute2's `ip`, as
-/// `ip netns add` makes them (a file in /run/netns), so `ip netns exec NS ...` reaches them.
+/// The network namespaces of `netns=` ports. They are made and removed with iproute2's `ip`,
+/// as `ip netns add` makes them (a file in /run/netns, which needs its mounts), so `ip netns
+/// exec NS ...` reaches them; the TAPs are moved, addressed and brought up over rtnetlink.
 ///
 /// ```
 ///   --port h1,netns=h1,addr=10.0.0.1/24
@@ -178,28 +179,41 @@ extension SystemLinkKernel {
     func place(_ p: NamespacePlacement) throws(StartupError) -> LinkOutcome {
         let joining = p.join ? try Self.join(p.namespace) : nil
         do throws(StartupError) {
-            if let mac = p.mac { try Self.ip(["link", "set", "dev", p.link, "address", mac]) }
+            let path = "/run/netns/\(p.namespace)"
+            let index = ctb_if_index(p.link)
+            guard index > 0 else { throw StartupError("\(p.link): gone (\(describeErrno(-index)))") }
+            if let text = p.mac, let mac = MACAddress(text) {
+                let rc = ctb_link_set(index, 0, mac.octets)
+                guard rc == 0 else { throw StartupError("ip link set dev \(p.link) address \(text): \(describeErrno(-rc))") }
+            }
             // a TAP of this name left in the namespace by a bridge killed a moment ago goes with
-            // that bridge's descriptors, a few milliseconds after it: wait for it
-            var moved = false
-            for _ in 0..<50 {
-                if (try? Self.ip(["link", "set", "dev", p.link, "netns", p.namespace])) != nil {
-                    moved = true
-                    break
-                }
+            // that bridge's descriptors, a few milliseconds after it: wait for it (EEXIST)
+            var rc = ctb_link_to_netns(index, path)
+            for _ in 0..<50 where rc == -EEXIST {
                 usleep(20_000)
+                rc = ctb_link_to_netns(index, path)
             }
-            if !moved { try Self.ip(["link", "set", "dev", p.link, "netns", p.namespace]) }  // the error, as ip says it
-            if let address = p.address {
-                // nodad: an IPv6 address is usable at once, not after duplicate detection
-                try Self.ip(["-n", p.namespace, "addr", "add", address, "dev", p.link] + (p.ipv6 ? ["nodad"] : []))
+            guard rc == 0 else { throw StartupError("ip link set dev \(p.link) netns \(p.namespace): \(describeErrno(-rc))") }
+            var family: Int32 = 0, bytes: [UInt8]? = nil, prefix: Int32 = 0
+            if let cidr = p.address {
+                let parts = cidr.split(separator: "/", maxSplits: 1)
+                guard parts.count == 2, let length = Int32(parts[1]), let (f, b) = Self.address(String(parts[0])) else {
+                    throw StartupError("addr=\(cidr): not an address with its prefix length")
+                }
+                (family, bytes, prefix) = (f, b, length)
             }
-            try Self.ip(["-n", p.namespace, "link", "set", "dev", p.link, "up"])
+            rc = ctb_netns_configure(path, p.link, family, bytes, prefix, 1)
+            guard rc == 0 else { throw StartupError("ip -n \(p.namespace) \(p.address.map { "addr add \($0) dev \(p.link), " } ?? "")link set dev \(p.link) up: \(describeErrno(-rc))") }
         } catch {
             if let joining, joining.lock >= 0 { _ = try? leave(p.namespace, lock: joining.lock) }
             throw error
         }
         return LinkOutcome(namespace: joining)
+    }
+
+    private static func loopbackUp(_ ns: String) throws(StartupError) {
+        let rc = ctb_netns_configure("/run/netns/\(ns)", nil, 0, nil, 0, 1)
+        guard rc == 0 else { throw StartupError("ip -n \(ns) link set dev lo up: \(describeErrno(-rc))") }
     }
 
     /// Holds `NS.guard` while `body` decides; the guard goes with the descriptor. (A bridge
@@ -247,7 +261,7 @@ extension SystemLinkKernel {
             let exists = access("/run/netns/\(ns)", F_OK) == 0
             let marked = access("\(Namespaces.markers)/\(ns)", F_OK) == 0
             if exists && !marked {
-                try ip(["-n", ns, "link", "set", "dev", "lo", "up"])
+                try loopbackUp(ns)
                 return NamespaceJoin(lock: -1, how: .existed)
             }
             let lock = open("\(Namespaces.markers)/\(ns).lock", O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
@@ -272,7 +286,7 @@ extension SystemLinkKernel {
                 }
                 // (from exclusive, for reused: the guard keeps every other decision out meanwhile)
                 guard flock(lock, LOCK_SH) == 0 else { throw StartupError("netns=\(ns): cannot lock \(Namespaces.markers)/\(ns).lock: \(describeErrno(errno))") }
-                try ip(["-n", ns, "link", "set", "dev", "lo", "up"])
+                try loopbackUp(ns)
                 return NamespaceJoin(lock: lock, how: how)
             } catch {
                 close(lock)

@@ -311,7 +311,7 @@ struct RemoteTests {
         }
 
         let removed = control("remote", "del", "10.76.0.2:4789")
-        #expect(removed.ok && removed.output.contains("remote 10.76.0.2:4789 removed (from vxlan device \(device))"), "\(removed.output)")
+        #expect(removed.ok && removed.output.contains("remote 10.76.0.2:4789 removed (from vxlan device \(device)"), "\(removed.output)")
         #expect(!fdb().contains("10.76.0.2"), "the device still sends to the removed remote:\n\(fdb())\n\(one.output)")
         #expect(lab.ping(from: a, "10.77.0.2", count: 2).received == 0, "b still answers after remote del")
 

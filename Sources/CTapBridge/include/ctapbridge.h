@@ -68,6 +68,22 @@ int ctb_fdb_change(int add, int ifindex, const uint8_t *mac, int family, const u
 /// all-zero one (the MACs a vxlan device learned behind a remote): one dump, then deletions in
 /// batches of 128 on one netlink socket. How many went, or -errno.
 int ctb_fdb_forget(int ifindex, int family, const uint8_t *dst);
+/// Makes vxlan device `name` (as `ip link add NAME mtu MTU type vxlan id VNI dstport PORT
+/// remote REMOTE [local LOCAL] maxaddress LIMIT`; addresses of `family`, network order), gives
+/// it alias `alias` and no IPv6 link-local address, and brings it up; deleted again if a step
+/// fails. 0 or -errno.
+int ctb_vxlan_create(const char *name, unsigned mtu, unsigned vni, unsigned short port, int family, const uint8_t *remote,
+                     const uint8_t *local, unsigned limit, const char *alias);
+/// Deletes link `name` (RTM_DELLINK by name). 0 or -errno.
+int ctb_link_delete(const char *name);
+/// Brings link `ifindex` up (`up`) and/or gives it MAC `mac` (nullable). 0 or -errno.
+int ctb_link_set(int ifindex, int up, const uint8_t *mac);
+/// Moves link `ifindex` into the network namespace at `netns_path` (/run/netns/NS). 0 or -errno.
+int ctb_link_to_netns(int ifindex, const char *netns_path);
+/// In the namespace at `netns_path`: gives link `name` (NULL: the loopback) `address`/`prefix`
+/// (nullable; IPv6 without duplicate detection) and brings it up (`up`). The calling thread
+/// enters the namespace only to open a socket there, and comes back. 0 or -errno.
+int ctb_netns_configure(const char *netns_path, const char *name, int family, const uint8_t *address, int prefix, int up);
 /// A non-blocking, close-on-exec eventfd (a counter a background thread writes to wake the
 /// loop). The fd or -errno.
 int ctb_eventfd(void);
