@@ -12,7 +12,10 @@ extension BridgeDaemon {
             var r = PortReport(name: name, kind: spec.stream == nil ? "packet" : "stream", interface: nil, state: "absent", offloads: "none",
                                vlans: "\(spec.configuration.vlanMode)", learning: spec.configuration.learning, flooding: spec.configuration.flooding,
                                counters: carried[name] ?? PortCounters())
-            r.peer = spec.stream.map { "\($0) (connecting)" }
+            r.peer = spec.stream.map { endpoint in
+                if connector.resolving.contains(name), case .tcp(let host, _) = endpoint { return "\(endpoint) (waiting for the name \(host) to resolve)" }
+                return "\(endpoint) (connecting\(connector.lastFailure[name].map { "; the last try: \($0)" } ?? ""))"
+            }
             return r
         }
     }

@@ -6,9 +6,10 @@ public import TapBridgeCore
 /// - CAP_NET_ADMIN: `port add` of a TAP, a port whose interface comes back (bringing it up),
 ///   `mtu=` and putting an interface's MTU back when its port goes;
 /// - CAP_NET_RAW: packet-socket ports added, or coming back, while it runs.
-/// CAP_NET_ADMIN is also ambient: the only programs tapbridge runs, iproute2's `ip` and
-/// `bridge` (for the vxlan devices of `datapath=kernel` remotes: `remote add`/`del`, and their
-/// removal at exit), get it, and nothing else.
+/// None is ambient: under `--user` tapbridge runs no program (the vxlan devices of
+/// `datapath=kernel` remotes are made, changed and removed over rtnetlink, by the bridge's
+/// own control-plane thread; the only program it runs, `ip netns`, is for `netns=`, which
+/// `--user` refuses).
 /// Everything else (CAP_SYS_ADMIN, CAP_DAC_OVERRIDE, setuid, ...) leaves the permitted,
 /// effective and bounding sets, and no_new_privs is set: nothing it executes can gain more.
 public struct RunAs: Sendable, Equatable, CustomStringConvertible {
@@ -19,8 +20,8 @@ public struct RunAs: Sendable, Equatable, CustomStringConvertible {
     public var groupName: String
 
     public static let keptCapabilities: [(Int32, String)] = [(12, "CAP_NET_ADMIN"), (13, "CAP_NET_RAW")]
-    /// Those of `keptCapabilities` the programs it runs inherit.
-    public static let ambientCapabilities: [(Int32, String)] = [(12, "CAP_NET_ADMIN")]
+    /// Those of `keptCapabilities` the programs it runs inherit: none (it runs none).
+    public static let ambientCapabilities: [(Int32, String)] = []
 
     /// Looks `USER[:GROUP]` up (names or numbers). Without GROUP: the user's primary group and
     /// its supplementary groups, as a login would have.

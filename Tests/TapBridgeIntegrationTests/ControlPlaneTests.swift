@@ -71,6 +71,9 @@ struct ControlPlaneTests {
         try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)
         let ports = try ControlTests.decode([PortReport].self, ControlTests.client(["show", "ports", "--json"], name: name))
         #expect(ports.first { $0.name == "far" }?.state == "absent", "\(ports.map { "\($0.name) \($0.state)" })")
+        // it says why: the name it waits for, or the lookup's last failure between tries
+        let why = ports.first { $0.name == "far" }?.peer ?? ""
+        #expect(why.contains("(waiting for the name nowhere.invalid to resolve)") || why.contains("the last try: cannot resolve nowhere.invalid"), "\(why)")
         #expect(!ports.contains { $0.kind == "remote" }, "\(ports.map(\.name))")
         let stopping = Date()
         #expect(bridge.stop(within: 10) == 0, "\(bridge.output)")

@@ -47,7 +47,7 @@ struct PrivilegeTests {
         #expect(Lab.eventually { bridge.output.contains("running as nobody (uid 65534)") }, "\(bridge.output)")
         let s = Self.status(bridge.process.processIdentifier)
         #expect(s["Uid"]?.hasPrefix("65534\t65534\t65534") == true && s["CapEff"] == "0000000000003000" && s["CapBnd"] == "0000000000003000"
-                && s["CapAmb"] == "0000000000001000" && s["NoNewPrivs"] == "1", "\(s.filter { ["Uid", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs"].contains($0.key) })")
+                && s["CapAmb"] == "0000000000000000" && s["NoNewPrivs"] == "1", "\(s.filter { ["Uid", "CapEff", "CapPrm", "CapBnd", "CapAmb", "NoNewPrivs"].contains($0.key) })")
         lab.place(ta, in: a, address: "10.77.0.1/24")
         lab.place(tb, in: b, address: "10.77.0.2/24")
         try OffloadTests.tcpBothWays(lab, a, b, "10.77.0.2", context: bridge.output)

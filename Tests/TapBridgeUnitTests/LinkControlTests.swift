@@ -16,6 +16,8 @@ final class RecordingLinkKernel: LinkKernel, @unchecked Sendable {
     var fails: @Sendable (LinkOperation) -> Bool = { _ in false }
     /// What `forgetLearned` says it forgot.
     var forgets = 0
+    /// How a namespace is joined, and the lock it is held by.
+    var joins = NamespaceJoin(lock: 99, how: .made)
     /// When set, each operation waits for it (at most 5 s; `waitedOut` says if that ran out).
     var gate: DispatchSemaphore? = nil
     private(set) var waitedOut = false
@@ -27,6 +29,8 @@ final class RecordingLinkKernel: LinkKernel, @unchecked Sendable {
         if let gate, gate.wait(timeout: .now() + 5) == .timedOut { lock.withLock { waitedOut = true } }
         if fails(operation) { throw StartupError("refused: \(operation)") }
         if case .forgetLearned = operation { return LinkOutcome(count: forgets) }
+        if case .placeInNamespace(let p) = operation, p.join { return LinkOutcome(namespace: joins) }
+        if case .leaveNamespace = operation { return LinkOutcome(count: 1) }
         return LinkOutcome()
     }
 }
@@ -123,6 +127,36 @@ struct LinkControlTests {
         gate.signal()
         control.finish()
         #expect(done && !fake.waitedOut && fake.performed == [.deleteLink("held")])
+    }
+
+    /// `netns=` ports: the first port in a namespace joins it, the next ones only move their
+    /// TAP; the last port out leaves it (on the worker at run time), exit leaves the rest.
+    @Test func namespacePortsAskTheKernelForWhatTheyNeedInOrder() throws {
+        let fake = RecordingLinkKernel()
+        let control = try LinkControl(kernel: fake)
+        let namespaces = Namespaces(control: control, logger: Self.logger)
+        let one = try PortSpec(parsing: "p1,netns=x,addr=10.0.0.1/24")
+        let two = try PortSpec(parsing: "p2,netns=x,mac=02:00:00:00:00:02")
+        let three = try PortSpec(parsing: "p3,netns=y,addr=fd00::3/64")
+        #expect(try namespaces.placeNow(one) == ", in namespace x as 10.0.0.1/24 (made: removed on exit, by the last bridge in it)")
+        #expect(try namespaces.placeNow(two) == ", in namespace x")
+        var placed: [String] = []
+        namespaces.place(three) { placed.append((try? $0.get()) ?? "failed: \($0)") }
+        #expect(placed.isEmpty, "placed before the worker did it")
+        control.finish()
+        #expect(placed == [", in namespace y as fd00::3/64 (made: removed on exit, by the last bridge in it)"], "\(placed)")
+        namespaces.release(port: "p1")
+        namespaces.release(port: "p2")
+        control.finish()
+        namespaces.releaseAll()
+        #expect(fake.performed.map(\.description) == [
+            "join namespace x, move p1 into x addr 10.0.0.1/24",
+            "move p2 into x mac 02:00:00:00:00:02",
+            "join namespace y, move p3 into y addr fd00::3/64",
+            "leave namespace x",
+            "leave namespace y",
+        ], "\(fake.performed.map(\.description))")
+        #expect(namespaces.joined.isEmpty)
     }
 
     /// Lookups of one name at once are one lookup, each asker gets its answer on the loop; a
