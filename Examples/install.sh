@@ -15,6 +15,10 @@
 #                                  (the unit's --config is set to it; not under /home, /root or
 #                                  /run/user, which the unit's ProtectHome=yes hides)
 #   DESTDIR  (default empty)       a staging root in front of every path
+#   TAPBRIDGE_USER  (default tapbridge)  the system user and group the unit runs as, made here
+#                                  (useradd --system, no home, no login shell) if missing;
+#                                  with DESTDIR, only named in the unit (the packager makes it).
+#                                  --uninstall keeps it (files it owned may remain)
 #
 # Check the installed unit as systemd will read it (the template is verified as tapbridge@i):
 #   systemd-analyze verify UNITDIR/tapbridge@.service
@@ -28,10 +32,14 @@ mandir=$prefix/share/man/man1
 unitdir=${UNITDIR:-/etc/systemd/system}
 confdir=${CONFDIR:-/etc/tapbridge}
 dest=${DESTDIR:-}
+user=${TAPBRIDGE_USER:-tapbridge}
+case "$user" in
+''|*[!a-z0-9_-]*|-*) echo "TAPBRIDGE_USER=$user: a user name of lower-case letters, digits, - and _" >&2; exit 2 ;;
+esac
 
 if [ "${1:-}" = "--uninstall" ]; then
 	rm -f "$dest$bindir/tapbridge" "$dest$mandir/tapbridge.1" "$dest$unitdir/tapbridge@.service" "$dest$confdir/example.yaml"
-	echo "removed tapbridge from $dest$prefix, $dest$unitdir and $dest$confdir/example.yaml"
+	echo "removed tapbridge from $dest$prefix, $dest$unitdir and $dest$confdir/example.yaml (user $user kept)"
 	exit 0
 fi
 
@@ -52,10 +60,20 @@ install -m 0755 "$root/.build/release/tapbridge" "$dest$bindir/tapbridge"
 install -m 0644 "$root/Docs/tapbridge.1" "$dest$mandir/tapbridge.1"
 sed -e "s#^ExecStart=/usr/local/bin/tapbridge #ExecStart=$bindir/tapbridge #" \
 	-e "s#--config /etc/tapbridge/%i.yaml#--config $confdir/%i.yaml#" \
+	-e "s#^User=tapbridge\$#User=$user#" -e "s#^Group=tapbridge\$#Group=$user#" \
 	"$root/Examples/systemd/tapbridge@.service" >"$dest$unitdir/tapbridge@.service"
 grep -qxF "ExecStart=$bindir/tapbridge --name %i --config $confdir/%i.yaml" "$dest$unitdir/tapbridge@.service" ||
 	{ echo "the unit's ExecStart was not rewritten (Examples/systemd/tapbridge@.service changed?)" >&2; exit 1; }
+grep -qxF "User=$user" "$dest$unitdir/tapbridge@.service" ||
+	{ echo "the unit's User= was not rewritten (Examples/systemd/tapbridge@.service changed?)" >&2; exit 1; }
 chmod 0644 "$dest$unitdir/tapbridge@.service"
+# the unit's user: a system user of its own (never nobody, whose other processes could change
+# the bridge), made unless it exists; a staged install leaves that to the package
+made=""
+if [ -z "$dest" ] && ! id -u "$user" >/dev/null 2>&1; then
+	useradd --system --user-group --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin "$user"
+	made=", user $user made"
+fi
 install -m 0644 "$root/Examples/tapbridge.yaml" "$dest$confdir/example.yaml"
-echo "installed $bindir/tapbridge, $mandir/tapbridge.1, $unitdir/tapbridge@.service, $confdir/example.yaml${dest:+ (under $dest)}"
+echo "installed $bindir/tapbridge, $mandir/tapbridge.1, $unitdir/tapbridge@.service (as user $user$made), $confdir/example.yaml${dest:+ (under $dest)}"
 echo "next: write $confdir/NAME.yaml, then: systemctl daemon-reload && systemctl enable --now tapbridge@NAME"

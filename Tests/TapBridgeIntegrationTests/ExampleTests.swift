@@ -165,14 +165,18 @@ struct ExampleTests {
     /// ExecStart at the installed binary and --config in CONFDIR, which `systemd-analyze verify
     /// UNITDIR/tapbridge@.service` (the command install.sh and Operations.md give, no other
     /// flag) passes as installed and `systemd-analyze security` rates OK (below 3.0;
-    /// Operations.md has the score); --uninstall removes them. DESTDIR stages the same files
+    /// Operations.md has the score); the unit's user is made, a system user without login
+    /// (TAPBRIDGE_USER names one of the test's own); --uninstall removes them. DESTDIR stages the same files
     /// under a root, and a CONFDIR the unit could not read is refused.
     @Test func installedUnitVerifiesAndIsHardened() throws {
         let lab = Lab()
         let top = lab.temporaryPath("inst")
         defer { try? FileManager.default.removeItem(atPath: top) }
         let (prefix, unitdir, confdir) = ("\(top)/prefix", "\(top)/units", "\(top)/conf")
-        let env = ["env", "PREFIX=\(prefix)", "UNITDIR=\(unitdir)", "CONFDIR=\(confdir)"]
+        // the unit's user, made by install.sh: one of the test's own, removed after
+        let user = "tbi\(getpid() % 100_000)"
+        defer { _ = Host.run(["userdel", user]) }
+        let env = ["env", "PREFIX=\(prefix)", "UNITDIR=\(unitdir)", "CONFDIR=\(confdir)", "TAPBRIDGE_USER=\(user)"]
         // (--no-build: the binary under test; a build now would wait for this test's own swift)
         let installed = Host.run(env + ["bash", "\(Self.examples)/install.sh", "--no-build"], timeout: 30)
         try #require(installed.ok, "\(installed.output)")
@@ -184,6 +188,9 @@ struct ExampleTests {
         let template = "\(unitdir)/tapbridge@.service"
         let unitText = try String(contentsOfFile: template, encoding: .utf8)
         #expect(unitText.contains("ExecStart=\(prefix)/bin/tapbridge --name %i --config \(confdir)/%i.yaml"), "ExecStart/--config not the installed paths: \(unitText.prefix(900))")
+        #expect(unitText.contains("\nUser=\(user)\nGroup=\(user)\n") && installed.output.contains("as user \(user), user \(user) made"), "\(installed.output)")
+        let made = Host.run(["getent", "passwd", user]).output
+        #expect(made.contains(":/nonexistent:/usr/sbin/nologin") && Int(made.split(separator: ":")[2]) ?? 0 < 1000, "not a system user without a login: \(made)")
         // the man page is where man looks for a PREFIX of /usr/local; this one needs MANPATH
         let verify = Host.run(["env", "MANPATH=\(prefix)/share/man", "systemd-analyze", "verify", template])
         #expect(verify.ok && verify.output.isEmpty, "systemd-analyze verify: \(verify.output)")

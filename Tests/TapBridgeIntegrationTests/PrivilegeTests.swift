@@ -126,5 +126,46 @@ struct PrivilegeTests {
         let down = Host.run(Self.asNobody([Host.binary, "--port", t, "--control", "none"]), timeout: 10)
         #expect(!down.ok && down.output.contains("the TAP is down, and bringing it up needs CAP_NET_ADMIN: bring it up once as root (ip link set \(t) up)"), "\(down.output)")
     }
+
+    /// The systemd unit's way (`User=tapbridge`, `AmbientCapabilities=CAP_NET_ADMIN CAP_NET_RAW
+    /// CAP_CHOWN`, the same bounding set, `NoNewPrivileges`), played by setpriv with a system
+    /// user of the test's own: the bridge makes its TAP, makes its `datapath=kernel` vxlan
+    /// device at start and another at run time (over rtnetlink, from its control-plane thread),
+    /// TCP passes both ways without fragments, and at exit both devices go.
+    /// ```
+    ///  ns a ── tap ── tapbridge [h1, user U] ── vx-NAME ══ veth ══ [h2] vx ── tapbridge ── tap ── ns b
+    /// ```
+    @Test func asTheUnitRunsItADedicatedUserRunsEverything() throws {
+        let lab = Lab()
+        let hosts = TwoHosts(lab)
+        let user = "tbu\(getpid() % 100_000)"
+        try #require(Host.run(["useradd", "--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", user]).ok)
+        defer { _ = Host.run(["userdel", user]) }
+        let dir = lab.temporaryPath("unit")
+        #expect(Host.run(["install", "-d", "-o", user, "-g", user, "-m", "0700", dir]).ok)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let name = lab.bridgeName()
+        let caps = "-all,+net_admin,+net_raw,+chown"
+        let drop = ["setpriv", "--reuid=\(user)", "--regid=\(user)", "--init-groups", "--inh-caps=\(caps)", "--ambient-caps=\(caps)", "--bounding-set=\(caps)", "--no-new-privs"]
+        let args = drop + [Host.binary, "--name", name, "--control", "\(dir)/\(name).sock", "--port", hosts.ta, "--remote", "10.76.0.2:4789,datapath=kernel,vni=77"]
+        // (this machine's /dev/net/tun is 0600: a 0666 node in the bridge's mount namespace)
+        let node = "/tmp/tbtest-tun-\(getpid())-\(Int.random(in: 0..<1_000_000))"
+        let quoted = args.map { "'\($0)'" }.joined(separator: " ")
+        let one = try lab.background(["ip", "netns", "exec", hosts.h1, "unshare", "-m", "sh", "-c", "mknod -m 666 \(node) c 10 200 && mount --bind \(node) /dev/net/tun && rm \(node) && exec \(quoted)"])
+        let two = try lab.bridge(["--port", hosts.tb, "--remote", "10.76.0.1:4789,datapath=kernel,vni=77"], in: hosts.h2)
+        try hosts.waitForTaps(lab, one, two)
+        // (ip netns exec, unshare and sh each exec the next: the process is the bridge)
+        let uid = Host.run(["id", "-u", user]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(Lab.eventually { Self.status(one.pid)["Name"] == "tapbridge" && Self.status(one.pid)["Uid"]?.hasPrefix("\(uid)\t") == true },
+                "not running as \(user): \(Self.status(one.pid)["Name"] ?? "?") \(Self.status(one.pid)["Uid"] ?? "?")\n\(one.output)")
+        #expect(Self.status(one.pid)["CapEff"] == "0000000000003001", "\(Self.status(one.pid)["CapEff"] ?? "?")")
+        _ = try hosts.tcpWithoutFragments(lab, one, two)
+        let added = Host.run([Host.binary, "remote", "add", "10.76.0.3:4790,datapath=kernel,vni=78", "--control", "\(dir)/\(name).sock"])
+        #expect(added.ok && added.output.contains("vxlan device vx1-\(name) made"), "\(added.output)\n\(one.output)")
+        #expect(lab.exec(hosts.h1, ["ip", "-d", "link", "show", "vx1-\(name)"]).output.contains("vxlan id 78"), "\(one.output)")
+        #expect(one.stop() == 0, "\(one.output)")
+        #expect(!lab.exec(hosts.h1, ["ip", "link", "show", "vx-\(name)"]).ok && !lab.exec(hosts.h1, ["ip", "link", "show", "vx1-\(name)"]).ok, "the devices outlived the bridge: \(one.output)")
+        #expect(two.stop() == 0)
+    }
 }
 }
