@@ -67,12 +67,19 @@ final class ControlResponder {
     func reply(to request: ControlRequest) -> ControlServer.Reply {
         if request.command == "fdb-flush" { return flush(request) }
         if request.command == "remote-add" || request.command == "remote-del" { return remoteChange(request) }
-        if request.command == "port-add", let text = request.spec, let spec = try? PortSpec(parsing: text), spec.namespace != nil {
-            // placed in its namespace by the worker: answered when it is there
+        if request.command == "port-add", let text = request.spec, let spec = try? PortSpec(parsing: text),
+           spec.namespace != nil || DescriptorCloser.isPending(spec.name) {
+            // a name whose TAP is still being closed (port del just before) waits for that on
+            // the worker; a netns= port is placed in its namespace there: answered when done
             return .later { [unowned self] deliver in
                 schedule({ [unowned self] done in
-                    if let refusal = refusal(toAdd: spec) { return done(.failure(refusal)) }
-                    daemon.attachPlaced(spec) { done(Self.response($0)) }
+                    let add = { [unowned self] in
+                        guard spec.namespace != nil else { return done(handle(request)) }
+                        if let refusal = refusal(toAdd: spec) { return done(.failure(refusal)) }
+                        daemon.attachPlaced(spec) { done(Self.response($0)) }
+                    }
+                    guard DescriptorCloser.isPending(spec.name) else { return add() }
+                    daemon.linkControl.perform([.waitForClose(spec.name)]) { _ in add() }
                 }, deliver: deliver)
             }
         }

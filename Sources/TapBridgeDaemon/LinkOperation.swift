@@ -47,6 +47,9 @@ enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
     case placeInNamespace(NamespacePlacement)
     /// Leaves a namespace (closes the lock): removed if no other bridge is in it (count 1).
     case leaveNamespace(String, lock: Int32)
+    /// Waits until TAP `name`, removed just before, is gone (`DescriptorCloser`: the kernel
+    /// unregisters it in 14-40 ms), so that a TAP of that name can be made again.
+    case waitForClose(String)
 
     var description: String {
         switch self {
@@ -59,6 +62,7 @@ enum LinkOperation: Sendable, Equatable, CustomStringConvertible {
         case .findHolder(let name): "find the holder of \(name)"
         case .placeInNamespace(let p): "\(p.join ? "join namespace \(p.namespace), " : "")move \(p.link) into \(p.namespace)\(p.mac.map { " mac \($0)" } ?? "")\(p.address.map { " addr \($0)" } ?? "")"
         case .leaveNamespace(let ns, _): "leave namespace \(ns)"
+        case .waitForClose(let name): "wait for \(name) to close"
         }
     }
 }
@@ -99,6 +103,9 @@ final class SystemLinkKernel: LinkKernel {
             return try place(placement)
         case .leaveNamespace(let ns, let lock):
             return try leave(ns, lock: lock)
+        case .waitForClose(let name):
+            DescriptorCloser.finishPending(name)
+            return LinkOutcome()
         case .fdbAppend(let device, let destination), .fdbDelete(let device, let destination):
             let add = if case .fdbAppend = operation { true } else { false }
             let (index, family, bytes) = try Self.target(device, destination)

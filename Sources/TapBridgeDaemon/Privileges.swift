@@ -31,6 +31,6 @@ extension BridgeDaemon {
             throw StartupError("--user \(runAs.name): cannot give the control socket \(path) to the user: \(describeErrno(errno))")
         }
         try runAs.drop()
-        logger.info("running as \(runAs), with \(RunAs.keptCapabilities.map(\.1).joined(separator: " and ")) only (port add, ports coming back, MTUs put back; CAP_NET_ADMIN also for the ip and bridge it runs for datapath=kernel) and no new privileges")
+        logger.info("running as \(runAs), with \(RunAs.keptCapabilities.map(\.1).joined(separator: " and ")) only (port add, ports coming back, MTUs put back, the vxlan devices of datapath=kernel remotes) and no new privileges")
     }
 }

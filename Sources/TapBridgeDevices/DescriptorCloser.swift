@@ -29,6 +29,9 @@ public enum DescriptorCloser {
         }
     }
 
+    /// Whether the interface called `name` is being closed.
+    public static func isPending(_ name: String) -> Bool { state.sync { closing[name] != nil } }
+
     /// Returns once the interface called `name` is no longer being closed.
     public static func finishPending(_ name: String) {
         if state.sync(execute: { closing[name] != nil }) { queue.sync {} }
