@@ -89,10 +89,15 @@ public final class BridgeDaemon {
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     /// `claim`: the control path's claim if the caller took it already (choosing a free name);
     /// otherwise it is taken here, first, and a bridge holding it refuses this one.
-    public init(options: Options, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
+    public convenience init(options: Options, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
+        try self.init(options: options, logger: logger, claim: claim, kernel: SystemLinkKernel())
+    }
+
+    /// `kernel`: what performs the control plane's link operations (a test's fake).
+    init(options: Options, logger: Logger, claim: ControlClaim? = nil, kernel: any LinkKernel) throws(StartupError) {
         self.options = options
         self.logger = logger
-        linkControl = try LinkControl()
+        linkControl = try LinkControl(kernel: kernel)
         namespaces = Namespaces(control: linkControl, logger: logger)
         try options.user?.check(options.ports)
         var names: Set<String> = []
