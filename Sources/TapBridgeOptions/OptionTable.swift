@@ -151,8 +151,8 @@ public enum OptionTable {
                  access VLAN 1); trunk=10:20-29 carries those VLANs tagged, native=N carries one VLAN untagged on a trunk. \
                  learning=off never learns MACs behind the port; flooding=off keeps unknown unicast, broadcast and multicast \
                  away from it. mtu=N sets the interface's MTU (the IP MTU, as ip-link shows it). netns=NS moves the TAP \
-                 tapbridge makes into network namespace NS (made if missing and removed on exit, as ip netns add makes \
-                 it), gives it addr=CIDR and mac=MAC there and brings it up: --port h1,netns=h1,addr=10.0.0.1/24 \
+                 tapbridge makes into network namespace NS (made if missing, as ip netns add makes it, and removed by \
+                 the last bridge with a port in it), gives it addr=CIDR and mac=MAC there and brings it up: --port h1,netns=h1,addr=10.0.0.1/24 \
                  --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab. A TAP tapbridge makes gets the same MAC at \
                  every start (from /etc/machine-id, the bridge's name and the port's; with netns=, mac= sets another). storm=PPS takes at most PPS flooded frames \
                  (broadcast, multicast, unknown unicast) a second from the port. A port on an interface tapbridge did \
