@@ -33,6 +33,12 @@ public protocol EventSource: AnyObject {
 /// the order they were added, so a source added after another sees that source's work of the
 /// same round (the bridge admits new UDP peers after the batch that brought them).
 public final class EventLoop {
+    /// How the loop waits for readiness, and what time it is: poll(2) and the monotonic clock,
+    /// or a test's script and manual clock (an embedded loop, as swift-nio's
+    /// `EmbeddedEventLoop`), so the loop's order, deadlines and busy polling are tested
+    /// without a descriptor that must really become ready.
+    let poller: any Poller
+    let clock: () -> Instant
     var sources: [any EventSource] = []
     /// Where each source's entries end in `fds`, and its deadline, for the current round.
     var ends: [Int] = []
@@ -50,7 +56,16 @@ public final class EventLoop {
 
     public init(logger: Logger) {
         self.logger = logger
+        poller = SystemPoller()
+        clock = Self.now
         fds.reserveCapacity(64)
+    }
+
+    /// A loop that waits through `poller` and reads the time from `clock` (tests).
+    init(logger: Logger, poller: any Poller, clock: @escaping () -> Instant) {
+        self.logger = logger
+        self.poller = poller
+        self.clock = clock
     }
 
     /// Adds `source`, served after the ones added before it.
@@ -79,15 +94,15 @@ public final class EventLoop {
             deadlines[k] = sources[k].deadline()
             if let d = deadlines[k] { earliest = min(earliest ?? d, d) }
         }
-        let before = Self.now()
+        let before = clock()
         let spinning = busyPoll > 0 && lastReady.map { before.duration(since: $0).nanoseconds < busyPoll } ?? false
-        let rc = poll(&fds, nfds_t(fds.count), spinning ? 0 : Self.timeout(until: earliest, now: before))
+        let rc = poller.wait(&fds, timeout: spinning ? 0 : Self.timeout(until: earliest, now: before))
         if rc < 0 {
-            if errno == EINTR { return nil }
-            logger.critical("poll failed: \(describeErrno(errno))")
+            if rc == -EINTR { return nil }
+            logger.critical("poll failed: \(describeErrno(-rc))")
             return 1
         }
-        let now = Self.now()
+        let now = clock()
         if rc > 0 { lastReady = now }
         var start = 0
         for k in sources.indices {
@@ -107,6 +122,21 @@ public final class EventLoop {
         let ns = deadline - now.nanoseconds
         if ns <= 0 { return 0 }
         return Int32(min(ns / 1_000_000 + (ns % 1_000_000 == 0 ? 0 : 1), 3_600_000))
+    }
+}
+
+/// How the loop waits for its descriptors (`EventLoop`).
+protocol Poller: AnyObject {
+    /// Waits at most `timeout` milliseconds (-1: until something is ready) for `fds`, and
+    /// fills in their `revents`; how many are ready, or -errno.
+    func wait(_ fds: inout [pollfd], timeout: Int32) -> Int32
+}
+
+/// poll(2).
+final class SystemPoller: Poller {
+    func wait(_ fds: inout [pollfd], timeout: Int32) -> Int32 {
+        let rc = poll(&fds, nfds_t(fds.count), timeout)
+        return rc < 0 ? -errno : rc
     }
 }
 

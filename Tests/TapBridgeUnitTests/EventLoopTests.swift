@@ -1,0 +1,124 @@
+import Glibc
+import Logging
+import TapBridgeCore
+@testable import TapBridgeDaemon
+import TapBridgeTestSupport
+import Testing
+
+/// The event loop driven by a script of readiness and a manual clock (an embedded loop): which
+/// sources a round serves and in what order, how long it sleeps, busy polling, and how it
+/// stops. No descriptor, no root, no sleep.
+@Suite("The event loop, scripted")
+struct EventLoopTests {
+    /// Each round: the timeout the loop asked for is recorded, the clock moves on by `elapse`
+    /// (or to the timeout, if it is not -1 and nothing is ready), and the descriptors named in
+    /// `ready` get POLLIN.
+    final class ScriptedPoller: Poller {
+        struct Step {
+            var ready: Set<Int32> = []
+            var elapse: Duration? = nil
+            var result: Int32? = nil  // (-errno: poll fails)
+        }
+        var steps: [Step]
+        var timeouts: [Int32] = []
+        let clock: ManualClock
+
+        init(_ steps: [Step], clock: ManualClock) {
+            self.steps = steps
+            self.clock = clock
+        }
+
+        func wait(_ fds: inout [pollfd], timeout: Int32) -> Int32 {
+            timeouts.append(timeout)
+            guard !steps.isEmpty else { return -EINVAL }
+            let step = steps.removeFirst()
+            if let result = step.result { return result }
+            var n: Int32 = 0
+            for k in fds.indices where step.ready.contains(fds[k].fd) {
+                fds[k].revents = Int16(POLLIN)
+                n += 1
+            }
+            if let elapse = step.elapse {
+                clock.advance(by: elapse)
+            } else if n == 0, timeout > 0 {
+                clock.advance(by: .milliseconds(Int(timeout)))
+            }
+            return n
+        }
+    }
+
+    /// A source with one descriptor (a number; nothing is opened) and maybe a deadline; it
+    /// writes its name to the log when served.
+    final class Source: EventSource {
+        let name: String
+        let fd: Int32
+        var due: Int64?
+        var log: (String) -> Void
+        var stopWith: Int32? = nil
+
+        init(_ name: String, fd: Int32, due: Int64? = nil, log: @escaping (String) -> Void) {
+            (self.name, self.fd, self.due, self.log) = (name, fd, due, log)
+        }
+
+        func register(_ fds: inout [pollfd]) { if fd >= 0 { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) } }
+        func deadline() -> Int64? { due }
+        func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
+            log(name)
+            if due.map({ $0 <= now.nanoseconds }) == true { due = nil }
+            return stopWith
+        }
+    }
+
+    static func loop(_ steps: [ScriptedPoller.Step], clock: ManualClock) -> (EventLoop, ScriptedPoller) {
+        let poller = ScriptedPoller(steps, clock: clock)
+        return (EventLoop(logger: Logger(label: "test"), poller: poller, clock: { clock.now }), poller)
+    }
+
+    /// Only the sources with a ready descriptor or a passed deadline are served, in the order
+    /// they were added; the loop sleeps until the earliest deadline (rounded up to the
+    /// millisecond) and, with none, until something is ready.
+    @Test func aRoundServesWhatIsReadyOrDueInOrder() {
+        let clock = ManualClock()
+        var served: [String] = []
+        let (loop, poller) = Self.loop([.init(ready: [11]), .init(), .init(ready: [10, 11]), .init(ready: [10])], clock: clock)
+        let a = Source("a", fd: 10) { served.append($0) }
+        let b = Source("b", fd: 11) { served.append($0) }
+        let timer = Source("timer", fd: -1, due: Instant.zero.advanced(by: .microseconds(2_500)).nanoseconds) { served.append($0) }
+        for s in [a, timer, b] as [any EventSource] { loop.add(s) }
+        for _ in 0..<4 { #expect(loop.runOnce() == nil) }
+        #expect(served == ["b", "timer", "a", "b", "a"], "\(served)")
+        // 2.5 ms away: 3; after the timer ran, no deadline is left: -1
+        #expect(poller.timeouts == [3, 3, -1, -1], "\(poller.timeouts)")
+        #expect(clock.now == Instant.zero.advanced(by: .milliseconds(3)))
+    }
+
+    /// A source that returns a status stops the loop with it; a poll interrupted by a signal
+    /// goes on; any other failure stops it with 1.
+    @Test func theLoopStopsOnAStatusOrAFailure() {
+        let clock = ManualClock()
+        var served: [String] = []
+        let (loop, _) = Self.loop([.init(result: -EINTR), .init(ready: [10]), .init(ready: [10])], clock: clock)
+        let a = Source("a", fd: 10) { served.append($0) }
+        loop.add(a)
+        #expect(loop.runOnce() == nil && served.isEmpty)
+        #expect(loop.runOnce() == nil && served == ["a"])
+        a.stopWith = 7
+        #expect(loop.run() == 7)
+        let (failing, _) = Self.loop([.init(result: -EBADF)], clock: clock)
+        failing.add(Source("b", fd: 11) { served.append($0) })
+        #expect(failing.run() == 1 && served == ["a", "a"])
+    }
+
+    /// `--busy-poll`: for as long after a round that found something ready, the loop polls
+    /// without sleeping (timeout 0), then sleeps again.
+    @Test func busyPollingSpinsOnlyWithinItsWindowAfterTraffic() {
+        let clock = ManualClock()
+        let (loop, poller) = Self.loop([.init(ready: [10], elapse: .milliseconds(1)), .init(elapse: .milliseconds(20)),
+                                        .init(elapse: .milliseconds(40)), .init(elapse: .milliseconds(1))], clock: clock)
+        loop.busyPoll = Duration.milliseconds(50).nanoseconds
+        loop.add(Source("a", fd: 10) { _ in })
+        for _ in 0..<4 { #expect(loop.runOnce() == nil) }
+        // first: asleep (no traffic yet); then within 50 ms of the ready round: 0, 0; then 61 ms: asleep
+        #expect(poller.timeouts == [-1, 0, 0, -1], "\(poller.timeouts)")
+    }
+}
