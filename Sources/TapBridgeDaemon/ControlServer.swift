@@ -96,6 +96,8 @@ public final class ControlServer {
     /// How long a `.later` answer may take: a name lookup's resolver gives up within
     /// seconds (5 per try, two tries by default), the kernel's changes take milliseconds.
     static let laterTimeoutNanoseconds: Int64 = 30_000_000_000
+    /// This server's (a test's is shorter).
+    var laterTimeout = laterTimeoutNanoseconds
 
     let path: String
     let listener: Int32
@@ -247,7 +249,7 @@ public final class ControlServer {
         for k in clients.indices where clients[k].deadline <= now {  // timed out
             if clients[k].waiting, !clients[k].closing {
                 clients[k].waiting = false
-                answer(k, .failure("no answer within \(Self.laterTimeoutNanoseconds / 1_000_000_000) s (the change may still take effect: show ports says)"), now: now)
+                answer(k, .failure("no answer within \(OptionTable.plain(Double(laterTimeout) / 1e9)) s (the change may still take effect: show ports says)"), now: now)
             } else {
                 markClosing(k)
             }
@@ -330,7 +332,7 @@ public final class ControlServer {
             // request), waiting (not polled) until the answer comes
             clients[k].answered = true
             clients[k].waiting = true
-            clients[k].deadline = now + Self.laterTimeoutNanoseconds
+            clients[k].deadline = now + laterTimeout
             let serial = clients[k].serial
             start { [weak self] response in self?.deliver(response, to: serial) }
         }
