@@ -30,14 +30,17 @@
 #define NETLINK_GET_STRICT_CHK 12
 #endif
 
-/// A route netlink socket whose waits end after 5 s (the kernel answers in microseconds) and
-/// whose acknowledgements do not quote the request.
-static int nl_open(void) {
+/// A route netlink socket whose waits end after `seconds` (0: never; the kernel answers in
+/// microseconds, but unregistering thousands of links takes it longer) and whose
+/// acknowledgements do not quote the request.
+static int nl_open_waiting(int seconds) {
     int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
     if (fd < 0) return -errno;
-    struct timeval timeout = {.tv_sec = 5};
-    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
-    setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    if (seconds > 0) {
+        struct timeval timeout = {.tv_sec = seconds};
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, sizeof(timeout));
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, sizeof(timeout));
+    }
     int one = 1;
     setsockopt(fd, SOL_NETLINK, NETLINK_CAP_ACK, &one, sizeof(one));
     // the kernel filters the dump by ndm_ifindex (4.20 on; older ones dump every device's
@@ -48,33 +51,50 @@ static int nl_open(void) {
     return fd;
 }
 
+static int nl_open(void) { return nl_open_waiting(5); }
+
 static int address_length(int family) { return family == AF_INET ? 4 : family == AF_INET6 ? 16 : -1; }
 
-/// Appends one FDB request (`type`, `flags`) for `mac` behind `dst` on device `ifindex` at
-/// `buffer`; its length.
-static int fdb_message(char *buffer, int type, int flags, unsigned seq, int ifindex, const uint8_t mac[6], const uint8_t *dst, int dst_length) {
-    struct nlmsghdr *h = (struct nlmsghdr *)buffer;
-    memset(h, 0, NLMSG_SPACE(sizeof(struct ndmsg)));
-    h->nlmsg_len = NLMSG_LENGTH(sizeof(struct ndmsg));
+// ---- building requests ----
+
+/// Starts a request at `h` (room for `capacity` bytes): the header (`type`, NLM_F_REQUEST |
+/// NLM_F_ACK | `flags`, `seq`) and a zeroed family message of `size` bytes, which it returns.
+static void *start_message(struct nlmsghdr *h, size_t capacity, int type, int flags, unsigned seq, size_t size) {
+    memset(h, 0, NLMSG_SPACE(size) < capacity ? NLMSG_SPACE(size) : capacity);
+    h->nlmsg_len = (unsigned)NLMSG_LENGTH(size);
     h->nlmsg_type = (unsigned short)type;
     h->nlmsg_flags = (unsigned short)(NLM_F_REQUEST | NLM_F_ACK | flags);
     h->nlmsg_seq = seq;
-    struct ndmsg *n = NLMSG_DATA(h);
+    return NLMSG_DATA(h);
+}
+
+/// Appends attribute `type` (`length` bytes of `data`; none for a nest, closed by
+/// `end_nested`) to the request at `h`; NULL if it does not fit `capacity`.
+static struct rtattr *add_attribute(struct nlmsghdr *h, size_t capacity, unsigned short type, const void *data, int length) {
+    if (NLMSG_ALIGN(h->nlmsg_len) + RTA_SPACE(length) > capacity) return NULL;
+    struct rtattr *a = (struct rtattr *)((char *)h + NLMSG_ALIGN(h->nlmsg_len));
+    a->rta_type = type;
+    a->rta_len = (unsigned short)RTA_LENGTH(length);
+    memset(RTA_DATA(a), 0, RTA_ALIGN(a->rta_len) - RTA_LENGTH(0));
+    if (length > 0) memcpy(RTA_DATA(a), data, (size_t)length);
+    h->nlmsg_len = NLMSG_ALIGN(h->nlmsg_len) + RTA_ALIGN(a->rta_len);
+    return a;
+}
+
+static void end_nested(struct nlmsghdr *h, struct rtattr *nest) {
+    nest->rta_len = (unsigned short)((char *)h + h->nlmsg_len - (char *)nest);
+}
+
+/// Writes one FDB request (`type`, `flags`) for `mac` behind `dst` on device `ifindex` at
+/// `buffer` (room for `capacity` bytes); its aligned length, or 0 if it does not fit.
+static int fdb_message(char *buffer, size_t capacity, int type, int flags, unsigned seq, int ifindex, const uint8_t mac[6], const uint8_t *dst, int dst_length) {
+    struct nlmsghdr *h = (struct nlmsghdr *)buffer;
+    struct ndmsg *n = start_message(h, capacity, type, flags, seq, sizeof(struct ndmsg));
     n->ndm_family = AF_BRIDGE;
     n->ndm_ifindex = ifindex;
     n->ndm_flags = NTF_SELF;
     n->ndm_state = type == RTM_NEWNEIGH ? (NUD_NOARP | NUD_PERMANENT) : 0;
-    const void *values[2] = {mac, dst};
-    const int lengths[2] = {6, dst_length};
-    const unsigned short types[2] = {NDA_LLADDR, NDA_DST};
-    for (int k = 0; k < 2; k++) {
-        struct rtattr *a = (struct rtattr *)(buffer + NLMSG_ALIGN(h->nlmsg_len));
-        a->rta_type = types[k];
-        a->rta_len = (unsigned short)RTA_LENGTH(lengths[k]);
-        memset(RTA_DATA(a), 0, RTA_ALIGN(a->rta_len) - RTA_LENGTH(0));
-        memcpy(RTA_DATA(a), values[k], (size_t)lengths[k]);
-        h->nlmsg_len = NLMSG_ALIGN(h->nlmsg_len) + RTA_ALIGN(a->rta_len);
-    }
+    if (!add_attribute(h, capacity, NDA_LLADDR, mac, 6) || !add_attribute(h, capacity, NDA_DST, dst, dst_length)) return 0;
     return (int)NLMSG_ALIGN(h->nlmsg_len);
 }
 
@@ -108,18 +128,33 @@ static int send_and_count(int fd, const char *buffer, int length, unsigned first
     return succeeded;
 }
 
+/// A request of one message under construction.
+struct request {
+    char buffer[1024] __attribute__((aligned(NLMSG_ALIGNTO)));
+};
+
+static struct nlmsghdr *header(struct request *r) { return (struct nlmsghdr *)r->buffer; }
+
+/// Sends `r` on `fd` (a fresh socket if -1) and waits for its acknowledgement: 0 or -errno.
+static int transact(int fd, struct request *r) {
+    int own = fd < 0;
+    if (own) {
+        fd = nl_open();
+        if (fd < 0) return fd;
+    }
+    int first_error = 0;
+    int rc = send_and_count(fd, r->buffer, (int)header(r)->nlmsg_len, header(r)->nlmsg_seq, 1, &first_error);
+    if (own) close(fd);
+    if (rc < 0) return rc;
+    return rc == 1 ? 0 : -first_error;
+}
+
 int ctb_fdb_change(int add, int ifindex, const uint8_t *mac, int family, const uint8_t *dst) {
     int dst_length = address_length(family);
     if (dst_length < 0) return -EAFNOSUPPORT;
-    int fd = nl_open();
-    if (fd < 0) return fd;
-    char buffer[256] __attribute__((aligned(NLMSG_ALIGNTO)));
-    int length = fdb_message(buffer, add ? RTM_NEWNEIGH : RTM_DELNEIGH, add ? (NLM_F_CREATE | NLM_F_APPEND) : 0, 1, ifindex, mac, dst, dst_length);
-    int first_error = 0;
-    int rc = send_and_count(fd, buffer, length, 1, 1, &first_error);
-    close(fd);
-    if (rc < 0) return rc;
-    return rc == 1 ? 0 : -first_error;
+    struct request r;
+    if (!fdb_message(r.buffer, sizeof(r.buffer), add ? RTM_NEWNEIGH : RTM_DELNEIGH, add ? (NLM_F_CREATE | NLM_F_APPEND) : 0, 1, ifindex, mac, dst, dst_length)) return -EINVAL;
+    return transact(-1, &r);
 }
 
 /// The MACs (other than all-zero) of device `ifindex`'s FDB whose destination is `dst`: one
@@ -226,7 +261,7 @@ int ctb_fdb_forget(int ifindex, int family, const uint8_t *dst) {
     for (int start = 0; rc == 0 && start < count; start += batch) {
         int length = 0, n = count - start < batch ? count - start : batch;
         for (int k = 0; k < n; k++) {
-            length += fdb_message(buffer + length, RTM_DELNEIGH, 0, seq + (unsigned)k, ifindex, macs + (start + k) * 6, dst, dst_length);
+            length += fdb_message(buffer + length, (size_t)(batch * 128 - length), RTM_DELNEIGH, 0, seq + (unsigned)k, ifindex, macs + (start + k) * 6, dst, dst_length);
         }
         int first_error = 0;
         int done = send_and_count(fd, buffer, length, seq, n, &first_error);
@@ -245,38 +280,9 @@ int ctb_fdb_forget(int ifindex, int family, const uint8_t *dst) {
 
 // ---- links and addresses ----
 
-/// A request under construction: the header, its family message, then attributes.
-struct request {
-    char buffer[1024] __attribute__((aligned(NLMSG_ALIGNTO)));
-};
-
-static struct nlmsghdr *header(struct request *r) { return (struct nlmsghdr *)r->buffer; }
-
-static struct rtattr *add_attribute(struct request *r, unsigned short type, const void *data, int length) {
-    struct nlmsghdr *h = header(r);
-    if (NLMSG_ALIGN(h->nlmsg_len) + RTA_SPACE(length) > sizeof(r->buffer)) return NULL;
-    struct rtattr *a = (struct rtattr *)(r->buffer + NLMSG_ALIGN(h->nlmsg_len));
-    a->rta_type = type;
-    a->rta_len = (unsigned short)RTA_LENGTH(length);
-    memset(RTA_DATA(a), 0, RTA_ALIGN(a->rta_len) - RTA_LENGTH(0));
-    if (length > 0) memcpy(RTA_DATA(a), data, (size_t)length);
-    h->nlmsg_len = NLMSG_ALIGN(h->nlmsg_len) + RTA_ALIGN(a->rta_len);
-    return a;
-}
-
-static void end_nested(struct request *r, struct rtattr *nest) {
-    nest->rta_len = (unsigned short)(r->buffer + header(r)->nlmsg_len - (char *)nest);
-}
-
 /// A link request (`type`, `flags`) for `ifindex` with `ifi_flags`/`ifi_change`.
 static struct ifinfomsg *start_link(struct request *r, int type, int flags, int ifindex, unsigned up_flags, unsigned change) {
-    memset(r, 0, sizeof(*r));
-    struct nlmsghdr *h = header(r);
-    h->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifinfomsg));
-    h->nlmsg_type = (unsigned short)type;
-    h->nlmsg_flags = (unsigned short)(NLM_F_REQUEST | NLM_F_ACK | flags);
-    h->nlmsg_seq = 1;
-    struct ifinfomsg *i = NLMSG_DATA(h);
+    struct ifinfomsg *i = start_message(header(r), sizeof(r->buffer), type, flags, 1, sizeof(struct ifinfomsg));
     i->ifi_family = AF_UNSPEC;
     i->ifi_index = ifindex;
     i->ifi_flags = up_flags;
@@ -284,31 +290,39 @@ static struct ifinfomsg *start_link(struct request *r, int type, int flags, int 
     return i;
 }
 
-/// Sends `r` on `fd` (a fresh socket if -1) and waits for its acknowledgement: 0 or -errno.
-static int transact(int fd, struct request *r) {
-    int own = fd < 0;
-    if (own) {
-        fd = nl_open();
-        if (fd < 0) return fd;
-    }
-    int first_error = 0;
-    int rc = send_and_count(fd, r->buffer, (int)header(r)->nlmsg_len, 1, 1, &first_error);
-    if (own) close(fd);
-    if (rc < 0) return rc;
-    return rc == 1 ? 0 : -first_error;
+/// Appends an attribute to `r` (see `add_attribute`).
+static struct rtattr *attribute(struct request *r, unsigned short type, const void *data, int length) {
+    return add_attribute(header(r), sizeof(r->buffer), type, data, length);
 }
+
+/// A link request for `ifindex` with IFLA_GROUP `group`, on a socket that waits as long as the
+/// kernel takes (unregistering every TAP of a bridge at once). 0 or -errno.
+static int group_request(int type, int ifindex, unsigned int group) {
+    struct request r;
+    start_link(&r, type, 0, ifindex, 0, 0);
+    if (!attribute(&r, IFLA_GROUP, &group, 4)) return -EINVAL;
+    int fd = nl_open_waiting(0);
+    if (fd < 0) return fd;
+    int rc = transact(fd, &r);
+    close(fd);
+    return rc;
+}
+
+int ctb_if_set_group(int ifindex, unsigned int group) { return group_request(RTM_NEWLINK, ifindex, group); }
+
+int ctb_links_delete_group(unsigned int group) { return group_request(RTM_DELLINK, 0, group); }
 
 int ctb_link_delete(const char *name) {
     struct request r;
     start_link(&r, RTM_DELLINK, 0, 0, 0, 0);
-    if (!add_attribute(&r, IFLA_IFNAME, name, (int)strlen(name) + 1)) return -ENAMETOOLONG;
+    if (!attribute(&r, IFLA_IFNAME, name, (int)strlen(name) + 1)) return -ENAMETOOLONG;
     return transact(-1, &r);
 }
 
 int ctb_link_set(int ifindex, int up, const uint8_t *mac) {
     struct request r;
     start_link(&r, RTM_NEWLINK, 0, ifindex, up ? IFF_UP : 0, up ? IFF_UP : 0);
-    if (mac && !add_attribute(&r, IFLA_ADDRESS, mac, 6)) return -EINVAL;
+    if (mac && !attribute(&r, IFLA_ADDRESS, mac, 6)) return -EINVAL;
     return transact(-1, &r);
 }
 
@@ -319,17 +333,17 @@ int ctb_vxlan_create(const char *name, unsigned mtu, unsigned vni, unsigned shor
     struct request r;
     start_link(&r, RTM_NEWLINK, NLM_F_CREATE | NLM_F_EXCL, 0, 0, 0);
     unsigned short port_be = htons(port);
-    int ok = add_attribute(&r, IFLA_IFNAME, name, (int)strlen(name) + 1) && add_attribute(&r, IFLA_MTU, &mtu, 4);
-    struct rtattr *info = ok ? add_attribute(&r, IFLA_LINKINFO, NULL, 0) : NULL;
-    ok = info && add_attribute(&r, IFLA_INFO_KIND, "vxlan", 6);
-    struct rtattr *data = ok ? add_attribute(&r, IFLA_INFO_DATA, NULL, 0) : NULL;
-    ok = data && add_attribute(&r, IFLA_VXLAN_ID, &vni, 4) && add_attribute(&r, IFLA_VXLAN_PORT, &port_be, 2)
-        && add_attribute(&r, family == AF_INET ? IFLA_VXLAN_GROUP : IFLA_VXLAN_GROUP6, remote, length)
-        && add_attribute(&r, IFLA_VXLAN_LIMIT, &limit, 4)
-        && (!local || add_attribute(&r, family == AF_INET ? IFLA_VXLAN_LOCAL : IFLA_VXLAN_LOCAL6, local, length));
+    int ok = attribute(&r, IFLA_IFNAME, name, (int)strlen(name) + 1) && attribute(&r, IFLA_MTU, &mtu, 4);
+    struct rtattr *info = ok ? attribute(&r, IFLA_LINKINFO, NULL, 0) : NULL;
+    ok = info && attribute(&r, IFLA_INFO_KIND, "vxlan", 6);
+    struct rtattr *data = ok ? attribute(&r, IFLA_INFO_DATA, NULL, 0) : NULL;
+    ok = data && attribute(&r, IFLA_VXLAN_ID, &vni, 4) && attribute(&r, IFLA_VXLAN_PORT, &port_be, 2)
+        && attribute(&r, family == AF_INET ? IFLA_VXLAN_GROUP : IFLA_VXLAN_GROUP6, remote, length)
+        && attribute(&r, IFLA_VXLAN_LIMIT, &limit, 4)
+        && (!local || attribute(&r, family == AF_INET ? IFLA_VXLAN_LOCAL : IFLA_VXLAN_LOCAL6, local, length));
     if (!ok) return -EINVAL;
-    end_nested(&r, data);
-    end_nested(&r, info);
+    end_nested(header(&r), data);
+    end_nested(header(&r), info);
     int fd = nl_open();
     if (fd < 0) return fd;
     int rc = transact(fd, &r);
@@ -342,13 +356,13 @@ int ctb_vxlan_create(const char *name, unsigned mtu, unsigned vni, unsigned shor
             start_link(&r, RTM_NEWLINK, 0, index, 0, 0);
             unsigned char none = IN6_ADDR_GEN_MODE_NONE;
             struct rtattr *spec = NULL, *inet6 = NULL;
-            ok = add_attribute(&r, IFLA_IFALIAS, alias, (int)strlen(alias)) && (spec = add_attribute(&r, IFLA_AF_SPEC, NULL, 0))
-                && (inet6 = add_attribute(&r, AF_INET6, NULL, 0)) && add_attribute(&r, IFLA_INET6_ADDR_GEN_MODE, &none, 1);
+            ok = attribute(&r, IFLA_IFALIAS, alias, (int)strlen(alias)) && (spec = attribute(&r, IFLA_AF_SPEC, NULL, 0))
+                && (inet6 = attribute(&r, AF_INET6, NULL, 0)) && attribute(&r, IFLA_INET6_ADDR_GEN_MODE, &none, 1);
             if (!ok) {
                 rc = -EINVAL;
             } else {
-                end_nested(&r, inet6);
-                end_nested(&r, spec);
+                end_nested(header(&r), inet6);
+                end_nested(header(&r), spec);
                 rc = transact(fd, &r);
             }
         }
@@ -359,7 +373,7 @@ int ctb_vxlan_create(const char *name, unsigned mtu, unsigned vni, unsigned shor
         if (rc != 0) {
             struct request undo;
             start_link(&undo, RTM_DELLINK, 0, 0, 0, 0);
-            add_attribute(&undo, IFLA_IFNAME, name, (int)strlen(name) + 1);
+            attribute(&undo, IFLA_IFNAME, name, (int)strlen(name) + 1);
             transact(fd, &undo);
         }
     }
@@ -373,7 +387,7 @@ int ctb_link_to_netns(int ifindex, const char *netns_path) {
     struct request r;
     start_link(&r, RTM_NEWLINK, 0, ifindex, 0, 0);
     unsigned value = (unsigned)ns;
-    int rc = add_attribute(&r, IFLA_NET_NS_FD, &value, 4) ? transact(-1, &r) : -EINVAL;
+    int rc = attribute(&r, IFLA_NET_NS_FD, &value, 4) ? transact(-1, &r) : -EINVAL;
     close(ns);
     return rc;
 }
@@ -410,21 +424,15 @@ int ctb_netns_configure(const char *netns_path, const char *name, int family, co
     struct request r;
     if (address) {
         int length = address_length(family);
-        memset(&r, 0, sizeof(r));
-        struct nlmsghdr *h = header(&r);
-        h->nlmsg_len = NLMSG_LENGTH(sizeof(struct ifaddrmsg));
-        h->nlmsg_type = RTM_NEWADDR;
-        h->nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK | NLM_F_CREATE | NLM_F_EXCL;
-        h->nlmsg_seq = 1;
-        struct ifaddrmsg *a = NLMSG_DATA(h);
+        struct ifaddrmsg *a = start_message(header(&r), sizeof(r.buffer), RTM_NEWADDR, NLM_F_CREATE | NLM_F_EXCL, 1, sizeof(struct ifaddrmsg));
         a->ifa_family = (unsigned char)family;
         a->ifa_prefixlen = (unsigned char)prefix;
         a->ifa_index = (unsigned)index;
         // nodad: an IPv6 address usable at once, not after duplicate detection
         unsigned flags = family == AF_INET6 ? IFA_F_NODAD : 0;
         a->ifa_flags = (unsigned char)flags;
-        if (length < 0 || !add_attribute(&r, IFA_LOCAL, address, length) || !add_attribute(&r, IFA_ADDRESS, address, length)
-            || !add_attribute(&r, IFA_FLAGS, &flags, 4)) {
+        if (length < 0 || !attribute(&r, IFA_LOCAL, address, length) || !attribute(&r, IFA_ADDRESS, address, length)
+            || !attribute(&r, IFA_FLAGS, &flags, 4)) {
             rc = -EINVAL;
         } else {
             rc = transact(fd, &r);

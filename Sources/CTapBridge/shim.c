@@ -152,57 +152,6 @@ int ctb_if_index_exists(int index) {
     return rc == -ENODEV ? 0 : rc;
 }
 
-/// Sends one rtnetlink request for a link (`type`, ifindex, IFLA_GROUP `group`) and waits for
-/// its acknowledgement. 0 or -errno.
-static int link_request(int type, int flags, int ifindex, unsigned int group) {
-    struct {
-        struct nlmsghdr h;
-        struct ifinfomsg i;
-        struct rtattr a;
-        unsigned int group;
-    } request;
-    memset(&request, 0, sizeof(request));
-    request.h.nlmsg_len = sizeof(request);
-    request.h.nlmsg_type = (unsigned short)type;
-    request.h.nlmsg_flags = (unsigned short)(NLM_F_REQUEST | NLM_F_ACK | flags);
-    request.h.nlmsg_seq = 1;
-    request.i.ifi_family = AF_UNSPEC;
-    request.i.ifi_index = ifindex;
-    request.a.rta_type = IFLA_GROUP;
-    request.a.rta_len = RTA_LENGTH(sizeof(unsigned int));
-    request.group = group;
-    int fd = socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, NETLINK_ROUTE);
-    if (fd < 0) return -errno;
-    struct sockaddr_nl kernel = {.nl_family = AF_NETLINK};
-    if (sendto(fd, &request, sizeof(request), 0, (struct sockaddr *)&kernel, sizeof(kernel)) < 0) {
-        int e = errno;
-        close(fd);
-        return -e;
-    }
-    char answer[4096] __attribute__((aligned(NLMSG_ALIGNTO)));
-    for (;;) {
-        ssize_t n = recv(fd, answer, sizeof(answer), 0);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            int e = errno;
-            close(fd);
-            return -e;
-        }
-        int left = (int)n;
-        for (struct nlmsghdr *h = (struct nlmsghdr *)answer; NLMSG_OK(h, left); h = NLMSG_NEXT(h, left)) {
-            if (h->nlmsg_type == NLMSG_ERROR && h->nlmsg_len >= NLMSG_LENGTH(sizeof(struct nlmsgerr))) {
-                struct nlmsgerr *err = NLMSG_DATA(h);
-                close(fd);
-                return err->error;  // 0: the acknowledgement; else -errno
-            }
-        }
-    }
-}
-
-int ctb_if_set_group(int ifindex, unsigned int group) { return link_request(RTM_NEWLINK, 0, ifindex, group); }
-
-int ctb_links_delete_group(unsigned int group) { return link_request(RTM_DELLINK, 0, 0, group); }
-
 int ctb_eventfd(void) {
     int fd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     return fd < 0 ? -errno : fd;
