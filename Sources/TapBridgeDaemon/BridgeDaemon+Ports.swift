@@ -201,7 +201,7 @@ extension BridgeDaemon {
     func looksUpIPv4Only(_ spec: RemoteSpec) -> Bool {
         guard spec.datapath == .user else { return false }
         if let tunnel { return tunnel.family == AF_INET }
-        return options.listen?.host.map { !$0.contains(":") && LinkControl.isNumeric($0) } ?? false
+        return options.listen?.host.map { SocketAddress.family(ofNumericHost: $0) == .v4 } ?? false
     }
 
     /// `remote add SPEC` with its host looked up (at `address`): a remote joins the running

@@ -265,9 +265,7 @@ final class KernelVXLAN {
     func releaseAll() {
         control.finish()
         for device in devices {
-            var result: Result<[LinkOutcome], StartupError>
-            do throws(StartupError) { result = .success(try control.performNow([.deleteLink(device.name)])) } catch { result = .failure(error) }
-            removed(device.name, result)
+            removed(device.name, Result { () throws(StartupError) in try control.performNow([.deleteLink(device.name)]) })
         }
         devices.removeAll()
     }

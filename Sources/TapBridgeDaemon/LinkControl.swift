@@ -132,13 +132,6 @@ final class LinkControl: EventSource {
         mailbox = Mailbox(fd: fd)
     }
 
-    /// Whether `host` is an address already (nothing to look up: `getaddrinfo` answers it at
-    /// once, without a resolver).
-    static func isNumeric(_ host: String) -> Bool {
-        var buffer = in6_addr()
-        return inet_pton(AF_INET, host, &buffer) == 1 || inet_pton(AF_INET6, host, &buffer) == 1
-    }
-
     private func ticket(_ completion: @escaping (Result<[LinkOutcome], StartupError>, SocketAddress?) -> Void) -> Int {
         nextTicket += 1
         waiting[nextTicket] = completion

@@ -129,12 +129,9 @@ final class SystemLinkKernel: LinkKernel {
         return (index, family, bytes)
     }
 
-    /// An IP address's family and bytes, as rtnetlink takes them.
+    /// An IP address's family (`AF_INET`, `AF_INET6`) and bytes, as rtnetlink takes them.
     static func address(_ text: String) -> (Int32, [UInt8])? {
-        var bytes = [UInt8](repeating: 0, count: 16)
-        if inet_pton(AF_INET, text, &bytes) == 1 { return (AF_INET, Array(bytes.prefix(4))) }
-        if inet_pton(AF_INET6, text, &bytes) == 1 { return (AF_INET6, bytes) }
-        return nil
+        SocketAddress.numericHost(text).map { ($0.family == .v4 ? AF_INET : AF_INET6, $0.bytes) }
     }
 
     static func delete(_ name: String) throws(StartupError) {

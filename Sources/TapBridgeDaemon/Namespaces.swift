@@ -52,8 +52,7 @@ final class Namespaces {
     /// brings it and the namespace's loopback up.
     func placement(_ spec: PortSpec) -> LinkOperation? {
         guard let ns = spec.namespace else { return nil }
-        return .placeInNamespace(NamespacePlacement(link: spec.name, namespace: ns, mac: spec.mac.map { "\($0)" }, address: spec.address.map { "\($0)" },
-                                                    ipv6: spec.address?.isIPv6 ?? false, join: joined[ns] == nil))
+        return .placeInNamespace(NamespacePlacement(link: spec.name, namespace: ns, mac: spec.mac, address: spec.address, join: joined[ns] == nil))
     }
 
     /// Places `spec`'s TAP at once (start-up); the part of the start line that says where it went.
@@ -108,9 +107,7 @@ final class Namespaces {
     func releaseAll() {
         control.finish()
         for (ns, use) in joined.sorted(by: { $0.key < $1.key }) {
-            var result: Result<[LinkOutcome], StartupError>
-            do throws(StartupError) { result = .success(try control.performNow([.leaveNamespace(ns, lock: use.lock)])) } catch { result = .failure(error) }
-            left(ns, result)
+            left(ns, Result { () throws(StartupError) in try control.performNow([.leaveNamespace(ns, lock: use.lock)]) })
         }
         joined.removeAll()
         borrowed.removeAll()
@@ -147,10 +144,8 @@ final class Namespaces {
 struct NamespacePlacement: Sendable, Equatable {
     var link: String
     var namespace: String
-    var mac: String?
-    /// `addr=`, as CIDR text.
-    var address: String?
-    var ipv6: Bool
+    var mac: MACAddress?
+    var address: InterfaceAddress?
     /// Whether this bridge joins the namespace first (it has no port there yet).
     var join: Bool
 }
@@ -182,9 +177,9 @@ extension SystemLinkKernel {
             let path = "/run/netns/\(p.namespace)"
             let index = ctb_if_index(p.link)
             guard index > 0 else { throw StartupError("\(p.link): gone (\(describeErrno(-index)))") }
-            if let text = p.mac, let mac = MACAddress(text) {
+            if let mac = p.mac {
                 let rc = ctb_link_set(index, 0, mac.octets)
-                guard rc == 0 else { throw StartupError("ip link set dev \(p.link) address \(text): \(describeErrno(-rc))") }
+                guard rc == 0 else { throw StartupError("ip link set dev \(p.link) address \(mac): \(describeErrno(-rc))") }
             }
             // a TAP of this name left in the namespace by a bridge killed a moment ago goes with
             // that bridge's descriptors, a few milliseconds after it: wait for it (EEXIST)
@@ -194,15 +189,9 @@ extension SystemLinkKernel {
                 rc = ctb_link_to_netns(index, path)
             }
             guard rc == 0 else { throw StartupError("ip link set dev \(p.link) netns \(p.namespace): \(describeErrno(-rc))") }
-            var family: Int32 = 0, bytes: [UInt8]? = nil, prefix: Int32 = 0
-            if let cidr = p.address {
-                let parts = cidr.split(separator: "/", maxSplits: 1)
-                guard parts.count == 2, let length = Int32(parts[1]), let (f, b) = Self.address(String(parts[0])) else {
-                    throw StartupError("addr=\(cidr): not an address with its prefix length")
-                }
-                (family, bytes, prefix) = (f, b, length)
-            }
-            rc = ctb_netns_configure(path, p.link, family, bytes, prefix, 1)
+            // (addr= was checked when the spec was parsed: its address is numeric)
+            let numeric = p.address.flatMap { Self.address($0.address) }
+            rc = ctb_netns_configure(path, p.link, numeric?.0 ?? 0, numeric?.1, Int32(p.address?.prefixLength ?? 0), 1)
             guard rc == 0 else { throw StartupError("ip -n \(p.namespace) \(p.address.map { "addr add \($0) dev \(p.link), " } ?? "")link set dev \(p.link) up: \(describeErrno(-rc))") }
         } catch {
             if let joining, joining.lock >= 0 { _ = try? leave(p.namespace, lock: joining.lock) }
@@ -261,6 +250,9 @@ extension SystemLinkKernel {
             let exists = access("/run/netns/\(ns)", F_OK) == 0
             let marked = access("\(Namespaces.markers)/\(ns)", F_OK) == 0
             if exists && !marked {
+                // nothing to keep for it: no marker, no lock; the guard goes (still held: a
+                // bridge waiting on it takes the next one)
+                unlink("\(Namespaces.markers)/\(ns).guard")
                 try loopbackUp(ns)
                 return NamespaceJoin(lock: -1, how: .existed)
             }

@@ -175,7 +175,7 @@ final class StreamConnector: EventSource {
     /// under way. A host name is looked up first, off the loop.
     func attempt(_ spec: PortSpec) {
         guard let endpoint = spec.stream, !inFlight.contains(where: { $0.spec.name == spec.name }), !resolving.contains(spec.name) else { return }
-        guard case .tcp(let host, let port) = endpoint, !LinkControl.isNumeric(host) else { return connect(spec, endpoint, to: nil) }
+        guard case .tcp(let host, let port) = endpoint, SocketAddress.family(ofNumericHost: host) == nil else { return connect(spec, endpoint, to: nil) }
         let key = "\(endpoint)", now = EventLoop.now()
         if let known = resolved[key], now < known.at.advanced(by: Self.addressLifetime) { return connect(spec, endpoint, to: known.address) }
         resolving.insert(spec.name)

@@ -103,10 +103,14 @@ public struct SocketAddress: Hashable, Sendable, CustomStringConvertible {
     public enum Family: Sendable { case v4, v6 }
 
     /// The family of a numeric address (`10.0.0.1`, `fd00::1`); nil if `host` is neither.
-    public static func family(ofNumericHost host: String) -> Family? {
+    public static func family(ofNumericHost host: String) -> Family? { numericHost(host)?.family }
+
+    /// A numeric address's family and bytes in network order (4 or 16, as rtnetlink takes
+    /// them); nil if `host` is neither.
+    public static func numericHost(_ host: String) -> (family: Family, bytes: [UInt8])? {
         var buffer = [UInt8](repeating: 0, count: 16)
-        if inet_pton(AF_INET, host, &buffer) == 1 { return .v4 }
-        if inet_pton(AF_INET6, host, &buffer) == 1 { return .v6 }
+        if inet_pton(AF_INET, host, &buffer) == 1 { return (.v4, Array(buffer.prefix(4))) }
+        if inet_pton(AF_INET6, host, &buffer) == 1 { return (.v6, buffer) }
         return nil
     }
 

@@ -43,6 +43,7 @@ struct NamespaceOwnerTests {
         #expect(!Lab.namespaceExists(x), "the last bridge out kept the namespace")
         #expect(Self.files(x).isEmpty, "left in /run/tapbridge/netns: \(Self.files(x))")
         #expect(Lab.namespaceExists(y) && Lab.namespaceExists(z), "a namespace that existed before was removed")
+        #expect(Self.files(y).isEmpty && Self.files(z).isEmpty, "left for namespaces tapbridge did not make: \(Self.files(y) + Self.files(z))")
     }
 
     /// A bridge killed (SIGKILL) leaves its namespace; two bridges started at once into it:
