@@ -27,6 +27,11 @@ final class ControlResponder {
     /// The commands held behind a change under way.
     static let orderedCommands: Set<String> = ["port-add", "port-del", "port-set", "remote-add", "remote-del"]
 
+    /// The answer to `change`, run in its turn: later.
+    func inTurn(_ change: @escaping Change) -> ControlServer.Reply {
+        .later { [unowned self] deliver in schedule(change, deliver: deliver) }
+    }
+
     /// Runs `change` after those held before it; its answer goes to `deliver`.
     func schedule(_ change: @escaping Change, deliver: @escaping (ControlResponse) -> Void) {
         held.append((change, deliver))
@@ -71,20 +76,18 @@ final class ControlResponder {
            spec.namespace != nil || DescriptorCloser.isPending(spec.name) {
             // a name whose TAP is still being closed (port del just before) waits for that on
             // the worker; a netns= port is placed in its namespace there: answered when done
-            return .later { [unowned self] deliver in
-                schedule({ [unowned self] done in
-                    let add = { [unowned self] in
-                        guard spec.namespace != nil else { return done(handle(request)) }
-                        if let refusal = refusal(toAdd: spec) { return done(.failure(refusal)) }
-                        daemon.attachPlaced(spec) { done(Self.response($0)) }
-                    }
-                    guard DescriptorCloser.isPending(spec.name) else { return add() }
-                    daemon.linkControl.perform([.waitForClose(spec.name)]) { _ in add() }
-                }, deliver: deliver)
+            return inTurn { [unowned self] done in
+                let add = { [unowned self] in
+                    guard spec.namespace != nil else { return done(handle(request)) }
+                    if let refusal = refusal(toAdd: spec) { return done(.failure(refusal)) }
+                    daemon.attachPlaced(spec) { done(Self.response($0)) }
+                }
+                guard DescriptorCloser.isPending(spec.name) else { return add() }
+                daemon.linkControl.perform([.waitForClose(spec.name)]) { _ in add() }
             }
         }
         if Self.orderedCommands.contains(request.command), changeUnderWay || !held.isEmpty {
-            return .later { [unowned self] deliver in schedule({ [unowned self] done in done(handle(request)) }, deliver: deliver) }
+            return inTurn { [unowned self] done in done(handle(request)) }
         }
         guard request.command == "show-fdb" else { return .response(handle(request)) }
         guard case .success(let port) = optionalPort(request.port) else { return .response(.failure("no port named '\(request.port ?? "")'")) }
@@ -210,7 +213,7 @@ final class ControlResponder {
         guard let which = request.port else { return .response(.failure("remote-del needs a remote's name or ADDRESS:PORT")) }
         let remove: (SocketAddress?) -> Change = { [unowned self] address in { [unowned self] done in daemon.removeRemote(which, at: address) { done(Self.response($0)) } } }
         guard let (host, port) = SocketAddress.split(which) else {
-            return .later { [unowned self] deliver in schedule(remove(nil), deliver: deliver) }
+            return inTurn(remove(nil))
         }
         return .later { [unowned self] deliver in
             daemon.linkControl.lookup(host: host, port: port) { [unowned self] found in

@@ -121,9 +121,8 @@ final class LinkControl: EventSource {
     /// Completions by ticket, on the loop only.
     var waiting: [Int: (Result<[LinkOutcome], StartupError>, SocketAddress?) -> Void] = [:]
     var nextTicket = 0
-    /// The ticket of each name under lookup (`host:port:v4`), and the completions waiting for it.
-    var lookingUp: [String: Int] = [:]
-    var lookupWaiters: [Int: [(Result<SocketAddress, StartupError>) -> Void]] = [:]
+    /// The completions waiting for each name under lookup (`host:port:v4`), on the loop only.
+    var lookupWaiters: [String: [(Result<SocketAddress, StartupError>) -> Void]] = [:]
 
     init(kernel: any LinkKernel = SystemLinkKernel()) throws(StartupError) {
         self.kernel = kernel
@@ -167,19 +166,12 @@ final class LinkControl: EventSource {
     /// the same answer.
     func lookup(host: String, port: UInt16, ipv4Only: Bool = false, _ completion: @escaping (Result<SocketAddress, StartupError>) -> Void) {
         let key = "\(host):\(port):\(ipv4Only)"
-        if let under = lookingUp[key] {
-            lookupWaiters[under, default: []].append(completion)
-            return
-        }
-        nextTicket += 1
-        let ticket = nextTicket
-        waiting[ticket] = { [unowned self] result, address in
-            lookingUp[key] = nil
+        guard lookupWaiters[key] == nil else { return lookupWaiters[key]!.append(completion) }
+        lookupWaiters[key] = [completion]
+        let ticket = ticket { [unowned self] result, address in
             let answer: Result<SocketAddress, StartupError> = result.flatMap { _ in address.map { .success($0) } ?? .failure(StartupError("\(host): no address")) }
-            for waiter in lookupWaiters.removeValue(forKey: ticket) ?? [] { waiter(answer) }
+            for waiter in lookupWaiters.removeValue(forKey: key) ?? [] { waiter(answer) }
         }
-        lookingUp[key] = ticket
-        lookupWaiters[ticket] = [completion]
         let mailbox = mailbox
         lookups.async {
             do throws(StartupError) {
