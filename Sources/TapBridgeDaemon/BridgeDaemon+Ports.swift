@@ -16,10 +16,15 @@ extension BridgeDaemon {
 
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         if spec.stream != nil { return connectStream(spec) }
-        let (comesBack, impaired) = try PortFactory.attach(spec, bridge: options.name, to: engine, offload: options.offload, defaultMTU: innerMTU, decorate: decorate,
-                                                           mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger)
-        if comesBack { returning[spec.name] = spec }
-        joined(spec, impaired)
+        settle(spec, try PortFactory.attach(spec, bridge: options.name, to: engine, offload: options.offload, defaultMTU: innerMTU, decorate: decorate,
+                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger))
+    }
+
+    /// Port `spec` joined the engine: one that comes back with its interface is remembered, its
+    /// emulated link kept, and a packet port's TAP holder looked for.
+    private func settle(_ spec: PortSpec, _ joinedAs: (comesBack: Bool, impaired: ImpairedDevice)) {
+        if joinedAs.comesBack { returning[spec.name] = spec }
+        joined(spec, joinedAs.impaired)
         if let port = engine.port(named: spec.name), engine.record(of: port)?.kind == .packet { findHolder(of: port, spec.name) }
     }
 
@@ -53,9 +58,7 @@ extension BridgeDaemon {
                 done(.failure(StartupError("port \(spec.name): \(error.message)")))  // (the TAP goes with its descriptor)
             case .success(let note):
                 opened.note += note
-                let (comesBack, impaired) = PortFactory.join(opened, to: engine, decorate: decorate, seed: options.seed, logger: logger)
-                if comesBack { returning[spec.name] = spec }
-                joined(spec, impaired)
+                settle(spec, PortFactory.join(opened, to: engine, decorate: decorate, seed: options.seed, logger: logger))
                 done(.success("port \(spec.name) added"))
             }
         }
