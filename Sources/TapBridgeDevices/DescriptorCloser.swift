@@ -34,6 +34,6 @@ public enum DescriptorCloser {
 
     /// Returns once the interface called `name` is no longer being closed.
     public static func finishPending(_ name: String) {
-        if state.sync(execute: { closing[name] != nil }) { queue.sync {} }
+        if isPending(name) { queue.sync {} }
     }
 }
