@@ -282,6 +282,12 @@ extension SystemLinkKernel {
                 return NamespaceJoin(lock: lock, how: how)
             } catch {
                 close(lock)
+                if !exists {
+                    // nothing was there and no other bridge could join meanwhile (the guard):
+                    // what this made goes, the namespace and its files (the guard last, held)
+                    if access("/run/netns/\(ns)", F_OK) == 0 { try? ip(["netns", "del", ns]) }
+                    for file in ["", ".lock", ".guard"] { unlink("\(Namespaces.markers)/\(ns)\(file)") }
+                }
                 throw error
             }
         }

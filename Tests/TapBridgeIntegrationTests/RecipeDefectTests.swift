@@ -234,6 +234,8 @@ struct RecipeDefectTests {
         let r = lab.exec(t, [Host.binary, "--port", "\(ta),netns=\(missing)", "--control", "none"], timeout: 10)
         #expect(r.status == 1 && r.output.contains("netns=\(missing): tapbridge runs in a mount namespace of its own") && r.output.split(separator: "\n").count == 1, "\(r.output)")
         #expect(!Lab.namespaceExists(missing), "the namespace was made anyway")
+        let files = ["", ".lock", ".guard"].map { "/run/tapbridge/netns/\(missing)\($0)" }.filter { FileManager.default.fileExists(atPath: $0) }
+        #expect(files.isEmpty, "a refused namespace left \(files)")
         let existing = lab.namespace("e")
         let bridge = try lab.bridge(["--port", "\(tb),netns=\(existing),addr=10.77.0.2/24", "--control", "none"], in: t)
         #expect(Lab.eventually { lab.exec(existing, ["ip", "link", "show", tb]).ok }, "an existing namespace is used:\n\(bridge.output)")
