@@ -16,8 +16,8 @@ extension BridgeDaemon {
 
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         if spec.stream != nil { return connectStream(spec) }
-        settle(spec, try PortFactory.attach(spec, bridge: options.name, to: engine, offload: options.offload, defaultMTU: innerMTU, decorate: decorate,
-                                            mirror: mirrorInterface, namespaces: namespaces, seed: options.seed, logger: logger))
+        settle(spec, try PortFactory.attach(spec, bridge: bridgeName, to: engine, offload: settings.offload, defaultMTU: innerMTU, decorate: decorate,
+                                            mirror: mirrorInterface, namespaces: namespaces, seed: seed, logger: logger))
     }
 
     /// Port `spec` joined the engine: one that comes back with its interface is remembered, its
@@ -48,7 +48,7 @@ extension BridgeDaemon {
     func attachPlaced(_ spec: PortSpec, _ done: @escaping (Result<String, StartupError>) -> Void) {
         var opened: PortFactory.Opened
         do throws(StartupError) {
-            opened = try PortFactory.open(spec, bridge: options.name, to: engine, offload: options.offload, defaultMTU: innerMTU, mirror: mirrorInterface)
+            opened = try PortFactory.open(spec, bridge: bridgeName, to: engine, offload: settings.offload, defaultMTU: innerMTU, mirror: mirrorInterface)
         } catch {
             return done(.failure(error))
         }
@@ -58,7 +58,7 @@ extension BridgeDaemon {
                 done(.failure(StartupError("port \(spec.name): \(error.message)")))  // (the TAP goes with its descriptor)
             case .success(let note):
                 opened.note += note
-                settle(spec, PortFactory.join(opened, to: engine, decorate: decorate, seed: options.seed, logger: logger))
+                settle(spec, PortFactory.join(opened, to: engine, decorate: decorate, seed: seed, logger: logger))
                 done(.success("port \(spec.name) added"))
             }
         }
@@ -81,7 +81,7 @@ extension BridgeDaemon {
     func logSeedOnce() {
         guard !loggedSeed else { return }
         loggedSeed = true
-        logger.info("link emulation seed \(options.seed)\(options.seedGiven ? "" : " (--seed \(options.seed) replays it)")")
+        logger.info("link emulation seed \(seed)\((settings.seed != nil) ? "" : " (--seed \(seed) replays it)")")
     }
 
     /// Ports whose interface went away (a VM stopped, a veth deleted), kept as `absent`:
@@ -124,7 +124,7 @@ extension BridgeDaemon {
         returning[spec.name] = spec
         let endpoint = spec.stream.map { "\($0)" } ?? "?"
         joined(spec, PortFactory.attachStream(StreamDevice(fd: fd, peer: endpoint), spec, how: "stream to \(endpoint), connected", to: engine,
-                                              decorate: decorate, seed: options.seed, logger: logger))
+                                              decorate: decorate, seed: seed, logger: logger))
     }
 
     /// `port set NAME OPTIONS`: gives port NAME a new emulated link (the link keys given;
@@ -204,7 +204,7 @@ extension BridgeDaemon {
     func looksUpIPv4Only(_ spec: RemoteSpec) -> Bool {
         guard spec.datapath == .user else { return false }
         if let tunnel { return tunnel.family == AF_INET }
-        return options.listen?.host.map { SocketAddress.family(ofNumericHost: $0) == .v4 } ?? false
+        return settings.listen?.value.host.map { SocketAddress.family(ofNumericHost: $0) == .v4 } ?? false
     }
 
     /// `remote add SPEC` with its host looked up (at `address`): a remote joins the running
@@ -215,13 +215,11 @@ extension BridgeDaemon {
         do throws(StartupError) {
             try checkFree(spec, text)  // (again: a change before this one may have taken the name)
             if spec.datapath == .kernel { return try addKernelRemote(spec, text, at: address, done) }
-            try checkUDPPort(options.listen?.port ?? remotes?.device.localAddress.port ?? spec.port, socketFor: "remote add", in: "remote add '\(text)': ")
+            try checkUDPPort(settings.listen?.value.port ?? remotes?.device.localAddress.port ?? spec.port, socketFor: "remote add", in: "remote add '\(text)': ")
             if let remotes {
                 try remotes.addAtRunTime(spec, at: address)
             } else {
-                var o = options
-                o.remotes = [spec]
-                let opened = try RemotePeers(options: o, engine: engine, ports: ports, decorate: decorate, known: [spec.name: address], logger: logger)
+                let opened = try RemotePeers(settings: settings, remotes: [spec], engine: engine, ports: ports, decorate: decorate, known: [spec.name: address], logger: logger)
                 try opened.addConfigured()
                 remotes = opened
             }
@@ -243,12 +241,12 @@ extension BridgeDaemon {
     /// `remote add ...,datapath=kernel`: into the vxlan device of its VNI and port, or a new one
     /// (made, then attached as a port: the device is removed again if that fails).
     private func addKernelRemote(_ spec: RemoteSpec, _ text: String, at address: SocketAddress, _ done: @escaping (Result<String, StartupError>) -> Void) throws(StartupError) {
-        if let why = spec.datapathProblem(bridgeWide: options.encapsulation) { throw StartupError("remote add '\(text)': \(why)") }
+        if let why = spec.datapathProblem(bridgeWide: settings.encapsulation) { throw StartupError("remote add '\(text)': \(why)") }
         if let own = remotes?.device.localAddress.port, own == spec.port {
             throw StartupError("remote add '\(text)': UDP port \(own) is tapbridge's own socket's (the datapath=user remotes): a vxlan device cannot listen there too; give the remote another port")
         }
         if kernelRemotes == nil {
-            kernelRemotes = try KernelVXLAN(remotes: [], vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries,
+            kernelRemotes = try KernelVXLAN(remotes: [], vni: settings.vni, local: settings.listen?.value.host, bridge: bridgeName, maximumAddresses: settings.bridgeConfiguration.table.maximumEntries,
                                             control: linkControl, logger: logger)
         }
         let kernel = kernelRemotes!
@@ -309,7 +307,7 @@ extension BridgeDaemon {
         let name = engine.name(of: port)
         engine.removePort(port)
         var line = "remote \(name) removed"
-        if let remotes, !options.acceptsPeers, engine.ports(of: remotes.handle).isEmpty {
+        if let remotes, !settings.acceptPeers, engine.ports(of: remotes.handle).isEmpty {
             line += "; it was the last: UDP socket \(remotes.device.localAddress) closed (the next remote add opens it again)"
             closeRemotes()
         }

@@ -79,7 +79,7 @@ extension BridgeDaemon {
             counters.splitHorizon = engine.bridge.horizonWithheld
             return StatsReport.UDP(listen: "\($0.localAddress)", counters: counters)
         }
-        return StatsReport(name: options.name, version: options.version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
+        return StatsReport(name: bridgeName, version: version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
                            ports: engine.ports.count, fdb: engine.bridge.table.statistics, udp: udp, mirror: mirror?.statistics,
                            loops: engine.bridge.loopStatistics, streams: streamStatistics)
     }

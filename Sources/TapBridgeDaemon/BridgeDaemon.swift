@@ -3,7 +3,7 @@ public import Glibc
 public import Logging
 public import TapBridgeCore
 public import TapBridgeDevices
-import TapBridgeOptions
+public import TapBridgeOptions
 public import TapBridgePcap
 
 /// The running bridge: opens the ports, assembles the event loop from its sources, and runs
@@ -23,7 +23,14 @@ public import TapBridgePcap
 /// the engine's port registry; this class only assembles.
 public final class BridgeDaemon {
     public let engine: ForwardingEngine
-    let options: Options
+    /// What the command line and the config file say: every default is written there.
+    let settings: Settings
+    /// The bridge's name as chosen at start (`--name`, or the next free one).
+    let bridgeName: String
+    /// The version `show stats` reports.
+    let version: String
+    /// The link emulation's seed: `--seed`, or one drawn at start (logged, to be replayed).
+    let seed: UInt64
     let logger: Logger
     let loop: EventLoop
     let ports: PortsSource
@@ -40,10 +47,10 @@ public final class BridgeDaemon {
     let started = ctb_monotonic_ns()
 
     /// Where the control socket is, or nil if it is off.
-    public var controlPath: String? { Self.controlPath(options) }
+    public var controlPath: String? { Self.controlPath(settings, name: bridgeName) }
 
-    static func controlPath(_ options: Options) -> String? {
-        options.controlPath == "none" ? nil : (options.controlPath ?? ControlCoding.defaultPath(name: options.name))
+    static func controlPath(_ settings: Settings, name: String) -> String? {
+        settings.control == "none" ? nil : (settings.control ?? ControlCoding.defaultPath(name: name))
     }
 
     /// `--mirror-iface`, which no port may be (nor its veth peer).
@@ -89,34 +96,38 @@ public final class BridgeDaemon {
     /// Opens every port; throws (after closing what it opened) if any cannot be opened.
     /// `claim`: the control path's claim if the caller took it already (choosing a free name);
     /// otherwise it is taken here, first, and a bridge holding it refuses this one.
-    public convenience init(options: Options, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
-        try self.init(options: options, logger: logger, claim: claim, kernel: SystemLinkKernel())
+    /// `name`: the bridge's name as chosen at start; `version`: what `show stats` reports.
+    public convenience init(settings: Settings, name: String, version: String, logger: Logger, claim: ControlClaim? = nil) throws(StartupError) {
+        try self.init(settings: settings, name: name, version: version, logger: logger, claim: claim, kernel: SystemLinkKernel())
     }
 
     /// `kernel`: what performs the control plane's link operations (a test's fake).
-    init(options: Options, logger: Logger, claim: ControlClaim? = nil, kernel: any LinkKernel) throws(StartupError) {
-        self.options = options
+    init(settings: Settings, name: String, version: String, logger: Logger, claim: ControlClaim? = nil, kernel: any LinkKernel) throws(StartupError) {
+        self.settings = settings
+        bridgeName = name
+        self.version = version
+        seed = settings.seed ?? UInt64.random(in: 0...UInt64.max)
         self.logger = logger
         linkControl = try LinkControl(kernel: kernel)
         namespaces = Namespaces(control: linkControl, logger: logger)
-        try options.user?.check(options.ports)
+        try settings.user?.value.check(settings.ports.map(\.value))
         var names: Set<String> = []
-        for name in options.ports.map(\.name) + options.remotes.map(\.name) where !names.insert(name).inserted {
+        for name in settings.ports.map(\.value.name) + settings.remotes.map(\.value.name) where !names.insert(name).inserted {
             throw StartupError("port \(name): given twice")
         }
-        let engine = ForwardingEngine(bridge: Bridge(configuration: options.bridge))
+        let engine = ForwardingEngine(bridge: Bridge(configuration: settings.bridgeConfiguration))
         self.engine = engine
         loop = EventLoop(logger: logger)
-        loop.busyPoll = options.busyPoll.nanoseconds
+        loop.busyPoll = settings.busyPoll.nanoseconds
         var failed: (any PortDevice, PortError) -> Void = { _, _ in }
         ports = try PortsSource(engine: engine) { failed($0, $1) }
         // the name is claimed before anything is opened: of two bridges started at once with
         // one name, one runs and the other is refused at once
-        if let path = Self.controlPath(options) {
+        if let path = Self.controlPath(settings, name: name) {
             var taken = claim?.path == path ? claim : nil
             if taken == nil { taken = try ControlClaim.take(path) }
             guard let taken else {
-                throw StartupError("--control '\(path)': another tapbridge named '\(options.name)' is running (give this one a different --name or --control)")
+                throw StartupError("--control '\(path)': another tapbridge named '\(bridgeName)' is running (give this one a different --name or --control)")
             }
             self.claim = taken
         } else {
@@ -126,41 +137,40 @@ public final class BridgeDaemon {
         connector = StreamConnector(resolver: linkControl, logger: logger) { [unowned self] spec, fd in attachConnected(spec, fd: fd) }
         signals = try SignalSource(logger: logger, stop: { [unowned self] in stop() }, dump: { [unowned self] in reportCounters() })
         do throws(StartupError) {
-            for name in options.mirror?.ports ?? [] where !names.contains(name) {
+            for name in settings.mirrorOptions?.ports ?? [] where !names.contains(name) {
                 throw StartupError("--mirror-port '\(name)': no such port (ports: \(names.sorted().joined(separator: ", ")))")
             }
-            if let interface = options.mirror?.interface, options.ports.contains(where: { $0.name == interface }) {
+            if let interface = settings.mirrorOptions?.interface, settings.ports.map(\.value).contains(where: { $0.name == interface }) {
                 // (a TAP this bridge creates does not exist yet: pcap would only say "No such device")
                 throw StartupError("--mirror-iface '\(interface)': it is also a --port: mirrored frames injected into it would come back in on that port and loop forever; mirror to an interface no port uses (a dummy, or a veth whose peer is not a port)")
             }
-            if let m = options.mirror { mirror = try PcapMirror(m, logger: logger) }
-            mirrorInterface = options.mirror?.interface.map(MirrorInterface.init(name:))
+            if let m = settings.mirrorOptions { mirror = try PcapMirror(m, logger: logger) }
+            mirrorInterface = settings.mirrorOptions?.interface.map(MirrorInterface.init(name:))
             // the remotes' devices, socket and paths first (a TAP created here gets the MTU
             // that fits them), their ports after the others
-            let kernelSpecs = options.remotes.filter { $0.datapath == .kernel }
-            var userOptions = options
-            userOptions.remotes = options.remotes.filter { $0.datapath == .user }
+            let kernelSpecs = settings.remotes.map(\.value).filter { $0.datapath == .kernel }
+            let userRemotes = settings.remotes.map(\.value).filter { $0.datapath == .user }
             if !kernelSpecs.isEmpty {
-                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: options.vni, local: options.listen?.host, bridge: options.name, maximumAddresses: options.bridge.table.maximumEntries,
+                kernelRemotes = try KernelVXLAN(remotes: kernelSpecs, vni: settings.vni, local: settings.listen?.value.host, bridge: bridgeName, maximumAddresses: settings.bridgeConfiguration.table.maximumEntries,
                                                 control: linkControl, logger: logger)
             }
-            if !userOptions.remotes.isEmpty || options.acceptsPeers {
-                if let port = options.listen?.port ?? userOptions.remotes.first?.port {
-                    try checkUDPPort(port, socketFor: "the datapath=user remotes\(options.acceptsPeers ? ", --accept-peers" : "")")
+            if !userRemotes.isEmpty || settings.acceptPeers {
+                if let port = settings.listen?.value.port ?? userRemotes.first?.port {
+                    try checkUDPPort(port, socketFor: "the datapath=user remotes\(settings.acceptPeers ? ", --accept-peers" : "")")
                 }
-                remotes = try RemotePeers(options: userOptions, engine: engine, ports: ports, decorate: decorate, logger: logger)
+                remotes = try RemotePeers(settings: settings, remotes: userRemotes, engine: engine, ports: ports, decorate: decorate, logger: logger)
             }
-            for spec in options.ports { try attachPort(spec) }
+            for spec in settings.ports.map(\.value) { try attachPort(spec) }
             for spec in kernelRemotes?.ports ?? [] { try attachPort(spec) }
             try openStreamListeners()
             try remotes?.addConfigured()
             openLinkMonitor()
             if let path = controlPath {
                 let responder = ControlResponder(daemon: self)
-                control = try ControlServer(path: path, readers: options.controlGroup, admins: options.controlAdminGroup, userMayChange: options.user == nil) { responder.reply(to: $0) }
+                control = try ControlServer(path: path, readers: settings.controlGroup, admins: settings.controlAdminGroup, userMayChange: settings.user?.value == nil) { responder.reply(to: $0) }
             }
             // the last step of start-up: everything is open
-            if let user = options.user {
+            if let user = settings.user?.value {
                 try dropPrivileges(to: user)
                 linkControl.credentialsChanged()
             }
@@ -173,19 +183,19 @@ public final class BridgeDaemon {
             streamListeners.removeAll()
             throw error
         }
-        engine.bridge.loopHandler = { [unowned engine, logger, options] report in
+        engine.bridge.loopHandler = { [unowned engine, logger, settings] report in
             switch report {
             case .loop(let a, let b, let moves, let blocked):
-                logger.warning("probable loop between ports \(engine.name(of: a)) and \(engine.name(of: b)): MACs moved between them \(moves) times within a second (both ends of one link bridged? two bridges linked twice?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(options.bridge.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
+                logger.warning("probable loop between ports \(engine.name(of: a)) and \(engine.name(of: b)): MACs moved between them \(moves) times within a second (both ends of one link bridged? two bridges linked twice?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(settings.bridgeConfiguration.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
             case .echo(let port, let repeats, let blocked):
-                logger.warning("probable loop through port \(engine.name(of: port)): the same frame came in on it \(repeats) times within \(EchoWatch.windowDescription), flooded each time, with no MAC moving (both ends of one link bridged? a port that reflects what it is sent?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(options.bridge.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
+                logger.warning("probable loop through port \(engine.name(of: port)): the same frame came in on it \(repeats) times within \(EchoWatch.windowDescription), flooded each time, with no MAC moving (both ends of one link bridged? a port that reflects what it is sent?); \(blocked.map { "port \(engine.name(of: $0)) blocked for \(settings.bridgeConfiguration.loopBlockTime), then tried again (--loop-protect)" } ?? "not blocked (--loop-protect off)")")
             case .unblocked(let port):
                 logger.notice("port \(engine.name(of: port)): unblocked after a loop; it is blocked again if the loop is still there")
             }
         }
         assembleLoop()
         if logger.logLevel <= .debug { SwitchEventLog(engine: engine, logger: logger) }
-        if let m = options.mirror {
+        if let m = settings.mirrorOptions {
             let targets = [m.path.map { "pcap \($0 == "-" ? "to standard output" : $0)" }, m.interface.map { "interface \($0)" }].compactMap { $0 }
             logger.info("mirroring \(m.ports.isEmpty ? "all ports" : m.ports.joined(separator: ", ")) (\(m.egress ? "in and out" : "in")) to \(targets.joined(separator: " and "))\(m.filter.map { ", filter '\($0)'" } ?? "")")
         }
@@ -197,7 +207,7 @@ public final class BridgeDaemon {
     func assembleLoop() {
         loop.add(signals)
         loop.add(ports)
-        if let remotes, options.acceptsPeers { loop.add(remotes) }
+        if let remotes, settings.acceptPeers { loop.add(remotes) }
         for listener in streamListeners { loop.add(listener) }
         loop.add(connector)
         loop.add(linkControl)
@@ -206,15 +216,15 @@ public final class BridgeDaemon {
         loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },
                              action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
-        loop.add(TimerSource(due: { [unowned self] in tunnel?.nextPathRecheck(expiry: options.pathMTUExpiry) },
-                             action: { [unowned self] now in tunnel?.recheckPaths(at: now.nanoseconds, expiry: options.pathMTUExpiry) }))
+        loop.add(TimerSource(due: { [unowned self] in tunnel?.nextPathRecheck(expiry: Duration.seconds(settings.pathMTUExpiry)) },
+                             action: { [unowned self] now in tunnel?.recheckPaths(at: now.nanoseconds, expiry: Duration.seconds(settings.pathMTUExpiry)) }))
         loop.add(TimerSource(due: { [unowned self] in tunnel?.nextFormatTimer }, action: { [unowned self] now in tunnel?.runFormatTimers(at: now.nanoseconds) }))
         var nextStormLook = EventLoop.now().advanced(by: .seconds(1)).nanoseconds
         loop.add(TimerSource(due: { nextStormLook }, action: { [unowned self] now in
             logStormDrops(at: now)
             nextStormLook = now.advanced(by: .seconds(1)).nanoseconds
         }))
-        if let interval = options.statsInterval {
+        if let interval = settings.statsInterval.map(Duration.seconds) {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
             loop.add(TimerSource(due: { next }, action: { [unowned self] now in
                 logStats()
@@ -227,7 +237,7 @@ public final class BridgeDaemon {
 
     /// The device as the engine sees it: wrapped in the mirror decorator when mirroring.
     func decorate(_ device: any PortDevice) -> any PortDevice {
-        guard let mirror, let m = options.mirror else { return device }
+        guard let mirror, let m = settings.mirrorOptions else { return device }
         return MirroredDevice(device, sink: mirror, ports: m.ports.isEmpty ? nil : Set(m.ports), egress: m.egress)
     }
 
@@ -243,8 +253,8 @@ public final class BridgeDaemon {
         let table = engine.bridge.configuration.table
         let count = engine.ports.count
         logger.info("forwarding between \(count) port(s); ageing \(table.ageingTime), up to \(table.maximumEntries) MACs\(engine.bridge.configuration.isHub ? ", hub mode" : "")")
-        if count < 2 && !options.acceptsPeers && control == nil && streamListeners.isEmpty { logger.warning("only \(count) port(s): nothing to forward between") }
-        if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports \(options.controlPath == nil ? "--name \(options.name)" : "--control \(path)"))") }
+        if count < 2 && !settings.acceptPeers && control == nil && streamListeners.isEmpty { logger.warning("only \(count) port(s): nothing to forward between") }
+        if let path = controlPath { logger.info("control socket \(path) (tapbridge show ports \(settings.control == nil ? "--name \(bridgeName)" : "--control \(path)"))") }
     }
 
     /// Every port exists and the control socket answers: tell systemd (`Type=notify`), if it

@@ -13,7 +13,7 @@ final class RemotePeers: EventSource {
     /// The device as the engine knows it (the socket, or its mirror decorator).
     let handle: any PortDevice
     let engine: ForwardingEngine
-    let options: BridgeDaemon.Options
+    let settings: Settings
     let logger: Logger
     /// Told to serve the socket again when admitted senders' datagrams wait.
     let ports: PortsSource
@@ -21,33 +21,33 @@ final class RemotePeers: EventSource {
     var isActive = true
 
     /// Opens the socket (`--listen`, or every address on the first remote's port) and adds the
-    /// configured remotes.
+    /// configured remotes (`remotes`: the datapath=user ones).
     /// `known`: remotes' addresses looked up already (`remote add`), by name.
-    init(options: BridgeDaemon.Options, engine: ForwardingEngine, ports: PortsSource, decorate: (any PortDevice) -> any PortDevice,
+    init(settings: Settings, remotes: [RemoteSpec], engine: ForwardingEngine, ports: PortsSource, decorate: (any PortDevice) -> any PortDevice,
          known: [String: SocketAddress] = [:], logger: Logger) throws(StartupError) {
-        guard let listenPort = options.listen?.port ?? options.remotes.first?.port else {
+        guard let listenPort = settings.listen?.value.port ?? remotes.first?.port else {
             throw StartupError("--accept-peers needs --listen [ADDR:]PORT")
         }
-        if let host = options.listen?.host {
+        if let host = settings.listen?.value.host {
             let address = try SocketAddress.resolve(host: host, port: listenPort, ipv4Only: false)
-            device = try UDPTunnelDevice(listen: address, ipv4Only: address.isIPv4, offload: options.offload, logger: logger)
+            device = try UDPTunnelDevice(listen: address, ipv4Only: address.isIPv4, offload: settings.offload, logger: logger)
         } else {
             let any6 = try SocketAddress.resolve(host: "::", port: listenPort, ipv4Only: false)
             do {
-                device = try UDPTunnelDevice(listen: any6, ipv4Only: false, offload: options.offload, logger: logger)
+                device = try UDPTunnelDevice(listen: any6, ipv4Only: false, offload: settings.offload, logger: logger)
             } catch {
                 // no IPv6 here: all IPv4 addresses
                 let any4 = try SocketAddress.resolve(host: "0.0.0.0", port: listenPort, ipv4Only: true)
-                device = try UDPTunnelDevice(listen: any4, ipv4Only: true, offload: options.offload, logger: logger)
+                device = try UDPTunnelDevice(listen: any4, ipv4Only: true, offload: settings.offload, logger: logger)
             }
         }
         handle = decorate(device)
         self.engine = engine
-        self.options = options
+        self.settings = settings
         self.logger = logger
         self.ports = ports
         ports.alwaysPolled = handle
-        for remote in options.remotes {
+        for remote in remotes {
             let address: SocketAddress
             if let given = known[remote.name] { address = given } else { address = try resolve(remote) }
             planned.append((remote, address))
@@ -56,29 +56,29 @@ final class RemotePeers: EventSource {
             let (inner, path) = device.innerMTU(towards: address, format: format)
             if inner < plannedInnerMTU?.mtu ?? .max { plannedInnerMTU = (inner, "fits the \(path)-byte path to remote \(remote.name) over \(format.encapsulation)") }
         }
-        if options.acceptsPeers {
-            device.accept(format: try acceptedFormat, limit: options.maximumPeers)
+        if settings.acceptPeers {
+            device.accept(format: try acceptedFormat, limit: settings.maxPeers)
             logger.warning("--accept-peers: anyone who can send to UDP port \(device.localAddress.port) joins the segment (name each peer instead: --remote HOST:PORT,encap=sealed,peer=PUBKEY admits that key's holder only)")
         }
-        logger.info("UDP socket on \(device.localAddress)\(options.acceptsPeers ? ", accepting up to \(options.maximumPeers) unknown peers (horizon \(Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon)))" : "")\(options.splitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
+        logger.info("UDP socket on \(device.localAddress)\(settings.acceptPeers ? ", accepting up to \(settings.maxPeers) unknown peers (horizon \(Horizon.standard(for: settings.encapsulation, splitHorizon: !settings.noSplitHorizon)))" : "")\(!settings.noSplitHorizon ? "" : ", split horizon off (--no-split-horizon)")")
     }
 
     /// How `remote`'s datagrams are made: its encapsulation and VNI, or the bridge's, and for
     /// sealed its keys (this host's, `key=` or `--key-file`; the peer's, `peer=`; `psk=`), read
     /// when the remote is added.
     func wireFormat(of remote: RemoteSpec) throws(StartupError) -> WireFormat {
-        let encapsulation = remote.encapsulation ?? options.encapsulation
+        let encapsulation = remote.encapsulation ?? settings.encapsulation
         if let why = remote.encapsulationProblem(encapsulation) { throw StartupError(why) }
-        guard encapsulation.kind.needsKey, let keyFile = remote.keyFile ?? options.keyFile else {
-            return try WireFormat(encapsulation, vni: remote.vni ?? options.vni)  // (throws if it needs a key)
+        guard encapsulation.kind.needsKey, let keyFile = remote.keyFile ?? settings.keyFile else {
+            return try WireFormat(encapsulation, vni: remote.vni ?? settings.vni)  // (throws if it needs a key)
         }
         let key = try encapsulation.kind.key(file: keyFile, options: remote.encapsulationOptions)
-        return try WireFormat(encapsulation, vni: remote.vni ?? options.vni, keyring: key)
+        return try WireFormat(encapsulation, vni: remote.vni ?? settings.vni, keyring: key)
     }
 
     /// The format `--accept-peers` admits new senders in (one that needs no key: validated).
     var acceptedFormat: WireFormat {
-        get throws(StartupError) { try WireFormat(options.encapsulation, vni: options.vni) }
+        get throws(StartupError) { try WireFormat(settings.encapsulation, vni: settings.vni) }
     }
 
     /// The configured remotes, resolved, until `addConfigured` makes them ports.
@@ -120,7 +120,7 @@ final class RemotePeers: EventSource {
         do {
             let format = try wireFormat(of: remote)
             var configuration = remote.configuration
-            let horizon = remote.horizon ?? Horizon.standard(for: format.encapsulation, splitHorizon: options.splitHorizon)
+            let horizon = remote.horizon ?? Horizon.standard(for: format.encapsulation, splitHorizon: !settings.noSplitHorizon)
             configuration.splitHorizonGroup = horizon.group
             let port = try add(remote.name, at: address, format: format, configuration: configuration)
             let shown = remote.endpoint == "\(address)" ? "" : " (\(address))"
@@ -152,9 +152,9 @@ final class RemotePeers: EventSource {
     /// Due at once while senders wait to be admitted, else when the next dynamic peer would
     /// have been silent for `--peer-timeout`.
     func deadline() -> Int64? {
-        guard isActive, options.acceptsPeers else { return nil }
+        guard isActive, settings.acceptPeers else { return nil }
         if device.awaitsAdmission { return 0 }
-        return device.nextIdleDeadline(timeout: options.peerTimeout)?.nanoseconds
+        return device.nextIdleDeadline(timeout: Duration.seconds(settings.peerTimeout))?.nanoseconds
     }
 
     /// Admits the senders of the last batch as remotes with the bridge-wide encapsulation (the
@@ -162,23 +162,23 @@ final class RemotePeers: EventSource {
     /// dynamic peers silent for `--peer-timeout`.
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
         guard isActive else { return nil }
-        let configuration = PortConfiguration(splitHorizonGroup: Horizon.standard(for: options.encapsulation, splitHorizon: options.splitHorizon).group)
+        let configuration = PortConfiguration(splitHorizonGroup: Horizon.standard(for: settings.encapsulation, splitHorizon: !settings.noSplitHorizon).group)
         let candidates = device.takeCandidates()
         for address in candidates {
             let name = "peer-\(address)"
             do {
                 try add(name, at: address, format: try acceptedFormat, configuration: configuration, isDynamic: true)
-                logger.info("remote \(name): accepted (\(options.encapsulation)), \(device.dynamicPeerCount)/\(options.maximumPeers) dynamic peers")
+                logger.info("remote \(name): accepted (\(settings.encapsulation)), \(device.dynamicPeerCount)/\(settings.maxPeers) dynamic peers")
             } catch {
                 logger.warning("remote \(name): not accepted: \(error.message)")
             }
         }
         // what the candidates sent waits in the device, already read: serve it now
         if !candidates.isEmpty { ports.wake() }
-        for port in device.idleDynamicPeers(timeout: options.peerTimeout, now: now) {
+        for port in device.idleDynamicPeers(timeout: Duration.seconds(settings.peerTimeout), now: now) {
             let name = engine.name(of: port)
             engine.removePort(port)
-            logger.info("remote \(name): silent for \(options.peerTimeout), removed")
+            logger.info("remote \(name): silent for \(Duration.seconds(settings.peerTimeout)), removed")
         }
         return nil
     }

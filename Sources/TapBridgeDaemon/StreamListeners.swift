@@ -99,12 +99,12 @@ final class StreamListener: EventSource {
 extension BridgeDaemon {
     /// Opens the `--stream-listen` sockets.
     func openStreamListeners() throws(StartupError) {
-        for spec in options.streamListeners {
-            let listener = try StreamListener(spec, group: options.streamGroup, logger: logger) { [unowned self] device, listener in
+        for spec in settings.streamListen.map(\.value) {
+            let listener = try StreamListener(spec, group: settings.streamGroup, logger: logger) { [unowned self] device, listener in
                 addAcceptedStream(device, from: listener)
             }
             streamListeners.append(listener)
-            let who = if case .unix = spec.endpoint { options.streamGroup.map { "its owner and group \($0)" } ?? "its owner" } else { "any local program" }
+            let who = if case .unix = spec.endpoint { settings.streamGroup.map { "its owner and group \($0)" } ?? "its owner" } else { "any local program" }
             logger.info("stream ports: listening on \(spec.endpoint) (\(who) may connect; at most \(spec.maximumConnections); each port \(PortFactory.describe(spec.port.configuration))\(spec.port.impairment.isNone ? "" : ", link \(spec.port.impairment)"))")
         }
     }
@@ -116,7 +116,7 @@ extension BridgeDaemon {
         spec.name = name
         listener.live.insert(name)
         streamOrigin[name] = listener
-        joined(spec, PortFactory.attachStream(device, spec, how: "stream from \(device.peer)", to: engine, decorate: decorate, seed: options.seed, logger: logger))
+        joined(spec, PortFactory.attachStream(device, spec, how: "stream from \(device.peer)", to: engine, decorate: decorate, seed: seed, logger: logger))
     }
 
     /// A stream port went (its peer closed, broke the framing, or port del): its listener may

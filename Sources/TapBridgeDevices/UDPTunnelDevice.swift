@@ -11,11 +11,13 @@ public import TapBridgeCore
 ///                                    --accept-peers, a new dynamic peer (up to a limit)
 ///   frame for port 3 ──► sendmsg([VXLAN header, frame]) to 192.0.2.5:9000  (no copy)
 /// ```
-/// Datagrams are read with recvmmsg, 8 bytes before each batch slot, into the headroom, so that
-/// a VXLAN datagram's inner frame lands exactly at the slot's start and a raw one 8 bytes into
-/// the headroom: received frames are never copied. A batch with less headroom gets datagrams
-/// read only as early as its headroom reaches (never before a slot: with none, a VXLAN frame
-/// then starts 8 bytes into its slot, and a slot holds 8 bytes less). Sent frames are queued
+/// Datagrams are read with recvmmsg `Encapsulations.receiveLead` bytes (the longest header in
+/// front of a frame among the registered encapsulations: sealed's 16) before each batch slot,
+/// into the headroom, so that every inner frame lands in its slot or the headroom before it
+/// (sealed's at the slot's start, VXLAN's 8 bytes before it, raw's 16 bytes into it): received
+/// frames are never copied. A batch with less headroom gets datagrams read only as early as its
+/// headroom reaches (never before a slot: with none, a frame starts its header's length into
+/// its slot, and a slot holds that much less). Sent frames are queued
 /// (copied, then sealed in their peer's format) and leave with one sendmmsg per batch, when
 /// the engine calls `flush`. Each peer's `EncapsulationFormat` seals and opens its frames
 /// (VXLAN, raw); the device never switches on which one it is. Each peer's path MTU decides

@@ -4,8 +4,8 @@ import TapBridgeDevices
 public import TapBridgePcap
 
 /// Everything the run form's options say, each value parsed once, as the option table
-/// (`OptionTable`) fills it from a config file and the command line. `daemonOptions` turns it
-/// into what the daemon runs with; `OptionTable.yaml` prints it back as a config file.
+/// (`OptionTable`) fills it from a config file and the command line. The daemon runs with it as it
+/// is; `OptionTable.yaml` prints it back as a config file.
 public struct Settings: Sendable {
     /// A parsed value and the text it was parsed from (printed back by `--print-config`).
     public struct Given<Value: Sendable>: Sendable {
@@ -68,6 +68,16 @@ public struct Settings: Sendable {
 
     /// The bridge's name: `--name`, or the default.
     public var bridgeName: String { name ?? "tapbridge" }
+
+    /// The switching core's configuration: the MAC table's limits and ageing, the hub, link-local
+    /// forwarding and loop protection (what the core defines and the options do not say keeps
+    /// the core's default).
+    public var bridgeConfiguration: Bridge.Configuration {
+        Bridge.Configuration(
+            table: .init(ageingTime: .seconds(ageing), maximumEntries: maxMACs, maximumEntriesPerPort: maxMACsPerPort,
+                         moveHoldDown: moveHoldDown.map(Duration.seconds)),
+            isHub: hub, forwardsLinkLocal: forwardLinkLocal, loopProtect: loopProtect)
+    }
 
     /// The rules between options (each option's own range is checked as it is parsed).
     public func validate() throws(OptionError) {

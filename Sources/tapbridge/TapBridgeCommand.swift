@@ -105,7 +105,7 @@ enum TapBridgeCommand {
             let name = free?.name ?? settings.bridgeName
             let logger = Logger(label: "tapbridge[\(name)]")
             if name != settings.bridgeName { logger.notice("a bridge named \(settings.bridgeName) is running: this one is \(name) (tapbridge show ports --name \(name))") }
-            daemon = try BridgeDaemon(options: BridgeDaemon.Options(settings, name: name, version: version), logger: logger, claim: free?.claim)
+            daemon = try BridgeDaemon(settings: settings, name: name, version: version, logger: logger, claim: free?.claim)
         } catch {
             throw StartupFailure(message: error.message)
         }

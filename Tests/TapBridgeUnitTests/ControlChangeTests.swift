@@ -16,8 +16,7 @@ struct ControlChangeTests {
         var settings = Settings()
         let tag = "\(getpid())-\(Int.random(in: 0..<1_000_000))"
         settings.control = "/tmp/tbu-\(tag).sock"
-        let options = BridgeDaemon.Options(settings, name: "tbu-\(tag)", version: "test")
-        return try BridgeDaemon(options: options, logger: Logger(label: "test"), kernel: fake)
+        return try BridgeDaemon(settings: settings, name: "tbu-\(tag)", version: "test", logger: Logger(label: "test"), kernel: fake)
     }
 
     /// Starts `reply`'s answer; what it answered (at once or later) lands in `answers`.

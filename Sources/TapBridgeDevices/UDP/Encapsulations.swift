@@ -18,6 +18,9 @@ public protocol EncapsulationKind {
     static var meshByDefault: Bool { get }
     /// Whether `datapath=kernel` (a Linux vxlan device) can carry it.
     static var kernelDatapath: Bool { get }
+    /// The most bytes its datagrams carry in front of a frame (`EncapsulationFormat.headerLength`
+    /// of its data messages): the largest among the registered ones sets the receive lead.
+    static var frameOffset: Int { get }
     /// Whether it needs a key file (`key=` or `--key-file`).
     static var needsKey: Bool { get }
     /// Whether `--accept-peers` can admit unknown senders in it (false: each peer is named).
@@ -63,6 +66,10 @@ public enum Encapsulations {
         return nil
     }
 
+    /// How far before a batch slot a datagram is read (the largest `frameOffset`), so that the
+    /// frame of every registered encapsulation lands in the slot or its headroom, never copied.
+    public static let receiveLead = all.map { $0.frameOffset }.max() ?? 0
+
     /// Every option some encapsulation takes on a remote (`peer`, `psk`).
     public static var remoteOptions: [String] { all.flatMap { $0.remoteOptions } }
 
@@ -87,6 +94,7 @@ extension VXLANFormat: EncapsulationKind {
     public static var carriesVNI: Bool { true }
     public static var meshByDefault: Bool { true }
     public static var kernelDatapath: Bool { true }
+    public static var frameOffset: Int { VXLANHeader.length }
     public static func format(vni: VNI, key: (any EncapsulationKey)?, probing: Bool) -> any EncapsulationFormat { VXLANFormat(vni: vni) }
 }
 
@@ -95,6 +103,7 @@ extension RawFormat: EncapsulationKind {
     public static var carriesVNI: Bool { false }
     public static var meshByDefault: Bool { false }
     public static var kernelDatapath: Bool { false }
+    public static var frameOffset: Int { 0 }
     public static func format(vni: VNI, key: (any EncapsulationKey)?, probing: Bool) -> any EncapsulationFormat { RawFormat() }
 }
 

@@ -22,9 +22,9 @@ extension UDPTunnelDevice {
             }
         }
         if let trains { return try frames + trains.receive(into: batch, from: self, now: now) }
-        // recvmmsg straight into the free slots, 8 bytes early (see the type's comment), or as
-        // early as the batch's headroom allows: never before a slot's own bytes
-        let lead = min(batch.headroom, VXLANHeader.length)
+        // recvmmsg straight into the free slots, `receiveLead` bytes early (see the type's
+        // comment), or as early as the batch's headroom allows: never before a slot's own bytes
+        let lead = min(batch.headroom, Encapsulations.receiveLead)
         while !batch.isFull {
             let wanted = min(batch.remaining, Int(CTB_BATCH_MAX))
             let firstSlot = batch.used

@@ -320,6 +320,7 @@ extension SealedFormat: EncapsulationKind {
     public static var carriesVNI: Bool { true }
     public static var meshByDefault: Bool { true }
     public static var kernelDatapath: Bool { false }
+    public static var frameOffset: Int { SealedMessage.transportHeaderLength }
     public static var needsKey: Bool { true }
     public static var admitsStrangers: Bool { false }
     public static var remoteOptions: [String] { ["peer", "psk", "keepalive"] }
