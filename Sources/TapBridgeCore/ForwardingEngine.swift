@@ -34,13 +34,13 @@ public final class ForwardingEngine {
     @exclusivity(unchecked) var linkMTUs: [Int] = []
     /// The link MTU of the frame being forwarded's ingress port (0: none).
     var ingressMTU = 0
-    /// The port registry: what each port is, indexed like `devices` (the one place that says
-    /// which ports exist; everything else asks here).
-    var records: [PortRecord] = []
-    /// Ports by name and by interface index (kept with `records`), so that finding one is no
-    /// scan and attaching N ports costs N, not N².
+    /// The port registry: each port's name, indexed like `devices` (the one place that says
+    /// which ports exist; what a port *is*, beyond its device and its switching configuration,
+    /// is its owner's business: the core knows devices, not kinds).
+    var names: [String] = []
+    /// Ports by name (kept with `names`), so that finding one is no scan and attaching N ports
+    /// costs N, not N².
     var portsByName: [String: Int] = [:]
-    var portsByInterface: [Int32: Int] = [:]
     /// Every device once, in a slot of its own (`nil`: a free slot), with the number of its
     /// ports; `deviceSlots` gives each port's (indexed like `devices`).
     @exclusivity(unchecked) var slotDevices: [(any PortDevice)?] = []
@@ -66,30 +66,23 @@ public final class ForwardingEngine {
 
     // MARK: Ports
 
-    /// Adds a logical port carried by `device`, tells the device its ID, and returns it.
+    /// Adds a port named `name`, carried by `device`, tells the device its ID, and returns it.
     @discardableResult
     public func addPort(named name: String, configuration: PortConfiguration = PortConfiguration(), on device: any PortDevice) -> PortID {
-        addPort(PortRecord(name: name), configuration: configuration, on: device)
-    }
-
-    /// Adds a port described by `record`, carried by `device`; returns its ID.
-    @discardableResult
-    public func addPort(_ record: PortRecord, configuration: PortConfiguration = PortConfiguration(), on device: any PortDevice) -> PortID {
         let id = bridge.addPort(configuration)
         if id.index >= devices.count {
             devices.append(contentsOf: repeatElement(nil, count: id.index + 1 - devices.count))
-            records.append(contentsOf: repeatElement(PortRecord(name: ""), count: id.index + 1 - records.count))
+            names.append(contentsOf: repeatElement("", count: id.index + 1 - names.count))
             linkMTUs.append(contentsOf: repeatElement(0, count: id.index + 1 - linkMTUs.count))
             deviceSlots.append(contentsOf: repeatElement(0, count: id.index + 1 - deviceSlots.count))
         }
         devices[id.index] = device
         linkMTUs[id.index] = max(device.offloadCapabilities.linkMTU ?? 0, 0)
-        records[id.index] = record
-        portsByName[record.name] = id.index
-        if let interface = record.interfaceIndex { portsByInterface[interface] = id.index }
+        names[id.index] = name
+        portsByName[name] = id.index
         deviceSlots[id.index] = slot(for: device)
         generation &+= 1
-        device.didAddPort(id, name: record.name)
+        device.didAddPort(id, name: name)
         return id
     }
 
@@ -98,9 +91,7 @@ public final class ForwardingEngine {
         guard port.index < devices.count, let device = devices[port.index] else { return }
         bridge.removePort(port)
         devices[port.index] = nil
-        let record = records[port.index]
-        if portsByName[record.name] == port.index { portsByName[record.name] = nil }
-        if let interface = record.interfaceIndex, portsByInterface[interface] == port.index { portsByInterface[interface] = nil }
+        if portsByName[names[port.index]] == port.index { portsByName[names[port.index]] = nil }
         releaseSlot(deviceSlots[port.index])
         generation &+= 1
         device.didRemovePort(port)
@@ -155,28 +146,14 @@ public final class ForwardingEngine {
     /// The device carrying `port`.
     public func device(of port: PortID) -> (any PortDevice)? { port.index < devices.count ? devices[port.index] : nil }
 
-    /// The name given to `port` (empty if unknown).
-    public func name(of port: PortID) -> String { record(of: port)?.name ?? "" }
-
-    /// What `port` is, or nil if there is no such port.
-    public func record(of port: PortID) -> PortRecord? {
-        port.index < devices.count && devices[port.index] != nil ? records[port.index] : nil
-    }
-
-    /// Says who holds `port`'s interface (found after it joined, off the loop).
-    public func setHolder(_ holder: String?, of port: PortID) {
-        guard record(of: port) != nil else { return }
-        records[port.index].heldBy = holder
+    /// The name given to `port` (empty if there is no such port).
+    public func name(of port: PortID) -> String {
+        port.index < devices.count && devices[port.index] != nil ? names[port.index] : ""
     }
 
     /// The port named `name`.
     public func port(named name: String) -> PortID? {
         portsByName[name].map { PortID(UInt16($0)) }
-    }
-
-    /// The port on the interface with index `interfaceIndex` (its record says so).
-    public func port(onInterface interfaceIndex: Int32) -> PortID? {
-        portsByInterface[interfaceIndex].map { PortID(UInt16($0)) }
     }
 
     /// Every port, in the order they were added (by ID; a removed port's ID is reused).

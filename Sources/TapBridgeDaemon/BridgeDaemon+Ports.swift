@@ -6,7 +6,8 @@ import TapBridgeDevices
 import TapBridgeOptions
 
 /// Ports that come and go while the bridge runs. Each port is one entry of the engine's
-/// registry (`PortRecord`); nothing here keeps a list of its own.
+/// registry (its name, device and configuration) and one of the daemon's `PortDirectory`
+/// (what it is, and what is kept while it is away).
 extension BridgeDaemon {
     /// The IP MTU a TAP made without `mtu=` gets: what fits the narrowest path of any remote,
     /// tapbridge's or the kernel's (nil without remotes), and why.
@@ -16,26 +17,29 @@ extension BridgeDaemon {
 
     func attachPort(_ spec: PortSpec) throws(StartupError) {
         if spec.stream != nil { return connectStream(spec) }
-        settle(spec, try PortFactory.attach(spec, bridge: bridgeName, to: engine, offload: settings.offload, defaultMTU: innerMTU, decorate: decorate,
-                                            mirror: mirrorInterface, namespaces: namespaces, seed: seed, logger: logger))
+        settle(try PortFactory.attach(spec, bridge: bridgeName, to: engine, directory: directory, offload: settings.offload, defaultMTU: innerMTU,
+                                      decorate: decorate, mirror: mirrorInterface, namespaces: namespaces, seed: seed, logger: logger))
     }
 
-    /// Port `spec` joined the engine: one that comes back with its interface is remembered, its
-    /// emulated link kept, and a packet port's TAP holder looked for.
-    private func settle(_ spec: PortSpec, _ joinedAs: (comesBack: Bool, impaired: ImpairedDevice)) {
-        if joinedAs.comesBack { returning[spec.name] = spec }
-        joined(spec, joinedAs.impaired)
-        if let port = engine.port(named: spec.name), engine.record(of: port)?.kind == .packet { findHolder(of: port, spec.name) }
+    /// A port joined the engine: its entry says what it is (and keeps, for one that comes back
+    /// with its interface or connection, the spec that brings it back); a packet port's TAP
+    /// holder is looked for.
+    func settle(_ joined: PortFactory.Joined) {
+        let name = joined.spec.name
+        directory.joined(name, kind: joined.kind, interfaceIndex: joined.interfaceIndex, offloadsOn: joined.offloadsOn, peer: joined.peer, link: joined.link)
+        if joined.comesBack { directory.update(name) { $0.returns = joined.spec } }
+        if !joined.spec.impairment.isNone { logSeedOnce() }
+        if joined.kind == .packet, let port = engine.port(named: name) { findHolder(of: port, name) }
     }
 
     /// Who holds packet port `name`'s TAP, found on the control plane's worker (it reads every
     /// process's descriptors): said in `show ports` and, for another tapbridge, in the log.
     func findHolder(of port: PortID, _ name: String) {
-        let index = engine.record(of: port)?.interfaceIndex
+        let index = directory[name]?.interfaceIndex
         linkControl.perform([.findHolder(name)]) { [self] result in
             guard case .success(let outcomes) = result, let holder = outcomes.first?.holder,
-                  engine.port(named: name) == port, engine.record(of: port)?.interfaceIndex == index else { return }  // (gone or replaced meanwhile)
-            engine.setHolder("\(holder.command), pid \(holder.pid)", of: port)
+                  engine.port(named: name) == port, directory[name]?.interfaceIndex == index else { return }  // (gone or replaced meanwhile)
+            directory.update(name) { $0.heldBy = "\(holder.command), pid \(holder.pid)" }
             if holder.command == "tapbridge" {
                 logger.warning("port \(name): the TAP is served by another tapbridge (pid \(holder.pid)); reached here through a packet socket, it links the two bridges' segments, and makes a loop if they are linked another way too")
             }
@@ -48,7 +52,7 @@ extension BridgeDaemon {
     func attachPlaced(_ spec: PortSpec, _ done: @escaping (Result<String, StartupError>) -> Void) {
         var opened: PortFactory.Opened
         do throws(StartupError) {
-            opened = try PortFactory.open(spec, bridge: bridgeName, to: engine, offload: settings.offload, defaultMTU: innerMTU, mirror: mirrorInterface)
+            opened = try PortFactory.open(spec, bridge: bridgeName, directory: directory, offload: settings.offload, defaultMTU: innerMTU, mirror: mirrorInterface)
         } catch {
             return done(.failure(error))
         }
@@ -58,22 +62,16 @@ extension BridgeDaemon {
                 done(.failure(StartupError("port \(spec.name): \(error.message)")))  // (the TAP goes with its descriptor)
             case .success(let note):
                 opened.note += note
-                settle(spec, PortFactory.join(opened, to: engine, decorate: decorate, seed: seed, logger: logger))
+                settle(PortFactory.join(opened, to: engine, decorate: decorate, seed: seed, logger: logger))
                 done(.success("port \(spec.name) added"))
             }
         }
     }
 
-    /// Port `spec.name` joined behind emulated link `device` (for `port set` and the timer).
-    func joined(_ spec: PortSpec, _ device: ImpairedDevice) {
-        impaired[spec.name] = device
-        if !spec.impairment.isNone { logSeedOnce() }
-    }
-
-    /// Port `spec` waits, `absent`: for its interface, or (`stream=`) for a connection. The
-    /// absent-port timer looks twice a second.
-    func markAbsent(_ spec: PortSpec) {
-        absent[spec.name] = (spec, 0)
+    /// Port `spec` waits, absent: for its interface, or (`stream=`) for a connection, keeping
+    /// what it counted (`carried`). The absent-port timer looks twice a second.
+    func markAbsent(_ spec: PortSpec, carried: PortCounters? = nil) {
+        directory.away(spec.name, spec: spec, carried: carried, kind: spec.stream == nil ? .packet : .stream)
         nextAbsentCheck = EventLoop.now().advanced(by: .milliseconds(500)).nanoseconds
     }
 
@@ -89,21 +87,21 @@ extension BridgeDaemon {
     /// there are any (one if_nametoindex each).
     func checkAbsent(at now: Instant) {
         nextAbsentCheck = now.advanced(by: .milliseconds(500)).nanoseconds
-        for (name, entry) in absent.sorted(by: { $0.key < $1.key }) {
-            if entry.spec.stream != nil {
-                connector.attempt(entry.spec)
+        for name in directory.absentNames {
+            guard let away = directory[name]?.absence else { continue }
+            if away.spec.stream != nil {
+                connector.attempt(away.spec)
                 continue
             }
             let index = ctb_if_index(name)
             guard index > 0 else { continue }
             do {
-                try attachPort(entry.spec)
-                absent[name] = nil
+                try attachPort(away.spec)
                 logger.notice("port \(name): interface \(name) is back (ifindex \(index)): attached again")
             } catch {
                 // said once per appearance of the interface, not twice a second
-                if absent[name]?.failedIndex != index {
-                    absent[name]?.failedIndex = index
+                if away.failedIndex != index {
+                    directory.update(name) { $0.absence?.failedIndex = index }
                     logger.warning("port \(name): interface \(name) is back but cannot be attached: \(error.message); tried again while it exists")
                 }
             }
@@ -120,18 +118,16 @@ extension BridgeDaemon {
 
     /// The connector's connection for `spec`: the port joins.
     func attachConnected(_ spec: PortSpec, fd: Int32) {
-        absent[spec.name] = nil
-        returning[spec.name] = spec
         let endpoint = spec.stream.map { "\($0)" } ?? "?"
-        joined(spec, PortFactory.attachStream(StreamDevice(fd: fd, peer: endpoint), spec, how: "stream to \(endpoint), connected", to: engine,
-                                              decorate: decorate, seed: seed, logger: logger))
+        settle(PortFactory.attachStream(StreamDevice(fd: fd, peer: endpoint), spec, how: "stream to \(endpoint), connected", comesBack: true, to: engine,
+                                        decorate: decorate, seed: seed, logger: logger))
     }
 
     /// `port set NAME OPTIONS`: gives port NAME a new emulated link (the link keys given;
     /// those not given are off, `none` clears it) and, with `storm=`, a new storm limit.
     /// Returns the answer's line.
     func setPort(_ name: String, _ text: String) throws(StartupError) -> String {
-        guard let port = engine.port(named: name), let device = impaired[name] else {
+        guard let port = engine.port(named: name), let device = directory[name]?.link else {
             throw StartupError(engine.port(named: name) == nil ? "no port named '\(name)'" : "port \(name) is a remote: port set changes TAP, packet and stream ports; emulate a link to another host on the TAP at either end")
         }
         let words = text.split(whereSeparator: { $0 == "," || $0 == " " }).map(String.init)
@@ -153,6 +149,7 @@ extension BridgeDaemon {
         var changed: [String] = []
         if !link.isEmpty || words.contains("none") {
             device.reconfigure(spec.impairment)
+            directory.linkChanged(device)
             changed.append("link \(spec.impairment)")
             if !spec.impairment.isNone { logSeedOnce() }
         }
@@ -171,13 +168,10 @@ extension BridgeDaemon {
     func removePort(_ port: PortID) {
         let name = engine.name(of: port)
         connector.cancel(name)
-        impaired[name] = nil
         releaseStream(name, nil)
         engine.removePort(port)
         namespaces.release(port: name)
-        returning[name] = nil
-        carried[name] = nil
-        stormSeen[name] = nil
+        directory.remove(name)
     }
 
     /// `remote add SPEC`, parsed with `--remote`'s grammar and errors (a HOST without PORT gets
@@ -219,7 +213,7 @@ extension BridgeDaemon {
             if let remotes {
                 try remotes.addAtRunTime(spec, at: address)
             } else {
-                let opened = try RemotePeers(settings: settings, remotes: [spec], engine: engine, ports: ports, decorate: decorate, known: [spec.name: address], logger: logger)
+                let opened = try RemotePeers(settings: settings, remotes: [spec], engine: engine, directory: directory, ports: ports, decorate: decorate, known: [spec.name: address], logger: logger)
                 try opened.addConfigured()
                 remotes = opened
             }
@@ -294,7 +288,7 @@ extension BridgeDaemon {
     }
 
     private func removeUserRemote(_ which: String, at address: SocketAddress?) throws(StartupError) -> String {
-        let remotePorts = engine.ports.filter { engine.record(of: $0)?.kind == .remote }
+        let remotePorts = engine.ports.filter { directory[engine.name(of: $0)]?.kind == .remote }
         var port = engine.port(named: which)
         if let named = port, !remotePorts.contains(named) { throw StartupError("remote del '\(which)': \(which) is not a remote (use port del)") }
         if port == nil, let tunnel, let address {
@@ -306,6 +300,7 @@ extension BridgeDaemon {
         }
         let name = engine.name(of: port)
         engine.removePort(port)
+        directory.remove(name)
         var line = "remote \(name) removed"
         if let remotes, !settings.acceptPeers, engine.ports(of: remotes.handle).isEmpty {
             line += "; it was the last: UDP socket \(remotes.device.localAddress) closed (the next remote add opens it again)"
@@ -319,7 +314,9 @@ extension BridgeDaemon {
     func closeRemotes() {
         guard let remotes else { return }
         remotes.isActive = false
+        let names = engine.ports(of: remotes.handle).map { engine.name(of: $0) }
         engine.removeDevice(remotes.handle)
+        for name in names { directory.remove(name) }
         self.remotes = nil
         ports.alwaysPolled = nil
     }
@@ -331,30 +328,30 @@ extension BridgeDaemon {
         let removed = gone.map { engine.name(of: $0) }
         var counts: [String: PortCounters] = [:]
         for port in gone { counts[engine.name(of: port)] = engine.bridge.counters(of: port) }
-        /// A port that waits to come back keeps what it counted.
-        func carry(_ name: String) { if let c = counts[name] { carried[name, default: PortCounters()].add(c) } }
         engine.removeDevice(device)
         for name in removed {
-            impaired[name] = nil
             namespaces.release(port: name)
+            let returns = directory[name]?.returns
             if error.kind == .disconnected {
                 if releaseStream(name, error) {
+                    directory.remove(name)
                     let line = "port \(name): \(error.operation); port removed"
                     if error.code == EPROTO { logger.warning("\(line)") } else { logger.info("\(line)") }
-                } else if let spec = returning[name] {
-                    carry(name)
+                } else if let spec = returns {
                     logger.warning("port \(name): \(error.operation); connecting to \(spec.stream.map { "\($0)" } ?? "?") again")
-                    connectStream(spec)
+                    markAbsent(spec, carried: counts[name])
+                    connector.attempt(spec)
+                } else {
+                    directory.remove(name)
                 }
                 continue
             }
-            if error.kind == .deviceRemoved, let spec = returning.removeValue(forKey: name) {
-                carry(name)
-                markAbsent(spec)
+            if error.kind == .deviceRemoved, let spec = returns {
+                markAbsent(spec, carried: counts[name])
                 logger.warning("port \(name): interface is gone (\(error.operation): \(describeErrno(error.code))); kept as absent, attached again when an interface named \(name) appears (a VM started again, a veth made again); forwarding continues between the others")
             } else {
-                returning[name] = nil
                 releaseStream(name, nil)  // an accepted stream port's place goes back to its listener
+                directory.remove(name)
                 logger.error("port \(name): \(error.kind == .deviceRemoved ? "interface is gone" : "device failed") (\(error.operation): \(describeErrno(error.code))); port removed, forwarding continues between the others")
             }
         }

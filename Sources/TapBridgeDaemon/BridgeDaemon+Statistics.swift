@@ -7,11 +7,11 @@ import TapBridgeOptions
 /// Every counter now: the model `show`, the logs and Prometheus render (`Statistics`).
 extension BridgeDaemon {
     func portReports() -> [PortReport] {
-        present() + absent.keys.sorted().map { name in
-            let spec = absent[name]!.spec
-            var r = PortReport(name: name, kind: spec.stream == nil ? "packet" : "stream", interface: nil, state: "absent", offloads: "none",
+        present() + directory.absentNames.compactMap { name in
+            guard let entry = directory[name], let spec = entry.absence?.spec else { return nil }
+            var r = PortReport(name: name, kind: entry.kind.rawValue, interface: nil, state: "absent", offloads: "none",
                                vlans: "\(spec.configuration.vlanMode)", learning: spec.configuration.learning, flooding: spec.configuration.flooding,
-                               counters: carried[name] ?? PortCounters())
+                               counters: entry.carried)
             r.peer = spec.stream.map { endpoint in
                 if connector.resolving.contains(name), case .tcp(let host, _) = endpoint { return "\(endpoint) (waiting for the name \(host) to resolve)" }
                 return "\(endpoint) (connecting\(connector.lastFailure[name].map { "; the last try: \($0)" } ?? ""))"
@@ -22,31 +22,31 @@ extension BridgeDaemon {
 
     private func present() -> [PortReport] {
         engine.ports.map { port in
-            let a = engine.record(of: port)!, device = engine.device(of: port)!
+            let name = engine.name(of: port), device = engine.device(of: port)!
+            let entry = directory[name]
             let config = engine.bridge.configuration(of: port) ?? PortConfiguration()
-            let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: a.kind == .remote || a.offloadsOn)
-            return PortReport(name: a.name, kind: a.kind.rawValue, interface: a.interfaceIndex.flatMap { interfaceName(ofIndex: $0) },
-                              state: Self.remoteState(tunnel?.peer(of: port)), offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
-                              flooding: config.flooding, counters: countersOf(port, named: a.name), remote: a.kind == .remote ? tunnel?.peer(of: port).map {
-                                var r = RemoteReport($0, now: ctb_monotonic_ns())
-                                r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
-                                return r
-                              } : nil, heldBy: a.heldBy)
-        }.map { report in
-            var report = report
-            report.peer = engine.port(named: report.name).flatMap { engine.record(of: $0)?.peer } ?? kernelRemotes?.peer(ofPort: report.name)
-            guard let device = impaired[report.name], !(device.emulator.impairment.isNone && device.emulator.statistics == .init()) else { return report }
-            var r = report
-            r.link = "\(device.emulator.impairment)"
-            r.emulation = device.emulator.statistics
-            return r
+            let offloads = OffloadCapabilities.describe(device.offloadCapabilities, on: entry?.offloadsOn ?? true)
+            let peer = tunnel?.peer(of: port)
+            var report = PortReport(name: name, kind: entry?.kind.rawValue ?? "unknown",
+                                    interface: entry?.interfaceIndex.flatMap { interfaceName(ofIndex: $0) },
+                                    state: Self.remoteState(peer), offloads: offloads, vlans: "\(config.vlanMode)", learning: config.learning,
+                                    flooding: config.flooding, counters: countersOf(port, named: name), remote: peer.map {
+                                        var r = RemoteReport($0, now: ctb_monotonic_ns())
+                                        r.horizon = "\(Horizon(group: config.splitHorizonGroup))"
+                                        return r
+                                    }, heldBy: entry?.heldBy)
+            report.peer = entry?.peer ?? kernelRemotes?.peer(ofPort: name)
+            guard let link = entry?.link, !(link.emulator.impairment.isNone && link.emulator.statistics == .init()) else { return report }
+            report.link = "\(link.emulator.impairment)"
+            report.emulation = link.emulator.statistics
+            return report
         }
     }
 
     /// Port `port`'s counters, with what it counted before it was last absent.
     func countersOf(_ port: PortID, named name: String) -> PortCounters {
         var c = engine.bridge.counters(of: port)
-        if let before = carried[name] { c.add(before) }
+        if let before = directory[name]?.carried { c.add(before) }
         return c
     }
 
@@ -57,12 +57,11 @@ extension BridgeDaemon {
         for port in engine.ports {
             let name = engine.name(of: port)
             let count = countersOf(port, named: name)[.stormControl]
-            var seen = stormSeen[name] ?? (0, LogThrottle())
-            guard count > seen.count, seen.log.admit(at: now) != nil else { continue }
+            guard var seen = directory[name]?.storm, count > seen.count, seen.log.admit(at: now) != nil else { continue }
             let limit = engine.bridge.configuration(of: port)?.stormLimit.map { "storm=\($0): at most \($0) flooded frames a second" } ?? "storm="
             logger.warning("port \(name): storm control dropped \(count - seen.count) flooded frames (broadcast, multicast or unknown unicast from it; \(limit)); \(count) in all")
             seen.count = count
-            stormSeen[name] = seen
+            directory.update(name) { $0.storm = seen }
         }
     }
 

@@ -59,35 +59,26 @@ public final class BridgeDaemon {
     let claim: ControlClaim?
     /// The namespaces of `netns=` ports: those this bridge made go with their last port.
     let namespaces: Namespaces
-    /// Ports on interfaces tapbridge did not make, by name: they come back with their interface.
-    var returning: [String: PortSpec] = [:]
-    /// Those whose interface is gone, waiting for it (`failedIndex`: the ifindex an attach
-    /// failed on, so that failure is logged once).
-    var absent: [String: (spec: PortSpec, failedIndex: Int32)] = [:]
+    /// What each port is beyond what the engine forwards with (its kind, interface, holder,
+    /// peer, emulated link, origin), and the ports away, waiting for their interface or their
+    /// connection: one entry per name.
+    let directory = PortDirectory()
     var nextAbsentCheck: Int64? = nil
-    /// The counts of ports that went absent, kept while they are away and added to their
-    /// counts when they are back (a port's counters only grow, absences or not).
-    var carried: [String: PortCounters] = [:]
-    /// Storm-control drops per port at the last line, and when that was (`logStormDrops`).
-    var stormSeen: [String: (count: UInt64, log: LogThrottle)] = [:]
     /// rtnetlink link events: packet ports whose interface is deleted, absent ones that return.
     var linkMonitor: LinkMonitor? = nil
-    /// Ports with an emulated link (`delay=`, `loss=`, ...), by name: their delayed frames leave
-    /// from the event loop's timer.
-    var impaired: [String: ImpairedDevice] = [:]
     var loggedSeed = false
-    /// `--stream-listen` sockets, and which of them each accepted stream port came through.
+    /// `--stream-listen` sockets.
     var streamListeners: [StreamListener] = []
-    var streamOrigin: [String: StreamListener] = [:]
     /// `stream=` ports being connected.
     var connector: StreamConnector! = nil
     /// The control plane's worker: name lookups, vxlan devices and their FDBs, off the loop.
     let linkControl: LinkControl
 
-    /// When the next delayed frame of any port is due (asked at every wake-up: no allocation).
+    /// When the next delayed frame of any port is due (asked at every wake-up: no allocation,
+    /// and only the links that have something to do, not every port's).
     var nextDeparture: Int64? {
         var next: Int64? = nil
-        for device in impaired.values {
+        for device in directory.busyLinks.values {
             if let due = device.nextDeparture?.nanoseconds { next = min(next ?? due, due) }
         }
         return next
@@ -158,7 +149,7 @@ public final class BridgeDaemon {
                 if let port = settings.listen?.value.port ?? userRemotes.first?.port {
                     try checkUDPPort(port, socketFor: "the datapath=user remotes\(settings.acceptPeers ? ", --accept-peers" : "")")
                 }
-                remotes = try RemotePeers(settings: settings, remotes: userRemotes, engine: engine, ports: ports, decorate: decorate, logger: logger)
+                remotes = try RemotePeers(settings: settings, remotes: userRemotes, engine: engine, directory: directory, ports: ports, decorate: decorate, logger: logger)
             }
             for spec in settings.ports.map(\.value) { try attachPort(spec) }
             for spec in kernelRemotes?.ports ?? [] { try attachPort(spec) }
@@ -213,9 +204,12 @@ public final class BridgeDaemon {
         loop.add(linkControl)
         if let linkMonitor { loop.add(linkMonitor) }
         loop.add(TimerSource(due: { [unowned self] in engine.nextDeadline?.nanoseconds }, action: { [unowned self] in engine.expire(at: $0) }))
-        loop.add(TimerSource(due: { [unowned self] in absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
+        loop.add(TimerSource(due: { [unowned self] in directory.absent.isEmpty ? nil : nextAbsentCheck }, action: { [unowned self] in checkAbsent(at: $0) }))
         loop.add(TimerSource(due: { [unowned self] in nextDeparture },
-                             action: { [unowned self] now in for device in impaired.values { device.releaseDue(at: now) } }))
+                             action: { [unowned self] now in
+                                 for device in directory.busyLinks.values { device.releaseDue(at: now) }
+                                 directory.settleLinks()
+                             }))
         loop.add(TimerSource(due: { [unowned self] in tunnel?.nextPathRecheck(expiry: Duration.seconds(settings.pathMTUExpiry)) },
                              action: { [unowned self] now in tunnel?.recheckPaths(at: now.nanoseconds, expiry: Duration.seconds(settings.pathMTUExpiry)) }))
         loop.add(TimerSource(due: { [unowned self] in tunnel?.nextFormatTimer }, action: { [unowned self] now in tunnel?.runFormatTimers(at: now.nanoseconds) }))
@@ -283,7 +277,7 @@ public final class BridgeDaemon {
         kernelRemotes?.releaseAll()
         kernelRemotes = nil
         streamListeners.removeAll()
-        streamOrigin.removeAll()
+        directory.removeAll()
         connector.cancelAll()
         closeRemotes()
         control = nil

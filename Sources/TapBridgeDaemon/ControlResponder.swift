@@ -169,9 +169,9 @@ final class ControlResponder {
                 return "port \(spec.name) added"
             }
         case "port-del":
-            if let name = request.port, daemon.absent.removeValue(forKey: name) != nil {
+            if let name = request.port, daemon.directory.absent.contains(name) {
+                daemon.directory.remove(name)
                 daemon.connector.cancel(name)
-                daemon.carried[name] = nil
                 logger.info("control: port \(name) (absent) removed")
                 return .success("port \(name) removed (it was absent)")
             }
@@ -226,7 +226,7 @@ final class ControlResponder {
     /// Why `port add` of `spec` is refused: its name is taken.
     func refusal(toAdd spec: PortSpec) -> String? {
         if engine.port(named: spec.name) != nil { return "port \(spec.name) exists" }
-        if daemon.absent[spec.name] != nil { return "port \(spec.name) exists (absent: waiting for its interface; port del \(spec.name) first)" }
+        if daemon.directory.absent.contains(spec.name) { return "port \(spec.name) exists (absent: waiting for its interface; port del \(spec.name) first)" }
         return nil
     }
 

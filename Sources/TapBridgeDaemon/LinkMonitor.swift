@@ -81,11 +81,11 @@ extension BridgeDaemon {
             logger: logger,
             deleted: { [unowned self] index in interfaceDeleted { $0 == index } },
             appeared: { [unowned self] name in
-                if let entry = absent[name], entry.spec.stream == nil { nextAbsentCheck = EventLoop.now().nanoseconds }
+                if let away = directory[name]?.absence, away.spec.stream == nil { nextAbsentCheck = EventLoop.now().nanoseconds }
             },
             lost: { [unowned self] in
                 interfaceDeleted { ctb_if_index_exists($0) == 0 }
-                if !absent.isEmpty { nextAbsentCheck = EventLoop.now().nanoseconds }
+                if !directory.absent.isEmpty { nextAbsentCheck = EventLoop.now().nanoseconds }
             })
     }
 
@@ -95,7 +95,7 @@ extension BridgeDaemon {
     func interfaceDeleted(_ isGone: (Int32) -> Bool) {
         var failed: [ObjectIdentifier: any PortDevice] = [:]
         for port in engine.ports {
-            guard let record = engine.record(of: port), record.kind == .packet, let index = record.interfaceIndex, isGone(index),
+            guard let entry = directory[engine.name(of: port)], entry.kind == .packet, let index = entry.interfaceIndex, isGone(index),
                 let device = engine.device(of: port)
             else { continue }
             failed[ObjectIdentifier(device)] = device

@@ -6,27 +6,45 @@ import TapBridgeDevices
 import TapBridgeOptions
 
 /// Turns a `--port` spec into a port of the engine: a TAP, or a packet socket when the
-/// interface cannot be one here, described in the engine's registry (`PortRecord`).
+/// interface cannot be one here; what the port is (`Joined`) goes to the daemon's
+/// `PortDirectory`, the engine gets its name, device and configuration.
 enum PortFactory {
     /// A port's device, opened and not yet joined.
     struct Opened {
         let spec: PortSpec
         let device: any PortDevice
-        let kind: PortRecord.Kind
+        let kind: PortEntry.Kind
+        /// The interface's index (TAP and packet ports).
+        let interfaceIndex: Int32?
         let offload: Bool
+        /// The port is on an interface tapbridge did not make (a packet socket, a TAP that
+        /// existed): it comes back when its interface does.
+        let comesBack: Bool
         /// What the start line says of it.
         var note: String
     }
 
+    /// A port that joined the engine, and what it is.
+    struct Joined {
+        let spec: PortSpec
+        let kind: PortEntry.Kind
+        var interfaceIndex: Int32? = nil
+        var offloadsOn = true
+        /// Who is on the other end (a stream port).
+        var peer: String? = nil
+        /// Its emulated link, outermost around its device.
+        let link: ImpairedDevice
+        /// It comes back with its interface or its connection.
+        let comesBack: Bool
+    }
+
     /// Opens `spec` and adds it to `engine` (its device wrapped by `decorate`: the mirror), a
-    /// `netns=` port's TAP placed in its namespace first, at once (start-up). Returns whether
-    /// the port is on an interface tapbridge did not make (a packet socket, or a TAP that
-    /// existed): such a port comes back when its interface does.
-    @discardableResult
-    static func attach(_ spec: PortSpec, bridge: String, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
-                       decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?, namespaces: Namespaces,
-                       seed: UInt64, logger: Logger) throws(StartupError) -> (comesBack: Bool, impaired: ImpairedDevice) {
-        var opened = try open(spec, bridge: bridge, to: engine, offload: defaultOffload, defaultMTU: defaultMTU, mirror: mirror)
+    /// `netns=` port's TAP placed in its namespace first, at once (start-up). `directory`: the
+    /// ports already there (one interface is never attached twice).
+    static func attach(_ spec: PortSpec, bridge: String, to engine: ForwardingEngine, directory: PortDirectory, offload defaultOffload: Bool,
+                       defaultMTU: (mtu: Int, why: String)?, decorate: (any PortDevice) -> any PortDevice, mirror: MirrorInterface?,
+                       namespaces: Namespaces, seed: UInt64, logger: Logger) throws(StartupError) -> Joined {
+        var opened = try open(spec, bridge: bridge, directory: directory, offload: defaultOffload, defaultMTU: defaultMTU, mirror: mirror)
         do throws(StartupError) { opened.note += try namespaces.placeNow(spec) } catch { throw StartupError("port \(spec.name): \(error.message)") }
         return join(opened, to: engine, decorate: decorate, seed: seed, logger: logger)
     }
@@ -34,26 +52,24 @@ enum PortFactory {
     /// Opens `spec`'s device. `mirror`: the interfaces the mirror injects into, which no port
     /// may be. `defaultMTU`: the MTU a TAP created here gets without `mtu=` (what fits the
     /// remotes' paths), and why.
-    static func open(_ spec: PortSpec, bridge: String, to engine: ForwardingEngine, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
+    static func open(_ spec: PortSpec, bridge: String, directory: PortDirectory, offload defaultOffload: Bool, defaultMTU: (mtu: Int, why: String)?,
                      mirror: MirrorInterface?) throws(StartupError) -> Opened {
         // a TAP removed just before (port del) is gone once its descriptor is closed
         DescriptorCloser.finishPending(spec.name)
         // One interface attached twice (by an altname, or by its new name after a rename)
         // would loop every broadcast between its two ports: refuse it.
         let existing = ctb_if_index(spec.name)
-        if existing > 0, let other = engine.port(onInterface: existing) {
-            throw StartupError("port \(spec.name): that interface (ifindex \(existing)) is already attached as port \(engine.name(of: other))")
+        if existing > 0, let other = directory.name(onInterface: existing) {
+            throw StartupError("port \(spec.name): that interface (ifindex \(existing)) is already attached as port \(other)")
         }
         if let mirror, let problem = mirror.conflict(withPort: spec.name, index: existing) { throw StartupError("port \(spec.name): \(problem)") }
         let offload = spec.offload ?? defaultOffload
         do throws(StartupError) {
-            let (device, kind, note) = try open(spec, offload: offload, defaultMTU: defaultMTU, mac: spec.mac ?? stableMAC(bridge: bridge, port: spec.name))
-            if spec.namespace != nil {
-                guard let tap = device as? TapDevice, !tap.existedBefore else {
-                    throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
-                }
+            let (device, kind, index, existed, note) = try open(spec, offload: offload, defaultMTU: defaultMTU, mac: spec.mac ?? stableMAC(bridge: bridge, port: spec.name))
+            if spec.namespace != nil, kind != .tap || existed {
+                throw StartupError("netns= moves a TAP tapbridge makes, and an interface \(spec.name) exists here already; pick another name, or attach that one without netns=")
             }
-            return Opened(spec: spec, device: device, kind: kind, offload: offload, note: note)
+            return Opened(spec: spec, device: device, kind: kind, interfaceIndex: index, offload: offload, comesBack: existed, note: note)
         } catch {
             throw StartupError("port \(spec.name): \(error.message)")
         }
@@ -61,22 +77,21 @@ enum PortFactory {
 
     /// Adds an opened port to the engine and says so.
     static func join(_ opened: Opened, to engine: ForwardingEngine, decorate: (any PortDevice) -> any PortDevice, seed: UInt64,
-                     logger: Logger) -> (comesBack: Bool, impaired: ImpairedDevice) {
-        let device = opened.device
-        let index = (device as? PacketSocketDevice)?.interfaceIndex ?? (device as? TapDevice)?.interfaceIndex
-        let record = PortRecord(name: opened.spec.name, kind: opened.kind, interfaceIndex: index, offloadsOn: opened.offload)
-        let impaired = join(device, record, opened.spec, to: engine, decorate: decorate, seed: seed)
+                     logger: Logger) -> Joined {
+        let link = join(opened.device, opened.spec, to: engine, decorate: decorate, seed: seed)
         announce(opened.spec, opened.note, logger: logger)
-        return (opened.kind == .packet || (device as? TapDevice)?.existedBefore == true, impaired)
+        return Joined(spec: opened.spec, kind: opened.kind, interfaceIndex: opened.interfaceIndex, offloadsOn: opened.offload, link: link,
+                      comesBack: opened.kind == .packet || opened.comesBack)
     }
 
     /// A stream connection as port `spec.name`: one `stream=` made (`how`: "stream to
-    /// ENDPOINT, connected") or a listener accepted ("stream from PEER").
-    static func attachStream(_ device: StreamDevice, _ spec: PortSpec, how: String, to engine: ForwardingEngine,
-                             decorate: (any PortDevice) -> any PortDevice, seed: UInt64, logger: Logger) -> ImpairedDevice {
-        let impaired = join(device, PortRecord(name: spec.name, kind: .stream, peer: device.peer), spec, to: engine, decorate: decorate, seed: seed)
+    /// ENDPOINT, connected"; it `comesBack`: connected again when the connection ends) or a
+    /// listener accepted ("stream from PEER").
+    static func attachStream(_ device: StreamDevice, _ spec: PortSpec, how: String, comesBack: Bool, to engine: ForwardingEngine,
+                             decorate: (any PortDevice) -> any PortDevice, seed: UInt64, logger: Logger) -> Joined {
+        let link = join(device, spec, to: engine, decorate: decorate, seed: seed)
         announce(spec, how, logger: logger)
-        return impaired
+        return Joined(spec: spec, kind: .stream, peer: device.peer, link: link, comesBack: comesBack)
     }
 
     /// The start line of a port that joined: what it is (`how`), its VLANs and its link.
@@ -84,14 +99,14 @@ enum PortFactory {
         logger.info("port \(spec.name): \(how), \(describe(spec.configuration))\(spec.impairment.isNone ? "" : ", link \(spec.impairment)")")
     }
 
-    /// Adds `device` to the engine as `record`, behind the mirror (`decorate`) and the emulated
+    /// Adds `device` to the engine as port `spec.name`, behind the mirror (`decorate`) and the emulated
     /// link, outermost (the mirror and the device see frames as they leave it): every port has
     /// one, so `port set` can give it a bad link at run time; without an impairment a frame
     /// passes straight through.
-    static func join(_ device: any PortDevice, _ record: PortRecord, _ spec: PortSpec, to engine: ForwardingEngine,
-                     decorate: (any PortDevice) -> any PortDevice, seed: UInt64) -> ImpairedDevice {
+    private static func join(_ device: any PortDevice, _ spec: PortSpec, to engine: ForwardingEngine,
+                             decorate: (any PortDevice) -> any PortDevice, seed: UInt64) -> ImpairedDevice {
         let impaired = ImpairedDevice(decorate(device), impairment: spec.impairment, seed: seed ^ fnv1a(spec.name), clock: EventLoop.now)
-        engine.addPort(record, configuration: spec.configuration, on: impaired)
+        engine.addPort(named: spec.name, configuration: spec.configuration, on: impaired)
         return impaired
     }
 
@@ -122,14 +137,17 @@ enum PortFactory {
         return ProcessInfo.processInfo.hostName
     }()
 
-    static func open(_ spec: PortSpec, offload: Bool, defaultMTU: (mtu: Int, why: String)?, mac: MACAddress? = nil) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
+    /// Opens `spec`'s device: returns it, its kind, its interface's index, whether the
+    /// interface existed before (a TAP tapbridge did not make), and what the start line says.
+    static func open(_ spec: PortSpec, offload: Bool, defaultMTU: (mtu: Int, why: String)?,
+                     mac: MACAddress? = nil) throws(StartupError) -> (any PortDevice, PortEntry.Kind, Int32, Bool, String) {
         func tapNote(_ tap: TapDevice) -> String {
             (tap.existedBefore ? "TAP attached (kept on exit)" : "TAP created (removed on exit)\(tap.assignedMAC.map { ", mac \($0)" } ?? "")") + ", mtu \(tap.mtu)"
                 + (tap.mtuWasDefault ? " (\(defaultMTU?.why ?? "default"); mtu=N sets another)" : "") + ", offloads \(tap.offloadDescription)"
         }
-        func packet(_ why: String) throws(StartupError) -> (any PortDevice, PortRecord.Kind, String) {
+        func packet(_ why: String) throws(StartupError) -> (any PortDevice, PortEntry.Kind, Int32, Bool, String) {
             let device = try PacketSocketDevice(name: spec.name, mtu: spec.mtu, offload: offload)
-            return (device, .packet, "packet socket on ifindex \(device.interfaceIndex)\(why), offloads \(device.offloadDescription)")
+            return (device, .packet, device.interfaceIndex, true, "packet socket on ifindex \(device.interfaceIndex)\(why), offloads \(device.offloadDescription)")
         }
         if spec.mode == .packet { return try packet("") }
         // an interface that exists and is no TAP (a veth, a NIC) is a packet socket's in auto
@@ -141,7 +159,7 @@ enum PortFactory {
         }
         do {
             let tap = try TapDevice(name: spec.name, mtu: spec.mtu, defaultMTU: defaultMTU?.mtu, mac: mac, offload: offload)
-            return (tap, .tap, tapNote(tap))
+            return (tap, .tap, tap.interfaceIndex, tap.existedBefore, tapNote(tap))
         } catch {
             switch (error, spec.mode) {
             case (.busy, .auto): return try packet(" (the TAP is held by another program)")

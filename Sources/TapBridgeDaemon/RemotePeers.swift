@@ -14,6 +14,8 @@ final class RemotePeers: EventSource {
     let handle: any PortDevice
     let engine: ForwardingEngine
     let settings: Settings
+    /// The daemon's ports: each remote is an entry.
+    let directory: PortDirectory
     let logger: Logger
     /// Told to serve the socket again when admitted senders' datagrams wait.
     let ports: PortsSource
@@ -23,7 +25,7 @@ final class RemotePeers: EventSource {
     /// Opens the socket (`--listen`, or every address on the first remote's port) and adds the
     /// configured remotes (`remotes`: the datapath=user ones).
     /// `known`: remotes' addresses looked up already (`remote add`), by name.
-    init(settings: Settings, remotes: [RemoteSpec], engine: ForwardingEngine, ports: PortsSource, decorate: (any PortDevice) -> any PortDevice,
+    init(settings: Settings, remotes: [RemoteSpec], engine: ForwardingEngine, directory: PortDirectory, ports: PortsSource, decorate: (any PortDevice) -> any PortDevice,
          known: [String: SocketAddress] = [:], logger: Logger) throws(StartupError) {
         guard let listenPort = settings.listen?.value.port ?? remotes.first?.port else {
             throw StartupError("--accept-peers needs --listen [ADDR:]PORT")
@@ -44,6 +46,7 @@ final class RemotePeers: EventSource {
         handle = decorate(device)
         self.engine = engine
         self.settings = settings
+        self.directory = directory
         self.logger = logger
         self.ports = ports
         ports.alwaysPolled = handle
@@ -135,13 +138,14 @@ final class RemotePeers: EventSource {
     @discardableResult
     func add(_ name: String, at address: SocketAddress, format: WireFormat, configuration: PortConfiguration,
              isDynamic: Bool = false) throws(StartupError) -> PortID {
-        let port = engine.addPort(PortRecord(name: name, kind: .remote), configuration: configuration, on: handle)
+        let port = engine.addPort(named: name, configuration: configuration, on: handle)
         do {
             try device.addPeer(address, format: format, isDynamic: isDynamic, as: port)
         } catch {
             engine.removePort(port)
             throw error
         }
+        directory.joined(name, kind: .remote)
         return port
     }
 
@@ -178,6 +182,7 @@ final class RemotePeers: EventSource {
         for port in device.idleDynamicPeers(timeout: Duration.seconds(settings.peerTimeout), now: now) {
             let name = engine.name(of: port)
             engine.removePort(port)
+            directory.remove(name)
             logger.info("remote \(name): silent for \(Duration.seconds(settings.peerTimeout)), removed")
         }
         return nil

@@ -111,19 +111,20 @@ extension BridgeDaemon {
 
     /// A connection accepted by `listener` joins as a port.
     func addAcceptedStream(_ device: StreamDevice, from listener: StreamListener) {
-        let name = listener.portName(for: device) { [engine, absent] in engine.port(named: $0) != nil || absent[$0] != nil }
+        let name = listener.portName(for: device) { [engine, directory] in engine.port(named: $0) != nil || directory[$0] != nil }
         var spec = listener.spec.port
         spec.name = name
         listener.live.insert(name)
-        streamOrigin[name] = listener
-        joined(spec, PortFactory.attachStream(device, spec, how: "stream from \(device.peer)", to: engine, decorate: decorate, seed: seed, logger: logger))
+        settle(PortFactory.attachStream(device, spec, how: "stream from \(device.peer)", comesBack: false, to: engine, decorate: decorate, seed: seed, logger: logger))
+        directory.update(name) { $0.origin = listener }
     }
 
     /// A stream port went (its peer closed, broke the framing, or port del): its listener may
     /// take another connection. Returns whether it was an accepted one.
     @discardableResult
     func releaseStream(_ name: String, _ error: PortError?) -> Bool {
-        guard let listener = streamOrigin.removeValue(forKey: name) else { return false }
+        guard let listener = directory[name]?.origin else { return false }
+        directory.update(name) { $0.origin = nil }
         listener.live.remove(name)
         if let error {
             if error.code == EPROTO { listener.statistics.malformed += 1 } else { listener.statistics.closedByPeer += 1 }

@@ -8,27 +8,27 @@ import TapBridgeTestSupport
 /// of them does not visit the others.
 @Suite("The port registry")
 struct RegistryTests {
-    @Test func portsAreFoundByNameAndInterfaceThroughRemovalsAndReuse() {
+    @Test func portsAreFoundByNameThroughRemovalsAndReuse() {
         let engine = ForwardingEngine(bridge: Bridge())
         var ids: [PortID] = []
         for i in 0..<100 {
-            ids.append(engine.addPort(PortRecord(name: "p\(i)", kind: .tap, interfaceIndex: Int32(1000 + i)), on: VirtualPort()))
+            ids.append(engine.addPort(named: "p\(i)", on: VirtualPort()))
         }
         #expect(ids == (0..<100).map { PortID(UInt16($0)) }, "IDs are given in order")
-        #expect(engine.port(named: "p42") == ids[42] && engine.port(onInterface: 1042) == ids[42])
+        #expect(engine.port(named: "p42") == ids[42] && engine.name(of: ids[42]) == "p42")
         engine.removePort(ids[42])
         engine.removePort(ids[7])
-        #expect(engine.port(named: "p42") == nil && engine.port(onInterface: 1042) == nil && engine.port(named: "p7") == nil)
+        #expect(engine.port(named: "p42") == nil && engine.name(of: ids[42]) == "" && engine.port(named: "p7") == nil)
         #expect(engine.bridge.activePorts.count == 98 && engine.bridge.activePorts == engine.bridge.activePorts.sorted())
-        // the lowest free ID is reused first; the name and the interface now lead to the new port
-        let again = engine.addPort(PortRecord(name: "p42", kind: .tap, interfaceIndex: 2042), on: VirtualPort())
+        // the lowest free ID is reused first; the name now leads to the new port
+        let again = engine.addPort(named: "p42", on: VirtualPort())
         #expect(again == ids[7], "got \(again), want the lowest free ID \(ids[7])")
-        #expect(engine.port(named: "p42") == again && engine.port(onInterface: 2042) == again && engine.port(onInterface: 1042) == nil)
-        let next = engine.addPort(PortRecord(name: "q"), on: VirtualPort())
+        #expect(engine.port(named: "p42") == again && engine.name(of: again) == "p42")
+        let next = engine.addPort(named: "q", on: VirtualPort())
         #expect(next == ids[42] && engine.bridge.activePorts == engine.bridge.activePorts.sorted() && engine.bridge.activePorts.count == 100)
         // a port removed whose name another took since does not take the name away
         engine.removePort(ids[3])
-        _ = engine.addPort(PortRecord(name: "p3"), on: VirtualPort())
+        _ = engine.addPort(named: "p3", on: VirtualPort())
         #expect(engine.port(named: "p3") == ids[3])
         #expect(engine.ports.count == 100 && engine.allDevices.count == 100)
     }
