@@ -190,7 +190,9 @@ struct DataPlaneTests {
         for i in 0..<3 { lab.place(taps[i], in: ns[i], address: "10.77.0.\(i + 1)/24") }
         #expect(lab.ping(from: ns[0], "10.77.0.3", count: 1).received == 1)
         let flow = try lab.background(["ip", "netns", "exec", ns[0], "ping", "-c", "30", "-i", "0.1", "-W", "1", "10.77.0.2"])
-        usleep(1_000_000)
+        // the deletion comes while the pings flow: once b's port has carried some of them
+        let before = Lab.portCounters(bridge, port: taps[1])["tx_frames"] ?? 0
+        #expect(Lab.eventually { (Lab.portCounters(bridge, port: taps[1])["tx_frames"] ?? 0) >= before + 5 }, "\(bridge.output)")
         #expect(lab.exec(ns[2], ["ip", "link", "del", taps[2]]).ok)
         _ = flow.wait(within: 10)
         let summary = flow.output.split(separator: "\n").first { $0.contains("packets transmitted") } ?? ""

@@ -31,7 +31,10 @@ struct UDPDeviceTests {
         withUnsafeBytes(of: VXLANHeader.encodedHeader(vni: vni)) { Array($0) } + frame
     }
 
-    func serve() { _ = try? lan.engine.service(device, at: lan.clock.now) }
+    /// Serves the device once; a device error fails the test (it is never swallowed).
+    func serve() {
+        #expect(throws: Never.self) { _ = try lan.engine.service(device, at: lan.clock.now) }
+    }
 
     /// A received inner frame larger than a batch slot is dropped (`truncated`, as a datagram
     /// larger than the buffer it is read into), never copied: the train receiver copied it
@@ -169,7 +172,10 @@ struct UDPDeviceTests {
                 for d in datagrams { socket.inbound.append(.init(address: senders[s], bytes: d)) }
             }
         }
-        func serve() { _ = try? lan.engine.service(device, at: lan.clock.now) }
+        /// Serves the device once; a device error fails the test (it is never swallowed).
+    func serve() {
+        #expect(throws: Never.self) { _ = try lan.engine.service(device, at: lan.clock.now) }
+    }
         serve()
         serve()  // the engine reads again before the decision: nothing may be refused by that
         #expect(lan.transmitted(on: 0).isEmpty && device.statistics.peersRefused == 0)
