@@ -178,16 +178,13 @@ public enum OptionTable {
         list("remote", aliases: ["peer"], configAlias: "remotes", "spec", .remotes, "A remote peer over UDP: \(RemoteSpec.syntax). Repeatable.",
              discussion: """
                  HOST is an IPv4 address, an IPv6 address in brackets, or a name resolved once at start. Each remote is a port \
-                 of the switch. encap=vxlan (RFC 7348, default), raw (one Ethernet frame per datagram, as QEMU's -netdev \
-                 dgram speaks) or sealed (tapbridge to tapbridge, authenticated and encrypted on WireGuard's protocol: this \
-                 host's key in --key-file or key=PATH, the peer's public key in peer=PUBKEY, an optional pre-shared key in \
-                 psk=PATH, and keepalive=SECONDS to keep a NAT's mapping open; see Docs/Security.md); vni= sets the \
+                 of the switch. \(Encapsulations.described); vni= sets the \
                  network identifier. Only configured peers are accepted (a sealed peer whose datagrams authenticate from \
-                 another address is followed there: roaming). horizon=: mesh (the default for vxlan and sealed: a bridge of a full mesh, never forwarded to \
+                 another address is followed there: roaming). horizon=: mesh (the default for \(Encapsulations.names { $0.meshByDefault }): a bridge of a full mesh, never forwarded to \
                  another mesh remote), off (the default \
-                 for raw: an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
+                 for \(Encapsulations.names { !$0.meshByDefault }): an endpoint such as a VM, reaching every port) or N (a group of your own). Each remote's path MTU \
                  is measured: TCP is cut to fit it and SYNs crossing it get their MSS lowered, so nothing needs mtu=. \
-                 At run time: tapbridge remote add|del. datapath=kernel (VXLAN only, started as root): the frames go through a \
+                 At run time: tapbridge remote add|del. datapath=kernel (encap=\(Encapsulations.names { $0.kernelDatapath }) only, started as root): the frames go through a \
                  Linux vxlan device tapbridge makes (vx-NAME, its MTU fitting the path, removed on exit) and attaches as \
                  a packet-socket port; the kernel encapsulates, segments and coalesces, which is faster (Docs/Benchmarks.md), \
                  but such remotes have no counters of their own and share one port per VNI and UDP port.
@@ -204,7 +201,7 @@ public enum OptionTable {
             guard let n = Int(v), let vni = VNI(n) else { throw OptionError(reason: "must be 0-16777215, got \(v)") }
             s.vni = vni
         },
-        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence), in --encap vxlan or raw. This trusts the network: anyone who can reach the port joins the segment. Sealed peers are each named instead (peer=PUBKEY)."),
+        flag("accept-peers", \.acceptPeers, .remotes, "Let unknown senders become remotes (up to --max-peers, removed after --peer-timeout of silence), in --encap \(Encapsulations.names { $0.admitsStrangers }). This trusts the network: anyone who can reach the port joins the segment. Sealed peers are each named instead (peer=PUBKEY)."),
         value("max-peers", "n", .remotes, "Most remotes --accept-peers adds.", showsDefault: true, render: { "\($0.maxPeers)" }) { s, v throws(OptionError) in s.maxPeers = try atLeastOne(v) },
         value("peer-timeout", "seconds", .remotes, "Seconds of silence after which an accepted peer is removed.", showsDefault: true, render: { plain($0.peerTimeout) }) { s, v throws(OptionError) in
             s.peerTimeout = try seconds(v, above: 0, atMost: 1_000_000)

@@ -11,6 +11,8 @@ public protocol EncapsulationKey: AnyObject {}
 public protocol EncapsulationKind {
     /// Its name (`encap=NAME`).
     static var encapsulation: Encapsulation { get }
+    /// What `--help` says of it after its name: `(RFC 7348, default)`.
+    static var summary: String { get }
     /// Whether its datagrams carry a VNI (so `vni=` applies, and `show ports` shows it).
     static var carriesVNI: Bool { get }
     /// Its remotes' horizon when none is given: true, a mesh (a frame from one such remote is
@@ -73,6 +75,15 @@ public enum Encapsulations {
     /// Every option some encapsulation takes on a remote (`peer`, `psk`).
     public static var remoteOptions: [String] { all.flatMap { $0.remoteOptions } }
 
+    /// `--help`'s words on them: `encap=vxlan (RFC 7348, default), raw (...) or sealed (...)`.
+    public static var described: String {
+        let each = all.map { "\($0.encapsulation.name) \($0.summary)" }
+        return "encap=" + (each.count > 1 ? each.dropLast().joined(separator: ", ") + " or " + each[each.count - 1] : each.joined())
+    }
+
+    /// Their names for a syntax line: `vxlan|raw|sealed`.
+    public static var choices: String { all.map { $0.encapsulation.name }.joined(separator: "|") }
+
     /// Their names for a message: `vxlan, raw or sealed`.
     public static func names() -> String { names { _ in true } }
 
@@ -91,6 +102,7 @@ extension Encapsulation {
 
 extension VXLANFormat: EncapsulationKind {
     public static var encapsulation: Encapsulation { .vxlan }
+    public static var summary: String { "(RFC 7348, default)" }
     public static var carriesVNI: Bool { true }
     public static var meshByDefault: Bool { true }
     public static var kernelDatapath: Bool { true }
@@ -100,6 +112,7 @@ extension VXLANFormat: EncapsulationKind {
 
 extension RawFormat: EncapsulationKind {
     public static var encapsulation: Encapsulation { .raw }
+    public static var summary: String { "(one Ethernet frame per datagram, as QEMU's -netdev dgram speaks)" }
     public static var carriesVNI: Bool { false }
     public static var meshByDefault: Bool { false }
     public static var kernelDatapath: Bool { false }

@@ -317,6 +317,9 @@ extension Encapsulation {
 
 extension SealedFormat: EncapsulationKind {
     public static var encapsulation: Encapsulation { .sealed }
+    public static var summary: String {
+        "(tapbridge to tapbridge, authenticated and encrypted on WireGuard's protocol: this host's key in --key-file or key=PATH, the peer's public key in peer=PUBKEY, an optional pre-shared key in psk=PATH, and keepalive=SECONDS to keep a NAT's mapping open; see Docs/Security.md)"
+    }
     public static var carriesVNI: Bool { true }
     public static var meshByDefault: Bool { true }
     public static var kernelDatapath: Bool { false }
