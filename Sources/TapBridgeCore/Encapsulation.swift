@@ -129,7 +129,7 @@ public struct SessionReport: Sendable, Equatable {
 extension EncapsulationFormat {
     /// Whether `frame` starts like an Ethernet frame this bridge forwards: a header, from a
     /// valid (unicast, non-zero) source.
-    static func looksForwarded(_ frame: UnsafeRawBufferPointer) -> Bool {
+    public static func looksForwarded(_ frame: UnsafeRawBufferPointer) -> Bool {
         frame.count >= 14 && MACAddress(reading: frame, at: 6).isValidSource
     }
 
