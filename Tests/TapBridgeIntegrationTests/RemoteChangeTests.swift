@@ -162,7 +162,7 @@ struct RemoteChangeTests {
 
         // bad input: one line each, exit non-zero, nothing changed
         for (args, why) in [(["remote", "add", "127.0.0.1:\(p2),name=two"], "a port named two exists"),
-                            (["remote", "add", "127.0.0.1:\(p2),encap=gre"], "encap must be vxlan, raw or sealed"),
+                            (["remote", "add", "127.0.0.1:\(p2),encap=gre"], "encap must be vxlan, raw, sealed or geneve"),
                             (["remote", "add", "127.0.0.1:99999"], "expected HOST:PORT"),
                             (["remote", "add", "127.0.0.1:\(p2),encap=sealed,name=s"], "encap=sealed needs peer=PUBKEY"),
                             (["remote", "add", "127.0.0.1:\(p2),encap=sealed,name=s,peer=7+Rhs1Gm3iY7q9HN0mQH5Uu4xKZ4Bz0fKqf/0n4Qmk0="], "encap=sealed needs this host's key"),

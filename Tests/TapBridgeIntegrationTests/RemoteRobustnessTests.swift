@@ -187,7 +187,7 @@ struct RemoteRobustnessTests {
         .init(name: "remote without port", args: ["--remote", "127.0.0.1"], status: 64, message: "--remote '127.0.0.1': expected HOST:PORT"),
         .init(name: "IPv6 without brackets", args: ["--remote", "::1:4789"], status: 64, message: "IPv6 in brackets"),
         .init(name: "port out of range", args: ["--remote", "127.0.0.1:70000"], status: 64, message: "PORT 1-65535"),
-        .init(name: "bad encap", args: ["--remote", "127.0.0.1:4789,encap=gre"], status: 64, message: "encap must be vxlan, raw or sealed"),
+        .init(name: "bad encap", args: ["--remote", "127.0.0.1:4789,encap=gre"], status: 64, message: "encap must be vxlan, raw, sealed or geneve"),
         .init(name: "bad vni", args: ["--vni", "16777216", "--remote", "127.0.0.1:4789"], status: 64, message: "--vni must be 0-16777215"),
         .init(name: "bad listen", args: ["--listen", "nope", "--remote", "127.0.0.1:4789"], status: 64, message: "--listen 'nope'"),
         .init(name: "accept-peers without a port", args: ["--accept-peers"], status: 64, message: "--accept-peers needs --listen"),

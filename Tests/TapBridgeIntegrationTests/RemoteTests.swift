@@ -14,7 +14,7 @@ struct RemoteTests {
     /// ```
     ///  ns a (10.77.0.1) ── tap a ── tapbridge 1 ══ UDP 127.0.0.1 ══ tapbridge 2 ── tap b ── ns b (10.77.0.2)
     /// ```
-    @Test(arguments: ["vxlan", "raw"])
+    @Test(arguments: ["vxlan", "raw", "geneve"])
     func twoBridgesJoinedOverLoopbackPingAndRunIperf(encap: String) throws {
         let lab = Lab()
         let (a, b) = (lab.namespace("a"), lab.namespace("b"))

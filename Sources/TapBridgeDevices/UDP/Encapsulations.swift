@@ -54,7 +54,7 @@ extension EncapsulationKind {
 /// The registry: every encapsulation the UDP device speaks.
 public enum Encapsulations {
     /// Every encapsulation, in the order `--help` lists them: one line each.
-    public static var all: [any EncapsulationKind.Type] { [VXLANFormat.self, RawFormat.self, SealedFormat.self] }
+    public static var all: [any EncapsulationKind.Type] { [VXLANFormat.self, RawFormat.self, SealedFormat.self, GeneveFormat.self] }
 
     /// The kind named `encapsulation` (every `Encapsulation` in use comes from `named`).
     public static func kind(_ encapsulation: Encapsulation) -> any EncapsulationKind.Type {
