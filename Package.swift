@@ -51,10 +51,16 @@ let package = Package(
             swiftSettings: strict),
         // The running bridge: assembles ports, the event loop and its sources, the control
         // socket and its protocol, the statistics model.
+        // The control socket's language, shared by the bridge and the command: requests,
+        // reports, their text, JSON and Prometheus renderings, the client, the path's claim.
+        .target(
+            name: "TapBridgeControl",
+            dependencies: ["TapBridgeCore", "TapBridgeDevices", "TapBridgeOptions", "TapBridgePcap"],
+            swiftSettings: strict),
         .target(
             name: "TapBridgeDaemon",
             dependencies: [
-                "TapBridgeCore", "TapBridgeDevices", "TapBridgeOptions", "TapBridgePcap", "CTapBridge",
+                "TapBridgeCore", "TapBridgeDevices", "TapBridgeOptions", "TapBridgePcap", "TapBridgeControl", "CTapBridge",
                 .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: strict),
@@ -62,7 +68,7 @@ let package = Package(
         .executableTarget(
             name: "tapbridge",
             dependencies: [
-                "TapBridgeDaemon", "TapBridgeOptions", "TapBridgeCore", "TapBridgeDevices",
+                "TapBridgeDaemon", "TapBridgeControl", "TapBridgeOptions", "TapBridgeCore", "TapBridgeDevices",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ],
@@ -90,7 +96,7 @@ let package = Package(
         .executableTarget(name: "fuzz-coalescer", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Tests/Fuzz/fuzz-coalescer"),
         .executableTarget(name: "fuzz-bridge", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeTestSupport"], path: "Tests/Fuzz/fuzz-bridge"),
         .executableTarget(name: "fuzz-encapsulation", dependencies: ["FuzzSupport", "TapBridgeCore", "TapBridgeDevices", .product(name: "Crypto", package: "swift-crypto")], path: "Tests/Fuzz/fuzz-encapsulation"),
-        .executableTarget(name: "fuzz-control", dependencies: ["FuzzSupport", "TapBridgeDaemon"], path: "Tests/Fuzz/fuzz-control"),
+        .executableTarget(name: "fuzz-control", dependencies: ["FuzzSupport", "TapBridgeControl"], path: "Tests/Fuzz/fuzz-control"),
         .executableTarget(name: "fuzz-specs", dependencies: ["FuzzSupport", "TapBridgeOptions"], path: "Tests/Fuzz/fuzz-specs"),
         .testTarget(
             name: "TapBridgeCoreTests", dependencies: ["TapBridgeCore", "TapBridgeTestSupport"],
@@ -100,14 +106,14 @@ let package = Package(
         .testTarget(
             name: "TapBridgeUnitTests",
             dependencies: [
-                "TapBridgeDaemon", "TapBridgeOptions", "TapBridgeDevices", "TapBridgeCore", "TapBridgePcap", "TapBridgeTestSupport",
+                "TapBridgeDaemon", "TapBridgeControl", "TapBridgeOptions", "TapBridgeDevices", "TapBridgeCore", "TapBridgePcap", "TapBridgeTestSupport",
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),
         // Real TAPs, namespaces, ping and iperf3 through the release binary (root only).
         .testTarget(
             name: "TapBridgeIntegrationTests",
-            dependencies: ["TapBridgeDaemon", "TapBridgeOptions", "TapBridgeDevices", "TapBridgePcap", "CTapBridge"],
+            dependencies: ["TapBridgeDaemon", "TapBridgeControl", "TapBridgeOptions", "TapBridgeDevices", "TapBridgePcap", "CTapBridge"],
             swiftSettings: strict),
     ],
     swiftLanguageModes: [.v6]

@@ -2,6 +2,7 @@ import CTapBridge
 public import Glibc
 public import Logging
 public import TapBridgeCore
+public import TapBridgeControl
 public import TapBridgeDevices
 public import TapBridgeOptions
 public import TapBridgePcap

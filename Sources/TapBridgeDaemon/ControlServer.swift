@@ -1,7 +1,8 @@
 import CTapBridge
 import Foundation
-public import Glibc
+import Glibc
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 
@@ -70,9 +71,6 @@ public final class ControlServer {
         case none, show, change
     }
 
-    /// The requests that change the bridge (everything else only shows it).
-    static let changingCommands: Set<String> = ["fdb-add", "fdb-del", "fdb-flush", "port-add", "port-del", "port-set", "remote-add", "remote-del"]
-
     /// The rights of the client on `fd`.
     func rights(of fd: Int32) -> Rights {
         var uid: UInt32 = 0
@@ -110,23 +108,6 @@ public final class ControlServer {
     let respond: (ControlRequest) -> Reply
     var clients: [Client] = []
 
-    /// What to do when the control socket's place is not writable (`errno` EACCES or EROFS),
-    /// as the end of an error line; nothing for other errors.
-    static func unwritableHint(_ errno: Int32) -> String {
-        errno == EACCES || errno == EROFS ? " (give a writable --control PATH, like --control $XDG_RUNTIME_DIR/tapbridge.sock, or --control none)" : ""
-    }
-
-    /// Creates the directory of control socket `path` if missing (mode 0755); throws with the
-    /// cause (a read-only /run, a missing parent) rather than a later bind's ENOENT.
-    static func makeDirectory(for path: String) throws(StartupError) {
-        guard path.utf8.count < 108 else { throw StartupError("--control '\(path)': longer than a Unix socket path may be (107 bytes)") }
-        let dir = (path as NSString).deletingLastPathComponent
-        if !dir.isEmpty, mkdir(dir, 0o755) != 0, errno != EEXIST {
-            let e = errno
-            throw StartupError("--control '\(path)': cannot create the directory \(dir): \(describeErrno(e))\(unwritableHint(e))")
-        }
-    }
-
     /// Binds `path`: mode 0600; 0660 and the group's with one of `readers` (`--control-group`)
     /// and `admins` (`--control-admin-group`); 0666 with both, each request then checked
     /// against the client's credentials. The caller holds the path's `ControlClaim`, so a
@@ -143,7 +124,7 @@ public final class ControlServer {
         }
         readerGroup = try gid(readers, "control-group")
         adminGroup = try gid(admins, "control-admin-group")
-        try Self.makeDirectory(for: path)
+        try ControlSocket.makeDirectory(for: path)
         var st = stat()
         if lstat(path, &st) == 0 {
             guard st.st_mode & S_IFMT == S_IFSOCK else { throw StartupError("--control '\(path)': exists and is not a socket") }
@@ -153,14 +134,14 @@ public final class ControlServer {
         }
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw StartupError("--control '\(path)': socket: \(describeErrno(errno))") }
-        var address = Self.address(path)
+        var address = ControlSocket.address(path)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }
         if bound < 0 || listen(fd, 16) < 0 {
             let e = errno
             close(fd)
-            throw StartupError("--control '\(path)': \(describeErrno(e))\(Self.unwritableHint(e))")
+            throw StartupError("--control '\(path)': \(describeErrno(e))\(ControlSocket.unwritableHint(e))")
         }
         // the file's mode is the first gate; with both groups no one group can be the file's,
         // so anyone may connect and each request is checked against the client's credentials
@@ -178,35 +159,6 @@ public final class ControlServer {
         for c in clients { Glibc.close(c.fd) }
         Glibc.close(listener)
         unlink(path)
-    }
-
-    /// The Unix socket address of `path` (cut to what `sun_path` holds).
-    public static func address(_ path: String) -> sockaddr_un { StreamEndpoint.unixAddress(path) }
-
-    /// A blocking stream socket connected to `path`, or the errno of the failure. Never waits
-    /// longer than `timeout` seconds: the connect is non-blocking, and a full backlog (a bridge
-    /// that is stopped or does not accept, EAGAIN) is retried until then and reported as EAGAIN.
-    static func connectTo(_ path: String, timeout: Double = 5) -> Result<Int32, Errno> {
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
-        guard fd >= 0 else { return .failure(Errno(errno)) }
-        var address = address(path)
-        let deadline = ctb_monotonic_ns() + Int64(timeout * 1e9)
-        while true {
-            let rc = withUnsafePointer(to: &address) {
-                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
-            }
-            if rc == 0 { break }
-            let e = errno
-            if e == EINTR { continue }
-            if e == EAGAIN, ctb_monotonic_ns() < deadline {
-                usleep(20_000)
-                continue
-            }
-            Glibc.close(fd)
-            return .failure(Errno(e))
-        }
-        _ = fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) & ~O_NONBLOCK)
-        return .success(fd)
     }
 
     /// Appends the descriptors to poll.
@@ -315,7 +267,7 @@ public final class ControlServer {
         guard let request = try? ControlCoding.decoder().decode(ControlRequest.self, from: Data(line)) else {
             return answer(k, .failure("malformed request: expected one line of JSON like {\"command\":\"show-ports\"}"), now: now)
         }
-        let needed: Rights = Self.changingCommands.contains(request.command) ? .change : .show
+        let needed: Rights = ControlSocket.changingCommands.contains(request.command) ? .change : .show
         guard clients[k].rights >= needed else {
             let what = needed == .change ? "'\(request.command)' changes the bridge: only root, \(userMayChange ? "the bridge's user and " : "")members of --control-admin-group may\(userMayChange ? "" : " (the bridge runs as --user: other processes of that user may only show it)")" : "only root, the bridge's user and members of --control-group or --control-admin-group may use this bridge's control socket"
             return answer(k, .failure("permission denied: \(what)"), now: now)

@@ -2,6 +2,7 @@ import CTapBridge
 public import Glibc
 public import Logging
 public import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 

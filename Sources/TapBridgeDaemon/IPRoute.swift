@@ -1,6 +1,7 @@
 import CTapBridge
 import Glibc
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 
 /// iproute2's `ip`, run for what tapbridge does not do over rtnetlink itself: `ip netns add|del`

@@ -3,6 +3,7 @@ import Dispatch
 import Foundation
 import Glibc
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 
 /// The control plane's worker: everything that may wait on something outside the process (a

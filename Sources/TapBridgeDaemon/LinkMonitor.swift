@@ -2,6 +2,7 @@ import CTapBridge
 import Glibc
 import Logging
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 
 /// Link events from rtnetlink (`RTMGRP_LINK`), for ports on interfaces tapbridge did not make.

@@ -2,6 +2,7 @@ import CTapBridge
 import Foundation
 import Glibc
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 
 /// A vxlan device as `datapath=kernel` makes it.

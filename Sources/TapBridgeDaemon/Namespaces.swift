@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import Logging
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 

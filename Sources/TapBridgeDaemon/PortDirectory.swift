@@ -1,4 +1,5 @@
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeOptions
 
 /// What the daemon knows of one port beyond what the engine forwards with (a name, a device, a

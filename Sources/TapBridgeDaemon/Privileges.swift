@@ -1,6 +1,7 @@
 import CTapBridge
 import Glibc
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeOptions
 import TapBridgeDevices
 

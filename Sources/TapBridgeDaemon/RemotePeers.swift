@@ -2,6 +2,7 @@ import CTapBridge
 import Glibc
 import Logging
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 

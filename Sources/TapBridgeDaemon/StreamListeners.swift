@@ -1,26 +1,11 @@
 import CTapBridge
 import Glibc
 import Logging
-public import TapBridgeCore
+import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 
-/// What the stream listeners did, bridge-wide (`show stats`, section `streams`).
-public struct StreamStatistics: CounterOwner {
-    public var accepted: UInt64 = 0
-    public var refused: UInt64 = 0
-    public var closedByPeer: UInt64 = 0
-    public var malformed: UInt64 = 0
-
-    public init() {}
-
-    public static let counters: [Counter<Self>] = [
-        Counter("accepted", \.accepted, "Stream connections accepted (each became a port)"),
-        Counter("refused", \.refused, "Stream connections refused: a listener already served its max= connections"),
-        Counter("closed_by_peer", \.closedByPeer, "Stream ports whose peer closed the connection (a VM stopped, a client went away)"),
-        Counter("malformed", \.malformed, "Stream connections closed for a frame length of 0 or above 69632 (the framing was lost)"),
-    ]
-}
 
 /// The `--stream-listen` sockets: each accepted connection becomes a stream port, with the
 /// listener's port options, named after its peer (`stream-PID` for a Unix peer, its address

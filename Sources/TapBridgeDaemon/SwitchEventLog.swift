@@ -1,6 +1,7 @@
 import CTapBridge
 import Logging
 import TapBridgeCore
+import TapBridgeControl
 
 /// `--log-level debug` (and `trace`): what the switch does, as it does it. MACs learned, moved,
 /// refused and aged out at debug; unicast floods to unknown destinations at trace too. At

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDaemon
 import TapBridgeDevices
 import TapBridgeOptions

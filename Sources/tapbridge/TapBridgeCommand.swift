@@ -1,6 +1,7 @@
 import ArgumentParser
 import Logging
 import TapBridgeCore
+import TapBridgeControl
 import TapBridgeDaemon
 import TapBridgeOptions
 import TapBridgePcap

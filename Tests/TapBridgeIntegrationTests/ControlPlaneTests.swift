@@ -1,5 +1,6 @@
 import Foundation
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// The control plane never stalls the data plane: while a change waits for a resolver or the

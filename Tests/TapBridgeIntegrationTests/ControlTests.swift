@@ -1,5 +1,6 @@
 import Foundation
 import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeOptions
 import Testing
 

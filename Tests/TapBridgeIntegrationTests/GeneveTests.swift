@@ -1,5 +1,6 @@
 import Foundation
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// Geneve remotes against an endpoint whose headers scapy builds and parses (this machine's

@@ -1,6 +1,7 @@
 import CTapBridge
 import Foundation
 import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeOptions
 import Testing
 
@@ -26,7 +27,7 @@ enum ProcessProbe {
     /// at once instead of waiting.
     static func connect(_ path: String, nonBlocking: Bool = false) -> Int32 {
         let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | (nonBlocking ? Int32(SOCK_NONBLOCK.rawValue) : 0), 0)
-        var address = ControlServer.address(path)
+        var address = ControlSocket.address(path)
         let rc = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
         }

@@ -1,6 +1,7 @@
 import CTapBridge
 import Foundation
 import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeOptions
 import Testing
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// Namespaces that several bridges use: each bridge with a port in one holds its lock shared,

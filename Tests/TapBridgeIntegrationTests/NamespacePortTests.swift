@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// `--port NAME,netns=NS,addr=CIDR`: a lab in one command. The TAPs land in namespaces that

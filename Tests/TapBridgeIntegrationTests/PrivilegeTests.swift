@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// Least privilege: `--user` drops root once everything is open; a user's own TAPs need no

@@ -1,5 +1,6 @@
 import Foundation
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// Regressions for defects found by following the documented recipes as a new user would,

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// `encap=sealed` between two hosts (namespaces joined by a veth underlay), as a user runs it:

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// Stream ports: QEMU's `-netdev stream`/`socket` framing over Unix and TCP sockets, accepted

@@ -1,4 +1,5 @@
 import TapBridgeDaemon
+import TapBridgeControl
 import Foundation
 import Testing
 

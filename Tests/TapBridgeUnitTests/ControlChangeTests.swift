@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeOptions
 import Testing
 

@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// A control path is claimed in one step: while one claim holds it nobody else gets it, and

@@ -3,6 +3,7 @@ import Glibc
 import Logging
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// The control server's answers that come later, over a real Unix socket and the real loop
@@ -22,7 +23,7 @@ struct ControlServerLaterTests {
 
     /// Connects and sends one request line; the blocking socket.
     static func ask(_ path: String) throws -> Int32 {
-        let fd = try ControlServer.connectTo(path, timeout: 2).get()
+        let fd = try ControlSocket.connectTo(path, timeout: 2).get()
         var line = Array(#"{"command":"remote-add","spec":"h:1"}"#.utf8) + [10]
         #expect(send(fd, &line, line.count, 0) == line.count)
         var timeout = timeval(tv_sec: 5, tv_usec: 0)

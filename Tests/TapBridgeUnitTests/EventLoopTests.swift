@@ -2,6 +2,7 @@ import Glibc
 import Logging
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeTestSupport
 import Testing
 

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import Testing
 
 /// The tools tapbridge runs (`ip`, `bridge`) through `IPRoute`: one that hangs is killed after

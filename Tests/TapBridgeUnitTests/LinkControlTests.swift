@@ -4,6 +4,7 @@ import Glibc
 import Logging
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 import Testing

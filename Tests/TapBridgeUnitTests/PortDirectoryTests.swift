@@ -1,6 +1,7 @@
 import Testing
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeOptions
 import TapBridgeTestSupport
 

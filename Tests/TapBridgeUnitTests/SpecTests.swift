@@ -1,6 +1,7 @@
 import Glibc
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgeOptions
 import TapBridgePcap

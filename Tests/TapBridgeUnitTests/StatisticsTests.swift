@@ -1,6 +1,7 @@
 import Foundation
 import TapBridgeCore
 @testable import TapBridgeDaemon
+import TapBridgeControl
 import TapBridgeDevices
 import TapBridgePcap
 import Testing

@@ -1,6 +1,6 @@
 import Foundation
 import FuzzSupport
-import TapBridgeDaemon
+import TapBridgeControl
 
 /// A control-socket request line, as a client may send it: the decoder takes it or refuses it
 /// with an error, never traps; what it takes encodes and decodes to itself.

@@ -37,13 +37,13 @@ public final class ControlClaim {
     /// Claims `path` (creating its directory); nil if a running bridge holds it. Throws when
     /// the lock file cannot be made (a read-only or unwritable directory), naming the cause.
     public static func take(_ path: String) throws(StartupError) -> ControlClaim? {
-        try ControlServer.makeDirectory(for: path)
+        try ControlSocket.makeDirectory(for: path)
         let lockPath = path + ".lock"
         for _ in 0..<100 {
             let fd = open(lockPath, O_RDWR | O_CREAT | O_CLOEXEC | O_NOFOLLOW, 0o600)
             if fd < 0 {
                 let e = errno
-                throw StartupError("--control '\(path)': cannot create the lock file \(lockPath): \(describeErrno(e))\(ControlServer.unwritableHint(e))")
+                throw StartupError("--control '\(path)': cannot create the lock file \(lockPath): \(describeErrno(e))\(ControlSocket.unwritableHint(e))")
             }
             if flock(fd, LOCK_EX | LOCK_NB) != 0 {
                 let e = errno

@@ -184,6 +184,14 @@ public struct FDBReport: Codable, Sendable, Equatable {
     /// Seconds since the MAC was last seen (0 for static entries).
     public var ageSeconds: Double
     public var `static`: Bool
+
+    public init(mac: String, vlan: Int, port: String, ageSeconds: Double, static isStatic: Bool) {
+        self.mac = mac
+        self.vlan = vlan
+        self.port = port
+        self.ageSeconds = ageSeconds
+        self.static = isStatic
+    }
 }
 
 /// Bridge-wide counters in `show stats`: each section is its owner's counters, as declared
@@ -226,6 +234,19 @@ public struct StatsReport: Codable, Sendable, Equatable {
     /// The control socket the answer came through: set by `tapbridge list` (the bridge does
     /// not send it).
     public var control: String? = nil
+
+    public init(name: String, version: String, uptimeSeconds: Double, ports: Int, fdb: ForwardingTable.Statistics, udp: UDP?,
+                mirror: PcapMirror.Statistics?, loops: LoopStatistics? = nil, streams: StreamStatistics? = nil) {
+        self.name = name
+        self.version = version
+        self.uptimeSeconds = uptimeSeconds
+        self.ports = ports
+        self.fdb = fdb
+        self.udp = udp
+        self.mirror = mirror
+        self.loops = loops
+        self.streams = streams
+    }
 }
 
 /// The answer to one request.

@@ -139,3 +139,20 @@ extension PortReport {
             + drops.sorted { $0.key < $1.key }.map { .init(name: $0.key, value: Double($0.value), help: "") }
     }
 }
+
+/// What the stream listeners did, bridge-wide (`show stats`, section `streams`).
+public struct StreamStatistics: CounterOwner {
+    public var accepted: UInt64 = 0
+    public var refused: UInt64 = 0
+    public var closedByPeer: UInt64 = 0
+    public var malformed: UInt64 = 0
+
+    public init() {}
+
+    public static let counters: [Counter<Self>] = [
+        Counter("accepted", \.accepted, "Stream connections accepted (each became a port)"),
+        Counter("refused", \.refused, "Stream connections refused: a listener already served its max= connections"),
+        Counter("closed_by_peer", \.closedByPeer, "Stream ports whose peer closed the connection (a VM stopped, a client went away)"),
+        Counter("malformed", \.malformed, "Stream connections closed for a frame length of 0 or above 69632 (the framing was lost)"),
+    ]
+}

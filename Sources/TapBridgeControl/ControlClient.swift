@@ -41,7 +41,7 @@ public enum ControlClient {
     public static func converse(_ request: ControlRequest, at path: String, _ body: (ArraySlice<UInt8>) throws(StartupError) -> Void) throws(StartupError) -> Int32? {
         guard path.utf8.count < 108 else { throw StartupError("control socket path too long: \(path)") }
         let fd: Int32
-        switch ControlServer.connectTo(path) {
+        switch ControlSocket.connectTo(path) {
         case .success(let connected): fd = connected
         case .failure(let e) where e.code == EAGAIN:
             throw StartupError("the bridge at \(path) does not take connections (stopped, or too busy): no answer within 5 s")
@@ -52,7 +52,7 @@ public enum ControlClient {
         }
         defer { close(fd) }
         // a change may wait for a name lookup or the kernel (the bridge answers within 30 s)
-        var timeout = timeval(tv_sec: ControlServer.changingCommands.contains(request.command) ? 35 : 5, tv_usec: 0)
+        var timeout = timeval(tv_sec: ControlSocket.changingCommands.contains(request.command) ? 35 : 5, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
         guard var line = try? [UInt8](ControlCoding.encoder().encode(request)) else { throw StartupError("cannot encode the request") }
