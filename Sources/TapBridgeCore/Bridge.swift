@@ -7,7 +7,7 @@
 ///            runt/   truncated   invalid        link-local   vlan/untagged      ▼
 ///           oversized   tag      source          control     not allowed   hub? ─► flood
 ///                                                                              │
-///                       multicast/broadcast ─► flood ◄── unknown ◄── lookup ◄──┘
+///     multicast ─► snooping (members, routers; unknown: all) ─► flood ◄── unknown ◄── lookup ◄──┘
 ///                                                                   │      │
 ///                                              same port ─► drop ◄──┘      └─► unicast
 /// ```
@@ -37,11 +37,15 @@ public final class Bridge {
         /// loop is only reported.
         public var loopProtect = true
         public var loopBlockTime: Duration = .seconds(10)
+        /// IGMP and MLD snooping (`MulticastSnooping`).
+        public var multicast = MulticastSnooping.Configuration()
 
         public init(
             table: ForwardingTable.Configuration = .init(), isHub: Bool = false, forwardsLinkLocal: Bool = false,
-            vlanProtocol: UInt16 = VLANTag.customerTagProtocol, maximumFrameLength: Int = 65_557, loopProtect: Bool = true
+            vlanProtocol: UInt16 = VLANTag.customerTagProtocol, maximumFrameLength: Int = 65_557, loopProtect: Bool = true,
+            multicast: MulticastSnooping.Configuration = .init()
         ) {
+            self.multicast = multicast
             self.table = table
             self.isHub = isHub
             self.forwardsLinkLocal = forwardsLinkLocal
@@ -95,6 +99,13 @@ public final class Bridge {
     /// The forwarding database.
     @exclusivity(unchecked) public internal(set) var table: ForwardingTable
     @exclusivity(unchecked) var ports: [PortState] = []
+    /// IGMP/MLD snooping's groups, router ports and counters.
+    @exclusivity(unchecked) public internal(set) var snooping: MulticastSnooping
+    /// Which of the flood list the frame being decided goes to (set by `decide`, read by
+    /// `forEachFloodPort` for that frame).
+    var floodScope = FloodScope.all
+    /// The clock of the last multicast decision (what `forEachFloodPort` compares with).
+    var snoopClock: Int64 = 0
     /// Active ports in ascending order: the flood list.
     public private(set) var activePorts: [PortID] = []
     /// No port slot below this one is free.
@@ -114,6 +125,7 @@ public final class Bridge {
     public init(configuration: Configuration = Configuration()) {
         self.configuration = configuration
         table = ForwardingTable(configuration: configuration.table)
+        snooping = MulticastSnooping(configuration: configuration.multicast)
     }
 
     // MARK: Ports
@@ -143,6 +155,7 @@ public final class Bridge {
         let at = insertionPoint(of: port)
         if at < activePorts.count, activePorts[at] == port { activePorts.remove(at: at) }
         table.flush(port: port, includingStatic: true)
+        snooping.remove(port)
     }
 
     /// Changes a port's settings. Learned entries stay; those in VLANs the port left are flushed.
@@ -202,6 +215,8 @@ public final class Bridge {
     public func expire(at now: Instant) -> Int {
         let n = table.expire(at: now)
         if n > 0 { eventHandler?(.expired(count: n)) }
+        snooping.expire(now: now.nanoseconds)
+        guard loopStatistics.portsBlocked > 0 else { return n }
         for port in activePorts {
             guard let until = ports[port.index].blockedUntil, until <= now else { continue }
             ports[port.index].blockedUntil = nil
@@ -212,9 +227,14 @@ public final class Bridge {
     }
 
     /// When `expire(at:)` next has work to do, or `nil`.
+    /// (Blocked ports are looked for only while there are some: a wake-up does not walk the
+    /// ports.)
     public var nextDeadline: Instant? {
+        var next = table.nextExpiry
+        if let t = snooping.nextExpiry { next = min(next ?? Instant(nanoseconds: t), Instant(nanoseconds: t)) }
+        guard loopStatistics.portsBlocked > 0 else { return next }
         let unblock = activePorts.compactMap { ports[$0.index].blockedUntil }.min()
-        guard let expiry = table.nextExpiry else { return unblock }
+        guard let expiry = next else { return unblock }
         return unblock.map { min($0, expiry) } ?? expiry
     }
 
@@ -228,6 +248,7 @@ public final class Bridge {
         guard p < ports.count, ports[p].isActive else { return .drop(.portRemoved) }
         ports[p].counters.receivedFrames &+= UInt64(wireFrames)
         ports[p].counters.receivedBytes &+= UInt64(frame.count)
+        floodScope = .all
         var decision = classify(frame, ingress, now)
         if case .flood = decision, let limit = ports[p].configuration.stormLimit, !takeStormToken(p, limit: limit, now: now) {
             decision = .drop(.stormControl)
@@ -270,7 +291,7 @@ public final class Bridge {
                 }
             }
         }
-        if header.destination.isMulticast { return .flood(vlan: vlan) }
+        if header.destination.isMulticast { return multicast(frame, header, vlan: vlan, from: ingress, at: now) }
         guard let egress = table.lookup(header.destination, vlan: vlan, at: now) else {
             eventHandler?(.unknownDestination(header.destination, vlan: vlan, from: ingress))
             return .flood(vlan: vlan)
@@ -305,6 +326,7 @@ public final class Bridge {
         let group = ingress.index < ports.count ? ports[ingress.index].configuration.splitHorizonGroup : 0
         for port in activePorts where port != ingress {
             guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan), ports[port.index].blockedUntil == nil else { continue }
+            if floodScope != .all, !snooped(port, vlan: vlan) { continue }
             if group != 0, ports[port.index].configuration.splitHorizonGroup == group {
                 if countWithheld { horizonWithheld &+= 1 }
                 continue

@@ -81,6 +81,13 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// `OffloadFinisher.maximumUDPSegments` segments): refused at ingress, so one frame cannot
     /// make the switch send tens of thousands.
     case offloadTinySegments
+    /// An IGMP or MLD message that does not parse or whose checksum is wrong: never trusted,
+    /// never forwarded (`MulticastSnooping`).
+    case malformedMulticast
+    /// A multicast frame whose group's members and multicast routers are all behind the
+    /// ingress port, or a membership report with no multicast router to go to: snooping keeps
+    /// it from the other ports.
+    case noListener
     /// Received on a port that was removed while its frames were on their way: counted on no
     /// port (there is none), only returned by `decide`.
     case portRemoved
@@ -120,6 +127,8 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .offloadMalformed: "offload_malformed"
         case .offloadUnsupported: "offload_unsupported"
         case .offloadTinySegments: "offload_tiny_segments"
+        case .malformedMulticast: "malformed_multicast"
+        case .noListener: "no_listener"
         }
     }
 }

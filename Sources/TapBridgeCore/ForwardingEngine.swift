@@ -258,7 +258,7 @@ public final class ForwardingEngine {
                     sent += 1
                 }
             }
-            if sent == 0 { bridge.countDrop(on: ingress, .noEgressPort) }
+            if sent == 0 { bridge.countDrop(on: ingress, bridge.floodScope == .all ? .noEgressPort : .noListener) }
         }
     }
 

@@ -33,9 +33,13 @@ public struct PortConfiguration: Sendable, Equatable {
     /// taken from this port, in bursts of a tenth of that (at least 10); the rest are dropped
     /// as `storm_control`. nil (default): no limit.
     public var stormLimit: Int? = nil
+    /// Every multicast frame goes to this port, whatever IGMP/MLD snooping learned
+    /// (`multicast=flood`; default off: only the groups its hosts joined, and the unknown ones).
+    public var multicastFlood = false
 
     public init(vlanMode: VLANMode = .access(.default), learning: Bool = true, flooding: Bool = true, splitHorizonGroup: UInt16 = 0,
-                stormLimit: Int? = nil) {
+                stormLimit: Int? = nil, multicastFlood: Bool = false) {
+        self.multicastFlood = multicastFlood
         self.vlanMode = vlanMode
         self.learning = learning
         self.flooding = flooding

@@ -1,0 +1,71 @@
+/// Which ports of the flood list a flooded frame goes to.
+enum FloodScope: Equatable {
+    /// All of them (broadcast, unknown unicast, multicast that is not snooped or to a group
+    /// nobody joined).
+    case all
+    /// The group's members and the multicast router ports.
+    case group(MulticastSnooping.Key)
+    /// The multicast router ports only (a membership report or leave).
+    case routers
+}
+
+extension Bridge {
+    /// Where multicast `frame` in `vlan` goes, and what IGMP/MLD snooping learns from it.
+    /// Ports with `multicast=flood` get every multicast frame, as without snooping.
+    @inline(__always)
+    func multicast(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, vlan: VLANID, from ingress: PortID, at now: Instant) -> ForwardingDecision {
+        guard snooping.configuration.isEnabled, !header.destination.isBroadcast else { return .flood(vlan: vlan) }
+        let t = now.nanoseconds
+        snoopClock = t
+        switch MulticastFrame.parse(frame, l3: header.length, etherType: header.etherType) {
+        case .flood:
+            break
+        case .data(let group):
+            let key = MulticastSnooping.Key(vlan: vlan, group: group)
+            if snooping.isRegistered(key, now: t) { floodScope = .group(key) }
+        case .router(let isQuery):
+            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: isQuery, now: t)
+        case .igmp(let at, let length):
+            if !MulticastFrame.records(igmp: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
+                return malformedMulticast(ingress)
+            }
+            floodScope = .routers
+        case .mld(let at, let length):
+            if !MulticastFrame.records(mld: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
+                return malformedMulticast(ingress)
+            }
+            floodScope = .routers
+        case .malformed:
+            return malformedMulticast(ingress)
+        }
+        return .flood(vlan: vlan)
+    }
+
+    func learn(_ group: GroupAddress, _ joined: Bool, vlan: VLANID, port: PortID, now: Int64) {
+        let key = MulticastSnooping.Key(vlan: vlan, group: group)
+        if joined { snooping.join(key, port: port, now: now) } else { snooping.leave(key, port: port, now: now) }
+    }
+
+    func malformedMulticast(_ ingress: PortID) -> ForwardingDecision {
+        snooping.statistics.malformed &+= 1
+        return .drop(.malformedMulticast)
+    }
+
+    /// Whether the frame being flooded (`floodScope` not `.all`) goes out of `port`.
+    @inline(__always)
+    func snooped(_ port: PortID, vlan: VLANID) -> Bool {
+        if ports[port.index].configuration.multicastFlood { return true }
+        // (an expired membership or router port has been dropped by `isRegistered`, or ends
+        // within this frame: `wants` compares with the last decision's clock)
+        switch floodScope {
+        case .all: return true
+        case .routers: return snooping.wants(port, key: nil, vlan: vlan, now: snoopClock)
+        case .group(let key): return snooping.wants(port, key: key, vlan: vlan, now: snoopClock)
+        }
+    }
+
+    /// The memberships and router ports now (`show mdb`).
+    public func multicastListing(at now: Instant) -> (groups: [(key: MulticastSnooping.Key, port: PortID, seconds: Double)], routers: [(vlan: VLANID, port: PortID, seconds: Double)]) {
+        snooping.listing(now: now)
+    }
+}

@@ -1,0 +1,169 @@
+/// IGMP and MLD snooping, as the kernel bridge does it (on by default): membership reports
+/// and leaves that arrive on a port make it a member of a group, per VLAN, for the membership
+/// interval; queries and multicast routers' messages make it a router port. A frame to a known
+/// group goes to its members and the router ports; one to an unknown group, and every frame to
+/// a link-local control group (224.0.0.0/24, ff02::1), is flooded as before; reports go to the
+/// router ports only. IGMPv3 and MLDv2 include/exclude modes are reduced as the kernel reduces
+/// them without source tracking, to a port being in a group or not.
+public struct MulticastSnooping {
+    public struct Configuration: Sendable, Equatable {
+        /// Off: every multicast frame is flooded (`--no-multicast-snooping`).
+        public var isEnabled = true
+        /// How long a membership lasts without another report: RFC 3376's Group Membership
+        /// Interval (robustness 2 × query interval 125 s + response time 10 s), the kernel's.
+        public var membershipInterval: Duration = .seconds(260)
+        /// How long a port stays a router port without another query or router message: the
+        /// kernel's `multicast_querier_interval`.
+        public var routerTimeout: Duration = .seconds(255)
+        /// How long a membership lasts after a leave: the last member query time (2 × 1 s), in
+        /// which another host behind the port that still wants the group answers a querier.
+        public var leaveTime: Duration = .seconds(2)
+        /// Most (VLAN, group) entries; past it new groups are flooded (the kernel's hash_max).
+        public var maximumGroups = 4096
+
+        public init(isEnabled: Bool = true) { self.isEnabled = isEnabled }
+    }
+
+    /// What snooping saw (`show stats`, section `multicast`).
+    public struct Statistics: CounterOwner {
+        public var reports: UInt64 = 0
+        public var leaves: UInt64 = 0
+        public var queries: UInt64 = 0
+        public var routerMessages: UInt64 = 0
+        public var malformed: UInt64 = 0
+        public var groupsRefused: UInt64 = 0
+        public var groups: UInt64 = 0
+
+        public init() {}
+
+        public static let counters: [Counter<Self>] = [
+            Counter("reports", \.reports, "IGMP and MLD membership reports and report records that joined or refreshed a group"),
+            Counter("leaves", \.leaves, "IGMP leaves, MLD dones and report records that left a group"),
+            Counter("queries", \.queries, "IGMP and MLD queries heard: their ports lead to a querier"),
+            Counter("router_messages", \.routerMessages, "PIM hellos and multicast router advertisements heard"),
+            Counter("malformed", \.malformed, "IGMP and MLD messages that did not parse or failed their checksum (dropped)"),
+            Counter("groups_refused", \.groupsRefused, "Reports for a new group past the 4096 the table holds (its frames are flooded)"),
+            Counter("groups", \.groups, "Groups (per VLAN) with members now", gauge: true),
+        ]
+    }
+
+    /// A group in a VLAN.
+    public struct Key: Hashable, Sendable, Comparable {
+        public var vlan: VLANID
+        public var group: GroupAddress
+
+        public static func < (a: Key, b: Key) -> Bool { (a.vlan.rawValue, a.group) < (b.vlan.rawValue, b.group) }
+    }
+
+    public var configuration: Configuration
+    public internal(set) var statistics = Statistics()
+    /// Members of each group, with when each membership ends (monotonic ns).
+    var members: [Key: [PortID: Int64]] = [:]
+    /// Router ports of each VLAN, with when each ends.
+    var routers: [VLANID: [PortID: Int64]] = [:]
+    /// No membership or router port ends before this (nil: none exists).
+    var nextExpiry: Int64? = nil
+
+    public init(configuration: Configuration = Configuration()) { self.configuration = configuration }
+
+    mutating func join(_ key: Key, port: PortID, now: Int64) {
+        let until = now &+ configuration.membershipInterval.nanoseconds
+        if members[key] == nil {
+            guard members.count < configuration.maximumGroups else { return statistics.groupsRefused &+= 1 }
+            statistics.groups &+= 1
+        }
+        members[key, default: [:]][port] = until
+        statistics.reports &+= 1
+        nextExpiry = min(nextExpiry ?? until, until)
+    }
+
+    mutating func leave(_ key: Key, port: PortID, now: Int64) {
+        statistics.leaves &+= 1
+        guard let until = members[key]?[port] else { return }
+        let soon = now &+ configuration.leaveTime.nanoseconds
+        if soon < until { members[key]?[port] = soon }
+        nextExpiry = min(nextExpiry ?? soon, soon)
+    }
+
+    mutating func heardRouter(on port: PortID, vlan: VLANID, isQuery: Bool, now: Int64) {
+        if isQuery { statistics.queries &+= 1 } else { statistics.routerMessages &+= 1 }
+        let until = now &+ configuration.routerTimeout.nanoseconds
+        routers[vlan, default: [:]][port] = until
+        nextExpiry = min(nextExpiry ?? until, until)
+    }
+
+    /// Whether `key` has members now (expired ones are dropped here, so a group whose last
+    /// member expired is unknown, and flooded, at once).
+    mutating func isRegistered(_ key: Key, now: Int64) -> Bool {
+        guard var ports = members[key] else { return false }
+        if ports.values.contains(where: { $0 <= now }) {
+            ports = ports.filter { $0.value > now }
+            if ports.isEmpty {
+                members[key] = nil
+                statistics.groups &-= 1
+                return false
+            }
+            members[key] = ports
+        }
+        return true
+    }
+
+    /// Whether a frame to `key` (nil: a report, for the routers only) goes out of `port`.
+    @inline(__always)
+    func wants(_ port: PortID, key: Key?, vlan: VLANID, now: Int64) -> Bool {
+        if let until = routers[vlan]?[port], until > now { return true }
+        guard let key, let until = members[key]?[port] else { return false }
+        return until > now
+    }
+
+    /// Drops every membership and router port that has ended.
+    mutating func expire(now: Int64) {
+        guard let next = nextExpiry, next <= now else { return }
+        nextExpiry = nil
+        for (key, ports) in members {
+            let live = ports.filter { $0.value > now }
+            if live.isEmpty {
+                members[key] = nil
+                statistics.groups &-= 1
+            } else {
+                if live.count != ports.count { members[key] = live }
+                nextExpiry = min(nextExpiry ?? .max, live.values.min()!)
+            }
+        }
+        for (vlan, ports) in routers {
+            let live = ports.filter { $0.value > now }
+            routers[vlan] = live.isEmpty ? nil : live
+            if let first = live.values.min() { nextExpiry = min(nextExpiry ?? .max, first) }
+        }
+    }
+
+    /// `port` is gone: it leaves every group and is no router port.
+    mutating func remove(_ port: PortID) {
+        for (key, ports) in members where ports[port] != nil {
+            if ports.count == 1 {
+                members[key] = nil
+                statistics.groups &-= 1
+            } else {
+                members[key]?[port] = nil
+            }
+        }
+        for (vlan, ports) in routers where ports[port] != nil { routers[vlan]?[port] = nil }
+    }
+
+    /// The memberships and router ports now, in order (`show mdb`): each with the seconds
+    /// it has left.
+    public func listing(now: Instant) -> (groups: [(key: Key, port: PortID, seconds: Double)], routers: [(vlan: VLANID, port: PortID, seconds: Double)]) {
+        let t = now.nanoseconds
+        var groups: [(key: Key, port: PortID, seconds: Double)] = []
+        for (key, ports) in members {
+            for (port, until) in ports where until > t { groups.append((key, port, Double(until - t) / 1e9)) }
+        }
+        var found: [(vlan: VLANID, port: PortID, seconds: Double)] = []
+        for (vlan, ports) in routers {
+            for (port, until) in ports where until > t { found.append((vlan, port, Double(until - t) / 1e9)) }
+        }
+        groups.sort { ($0.key, $0.port.index) < ($1.key, $1.port.index) }
+        found.sort { ($0.vlan.rawValue, $0.port.index) < ($1.vlan.rawValue, $1.port.index) }
+        return (groups, found)
+    }
+}
