@@ -10,8 +10,10 @@ enum FloodScope: Equatable {
 }
 
 extension Bridge {
-    /// Where multicast `frame` in `vlan` goes, and what IGMP/MLD snooping learns from it.
-    /// Ports with `multicast=flood` get every multicast frame, as without snooping.
+    /// Where multicast `frame` in `vlan` goes, and what IGMP/MLD snooping learns from it: a
+    /// known group's frames and the reports are narrowed only while a querier is known for
+    /// the VLAN and IP version (as the kernel's `br_multicast_querier_exists`). Ports with
+    /// `multicast=flood` get every multicast frame, as without snooping.
     @inline(__always)
     func multicast(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, vlan: VLANID, from ingress: PortID, at now: Instant) -> ForwardingDecision {
         guard snooping.configuration.isEnabled, !header.destination.isBroadcast else { return .flood(vlan: vlan) }
@@ -22,19 +24,19 @@ extension Bridge {
             break
         case .data(let group):
             let key = MulticastSnooping.Key(vlan: vlan, group: group)
-            if snooping.isRegistered(key, now: t) { floodScope = .group(key) }
-        case .router(let isQuery):
-            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: isQuery, now: t)
+            if snooping.isRegistered(key, now: t), snooping.hasQuerier(vlan, v6: group.isV6, now: t) { floodScope = .group(key) }
+        case .router(let isQuery, let v6):
+            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: isQuery, v6: v6, now: t)
         case .igmp(let at, let length):
             if !MulticastFrame.records(igmp: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
                 return malformedMulticast(ingress)
             }
-            floodScope = .routers
+            if snooping.hasQuerier(vlan, v6: false, now: t) { floodScope = .routers }
         case .mld(let at, let length):
             if !MulticastFrame.records(mld: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
                 return malformedMulticast(ingress)
             }
-            floodScope = .routers
+            if snooping.hasQuerier(vlan, v6: true, now: t) { floodScope = .routers }
         case .malformed:
             return malformedMulticast(ingress)
         }

@@ -29,6 +29,12 @@ public enum GroupAddress: Hashable, Sendable, Comparable, CustomStringConvertibl
         }
     }
 
+    /// An IPv6 group.
+    public var isV6: Bool {
+        if case .v6 = self { return true }
+        return false
+    }
+
     /// A group address at all (class D, ff00::/8).
     var isMulticast: Bool {
         switch self {
@@ -56,7 +62,7 @@ enum MulticastFrame: Equatable {
     case data(GroupAddress)
     /// A general or group query (IGMP, MLD) or a router's own message (PIM hello, multicast
     /// router advertisement): its port leads to a multicast router; flooded.
-    case router(isQuery: Bool)
+    case router(isQuery: Bool, v6: Bool)
     /// A membership report or leave: its body, `length` bytes at `at` (IGMP after the IPv4
     /// header, MLD after the IPv6 headers), checked; to the multicast routers only.
     case igmp(at: Int, length: Int)
@@ -100,13 +106,13 @@ extension MulticastFrame {
             let at = l3 + headerLength, length = total - headerLength
             guard length >= 8, InternetChecksum.fold(InternetChecksum.sum(f.baseAddress! + at, count: length)) == 0xFFFF else { return .malformed }
             switch f[at] {
-            case 0x11: return .router(isQuery: true)
+            case 0x11: return .router(isQuery: true, v6: false)
             case 0x12, 0x16, 0x17, 0x22: return .igmp(at: at, length: length)
-            case 0x30: return .router(isQuery: false)  // multicast router advertisement (RFC 4286)
+            case 0x30: return .router(isQuery: false, v6: false)  // multicast router advertisement (RFC 4286)
             default: break
             }
         }
-        if proto == 103, group == .v4(0xE000_000D) { return .router(isQuery: false) }  // PIM hello, all PIM routers
+        if proto == 103, group == .v4(0xE000_000D) { return .router(isQuery: false, v6: false) }  // PIM hello, all PIM routers
         return group.isLinkLocalControl || !group.isMulticast ? .flood : .data(group)
     }
 
@@ -132,12 +138,12 @@ extension MulticastFrame {
                 &+ InternetChecksum.word(length >> 16) &+ InternetChecksum.word(58)
             guard InternetChecksum.fold(InternetChecksum.sum(f.baseAddress! + at, count: length, initial: pseudo)) == 0xFFFF else { return .malformed }
             switch f[at] {
-            case 130: return length >= 24 ? .router(isQuery: true) : .malformed
-            case 151: return .router(isQuery: false)
+            case 130: return length >= 24 ? .router(isQuery: true, v6: true) : .malformed
+            case 151: return .router(isQuery: false, v6: true)
             default: return .mld(at: at, length: length)
             }
         }
-        if next == 103, group == .v6(0xFF02_0000_0000_0000, 0x0D) { return .router(isQuery: false) }  // PIM hello
+        if next == 103, group == .v6(0xFF02_0000_0000_0000, 0x0D) { return .router(isQuery: false, v6: true) }  // PIM hello
         return group.isLinkLocalControl || !group.isMulticast ? .flood : .data(group)
     }
 

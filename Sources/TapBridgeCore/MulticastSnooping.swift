@@ -5,6 +5,11 @@
 /// a link-local control group (224.0.0.0/24, ff02::1), is flooded as before; reports go to the
 /// router ports only. IGMPv3 and MLDv2 include/exclude modes are reduced as the kernel reduces
 /// them without source tracking, to a port being in a group or not.
+///
+/// As in the kernel, snooping only narrows where frames go while a querier is known for the
+/// frame's VLAN and IP version (a query heard in the last 255 s, or this bridge's own,
+/// `--multicast-querier`): without one nobody asks hosts to report again, memberships would
+/// lapse, so every multicast frame is flooded (memberships are still learned and listed).
 public struct MulticastSnooping {
     public struct Configuration: Sendable, Equatable {
         /// Off: every multicast frame is flooded (`--no-multicast-snooping`).
@@ -20,8 +25,14 @@ public struct MulticastSnooping {
         public var leaveTime: Duration = .seconds(2)
         /// Most (VLAN, group) entries; past it new groups are flooded (the kernel's hash_max).
         public var maximumGroups = 4096
+        /// This bridge sends general queries itself (`--multicast-querier`): a querier is
+        /// always known.
+        public var isQuerier = false
 
-        public init(isEnabled: Bool = true) { self.isEnabled = isEnabled }
+        public init(isEnabled: Bool = true, isQuerier: Bool = false) {
+            self.isEnabled = isEnabled
+            self.isQuerier = isQuerier
+        }
     }
 
     /// What snooping saw (`show stats`, section `multicast`).
@@ -61,6 +72,8 @@ public struct MulticastSnooping {
     var members: [Key: [PortID: Int64]] = [:]
     /// Router ports of each VLAN, with when each ends.
     var routers: [VLANID: [PortID: Int64]] = [:]
+    /// When the querier last heard in each VLAN (`vlan * 2`: IGMP; `+ 1`: MLD) stops counting.
+    var queriers: [Int: Int64] = [:]
     /// No membership or router port ends before this (nil: none exists).
     var nextExpiry: Int64? = nil
 
@@ -85,11 +98,24 @@ public struct MulticastSnooping {
         nextExpiry = min(nextExpiry ?? soon, soon)
     }
 
-    mutating func heardRouter(on port: PortID, vlan: VLANID, isQuery: Bool, now: Int64) {
-        if isQuery { statistics.queries &+= 1 } else { statistics.routerMessages &+= 1 }
+    mutating func heardRouter(on port: PortID, vlan: VLANID, isQuery: Bool, v6: Bool, now: Int64) {
         let until = now &+ configuration.routerTimeout.nanoseconds
+        if isQuery {
+            statistics.queries &+= 1
+            queriers[Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)] = until
+        } else {
+            statistics.routerMessages &+= 1
+        }
         routers[vlan, default: [:]][port] = until
         nextExpiry = min(nextExpiry ?? until, until)
+    }
+
+    /// Whether a querier is known in `vlan` for IPv6 (`v6`) or IPv4 groups.
+    @inline(__always)
+    func hasQuerier(_ vlan: VLANID, v6: Bool, now: Int64) -> Bool {
+        if configuration.isQuerier { return true }
+        guard let until = queriers[Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)] else { return false }
+        return until > now
     }
 
     /// Whether `key` has members now (expired ones are dropped here, so a group whose last
@@ -130,6 +156,7 @@ public struct MulticastSnooping {
                 nextExpiry = min(nextExpiry ?? .max, live.values.min()!)
             }
         }
+        queriers = queriers.filter { $0.value > now }
         for (vlan, ports) in routers {
             let live = ports.filter { $0.value > now }
             routers[vlan] = live.isEmpty ? nil : live

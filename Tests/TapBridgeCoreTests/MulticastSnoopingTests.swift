@@ -4,7 +4,9 @@ import TapBridgeTestSupport
 
 /// IGMP/MLD snooping on golden frames that scapy built (its IGMP, IGMPv3 and MLD layers: an
 /// implementation of its own, checksums included). Port 0 sends group traffic, port 1's host
-/// joins, port 2's never does, port 3 hears a querier.
+/// joins, port 2's never does, port 3 leads to a multicast router. The bridge is its own
+/// querier (`isQuerier`, `--multicast-querier`) unless a test says otherwise: without any
+/// querier, snooping narrows nothing (as the kernel's).
 @Suite("IGMP and MLD snooping")
 struct MulticastSnoopingTests {
     static let golden: [String: String] = [
@@ -37,7 +39,8 @@ struct MulticastSnoopingTests {
         }
     }
 
-    static func lan(_ ports: Int = 4, configuration: Bridge.Configuration = .init(), _ portConfigurations: [PortConfiguration]? = nil) -> VirtualLAN {
+    static func lan(_ ports: Int = 4, configuration: Bridge.Configuration = .init(multicast: .init(isQuerier: true)),
+                    _ portConfigurations: [PortConfiguration]? = nil) -> VirtualLAN {
         VirtualLAN(ports: ports, configuration: configuration, portConfigurations: portConfigurations)
     }
 
@@ -118,11 +121,29 @@ struct MulticastSnoopingTests {
         #expect(Self.receivers(lan, "udpTo239", on: 0) == [2, 3], "no member left: flooded")
     }
 
+    /// Without a querier nobody makes hosts report again and memberships would lapse: every
+    /// multicast frame is flooded, reports too, while memberships are learned; a query heard
+    /// (IGMP for IPv4 groups, MLD for IPv6 ones) narrows the next frames, until 255 s of silence.
+    @Test func withoutAQuerierEverythingIsFloodedAndMembershipsAreLearned() {
+        let lan = Self.lan(configuration: .init())
+        #expect(Self.receivers(lan, "igmpv3Join", on: 1) == [0, 2, 3])
+        #expect(Self.receivers(lan, "udpTo239", on: 0) == [1, 2, 3])
+        #expect(lan.bridge.multicastListing(at: lan.clock.now).groups.count == 2, "239.1.2.3 and 239.9.9.9")
+        Self.receivers(lan, "igmpQuery", on: 3)
+        #expect(Self.receivers(lan, "udpTo239", on: 0) == [1, 3], "an IGMP querier is known: narrowed")
+        Self.receivers(lan, "mldv2Join", on: 1)
+        #expect(Self.receivers(lan, "udpToFF3E", on: 0) == [1, 2, 3], "no MLD querier: IPv6 groups still flooded")
+        lan.clock.advance(by: .seconds(256))
+        Self.receivers(lan, "igmpv3Join", on: 1)
+        #expect(Self.receivers(lan, "udpTo239", on: 0) == [1, 2, 3], "the querier went silent 255 s ago: flooded again")
+    }
+
     @Test func multicastFloodPortsAndSnoopingOffGetEverything() {
-        let flood = Self.lan(4, [PortConfiguration(), PortConfiguration(), PortConfiguration(multicastFlood: true), PortConfiguration()])
+        let flood = Self.lan(4, configuration: .init(multicast: .init(isQuerier: true)),
+                             [PortConfiguration(), PortConfiguration(), PortConfiguration(multicastFlood: true), PortConfiguration()])
         Self.receivers(flood, "igmpv2Report", on: 1)
         #expect(Self.receivers(flood, "udpTo239", on: 0) == [1, 2])
-        var off = Bridge.Configuration()
+        var off = Bridge.Configuration(multicast: .init(isQuerier: true))
         off.multicast.isEnabled = false
         let plain = Self.lan(4, configuration: off)
         #expect(Self.receivers(plain, "igmpv2Report", on: 1) == [0, 2, 3], "snooping off: reports are flooded like any multicast")
