@@ -176,6 +176,32 @@ struct MulticastSnoopingTests {
         }
     }
 
+    /// The bridge's own queries parse as queries (checksums right) and leave every port of
+    /// their VLAN, tagged where it is carried tagged; a bridge that hears them (another
+    /// bridge's port) knows a querier from then on.
+    @Test func theQueriersOwnQueriesLeaveEveryPortAndAreHeardAsQueries() {
+        let trunk = PortConfiguration(vlanMode: .trunk(allowed: [1, 7], native: nil))
+        let lan = Self.lan(3, configuration: .init(), [PortConfiguration(), PortConfiguration(vlanMode: .access(7)), trunk])
+        #expect(Set(lan.engine.vlansInUse) == [1, 7])
+        let mac = MACAddress("02:00:5e:10:00:01")!
+        for query in [MulticastQuerier.igmpQuery(from: mac), MulticastQuerier.mldQuery(from: mac)] {
+            lan.engine.originate(query, vlan: 7)
+            #expect(lan.transmitted(on: 0).isEmpty && lan.transmitted(on: 1) == [query])
+            let tagged = lan.transmitted(on: 2)
+            #expect(tagged.count == 1 && tagged.first.map { Array($0[12..<16]) } == [0x81, 0x00, 0x00, 0x07] && tagged.first?.count == query.count + 4)
+        }
+        let other = Self.lan(3, configuration: .init())
+        Self.receivers(other, "igmpv3Join", on: 1)
+        #expect(Self.receivers(other, "udpTo239", on: 0) == [1, 2])
+        other.send(MulticastQuerier.igmpQuery(from: mac), on: 2)
+        other.send(MulticastQuerier.mldQuery(from: mac), on: 2)
+        #expect(other.bridge.snooping.statistics.queries == 2 && other.bridge.snooping.statistics.malformed == 0)
+        #expect(Self.receivers(other, "udpTo239", on: 0) == [1, 2], "port 2 is now a router port, port 1 a member")
+        Self.receivers(other, "mldv2Join", on: 1)
+        #expect(Self.receivers(other, "udpToFF3E", on: 0) == [1, 2])
+        #expect(other.bridge.multicastListing(at: other.clock.now).routers.count == 1)
+    }
+
     @Test func groupsArePrinted() {
         #expect("\(GroupAddress.v4(0xEF01_0203))" == "239.1.2.3")
         #expect("\(GroupAddress.v6(0xFF3E_0000_0000_0000, 0x1234))" == "ff3e::1234")
