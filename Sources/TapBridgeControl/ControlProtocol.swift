@@ -8,7 +8,7 @@ public import TapBridgePcap
 /// Field names are snake_case on the wire; the schema is documented in Docs/Operations.md and
 /// only grows (fields are added, never renamed or removed).
 public struct ControlRequest: Codable, Sendable, Equatable {
-    /// `show-ports`, `show-fdb`, `show-stats`, `fdb-add`, `fdb-del`, `fdb-flush`, `port-add`,
+    /// `show-ports`, `show-fdb`, `show-stats`, `show-mdb`, `fdb-add`, `fdb-del`, `fdb-flush`, `port-add`,
     /// `port-del`.
     public var command: String
     public var mac: String?
@@ -231,12 +231,16 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var loops: LoopStatistics? = nil
     /// The stream listeners' connections (absent without --stream-listen).
     public var streams: StreamStatistics? = nil
+    /// IGMP/MLD snooping (absent with --no-multicast-snooping).
+    public var multicast: MulticastSnooping.Statistics? = nil
     /// The control socket the answer came through: set by `tapbridge list` (the bridge does
     /// not send it).
     public var control: String? = nil
 
     public init(name: String, version: String, uptimeSeconds: Double, ports: Int, fdb: ForwardingTable.Statistics, udp: UDP?,
-                mirror: PcapMirror.Statistics?, loops: LoopStatistics? = nil, streams: StreamStatistics? = nil) {
+                mirror: PcapMirror.Statistics?, loops: LoopStatistics? = nil, streams: StreamStatistics? = nil,
+                multicast: MulticastSnooping.Statistics? = nil) {
+        self.multicast = multicast
         self.name = name
         self.version = version
         self.uptimeSeconds = uptimeSeconds
@@ -258,6 +262,7 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     public var fdb: [FDBReport]?
     public var stats: StatsReport?
     public var flushed: Int?
+    public var mdb: MDBReport?
 
     public static func failure(_ error: String) -> ControlResponse { ControlResponse(ok: false, error: error) }
     public static func success(_ message: String? = nil) -> ControlResponse { ControlResponse(ok: true, message: message) }
@@ -266,6 +271,50 @@ public struct ControlResponse: Codable, Sendable, Equatable {
         self.ok = ok
         self.error = error
         self.message = message
+    }
+}
+
+/// `show mdb`: IGMP/MLD snooping's groups and multicast router ports (`bridge mdb show`).
+public struct MDBReport: Codable, Sendable, Equatable {
+    public struct Member: Codable, Sendable, Equatable {
+        public var vlan: Int
+        public var group: String
+        public var port: String
+        /// Seconds until the membership ends without another report.
+        public var expiresSeconds: Double
+
+        public init(vlan: Int, group: String, port: String, expiresSeconds: Double) {
+            self.vlan = vlan
+            self.group = group
+            self.port = port
+            self.expiresSeconds = expiresSeconds
+        }
+    }
+
+    public struct Router: Codable, Sendable, Equatable {
+        public var vlan: Int
+        public var port: String
+        public var expiresSeconds: Double
+
+        public init(vlan: Int, port: String, expiresSeconds: Double) {
+            self.vlan = vlan
+            self.port = port
+            self.expiresSeconds = expiresSeconds
+        }
+    }
+
+    /// Whether snooping is on (`--no-multicast-snooping`: off, nothing below).
+    public var snooping: Bool
+    /// Whether this bridge is the querier (`--multicast-querier`).
+    public var querier: Bool
+    public var groups: [Member]
+    public var routers: [Router]
+
+    public init(snooping: Bool, querier: Bool, groups: [Member], routers: [Router]) {
+        self.snooping = snooping
+        self.querier = querier
+        self.groups = groups
+        self.routers = routers
     }
 }
 

@@ -39,6 +39,7 @@ public struct Statistics: Sendable {
         if let m = stats.mirror { out.append(("mirror", Self.fields(m))) }
         if let l = stats.loops { out.append(("loops", Self.fields(l))) }
         if let s = stats.streams { out.append(("streams", Self.fields(s))) }
+        if let m = stats.multicast { out.append(("multicast", Self.fields(m))) }
         return out
     }
 

@@ -81,7 +81,17 @@ extension BridgeDaemon {
         }
         return StatsReport(name: bridgeName, version: version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
                            ports: engine.ports.count, fdb: engine.bridge.table.statistics, udp: udp, mirror: mirror?.statistics,
-                           loops: engine.bridge.loopStatistics, streams: streamStatistics)
+                           loops: engine.bridge.loopStatistics, streams: streamStatistics,
+                           multicast: engine.bridge.configuration.multicast.isEnabled ? engine.bridge.snooping.statistics : nil)
+    }
+
+    /// `show mdb`: the groups with members and the multicast router ports, by port name.
+    func mdbReport(at now: Instant) -> MDBReport {
+        let listing = engine.bridge.multicastListing(at: now)
+        let c = engine.bridge.configuration.multicast
+        return MDBReport(snooping: c.isEnabled, querier: c.isQuerier,
+                         groups: listing.groups.map { .init(vlan: Int($0.key.vlan.rawValue), group: "\($0.key.group)", port: engine.name(of: $0.port), expiresSeconds: $0.seconds) },
+                         routers: listing.routers.map { .init(vlan: Int($0.vlan.rawValue), port: engine.name(of: $0.port), expiresSeconds: $0.seconds) })
     }
 
     /// Every counter now: the model `show stats`, the logs and Prometheus render.

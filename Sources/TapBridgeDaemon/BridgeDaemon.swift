@@ -219,6 +219,11 @@ public final class BridgeDaemon {
             logStormDrops(at: now)
             nextStormLook = now.advanced(by: .seconds(1)).nanoseconds
         }))
+        if settings.multicastQuerier, settings.noMulticastSnooping {
+            logger.warning("--multicast-querier does nothing with --no-multicast-snooping: no query is sent (as the kernel bridge's querier, which needs snooping on)")
+        } else if settings.multicastQuerier {
+            addQuerier()
+        }
         if let interval = settings.statsInterval.map(Duration.seconds) {
             var next = EventLoop.now().advanced(by: interval).nanoseconds
             loop.add(TimerSource(due: { next }, action: { [unowned self] now in
@@ -228,6 +233,20 @@ public final class BridgeDaemon {
         }
         if let control { loop.add(control) }
         if let mirror { loop.add(mirror) }
+    }
+
+    /// `--multicast-querier`: IGMP and MLD general queries in every VLAN a port carries, at
+    /// start, again a quarter interval later (RFC 3376's startup queries), then every 125 s.
+    func addQuerier() {
+        let mac = PortFactory.stableMAC(bridge: bridgeName, port: "querier")
+        let queries = [MulticastQuerier.igmpQuery(from: mac), MulticastQuerier.mldQuery(from: mac)]
+        var next = EventLoop.now().nanoseconds, sent = 0
+        loop.add(TimerSource(due: { next }, action: { [unowned self] now in
+            for vlan in engine.vlansInUse { for q in queries { engine.originate(q, vlan: vlan) } }
+            sent += 1
+            next = now.advanced(by: sent == 1 ? MulticastQuerier.interval / 4 : MulticastQuerier.interval).nanoseconds
+        }))
+        logger.info("multicast querier: IGMPv3 and MLDv2 general queries every \(MulticastQuerier.interval) from \(mac) (snooping takes effect without a multicast router)")
     }
 
     /// The device as the engine sees it: wrapped in the mirror decorator when mirroring.

@@ -130,6 +130,10 @@ final class ControlResponder {
             var r = ControlResponse.success()
             r.stats = daemon.statsReport(at: now)
             return r
+        case "show-mdb":
+            var r = ControlResponse.success()
+            r.mdb = daemon.mdbReport(at: now)
+            return r
         case "fdb-add", "fdb-del":
             guard let text = request.mac, let mac = MACAddress(text) else { return .failure("expected a MAC address like 02:00:00:00:00:01, got '\(request.mac ?? "")'") }
             guard let name = request.port, let port = engine.port(named: name) else { return .failure("no port named '\(request.port ?? "")'") }

@@ -30,9 +30,9 @@ public enum ConfigFile {
         var values: [(text: String, line: Int?)]
     }
 
-    static let portKeys: Set = ["name", "mode", "vlan", "trunk", "native", "learning", "flooding", "mtu", "offload", "stream", "netns", "addr", "mac",
-                                "storm", "delay", "jitter", "loss", "duplicate", "corrupt", "reorder", "rate"]
-    static let remoteKeys: Set = ["endpoint", "encap", "vni", "datapath", "name", "key", "horizon", "vlan", "trunk", "native", "learning", "flooding", "storm"]
+    static let portKeys = Set(["name", "mode", "mtu", "offload", "stream", "netns", "addr", "mac", "delay", "jitter", "loss", "duplicate", "corrupt", "reorder", "rate"]
+                              + SharedPortOptions.list)
+    static let remoteKeys = Set(["endpoint", "encap", "vni", "datapath", "name", "key", "horizon"] + SharedPortOptions.list)
 
     /// Largest config file read: 1 MiB (a real configuration is a few hundred bytes; a larger
     /// file is a mistake, and parsing it would take seconds and memory).

@@ -155,7 +155,8 @@ public enum OptionTable {
                  the last bridge with a port in it), gives it addr=CIDR and mac=MAC there and brings it up: --port h1,netns=h1,addr=10.0.0.1/24 \
                  --port h2,netns=h2,addr=10.0.0.2/24 is a two-host lab. A TAP tapbridge makes gets the same MAC at \
                  every start (from /etc/machine-id, the bridge's name and the port's; with netns=, mac= sets another). storm=PPS takes at most PPS flooded frames \
-                 (broadcast, multicast, unknown unicast) a second from the port. A port on an interface tapbridge did \
+                 (broadcast, multicast, unknown unicast) a second from the port. multicast=flood sends the port every \
+                 multicast group, as if IGMP/MLD snooping were off for it (a host that never reports, a monitor). A port on an interface tapbridge did \
                  not make (a VM's tap, a veth) whose interface goes away stays, absent, and is attached again when it \
                  comes back. A bad link on the way out (netem's, without netem): delay=50ms, jitter=5ms, loss=1% (or \
                  1%:25% correlated), duplicate=, corrupt=, reorder= (percentages), rate=10mbit; --seed replays a run.
@@ -227,6 +228,8 @@ public enum OptionTable {
         },
         value("loop-protect", "on|off", .table, "on: a loop (MACs moving back and forth between two ports, 8 times within a second; or one frame flooded from one port 32 times within 100 ms, a loop that moves no MAC) blocks a port (the one of the two added later; the one the frame keeps coming in on) for 10 s, then it is tried again; off: the loop is only logged and counted. Either way it is named in the log and counted in show stats.",
               showsDefault: true, render: { $0.loopProtect ? "on" : "off" }, apply: { s, v throws(OptionError) in s.loopProtect = try onOff(v) }),
+        flag("no-multicast-snooping", \.noMulticastSnooping, .table, "Flood every multicast frame. By default IGMP and MLD snooping sends a group's frames only to the ports whose hosts joined it and to multicast routers (as the kernel bridge does), once a querier is on the segment: a multicast router, or --multicast-querier; without one everything is flooded. tapbridge show mdb lists the groups."),
+        flag("multicast-querier", \.multicastQuerier, .table, "Send IGMP and MLD general queries every 125 s (nothing with --no-multicast-snooping) (from 0.0.0.0 and a link-local address made from the bridge's MAC), so that hosts report their groups and snooping takes effect on a segment without a multicast router (a lab), as the kernel bridge's mcast_querier 1."),
         flag("forward-link-local", \.forwardLinkLocal, .table, "Forward IEEE link-local control frames (01:80:c2:00:00:0X: STP, LLDP, LACP, 802.1X), which bridges drop by default."),
         value("mirror", "path", .mirror, "Write a copy of every frame the bridge receives (before the forwarding decision, so drops show too) to this pcap file; - for standard output (tapbridge ... --mirror - | tcpdump -n -r -).",
               quoted: true, render: { $0.mirror }) { s, v throws(OptionError) in s.mirror = v },

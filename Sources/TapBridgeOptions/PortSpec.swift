@@ -47,7 +47,7 @@ public struct PortSpec: Sendable, Equatable {
     }
 
     /// The syntax, for help texts and error messages.
-    public static let syntax = "NAME[,mode=auto|tap|packet | ,stream=unix:PATH|HOST:PORT] [,netns=NS[,addr=CIDR][,mac=MAC]] [,vlan=N | ,trunk=V[:V...][,native=N]] [,learning=off][,flooding=off][,storm=PPS] [,mtu=N][,offload=off] [,delay=T][,jitter=T][,loss=P%][,duplicate=P%] [,corrupt=P%][,reorder=P%][,rate=R]"
+    public static let syntax = "NAME[,mode=auto|tap|packet | ,stream=unix:PATH|HOST:PORT] [,netns=NS[,addr=CIDR][,mac=MAC]] [,vlan=N | ,trunk=V[:V...][,native=N]] [,learning=off][,flooding=off][,storm=PPS][,multicast=flood] [,mtu=N][,offload=off] [,delay=T][,jitter=T][,loss=P%][,duplicate=P%] [,corrupt=P%][,reorder=P%][,rate=R]"
 
     /// Parses a `--port` value. VLAN lists in `trunk=` use `:` between items because `,`
     /// separates options: `trunk=10:20-29:100`.
@@ -179,15 +179,18 @@ func keyValues(_ parts: ArraySlice<String>, in text: String) throws(PortSpecErro
     return out
 }
 
-/// The options every kind of port takes: VLAN membership, learning, flooding.
+/// The options every kind of port takes: VLAN membership, learning, flooding, storm control,
+/// multicast snooping. (`list` is the one list of them: messages and config keys read it.)
 struct SharedPortOptions {
-    static let keys = "vlan, trunk, native, learning, flooding, storm"
+    static let list = ["vlan", "trunk", "native", "learning", "flooding", "storm", "multicast"]
+    static let keys = list.joined(separator: ", ")
     var access: VLANID? = nil
     var trunk: VLANSet? = nil
     var native: VLANID? = nil
     var learning = true
     var flooding = true
     var storm: Int? = nil
+    var multicastFlood = false
 
     /// Consumes `key` if it is a shared option; `false` if it is not one.
     mutating func take(_ key: String, _ value: String, in text: String) throws(PortSpecError) -> Bool {
@@ -215,6 +218,9 @@ struct SharedPortOptions {
                 }
                 storm = n
             }
+        case "multicast":
+            guard value == "flood" || value == "snoop" else { throw PortSpecError(text, "multicast must be snoop (the groups its hosts joined) or flood (every group), got '\(value)'") }
+            multicastFlood = value == "flood"
         default:
             return false
         }
@@ -224,7 +230,7 @@ struct SharedPortOptions {
     func configuration(in text: String) throws(PortSpecError) -> PortConfiguration {
         if access != nil, trunk != nil { throw PortSpecError(text, "vlan= (access port) and trunk= exclude each other") }
         if native != nil, trunk == nil { throw PortSpecError(text, "native= needs trunk=") }
-        var c = PortConfiguration(learning: learning, flooding: flooding, stormLimit: storm)
+        var c = PortConfiguration(learning: learning, flooding: flooding, stormLimit: storm, multicastFlood: multicastFlood)
         if let trunk {
             c.vlanMode = .trunk(allowed: trunk, native: native)
         } else if let access {

@@ -24,7 +24,7 @@ public struct RemoteSpec: Sendable, Equatable {
     /// `datapath=`: who moves the remote's frames (see `Datapath`).
     public var datapath = Datapath.user
 
-    public static let syntax = "HOST:PORT[,encap=\(Encapsulations.choices)][,vni=N][,datapath=user|kernel][,name=NAME][,horizon=mesh|off|N] [,peer=PUBKEY][,key=PATH][,psk=PATH][,keepalive=SECONDS] [,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS]"
+    public static let syntax = "HOST:PORT[,encap=\(Encapsulations.choices)][,vni=N][,datapath=user|kernel][,name=NAME][,horizon=mesh|off|N] [,peer=PUBKEY][,key=PATH][,psk=PATH][,keepalive=SECONDS] [,vlan=N | ,trunk=V[:V...][,native=N]][,learning=off][,flooding=off][,storm=PPS][,multicast=flood]"
 
     /// `defaultPort`: the port of a HOST given without one (`remote add 192.0.2.5`: the bridge's
     /// UDP port); nil: HOST:PORT is required. `flag` names the option in errors.

@@ -44,6 +44,8 @@ public struct Settings: Sendable {
     public var hub = false
     public var forwardLinkLocal = false
     public var loopProtect = true
+    public var noMulticastSnooping = false
+    public var multicastQuerier = false
     /// `--seed`: the link emulation's generator seed (nil: a random one, logged).
     public var seed: UInt64? = nil
     public var name: String? = nil
@@ -76,7 +78,8 @@ public struct Settings: Sendable {
         Bridge.Configuration(
             table: .init(ageingTime: .seconds(ageing), maximumEntries: maxMACs, maximumEntriesPerPort: maxMACsPerPort,
                          moveHoldDown: moveHoldDown.map(Duration.seconds)),
-            isHub: hub, forwardsLinkLocal: forwardLinkLocal, loopProtect: loopProtect)
+            isHub: hub, forwardsLinkLocal: forwardLinkLocal, loopProtect: loopProtect,
+            multicast: .init(isEnabled: !noMulticastSnooping, isQuerier: multicastQuerier && !noMulticastSnooping))
     }
 
     /// The rules between options (each option's own range is checked as it is parsed).

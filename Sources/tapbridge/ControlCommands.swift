@@ -219,8 +219,27 @@ func table(_ header: [String], _ rows: [[String]]) -> String {
 
 struct Show: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Show a running bridge's ports, MAC table or counters.",
-        subcommands: [Ports.self, Table.self, Stats.self])
+        abstract: "Show a running bridge's ports, MAC table, multicast groups or counters.",
+        subcommands: [Ports.self, Table.self, MDB.self, Stats.self])
+
+    struct MDB: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "mdb", abstract: "IGMP/MLD snooping's multicast groups: each group's member ports per VLAN, and the multicast router ports, with the seconds each has left (as bridge mdb show).")
+        @OptionGroup var target: Target
+        @OptionGroup var output: TextOrJSON
+
+        func run() throws {
+            guard let m = try target.send(ControlRequest(command: "show-mdb")).mdb else { throw StartupFailure(message: "no mdb in the answer") }
+            if output.isJSON { return try ControlOutput.printJSON(m) }
+            guard m.snooping else { return print("multicast snooping is off (--no-multicast-snooping): every multicast frame is flooded") }
+            print(m.groups.isEmpty ? "no group has members" : table(["VLAN", "GROUP", "PORT", "EXPIRES"], m.groups.map { ["\($0.vlan)", $0.group, $0.port, "\(Int($0.expiresSeconds.rounded(.up))) s"] }))
+            if !m.routers.isEmpty {
+                print("")
+                print(table(["VLAN", "ROUTER PORT", "EXPIRES"], m.routers.map { ["\($0.vlan)", $0.port, "\(Int($0.expiresSeconds.rounded(.up))) s"] }))
+            }
+            if m.querier { print("\nthis bridge is the querier (--multicast-querier)") }
+        }
+    }
 
     struct Ports: ParsableCommand {
         static let configuration = CommandConfiguration(

@@ -10,12 +10,12 @@ struct OptionTableTests {
     /// A valid value for every option, by name. A new option without one fails
     /// `everyOptionHasASample`, so it cannot escape the round trip below.
     static let samples: [String: [String]] = [
-        "port": ["tap0", "tap1,vlan=10,mtu=1400", "tap2,trunk=10:20,native=1,offload=off", "vm2,stream=unix:/run/lab/vm2.sock"], "offload": ["off"],
+        "port": ["tap0", "tap1,vlan=10,mtu=1400,multicast=flood", "tap2,trunk=10:20,native=1,offload=off", "vm2,stream=unix:/run/lab/vm2.sock"], "offload": ["off"],
         "stream-listen": ["unix:/run/lab/vm.sock,vlan=10,max=8", "5555"], "stream-group": ["kvm"], "user": ["nobody"],
         "remote": ["127.0.0.1:4789,vni=42", "[::1]:5555,encap=raw,name=vm1"], "listen": ["127.0.0.1:4789"], "encap": ["raw"], "vni": ["7"],
         "accept-peers": ["true"], "key-file": ["/etc/tapbridge/lab.key"], "max-peers": ["9"], "peer-timeout": ["12.5"], "path-mtu-expiry": ["30"], "no-split-horizon": ["true"],
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"], "loop-protect": ["off"], "seed": ["42"],
-        "forward-link-local": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
+        "forward-link-local": ["true"], "no-multicast-snooping": ["true"], "multicast-querier": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
         "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "mirror-format": ["pcap"], "snaplen": ["128"], "name": ["lab"],
         "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "control-admin-group": ["sudo"], "stats-interval": ["60"], "busy-poll": ["50ms"], "log-level": ["debug"],
         "config": [], "print-config": [],
