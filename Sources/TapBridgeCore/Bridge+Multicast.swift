@@ -25,8 +25,11 @@ extension Bridge {
         case .data(let group):
             let key = MulticastSnooping.Key(vlan: vlan, group: group)
             if snooping.isRegistered(key, now: t), snooping.hasQuerier(vlan, v6: group.isV6, now: t) { floodScope = .group(key) }
-        case .router(let isQuery, let v6):
-            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: isQuery, v6: v6, now: t)
+        case .query(let v6, let group, let maxResponse):
+            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: true, v6: v6, now: t)
+            if let group { snooping.heardGroupQuery(.init(vlan: vlan, group: group), maxResponse: maxResponse, now: t) }
+        case .router(let v6):
+            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: false, v6: v6, now: t)
         case .igmp(let at, let length):
             if !MulticastFrame.records(igmp: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
                 return malformedMulticast(ingress)

@@ -60,9 +60,12 @@ enum MulticastFrame: Equatable {
     case flood
     /// Data for `group`: to its members and the multicast routers, or flooded if unknown.
     case data(GroupAddress)
-    /// A general or group query (IGMP, MLD) or a router's own message (PIM hello, multicast
-    /// router advertisement): its port leads to a multicast router; flooded.
-    case router(isQuery: Bool, v6: Bool)
+    /// A query (IGMP, MLD): its port leads to a querier; `group` names a group-specific one
+    /// (nil: general), which hosts answer within `maxResponse` (ns); flooded.
+    case query(v6: Bool, group: GroupAddress?, maxResponse: Int64)
+    /// A multicast router's own message (PIM hello, multicast router advertisement): its port
+    /// leads to a router; flooded.
+    case router(v6: Bool)
     /// A membership report or leave: its body, `length` bytes at `at` (IGMP after the IPv4
     /// header, MLD after the IPv6 headers), checked; to the multicast routers only.
     case igmp(at: Int, length: Int)
@@ -106,13 +109,13 @@ extension MulticastFrame {
             let at = l3 + headerLength, length = total - headerLength
             guard length >= 8, InternetChecksum.fold(InternetChecksum.sum(f.baseAddress! + at, count: length)) == 0xFFFF else { return .malformed }
             switch f[at] {
-            case 0x11: return .router(isQuery: true, v6: false)
+            case 0x11: return query(igmp: f, at: at, length: length)
             case 0x12, 0x16, 0x17, 0x22: return .igmp(at: at, length: length)
-            case 0x30: return .router(isQuery: false, v6: false)  // multicast router advertisement (RFC 4286)
+            case 0x30: return .router(v6: false)  // multicast router advertisement (RFC 4286)
             default: break
             }
         }
-        if proto == 103, group == .v4(0xE000_000D) { return .router(isQuery: false, v6: false) }  // PIM hello, all PIM routers
+        if proto == 103, group == .v4(0xE000_000D) { return .router(v6: false) }  // PIM hello, all PIM routers
         return group.isLinkLocalControl || !group.isMulticast ? .flood : .data(group)
     }
 
@@ -138,13 +141,30 @@ extension MulticastFrame {
                 &+ InternetChecksum.word(length >> 16) &+ InternetChecksum.word(58)
             guard InternetChecksum.fold(InternetChecksum.sum(f.baseAddress! + at, count: length, initial: pseudo)) == 0xFFFF else { return .malformed }
             switch f[at] {
-            case 130: return length >= 24 ? .router(isQuery: true, v6: true) : .malformed
-            case 151: return .router(isQuery: false, v6: true)
+            case 130: return length >= 24 ? query(mld: f, at: at, length: length) : .malformed
+            case 151: return .router(v6: true)
             default: return .mld(at: at, length: length)
             }
         }
-        if next == 103, group == .v6(0xFF02_0000_0000_0000, 0x0D) { return .router(isQuery: false, v6: true) }  // PIM hello
+        if next == 103, group == .v6(0xFF02_0000_0000_0000, 0x0D) { return .router(v6: true) }  // PIM hello
         return group.isLinkLocalControl || !group.isMulticast ? .flood : .data(group)
+    }
+
+    /// An IGMP query (v1: no response time, 10 s; v2: tenths of a second; v3: RFC 3376's
+    /// floating-point code) and the group it asks about (0.0.0.0: general).
+    static func query(igmp f: UnsafeRawBufferPointer, at: Int, length: Int) -> MulticastFrame {
+        let code = Int64(f[at + 1])
+        let tenths = code == 0 ? 100 : length >= 12 && code >= 128 ? (code & 0x0F | 0x10) << ((code >> 4 & 0x07) + 3) : code
+        let group = GroupAddress.v4(be32(f, at + 4))
+        return .query(v6: false, group: group == .v4(0) ? nil : group, maxResponse: tenths * 100_000_000)
+    }
+
+    /// An MLD query (v1: milliseconds; v2: RFC 3810's floating-point code) and its group.
+    static func query(mld f: UnsafeRawBufferPointer, at: Int, length: Int) -> MulticastFrame {
+        let code = Int64(be16(f, at + 4))
+        let ms = length >= 28 && code >= 32768 ? (code & 0x0FFF | 0x1000) << ((code >> 12 & 0x07) + 3) : code
+        let group = v6(f, at + 8)
+        return .query(v6: true, group: group == .v6(0, 0) ? nil : group, maxResponse: ms * 1_000_000)
     }
 
     /// Each (group, joined) a report or leave says, as the kernel bridge reads it without

@@ -90,11 +90,24 @@ public struct MulticastSnooping {
         nextExpiry = min(nextExpiry ?? until, until)
     }
 
+    /// A leave, as the kernel takes it: while another querier is present nothing changes (it
+    /// asks the group's other hosts, and its group-specific query shortens the membership);
+    /// otherwise the membership ends after the last member query time (2 s).
     mutating func leave(_ key: Key, port: PortID, now: Int64) {
         statistics.leaves &+= 1
-        guard let until = members[key]?[port] else { return }
-        let soon = now &+ configuration.leaveTime.nanoseconds
-        if soon < until { members[key]?[port] = soon }
+        if !configuration.isQuerier, hasQuerier(key.vlan, v6: key.group.isV6, now: now) { return }
+        shorten(key, port: port, to: now &+ configuration.leaveTime.nanoseconds)
+    }
+
+    /// A group-specific query: every membership of the group ends within twice its response
+    /// time (the last member query count), unless a report renews it.
+    mutating func heardGroupQuery(_ key: Key, maxResponse: Int64, now: Int64) {
+        for port in members[key]?.keys.map({ $0 }) ?? [] { shorten(key, port: port, to: now &+ 2 &* maxResponse) }
+    }
+
+    mutating func shorten(_ key: Key, port: PortID, to soon: Int64) {
+        guard let until = members[key]?[port], soon < until else { return }
+        members[key]?[port] = soon
         nextExpiry = min(nextExpiry ?? soon, soon)
     }
 
