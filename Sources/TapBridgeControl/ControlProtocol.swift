@@ -274,7 +274,8 @@ public struct ControlResponse: Codable, Sendable, Equatable {
     }
 }
 
-/// `show mdb`: IGMP/MLD snooping's groups and multicast router ports (`bridge mdb show`).
+/// `show mdb`: IGMP/MLD snooping's groups, multicast router ports and the queriers that count
+/// (`bridge mdb show`).
 public struct MDBReport: Codable, Sendable, Equatable {
     public struct Member: Codable, Sendable, Equatable {
         public var vlan: Int
@@ -303,16 +304,32 @@ public struct MDBReport: Codable, Sendable, Equatable {
         }
     }
 
+    /// A querier that counts now: snooping narrows in its VLAN (nil: every VLAN, the bridge's
+    /// own) for its IP version (`ipv4`, `ipv6`).
+    public struct Querier: Codable, Sendable, Equatable {
+        public var vlan: Int?
+        public var ip: String
+
+        public init(vlan: Int?, ip: String) {
+            self.vlan = vlan
+            self.ip = ip
+        }
+    }
+
     /// Whether snooping is on (`--no-multicast-snooping`: off, nothing below).
     public var snooping: Bool
     /// Whether this bridge is the querier (`--multicast-querier`).
     public var querier: Bool
+    /// The queriers that count now: without one for a VLAN and IP version, its multicast is
+    /// flooded.
+    public var queriers: [Querier]
     public var groups: [Member]
     public var routers: [Router]
 
-    public init(snooping: Bool, querier: Bool, groups: [Member], routers: [Router]) {
+    public init(snooping: Bool, querier: Bool, queriers: [Querier], groups: [Member], routers: [Router]) {
         self.snooping = snooping
         self.querier = querier
+        self.queriers = queriers
         self.groups = groups
         self.routers = routers
     }

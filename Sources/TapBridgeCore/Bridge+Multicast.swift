@@ -26,10 +26,10 @@ extension Bridge {
             let key = MulticastSnooping.Key(vlan: vlan, group: group)
             if snooping.isRegistered(key, now: t), snooping.hasQuerier(vlan, v6: group.isV6, now: t) { floodScope = .group(key) }
         case .query(let v6, let group, let maxResponse):
-            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: true, v6: v6, now: t)
+            snooping.heardRouter(on: ingress, vlan: vlan, maxResponse: maxResponse, v6: v6, now: t)
             if let group { snooping.heardGroupQuery(.init(vlan: vlan, group: group), maxResponse: maxResponse, now: t) }
         case .router(let v6):
-            snooping.heardRouter(on: ingress, vlan: vlan, isQuery: false, v6: v6, now: t)
+            snooping.heardRouter(on: ingress, vlan: vlan, maxResponse: nil, v6: v6, now: t)
         case .igmp(let at, let length):
             if !MulticastFrame.records(igmp: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
                 return malformedMulticast(ingress)
@@ -67,6 +67,11 @@ extension Bridge {
         case .routers: return snooping.wants(port, key: nil, vlan: vlan, now: snoopClock)
         case .group(let key): return snooping.wants(port, key: key, vlan: vlan, now: snoopClock)
         }
+    }
+
+    /// The bridge's own querier sent its first query at `now` (see `MulticastSnooping`).
+    public func startQuerying(at now: Instant) {
+        snooping.startQuerying(now: now, maxResponse: MulticastQuerier.responseTime)
     }
 
     /// The memberships and router ports now (`show mdb`).

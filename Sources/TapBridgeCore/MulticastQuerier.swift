@@ -7,6 +7,8 @@ public enum MulticastQuerier {
     /// RFC 3376's query interval: hosts report again within the response time of each query,
     /// well inside the 260 s membership interval.
     public static let interval: Duration = .seconds(125)
+    /// How long hosts have to answer (the queries' maximum response time).
+    public static let responseTime: Duration = .seconds(10)
 
     /// An IGMPv3 general query from `source`, an Ethernet frame.
     public static func igmpQuery(from source: MACAddress) -> [UInt8] {

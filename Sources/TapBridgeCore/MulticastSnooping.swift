@@ -72,8 +72,12 @@ public struct MulticastSnooping {
     var members: [Key: [PortID: Int64]] = [:]
     /// Router ports of each VLAN, with when each ends.
     var routers: [VLANID: [PortID: Int64]] = [:]
-    /// When the querier last heard in each VLAN (`vlan * 2`: IGMP; `+ 1`: MLD) stops counting.
-    var queriers: [Int: Int64] = [:]
+    /// The querier heard in each VLAN (`vlan * 2`: IGMP; `+ 1`: MLD): from when it counts (its
+    /// first query's response time after it, when hosts have answered) until when.
+    var queriers: [Int: (from: Int64, until: Int64)] = [:]
+    /// When this bridge's own querier counts from (`startQuerying`: its first query's response
+    /// time later; the kernel's `delay_time`).
+    var ownQuerierFrom = Int64.min
     /// No membership or router port ends before this (nil: none exists).
     var nextExpiry: Int64? = nil
 
@@ -111,11 +115,15 @@ public struct MulticastSnooping {
         nextExpiry = min(nextExpiry ?? soon, soon)
     }
 
-    mutating func heardRouter(on port: PortID, vlan: VLANID, isQuery: Bool, v6: Bool, now: Int64) {
+    /// A query (`maxResponse` set) or a router's message on `port`: a router port from now.
+    mutating func heardRouter(on port: PortID, vlan: VLANID, maxResponse: Int64?, v6: Bool, now: Int64) {
         let until = now &+ configuration.routerTimeout.nanoseconds
-        if isQuery {
+        if let maxResponse {
             statistics.queries &+= 1
-            queriers[Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)] = until
+            let key = Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)
+            // a querier that was not there counts once hosts had time to answer it
+            let from = queriers[key].flatMap { $0.until > now ? $0.from : nil } ?? now &+ maxResponse
+            queriers[key] = (from, until)
         } else {
             statistics.routerMessages &+= 1
         }
@@ -126,9 +134,15 @@ public struct MulticastSnooping {
     /// Whether a querier is known in `vlan` for IPv6 (`v6`) or IPv4 groups.
     @inline(__always)
     func hasQuerier(_ vlan: VLANID, v6: Bool, now: Int64) -> Bool {
-        if configuration.isQuerier { return true }
-        guard let until = queriers[Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)] else { return false }
-        return until > now
+        if configuration.isQuerier, now >= ownQuerierFrom { return true }
+        guard let q = queriers[Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)] else { return false }
+        return now >= q.from && now < q.until
+    }
+
+    /// This bridge sent its first query at `now`, asking for answers within `maxResponse`:
+    /// its querier counts from when they are in.
+    public mutating func startQuerying(now: Instant, maxResponse: Duration) {
+        ownQuerierFrom = now.nanoseconds &+ maxResponse.nanoseconds
     }
 
     /// Whether `key` has members now (expired ones are dropped here, so a group whose last
@@ -169,7 +183,7 @@ public struct MulticastSnooping {
                 nextExpiry = min(nextExpiry ?? .max, live.values.min()!)
             }
         }
-        queriers = queriers.filter { $0.value > now }
+        queriers = queriers.filter { $0.value.until > now }
         for (vlan, ports) in routers {
             let live = ports.filter { $0.value > now }
             routers[vlan] = live.isEmpty ? nil : live
@@ -188,6 +202,17 @@ public struct MulticastSnooping {
             }
         }
         for (vlan, ports) in routers where ports[port] != nil { routers[vlan]?[port] = nil }
+    }
+
+    /// The queriers that count now (snooping narrows for these VLANs and IP versions): the
+    /// bridge's own (every VLAN: `vlan` nil) and those heard.
+    public func activeQueriers(now: Instant) -> [(vlan: VLANID?, v6: Bool)] {
+        let t = now.nanoseconds
+        var out: [(vlan: VLANID?, v6: Bool)] = configuration.isQuerier && t >= ownQuerierFrom ? [(nil, false), (nil, true)] : []
+        for (key, q) in queriers.sorted(by: { $0.key < $1.key }) where t >= q.from && t < q.until {
+            out.append((VLANID(UInt16(key / 2)), key % 2 == 1))
+        }
+        return out
     }
 
     /// The memberships and router ports now, in order (`show mdb`): each with the seconds

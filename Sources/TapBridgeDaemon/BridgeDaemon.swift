@@ -243,6 +243,7 @@ public final class BridgeDaemon {
         var next = EventLoop.now().nanoseconds, sent = 0
         loop.add(TimerSource(due: { next }, action: { [unowned self] now in
             for vlan in engine.vlansInUse { for q in queries { engine.originate(q, vlan: vlan) } }
+            if sent == 0 { engine.bridge.startQuerying(at: now) }  // (it narrows once hosts had time to answer)
             sent += 1
             next = now.advanced(by: sent == 1 ? MulticastQuerier.interval / 4 : MulticastQuerier.interval).nanoseconds
         }))
