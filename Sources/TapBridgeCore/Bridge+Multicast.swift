@@ -10,9 +10,10 @@ enum FloodScope: Equatable {
 }
 
 extension Bridge {
-    /// Where multicast `frame` in `vlan` goes, and what IGMP/MLD snooping learns from it: a
-    /// known group's frames and the reports are narrowed only while a querier is known for
-    /// the VLAN and IP version (as the kernel's `br_multicast_querier_exists`). Ports with
+    /// Where multicast `frame` in `vlan` goes, and what IGMP/MLD snooping learns from it, as
+    /// the kernel's `br_multicast_rcv` and `br_handle_frame_finish` decide (checked against it
+    /// frame by frame: `MulticastKernelTests.theKernelBridgeDecidesTheSame`): nothing is
+    /// narrowed while no querier is known for the VLAN and IP version. Ports with
     /// `multicast=flood` get every multicast frame, as without snooping.
     @inline(__always)
     func multicast(_ frame: UnsafeRawBufferPointer, _ header: EthernetHeader, vlan: VLANID, from ingress: PortID, at now: Instant) -> ForwardingDecision {
@@ -23,8 +24,12 @@ extension Bridge {
         case .flood:
             break
         case .data(let group):
+            // with a querier: a known group to its members and the routers, an unknown one to
+            // the routers only (the kernel's mrouters_only for every group it does not leave
+            // alone); without one, everywhere
+            guard snooping.hasQuerier(vlan, v6: group.isV6, now: t) else { break }
             let key = MulticastSnooping.Key(vlan: vlan, group: group)
-            if snooping.isRegistered(key, now: t), snooping.hasQuerier(vlan, v6: group.isV6, now: t) { floodScope = .group(key) }
+            floodScope = snooping.isRegistered(key, now: t) ? .group(key) : .routers
         case .query(let v6, let group, let maxResponse):
             snooping.heardRouter(on: ingress, vlan: vlan, maxResponse: maxResponse, v6: v6, now: t)
             if let group { snooping.heardGroupQuery(.init(vlan: vlan, group: group), maxResponse: maxResponse, now: t) }
@@ -34,12 +39,15 @@ extension Bridge {
             if !MulticastFrame.records(igmp: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
                 return malformedMulticast(ingress)
             }
-            if snooping.hasQuerier(vlan, v6: false, now: t) { floodScope = .routers }
+            // v1/v2 reports (sent to the group) go to the routers; v3 reports and leaves
+            // (to 224.0.0.22 and .2) are flooded, as the kernel does
+            if frame[at] == 0x12 || frame[at] == 0x16, snooping.hasQuerier(vlan, v6: false, now: t) { floodScope = .routers }
         case .mld(let at, let length):
             if !MulticastFrame.records(mld: frame, at: at, length: length, { learn($0, $1, vlan: vlan, port: ingress, now: t) }) {
                 return malformedMulticast(ingress)
             }
-            if snooping.hasQuerier(vlan, v6: true, now: t) { floodScope = .routers }
+            // MLDv1 reports go to the routers; v2 reports and dones are flooded
+            if frame[at] == 131, snooping.hasQuerier(vlan, v6: true, now: t) { floodScope = .routers }
         case .malformed:
             return malformedMulticast(ingress)
         }

@@ -1,9 +1,10 @@
 /// IGMP and MLD snooping, as the kernel bridge does it (on by default): membership reports
 /// and leaves that arrive on a port make it a member of a group, per VLAN, for the membership
 /// interval; queries and multicast routers' messages make it a router port. A frame to a known
-/// group goes to its members and the router ports; one to an unknown group, and every frame to
-/// a link-local control group (224.0.0.0/24, ff02::1), is flooded as before; reports go to the
-/// router ports only. IGMPv3 and MLDv2 include/exclude modes are reduced as the kernel reduces
+/// group goes to its members and the router ports, one to an unknown group to the router ports
+/// only; every frame to a link-local control group (224.0.0.0/24, ff02::1) is flooded as
+/// before; IGMPv1/v2 and MLDv1 reports go to the router ports, IGMPv3/MLDv2 reports and leaves
+/// (sent to link-local groups) are flooded. IGMPv3 and MLDv2 include/exclude modes are reduced as the kernel reduces
 /// them without source tracking, to a port being in a group or not.
 ///
 /// As in the kernel, snooping only narrows where frames go while a querier is known for the
