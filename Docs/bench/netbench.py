@@ -45,6 +45,13 @@ Cases:
   eight-ports      tapbridge with 8 TAPs in 8 namespaces, 4 TCP flows at once (memory under load)
   idle-0, idle-254, idle-1022  tap-tap with the bridge in a namespace of its own (IPv6 off there) and
                    that many idle TAPs beside the two: what ports that do nothing cost the others
+  lab-256, lab-256-querier, lab-256-flood  one tapbridge with 256 netns= ports, IPv6 on (every host's
+                   router solicitations, MLD reports and address probes at start): from the moment the
+                   bridge answers, 10 s of pings (20 ms apart) between the first two hosts (lab_rtt_p99_ms,
+                   lab_rtt_max_ms, lab_lost) and the frames the bridge wrote to its ports since it started
+                   (lab_tap_writes); -querier with --multicast-querier (snooping narrows once its first
+                   query's 10 s are over), -flood with --no-multicast-snooping (every multicast frame to
+                   every port, as before snooping)
   tap-linux-vxlan  WireFormats.md's "The Linux vxlan device" as written: a tapbridge (TAP in A) with a
                    VXLAN remote to a Linux vxlan device that is B's interface (no dev, MTU 1500), over
                    a veth of MTU 1500; linux-vxlan-tap the same with the Linux device in A (the other
@@ -90,7 +97,7 @@ CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "re
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
          "tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood", "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
          "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
-         "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022"]
+         "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022", "lab-256", "lab-256-querier", "lab-256-flood"]
 # (tapbridge case, anchor case): the ratios the summary prints
 RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
@@ -104,6 +111,7 @@ RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "
           ("tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel"), ("tap-linux-vxlan-kernel", "kernel-vxlan"), ("linux-vxlan-tap-kernel", "kernel-vxlan"),
           ("tap-linux-vxlan-kernel", "tap-linux-vxlan"), ("linux-vxlan-tap-kernel", "linux-vxlan-tap"),
           ("linux-vxlan-tap-txoff", "linux-vxlan-tap"), ("idle-254", "idle-0"), ("idle-1022", "idle-0")]
+LAB_METRICS = [("lab_rtt_p99_ms", "ping p99 ms"), ("lab_rtt_max_ms", "ping max ms"), ("lab_lost", "pings lost"), ("lab_tap_writes", "port writes")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
 
@@ -445,7 +453,27 @@ def attack_received(r):
 
 
 def is_tapbridge(case):
-    return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case.startswith("idle-") or case == "eight-ports"
+    return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case.startswith("idle-") or case == "eight-ports" or case.startswith("lab-")
+
+
+def lab(r, case, hosts=256):
+    """`hosts` netns= ports, IPv6 on; pings between the first two for 10 s from when the bridge
+    answers, and the frames written to the ports since start."""
+    extra = {"lab-256-querier": ["--multicast-querier"], "lab-256-flood": ["--no-multicast-snooping"]}.get(case, [])
+    ports = []
+    for k in range(hosts):
+        ports += ["--port", f"{PREFIX}L{k},netns={PREFIX}l{k},addr=10.99.{k // 250}.{k % 250 + 1}/16"]
+    r.start("tapbridge", [BUILD[0], "--name", PREFIX, *ports, *extra, *EXTRA])
+    subprocess.run([BUILD[0], "wait", "--name", PREFIX, "--timeout", "120"], check=True, capture_output=True, timeout=130)
+    out = subprocess.run(["ip", "netns", "exec", f"{PREFIX}l0", "ping", "-n", "-c", "500", "-i", "0.02", "-W", "1", "10.99.0.2"],
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60).stdout
+    times = sorted(float(w.split("=")[1]) for line in out.splitlines() for w in line.split() if w.startswith("time="))
+    ports_json = subprocess.run([BUILD[0], "show", "ports", "--json", "--name", PREFIX], capture_output=True, text=True, timeout=30).stdout
+    writes = sum(p["tx_frames"] for p in json.loads(ports_json))
+    if not times:
+        raise RuntimeError("no ping answered: " + out[-300:])
+    return {"lab_rtt_p99_ms": round(times[min(len(times) - 1, int(len(times) * 0.99))], 3), "lab_rtt_max_ms": round(times[-1], 3),
+            "lab_lost": 500 - len(times), "lab_tap_writes": writes, "rss_mib": peak_rss_mib(r.pids)}
 
 
 def ping_rtt_ms():
@@ -517,7 +545,13 @@ def median_cell(values):
 def summarize(rows, plot=None):
     cases = list(dict.fromkeys(r["case"] for r in rows))  # in the order they ran
     ok = {c: [r for r in rows if r["case"] == c and r.get("ok")] for c in cases}
+    labs = [c for c in cases if c.startswith("lab-")]
+    cases = [c for c in cases if not c.startswith("lab-")]
     lines = ["| case | runs ok | " + " | ".join(label for _, label in METRICS) + " |", "|---|---|" + "---|" * len(METRICS)]
+    if labs:
+        print("\n".join(["| lab case | runs ok | " + " | ".join(label for _, label in LAB_METRICS) + " |", "|---|---|" + "---|" * len(LAB_METRICS)]
+                        + [f"| {c} | {len(ok[c])}/{len([r for r in rows if r['case'] == c])} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in LAB_METRICS) + " |" for c in labs]))
+        print()
     for c in cases:
         all_runs = [r for r in rows if r["case"] == c]
         lines.append(f"| {c} | {len(ok[c])}/{len(all_runs)} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in METRICS) + " |")
@@ -609,6 +643,8 @@ def main():
                 try:
                     if case == "eight-ports":
                         row.update(eight_ports(r, a.seconds))
+                    elif case.startswith("lab-"):
+                        row.update(lab(r, case))
                     else:
                         setup(case, r, tools)
                         row.update(measure(case, r, a.seconds))
