@@ -324,9 +324,10 @@ public final class Bridge {
     public func forEachFloodPort(vlan: VLANID, excluding ingress: PortID, countWithheld: Bool = true, _ body: (PortID, EgressTagging) -> Void) -> Int {
         var n = 0
         let group = ingress.index < ports.count ? ports[ingress.index].configuration.splitHorizonGroup : 0
+        let narrowed = floodScope != .all  // (asked once per frame, not per port)
         for port in activePorts where port != ingress {
             guard ports[port.index].configuration.flooding, ports[port.index].members.contains(vlan), ports[port.index].blockedUntil == nil else { continue }
-            if floodScope != .all, !snooped(port, vlan: vlan) { continue }
+            if narrowed, !snooped(port, vlan: vlan) { continue }
             if group != 0, ports[port.index].configuration.splitHorizonGroup == group {
                 if countWithheld { horizonWithheld &+= 1 }
                 continue

@@ -133,6 +133,14 @@ extension EncapsulationFormat {
         frame.count >= 14 && MACAddress(reading: frame, at: 6).isValidSource
     }
 
+    /// Whether `quote` starts with `header`, 8 bytes as sent, then an inner Ethernet header
+    /// from a valid source: `mayHaveSent` of a format whose header is fixed (VXLAN, Geneve).
+    public static func quote(_ quote: UnsafeRawBufferPointer, startsWith header: UInt64) -> Bool {
+        guard quote.count >= 8 else { return false }
+        var sent = header
+        return withUnsafeBytes(of: &sent) { $0.elementsEqual(quote.prefix(8)) } && looksForwarded(UnsafeRawBufferPointer(rebasing: quote.dropFirst(8)))
+    }
+
     /// The largest inner frame whose datagram fits an IP packet of `pathMTU` bytes: the path
     /// less the outer IP header (20 bytes, 40 for IPv6), UDP's 8 and what the format adds
     /// (VXLAN's 8-byte header). 1,464 for VXLAN over a 1500-byte IPv4 path (an IP MTU of
@@ -177,12 +185,7 @@ public final class VXLANFormat: EncapsulationFormat {
 
     /// This VNI's header, as sent (flags 0x08, reserved bits zero), then an inner Ethernet
     /// header from a valid source.
-    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool {
-        guard quote.count >= VXLANHeader.length else { return false }
-        var sent = header
-        let matches = withUnsafeBytes(of: &sent) { $0.elementsEqual(quote.prefix(VXLANHeader.length)) }
-        return matches && Self.looksForwarded(UnsafeRawBufferPointer(rebasing: quote.dropFirst(VXLANHeader.length)))
-    }
+    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool { Self.quote(quote, startsWith: header) }
 }
 
 /// One Ethernet frame per datagram, nothing added.

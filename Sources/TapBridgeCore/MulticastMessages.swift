@@ -137,8 +137,7 @@ extension MulticastFrame {
             let length = end - at
             guard length >= 8 else { return .malformed }
             // the ICMPv6 checksum covers the pseudo-header: source, destination, length, 58
-            let pseudo = InternetChecksum.sum(f.baseAddress! + l3 + 8, count: 32) &+ InternetChecksum.word(length & 0xFFFF)
-                &+ InternetChecksum.word(length >> 16) &+ InternetChecksum.word(58)
+            let pseudo = InternetChecksum.pseudoHeader(f.baseAddress!, l3: l3, isIPv6: true, proto: 58, length: length)
             guard InternetChecksum.fold(InternetChecksum.sum(f.baseAddress! + at, count: length, initial: pseudo)) == 0xFFFF else { return .malformed }
             switch f[at] {
             case 130: return length >= 24 ? query(mld: f, at: at, length: length) : .malformed
@@ -173,46 +172,43 @@ extension MulticastFrame {
     /// for a group, is ignored. Returns false if the message is cut short (nothing after the
     /// cut is taken; what came before it was).
     static func records(igmp f: UnsafeRawBufferPointer, at: Int, length: Int, _ body: (GroupAddress, Bool) -> Void) -> Bool {
-        let end = at + length
-        func take(_ group: GroupAddress, _ joined: Bool) {
-            if group.isMulticast, !group.isLinkLocalControl { body(group, joined) }
-        }
         switch f[at] {
-        case 0x12, 0x16: take(.v4(be32(f, at + 4)), true)
-        case 0x17: take(.v4(be32(f, at + 4)), false)
-        default:  // 0x22, IGMPv3
-            var o = at + 8
-            for _ in 0..<be16(f, at + 6) {
-                guard o + 8 <= end else { return false }
-                let type = f[o], sources = be16(f, o + 2), next = o + 8 + sources * 4 + Int(f[o + 1]) * 4
-                guard next <= end else { return false }
-                if (1...6).contains(type) { take(.v4(be32(f, o + 4)), !((type == 1 || type == 3) && sources == 0)) }
-                o = next
-            }
+        case 0x12, 0x16, 0x17: take(.v4(be32(f, at + 4)), f[at] != 0x17, body)
+        default: return v3Records(f, at: at, length: length, addressLength: 4, body)  // 0x22, IGMPv3
         }
         return true
     }
 
     /// The same for MLD: v1 reports (131) and done (132), v2 reports (143).
     static func records(mld f: UnsafeRawBufferPointer, at: Int, length: Int, _ body: (GroupAddress, Bool) -> Void) -> Bool {
-        let end = at + length
-        func take(_ group: GroupAddress, _ joined: Bool) {
-            if group.isMulticast, !group.isLinkLocalControl { body(group, joined) }
-        }
         switch f[at] {
         case 131, 132:
             guard length >= 24 else { return false }
-            take(v6(f, at + 8), f[at] == 131)
-        default:  // 143, MLDv2
-            var o = at + 8
-            for _ in 0..<be16(f, at + 6) {
-                guard o + 20 <= end else { return false }
-                let type = f[o], sources = be16(f, o + 2), next = o + 20 + sources * 16 + Int(f[o + 1]) * 4
-                guard next <= end else { return false }
-                if (1...6).contains(type) { take(v6(f, o + 4), !((type == 1 || type == 3) && sources == 0)) }
-                o = next
-            }
+            take(v6(f, at + 8), f[at] == 131, body)
+        default: return v3Records(f, at: at, length: length, addressLength: 16, body)  // 143, MLDv2
         }
         return true
+    }
+
+    /// The group records of an IGMPv3 or MLDv2 report (the same layout, with 4- or 16-byte
+    /// addresses): type, aux length, source count, group, sources, aux data.
+    static func v3Records(_ f: UnsafeRawBufferPointer, at: Int, length: Int, addressLength: Int, _ body: (GroupAddress, Bool) -> Void) -> Bool {
+        let end = at + length
+        var o = at + 8
+        for _ in 0..<be16(f, at + 6) {
+            guard o + 4 + addressLength <= end else { return false }
+            let type = f[o], sources = be16(f, o + 2), next = o + 4 + addressLength * (1 + sources) + Int(f[o + 1]) * 4
+            guard next <= end else { return false }
+            if (1...6).contains(type) {
+                take(addressLength == 4 ? .v4(be32(f, o + 4)) : v6(f, o + 4), !((type == 1 || type == 3) && sources == 0), body)
+            }
+            o = next
+        }
+        return true
+    }
+
+    /// Passes on a record's group unless it is a link-local control group or no group.
+    static func take(_ group: GroupAddress, _ joined: Bool, _ body: (GroupAddress, Bool) -> Void) {
+        if group.isMulticast, !group.isLinkLocalControl { body(group, joined) }
     }
 }

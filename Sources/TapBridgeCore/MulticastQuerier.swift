@@ -16,11 +16,11 @@ public enum MulticastQuerier {
         let l3 = f.count
         // IPv4: a 24-byte header (a router alert option), TOS 0xc0, TTL 1, IGMP, 0.0.0.0 -> 224.0.0.1
         f += [0x46, 0xC0, 0x00, 36, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 0, 224, 0, 0, 1, 0x94, 0x04, 0x00, 0x00]
-        store(checksum(f, from: l3, count: 24), in: &f, at: l3 + 10)
+        storeChecksum(in: &f, at: l3 + 10, over: l3, count: 24)
         // IGMPv3 query: max response 10 s (100), group 0, QRV 2, QQIC 125, no source
         let l4 = f.count
         f += [0x11, 100, 0, 0, 0, 0, 0, 0, 0x02, 125, 0, 0]
-        store(checksum(f, from: l4, count: 12), in: &f, at: l4 + 2)
+        storeChecksum(in: &f, at: l4 + 2, over: l4, count: 12)
         return f
     }
 
@@ -28,9 +28,8 @@ public enum MulticastQuerier {
     public static func mldQuery(from source: MACAddress) -> [UInt8] {
         var f = ethernet(to: [0x33, 0x33, 0x00, 0x00, 0x00, 0x01], from: source, type: 0x86DD)
         let l3 = f.count
-        let m = source.rawValue
-        let eui: [UInt8] = [UInt8(m >> 40 & 0xFF) ^ 0x02, UInt8(m >> 32 & 0xFF), UInt8(m >> 24 & 0xFF), 0xFF, 0xFE,
-                            UInt8(m >> 16 & 0xFF), UInt8(m >> 8 & 0xFF), UInt8(m & 0xFF)]
+        let m = source.octets
+        let eui: [UInt8] = [m[0] ^ 0x02, m[1], m[2], 0xFF, 0xFE, m[3], m[4], m[5]]
         // IPv6: payload 36 (8 hop-by-hop + 28 MLD), next header hop-by-hop, hop limit 1, fe80::EUI-64 -> ff02::1
         f += [0x60, 0, 0, 0, 0, 36, 0, 1] + [0xFE, 0x80, 0, 0, 0, 0, 0, 0] + eui + [0xFF, 0x02] + [UInt8](repeating: 0, count: 13) + [1]
         // hop-by-hop: next ICMPv6, router alert (MLD), PadN
@@ -38,26 +37,21 @@ public enum MulticastQuerier {
         let l4 = f.count
         // MLDv2 query: max response 10,000 ms, address ::, QRV 2, QQIC 125, no source
         f += [130, 0, 0, 0, 0x27, 0x10, 0, 0] + [UInt8](repeating: 0, count: 16) + [0x02, 125, 0, 0]
-        let sum = f.withUnsafeBytes { b in
-            InternetChecksum.sum(b.baseAddress! + l4, count: 28,
-                                 initial: InternetChecksum.sum(b.baseAddress! + l3 + 8, count: 32) &+ InternetChecksum.word(28) &+ InternetChecksum.word(58))
-        }
-        store(~InternetChecksum.fold(sum), in: &f, at: l4 + 2)
+        let pseudo = f.withUnsafeBytes { InternetChecksum.pseudoHeader($0.baseAddress!, l3: l3, isIPv6: true, proto: 58, length: 28) }
+        storeChecksum(in: &f, at: l4 + 2, over: l4, count: 28, initial: pseudo)
         return f
     }
 
     static func ethernet(to destination: [UInt8], from source: MACAddress, type: UInt16) -> [UInt8] {
-        let m = source.rawValue
-        return destination + (0..<6).map { UInt8(m >> UInt64(40 - 8 * $0) & 0xFF) } + [UInt8(type >> 8), UInt8(type & 0xFF)]
+        destination + source.octets + [UInt8(type >> 8), UInt8(type & 0xFF)]
     }
 
-    static func checksum(_ f: [UInt8], from start: Int, count: Int) -> UInt16 {
-        ~f.withUnsafeBytes { InternetChecksum.fold(InternetChecksum.sum($0.baseAddress! + start, count: count)) }
-    }
-
-    /// Stores a checksum computed in memory order (`InternetChecksum`) at `offset`.
-    static func store(_ value: UInt16, in f: inout [UInt8], at offset: Int) {
-        withUnsafeBytes(of: value) { f[offset] = $0[0]; f[offset + 1] = $0[1] }
+    /// Stores at `offset` the Internet checksum of `count` bytes from `start` (and `initial`,
+    /// a pseudo-header's sum); the field is zero while it is summed.
+    static func storeChecksum(in f: inout [UInt8], at offset: Int, over start: Int, count: Int, initial: UInt64 = 0) {
+        f.withUnsafeMutableBytes { b in
+            b.storeBytes(of: ~InternetChecksum.fold(InternetChecksum.sum(b.baseAddress! + start, count: count, initial: initial)), toByteOffset: offset, as: UInt16.self)
+        }
     }
 }
 

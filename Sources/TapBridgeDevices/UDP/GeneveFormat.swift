@@ -62,12 +62,7 @@ public final class GeneveFormat: EncapsulationFormat {
     }
 
     /// This VNI's header, as sent, then an inner Ethernet header from a valid source.
-    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool {
-        guard quote.count >= Self.length else { return false }
-        var sent = header
-        let matches = withUnsafeBytes(of: &sent) { $0.elementsEqual(quote.prefix(Self.length)) }
-        return matches && Self.looksForwarded(UnsafeRawBufferPointer(rebasing: quote.dropFirst(Self.length)))
-    }
+    public func mayHaveSent(_ quote: UnsafeRawBufferPointer) -> Bool { Self.quote(quote, startsWith: header) }
 }
 
 extension GeneveFormat: EncapsulationKind {
