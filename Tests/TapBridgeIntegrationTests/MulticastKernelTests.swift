@@ -136,5 +136,27 @@ struct MulticastKernelTests {
         #expect(Self.framesTo("239.7.7.7", in: pcap) == 0, "c never joined")
         #expect(one.stop() == 0 && two.stop() == 0)
     }
+
+    /// Usage.md's "Multicast" recipe as written (names made unique): three netns= hosts and
+    /// --multicast-querier; a host joins, `show mdb` names the group on its port and the
+    /// bridge's own queriers once their response time has passed.
+    @Test func theUsageRecipeShowsTheGroupAndTheQuerier() throws {
+        let lab = Lab()
+        let hosts = ["h1", "h2", "h3"].map { (port: lab.link($0), ns: lab.namespaceName($0)) }
+        let name = lab.bridgeName()
+        let bridge = try lab.bridge(hosts.enumerated().flatMap { i, h in ["--port", "\(h.port),netns=\(h.ns),addr=10.0.0.\(i + 1)/24"] }
+                                    + ["--multicast-querier", "--name", name])
+        try #require(Lab.eventually(within: 10) { lab.exec(hosts[1].ns, ["ip", "-br", "addr", "show", hosts[1].port]).output.contains("10.0.0.2") }, "\(bridge.output)")
+        let listener = try lab.background(["ip", "netns", "exec", hosts[1].ns, "/usr/bin/python3", Self.tool, "listen", "239.1.2.3", hosts[1].port, "30"])
+        #expect(Lab.eventually(within: 10) { listener.output.contains("joined") })
+        var shown = ""
+        #expect(Lab.eventually(within: 15) {
+            shown = Host.run([Host.binary, "show", "mdb", "--name", name]).output
+            let row = shown.split(separator: "\n").first { $0.contains("239.1.2.3") } ?? ""
+            return row.hasPrefix("1 ") && row.contains(hosts[1].port) && shown.contains("queriers: IGMP (this bridge's), MLD (this bridge's)")
+        }, "show mdb:\n\(shown)")
+        _ = listener.stop()
+        #expect(bridge.stop() == 0)
+    }
 }
 }
