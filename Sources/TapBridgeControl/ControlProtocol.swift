@@ -323,10 +323,14 @@ public struct MDBReport: Codable, Sendable, Equatable {
     /// The queriers that count now: without one for a VLAN and IP version, its multicast is
     /// flooded.
     public var queriers: [Querier]
+    /// The table is full (a report for one more group came): nothing is narrowed until
+    /// groups age out.
+    public var tableFull: Bool = false
     public var groups: [Member]
     public var routers: [Router]
 
-    public init(snooping: Bool, querier: Bool, queriers: [Querier], groups: [Member], routers: [Router]) {
+    public init(snooping: Bool, querier: Bool, queriers: [Querier], tableFull: Bool = false, groups: [Member], routers: [Router]) {
+        self.tableFull = tableFull
         self.snooping = snooping
         self.querier = querier
         self.queriers = queriers

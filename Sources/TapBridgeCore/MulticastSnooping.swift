@@ -24,7 +24,10 @@ public struct MulticastSnooping {
         /// How long a membership lasts after a leave: the last member query time (2 × 1 s), in
         /// which another host behind the port that still wants the group answers a querier.
         public var leaveTime: Duration = .seconds(2)
-        /// Most (VLAN, group) entries; past it new groups are flooded (the kernel's hash_max).
+        /// Most (VLAN, group) entries (the kernel's hash_max). A report for one more turns
+        /// narrowing off, every multicast frame flooded, until entries age out below it: as the
+        /// kernel turns snooping off there, so that a host that fills the table cannot cut the
+        /// other hosts' groups off (their frames would go to the routers only).
         public var maximumGroups = 4096
         /// This bridge sends general queries itself (`--multicast-querier`): a querier is
         /// always known.
@@ -54,7 +57,7 @@ public struct MulticastSnooping {
             Counter("queries", \.queries, "IGMP and MLD queries heard: their ports lead to a querier"),
             Counter("router_messages", \.routerMessages, "PIM hellos and multicast router advertisements heard"),
             Counter("malformed", \.malformed, "IGMP and MLD messages that did not parse or failed their checksum (dropped)"),
-            Counter("groups_refused", \.groupsRefused, "Reports for a new group past the 4096 the table holds (its frames are flooded)"),
+            Counter("groups_refused", \.groupsRefused, "Reports for a new group past the 4096 the table holds (every multicast frame is flooded until groups age out)"),
             Counter("groups", \.groups, "Groups (per VLAN) with members now", gauge: true),
         ]
     }
@@ -81,13 +84,19 @@ public struct MulticastSnooping {
     var ownQuerierFrom = Int64.min
     /// No membership or router port ends before this (nil: none exists).
     var nextExpiry: Int64? = nil
+    /// The table was full when a report for a new group came: nothing is narrowed until it
+    /// has room again.
+    public internal(set) var isOverflowing = false
 
     public init(configuration: Configuration = Configuration()) { self.configuration = configuration }
 
     mutating func join(_ key: Key, port: PortID, now: Int64) {
         let until = now &+ configuration.membershipInterval.nanoseconds
         if members[key] == nil {
-            guard members.count < configuration.maximumGroups else { return statistics.groupsRefused &+= 1 }
+            guard members.count < configuration.maximumGroups else {
+                isOverflowing = true
+                return statistics.groupsRefused &+= 1
+            }
             statistics.groups &+= 1
         }
         members[key, default: [:]][port] = until
@@ -132,9 +141,17 @@ public struct MulticastSnooping {
         nextExpiry = min(nextExpiry ?? until, until)
     }
 
+    /// A group went: the table has room again.
+    mutating func dropped(_ key: Key) {
+        members[key] = nil
+        statistics.groups &-= 1
+        isOverflowing = false
+    }
+
     /// Whether a querier is known in `vlan` for IPv6 (`v6`) or IPv4 groups.
     @inline(__always)
     func hasQuerier(_ vlan: VLANID, v6: Bool, now: Int64) -> Bool {
+        if isOverflowing { return false }  // (narrowing is off while the table is full)
         if configuration.isQuerier, now >= ownQuerierFrom { return true }
         guard let q = queriers[Int(vlan.rawValue) * 2 + (v6 ? 1 : 0)] else { return false }
         return now >= q.from && now < q.until
@@ -153,8 +170,7 @@ public struct MulticastSnooping {
         if ports.values.contains(where: { $0 <= now }) {
             ports = ports.filter { $0.value > now }
             if ports.isEmpty {
-                members[key] = nil
-                statistics.groups &-= 1
+                dropped(key)
                 return false
             }
             members[key] = ports
@@ -177,8 +193,7 @@ public struct MulticastSnooping {
         for (key, ports) in members {
             let live = ports.filter { $0.value > now }
             if live.isEmpty {
-                members[key] = nil
-                statistics.groups &-= 1
+                dropped(key)
             } else {
                 if live.count != ports.count { members[key] = live }
                 nextExpiry = min(nextExpiry ?? .max, live.values.min()!)
@@ -196,8 +211,7 @@ public struct MulticastSnooping {
     mutating func remove(_ port: PortID) {
         for (key, ports) in members where ports[port] != nil {
             if ports.count == 1 {
-                members[key] = nil
-                statistics.groups &-= 1
+                dropped(key)
             } else {
                 members[key]?[port] = nil
             }
@@ -209,6 +223,7 @@ public struct MulticastSnooping {
     /// bridge's own (every VLAN: `vlan` nil) and those heard.
     public func activeQueriers(now: Instant) -> [(vlan: VLANID?, v6: Bool)] {
         let t = now.nanoseconds
+        if isOverflowing { return [] }
         var out: [(vlan: VLANID?, v6: Bool)] = configuration.isQuerier && t >= ownQuerierFrom ? [(nil, false), (nil, true)] : []
         for (key, q) in queriers.sorted(by: { $0.key < $1.key }) where t >= q.from && t < q.until {
             out.append((VLANID(UInt16(key / 2)), key % 2 == 1))

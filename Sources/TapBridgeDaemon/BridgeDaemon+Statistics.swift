@@ -91,6 +91,7 @@ extension BridgeDaemon {
         let c = engine.bridge.configuration.multicast
         return MDBReport(snooping: c.isEnabled, querier: c.isQuerier,
                          queriers: engine.bridge.snooping.activeQueriers(now: now).map { .init(vlan: $0.vlan.map { Int($0.rawValue) }, ip: $0.v6 ? "ipv6" : "ipv4") },
+                         tableFull: engine.bridge.snooping.isOverflowing,
                          groups: listing.groups.map { .init(vlan: Int($0.key.vlan.rawValue), group: "\($0.key.group)", port: engine.name(of: $0.port), expiresSeconds: $0.seconds) },
                          routers: listing.routers.map { .init(vlan: Int($0.vlan.rawValue), port: engine.name(of: $0.port), expiresSeconds: $0.seconds) })
     }

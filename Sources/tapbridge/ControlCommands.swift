@@ -237,6 +237,7 @@ struct Show: ParsableCommand {
                 print("")
                 print(table(["VLAN", "ROUTER PORT", "EXPIRES"], m.routers.map { ["\($0.vlan)", $0.port, "\(Int($0.expiresSeconds.rounded(.up))) s"] }))
             }
+            if m.tableFull { return print("\nthe table is full (\(m.groups.count) groups): every multicast frame is flooded until groups age out") }
             let known = m.queriers.map { "\($0.ip == "ipv6" ? "MLD" : "IGMP") \($0.vlan.map { "in VLAN \($0)" } ?? "(this bridge's)")" }
             print("\nqueriers: " + (known.isEmpty ? "none yet: every multicast frame is flooded" + (m.querier ? " until hosts had 10 s to answer this bridge's first query" : " (--multicast-querier makes this bridge one)") : known.joined(separator: ", ")))
         }

@@ -164,6 +164,26 @@ struct MulticastSnoopingTests {
         #expect(Self.receivers(lan, "udpTo239", on: 0) == [2, 3], "port 1 did not answer the group query within 2 x 1 s")
     }
 
+    /// A host that reports more groups than the table holds turns narrowing off (as the
+    /// kernel turns snooping off), so it cannot cut the others' groups off; once groups age
+    /// out below the limit, narrowing is back.
+    @Test func aFullTableFloodsUntilGroupsAgeOut() {
+        var config = Bridge.Configuration(multicast: .init(isQuerier: true))
+        config.multicast.maximumGroups = 1
+        let lan = Self.lan(configuration: config)
+        Self.receivers(lan, "igmpv2Report", on: 1)
+        #expect(Self.receivers(lan, "udpTo239", on: 0) == [1])
+        lan.clock.advance(by: .seconds(100))
+        Self.receivers(lan, "mldv1Report", on: 2)  // one group too many
+        #expect(lan.bridge.snooping.isOverflowing && lan.bridge.snooping.statistics.groupsRefused == 1)
+        #expect(Self.receivers(lan, "udpTo239", on: 0) == [1, 2, 3], "the table is full: flooded")
+        #expect(lan.bridge.snooping.activeQueriers(now: lan.clock.now).isEmpty)
+        lan.clock.advance(by: .seconds(161))  // 239.1.2.3's membership ends
+        lan.engine.expire(at: lan.clock.now)
+        #expect(!lan.bridge.snooping.isOverflowing)
+        #expect(Self.receivers(lan, "udpTo239", on: 0) == [], "room again: an unknown group, to the routers only")
+    }
+
     @Test func multicastFloodPortsAndSnoopingOffGetEverything() {
         let flood = Self.lan(4, configuration: .init(multicast: .init(isQuerier: true)),
                              [PortConfiguration(), PortConfiguration(), PortConfiguration(multicastFlood: true), PortConfiguration()])
