@@ -233,14 +233,17 @@ public struct StatsReport: Codable, Sendable, Equatable {
     public var streams: StreamStatistics? = nil
     /// IGMP/MLD snooping (absent with --no-multicast-snooping).
     public var multicast: MulticastSnooping.Statistics? = nil
+    /// Floods that waited to go out a share at a time (absent from bridges before it).
+    public var floodBacklog: FloodBacklogStatistics? = nil
     /// The control socket the answer came through: set by `tapbridge list` (the bridge does
     /// not send it).
     public var control: String? = nil
 
     public init(name: String, version: String, uptimeSeconds: Double, ports: Int, fdb: ForwardingTable.Statistics, udp: UDP?,
                 mirror: PcapMirror.Statistics?, loops: LoopStatistics? = nil, streams: StreamStatistics? = nil,
-                multicast: MulticastSnooping.Statistics? = nil) {
+                multicast: MulticastSnooping.Statistics? = nil, floodBacklog: FloodBacklogStatistics? = nil) {
         self.multicast = multicast
+        self.floodBacklog = floodBacklog
         self.name = name
         self.version = version
         self.uptimeSeconds = uptimeSeconds

@@ -40,6 +40,7 @@ public struct Statistics: Sendable {
         if let l = stats.loops { out.append(("loops", Self.fields(l))) }
         if let s = stats.streams { out.append(("streams", Self.fields(s))) }
         if let m = stats.multicast { out.append(("multicast", Self.fields(m))) }
+        if let b = stats.floodBacklog { out.append(("flood_backlog", Self.fields(b))) }
         return out
     }
 

@@ -88,6 +88,10 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
     /// ingress port, or a membership report with no multicast router to go to: snooping keeps
     /// it from the other ports.
     case noListener
+    /// A broadcast or multicast frame to many ports that found the bridge's flood backlog full
+    /// (its writes were that far behind, `ForwardingEngine.backlogByteLimit`): counted on the
+    /// port it came from.
+    case floodBacklog
     /// Received on a port that was removed while its frames were on their way: counted on no
     /// port (there is none), only returned by `decide`.
     case portRemoved
@@ -129,6 +133,7 @@ public enum DropReason: Int, CaseIterable, Sendable, CustomStringConvertible {
         case .offloadTinySegments: "offload_tiny_segments"
         case .malformedMulticast: "malformed_multicast"
         case .noListener: "no_listener"
+        case .floodBacklog: "flood_backlog"
         }
     }
 }

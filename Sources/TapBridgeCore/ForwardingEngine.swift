@@ -27,6 +27,17 @@ public final class ForwardingEngine {
     var isFlooding = false
     /// Completes checksums and segments super-frames for egress ports that cannot take them.
     let finisher = OffloadFinisher()
+    /// A flood of a group-addressed frame to this many ports or more waits in the backlog and
+    /// goes out a share per round (`FloodBacklog`); fewer go out at once.
+    public var deferredFanOut = 32
+    /// A device with this many frames in the backlog is not read until they are sent.
+    public var holdBackAt = 64
+    /// The most bytes of frames the backlog holds (a flood beyond is dropped: `flood_backlog`).
+    public var backlogByteLimit = 32 << 20
+    var backlog = FloodBacklog()
+    /// The ports of the flood being forwarded (reused: no allocation per frame).
+    @exclusivity(unchecked) var floodTargets: [PortID] = []
+    @exclusivity(unchecked) var floodOthers: [PortID] = []
 
     @exclusivity(unchecked) var devices: [(any PortDevice)?] = []
     /// Each port's link MTU (`OffloadCapabilities.linkMTU`; 0: none), indexed like `devices`,
@@ -123,6 +134,7 @@ public final class ForwardingEngine {
         slotsByDevice[ObjectIdentifier(device)] = nil
         slotDevices[slot] = nil
         freeSlots.append(slot)
+        backlog.purge(slot: slot)
     }
 
     /// Removes every port `device` carries; returns their IDs.
@@ -233,32 +245,14 @@ public final class ForwardingEngine {
             isFlooding = true
             defer { isFlooding = false }
             let tagged = normalizeTag(i, vlan: vlan)
-            let first: EgressTagging = tagged ? .tagged : .untagged
-            var others = false
-            var sent = bridge.forEachFloodPort(vlan: vlan, excluding: ingress) { port, tagging in
-                if tagging == first {
-                    transmit(i, via: devices[port.index], to: port, wireFrames: wire)
-                } else {
-                    others = true
-                }
+            let firstCount = collectFloodTargets(vlan: vlan, excluding: ingress, first: tagged ? .tagged : .untagged)
+            if floodTargets.isEmpty {
+                bridge.countDrop(on: ingress, bridge.floodScope == .all ? .noEgressPort : .noListener)
+            } else if defersFlood(i, from: ingress) {
+                deferFlood(i, from: ingress, vlan: vlan, wire: wire, firstIsTagged: tagged, firstCount: firstCount)
+            } else {
+                _ = sendFlood(i, floodTargets, firstCount: firstCount, firstIsTagged: tagged, vlan: vlan, wire: wire, from: 0, to: floodTargets.count)
             }
-            if others {
-                sent = 0
-                if tagged {
-                    batch.removeTag(i)
-                } else if !batch.insertTag(i, tagProtocol: bridge.configuration.vlanProtocol, controlInformation: vlan.rawValue) {
-                    // no room for the tag: every port that needed it misses this frame
-                    bridge.forEachFloodPort(vlan: vlan, excluding: ingress, countWithheld: false) { port, tagging in
-                        if tagging != first { bridge.countDrop(on: port, .frameTooLarge) }
-                    }
-                    return
-                }
-                bridge.forEachFloodPort(vlan: vlan, excluding: ingress, countWithheld: false) { port, tagging in
-                    if tagging != first { transmit(i, via: devices[port.index], to: port, wireFrames: wire) }
-                    sent += 1
-                }
-            }
-            if sent == 0 { bridge.countDrop(on: ingress, bridge.floodScope == .all ? .noEgressPort : .noListener) }
         }
     }
 

@@ -82,7 +82,8 @@ extension BridgeDaemon {
         return StatsReport(name: bridgeName, version: version, uptimeSeconds: Double(now.nanoseconds - started) / 1e9,
                            ports: engine.ports.count, fdb: engine.bridge.table.statistics, udp: udp, mirror: mirror?.statistics,
                            loops: engine.bridge.loopStatistics, streams: streamStatistics,
-                           multicast: engine.bridge.configuration.multicast.isEnabled ? engine.bridge.snooping.statistics : nil)
+                           multicast: engine.bridge.configuration.multicast.isEnabled ? engine.bridge.snooping.statistics : nil,
+                           floodBacklog: engine.backlogStatistics)
     }
 
     /// `show mdb`: the groups with members and the multicast router ports, by port name.

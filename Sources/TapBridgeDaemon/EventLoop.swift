@@ -195,6 +195,8 @@ public final class PortsSource: EventSource {
     /// other sources, signals first, even when thousands of ports each have work: SIGTERM was
     /// once ignored for 15 minutes by a bridge of 10,000 ports flooding each other's chatter.
     public var roundBudget: Int64 = 20_000_000
+    /// How long each round sends floods from the backlog (nanoseconds), after the reads.
+    public var backlogShare: Int64 = 150_000
     /// This round's devices, each once (`marks[k] == round`), and what epoll said.
     var work: [Int] = []
     var marks: [UInt64] = []
@@ -258,7 +260,7 @@ public final class PortsSource: EventSource {
         }
     }
 
-    public func deadline() -> Int64? { pending || wakeAtOnce || !unwatched.isEmpty ? 0 : nil }
+    public func deadline() -> Int64? { pending || wakeAtOnce || !unwatched.isEmpty || engine.hasBacklog ? 0 : nil }
 
     public func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
         let all = pending
@@ -289,7 +291,10 @@ public final class PortsSource: EventSource {
                 work.append(k)
             }
         }
+        let holding = engine.hasBacklog
         for (i, k) in work.enumerated() {
+            // (a device far behind on its floods waits for them; ready again once they are out)
+            if holding, engine.isHeldBack(owners[k]) { continue }
             do {
                 if try engine.service(owners[k], at: now) >= engine.budgetPerService {
                     carried.append(k)
@@ -305,7 +310,18 @@ public final class PortsSource: EventSource {
                 break
             }
         }
+        drainBacklog()
         return nil
+    }
+
+    /// Sends floods from the backlog for `backlogShare` after the reads, in pieces of 32 copies
+    /// (`FloodBacklog`): a frame between two ports read next round waits for at most this share.
+    func drainBacklog() {
+        guard engine.hasBacklog else { return }
+        let start = EventLoop.now()
+        repeat {
+            engine.drainBacklog(budget: 32)
+        } while engine.hasBacklog && EventLoop.now().duration(since: start).nanoseconds < backlogShare
     }
 }
 

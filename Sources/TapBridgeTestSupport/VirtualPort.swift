@@ -144,6 +144,7 @@ public final class VirtualLAN {
         while true {
             var round = 0
             for d in devices { round += (try? engine.service(d, at: clock.now)) ?? 0 }
+            round += engine.drainBacklog(budget: .max)
             if round == 0 { return total }
             total += round
         }

@@ -122,4 +122,23 @@ struct EventLoopTests {
         // first: asleep (no traffic yet); then within 50 ms of the ready round: 0, 0; then 61 ms: asleep
         #expect(poller.timeouts == [-1, 0, 0, -1], "\(poller.timeouts)")
     }
+
+    /// Floods waiting in the engine's backlog keep the ports' source due at once, and each
+    /// round sends a share of them (here one piece of 32 copies: `backlogShare` 0), until none wait.
+    @Test func floodsInTheBacklogGoOutAShareARoundAndKeepTheLoopAwake() throws {
+        let lan = VirtualLAN(ports: 300)
+        lan.inject(FrameFactory.frame(to: MACAddress(rawValue: 0xFFFF_FFFF_FFFF), from: FrameFactory.host(1)), on: 0)
+        _ = try lan.engine.service(lan.devices[0], at: lan.clock.now)
+        let ports = try PortsSource(engine: lan.engine, failed: { _, _ in })
+        ports.backlogShare = 0
+        var rounds = 0
+        while ports.deadline() == 0 {
+            _ = ports.service(ready: [], now: lan.clock.now)
+            rounds += 1
+            let copies = lan.portsWithTraffic.count
+            #expect(copies == min(299, 32 * rounds), "round \(rounds): got \(copies) ports with the broadcast")
+            if rounds > 20 { break }
+        }
+        #expect(rounds == 10 && !lan.engine.hasBacklog, "got \(rounds) rounds")
+    }
 }
