@@ -25,6 +25,8 @@ let package = Package(
         .target(name: "TapBridgeCore", swiftSettings: strict),
         // C shim for the ioctls and socket options Swift cannot call (TUNSETIFF, PACKET_AUXDATA).
         .target(name: "CTapBridge"),
+        // liburing glue: TAP writes batched into one io_uring submission per round.
+        .target(name: "CTapBridgeUring", linkerSettings: [.linkedLibrary("uring")]),
         // libpcap glue: a pcap writer that never blocks, BPF filters, injection, reading back.
         .target(name: "CTapBridgePcap", linkerSettings: [.linkedLibrary("pcap")]),
         // Mirroring: pcap files, BPF filters, mirror interfaces.
@@ -37,7 +39,7 @@ let package = Package(
         .target(
             name: "TapBridgeDevices",
             dependencies: [
-                "TapBridgeCore", "CTapBridge", .product(name: "Logging", package: "swift-log"),
+                "TapBridgeCore", "CTapBridge", "CTapBridgeUring", .product(name: "Logging", package: "swift-log"),
                 .product(name: "Crypto", package: "swift-crypto"),
             ],
             swiftSettings: strict),

@@ -21,6 +21,8 @@ Cases:
   kernel-bridge    veth pairs on a kernel bridge (the anchor of TAP-TAP and TAP-veth)
   relay            Docs/bench/anchors/relay.c: poll(2) TAP-to-TAP copy, one frame per syscall
   relay-vnet       relay -v: the same with the vnet header and TSO (64 KiB super-frames)
+  relay-vnet-uring relay-vnet writing each wake-up's frames with one io_uring submission (liburing):
+                   what batching the TAP writes buys a minimal relay
   vde              vde_switch with two TAPs
   tap-veth         tapbridge, a veth in A reached through a packet port, a TAP in B
   tap-veth-off     the same with --offload off
@@ -52,6 +54,11 @@ Cases:
                    (lab_tap_writes); -querier with --multicast-querier (snooping narrows once its first
                    query's 10 s are over), -flood with --no-multicast-snooping (every multicast frame to
                    every port, as before snooping)
+  many-remotes-1, many-remotes  tap-remote-tap, bridge A with 1 remote (B) or 64 (B and 63 sinks: UDP
+                   sockets on 127.0.0.1 that count what they get): the unicast figures A to B, then 3 s
+                   of IPv4 broadcasts from A's host, 2,000 a second: bridge A's CPU time per
+                   broadcast (bcast_us_per_frame) and the share of the copies the sinks got
+                   (bcast_delivered): what a flood costs per remote
   tap-linux-vxlan  WireFormats.md's "The Linux vxlan device" as written: a tapbridge (TAP in A) with a
                    VXLAN remote to a Linux vxlan device that is B's interface (no dev, MTU 1500), over
                    a veth of MTU 1500; linux-vxlan-tap the same with the Linux device in A (the other
@@ -93,13 +100,14 @@ UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
 
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
-CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "vde", "tap-veth", "tap-veth-off",
+CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "relay-vnet-uring", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
          "tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood", "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
          "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
-         "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022", "lab-256", "lab-256-querier", "lab-256-flood"]
+         "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022", "lab-256", "lab-256-querier", "lab-256-flood",
+         "many-remotes-1", "many-remotes"]
 # (tapbridge case, anchor case): the ratios the summary prints
-RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "relay"), ("tap-tap", "vde"),
+RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("relay-vnet-uring", "relay-vnet"), ("relay-vnet-uring", "kernel-bridge"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
           ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood"), ("tap-remote-tap-1500", "kernel-vxlan"),
@@ -107,13 +115,15 @@ RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("tap-tap", "
           ("tap-remote-tap-busy", "tap-remote-tap"), ("tap-remote-tap-kernel", "kernel-vxlan"), ("tap-remote-tap-kernel", "tap-remote-tap"),
           ("tap-remote-tap-kernel-busy", "kernel-vxlan"), ("tap-remote-tap", "kernel-bridge-vxlan"),
           ("tap-remote-tap-kernel", "kernel-bridge-vxlan"), ("tap-remote-tap-kernel-busy", "kernel-bridge-vxlan"),
-          ("tap-linux-vxlan", "linux-vxlan-tap"), ("tap-linux-vxlan", "kernel-vxlan"), ("linux-vxlan-tap", "kernel-vxlan"),
+          ("many-remotes", "many-remotes-1"), ("tap-linux-vxlan", "linux-vxlan-tap"), ("tap-linux-vxlan", "kernel-vxlan"), ("linux-vxlan-tap", "kernel-vxlan"),
           ("tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel"), ("tap-linux-vxlan-kernel", "kernel-vxlan"), ("linux-vxlan-tap-kernel", "kernel-vxlan"),
           ("tap-linux-vxlan-kernel", "tap-linux-vxlan"), ("linux-vxlan-tap-kernel", "linux-vxlan-tap"),
           ("linux-vxlan-tap-txoff", "linux-vxlan-tap"), ("idle-254", "idle-0"), ("idle-1022", "idle-0")]
 LAB_METRICS = [("lab_rtt_p99_ms", "ping p99 ms"), ("lab_rtt_max_ms", "ping max ms"), ("lab_lost", "pings lost"), ("lab_tap_writes", "port writes")]
 METRICS = [("tcp_gbps", "TCP Gbit/s"), ("tcp_retransmits", "TCP retr"), ("udp64_kpps", "UDP64 kpps"), ("rtt_ms", "ping RTT ms"),
            ("cpu_pct", "fwd CPU %"), ("cpu_per_gbps", "CPU %/Gbit/s"), ("rss_mib", "peak RSS MiB")]
+BCAST_METRICS = [("bcast_sent", "broadcasts sent"), ("bcast_us_per_frame", "bridge A µs per broadcast"), ("bcast_cpu_pct", "bridge A CPU %"),
+                 ("bcast_delivered", "copies the sinks got")]
 
 
 def log(*a):
@@ -139,6 +149,7 @@ class Run:
         self.procs = []  # Popen objects we started
         self.pids = []  # forwarder PIDs (CPU, memory)
         self.extra_pids = []  # daemons that are not our children (vde_switch)
+        self.sink = None  # many-remotes: the sinks' count file
 
     def start(self, name, cmd, forwarder=True):
         out = open(os.path.join(self.work, name + ".log"), "w")
@@ -223,8 +234,9 @@ def setup(case, r, tools):
     if base == "tap-tap":
         r.start("tapbridge", [BUILD[0], "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off, *EXTRA])
         taps_into_namespaces(r)
-    elif base == "relay" or base == "relay-vnet":
-        r.start("relay", [tools["relay"], *(["-v"] if base == "relay-vnet" else []), TAP0, TAP1])
+    elif base in ("relay", "relay-vnet", "relay-vnet-uring"):
+        flags = {"relay": [], "relay-vnet": ["-v"], "relay-vnet-uring": ["-v", "-u"]}[base]
+        r.start("relay", [tools["relay-uring" if base.endswith("-uring") else "relay"], *flags, TAP0, TAP1])
         taps_into_namespaces(r)
     elif base == "vde":
         pidfile = os.path.join(r.work, "vde.pid")
@@ -305,6 +317,15 @@ def setup(case, r, tools):
                 r.start("tapbridge-" + name, [BUILD[0], "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
                                               "--remote", f"127.0.0.1:{theirs}{sealed[name][1]}", *sealed[name][0], *off, *EXTRA])
             taps_into_namespaces(r)
+    elif base.startswith("many-remotes"):
+        sinks = [] if base.endswith("-1") else [SINK_BASE + k for k in range(63)]
+        if sinks:
+            r.sink = os.path.join(r.work, "sink-count")
+            r.start("sink", [sys.executable, "-c", SINK, r.sink, *map(str, sinks)], forwarder=False)
+        for name, tap, mine, theirs, more in (("a", TAP0, UDP_A, UDP_B, sinks), ("b", TAP1, UDP_B, UDP_A, [])):
+            r.start("tapbridge-" + name, [BUILD[0], "--name", PREFIX + name, "--port", tap, "--listen", f"127.0.0.1:{mine}",
+                                          "--remote", f"127.0.0.1:{theirs}", *[a for k in more for a in ("--remote", f"127.0.0.1:{k}")], *off, *EXTRA])
+        taps_into_namespaces(r)
     elif base == "kernel-vxlan":
         run(["ip", "link", "add", PREFIX + "ua", "netns", NS_A, "type", "veth", "peer", "name", PREFIX + "ub", "netns", NS_B])
         for n, side, underlay, peer, ip in ((NS_A, "a", "10.98.0.1", "10.98.0.2", IP_A), (NS_B, "b", "10.98.0.2", "10.98.0.1", IP_B)):
@@ -452,8 +473,79 @@ def attack_received(r):
     return row
 
 
+SINK_BASE = 47400  # many-remotes: the sinks' ports on 127.0.0.1
+# many-remotes: counts the datagrams that reach the ports given, writes the count to a file
+# every 0.2 s (path first), until it is stopped
+SINK = """
+import os, select, socket, sys, time
+path, socks = sys.argv[1], []
+for port in sys.argv[2:]:
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+    s.bind(("127.0.0.1", int(port)))
+    s.setblocking(False)
+    socks.append(s)
+ep, n, last = select.epoll(), 0, 0.0
+for s in socks:
+    ep.register(s.fileno(), select.EPOLLIN)
+by_fd = {s.fileno(): s for s in socks}
+while True:
+    for fd, _ in ep.poll(0.2):
+        try:
+            while True:
+                by_fd[fd].recv(65536)
+                n += 1
+        except BlockingIOError:
+            pass
+    if time.time() - last > 0.2:
+        with open(path + ".tmp", "w") as f:
+            f.write(str(n))
+        os.replace(path + ".tmp", path)
+        last = time.time()
+"""
+# many-remotes: sends `rate` IPv4 broadcasts a second for `seconds` from A's host, in bursts
+# every 10 ms; prints how many it sent
+BROADCASTER = """
+import socket, sys, time
+rate, seconds = int(sys.argv[1]), float(sys.argv[2])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_BROADCAST, 1)
+burst, sent, t0 = rate // 100, 0, time.time()
+while time.time() - t0 < seconds:
+    for _ in range(burst):
+        s.sendto(b"x" * 18, ("10.99.0.255", 9))
+        sent += 1
+    time.sleep(max(0.0, t0 + sent / rate - time.time()))
+print(sent)
+"""
+
+
+def sink_count(r):
+    try:
+        return int(open(r.sink).read())
+    except (OSError, ValueError):
+        return 0
+
+
+def broadcast_cost(r, rate=2000, seconds=3):
+    """Bridge A's CPU per broadcast from A's host, and the share of copies the sinks got."""
+    sinks = 0 if r.sink is None else 63
+    time.sleep(0.5)
+    before_sink = sink_count(r) if sinks else 0
+    ticks0, t0 = ticks(r.pids[:1]), time.time()
+    sent = int(ns(NS_A, sys.executable, "-c", BROADCASTER, str(rate), str(seconds), timeout=seconds + 30).strip())
+    cpu_s = (ticks(r.pids[:1]) - ticks0) / HZ
+    row = {"bcast_sent": sent, "bcast_us_per_frame": round(cpu_s * 1e6 / sent, 2) if sent else None,
+           "bcast_cpu_pct": round(cpu_s / (time.time() - t0) * 100, 1)}
+    if sinks:
+        time.sleep(0.6)  # (the sink writes its count every 0.2 s)
+        row["bcast_delivered"] = round((sink_count(r) - before_sink) / (sent * sinks), 3) if sent else None
+    return row
+
+
 def is_tapbridge(case):
-    return case.startswith("tap") or case.startswith("linux-vxlan-tap") or case.startswith("idle-") or case == "eight-ports" or case.startswith("lab-")
+    return (case.startswith("tap") or case.startswith("linux-vxlan-tap") or case.startswith("idle-") or case == "eight-ports"
+            or case.startswith("lab-") or case.startswith("many-remotes"))
 
 
 def lab(r, case, hosts=256):
@@ -528,9 +620,15 @@ def tools_ready(cases, plot):
     work = tempfile.mkdtemp(prefix="netbench-")
     relay = os.path.join(work, "relay")
     run(["cc", "-O2", "-Wall", "-o", relay, os.path.join(ROOT, "Docs/bench/anchors/relay.c")])
+    tools_out = {}
+    if "relay-vnet-uring" in cases:
+        if not os.path.exists("/usr/include/liburing.h"):
+            run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "liburing-dev"], check=False, timeout=600)
+        tools_out["relay-uring"] = os.path.join(work, "relay-uring")
+        run(["cc", "-O2", "-Wall", "-DWITH_URING", "-o", tools_out["relay-uring"], os.path.join(ROOT, "Docs/bench/anchors/relay.c"), "-luring"])
     flood = os.path.join(work, "flood")
     run(["cc", "-O2", "-Wall", "-o", flood, os.path.join(ROOT, "Docs/bench/anchors/flood.c")])
-    return {"relay": relay, "flood": flood, "work": work}
+    return {"relay": relay, "flood": flood, "work": work, **tools_out}
 
 
 def median_cell(values):
@@ -551,6 +649,11 @@ def summarize(rows, plot=None):
     if labs:
         print("\n".join(["| lab case | runs ok | " + " | ".join(label for _, label in LAB_METRICS) + " |", "|---|---|" + "---|" * len(LAB_METRICS)]
                         + [f"| {c} | {len(ok[c])}/{len([r for r in rows if r['case'] == c])} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in LAB_METRICS) + " |" for c in labs]))
+        print()
+    bcasts = [c for c in cases if c.startswith("many-remotes")]
+    if bcasts:
+        print("\n".join(["| broadcast case | runs ok | " + " | ".join(label for _, label in BCAST_METRICS) + " |", "|---|---|" + "---|" * len(BCAST_METRICS)]
+                        + [f"| {c} | {len(ok[c])}/{len([r for r in rows if r['case'] == c])} | " + " | ".join(median_cell([r.get(k) for r in ok[c]]) for k, _ in BCAST_METRICS) + " |" for c in bcasts]))
         print()
     for c in cases:
         all_runs = [r for r in rows if r["case"] == c]
@@ -650,6 +753,8 @@ def main():
                         row.update(measure(case, r, a.seconds))
                         if case.endswith("-attacked"):
                             row.update(attack_received(r))
+                        if case.startswith("many-remotes"):
+                            row.update(broadcast_cost(r))
                     row["ok"] = True
                 except Exception as e:  # one failed run is recorded, the others go on
                     row.update(ok=False, error=str(e)[:300])

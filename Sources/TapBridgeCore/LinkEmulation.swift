@@ -308,21 +308,22 @@ public final class ImpairedDevice: PortDevice {
     /// Sends the frames due now (those without a delay leave at the end of the batch), and
     /// lets the device send what it queued.
     public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
-        if !emulator.isEmpty { releaseDue(at: clock()) }
         inner.flush(report)
+        if !emulator.isEmpty { releaseDue(at: clock()) }
     }
 
     /// When the next delayed frame is due.
     public var nextDeparture: Instant? { emulator.nextDeparture.map { Instant(nanoseconds: $0) } }
 
-    /// Sends every frame due at `now` through the device (a TAP or a packet socket: they send
-    /// at once, and report nothing at `flush`). They were counted when the link took them: what
-    /// the device says of them now is not counted again.
+    /// Sends every frame due at `now` through the device, and lets it send what it queued (a
+    /// TAP batches its writes). They were counted when the link took them: what the device says
+    /// of them now is not counted again (`flush` reports the engine's frames before this).
     public func releaseDue(at now: Instant) {
         guard let port else { return }
         emulator.release(now: now.nanoseconds) { frame, offload in
             _ = inner.transmit(frame, offload: offload, to: port)
         }
+        inner.flush { _, _, _, _ in }
     }
 
     public func reconfigure(_ impairment: Impairment) {

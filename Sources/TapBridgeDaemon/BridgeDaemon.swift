@@ -111,6 +111,9 @@ public final class BridgeDaemon {
         self.engine = engine
         loop = EventLoop(logger: logger)
         loop.busyPoll = settings.busyPoll.nanoseconds
+        if !settings.noIOURing, let why = TapWriter.start() {
+            logger.notice("TAP writes: one write(2) per frame (\(why))")
+        }
         var failed: (any PortDevice, PortError) -> Void = { _, _ in }
         ports = try PortsSource(engine: engine) { failed($0, $1) }
         // the name is claimed before anything is opened: of two bridges started at once with

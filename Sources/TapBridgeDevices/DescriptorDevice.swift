@@ -103,6 +103,9 @@ public class DescriptorDevice: PortDevice {
         transmit(frame, to: port)
     }
 
+    /// Nothing queued: every frame was written when it was sent (a subclass that queues says so).
+    public func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {}
+
     /// Maps the errno of a failed write/send to a transmit outcome (EINTR is retried by the
     /// caller): a full queue is `wouldBlock`, a down link `linkDown`, a too-large frame `tooLarge`.
     static func transmitOutcome(errno code: Int32) -> TransmitOutcome {

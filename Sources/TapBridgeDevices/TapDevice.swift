@@ -179,17 +179,41 @@ public final class TapDevice: DescriptorDevice {
         }
     }
 
+    /// The last write found the link down (EIO): written directly until one succeeds
+    /// (`TapWriter`).
+    var linkDown = true
+
     public override func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
-        guard hasVnetHeader else { return transmit(frame, to: port) }
-        let rc = ctb_tap_write(fd, header(for: offload), frame.baseAddress, frame.count)
-        return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
+        if let writer = TapWriter.shared, !linkDown, !offload.isSegmentation {
+            let header = hasVnetHeader ? UnsafeRawPointer(header(for: offload)) : nil
+            if writer.queue(frame, header: header, headerLength: hasVnetHeader ? Int(CTB_VNET_HDR_LEN) : 0, port: port, fd: fd, of: self) { return .queued }
+            writer.flushEarly()  // (the queued frames first: a TAP's frames keep their order)
+        } else if let writer = TapWriter.shared, writer.queued > 0 {
+            writer.flushEarly()
+        }
+        let outcome = write(frame, offload: offload)
+        linkDown = outcome == .linkDown
+        return outcome
     }
 
     public override func transmit(_ frame: UnsafeRawBufferPointer, to port: PortID) -> TransmitOutcome {
-        if hasVnetHeader { return transmit(frame, offload: .none, to: port) }
+        transmit(frame, offload: .none, to: port)
+    }
+
+    /// One write(2) of `frame` (behind its virtio-net header, if the TAP has them).
+    func write(_ frame: UnsafeRawBufferPointer, offload: FrameOffload) -> TransmitOutcome {
+        if hasVnetHeader {
+            let rc = ctb_tap_write(fd, header(for: offload), frame.baseAddress, frame.count)
+            return rc >= 0 ? .sent : Self.transmitOutcome(errno: Int32(-rc))
+        }
         while true {
-            if write(fd, frame.baseAddress, frame.count) >= 0 { return .sent }
+            if Glibc.write(fd, frame.baseAddress, frame.count) >= 0 { return .sent }
             if errno != EINTR { return Self.transmitOutcome(errno: errno) }
         }
+    }
+
+    /// Reports the queued writes (`TapWriter`: one flush sends every TAP's).
+    public override func flush(_ report: (PortID, TransmitOutcome, _ frames: Int, _ bytes: Int) -> Void) {
+        TapWriter.shared?.flush(report)
     }
 }

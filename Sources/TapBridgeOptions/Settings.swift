@@ -46,6 +46,7 @@ public struct Settings: Sendable {
     public var loopProtect = true
     public var noMulticastSnooping = false
     public var multicastQuerier = false
+    public var noIOURing = false
     /// `--seed`: the link emulation's generator seed (nil: a random one, logged).
     public var seed: UInt64? = nil
     public var name: String? = nil

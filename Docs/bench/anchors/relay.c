@@ -1,6 +1,6 @@
 // relay.c: the smallest useful userspace switch, the anchor tapbridge is measured against.
 //
-//   relay [-v] TAP0 TAP1
+//   relay [-v] [-u] TAP0 TAP1
 //
 // Creates two TAPs and copies every frame read from one into the other, from one poll(2)
 // loop (as vtun's br_select.c does): no learning, no parsing, no counters. Up to 64 frames
@@ -8,8 +8,11 @@
 //   -v  open the TAPs with IFF_VNET_HDR and TUNSETOFFLOAD(CSUM|TSO4|TSO6): the kernel hands
 //       over, and takes back, checksum-partial 64 KiB super-frames, each behind a 10-byte
 //       virtio-net header that is passed through untouched.
+//   -u  (built with -DWITH_URING -luring) the frames read from one TAP in a wake-up are written
+//       to the other by io_uring, one io_uring_enter for the lot instead of one write(2) each:
+//       what batching the TAP side would buy (Benchmarks.md, "Batching TAP writes").
 // SIGINT or SIGTERM ends it (the TAPs go with it).
-// Build: cc -O2 -Wall -o relay relay.c
+// Build: cc -O2 -Wall -o relay relay.c   (with -u: cc -O2 -Wall -DWITH_URING -o relay relay.c -luring)
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -22,6 +25,9 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <unistd.h>
+#ifdef WITH_URING
+#include <liburing.h>
+#endif
 
 static volatile sig_atomic_t done;
 static void stop(int sig) { (void)sig; done = 1; }
@@ -45,15 +51,26 @@ static int open_tap(const char *name, int vnet) {
 }
 
 int main(int argc, char **argv) {
-	int vnet = argc > 1 && strcmp(argv[1], "-v") == 0;
-	if (argc != 3 + vnet) {
-		fprintf(stderr, "usage: relay [-v] TAP0 TAP1\n");
+	int vnet = 0, uring = 0, a = 1;
+	for (; a < argc && argv[a][0] == '-'; a++) {
+		if (strcmp(argv[a], "-v") == 0) vnet = 1;
+		else if (strcmp(argv[a], "-u") == 0) uring = 1;
+		else break;
+	}
+	if (argc != a + 2) {
+		fprintf(stderr, "usage: relay [-v] [-u] TAP0 TAP1\n");
 		return 2;
 	}
+#ifdef WITH_URING
+	struct io_uring ring;
+	if (uring && io_uring_queue_init(128, &ring, 0) < 0) { perror("io_uring_queue_init"); return 1; }
+#else
+	if (uring) { fprintf(stderr, "relay: built without io_uring (-DWITH_URING -luring)\n"); return 2; }
+#endif
 	signal(SIGINT, stop);
 	signal(SIGTERM, stop);
-	struct pollfd fds[2] = {{open_tap(argv[1 + vnet], vnet), POLLIN, 0}, {open_tap(argv[2 + vnet], vnet), POLLIN, 0}};
-	static char buffer[65536 + 64];
+	struct pollfd fds[2] = {{open_tap(argv[a], vnet), POLLIN, 0}, {open_tap(argv[a + 1], vnet), POLLIN, 0}};
+	static char buffers[64][65536 + 64];
 	while (!done) {
 		if (poll(fds, 2, 500) < 0) {
 			if (errno == EINTR) continue;
@@ -62,11 +79,28 @@ int main(int argc, char **argv) {
 		}
 		for (int i = 0; i < 2; i++) {
 			if (!(fds[i].revents & POLLIN)) continue;
-			for (int k = 0; k < 64; k++) {
-				ssize_t n = read(fds[i].fd, buffer, sizeof buffer);
+			int k = 0;
+			for (; k < 64; k++) {
+				ssize_t n = read(fds[i].fd, buffers[k], sizeof buffers[k]);
 				if (n <= 0) break;
-				(void)!write(fds[1 - i].fd, buffer, (size_t)n);  // a full queue drops the frame
+				if (!uring) {
+					(void)!write(fds[1 - i].fd, buffers[k], (size_t)n);  // a full queue drops the frame
+					continue;
+				}
+#ifdef WITH_URING
+				struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
+				io_uring_prep_write(sqe, fds[1 - i].fd, buffers[k], (unsigned)n, 0);
+#endif
 			}
+#ifdef WITH_URING
+			if (uring && k > 0) {
+				io_uring_submit_and_wait(&ring, (unsigned)k);  // (TAP writes complete at once)
+				struct io_uring_cqe *cqe;
+				unsigned head, seen = 0;
+				io_uring_for_each_cqe(&ring, head, cqe) { seen++; }
+				io_uring_cq_advance(&ring, seen);
+			}
+#endif
 		}
 	}
 	return 0;
