@@ -6,7 +6,7 @@ public import TapBridgeCore
 /// (liburing) at the engine's flush, instead of one write(2) each.
 ///
 /// A TAP takes one frame per write, and on a small frame the system call is much of the cost: a
-/// minimal C relay moved 1.4 times the 64-byte datagrams with its writes batched this way
+/// minimal C relay moved 1.3 times the 64-byte datagrams with its writes batched this way
 /// (netbench `relay-vnet-uring` against `relay-vnet`, Benchmarks.md). Each frame is copied,
 /// behind its virtio-net header, into a slot of its own (256 slots of 2 KiB, one set for the
 /// process), because the engine rewrites a flooded frame in place between ports. A frame too

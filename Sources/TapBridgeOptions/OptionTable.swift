@@ -286,7 +286,7 @@ public enum OptionTable {
             guard let d = PortSpec.duration(v) else { throw OptionError(reason: "must be a duration such as 200us, 50ms or 1s (at most 60s), or 0, got \(v)") }
             s.busyPoll = d
         },
-        flag("no-io-uring", \.noIOURing, .running, "Write to TAPs with one write(2) per frame. By default the frames a round sends to TAPs go out in one io_uring submission (1.4 times the 64-byte frames through a minimal relay, here), where the kernel allows io_uring; where it does not, the start line says so and tapbridge writes one at a time."),
+        flag("no-io-uring", \.noIOURing, .running, "Write to TAPs with one write(2) per frame. By default the frames a round sends to TAPs go out in one io_uring submission (1.3 times the 64-byte frames through a minimal relay, here), where the kernel allows io_uring; where it does not, the start line says so and tapbridge writes one at a time."),
         value("log-level", "level", .running, "trace, debug, info, notice, warning, error or critical. debug adds what the switch does: MACs learned, moved, refused, aged out; trace also unicast floods to unknown MACs (at most 50 such lines a second).",
               showsDefault: true, render: { $0.logLevel.rawValue }) { s, v throws(OptionError) in
             guard let level = Logger.Level(rawValue: v) else {
