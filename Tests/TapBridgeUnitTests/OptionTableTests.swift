@@ -17,7 +17,7 @@ struct OptionTableTests {
         "ageing": ["120"], "max-macs": ["1024"], "max-macs-per-port": ["16"], "move-hold-down": ["2"], "hub": ["true"], "loop-protect": ["off"], "seed": ["42"],
         "forward-link-local": ["true"], "no-multicast-snooping": ["true"], "multicast-querier": ["true"], "mirror": ["/tmp/x.pcap"], "mirror-filter": ["arp or icmp"], "mirror-port": ["tap0", "tap1"],
         "mirror-egress": ["true"], "mirror-iface": ["dummy0"], "mirror-rotate": ["10M,3"], "mirror-format": ["pcap"], "snaplen": ["128"], "name": ["lab"],
-        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "control-admin-group": ["sudo"], "stats-interval": ["60"], "busy-poll": ["50ms"], "log-level": ["debug"],
+        "control": ["/tmp/lab.sock"], "control-group": ["netdev"], "control-admin-group": ["sudo"], "stats-interval": ["60"], "busy-poll": ["50ms"], "no-io-uring": ["true"], "log-level": ["debug"],
         "config": [], "print-config": [],
     ]
 
