@@ -11,8 +11,6 @@
 //   -u  (built with -DWITH_URING -luring) the frames read from one TAP in a wake-up are written
 //       to the other by io_uring, one io_uring_enter for the lot instead of one write(2) each:
 //       what batching the TAP side would buy (Benchmarks.md, "Batching TAP writes").
-//   -r  with -u: the reads too: as many reads as the last wake-up found frames (and 8 more,
-//       at most 64) in one submission, those that find nothing answering EAGAIN.
 // SIGINT or SIGTERM ends it (the TAPs go with it).
 // Build: cc -O2 -Wall -o relay relay.c   (with -u: cc -O2 -Wall -DWITH_URING -o relay relay.c -luring)
 #define _GNU_SOURCE
@@ -53,15 +51,14 @@ static int open_tap(const char *name, int vnet) {
 }
 
 int main(int argc, char **argv) {
-	int vnet = 0, uring = 0, reads = 0, a = 1;
+	int vnet = 0, uring = 0, a = 1;
 	for (; a < argc && argv[a][0] == '-'; a++) {
 		if (strcmp(argv[a], "-v") == 0) vnet = 1;
 		else if (strcmp(argv[a], "-u") == 0) uring = 1;
-		else if (strcmp(argv[a], "-r") == 0) reads = 1;
 		else break;
 	}
-	if (argc != a + 2 || (reads && !uring)) {
-		fprintf(stderr, "usage: relay [-v] [-u [-r]] TAP0 TAP1\n");
+	if (argc != a + 2) {
+		fprintf(stderr, "usage: relay [-v] [-u] TAP0 TAP1\n");
 		return 2;
 	}
 #ifdef WITH_URING
@@ -74,10 +71,6 @@ int main(int argc, char **argv) {
 	signal(SIGTERM, stop);
 	struct pollfd fds[2] = {{open_tap(argv[a], vnet), POLLIN, 0}, {open_tap(argv[a + 1], vnet), POLLIN, 0}};
 	static char buffers[64][65536 + 64];
-	static int lengths[64];
-	int want[2] = {8, 8};
-	(void)lengths;
-	(void)want;
 	while (!done) {
 		if (poll(fds, 2, 500) < 0) {
 			if (errno == EINTR) continue;
@@ -86,40 +79,6 @@ int main(int argc, char **argv) {
 		}
 		for (int i = 0; i < 2; i++) {
 			if (!(fds[i].revents & POLLIN)) continue;
-#ifdef WITH_URING
-			if (reads) {
-				// K reads in one submission; those past the queue's end answer EAGAIN
-				int K = want[i];
-				for (int j = 0; j < K; j++) {
-					struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-					io_uring_prep_read(sqe, fds[i].fd, buffers[j], sizeof buffers[j], 0);
-					io_uring_sqe_set_data64(sqe, (uint64_t)j);
-				}
-				io_uring_submit_and_wait(&ring, (unsigned)K);
-				struct io_uring_cqe *cqe;
-				unsigned head, seen = 0;
-				int got = 0;
-				io_uring_for_each_cqe(&ring, head, cqe) {
-					lengths[io_uring_cqe_get_data64(cqe)] = cqe->res;
-					seen++;
-				}
-				io_uring_cq_advance(&ring, seen);
-				for (int j = 0; j < K; j++) {
-					if (lengths[j] <= 0) continue;
-					struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-					io_uring_prep_write(sqe, fds[1 - i].fd, buffers[j], (unsigned)lengths[j], 0);
-					got++;
-				}
-				if (got > 0) {
-					io_uring_submit_and_wait(&ring, (unsigned)got);
-					seen = 0;
-					io_uring_for_each_cqe(&ring, head, cqe) { seen++; }
-					io_uring_cq_advance(&ring, seen);
-				}
-				want[i] = got + 8 > 64 ? 64 : got + 8;
-				continue;
-			}
-#endif
 			int k = 0;
 			for (; k < 64; k++) {
 				ssize_t n = read(fds[i].fd, buffers[k], sizeof buffers[k]);
