@@ -23,6 +23,8 @@ Cases:
   relay-vnet       relay -v: the same with the vnet header and TSO (64 KiB super-frames)
   relay-vnet-uring relay-vnet writing each wake-up's frames with one io_uring submission (liburing):
                    what batching the TAP writes buys a minimal relay
+  relay-vnet-multishot  relay -v -m: no poll(2); a multishot read per TAP (provided buffers) and the
+                   writes batched: what batching the reads too would buy
   vde              vde_switch with two TAPs
   tap-veth         tapbridge, a veth in A reached through a packet port, a TAP in B
   tap-veth-off     the same with --offload off
@@ -100,14 +102,15 @@ UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
 
 BUSY_POLL = "50ms"  # the -busy cases' --busy-poll: longer than the pings' 20 ms gaps
-CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "relay-vnet-uring", "vde", "tap-veth", "tap-veth-off",
+CASES = ["tap-tap", "tap-tap-off", "tap-tap-busy", "kernel-bridge", "relay", "relay-vnet", "relay-vnet-uring", "relay-vnet-multishot", "vde", "tap-veth", "tap-veth-off",
          "tap-remote-tap", "tap-remote-tap-off", "tap-remote-tap-busy", "tap-remote-tap-sealed", "tap-remote-tap-1500", "tap-remote-tap-sealed-1500",
          "tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood", "tap-remote-tap-kernel", "tap-remote-tap-kernel-busy", "kernel-vxlan", "kernel-bridge-vxlan", "eight-ports",
          "tap-linux-vxlan", "linux-vxlan-tap", "tap-linux-vxlan-kernel", "linux-vxlan-tap-kernel",
          "linux-vxlan-tap-txoff", "idle-0", "idle-254", "idle-1022", "lab-256", "lab-256-querier", "lab-256-flood",
          "many-remotes-1", "many-remotes"]
 # (tapbridge case, anchor case): the ratios the summary prints
-RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("relay-vnet-uring", "relay-vnet"), ("relay-vnet-uring", "kernel-bridge"), ("tap-tap", "relay"), ("tap-tap", "vde"),
+RATIOS = [("tap-tap", "kernel-bridge"), ("tap-tap", "relay-vnet"), ("relay-vnet-uring", "relay-vnet"), ("relay-vnet-uring", "kernel-bridge"),
+          ("relay-vnet-multishot", "relay-vnet-uring"), ("relay-vnet-multishot", "kernel-bridge"), ("tap-tap", "relay"), ("tap-tap", "vde"),
           ("tap-tap-off", "relay"), ("tap-tap-off", "vde"), ("tap-veth", "kernel-bridge"), ("tap-veth-off", "kernel-bridge"),
           ("tap-remote-tap", "kernel-vxlan"), ("tap-remote-tap", "tap-remote-tap-off"), ("tap-tap", "tap-tap-off"),
           ("tap-remote-tap-sealed", "tap-remote-tap"), ("tap-remote-tap-sealed-1500", "tap-remote-tap-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500"), ("tap-remote-tap-sealed-1500-attacked", "tap-remote-tap-sealed-1500-nullflood"), ("tap-remote-tap-1500", "kernel-vxlan"),
@@ -234,9 +237,9 @@ def setup(case, r, tools):
     if base == "tap-tap":
         r.start("tapbridge", [BUILD[0], "--name", PREFIX, "--port", TAP0, "--port", TAP1, *off, *EXTRA])
         taps_into_namespaces(r)
-    elif base in ("relay", "relay-vnet", "relay-vnet-uring"):
-        flags = {"relay": [], "relay-vnet": ["-v"], "relay-vnet-uring": ["-v", "-u"]}[base]
-        r.start("relay", [tools["relay-uring" if base.endswith("-uring") else "relay"], *flags, TAP0, TAP1])
+    elif base in ("relay", "relay-vnet", "relay-vnet-uring", "relay-vnet-multishot"):
+        flags = {"relay": [], "relay-vnet": ["-v"], "relay-vnet-uring": ["-v", "-u"], "relay-vnet-multishot": ["-v", "-m"]}[base]
+        r.start("relay", [tools["relay-uring" if base.endswith(("-uring", "-multishot")) else "relay"], *flags, TAP0, TAP1])
         taps_into_namespaces(r)
     elif base == "vde":
         pidfile = os.path.join(r.work, "vde.pid")
@@ -621,7 +624,7 @@ def tools_ready(cases, plot):
     relay = os.path.join(work, "relay")
     run(["cc", "-O2", "-Wall", "-o", relay, os.path.join(ROOT, "Docs/bench/anchors/relay.c")])
     tools_out = {}
-    if "relay-vnet-uring" in cases:
+    if "relay-vnet-uring" in cases or "relay-vnet-multishot" in cases:
         if not os.path.exists("/usr/include/liburing.h"):
             run(["apt-get", "install", "-y", "-qq", "--no-install-recommends", "liburing-dev"], check=False, timeout=600)
         tools_out["relay-uring"] = os.path.join(work, "relay-uring")
