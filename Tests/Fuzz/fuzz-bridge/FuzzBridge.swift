@@ -5,9 +5,12 @@ import TapBridgeTestSupport
 /// Frames of any bytes, on any port, with any offload state, through a bridge of four ports
 /// (access VLAN 1, access VLAN 10, a trunk of 10 and 20 with native 1, and one that learns
 /// nothing) with a small MAC table: nothing traps, no frame ever leaves by the port it came
-/// in on, and a frame never becomes more frames than the ports and its segments allow.
+/// in on, and a frame never becomes more frames than the ports and its segments allow. Floods
+/// to two ports or more wait in the flood backlog (a bridge's is 32), so its order, its tags
+/// and its shares are fuzzed too.
 /// Records: [port][flags][length][frame bytes...]; flags bit 0: a virtio-net header (10
-/// bytes) follows, bit 1: advance the clock a minute.
+/// bytes) follows, bit 1: advance the clock a minute, bit 2: send the backlog one copy at a
+/// time, reading every port between copies.
 @_silgen_name("tapbridge_fuzz_one")
 func fuzz(_ data: UnsafeRawBufferPointer) {
     let lan = VirtualLAN(
@@ -17,6 +20,7 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
             PortConfiguration(vlanMode: .trunk(allowed: VLANSet([VLANID(10), VLANID(20)]), native: VLANID(1))),
             PortConfiguration(learning: false),
         ])
+    lan.engine.deferredFanOut = 2
     var k = 0
     while k + 3 <= data.count {
         let port = Int(data[k]) % 4
@@ -33,7 +37,14 @@ func fuzz(_ data: UnsafeRawBufferPointer) {
         k += length
         if flags & 2 != 0 { lan.clock.advance(by: .seconds(60)) }
         lan.inject(frame, on: port, offload: offload)
+        if flags & 4 != 0 {
+            repeat {
+                for d in lan.devices { _ = try? lan.engine.service(d, at: lan.clock.now) }
+                lan.engine.drainBacklog(budget: 1)
+            } while lan.engine.hasBacklog
+        }
         lan.runUntilIdle()
+        precondition(!lan.engine.hasBacklog, "frames left in the backlog")
         precondition(lan.transmitted(on: port).isEmpty, "a frame went back out of its ingress port \(port)")
         for other in 0..<4 {
             let sent = lan.transmitted(on: other)
