@@ -242,13 +242,14 @@ extension ForwardingEngine {
         return backlog.bySlot[slot] >= holdBackAt
     }
 
-    /// Whether flood `i` (to `floodTargets`) waits in the backlog instead of going out now:
-    /// group-addressed and to many ports, or behind a frame of its flow that waits.
+    /// The flow of flood `i` (to `floodTargets`) if it waits in the backlog instead of going
+    /// out now: group-addressed and to many ports, or behind a frame of its flow that waits.
     @inline(__always)
-    func defersFlood(_ i: Int, from ingress: PortID) -> Bool {
-        guard batch.frame(i)[0] & 1 != 0 else { return false }  // unknown unicast: at once
-        if floodTargets.count >= deferredFanOut { return true }
-        return !backlog.isEmpty && backlog.isWaiting(flowKey(i, from: ingress))
+    func deferredFlow(_ i: Int, from ingress: PortID) -> UInt64? {
+        guard batch.frame(i)[0] & 1 != 0 else { return nil }  // unknown unicast: at once
+        if floodTargets.count < deferredFanOut, backlog.isEmpty { return nil }
+        let key = flowKey(i, from: ingress)
+        return floodTargets.count >= deferredFanOut || backlog.isWaiting(key) ? key : nil
     }
 
     /// Frame `i`'s flow: its ingress device, its destination address, whether it is ARP.
@@ -262,9 +263,9 @@ extension ForwardingEngine {
         return FloodBacklog.key(slot: deviceSlots[ingress.index], destination: destination, urgent: type == 0x0806)
     }
 
-    /// Copies flood `i` into the backlog with its ports (`floodTargets`, the first
+    /// Copies flood `i` into the backlog, in `flow`, with its ports (`floodTargets`, the first
     /// `firstCount` of them taking the frame as it is); dropped if the backlog is full.
-    func deferFlood(_ i: Int, from ingress: PortID, vlan: VLANID, wire: Int, firstIsTagged: Bool, firstCount: Int) {
+    func deferFlood(_ i: Int, from ingress: PortID, flow: UInt64, vlan: VLANID, wire: Int, firstIsTagged: Bool, firstCount: Int) {
         let frame = batch.frame(i)
         guard backlog.bytes + frame.count <= backlogByteLimit else {
             backlog.statistics.dropped &+= 1
@@ -273,7 +274,7 @@ extension ForwardingEngine {
         }
         backlog.append(DeferredFlood(
             frame: Array(frame), offload: batch.offload(i), ingress: ingress, slot: deviceSlots[ingress.index], vlan: vlan,
-            wire: wire, firstIsTagged: firstIsTagged, targets: floodTargets, firstCount: firstCount), key: flowKey(i, from: ingress))
+            wire: wire, firstIsTagged: firstIsTagged, targets: floodTargets, firstCount: firstCount), key: flow)
     }
 
     /// Sends up to `budget` copies from the backlog, flow by flow (`FloodBacklog`); a frame may
@@ -310,9 +311,7 @@ extension ForwardingEngine {
     /// Puts `entry`'s frame in the batch (slot 0), tagged as its next port takes it.
     func load(_ entry: DeferredFlood) {
         batch.reset()
-        let slot = batch.nextSlot()
-        entry.frame.withUnsafeBytes { slot.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        batch.commit(length: entry.frame.count, from: entry.ingress, offload: entry.offload)
+        entry.frame.withUnsafeBytes { batch.append($0, from: entry.ingress, offload: entry.offload) }
         // (its sending crossed the retag before: it succeeded then, and does again)
         if entry.next > entry.firstCount { _ = retag(0, firstIsTagged: entry.firstIsTagged, vlan: entry.vlan) }
     }

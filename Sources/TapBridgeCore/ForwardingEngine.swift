@@ -248,8 +248,8 @@ public final class ForwardingEngine {
             let firstCount = collectFloodTargets(vlan: vlan, excluding: ingress, first: tagged ? .tagged : .untagged)
             if floodTargets.isEmpty {
                 bridge.countDrop(on: ingress, bridge.floodScope == .all ? .noEgressPort : .noListener)
-            } else if defersFlood(i, from: ingress) {
-                deferFlood(i, from: ingress, vlan: vlan, wire: wire, firstIsTagged: tagged, firstCount: firstCount)
+            } else if let flow = deferredFlow(i, from: ingress) {
+                deferFlood(i, from: ingress, flow: flow, vlan: vlan, wire: wire, firstIsTagged: tagged, firstCount: firstCount)
             } else {
                 _ = sendFlood(i, floodTargets, firstCount: firstCount, firstIsTagged: tagged, vlan: vlan, wire: wire, from: 0, to: floodTargets.count)
             }

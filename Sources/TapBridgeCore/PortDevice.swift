@@ -239,6 +239,13 @@ public final class FrameBatch {
             ? OffloadFinisher.segmentCount(payload: length, size: max(Int(offload.segmentSize), OffloadFinisher.minimumTCPSegmentSize)) : 1
     }
 
+    /// Copies `frame` into the next free slot and commits it (from `port`, with `offload`).
+    /// Requires `!isFull` and a frame that fits a slot.
+    @inline(__always) public func append(_ frame: UnsafeRawBufferPointer, from port: PortID, offload: FrameOffload = .none) {
+        nextSlot().copyMemory(from: frame)
+        commit(length: frame.count, from: port, offload: offload)
+    }
+
     /// Marks the next `k` free slots used without a frame (read into, then abandoned).
     @inline(__always) public func abandon(_ k: Int) {
         used = min(capacity, used + k)

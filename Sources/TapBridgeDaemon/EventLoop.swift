@@ -291,10 +291,9 @@ public final class PortsSource: EventSource {
                 work.append(k)
             }
         }
-        let holding = engine.hasBacklog
         for (i, k) in work.enumerated() {
             // (a device far behind on its floods waits for them; ready again once they are out)
-            if holding, engine.isHeldBack(owners[k]) { continue }
+            if engine.isHeldBack(owners[k]) { continue }
             do {
                 if try engine.service(owners[k], at: now) >= engine.budgetPerService {
                     carried.append(k)

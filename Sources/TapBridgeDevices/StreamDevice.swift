@@ -228,8 +228,7 @@ public final class StreamDevice: PortDevice {
                 if frame.count > batch.frameCapacity {
                     batch.recordDrop(on: port, .oversized, bytes: frame.count)
                 } else {
-                    batch.nextSlot().copyMemory(from: frame)
-                    batch.commit(length: frame.count, from: port)
+                    batch.append(frame, from: port)
                     n += 1
                 }
                 continue

@@ -184,12 +184,13 @@ public final class TapDevice: DescriptorDevice {
     var linkDown = true
 
     public override func transmit(_ frame: UnsafeRawBufferPointer, offload: FrameOffload, to port: PortID) -> TransmitOutcome {
-        if let writer = TapWriter.shared, !linkDown, !offload.isSegmentation {
-            let header = hasVnetHeader ? UnsafeRawPointer(header(for: offload)) : nil
-            if writer.queue(frame, header: header, headerLength: hasVnetHeader ? Int(CTB_VNET_HDR_LEN) : 0, port: port, fd: fd, of: self) { return .queued }
-            writer.flushEarly()  // (the queued frames first: a TAP's frames keep their order)
-        } else if let writer = TapWriter.shared, writer.queued > 0 {
-            writer.flushEarly()
+        if let writer = TapWriter.shared {
+            if !linkDown, !offload.isSegmentation,
+                writer.queue(frame, header: hasVnetHeader ? UnsafeRawPointer(header(for: offload)) : nil,
+                             headerLength: hasVnetHeader ? Int(CTB_VNET_HDR_LEN) : 0, port: port, fd: fd, of: self) {
+                return .queued
+            }
+            if writer.queued > 0 { writer.flushEarly() }  // (the queued frames first: a TAP's frames keep their order)
         }
         let outcome = write(frame, offload: offload)
         linkDown = outcome == .linkDown

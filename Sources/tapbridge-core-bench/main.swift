@@ -25,9 +25,7 @@ final class DiscardDevice: PortDevice {
     func receive(into batch: FrameBatch) throws(PortError) -> Int {
         var n = 0
         while !batch.isFull, next < frames.count {
-            let slot = batch.nextSlot()
-            frames[next].withUnsafeBytes { slot.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-            batch.commit(length: frames[next].count, from: port)
+            frames[next].withUnsafeBytes { batch.append($0, from: port) }
             next += 1
             n += 1
         }

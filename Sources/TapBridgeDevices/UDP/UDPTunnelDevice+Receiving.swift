@@ -60,8 +60,7 @@ extension UDPTunnelDevice {
                 batch.recordDrop(on: port, .truncated, bytes: length)
                 continue
             }
-            batch.nextSlot().baseAddress!.copyMemory(from: frame.baseAddress!, byteCount: frame.count)
-            batch.commit(length: frame.count, from: port)
+            batch.append(UnsafeRawBufferPointer(frame), from: port)
             frames += 1
         }
         return frames
