@@ -162,35 +162,32 @@ int ctb_epoll_open(void) {
     return fd < 0 ? -errno : fd;
 }
 
-static int epoll_change(int ep, int op, int fd, int output, unsigned long long data) {
+static int epoll_control(int ep, int op, int fd, unsigned int events, unsigned long long data) {
     struct epoll_event e;
     memset(&e, 0, sizeof(e));
-    e.events = EPOLLIN | (output ? EPOLLOUT : 0);
+    e.events = events;
     e.data.u64 = data;
     return epoll_ctl(ep, op, fd, &e) < 0 ? -errno : 0;
 }
 
-int ctb_epoll_add(int ep, int fd, int output, unsigned long long data) { return epoll_change(ep, EPOLL_CTL_ADD, fd, output, data); }
-
-int ctb_epoll_delete(int ep, int fd) {
-    struct epoll_event e;
-    memset(&e, 0, sizeof(e));
-    return epoll_ctl(ep, EPOLL_CTL_DEL, fd, &e) < 0 ? -errno : 0;
+int ctb_epoll_add(int ep, int fd, int output, unsigned long long data) {
+    return epoll_control(ep, EPOLL_CTL_ADD, fd, EPOLLIN | (output ? EPOLLOUT : 0), data);
 }
 
-int ctb_epoll_modify(int ep, int fd, int output, unsigned long long data) { return epoll_change(ep, EPOLL_CTL_MOD, fd, output, data); }
+int ctb_epoll_delete(int ep, int fd) { return epoll_control(ep, EPOLL_CTL_DEL, fd, 0, 0); }
 
-int ctb_epoll_ready(int ep, unsigned long long *data, unsigned int *flags, int max) {
-    struct epoll_event events[256];
+int ctb_epoll_modify(int ep, int fd, int output, unsigned long long data) {
+    return epoll_control(ep, EPOLL_CTL_MOD, fd, EPOLLIN | (output ? EPOLLOUT : 0), data);
+}
+
+int ctb_epoll_wait(int ep, unsigned long long *data, unsigned int *events, int max, int timeout) {
+    struct epoll_event ready[256];
     if (max > 256) max = 256;
-    int n;
-    do {
-        n = epoll_wait(ep, events, max, 0);
-    } while (n < 0 && errno == EINTR);
+    int n = epoll_wait(ep, ready, max, timeout);
     if (n < 0) return -errno;
     for (int i = 0; i < n; i++) {
-        data[i] = events[i].data.u64;
-        flags[i] = ((events[i].events & (EPOLLIN | EPOLLERR | EPOLLHUP | EPOLLRDHUP)) ? 1u : 0u) | ((events[i].events & EPOLLOUT) ? 2u : 0u);
+        data[i] = ready[i].data.u64;
+        events[i] = ready[i].events;
     }
     return n;
 }

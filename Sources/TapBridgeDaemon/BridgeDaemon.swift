@@ -310,7 +310,8 @@ public final class BridgeDaemon {
 }
 
 extension ControlServer: EventSource {
-    public func register(_ fds: inout [pollfd]) { appendPollEntries(to: &fds) }
+    public var steadyDescriptors: [Int32] { [listener] }
+    public func register(_ fds: inout [pollfd]) { appendClientEntries(to: &fds) }
     public func deadline() -> Int64? { nextDeadline }
     public func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
         service(ready, now: now.nanoseconds, handle: respond)

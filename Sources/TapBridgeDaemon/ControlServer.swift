@@ -162,8 +162,8 @@ public final class ControlServer {
     }
 
     /// Appends the descriptors to poll.
-    func appendPollEntries(to fds: inout [pollfd]) {
-        fds.append(pollfd(fd: listener, events: Int16(POLLIN), revents: 0))
+    /// The clients' entries, after the listener's (a steady descriptor of the loop).
+    func appendClientEntries(to fds: inout [pollfd]) {
         for c in clients {
             fds.append(pollfd(fd: c.closing || c.waiting ? -1 : c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))
         }
@@ -178,8 +178,9 @@ public final class ControlServer {
     /// Marks client `k` for closing at the end of the pass.
     func markClosing(_ k: Int) { clients[k].closing = true }
 
-    /// Serves what poll reported (`fds` holds exactly the entries `appendPollEntries` added,
-    /// in order): accepts, reads, answers through `handle`, writes, times out.
+    /// Serves what the wait reported (`fds` holds the listener's entry, then those
+    /// `appendClientEntries` added, in order): accepts, reads, answers through `handle`,
+    /// writes, times out.
     func service(_ fds: ArraySlice<pollfd>, now: Int64, handle: (ControlRequest) -> Reply) {
         var index = fds.startIndex + 1
         for k in clients.indices {

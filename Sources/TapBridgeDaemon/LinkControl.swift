@@ -206,7 +206,8 @@ final class LinkControl: EventSource {
         }
     }
 
-    func register(_ fds: inout [pollfd]) { fds.append(pollfd(fd: mailbox.fd, events: Int16(POLLIN), revents: 0)) }
+    var steadyDescriptors: [Int32] { [mailbox.fd] }
+    func register(_ fds: inout [pollfd]) {}
     func deadline() -> Int64? { nil }
 
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {

@@ -49,7 +49,8 @@ final class LinkMonitor: EventSource {
         events.deallocate()
     }
 
-    func register(_ fds: inout [pollfd]) { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) }
+    var steadyDescriptors: [Int32] { [fd] }
+    func register(_ fds: inout [pollfd]) {}
     func deadline() -> Int64? { nil }
 
     func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {

@@ -8,7 +8,7 @@ import Testing
 
 /// The event loop driven by a script of readiness and a manual clock (an embedded loop): which
 /// sources a round serves and in what order, how long it sleeps, busy polling, and how it
-/// stops. No descriptor, no root, no sleep.
+/// stops. No descriptor, no root, no sleep; but for one test of the real poller over pipes.
 @Suite("The event loop, scripted")
 struct EventLoopTests {
     /// Each round: the timeout the loop asked for is recorded, the clock moves on by `elapse`
@@ -28,6 +28,9 @@ struct EventLoopTests {
             self.steps = steps
             self.clock = clock
         }
+
+        var watched: [Int32] = []
+        func watch(_ fd: Int32) { watched.append(fd) }
 
         func wait(_ fds: inout [pollfd], timeout: Int32) -> Int32 {
             timeouts.append(timeout)
@@ -57,13 +60,18 @@ struct EventLoopTests {
         var log: (String) -> Void
         var stopWith: Int32? = nil
 
-        init(_ name: String, fd: Int32, due: Int64? = nil, log: @escaping (String) -> Void) {
-            (self.name, self.fd, self.due, self.log) = (name, fd, due, log)
+        var steady: [Int32] = []
+        var lastReady: [pollfd] = []
+
+        init(_ name: String, fd: Int32, due: Int64? = nil, steady: [Int32] = [], log: @escaping (String) -> Void) {
+            (self.name, self.fd, self.due, self.steady, self.log) = (name, fd, due, steady, log)
         }
 
+        var steadyDescriptors: [Int32] { steady }
         func register(_ fds: inout [pollfd]) { if fd >= 0 { fds.append(pollfd(fd: fd, events: Int16(POLLIN), revents: 0)) } }
         func deadline() -> Int64? { due }
         func service(ready: ArraySlice<pollfd>, now: Instant) -> Int32? {
+            lastReady = Array(ready)
             log(name)
             if due.map({ $0 <= now.nanoseconds }) == true { due = nil }
             return stopWith
@@ -121,6 +129,71 @@ struct EventLoopTests {
         for _ in 0..<4 { #expect(loop.runOnce() == nil) }
         // first: asleep (no traffic yet); then within 50 ms of the ready round: 0, 0; then 61 ms: asleep
         #expect(poller.timeouts == [-1, 0, 0, -1], "\(poller.timeouts)")
+    }
+
+    /// A source's steady descriptors are handed to the poller once, when it is added, and come
+    /// first in its entries every round, before those it registers.
+    @Test func steadyDescriptorsAreWatchedOnceAndComeFirst() {
+        let clock = ManualClock()
+        var served: [String] = []
+        let (loop, poller) = Self.loop([.init(ready: [20]), .init(ready: [10]), .init(ready: [21])], clock: clock)
+        let a = Source("a", fd: 10, steady: [20, 21]) { served.append($0) }
+        let b = Source("b", fd: -1, steady: [22]) { served.append($0) }
+        loop.add(a)
+        loop.add(b)
+        #expect(poller.watched == [20, 21, 22])
+        #expect(loop.runOnce() == nil && served == ["a"])
+        #expect(a.lastReady.map(\.fd) == [20, 21, 10] && a.lastReady.map(\.revents) == [Int16(POLLIN), 0, 0])
+        #expect(loop.runOnce() == nil && served == ["a", "a"])
+        #expect(a.lastReady.map(\.revents) == [0, 0, Int16(POLLIN)])
+        #expect(loop.runOnce() == nil && served == ["a", "a", "a"])
+        #expect(poller.watched == [20, 21, 22], "watched again: \(poller.watched)")
+    }
+
+    /// The real poller, over pipes: a steady descriptor is waited on through epoll, alone (one
+    /// epoll_wait) or beside one that is not (poll(2) with the epoll instance among them);
+    /// readiness, the count and the timeout are as poll(2)'s.
+    @Test func theSystemPollerWaitsOnSteadyAndOtherDescriptors() throws {
+        var steadyPipe: [Int32] = [0, 0]
+        var otherPipe: [Int32] = [0, 0]
+        try #require(pipe(&steadyPipe) == 0 && pipe(&otherPipe) == 0)
+        defer { for fd in steadyPipe + otherPipe { close(fd) } }
+        let poller = SystemPoller()
+        poller.watch(steadyPipe[0])
+        poller.watch(steadyPipe[0])  // (twice: once in)
+        #expect(poller.isWatched(steadyPipe[0]) && !poller.isWatched(otherPipe[0]))
+        func entries(other: Bool) -> [pollfd] {
+            [pollfd(fd: steadyPipe[0], events: Int16(POLLIN), revents: 0)]
+                + (other ? [pollfd(fd: otherPipe[0], events: Int16(POLLIN), revents: 0)] : [])
+        }
+        var fds = entries(other: false)
+        #expect(poller.wait(&fds, timeout: 0) == 0 && fds[0].revents == 0)
+        #expect(write(steadyPipe[1], "x", 1) == 1)
+        fds = entries(other: false)
+        #expect(poller.wait(&fds, timeout: 1000) == 1 && fds[0].revents == Int16(POLLIN))
+        // level-triggered: still ready while unread, now beside a descriptor that is not steady
+        fds = entries(other: true)
+        #expect(poller.wait(&fds, timeout: 1000) == 1 && fds[0].revents == Int16(POLLIN) && fds[1].revents == 0)
+        #expect(write(otherPipe[1], "y", 1) == 1)
+        fds = entries(other: true)
+        #expect(poller.wait(&fds, timeout: 1000) == 2 && fds[1].revents == Int16(POLLIN))
+        var byte: UInt8 = 0
+        #expect(read(steadyPipe[0], &byte, 1) == 1)
+        fds = entries(other: true)
+        #expect(poller.wait(&fds, timeout: 1000) == 1 && fds[0].revents == 0 && fds[1].revents == Int16(POLLIN))
+        #expect(read(otherPipe[0], &byte, 1) == 1)
+        // nothing ready: the timeout passes (10 ms), with and without the other descriptor
+        for other in [false, true] {
+            fds = entries(other: other)
+            let start = EventLoop.now()
+            #expect(poller.wait(&fds, timeout: 10) == 0)
+            #expect(EventLoop.now().duration(since: start) >= .milliseconds(9))
+        }
+        // a closed write end: hang-up, reported as poll(2) would
+        close(steadyPipe[1])
+        steadyPipe[1] = -1
+        fds = entries(other: false)
+        #expect(poller.wait(&fds, timeout: 1000) == 1 && fds[0].revents & Int16(POLLHUP) != 0)
     }
 
     /// Floods waiting in the engine's backlog keep the ports' source due at once, and each

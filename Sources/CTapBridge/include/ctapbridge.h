@@ -96,9 +96,10 @@ int ctb_epoll_add(int ep, int fd, int output, unsigned long long data);
 int ctb_epoll_delete(int ep, int fd);
 /// Changes whether `fd` in `ep` also waits for output. 0 or -errno.
 int ctb_epoll_modify(int ep, int fd, int output, unsigned long long data);
-/// epoll_wait(2) without blocking: up to `max` ready entries, each its `data` and whether it
-/// is readable (or in error: 1), writable (2) or both (3). Returns how many, or -errno.
-int ctb_epoll_ready(int ep, unsigned long long *data, unsigned int *flags, int max);
+/// epoll_wait(2) for at most `timeout` ms (-1: until something is ready): up to `max` ready
+/// entries, each its `data` and its events (EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP: the same
+/// bits as poll's). Returns how many, or -errno (-EINTR too).
+int ctb_epoll_wait(int ep, unsigned long long *data, unsigned int *events, int max, int timeout);
 /// Opens a non-blocking NETLINK_ROUTE socket subscribed to link events. The fd or -errno.
 int ctb_link_monitor_open(void);
 /// Reads up to `max` link events (other messages are skipped). Returns how many (0: none
