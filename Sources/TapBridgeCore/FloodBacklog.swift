@@ -26,8 +26,8 @@
 /// frames wait in its own queue, as they do when the loop is slow); the backlog holds at most
 /// `backlogByteLimit` bytes, and a flood that finds it full is dropped (`flood_backlog`), as the
 /// kernel's backlog drops. A device whose last port leaves takes its queued frames with it. A
-/// port removed while a frame waits for it is skipped (a port added in its place since, with
-/// its ID, gets the frame).
+/// port removed while a frame waits for it is skipped, and so is a port added since (which may
+/// have taken a removed one's ID).
 struct DeferredFlood {
     /// The frame as read (its VLAN tag normalized for its first ports).
     var frame: [UInt8]
@@ -42,6 +42,8 @@ struct DeferredFlood {
     var firstIsTagged: Bool
     var targets: [PortID]
     var firstCount: Int
+    /// `ForwardingEngine.portAdditions` when it was queued: a port added later is skipped.
+    var queuedAt: UInt64
     /// The next target to send to.
     var next = 0
 }
@@ -274,7 +276,7 @@ extension ForwardingEngine {
         }
         backlog.append(DeferredFlood(
             frame: Array(frame), offload: batch.offload(i), ingress: ingress, slot: deviceSlots[ingress.index], vlan: vlan,
-            wire: wire, firstIsTagged: firstIsTagged, targets: floodTargets, firstCount: firstCount), key: flow)
+            wire: wire, firstIsTagged: firstIsTagged, targets: floodTargets, firstCount: firstCount, queuedAt: portAdditions), key: flow)
     }
 
     /// Sends up to `budget` copies from the backlog, flow by flow (`FloodBacklog`); a frame may
@@ -295,7 +297,7 @@ extension ForwardingEngine {
             let end = entry.next + min(entry.targets.count - entry.next, budget - done)
             ingressMTU = entry.ingress.index < linkMTUs.count ? linkMTUs[entry.ingress.index] : 0
             let whole = sendFlood(0, entry.targets, firstCount: entry.firstCount, firstIsTagged: entry.firstIsTagged, vlan: entry.vlan,
-                                  wire: entry.wire, from: entry.next, to: end)
+                                  wire: entry.wire, from: entry.next, to: end, queuedAt: entry.queuedAt)
             done += end - entry.next
             if !whole || end == entry.targets.count {
                 backlog.finishHead(of: f)
@@ -334,13 +336,17 @@ extension ForwardingEngine {
     /// Sends frame `i` to `targets[start..<end]`, changing its tag once, before
     /// `targets[firstCount]` (so the frame is rewritten once per flood). Returns false if the
     /// tag did not fit (the ports from there on are counted as `frame_too_large`: the flood is over).
+    /// A port added after `queuedAt` (`portAdditions`) is skipped: a waiting flood's target
+    /// list is of the ports there when it was read.
     @inline(__always)
-    func sendFlood(_ i: Int, _ targets: [PortID], firstCount: Int, firstIsTagged: Bool, vlan: VLANID, wire: Int, from start: Int, to end: Int) -> Bool {
+    func sendFlood(_ i: Int, _ targets: [PortID], firstCount: Int, firstIsTagged: Bool, vlan: VLANID, wire: Int, from start: Int, to end: Int,
+                   queuedAt: UInt64 = .max) -> Bool {
         for k in start..<end {
             if k == firstCount, !retag(i, firstIsTagged: firstIsTagged, vlan: vlan) {
                 for port in targets[k...] { bridge.countDrop(on: port, .frameTooLarge) }
                 return false
             }
+            if addedAt[targets[k].index] > queuedAt { continue }
             transmit(i, via: devices[targets[k].index], to: targets[k], wireFrames: wire)
         }
         return true

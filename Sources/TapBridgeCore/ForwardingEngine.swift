@@ -59,6 +59,11 @@ public final class ForwardingEngine {
     var slotsByDevice: [ObjectIdentifier: Int] = [:]
     var freeSlots: [Int] = []
     @exclusivity(unchecked) var deviceSlots: [Int] = []
+    /// Ports added so far, and when each port was (`portAdditions` then), indexed like
+    /// `devices`: a flood waiting in the backlog skips a port added after it was queued, which
+    /// may have taken a removed port's ID.
+    var portAdditions: UInt64 = 0
+    @exclusivity(unchecked) var addedAt: [UInt64] = []
     /// The slots sent to in this batch, each once (`slotMarks[slot] == flushRound`): a flush
     /// after a batch costs the devices it sent to, not the number of ports.
     @exclusivity(unchecked) var toFlush: [Int] = []
@@ -86,7 +91,10 @@ public final class ForwardingEngine {
             names.append(contentsOf: repeatElement("", count: id.index + 1 - names.count))
             linkMTUs.append(contentsOf: repeatElement(0, count: id.index + 1 - linkMTUs.count))
             deviceSlots.append(contentsOf: repeatElement(0, count: id.index + 1 - deviceSlots.count))
+            addedAt.append(contentsOf: repeatElement(0, count: id.index + 1 - addedAt.count))
         }
+        portAdditions &+= 1
+        addedAt[id.index] = portAdditions
         devices[id.index] = device
         linkMTUs[id.index] = max(device.offloadCapabilities.linkMTU ?? 0, 0)
         names[id.index] = name

@@ -158,4 +158,20 @@ struct FloodBacklogTests {
         for p in 2..<40 where p != 7 { #expect(lan.transmitted(on: p).count == 1, "port \(p)") }
         #expect(!lan.engine.hasBacklog)
     }
+
+    /// A port added while a flood waits is not among its ports, even with the ID of one that
+    /// left (IDs are reused, lowest first): it gets nothing of that flood, and later floods.
+    @Test func aPortAddedWhileAFloodWaitsDoesNotGetIt() {
+        let lan = VirtualLAN(ports: 40)
+        lan.inject(Self.broadcast(from: 1), on: 0)
+        Self.read(lan)
+        lan.removePort(7)
+        let again = lan.addPort()
+        #expect(lan.ports[again] == lan.ports[7], "the new port takes the free ID")
+        lan.engine.drainBacklog(budget: .max)
+        #expect(lan.transmitted(on: again).isEmpty && lan.transmitted(on: 7).isEmpty)
+        for p in 1..<40 where p != 7 { #expect(lan.transmitted(on: p).count == 1, "port \(p)") }
+        let later = lan.send(Self.broadcast(from: 2), on: 1)
+        #expect(later[again].count == 1, "a later flood reaches it")
+    }
 }

@@ -169,7 +169,7 @@ final class Lab {
     /// One iperf3 TCP run (`seconds` long) from `client` to the server at `address` in
     /// `server`; `reverse`: the server sends. Returns the received bit rate (0 when the run
     /// failed) and iperf3's output.
-    func iperf(from client: String, to server: String, address: String, reverse: Bool = false, seconds: Int = 2) throws -> (bps: Double, output: String) {
+    func iperf(from client: String, to server: String, address: String, reverse: Bool = false, seconds: Int = 1) throws -> (bps: Double, output: String) {
         iperfPort += 1
         let port = String(iperfPort)
         let s = try background(["ip", "netns", "exec", server, "iperf3", "-s", "-1", "-p", port])
