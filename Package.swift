@@ -5,8 +5,8 @@ let strict: [SwiftSetting] = [
     .enableUpcomingFeature("ExistentialAny"),
     .enableUpcomingFeature("InternalImportsByDefault"),
     // Release builds do not check exclusive access at run time (the tests' debug builds and
-    // the fuzzers do): those checks are most of a cold wake-up's user-space cost on the forwarding
-    // path, 4-5 µs of a ping's round trip through one bridge (Docs/Benchmarks.md, "Wake-ups").
+    // the fuzzers do): on the forwarding path, woken cold by each frame, those checks were a
+    // sixth of the user-space time (Docs/Benchmarks.md, "Wake-ups").
     .unsafeFlags(["-enforce-exclusivity=unchecked"], .when(configuration: .release)),
 ]
 

@@ -9,7 +9,7 @@ usage (as root, from the repository root):
 Every case joins two network namespaces, A (10.99.0.1/24) and B (10.99.0.2/24), MTU 1500, and
 measures, A to B: iperf3 TCP (Gbit/s, retransmits), iperf3 UDP with 64-byte payloads at an
 unlimited offered rate (datagrams delivered per second), the ping round trip on an idle path
-(median of 40 pings, 20 ms apart, in ms), the forwarder's CPU during the TCP
+(median of 40 pings, 20 ms apart or --ping-interval, in ms), the forwarder's CPU during the TCP
 test (% of one core, all its processes) and its peak memory (VmHWM). Rounds are interleaved
 (round 1 of every case, then round 2, ...); the summary gives median (min-max) per case and
 the ratios of tapbridge to each anchor, from the same run. Raw results: one JSON object per
@@ -97,6 +97,7 @@ NS_A, NS_B = PREFIX + "a", PREFIX + "b"
 IP_A, IP_B = "10.99.0.1", "10.99.0.2"
 TAP0, TAP1 = PREFIX + "t0", PREFIX + "t1"
 EXTRA = []  # -x: added to every tapbridge command
+PING_INTERVAL = ["0.02"]  # --ping-interval: seconds between the pings of the RTT figure
 SECONDS = [5]  # -t
 UDP_A, UDP_B = 47301, 47302
 HZ = os.sysconf("SC_CLK_TCK")
@@ -572,8 +573,8 @@ def lab(r, case, hosts=256):
 
 
 def ping_rtt_ms():
-    """Median round trip A to B of 40 pings 20 ms apart, on the idle path (ms, 3 decimals)."""
-    out = subprocess.run(["ip", "netns", "exec", NS_A, "ping", "-n", "-c", "40", "-i", "0.02", "-W", "1", IP_B],
+    """Median round trip A to B of 40 pings 20 ms apart (--ping-interval), on the idle path (ms, 3 decimals)."""
+    out = subprocess.run(["ip", "netns", "exec", NS_A, "ping", "-n", "-c", "40", "-i", PING_INTERVAL[0], "-W", "1", IP_B],
                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=30).stdout
     times = [float(w.split("=")[1]) for line in out.splitlines() for w in line.split() if w.startswith("time=")]
     return round(statistics.median(times), 3) if times else None
@@ -716,6 +717,8 @@ def main():
     p.add_argument("-x", "--tapbridge-args", default="", help="extra arguments for every tapbridge command")
     p.add_argument("--tag", help="record cases as CASE+TAG")
     p.add_argument("--baseline", metavar="PATH", help="also run each tapbridge case with this build, as CASE+base")
+    p.add_argument("--ping-interval", metavar="SECONDS", type=float, default=0.02,
+                   help="between the pings of the RTT figure (default 0.02; a forwarder that sleeps longer between them wakes colder)")
     p.add_argument("cases", nargs="*", metavar="CASE")
     a = p.parse_args()
     if a.summarize:
@@ -733,6 +736,10 @@ def main():
         return 2
     cases = a.cases or CASES
     EXTRA[:] = a.tapbridge_args.split()
+    if not 0.002 <= a.ping_interval <= 1:
+        log("netbench: --ping-interval must be between 0.002 and 1 (seconds)")
+        return 2
+    PING_INTERVAL[0] = f"{a.ping_interval:g}"
     SECONDS[0] = a.seconds
     tools = tools_ready(cases, a.plot)
     cleanup()  # leftovers of an interrupted run
