@@ -161,8 +161,8 @@ public final class ControlServer {
         unlink(path)
     }
 
-    /// Appends the descriptors to poll.
-    /// The clients' entries, after the listener's (a steady descriptor of the loop).
+    /// Appends the clients' entries (the listener's comes before them: a steady descriptor of
+    /// the loop).
     func appendClientEntries(to fds: inout [pollfd]) {
         for c in clients {
             fds.append(pollfd(fd: c.closing || c.waiting ? -1 : c.fd, events: Int16(c.answered && !c.draining ? POLLOUT : POLLIN), revents: 0))

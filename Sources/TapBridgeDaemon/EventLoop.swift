@@ -157,8 +157,8 @@ protocol Poller: AnyObject {
 /// epoll(7) for the steady descriptors (each entered once), poll(2) for the others while there
 /// are any (a control client, a connect under way) with the epoll instance among them. A
 /// wake-up in the usual case (no such descriptor) is one epoll_wait: it costs the descriptors
-/// that are ready, where poll(2) set up and took down a wait on each of them every time (2.5 µs
-/// more per wake-up, measured on a ping through one bridge).
+/// that are ready, where poll(2) set up and took down a wait on each of them every time
+/// (Docs/Benchmarks.md, "Wake-ups").
 final class SystemPoller: Poller {
     let epoll: Int32
     /// Indexed by descriptor: whether it is in `epoll`.
